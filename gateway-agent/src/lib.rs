@@ -1,0 +1,11 @@
+//! The gateway agent: sources → store → translate (pure) → appliers → data planes.
+pub mod dataplane;
+pub mod model;
+pub mod netif;
+pub mod proxy;
+pub mod source;
+pub mod store;
+pub mod translate;
+
+/// The GatewayClass `controllerName` this agent serves by default.
+pub const DEFAULT_CONTROLLER_NAME: &str = "gateway-agent.dev/node-agent";

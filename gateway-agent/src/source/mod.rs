@@ -1,0 +1,2 @@
+//! Sources turn the outside world into a `Snapshot`.
+pub mod file;

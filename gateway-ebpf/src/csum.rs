@@ -1,0 +1,29 @@
+//! Incremental Internet checksum updates (RFC 1624: HC' = ~(~HC + ~m + m')).
+//!
+//! Values are the raw header bytes read as native integers; one's-complement
+//! addition does not depend on byte order, so no swapping is needed.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum after one 32-bit field changed from `old` to `new`.
+#[inline(always)]
+pub fn replace_u32(csum: u16, old: u32, new: u32) -> u16 {
+    let sum = (!csum) as u32
+        + (!(old as u16)) as u32
+        + (!((old >> 16) as u16)) as u32
+        + (new & 0xffff)
+        + (new >> 16);
+    !fold(sum)
+}
+
+/// Checksum after one 16-bit field changed from `old` to `new`.
+#[inline(always)]
+pub fn replace_u16(csum: u16, old: u16, new: u16) -> u16 {
+    let sum = (!csum) as u32 + (!old) as u32 + new as u32;
+    !fold(sum)
+}

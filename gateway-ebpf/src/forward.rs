@@ -1,0 +1,240 @@
+//! L4 forwarding: match a tracked flow or a listener, pick a backend, rewrite
+//! addresses and ports (DNAT + SNAT), and send the packet on with a FIB lookup.
+//!
+//! What this program does not own (non-IPv4, fragments, IP options, other
+//! protocols, non-listener traffic) is passed to the kernel untouched.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use gateway_common::{
+    BackendSlotKey, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAX_TABLE_SIZE,
+    NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+};
+
+use crate::{csum, maps, packet::*};
+
+const AF_INET: u8 = 2;
+const L4: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> u32 {
+    match try_handle(ctx) {
+        Ok(action) => action,
+        Err(event) => {
+            maps::count_event(event);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+#[inline(always)]
+fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
+    if ether_type != ETH_P_IPV4 {
+        return Err(PacketEvent::PassedNotOurs);
+    }
+    let ver_ihl = read::<u8>(ctx, ETH_HDR_LEN).ok_or(PacketEvent::PassedNotOurs)?;
+    if ver_ihl >> 4 != 4 {
+        return Err(PacketEvent::PassedNotOurs);
+    }
+    let proto = read::<u8>(ctx, ETH_HDR_LEN + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(PacketEvent::PassedNotOurs);
+    }
+    let frag = u16::from_be(
+        read::<u16>(ctx, ETH_HDR_LEN + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?,
+    );
+    // Options shift the L4 header; fragments after the first have no ports.
+    if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
+        return Err(PacketEvent::PassedFragmentOrOptions);
+    }
+    let l4_len = if proto == PROTO_TCP { TCP_HDR_MIN } else { UDP_HDR_LEN };
+    if ctx.data() + L4 + l4_len > ctx.data_end() {
+        return Err(PacketEvent::PassedNotOurs);
+    }
+
+    let key = FlowKey {
+        src_addr_be: read(ctx, ETH_HDR_LEN + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_addr_be: read(ctx, ETH_HDR_LEN + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
+        src_port_be: read(ctx, L4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_port_be: read(ctx, L4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        proto,
+        _pad: [0; 3],
+    };
+    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+
+    // A tracked flow, in either direction: rewrite as recorded.
+    if let Some(flow) = maps::FLOWS.get_ptr(&key) {
+        // SAFETY: the value is copied out at once; LRU entries are not freed under us.
+        let flow = unsafe { *flow };
+        maps::count_route(flow.route_id, packet_len, false, false);
+        rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+        return Ok(send(ctx, &flow, proto));
+    }
+
+    let listener_key = ListenerKey {
+        addr_be: key.dst_addr_be,
+        port_be: key.dst_port_be,
+        proto,
+        _pad: 0,
+    };
+    let route_id = match maps::LISTENERS.get_ptr(&listener_key) {
+        // SAFETY: plain copy of a u32 field.
+        Some(listener) => unsafe { (*listener).route_id },
+        None => return Err(PacketEvent::PassedNotOurs),
+    };
+    if proto == PROTO_TCP {
+        let flags = read::<u8>(ctx, L4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
+        // Only a SYN opens a flow; the kernel answers stray segments itself.
+        if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
+            return Err(PacketEvent::PassedNoFlow);
+        }
+    }
+
+    let Some(flow) = open_flow(&key, route_id) else {
+        maps::count_route(route_id, packet_len, false, true);
+        return Ok(xdp_action::XDP_DROP);
+    };
+    maps::count_route(route_id, packet_len, true, false);
+    rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+    Ok(send(ctx, &flow, proto))
+}
+
+/// Picks the backend for a new flow and records both directions in `FLOWS`.
+#[inline(always)]
+fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
+    // SAFETY: plain copy of a u32 field.
+    let table_size = unsafe { (*maps::ROUTES.get_ptr(route_id)?).table_size };
+    if table_size == 0 || table_size > MAX_TABLE_SIZE {
+        maps::count_event(PacketEvent::DroppedNoBackend);
+        return None;
+    }
+    let hash = flow_hash(key);
+    let slot = BackendSlotKey {
+        route_id,
+        slot: hash % table_size,
+    };
+    let Some(backend) = maps::BACKEND_SLOTS.get_ptr(&slot) else {
+        maps::count_event(PacketEvent::DroppedNoBackend);
+        return None;
+    };
+    // SAFETY: copied out at once.
+    let backend = unsafe { *backend };
+
+    // The reply direction's key must be unique: probe NAT ports until an insert
+    // with BPF_NOEXIST succeeds.
+    let reply = FlowValue {
+        new_src_addr_be: key.dst_addr_be,
+        new_dst_addr_be: key.src_addr_be,
+        new_src_port_be: key.dst_port_be,
+        new_dst_port_be: key.src_port_be,
+        route_id,
+        flags: 0,
+    };
+    let mut probe = 0u32;
+    while probe < NAT_PORT_PROBES {
+        let port = NAT_PORT_MIN + ((hash >> 8).wrapping_add(probe) % NAT_PORT_COUNT as u32) as u16;
+        let reply_key = FlowKey {
+            src_addr_be: backend.addr_be,
+            dst_addr_be: backend.snat_addr_be,
+            src_port_be: backend.port_be,
+            dst_port_be: port.to_be(),
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        if maps::FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+            let original = FlowValue {
+                new_src_addr_be: backend.snat_addr_be,
+                new_dst_addr_be: backend.addr_be,
+                new_src_port_be: port.to_be(),
+                new_dst_port_be: backend.port_be,
+                route_id,
+                flags: FLOW_ORIGINAL,
+            };
+            if maps::FLOWS.insert(key, &original, BPF_ANY as u64).is_err() {
+                let _ = maps::FLOWS.remove(&reply_key);
+                return None;
+            }
+            return Some(original);
+        }
+        probe += 1;
+    }
+    maps::count_event(PacketEvent::DroppedNatPortsExhausted);
+    None
+}
+
+/// Rewrites addresses and ports, updating the IPv4 and L4 checksums incrementally.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
+    let ip_csum_off = ETH_HDR_LEN + IPV4_CSUM;
+    let mut ip_csum: u16 = read(ctx, ip_csum_off)?;
+    ip_csum = csum::replace_u32(ip_csum, key.src_addr_be, flow.new_src_addr_be);
+    ip_csum = csum::replace_u32(ip_csum, key.dst_addr_be, flow.new_dst_addr_be);
+    write(ctx, ip_csum_off, ip_csum)?;
+    write(ctx, ETH_HDR_LEN + IPV4_SRC, flow.new_src_addr_be)?;
+    write(ctx, ETH_HDR_LEN + IPV4_DST, flow.new_dst_addr_be)?;
+
+    let l4_csum_off = if key.proto == PROTO_TCP { L4 + TCP_CSUM } else { L4 + UDP_CSUM };
+    let old: u16 = read(ctx, l4_csum_off)?;
+    // A zero UDP checksum means "none": leave it so.
+    if key.proto == PROTO_TCP || old != 0 {
+        let mut l4 = csum::replace_u32(old, key.src_addr_be, flow.new_src_addr_be);
+        l4 = csum::replace_u32(l4, key.dst_addr_be, flow.new_dst_addr_be);
+        l4 = csum::replace_u16(l4, key.src_port_be, flow.new_src_port_be);
+        l4 = csum::replace_u16(l4, key.dst_port_be, flow.new_dst_port_be);
+        if key.proto == PROTO_UDP && l4 == 0 {
+            l4 = 0xffff;
+        }
+        write(ctx, l4_csum_off, l4)?;
+    }
+    write(ctx, L4 + L4_SRC_PORT, flow.new_src_port_be)?;
+    write(ctx, L4 + L4_DST_PORT, flow.new_dst_port_be)?;
+    Some(())
+}
+
+/// Sends a rewritten packet: straight out of the egress interface when the FIB
+/// knows the next hop, else back to the kernel to route (local destination, or
+/// a neighbour not yet resolved).
+#[inline(always)]
+fn send(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = proto;
+    params.sport = flow.new_src_port_be;
+    params.dport = flow.new_dst_port_be;
+    params.__bindgen_anon_1.tot_len =
+        read::<u16>(ctx, ETH_HDR_LEN + IPV4_TOT_LEN).map_or(0, u16::from_be);
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = flow.new_src_addr_be;
+    params.__bindgen_anon_4.ipv4_dst = flow.new_dst_addr_be;
+
+    // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        maps::count_event(PacketEvent::RewrittenPassed);
+        return xdp_action::XDP_PASS;
+    }
+    if write(ctx, 0, params.dmac).is_none() || write(ctx, 6, params.smac).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    maps::count_event(PacketEvent::Redirected);
+    if params.ifindex == ctx.ingress_ifindex() as u32 {
+        return xdp_action::XDP_TX;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+}

@@ -1,0 +1,31 @@
+//! The gateway's kernel data plane: an XDP program that forwards TCPRoute and
+//! UDPRoute traffic (destination and source NAT, replies translated back).
+#![no_std]
+#![no_main]
+
+mod csum;
+mod forward;
+mod maps;
+mod packet;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Entry point attached to each node interface.
+#[xdp]
+pub fn xdp_l4_forward(ctx: XdpContext) -> u32 {
+    forward::handle(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects a program whose code can reach this.
+    loop {}
+}
+
+// Keep the action constants referenced so a typo in forward.rs shows here too.
+const _: u32 = xdp_action::XDP_PASS;
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

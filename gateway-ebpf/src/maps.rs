@@ -1,0 +1,55 @@
+//! The maps the agent programs and reads. Names and types come from gateway-common.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use gateway_common::{
+    BackendSlotKey, BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue, MAX_BACKEND_SLOTS,
+    MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, PACKET_EVENT_COUNT, PacketEvent, RouteStats, RouteValue,
+};
+
+#[btf_map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerValue, { MAX_LISTENERS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static ROUTES: HashMap<u32, RouteValue, { MAX_ROUTES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static BACKEND_SLOTS: HashMap<BackendSlotKey, BackendValue, { MAX_BACKEND_SLOTS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static ROUTE_STATS: PerCpuArray<RouteStats, { MAX_ROUTES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static XDP_STATS: PerCpuArray<u64, { PACKET_EVENT_COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count_event(event: PacketEvent) {
+    if let Some(counter) = XDP_STATS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_route(route_id: u32, bytes: u64, new_flow: bool, dropped: bool) {
+    if let Some(stats) = ROUTE_STATS.get_ptr_mut(route_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        let stats = unsafe { &mut *stats };
+        if dropped {
+            stats.drops += 1;
+            return;
+        }
+        stats.packets += 1;
+        stats.bytes += bytes;
+        if new_flow {
+            stats.new_flows += 1;
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Bounds-checked access to packet headers. Every read and write goes through
+//! `ptr_at`, which the verifier can follow.
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_HDR_LEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const IPV4_HDR_LEN: usize = 20;
+/// Offsets inside the IPv4 header.
+pub const IPV4_FRAG_OFF: usize = 6;
+pub const IPV4_PROTO: usize = 9;
+pub const IPV4_CSUM: usize = 10;
+pub const IPV4_SRC: usize = 12;
+pub const IPV4_DST: usize = 16;
+pub const IPV4_TOT_LEN: usize = 2;
+/// Offsets inside the TCP and UDP headers.
+pub const L4_SRC_PORT: usize = 0;
+pub const L4_DST_PORT: usize = 2;
+pub const TCP_FLAGS: usize = 13;
+pub const TCP_CSUM: usize = 16;
+pub const TCP_HDR_MIN: usize = 20;
+pub const UDP_CSUM: usize = 6;
+pub const UDP_HDR_LEN: usize = 8;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// A pointer to a `T` at `offset`, if the packet is long enough.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+}
