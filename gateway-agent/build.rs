@@ -5,7 +5,10 @@ use anyhow::Context as _;
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // aya-build watches the eBPF crate; the shared types are part of it too.
-    println!("cargo:rerun-if-changed={}", root.join("gateway-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("gateway-common").display()
+    );
     let ebpf_dir = root.join("gateway-ebpf");
     let package = aya_build::Package {
         name: "gateway-ebpf",

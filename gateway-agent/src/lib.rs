@@ -1,4 +1,5 @@
 //! The gateway agent: sources → store → translate (pure) → appliers → data planes.
+pub mod cli;
 pub mod dataplane;
 pub mod model;
 pub mod netif;

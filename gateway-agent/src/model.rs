@@ -15,7 +15,11 @@ pub struct RouteRef {
 
 impl std::fmt::Display for RouteRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}/rule{}", self.kind, self.namespace, self.name, self.rule)
+        write!(
+            f,
+            "{}/{}/{}/rule{}",
+            self.kind, self.namespace, self.name, self.rule
+        )
     }
 }
 

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BackendSlotKey, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAX_TABLE_SIZE,
-    NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+    BackendSlotKey, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAX_TABLE_SIZE, NAT_PORT_COUNT,
+    NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
 };
 
 use crate::{csum, maps, packet::*};
@@ -54,7 +54,11 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
         return Err(PacketEvent::PassedFragmentOrOptions);
     }
-    let l4_len = if proto == PROTO_TCP { TCP_HDR_MIN } else { UDP_HDR_LEN };
+    let l4_len = if proto == PROTO_TCP {
+        TCP_HDR_MIN
+    } else {
+        UDP_HDR_LEN
+    };
     if ctx.data() + L4 + l4_len > ctx.data_end() {
         return Err(PacketEvent::PassedNotOurs);
     }
@@ -70,7 +74,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let packet_len = (ctx.data_end() - ctx.data()) as u64;
 
     // A tracked flow, in either direction: rewrite as recorded.
-    if let Some(flow) = maps::FLOWS.get_ptr(&key) {
+    if let Some(flow) = maps::FLOWS.get_ptr(key) {
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
         let flow = unsafe { *flow };
         maps::count_route(flow.route_id, packet_len, false, false);
@@ -84,7 +88,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         proto,
         _pad: 0,
     };
-    let route_id = match maps::LISTENERS.get_ptr(&listener_key) {
+    let route_id = match maps::LISTENERS.get_ptr(listener_key) {
         // SAFETY: plain copy of a u32 field.
         Some(listener) => unsafe { (*listener).route_id },
         None => return Err(PacketEvent::PassedNotOurs),
@@ -120,7 +124,7 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
         route_id,
         slot: hash % table_size,
     };
-    let Some(backend) = maps::BACKEND_SLOTS.get_ptr(&slot) else {
+    let Some(backend) = maps::BACKEND_SLOTS.get_ptr(slot) else {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     };
@@ -148,7 +152,10 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
             proto: key.proto,
             _pad: [0; 3],
         };
-        if maps::FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+        if maps::FLOWS
+            .insert(reply_key, reply, BPF_NOEXIST as u64)
+            .is_ok()
+        {
             let original = FlowValue {
                 new_src_addr_be: backend.snat_addr_be,
                 new_dst_addr_be: backend.addr_be,
@@ -157,8 +164,8 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
                 route_id,
                 flags: FLOW_ORIGINAL,
             };
-            if maps::FLOWS.insert(key, &original, BPF_ANY as u64).is_err() {
-                let _ = maps::FLOWS.remove(&reply_key);
+            if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
+                let _ = maps::FLOWS.remove(reply_key);
                 return None;
             }
             return Some(original);
@@ -180,7 +187,11 @@ fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
     write(ctx, ETH_HDR_LEN + IPV4_SRC, flow.new_src_addr_be)?;
     write(ctx, ETH_HDR_LEN + IPV4_DST, flow.new_dst_addr_be)?;
 
-    let l4_csum_off = if key.proto == PROTO_TCP { L4 + TCP_CSUM } else { L4 + UDP_CSUM };
+    let l4_csum_off = if key.proto == PROTO_TCP {
+        L4 + TCP_CSUM
+    } else {
+        L4 + UDP_CSUM
+    };
     let old: u16 = read(ctx, l4_csum_off)?;
     // A zero UDP checksum means "none": leave it so.
     if key.proto == PROTO_TCP || old != 0 {

@@ -5,8 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    BackendSlotKey, BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue, MAX_BACKEND_SLOTS,
-    MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, PACKET_EVENT_COUNT, PacketEvent, RouteStats, RouteValue,
+    BackendSlotKey, BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue,
+    MAX_BACKEND_SLOTS, MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, PACKET_EVENT_COUNT, PacketEvent,
+    RouteStats, RouteValue,
 };
 
 #[btf_map]

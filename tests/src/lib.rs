@@ -1,1 +1,481 @@
+//! The netns harness for end-to-end tests: client, node and backend network
+//! namespaces joined by veth pairs, processes run inside them, and everything
+//! torn down on drop (also when a test panics). Names are unique per run, so
+//! tests run in parallel; addresses (198.18.0.0/15) are private to each topology.
+//!
+//! ```text
+//!  client ns            node ns (the agent)               backend ns
+//!  eth0 198.18.0.2 ── c0 198.18.0.1 | b0 198.18.1.1 ── eth0 198.18.1.2
+//! ```
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CLIENT_ADDR: &str = "198.18.0.2";
+pub const GATEWAY_ADDR: &str = "198.18.0.1";
+pub const NODE_BACKEND_SIDE_ADDR: &str = "198.18.1.1";
+pub const BACKEND_ADDR: &str = "198.18.1.2";
+
+/// True when the test can run (root). Without root it reports a skip, except
+/// under `CI=true`, where it fails: CI must never skip these silently.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root (BPF, network namespaces) and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (BPF, network namespaces)");
+    false
+}
+
+/// A name unique to this process and call: `<prefix><pid>x<n>`, short enough
+/// for interface names.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command to completion; panics with its output when it fails.
+pub fn must(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(&format!("gwt-{prefix}-"));
+        must(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Like `command`, but the child only enters the network namespace (setns),
+    /// keeping the mount namespace: `ip netns exec` remounts /sys, which would
+    /// hide the agent's pinned maps under /sys/fs/bpf from the test.
+    pub fn command_in_netns_only(&self, program: &Path) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let path = std::ffi::CString::new(format!("/run/netns/{}", self.name)).expect("no NUL");
+        let mut cmd = Command::new(program);
+        // SAFETY: open/setns/close are async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `args` inside the namespace and panics if it fails.
+    pub fn run(&self, args: &[&str]) -> Output {
+        must(self.command(args[0]).args(&args[1..]))
+    }
+
+    /// Starts a long-running process inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> Process {
+        let child = self
+            .command(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        Process(child)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its veths (and their peers).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn signal(&self, signal: libc::c_int) {
+        // `ip netns exec` execs the program, so the pid is the program's own.
+        // SAFETY: plain syscall on our own child.
+        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Topology {
+    pub client: Netns,
+    pub node: Netns,
+    pub backend: Netns,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let topology = Topology {
+            client: Netns::new("c"),
+            node: Netns::new("n"),
+            backend: Netns::new("b"),
+        };
+        topology.link(&topology.client, "c0", GATEWAY_ADDR, CLIENT_ADDR);
+        topology.link(
+            &topology.backend,
+            "b0",
+            NODE_BACKEND_SIDE_ADDR,
+            BACKEND_ADDR,
+        );
+        topology
+    }
+
+    /// A veth pair between `peer` (eth0, `peer_addr`) and the node (`node_if`,
+    /// `node_addr`); the peer routes everything through the node.
+    fn link(&self, peer: &Netns, node_if: &str, node_addr: &str, peer_addr: &str) {
+        must(Command::new("ip").args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &peer.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            node_if,
+            "netns",
+            &self.node.name,
+        ]));
+        peer.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{peer_addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        peer.run(&["ip", "link", "set", "eth0", "up"]);
+        peer.run(&["ip", "route", "add", "default", "via", node_addr]);
+        self.node.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{node_addr}/24"),
+            "dev",
+            node_if,
+        ]);
+        self.node.run(&["ip", "link", "set", node_if, "up"]);
+        // Full checksums on what the peers send: native XDP sees raw frames and
+        // cannot finish a partial (offloaded) checksum. GRO lets veth accept
+        // frames the node's XDP program redirects to it.
+        peer.run(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+    }
+
+    /// Path of a binary of this package (cargo builds them before the tests).
+    pub fn bin(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/<name>
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join(name)
+    }
+
+    /// Runs `test-peer ARGS` in the client namespace; Ok(stdout) or Err(stderr).
+    pub fn client_run(&self, args: &[&str]) -> Result<String, String> {
+        let peer = Self::bin("test-peer");
+        let out = self
+            .client
+            .command(peer.to_str().expect("utf-8 path"))
+            .args(args)
+            .output()
+            .expect("run test-peer");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Starts `test-peer ARGS` in the backend namespace.
+    pub fn backend_spawn(&self, args: &[&str]) -> Process {
+        let peer = Self::bin("test-peer");
+        let mut all = vec![peer.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        self.backend.spawn(&all)
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("gwt-"));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.0.join(name), text).expect("write file");
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent running standalone in the node namespace, on a manifests directory.
+pub struct Agent {
+    pub process: Process,
+    pub name: String,
+    pub log: PathBuf,
+    pub manifests: TempDir,
+}
+
+impl Agent {
+    pub fn start(topology: &Topology, manifests: TempDir) -> Agent {
+        let name = unique("gwt-agent-");
+        let log = manifests.0.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("create log");
+        mount_bpffs_once();
+        let child = topology
+            .node
+            .command_in_netns_only(&Topology::bin("agent-under-test"))
+            .args(["run", "--manifests"])
+            .arg(&manifests.0)
+            .args([
+                "--interfaces",
+                "c0,b0",
+                "--xdp-mode",
+                "native",
+                "--name",
+                &name,
+            ])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            process: Process(child),
+            name,
+            log,
+            manifests,
+        }
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.name)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sum over CPUs of one field of `ROUTE_STATS[route_id]`, read with bpftool
+    /// from the pinned map (works while the agent is stopped).
+    pub fn route_counter(&self, route_id: u32, field: &str) -> u64 {
+        self.per_cpu_sum("ROUTE_STATS", route_id, |v| v["value"][field].as_u64())
+    }
+
+    /// How many packets the XDP program handled with `event` (XDP_STATS).
+    pub fn packet_events(&self, event: gateway_common::PacketEvent) -> u64 {
+        self.per_cpu_sum("XDP_STATS", event as u32, |v| v["value"].as_u64())
+    }
+
+    fn per_cpu_sum(
+        &self,
+        map: &str,
+        index: u32,
+        field: impl Fn(&serde_json::Value) -> Option<u64>,
+    ) -> u64 {
+        let path = self.pin_dir().join(map);
+        let key = index.to_le_bytes().map(|b| b.to_string());
+        let out = must(
+            Command::new("bpftool")
+                .args(["--json", "map", "lookup", "pinned"])
+                .arg(&path)
+                .arg("key")
+                .args(key),
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        let per_cpu = value["formatted"]["values"]
+            .as_array()
+            .or_else(|| value["values"].as_array())
+            .unwrap_or_else(|| panic!("unexpected bpftool output: {value}"));
+        per_cpu
+            .iter()
+            .map(|v| field(v).unwrap_or_else(|| panic!("unexpected value in {map}: {v}")))
+            .sum()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf unless it is there, once per test
+/// process, so that agents started in parallel do not each mount one.
+fn mount_bpffs_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        {
+            must(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]));
+        }
+    });
+}
+
+/// Polls `f` until it returns Some, at most `timeout`; panics with `what` and
+/// the last error otherwise.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: still failing after {timeout:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Gateway API manifests the tests share: our GatewayClass and a Service with
+/// one endpoint on the backend namespace's address.
+pub fn class_and_service(service: &str, port: u16, target_port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: gwt
+spec:
+  controllerName: {controller}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {service}
+  namespace: default
+spec:
+  ports:
+  - name: p
+    port: {port}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: {service}
+addressType: IPv4
+ports:
+- name: p
+  port: {target_port}
+endpoints:
+- addresses: ["{BACKEND_ADDR}"]
+"#,
+        controller = gateway_agent::DEFAULT_CONTROLLER_NAME,
+    )
+}
+
+/// A Gateway with one HTTP listener (port 80) and an HTTPRoute for host
+/// `app.example` sending `path` (PathPrefix) to Service `web` port 8080.
+pub fn http_gateway_and_route(path: &str) -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  namespace: default
+spec:
+  gatewayClassName: gwt
+  addresses:
+  - value: {GATEWAY_ADDR}
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: 80
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: app
+  namespace: default
+spec:
+  parentRefs:
+  - name: gw
+  hostnames: ["app.example"]
+  rules:
+  - matches:
+    - path:
+        type: PathPrefix
+        value: {path}
+    backendRefs:
+    - name: web
+      port: 8080
+"#
+    )
+}

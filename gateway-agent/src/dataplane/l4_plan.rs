@@ -66,7 +66,9 @@ pub fn plan(
     ids.assign(&live);
     let mut maps = L4Maps::default();
     for listener in listeners {
-        let Some(route_id) = ids.get(&listener.route) else { continue };
+        let Some(route_id) = ids.get(&listener.route) else {
+            continue;
+        };
         let key = ListenerKey {
             addr_be: u32::from(listener.addr).to_be(),
             port_be: listener.port.to_be(),
@@ -88,14 +90,25 @@ pub fn plan(
         let table = fill_table(&backends, TABLE_SIZE);
         maps.routes.insert(route_id, table.len() as u32);
         for (slot, backend) in table.into_iter().enumerate() {
-            maps.slots.insert(BackendSlotKey { route_id, slot: slot as u32 }, backend);
+            maps.slots.insert(
+                BackendSlotKey {
+                    route_id,
+                    slot: slot as u32,
+                },
+                backend,
+            );
         }
     }
     maps
 }
 
-fn backend_value(e: &WeightedEndpoint, source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr) -> Option<BackendValue> {
-    let IpAddr::V4(addr) = e.addr.ip() else { return None };
+fn backend_value(
+    e: &WeightedEndpoint,
+    source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
+) -> Option<BackendValue> {
+    let IpAddr::V4(addr) = e.addr.ip() else {
+        return None;
+    };
     Some(BackendValue {
         addr_be: u32::from(addr).to_be(),
         snat_addr_be: u32::from(source_for(addr)).to_be(),
@@ -151,10 +164,18 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 0, 1),
             port,
             protocol: L4Protocol::Tcp,
-            route: RouteRef { kind: "TCPRoute", namespace: "default".into(), name: name.into(), rule: 0 },
+            route: RouteRef {
+                kind: "TCPRoute",
+                namespace: "default".into(),
+                name: name.into(),
+                rule: 0,
+            },
             backends: backends
                 .iter()
-                .map(|(a, w)| WeightedEndpoint { addr: a.parse::<SocketAddr>().unwrap(), weight: *w })
+                .map(|(a, w)| WeightedEndpoint {
+                    addr: a.parse::<SocketAddr>().unwrap(),
+                    weight: *w,
+                })
                 .collect(),
         }
     }
@@ -165,10 +186,18 @@ mod tests {
         let l = listener("r", 9000, &[("198.18.1.2:7000", 3), ("198.18.1.3:7000", 1)]);
         let maps = plan(&[l], &mut ids, &|_| Ipv4Addr::new(198, 18, 1, 1));
         assert_eq!(maps.routes[&0], TABLE_SIZE);
-        let first = maps.slots.values().filter(|b| b.addr_be == u32::from(Ipv4Addr::new(198, 18, 1, 2)).to_be()).count();
+        let first = maps
+            .slots
+            .values()
+            .filter(|b| b.addr_be == u32::from(Ipv4Addr::new(198, 18, 1, 2)).to_be())
+            .count();
         // 3/4 of 1021 slots, within one slot.
         assert!((765..=766).contains(&first), "{first}");
-        assert!(maps.slots.values().all(|b| b.snat_addr_be == u32::from(Ipv4Addr::new(198, 18, 1, 1)).to_be()));
+        assert!(
+            maps.slots
+                .values()
+                .all(|b| b.snat_addr_be == u32::from(Ipv4Addr::new(198, 18, 1, 1)).to_be())
+        );
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
+use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
 use gateway_common::{
     BackendSlotKey, BackendValue, ListenerKey, ListenerValue, PacketEvent, RouteStats, RouteValue,
     maps as names,
@@ -20,7 +20,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load the eBPF object (loading needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
+    #[error(
+        "cannot load the eBPF object (loading needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
@@ -94,14 +96,21 @@ impl L4Dataplane {
         for (name, map) in ebpf.maps() {
             let path = pin_dir.join(name);
             let _ = std::fs::remove_file(&path);
-            map.pin(&path).map_err(|e| Error::Pin { path, message: e.to_string() })?;
+            map.pin(&path).map_err(|e| Error::Pin {
+                path,
+                message: e.to_string(),
+            })?;
         }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(Error::Missing(name));
-        let listeners = HashMap::try_from(take(names::LISTENERS)?).map_err(map_err(names::LISTENERS))?;
+        let listeners =
+            HashMap::try_from(take(names::LISTENERS)?).map_err(map_err(names::LISTENERS))?;
         let routes = HashMap::try_from(take(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
-        let slots = HashMap::try_from(take(names::BACKEND_SLOTS)?).map_err(map_err(names::BACKEND_SLOTS))?;
-        let route_stats = PerCpuArray::try_from(take(names::ROUTE_STATS)?).map_err(map_err(names::ROUTE_STATS))?;
-        let xdp_stats = PerCpuArray::try_from(take(names::XDP_STATS)?).map_err(map_err(names::XDP_STATS))?;
+        let slots = HashMap::try_from(take(names::BACKEND_SLOTS)?)
+            .map_err(map_err(names::BACKEND_SLOTS))?;
+        let route_stats = PerCpuArray::try_from(take(names::ROUTE_STATS)?)
+            .map_err(map_err(names::ROUTE_STATS))?;
+        let xdp_stats =
+            PerCpuArray::try_from(take(names::XDP_STATS)?).map_err(map_err(names::XDP_STATS))?;
         Ok(Self {
             _ebpf: ebpf,
             listeners,
@@ -122,29 +131,47 @@ impl L4Dataplane {
         let old = std::mem::take(&mut self.applied);
         for (key, value) in &desired.slots {
             if old.slots.get(key) != Some(value) {
-                self.slots.insert(key, value, 0).map_err(map_err(names::BACKEND_SLOTS))?;
+                self.slots
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::BACKEND_SLOTS))?;
             }
         }
         for (id, size) in &desired.routes {
             if old.routes.get(id) != Some(size) {
                 let value = RouteValue { table_size: *size };
-                self.routes.insert(id, value, 0).map_err(map_err(names::ROUTES))?;
+                self.routes
+                    .insert(id, value, 0)
+                    .map_err(map_err(names::ROUTES))?;
             }
         }
         for (key, id) in &desired.listeners {
             if old.listeners.get(key) != Some(id) {
                 let value = ListenerValue { route_id: *id };
-                self.listeners.insert(key, value, 0).map_err(map_err(names::LISTENERS))?;
+                self.listeners
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::LISTENERS))?;
             }
         }
-        for key in old.listeners.keys().filter(|k| !desired.listeners.contains_key(k)) {
-            self.listeners.remove(key).map_err(map_err(names::LISTENERS))?;
+        for key in old
+            .listeners
+            .keys()
+            .filter(|k| !desired.listeners.contains_key(k))
+        {
+            self.listeners
+                .remove(key)
+                .map_err(map_err(names::LISTENERS))?;
         }
-        for id in old.routes.keys().filter(|k| !desired.routes.contains_key(k)) {
+        for id in old
+            .routes
+            .keys()
+            .filter(|k| !desired.routes.contains_key(k))
+        {
             self.routes.remove(id).map_err(map_err(names::ROUTES))?;
         }
         for key in old.slots.keys().filter(|k| !desired.slots.contains_key(k)) {
-            self.slots.remove(key).map_err(map_err(names::BACKEND_SLOTS))?;
+            self.slots
+                .remove(key)
+                .map_err(map_err(names::BACKEND_SLOTS))?;
         }
         self.applied = desired;
         Ok(())
@@ -192,7 +219,13 @@ fn ensure_bpffs(dir: &Path) -> nix::Result<()> {
         return Ok(());
     }
     tracing::info!(dir = %dir.display(), "mounting the BPF filesystem");
-    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
 }
 
 /// The address the kernel would use as source towards `backend`: the source-NAT

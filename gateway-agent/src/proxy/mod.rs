@@ -63,13 +63,19 @@ impl Proxy {
         let mut fresh = Vec::new();
         for listener in listeners {
             let table = RouteTable::new(listener.rules.clone());
-            let existing = self.bound.lock().expect("lock").get(&listener.bind).map(|b| b.table.clone());
+            let existing = self
+                .bound
+                .lock()
+                .expect("lock")
+                .get(&listener.bind)
+                .map(|b| b.table.clone());
             match existing {
                 Some(current) => current.store(Arc::new(table)),
                 None => match bind(listener.bind).await {
                     Ok(socket) => {
                         let table = Arc::new(ArcSwap::from_pointee(table));
-                        let accept = tokio::spawn(accept_loop(socket, table.clone(), self.upstream.clone()));
+                        let accept =
+                            tokio::spawn(accept_loop(socket, table.clone(), self.upstream.clone()));
                         fresh.push((listener.bind, Bound { table, accept }));
                     }
                     Err(e) => failures.push((listener.bind, e)),
@@ -119,14 +125,19 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
             let service = hyper::service::service_fn(move |req| {
                 let table = table.load_full();
                 let upstream = upstream.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &table, &upstream, peer).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(req, &table, &upstream, peer).await)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -186,7 +197,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-async fn handle(mut req: Request<Incoming>, table: &RouteTable, upstream: &Upstream, peer: SocketAddr) -> Response<ProxyBody> {
+async fn handle(
+    mut req: Request<Incoming>,
+    table: &RouteTable,
+    upstream: &Upstream,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -209,10 +225,11 @@ async fn handle(mut req: Request<Incoming>, table: &RouteTable, upstream: &Upstr
     *req.version_mut() = hyper::Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST) && !host.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&host) {
-            headers.insert(header::HOST, value);
-        }
+    if !headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(&host)
+        && !host.is_empty()
+    {
+        headers.insert(header::HOST, value);
     }
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),

@@ -33,7 +33,9 @@ impl RouteTable {
             }
         }
         table.wildcard = wildcard.into_iter().collect();
-        table.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        table
+            .wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         table.rules = rules;
         table
     }
@@ -47,7 +49,9 @@ impl RouteTable {
             .or_else(|| {
                 self.wildcard
                     .iter()
-                    .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
                     .map(|(_, rules)| rules)
             })
             .unwrap_or(&self.any_host);
@@ -71,7 +75,9 @@ pub fn path_matches(rule: &PathMatch, path: &str) -> bool {
         PathMatch::Exact(p) => p == path,
         PathMatch::Prefix(p) => {
             let p = p.trim_end_matches('/');
-            p.is_empty() || path == p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            p.is_empty()
+                || path == p
+                || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
         }
     }
 }
@@ -83,7 +89,12 @@ mod tests {
 
     fn rule(name: &str, hosts: &[&str], path: PathMatch) -> HttpRule {
         HttpRule {
-            route: RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: name.into(), rule: 0 },
+            route: RouteRef {
+                kind: "HTTPRoute",
+                namespace: "ns".into(),
+                name: name.into(),
+                rule: 0,
+            },
             hostnames: hosts.iter().map(|h| h.to_string()).collect(),
             matched: HttpMatch { path },
             backends: Vec::new(),
@@ -109,9 +120,15 @@ mod tests {
             rule("wild", &["*.example.com"], PathMatch::Prefix("/".into())),
             rule("exact", &["a.example.com"], PathMatch::Prefix("/".into())),
         ]);
-        assert_eq!(table.find("a.example.com:8080", "/").unwrap().route.name, "exact");
+        assert_eq!(
+            table.find("a.example.com:8080", "/").unwrap().route.name,
+            "exact"
+        );
         assert_eq!(table.find("B.example.com", "/").unwrap().route.name, "wild");
-        assert_eq!(table.find("x.y.example.com", "/").unwrap().route.name, "wild");
+        assert_eq!(
+            table.find("x.y.example.com", "/").unwrap().route.name,
+            "wild"
+        );
         assert_eq!(table.find("example.com", "/").unwrap().route.name, "any");
     }
 

@@ -159,7 +159,13 @@ fn yaml_error(doc: &Document, e: &serde_yaml::Error) -> DocError {
     let line = e
         .location()
         .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
-    (line, e.to_string())
+    // serde_yaml appends the line within the document; the file's line is ours.
+    let message = e.to_string();
+    let message = match message.rsplit_once(" at line ") {
+        Some((text, _)) if e.location().is_some() => text.to_string(),
+        _ => message,
+    };
+    (line, message)
 }
 
 fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError> {
@@ -179,7 +185,8 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
     };
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let version = api_version.rsplit('/').next().unwrap_or_default();
-    let namespaced = |ns: Option<String>| ObjectKey::new(ns.unwrap_or_else(|| "default".into()), &name);
+    let namespaced =
+        |ns: Option<String>| ObjectKey::new(ns.unwrap_or_else(|| "default".into()), &name);
     let cluster = ObjectKey::new("", &name);
     let key = namespaced(meta.metadata.namespace);
 
@@ -255,8 +262,16 @@ mod tests {
              spec:\n  controllerName: x/y\n",
         );
         assert!(errors.is_empty(), "{errors:?}");
-        assert!(snapshot.services.contains_key(&ObjectKey::new("default", "a")));
-        assert!(snapshot.gateway_classes.contains_key(&ObjectKey::new("", "c")));
+        assert!(
+            snapshot
+                .services
+                .contains_key(&ObjectKey::new("default", "a"))
+        );
+        assert!(
+            snapshot
+                .gateway_classes
+                .contains_key(&ObjectKey::new("", "c"))
+        );
     }
 
     #[test]
@@ -267,9 +282,16 @@ mod tests {
              spec:\n  gatewayClassName: c\n  listeners:\n  - name: l\n    port: eighty\n    protocol: HTTP\n",
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].line, 13, "{}", errors[0]);
-        assert!(errors[0].to_string().starts_with("m.yaml:13: "), "{}", errors[0]);
-        assert!(snapshot.services.contains_key(&ObjectKey::new("default", "good")));
+        assert_eq!(errors[0].line, 14, "{}", errors[0]);
+        assert_eq!(
+            errors[0].to_string(),
+            "m.yaml:14: spec.listeners[0].port: invalid type: string \"eighty\", expected i32"
+        );
+        assert!(
+            snapshot
+                .services
+                .contains_key(&ObjectKey::new("default", "good"))
+        );
         assert!(snapshot.gateways.is_empty());
     }
 

@@ -199,7 +199,11 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                         .iter()
                         .map(|r| Rule {
                             matches: Vec::new(),
-                            backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                            backend_refs: r
+                                .backend_refs
+                                .iter()
+                                .map(|b| backend_ref!(b, ns))
+                                .collect(),
                             unsupported: None,
                         })
                         .collect(),

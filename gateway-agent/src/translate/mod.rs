@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
-    ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol, RouteRef,
-    WeightedEndpoint,
+    ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
+    RouteRef, WeightedEndpoint,
 };
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
@@ -59,9 +59,13 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         .map(|(k, _)| k.name.as_str())
         .collect();
     for class in &our_classes {
-        statuses.push(ObjectStatus::new("GatewayClass", ObjectKey::new("", *class)).with(
-            Condition::yes("Accepted", "Accepted", "accepted by this controller"),
-        ));
+        statuses.push(
+            ObjectStatus::new("GatewayClass", ObjectKey::new("", *class)).with(Condition::yes(
+                "Accepted",
+                "Accepted",
+                "accepted by this controller",
+            )),
+        );
     }
 
     // Addresses of each of our Gateways.
@@ -82,7 +86,11 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         let mut status = ObjectStatus::new("Gateway", key.clone());
         if bad.is_empty() {
             status.push(Condition::yes("Accepted", "Accepted", "accepted"));
-            status.push(Condition::yes("Programmed", "Programmed", "programmed on this node"));
+            status.push(Condition::yes(
+                "Programmed",
+                "Programmed",
+                "programmed on this node",
+            ));
         } else {
             let message = format!("unusable addresses: {}", bad.join(", "));
             status.push(Condition::yes("Accepted", "Accepted", "accepted"));
@@ -96,7 +104,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     for (key, addresses) in &gateway_addresses {
         let gateway = &snapshot.gateways[*key];
         for l in &gateway.spec.listeners {
-            let Ok(port) = u16::try_from(l.port) else { continue };
+            let Ok(port) = u16::try_from(l.port) else {
+                continue;
+            };
             listeners.push(Listener {
                 gateway: key,
                 name: &l.name,
@@ -153,15 +163,20 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     for (listener, attached) in listeners.iter().zip(&attachments) {
         match listener.protocol {
             "TCP" | "UDP" => {
-                let protocol = if listener.protocol == "TCP" { L4Protocol::Tcp } else { L4Protocol::Udp };
+                let protocol = if listener.protocol == "TCP" {
+                    L4Protocol::Tcp
+                } else {
+                    L4Protocol::Udp
+                };
                 // One route per L4 listener: the oldest wins, then by namespace/name.
-                let Some(first) = attached
-                    .iter()
-                    .min_by(|a, b| (&a.route.created, &a.route.key).cmp(&(&b.route.created, &b.route.key)))
-                else {
+                let Some(first) = attached.iter().min_by(|a, b| {
+                    (&a.route.created, &a.route.key).cmp(&(&b.route.created, &b.route.key))
+                }) else {
                     continue;
                 };
-                let Some(rule) = first.route.rules.first() else { continue };
+                let Some(rule) = first.route.rules.first() else {
+                    continue;
+                };
                 let (backends, _) = resolve_backends(first.route, &rule.backend_refs, snapshot);
                 let addrs: Vec<Ipv4Addr> = if listener.addresses.is_empty() {
                     settings.node_addresses.clone()
@@ -189,7 +204,11 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                 let binds: Vec<SocketAddr> = if listener.addresses.is_empty() {
                     vec![SocketAddr::new(ANY_V4, listener.port)]
                 } else {
-                    listener.addresses.iter().map(|a| SocketAddr::new(*a, listener.port)).collect()
+                    listener
+                        .addresses
+                        .iter()
+                        .map(|a| SocketAddr::new(*a, listener.port))
+                        .collect()
                 };
                 for attachment in attached {
                     let route = attachment.route;
@@ -209,7 +228,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                             };
                             let key = SortKey::new(route, &entry, index, match_index);
                             for bind in &binds {
-                                http.entry(*bind).or_default().push((key.clone(), entry.clone()));
+                                http.entry(*bind)
+                                    .or_default()
+                                    .push((key.clone(), entry.clone()));
                             }
                         }
                     }
@@ -222,7 +243,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         }
     }
     config.l4.sort();
-    config.l4.dedup_by(|a, b| (a.addr, a.port, a.protocol) == (b.addr, b.port, b.protocol));
+    config
+        .l4
+        .dedup_by(|a, b| (a.addr, a.port, a.protocol) == (b.addr, b.port, b.protocol));
     for (bind, mut rules) in http {
         rules.sort_by(|a, b| a.0.cmp(&b.0));
         config.http.push(HttpListener {
@@ -290,14 +313,22 @@ fn attach(
         .filter(|(_, l)| parent.port.is_none_or(|p| p == i32::from(l.port)))
         .collect();
     if candidates.is_empty() {
-        return Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".into()));
+        return Err((
+            "NoMatchingParent",
+            "no listener matches the parentRef's sectionName and port".into(),
+        ));
     }
     let allowed: Vec<(usize, &Listener)> = candidates
         .into_iter()
-        .filter(|(_, l)| kind_allowed(l, route.kind) && namespace_allowed(l, &route.key.namespace, snapshot))
+        .filter(|(_, l)| {
+            kind_allowed(l, route.kind) && namespace_allowed(l, &route.key.namespace, snapshot)
+        })
         .collect();
     if allowed.is_empty() {
-        return Err(("NotAllowedByListeners", "no listener allows this route's kind and namespace".into()));
+        return Err((
+            "NotAllowedByListeners",
+            "no listener allows this route's kind and namespace".into(),
+        ));
     }
     let mut hits = Vec::new();
     for (index, listener) in allowed {
@@ -333,8 +364,14 @@ fn kind_allowed(listener: &Listener, kind: RouteKind) -> bool {
 
 fn namespace_allowed(listener: &Listener, route_namespace: &str, snapshot: &Snapshot) -> bool {
     use gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesFrom as From;
-    let namespaces = listener.allowed.as_ref().and_then(|a| a.namespaces.as_ref());
-    match namespaces.and_then(|n| n.from.clone()).unwrap_or(From::Same) {
+    let namespaces = listener
+        .allowed
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match namespaces
+        .and_then(|n| n.from.clone())
+        .unwrap_or(From::Same)
+    {
         From::Same => route_namespace == listener.gateway.namespace,
         From::All => true,
         From::Selector => {
@@ -395,7 +432,12 @@ fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Option<Vec<S
 }
 
 /// True when `from_namespace`'s route of `kind` may reference `to` in another namespace.
-fn reference_granted(snapshot: &Snapshot, kind: RouteKind, from_namespace: &str, to: &BackendRef) -> bool {
+fn reference_granted(
+    snapshot: &Snapshot,
+    kind: RouteKind,
+    from_namespace: &str,
+    to: &BackendRef,
+) -> bool {
     snapshot
         .reference_grants
         .iter()
@@ -404,7 +446,9 @@ fn reference_granted(snapshot: &Snapshot, kind: RouteKind, from_namespace: &str,
             grant.spec.from.iter().any(|f| {
                 f.group == GATEWAY_GROUP && f.kind == kind.name() && f.namespace == from_namespace
             }) && grant.spec.to.iter().any(|t| {
-                t.group == to.group && t.kind == to.kind && t.name.as_deref().is_none_or(|n| n == to.name)
+                t.group == to.group
+                    && t.kind == to.kind
+                    && t.name.as_deref().is_none_or(|n| n == to.name)
             })
         })
 }
@@ -412,21 +456,33 @@ fn reference_granted(snapshot: &Snapshot, kind: RouteKind, from_namespace: &str,
 /// Why a backendRef cannot be used, as (reason, message).
 fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> Option<Rejection> {
     if !(backend.group.is_empty() || backend.group == "core") || backend.kind != "Service" {
-        return Some(("InvalidKind", format!("{}/{} is not a supported backend kind", backend.group, backend.kind)));
+        return Some((
+            "InvalidKind",
+            format!(
+                "{}/{} is not a supported backend kind",
+                backend.group, backend.kind
+            ),
+        ));
     }
     if backend.namespace != route.key.namespace
         && !reference_granted(snapshot, route.kind, &route.key.namespace, backend)
     {
         return Some((
             "RefNotPermitted",
-            format!("no ReferenceGrant allows a reference to Service {}/{}", backend.namespace, backend.name),
+            format!(
+                "no ReferenceGrant allows a reference to Service {}/{}",
+                backend.namespace, backend.name
+            ),
         ));
     }
     if !snapshot
         .services
         .contains_key(&ObjectKey::new(&backend.namespace, &backend.name))
     {
-        return Some(("BackendNotFound", format!("Service {}/{} not found", backend.namespace, backend.name)));
+        return Some((
+            "BackendNotFound",
+            format!("Service {}/{} not found", backend.namespace, backend.name),
+        ));
     }
     None
 }
@@ -447,7 +503,11 @@ fn resolved_refs_condition(route: &Route, snapshot: &Snapshot) -> Condition {
 
 /// Ready endpoints of a rule's backendRefs with their weights, and the weight
 /// of refs that could not be resolved.
-fn resolve_backends(route: &Route, refs: &[BackendRef], snapshot: &Snapshot) -> (Vec<WeightedEndpoint>, u32) {
+fn resolve_backends(
+    route: &Route,
+    refs: &[BackendRef],
+    snapshot: &Snapshot,
+) -> (Vec<WeightedEndpoint>, u32) {
     let mut endpoints = Vec::new();
     let mut invalid_weight = 0u32;
     for backend in refs.iter().filter(|b| b.weight > 0) {
@@ -470,14 +530,22 @@ fn resolve_backends(route: &Route, refs: &[BackendRef], snapshot: &Snapshot) -> 
 }
 
 /// Ready endpoint addresses behind a Service port, from its EndpointSlices.
-fn service_endpoints(service: &Service, backend: &BackendRef, snapshot: &Snapshot) -> Vec<SocketAddr> {
-    let Some(port) = backend.port else { return Vec::new() };
+fn service_endpoints(
+    service: &Service,
+    backend: &BackendRef,
+    snapshot: &Snapshot,
+) -> Vec<SocketAddr> {
+    let Some(port) = backend.port else {
+        return Vec::new();
+    };
     let service_port = service
         .spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
         .find(|p| p.port == port);
-    let Some(service_port) = service_port else { return Vec::new() };
+    let Some(service_port) = service_port else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let slices = snapshot.endpoint_slices.iter().filter(|(key, slice)| {
         key.namespace == backend.namespace
@@ -495,9 +563,15 @@ fn service_endpoints(service: &Service, backend: &BackendRef, snapshot: &Snapsho
             .flatten()
             .find(|p| p.name == service_port.name)
             .and_then(|p| p.port);
-        let Some(target) = target.and_then(|p| u16::try_from(p).ok()) else { continue };
+        let Some(target) = target.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
         for endpoint in &slice.endpoints {
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
             if !ready {
                 continue;
             }

@@ -16,10 +16,20 @@ pub struct Condition {
 
 impl Condition {
     pub fn yes(type_: &'static str, reason: &'static str, message: &str) -> Self {
-        Self { type_, status: true, reason, message: message.into() }
+        Self {
+            type_,
+            status: true,
+            reason,
+            message: message.into(),
+        }
     }
     pub fn no(type_: &'static str, reason: &'static str, message: &str) -> Self {
-        Self { type_, status: false, reason, message: message.into() }
+        Self {
+            type_,
+            status: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +47,13 @@ pub struct ObjectStatus {
 
 impl ObjectStatus {
     pub fn new(kind: &'static str, key: ObjectKey) -> Self {
-        Self { kind, key, parent: None, section: None, conditions: Vec::new() }
+        Self {
+            kind,
+            key,
+            parent: None,
+            section: None,
+            conditions: Vec::new(),
+        }
     }
     pub fn with(mut self, condition: Condition) -> Self {
         self.conditions.push(condition);

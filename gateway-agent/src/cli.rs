@@ -1,0 +1,168 @@
+//! The `gateway-agent` command line and the wiring of the data flow.
+//! In the library so that the end-to-end tests run exactly this code.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dataplane::loader::{AttachMode, L4Dataplane};
+use crate::proxy::Proxy;
+use crate::source::file::FileSource;
+use crate::translate::{self, Settings};
+use crate::{DEFAULT_CONTROLLER_NAME, netif};
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use notify::Watcher as _;
+
+#[derive(Parser)]
+#[command(version, about = "eBPF-accelerated Kubernetes Gateway API node agent")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Gateway API objects on this node.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Standalone mode: serve the manifests (multi-document YAML) under this
+    /// directory, re-read on every change.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Interfaces to attach the XDP program to (comma-separated). Default:
+    /// every non-loopback interface that is up.
+    #[arg(long, value_delimiter = ',')]
+    interfaces: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    xdp_mode: AttachMode,
+    /// GatewayClasses with this controllerName are served.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    /// Name of this agent: its BPF maps are pinned under /sys/fs/bpf/<name>/.
+    #[arg(long, default_value = "gateway-agent")]
+    name: String,
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.manifests.clone() else {
+        bail!("the Kubernetes source is not built yet: run with --manifests DIR (standalone mode)");
+    };
+    let interfaces = if args.interfaces.is_empty() {
+        netif::default_interfaces().context("listing interfaces")?
+    } else {
+        args.interfaces.clone()
+    };
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
+    let mut l4 = L4Dataplane::load(&interfaces, args.xdp_mode, &pin_dir)?;
+    tracing::info!(pin_dir = %pin_dir.display(), "BPF maps pinned");
+    let settings = Settings {
+        controller_name: args.controller_name.clone(),
+        node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
+    };
+    let proxy = Arc::new(Proxy::default());
+
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files ourselves raises Access events: only changes count.
+        if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
+        {
+            let _ = changed_tx.try_send(());
+        }
+    })?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+
+    let mut source = FileSource::default();
+    let mut generation = 0u64;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        generation += 1;
+        let started = Instant::now();
+        let (snapshot, errors) = source.load(&dir);
+        for error in &errors {
+            tracing::error!(%error, "invalid manifest");
+        }
+        let output = translate::translate(&snapshot, &settings);
+        for status in &output.statuses {
+            if let Some(problem) = status.problem() {
+                tracing::warn!(
+                    kind = status.kind,
+                    object = %status.key,
+                    parent = status.parent.as_ref().map(ToString::to_string),
+                    section = status.section,
+                    condition = problem.type_,
+                    reason = problem.reason,
+                    message = %problem.message,
+                    "not fully accepted"
+                );
+            }
+        }
+        if let Err(e) = l4.apply(&output.config.l4) {
+            tracing::error!(error = %e, "programming the L4 maps failed");
+        }
+        for (addr, error) in proxy.apply(&output.config.http).await {
+            tracing::error!(%addr, %error, "cannot serve HTTP listener");
+        }
+        tracing::info!(
+            generation,
+            l4_listeners = output.config.l4.len(),
+            http_listeners = output.config.http.len(),
+            manifest_errors = errors.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "config applied"
+        );
+
+        tokio::select! {
+            _ = changed_rx.recv() => {
+                // Coalesce a burst of file events (an editor's save is several) into one reload.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changed_rx.try_recv().is_ok() {}
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

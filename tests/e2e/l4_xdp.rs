@@ -1,0 +1,113 @@
+//! TCPRoute traffic is forwarded by the XDP program, not by the agent process.
+
+use std::time::Duration;
+
+use gateway_common::PacketEvent;
+use gateway_tests::{
+    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
+    require_root,
+};
+
+fn tcp_gateway() -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  namespace: default
+spec:
+  gatewayClassName: gwt
+  addresses:
+  - value: {GATEWAY_ADDR}
+  listeners:
+  - name: tcp
+    protocol: TCP
+    port: 9000
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata:
+  name: echo
+  namespace: default
+spec:
+  parentRefs:
+  - name: gw
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 7000
+"#
+    )
+}
+
+#[test]
+fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
+    if !require_root("tcp_flows_through_xdp") {
+        return;
+    }
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &tcp_gateway()),
+    );
+    let mut agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+
+    let reply = eventually("TCP through the gateway", Duration::from_secs(20), || {
+        topology.client_run(&["tcp-send", &gateway, "ping"])
+    });
+    assert_eq!(reply, "ping", "agent log:\n{}", agent.log());
+    let packets_before = agent.route_counter(0, "packets");
+    let flows_before = agent.route_counter(0, "new_flows");
+    assert!(
+        packets_before >= 4,
+        "a TCP exchange is several packets: {packets_before}"
+    );
+    assert!(flows_before >= 1);
+    // The fast path: rewritten and redirected by the program, not handed to the kernel.
+    let redirected = agent.packet_events(PacketEvent::Redirected);
+    assert!(
+        redirected >= packets_before / 2,
+        "redirected {redirected} of {packets_before}"
+    );
+
+    // With the agent frozen, the kernel keeps forwarding and counting.
+    agent.process.signal(libc::SIGSTOP);
+    for i in 0..5 {
+        let message = format!("while stopped {i}");
+        let reply = topology.client_run(&["tcp-send", &gateway, &message]);
+        assert_eq!(
+            reply.as_deref(),
+            Ok(message.as_str()),
+            "exchange {i} with the agent stopped"
+        );
+    }
+    let packets_stopped = agent.route_counter(0, "packets");
+    let flows_stopped = agent.route_counter(0, "new_flows");
+    assert!(
+        packets_stopped > packets_before,
+        "{packets_stopped} > {packets_before}"
+    );
+    assert_eq!(
+        flows_stopped,
+        flows_before + 5,
+        "one new flow per connection"
+    );
+    agent.process.signal(libc::SIGCONT);
+
+    // Nothing in the node listens on the gateway port: once the program is
+    // gone with the agent, connections are refused.
+    agent.process.0.kill().expect("kill agent");
+    agent.process.0.wait().expect("reap agent");
+    eventually(
+        "refusal once XDP is detached",
+        Duration::from_secs(10),
+        || match topology.client_run(&["tcp-send", &gateway, "after"]) {
+            Ok(reply) => Err(format!("still forwarded: {reply:?}")),
+            Err(e) => Ok(e),
+        },
+    );
+}
