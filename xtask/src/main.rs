@@ -92,7 +92,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir("gateway-ebpf")
-            .args(["+nightly", "clippy", "--quiet", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "clippy",
+                "--quiet",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
     )?;
     println!("==> cargo test");
