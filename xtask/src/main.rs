@@ -102,9 +102,46 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
     )?;
     println!("==> cargo test");
-    run_cmd(
+    // The default members: everything but gateway-ebpf, which the agent's build.rs builds.
+    cargo_test_with_summary(
         Command::new("cargo")
-            .args(["test", "--workspace"])
+            .args(["test", "--no-fail-fast"])
             .args(args),
     )
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one line that totals
+/// every `test result:` line (cargo prints one per test binary, the last often
+/// for a binary with no tests in it).
+fn cargo_test_with_summary(cmd: &mut Command) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => passed += n,
+                "failed" => failed += n,
+                "ignored" => ignored += n,
+                _ => {}
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
