@@ -111,3 +111,44 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
         },
     );
 }
+
+#[test]
+fn udp_datagrams_are_forwarded_and_replies_translated_back() {
+    if !require_root("udp_datagrams_are_forwarded") {
+        return;
+    }
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&["udp-echo", &format!("{BACKEND_ADDR}:5353")]);
+    let manifests = TempDir::new();
+    let gateway = tcp_gateway()
+        .replace("protocol: TCP", "protocol: UDP")
+        .replace("kind: TCPRoute", "kind: UDPRoute")
+        .replace("port: 7000", "port: 5353");
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 5353, 5353) + &gateway),
+    );
+    let agent = Agent::start(&topology, manifests);
+    let target = format!("{GATEWAY_ADDR}:9000");
+
+    let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
+        topology.client_run(&["udp-send", &target, "datagram"])
+    });
+    assert_eq!(reply, "datagram", "agent log:\n{}", agent.log());
+    // Each send is a new flow (new source port); the reply came back through
+    // the program, translated to come from the gateway address.
+    for i in 0..3 {
+        let message = format!("datagram {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &target, &message])
+                .as_deref(),
+            Ok(message.as_str())
+        );
+    }
+    assert!(agent.route_counter(0, "new_flows") >= 4);
+    assert!(
+        agent.route_counter(0, "packets") >= 8,
+        "both directions are counted"
+    );
+}

@@ -54,7 +54,7 @@ pub enum AttachMode {
 }
 
 pub struct L4Dataplane {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     routes: HashMap<MapData, u32, RouteValue>,
     slots: HashMap<MapData, BackendSlotKey, BackendValue>,
@@ -112,7 +112,7 @@ impl L4Dataplane {
         let xdp_stats =
             PerCpuArray::try_from(take(names::XDP_STATS)?).map_err(map_err(names::XDP_STATS))?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             listeners,
             routes,
             slots,
@@ -175,6 +175,24 @@ impl L4Dataplane {
         }
         self.applied = desired;
         Ok(())
+    }
+
+    /// Runs the XDP program once over `packet` (BPF_PROG_TEST_RUN), against the
+    /// live maps: returns the XDP action and the packet as the program left it.
+    pub fn test_run(&self, packet: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_l4_forward")
+            .ok_or(Error::Missing("program xdp_l4_forward"))?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let result = program.test_run(opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Per-route counters summed over CPUs.

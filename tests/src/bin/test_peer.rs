@@ -4,6 +4,8 @@
 //!   test-peer http-echo ADDR NAME      answer 200 with what the request carried
 //!   test-peer tcp-send ADDR MESSAGE    send, half-close, print the reply
 //!   test-peer http-get ADDR PATH HOST  one GET, print status line and body
+//!   test-peer udp-echo ADDR            echo every datagram back to its sender
+//!   test-peer udp-send ADDR MESSAGE    send one datagram, print the reply
 //!
 //! Clients exit 1 (message on stderr) on any failure, within 5 seconds.
 
@@ -21,6 +23,8 @@ fn main() {
         ["http-echo", addr, name] => http_echo(addr, name),
         ["tcp-send", addr, message] => tcp_send(addr, message),
         ["http-get", addr, path, host] => http_get(addr, path, host),
+        ["udp-echo", addr] => udp_echo(addr),
+        ["udp-send", addr, message] => udp_send(addr, message),
         _ => Err("usage: see the comment at the top of test_peer.rs".to_string()),
     };
     if let Err(e) = result {
@@ -138,5 +142,31 @@ fn http_get(addr: &str, path: &str, host: &str) -> Result<(), String> {
     let status = response.lines().next().unwrap_or_default();
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     print!("{status}\n{body}");
+    Ok(())
+}
+
+fn udp_echo(addr: &str) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut buf = [0u8; 65536];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        let _ = socket.send_to(&buf[..n], from);
+    }
+}
+
+fn udp_send(addr: &str, message: &str) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    socket
+        .connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    socket
+        .send(message.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 65536];
+    let n = socket.recv(&mut buf).map_err(|e| format!("receive: {e}"))?;
+    print!("{}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }

@@ -1,0 +1,295 @@
+//! The XDP program on raw packets (BPF_PROG_TEST_RUN), against maps programmed
+//! by the agent's own loader: what it must rewrite, and what it must leave alone.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use gateway_agent::dataplane::loader::{AttachMode, L4Dataplane};
+use gateway_agent::model::{L4Listener, L4Protocol, RouteRef, WeightedEndpoint};
+use gateway_tests::{require_root, unique};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// One's-complement sum of 16-bit words.
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + TCP/UDP with correct checksums.
+fn packet(
+    proto: u8,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    tcp_flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let csum = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    p.extend_from_slice(&ip);
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == TCP {
+        l4.extend_from_slice(&[
+            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
+    } else {
+        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    p.extend_from_slice(&l4);
+    let csum = l4_checksum(&p);
+    let at = 34 + if proto == TCP { 16 } else { 6 };
+    p[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// The L4 checksum `p` should carry (computed with its checksum field zeroed).
+fn l4_checksum(p: &[u8]) -> u16 {
+    let proto = p[23];
+    let mut l4 = p[34..].to_vec();
+    let at = if proto == TCP { 16 } else { 6 };
+    l4[at] = 0;
+    l4[at + 1] = 0;
+    let mut pseudo = p[26..34].to_vec();
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    fold(sum16(&l4, sum16(&pseudo, 0)))
+}
+
+fn checksums_valid(p: &[u8]) -> bool {
+    let at = 34 + if p[23] == TCP { 16 } else { 6 };
+    fold(sum16(&p[14..34], 0)) == 0 && u16::from_be_bytes([p[at], p[at + 1]]) == l4_checksum(p)
+}
+
+fn addr(p: &[u8], at: usize) -> (Ipv4Addr, u16) {
+    let ip = Ipv4Addr::new(p[at], p[at + 1], p[at + 2], p[at + 3]);
+    let port_at = if at == 26 { 34 } else { 36 };
+    (ip, u16::from_be_bytes([p[port_at], p[port_at + 1]]))
+}
+fn src(p: &[u8]) -> (Ipv4Addr, u16) {
+    addr(p, 26)
+}
+fn dst(p: &[u8]) -> (Ipv4Addr, u16) {
+    addr(p, 30)
+}
+
+struct Loaded {
+    dataplane: L4Dataplane,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
+fn load() -> Loaded {
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
+    let mut dataplane =
+        L4Dataplane::load(&[], AttachMode::Auto, &pin_dir).expect("load the XDP program");
+    let listener = |protocol, name: &str| L4Listener {
+        addr: LISTENER,
+        port: 9000,
+        protocol,
+        route: RouteRef {
+            kind: "TCPRoute",
+            namespace: "default".into(),
+            name: name.into(),
+            rule: 0,
+        },
+        backends: vec![WeightedEndpoint {
+            addr: (BACKEND, 7000).into(),
+            weight: 1,
+        }],
+    };
+    dataplane
+        .apply(&[
+            listener(L4Protocol::Tcp, "tcp"),
+            listener(L4Protocol::Udp, "udp"),
+        ])
+        .expect("program the maps");
+    Loaded { dataplane, pin_dir }
+}
+
+#[test]
+fn a_syn_to_a_listener_is_rewritten_and_its_reply_translated_back() {
+    if !require_root("a_syn_to_a_listener_is_rewritten") {
+        return;
+    }
+    let loaded = load();
+    let syn = packet(TCP, (CLIENT, 40000), (LISTENER, 9000), SYN, b"");
+    let (action, out) = loaded.dataplane.test_run(&syn).expect("test run");
+    assert_ne!(action, XDP_DROP);
+    assert_ne!(action, XDP_ABORTED);
+    assert_eq!(dst(&out), (BACKEND, 7000), "destination NAT");
+    let (snat_addr, nat_port) = src(&out);
+    assert!(
+        (61000..=65535).contains(&nat_port),
+        "source port from the NAT range: {nat_port}"
+    );
+    assert!(checksums_valid(&out), "checksums after rewrite: {out:x?}");
+
+    // The backend's answer to the NAT address comes back as the listener's.
+    let reply = packet(TCP, (BACKEND, 7000), (snat_addr, nat_port), SYN | ACK, b"");
+    let (action, back) = loaded.dataplane.test_run(&reply).expect("test run");
+    assert_ne!(action, XDP_DROP);
+    assert_eq!(src(&back), (LISTENER, 9000));
+    assert_eq!(dst(&back), (CLIENT, 40000));
+    assert!(checksums_valid(&back));
+
+    // Later segments of the flow (and retransmitted SYNs) take the same path.
+    let data = packet(TCP, (CLIENT, 40000), (LISTENER, 9000), ACK, b"hello");
+    let (_, out2) = loaded.dataplane.test_run(&data).expect("test run");
+    assert_eq!(
+        (src(&out2), dst(&out2)),
+        ((snat_addr, nat_port), (BACKEND, 7000))
+    );
+    assert!(checksums_valid(&out2));
+    assert_eq!(&out2[54..], b"hello", "payload untouched");
+
+    let stats = loaded.dataplane.route_stats();
+    let tcp = stats
+        .iter()
+        .find(|(r, _)| r.name == "tcp")
+        .expect("tcp route")
+        .1;
+    assert_eq!((tcp.packets, tcp.new_flows), (3, 1));
+}
+
+#[test]
+fn udp_datagrams_open_flows_and_keep_checksums_valid() {
+    if !require_root("udp_datagrams_open_flows") {
+        return;
+    }
+    let loaded = load();
+    let datagram = packet(UDP, (CLIENT, 5000), (LISTENER, 9000), 0, b"query");
+    let (_, out) = loaded.dataplane.test_run(&datagram).expect("test run");
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert!(checksums_valid(&out));
+    // A zero UDP checksum means "none" and must stay zero.
+    let mut unchecked = packet(UDP, (CLIENT, 5001), (LISTENER, 9000), 0, b"query");
+    unchecked[40] = 0;
+    unchecked[41] = 0;
+    let (_, out) = loaded.dataplane.test_run(&unchecked).expect("test run");
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert_eq!(&out[40..42], &[0, 0]);
+}
+
+#[test]
+fn what_the_program_does_not_own_passes_untouched() {
+    if !require_root("what_the_program_does_not_own_passes_untouched") {
+        return;
+    }
+    let loaded = load();
+    let syn = packet(TCP, (CLIENT, 40001), (LISTENER, 9000), SYN, b"");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not a listener port",
+            packet(TCP, (CLIENT, 40001), (LISTENER, 9001), SYN, b""),
+        ),
+        (
+            "not a listener address",
+            packet(TCP, (CLIENT, 40001), (BACKEND, 9000), SYN, b""),
+        ),
+        (
+            "TCP without SYN and no flow",
+            packet(TCP, (CLIENT, 40002), (LISTENER, 9000), ACK, b"x"),
+        ),
+    ];
+    let mut arp = syn.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    cases.push(("ARP", arp));
+    let mut fragment = syn.clone();
+    fragment[20] = 0x20; // More Fragments
+    cases.push(("IPv4 fragment", fragment));
+    let mut options = syn.clone();
+    options[14] = 0x46; // IHL 6: options present
+    cases.push(("IPv4 options", options));
+    let mut icmp = syn.clone();
+    icmp[23] = 1;
+    cases.push(("ICMP", icmp));
+    // Shorter than an Ethernet header the kernel refuses the test run itself.
+    for len in 14..54 {
+        cases.push(("truncated", syn[..len].to_vec()));
+    }
+    for (what, input) in cases {
+        let (action, out) = loaded.dataplane.test_run(&input).expect("test run");
+        assert_eq!(action, XDP_PASS, "{what} (len {})", input.len());
+        assert_eq!(out, input, "{what} must not be modified");
+    }
+    let stats = loaded.dataplane.route_stats();
+    assert!(
+        stats.iter().all(|(_, s)| s.new_flows == 0),
+        "no flow was opened: {stats:?}"
+    );
+}
+
+#[test]
+fn random_bytes_never_abort_the_program() {
+    if !require_root("random_bytes_never_abort_the_program") {
+        return;
+    }
+    let loaded = load();
+    let base = packet(TCP, (CLIENT, 40003), (LISTENER, 9000), SYN, b"payload");
+    // xorshift: deterministic, so a failure reproduces.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..3000 {
+        let mut input = if round % 2 == 0 {
+            let mut p = base.clone();
+            for _ in 0..(next() % 6 + 1) {
+                let i = (next() as usize) % p.len();
+                p[i] = next() as u8;
+            }
+            p.truncate(14 + (next() as usize) % (p.len() - 13));
+            p
+        } else {
+            (0..(next() % 128)).map(|_| next() as u8).collect()
+        };
+        if input.len() < 14 {
+            input.resize(14, 0); // the kernel refuses test runs shorter than an Ethernet header
+        }
+        let (action, _) = loaded.dataplane.test_run(&input).expect("test run");
+        assert!(
+            matches!(action, 1..=4),
+            "round {round}: action {action} for {input:x?}"
+        );
+    }
+}
