@@ -5,28 +5,16 @@ use std::time::Duration;
 use gateway_common::PacketEvent;
 use gateway_tests::{
     Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
-    require_root,
+    gateway_with, require_root,
 };
 
-fn tcp_gateway() -> String {
-    format!(
+/// A Gateway listener on port 9000 and an L4 route of `kind` to Service
+/// `echo` port `backend_port`.
+fn l4_gateway(protocol: &str, kind: &str, backend_port: u16) -> String {
+    let route = format!(
         r#"---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: gw
-  namespace: default
-spec:
-  gatewayClassName: gwt
-  addresses:
-  - value: {GATEWAY_ADDR}
-  listeners:
-  - name: tcp
-    protocol: TCP
-    port: 9000
----
 apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
+kind: {kind}
 metadata:
   name: echo
   namespace: default
@@ -36,9 +24,10 @@ spec:
   rules:
   - backendRefs:
     - name: echo
-      port: 7000
+      port: {backend_port}
 "#
-    )
+    );
+    gateway_with(protocol, 9000, &route)
 }
 
 #[test]
@@ -51,7 +40,7 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
     let manifests = TempDir::new();
     manifests.write(
         "all.yaml",
-        &(class_and_service("echo", 7000, 7000) + &tcp_gateway()),
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
     );
     let mut agent = Agent::start(&topology, manifests);
     let gateway = format!("{GATEWAY_ADDR}:9000");
@@ -120,10 +109,7 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
     let topology = Topology::new();
     let _backend = topology.backend_spawn(&["udp-echo", &format!("{BACKEND_ADDR}:5353")]);
     let manifests = TempDir::new();
-    let gateway = tcp_gateway()
-        .replace("protocol: TCP", "protocol: UDP")
-        .replace("kind: TCPRoute", "kind: UDPRoute")
-        .replace("port: 7000", "port: 5353");
+    let gateway = l4_gateway("UDP", "UDPRoute", 5353);
     manifests.write(
         "all.yaml",
         &(class_and_service("echo", 5353, 5353) + &gateway),

@@ -440,9 +440,8 @@ endpoints:
     )
 }
 
-/// A Gateway with one HTTP listener (port 80) and an HTTPRoute for host
-/// `app.example` sending `path` (PathPrefix) to Service `web` port 8080.
-pub fn http_gateway_and_route(path: &str) -> String {
+/// Gateway `gw` on GATEWAY_ADDR with one listener, followed by `routes`.
+pub fn gateway_with(protocol: &str, port: u16, routes: &str) -> String {
     format!(
         r#"---
 apiVersion: gateway.networking.k8s.io/v1
@@ -455,10 +454,18 @@ spec:
   addresses:
   - value: {GATEWAY_ADDR}
   listeners:
-  - name: http
-    protocol: HTTP
-    port: 80
----
+  - name: listener
+    protocol: {protocol}
+    port: {port}
+{routes}"#
+    )
+}
+
+/// A Gateway with one HTTP listener (port 80) and an HTTPRoute for host
+/// `app.example` sending `path` (PathPrefix) to Service `web` port 8080.
+pub fn http_gateway_and_route(path: &str) -> String {
+    let route = format!(
+        r#"---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -477,5 +484,6 @@ spec:
     - name: web
       port: 8080
 "#
-    )
+    );
+    gateway_with("HTTP", 80, &route)
 }
