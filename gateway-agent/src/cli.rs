@@ -34,6 +34,25 @@ enum LogFormat {
 enum Command {
     /// Serve Gateway API objects on this node.
     Run(RunArgs),
+    /// Print the status conditions the agent decides for a manifests directory
+    /// (nothing is served or loaded; no root needed).
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long)]
+    manifests: PathBuf,
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    #[arg(long, value_enum, default_value_t = StatusOutput::Table)]
+    output: StatusOutput,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusOutput {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +90,7 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Status(args) => status(&args),
     }
 }
 
@@ -156,6 +176,68 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let (snapshot, errors) = FileSource::default().load(&args.manifests);
+    for error in &errors {
+        eprintln!("invalid manifest: {error}");
+    }
+    let settings = Settings {
+        controller_name: args.controller_name.clone(),
+        node_addresses: Vec::new(),
+    };
+    let output = translate::translate(&snapshot, &settings);
+    match args.output {
+        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&output.statuses)?),
+        StatusOutput::Table => print!("{}", status_table(&output.statuses)),
+    }
+    Ok(())
+}
+
+/// One row per condition, in the manner of `kubectl get`.
+fn status_table(statuses: &[translate::ObjectStatus]) -> String {
+    let mut rows = vec![[
+        "KIND".to_string(),
+        "NAME".into(),
+        "PARENT".into(),
+        "SECTION".into(),
+        "TYPE".into(),
+        "STATUS".into(),
+        "REASON".into(),
+        "MESSAGE".into(),
+    ]];
+    for s in statuses {
+        for c in &s.conditions {
+            rows.push([
+                s.kind.to_string(),
+                s.key.to_string(),
+                s.parent.as_ref().map_or("-".into(), ToString::to_string),
+                s.section.clone().unwrap_or_else(|| "-".into()),
+                c.type_.to_string(),
+                if c.status { "True" } else { "False" }.into(),
+                c.reason.to_string(),
+                c.message.clone(),
+            ]);
+        }
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 async fn shutdown_signal() {
