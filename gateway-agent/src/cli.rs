@@ -2,10 +2,13 @@
 //! In the library so that the end-to-end tests run exactly this code.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{AttachMode, L4Dataplane};
+use crate::metrics::{self, AgentMetrics};
 use crate::proxy::Proxy;
 use crate::source::file::FileSource;
 use crate::translate::{self, Settings};
@@ -74,6 +77,10 @@ struct RunArgs {
     /// Name of this agent: its BPF maps are pinned under /sys/fs/bpf/<name>/.
     #[arg(long, default_value = "gateway-agent")]
     name: String,
+    /// Where /healthz, /readyz and /metrics are served. Every address, since a
+    /// hostNetwork DaemonSet is scraped on the node's address.
+    #[arg(long, default_value = "0.0.0.0:9470")]
+    admin_address: std::net::SocketAddr,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -104,13 +111,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.interfaces.clone()
     };
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
-    let mut l4 = L4Dataplane::load(&interfaces, args.xdp_mode, &pin_dir)?;
+    let l4 = Arc::new(Mutex::new(L4Dataplane::load(
+        &interfaces,
+        args.xdp_mode,
+        &pin_dir,
+    )?));
     tracing::info!(pin_dir = %pin_dir.display(), "BPF maps pinned");
     let settings = Settings {
         controller_name: args.controller_name.clone(),
         node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
     };
     let proxy = Arc::new(Proxy::default());
+    let agent_metrics = AgentMetrics::default();
+    let admin = Arc::new(AdminState {
+        registry: metrics::registry(&agent_metrics, l4.clone()),
+        ready: AtomicBool::new(false),
+    });
+    admin::serve(args.admin_address, admin.clone())
+        .await
+        .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
 
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -150,12 +169,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        if let Err(e) = l4.apply(&output.config.l4) {
+        let l4_result = l4
+            .lock()
+            .expect("L4 dataplane lock")
+            .apply(&output.config.l4);
+        if let Err(e) = l4_result {
+            agent_metrics.apply_errors.inc();
             tracing::error!(error = %e, "programming the L4 maps failed");
         }
         for (addr, error) in proxy.apply(&output.config.http).await {
+            agent_metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve HTTP listener");
         }
+        agent_metrics.config_generation.set(generation);
+        agent_metrics.manifest_errors.set(errors.len() as u64);
+        agent_metrics
+            .last_apply_seconds
+            .set(started.elapsed().as_secs_f64());
+        admin.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             generation,
             l4_listeners = output.config.l4.len(),

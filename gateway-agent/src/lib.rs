@@ -1,6 +1,8 @@
 //! The gateway agent: sources → store → translate (pure) → appliers → data planes.
+pub mod admin;
 pub mod cli;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod proxy;

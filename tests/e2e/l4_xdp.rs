@@ -87,6 +87,23 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
     );
     agent.process.signal(libc::SIGCONT);
 
+    // /metrics reports the same figures as the pinned map.
+    let metrics = topology
+        .client_run(&[
+            "http-get",
+            &format!("{GATEWAY_ADDR}:9470"),
+            "/metrics",
+            "node",
+        ])
+        .expect("scrape /metrics");
+    let flows_line = format!(
+        "gateway_l4_route_flows_total{{kind=\"TCPRoute\",namespace=\"default\",name=\"echo\",rule=\"0\"}} {flows_stopped}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == flows_line),
+        "no {flows_line:?} in:\n{metrics}"
+    );
+
     // Nothing in the node listens on the gateway port: once the program is
     // gone with the agent, connections are refused.
     agent.process.0.kill().expect("kill agent");

@@ -1,0 +1,104 @@
+//! The admin listener: `/healthz` (the process answers), `/readyz` (the first
+//! configuration is applied) and `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::registry::Registry;
+
+pub struct AdminState {
+    pub registry: Registry,
+    pub ready: AtomicBool,
+}
+
+fn respond(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            respond(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/readyz" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no configuration applied yet\n".into(),
+        ),
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+                Ok(()) => respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".into(),
+                ),
+            }
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin listener bound (/healthz, /readyz, /metrics)");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = handle(&req, &state);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(state: &AdminState, path: &str) -> StatusCode {
+        handle(&Request::get(path).body(()).expect("request"), state).status()
+    }
+
+    #[test]
+    fn ready_only_after_the_first_apply() {
+        let state = AdminState {
+            registry: Registry::default(),
+            ready: AtomicBool::new(false),
+        };
+        assert_eq!(get(&state, "/healthz"), StatusCode::OK);
+        assert_eq!(get(&state, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&state, "/readyz"), StatusCode::OK);
+        assert_eq!(get(&state, "/metrics"), StatusCode::OK);
+        assert_eq!(get(&state, "/other"), StatusCode::NOT_FOUND);
+    }
+}
