@@ -10,7 +10,7 @@ use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{AttachMode, L4Dataplane};
 use crate::metrics::{self, AgentMetrics};
 use crate::proxy::Proxy;
-use crate::source::file::FileSource;
+use crate::source::file::{self, FileSource};
 use crate::translate::{self, Settings};
 use crate::{DEFAULT_CONTROLLER_NAME, netif};
 use anyhow::{Context as _, bail};
@@ -210,7 +210,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let (snapshot, errors) = FileSource::default().load(&args.manifests);
+    let (snapshot, errors) = file::load_dir(&args.manifests);
     for error in &errors {
         eprintln!("invalid manifest: {error}");
     }

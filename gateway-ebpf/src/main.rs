@@ -8,7 +8,7 @@ mod forward;
 mod maps;
 mod packet;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Entry point attached to each node interface.
 #[xdp]
@@ -22,9 +22,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     // Unreachable: the verifier rejects a program whose code can reach this.
     loop {}
 }
-
-// Keep the action constants referenced so a typo in forward.rs shows here too.
-const _: u32 = xdp_action::XDP_PASS;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
