@@ -82,12 +82,51 @@ pub struct HttpRule {
 pub struct HttpListener {
     pub bind: SocketAddr,
     pub rules: Vec<HttpRule>,
+    /// Empty: plain HTTP. Otherwise HTTPS: TLS ends here, the certificate is
+    /// chosen by SNI among those of the listeners sharing this socket.
+    pub certificates: Vec<ServerCertificate>,
+}
+
+/// A certificate chain and key (PEM) from a `kubernetes.io/tls` Secret, served
+/// for SNI names under `hostname` (None: the listener has no hostname, any SNI).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ServerCertificate {
+    pub hostname: Option<String>,
+    pub cert_chain_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    // Never print private keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One TLSRoute rule on a passthrough socket: connections whose SNI falls
+/// under `hostnames` go to `backends`, the TLS bytes untouched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsPassthroughRoute {
+    pub route: RouteRef,
+    pub hostnames: Vec<String>,
+    pub backends: Vec<WeightedEndpoint>,
+}
+
+/// A TLS Passthrough socket with its routes in SNI precedence order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsPassthroughListener {
+    pub bind: SocketAddr,
+    pub routes: Vec<TlsPassthroughRoute>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DataplaneConfig {
     pub l4: Vec<L4Listener>,
     pub http: Vec<HttpListener>,
+    pub tls_passthrough: Vec<TlsPassthroughListener>,
 }
 
 /// The unspecified address: a listener bound to every node address.

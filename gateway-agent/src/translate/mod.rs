@@ -251,6 +251,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         config.http.push(HttpListener {
             bind,
             rules: rules.into_iter().map(|(_, r)| r).collect(),
+            certificates: Vec::new(),
         });
     }
     Output { config, statuses }
