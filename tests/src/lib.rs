@@ -487,3 +487,4 @@ spec:
     );
     gateway_with("HTTP", 80, &route)
 }
+pub mod conformance;
