@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | run`.
+//! Project tasks: `cargo xtask setup | test | run | conformance`.
+mod conformance;
 mod demo;
 mod setup;
 
@@ -32,6 +33,19 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+    /// Run the Gateway API conformance cases of ../shared/conformance against
+    /// the agent (standalone, echo backends in-process) and print the tally (root).
+    Conformance {
+        /// Run only this test (repeatable).
+        #[arg(long = "run-test")]
+        run_test: Vec<String>,
+        /// Consistency timeout per case in seconds (the Go suite's: 30).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Rewrite tests/conformance/expected-pass.txt from this run.
+        #[arg(long)]
+        update_baseline: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +61,18 @@ fn main() -> anyhow::Result<()> {
         Task::Run { once } => {
             setup::run()?;
             demo::run(once)
+        }
+        Task::Conformance {
+            run_test,
+            timeout,
+            update_baseline,
+        } => {
+            setup::run()?;
+            conformance::run(&conformance::Args {
+                run_tests: run_test,
+                timeout,
+                update_baseline,
+            })
         }
     }
 }
@@ -103,17 +129,39 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     )?;
     println!("==> cargo test");
     // The default members: everything but gateway-ebpf, which the agent's build.rs builds.
-    cargo_test_with_summary(
+    let (counts, tests_ok) = cargo_test_counts(
         Command::new("cargo")
             .args(["test", "--no-fail-fast"])
             .args(args),
-    )
+    )?;
+    // The conformance gate counts as one test; a filtered run skips it.
+    let gate = if args.is_empty() {
+        conformance::gate()?
+    } else {
+        None
+    };
+    let (mut passed, mut failed, ignored) = counts;
+    match gate {
+        Some(true) => passed += 1,
+        Some(false) => failed += 1,
+        None => {}
+    }
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !tests_ok {
+        bail!("cargo test failed");
+    }
+    if gate == Some(false) {
+        bail!(
+            "the conformance gate failed: a case of tests/conformance/expected-pass.txt no longer passes"
+        );
+    }
+    Ok(())
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one line that totals
-/// every `test result:` line (cargo prints one per test binary, the last often
-/// for a binary with no tests in it).
-fn cargo_test_with_summary(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs `cargo test`, echoing its output, and totals every `test result:`
+/// line (cargo prints one per test binary, the last often for a binary with
+/// no tests in it): (passed, failed, ignored) and whether cargo succeeded.
+fn cargo_test_counts(cmd: &mut Command) -> anyhow::Result<((u64, u64, u64), bool)> {
     use std::io::BufRead as _;
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
@@ -139,9 +187,5 @@ fn cargo_test_with_summary(cmd: &mut Command) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed: {status}");
-    }
-    Ok(())
+    Ok(((passed, failed, ignored), status.success()))
 }

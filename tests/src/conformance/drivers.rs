@@ -272,7 +272,7 @@ async fn send_following(
                 .set_port(if scheme == "https" { 443 } else { 80 });
         }
         req.path_and_query = path;
-        if matches!(response.status, 301 | 302 | 303) && req.method != "HEAD" {
+        if matches!(response.status, 301..=303) && req.method != "HEAD" {
             req.method = "GET".into();
             req.body = None;
         }
@@ -504,13 +504,19 @@ fn deployment_of(pod: &str) -> String {
     parts[..parts.len().saturating_sub(2)].join("-")
 }
 
-/// The backend the hand-written sampling checks expect (from `pass_condition`:
-/// "... a pod starting with 'X-' ..." / "... is 'X'").
+/// The backend the hand-written sampling checks expect: the first quoted
+/// name in their `pass_condition` ("... a pod starting with
+/// 'tcp-attach-backend-1-' ..." / "... is 'udp-attach-backend-1'").
 fn expected_backend(case: &Value) -> Option<String> {
-    let condition = s(&case["pass_condition"]);
-    let start = condition.find('\'')? + 1;
-    let end = start + condition[start..].find('\'')?;
-    Some(condition[start..end].trim_end_matches('-').to_string())
+    s(&case["pass_condition"])
+        .split('\'')
+        .skip(1)
+        .find(|p| {
+            p.len() > 2
+                && p.contains('-')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        .map(|p| p.trim_end_matches('-').to_string())
 }
 
 async fn tcp_backend(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
@@ -740,6 +746,20 @@ mod tests {
         let zero = BTreeMap::from([("a".to_string(), 340), ("b".into(), 159), ("c".into(), 1)]);
         assert!(judge_distribution(&weights, &zero, 0).is_err());
         assert!(judge_distribution(&weights, &ok, 1).is_err());
+    }
+
+    #[test]
+    fn sampling_checks_name_their_backend() {
+        let udp = serde_json::json!({"pass_condition": "every reply's 'pod' minus its last two '-' segments is 'udp-attach-backend-1'"});
+        assert_eq!(
+            expected_backend(&udp).as_deref(),
+            Some("udp-attach-backend-1")
+        );
+        let tcp = serde_json::json!({"pass_condition": "reports a pod starting with 'tcp-attach-backend-1-' and never 'tcp-attach-backend-2-'"});
+        assert_eq!(
+            expected_backend(&tcp).as_deref(),
+            Some("tcp-attach-backend-1")
+        );
     }
 
     #[test]

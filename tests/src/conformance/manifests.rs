@@ -44,6 +44,12 @@ pub struct Addresses {
     gateways: HashMap<String, Ipv4Addr>,
 }
 
+impl Default for Addresses {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Addresses {
     pub fn new() -> Addresses {
         Addresses {
