@@ -14,6 +14,7 @@ use super::certs;
 use super::client::{self, ClientTls, HttpProtocol, HttpRequest};
 use super::compare;
 use super::echo::RequestLog;
+use super::grpc;
 
 const POLL: Duration = Duration::from_millis(100);
 const CONSECUTIVE_SUCCESSES: u32 = 3;
@@ -146,6 +147,8 @@ pub async fn run(ctx: &Ctx, case: &Value) -> Outcome {
         ("udp-dns", "dns-reply") => udp_dns(ctx, case).await,
         ("tls-handshake", "connection-rejected") => tls_rejected(ctx, case).await,
         ("weighted", "distribution") => weighted(ctx, case).await,
+        ("grpc", "response") => grpc_response(ctx, case).await,
+        ("grpc", "failure") => grpc_failure(ctx, case).await,
         _ => return Outcome::NotRun(format!("driver {driver}/{expect}")),
     };
     match result {
@@ -365,6 +368,97 @@ async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
                 Ok((r, _)) if r.status == 408 || r.status == 504 => {
                     Err(Attempt::NotYet(format!("got {}", r.status)))
                 }
+                Ok(_) => Ok(()),
+                Err(e) => Err(Attempt::NotYet(e)),
+            }
+        }
+    })
+    .await)
+}
+
+/// Authority, full method and metadata of a gRPC case.
+fn grpc_call(
+    ctx: &Ctx,
+    case: &Value,
+) -> Result<(SocketAddr, String, String, Vec<(String, String)>), String> {
+    let eff = &case["effective"];
+    let target = ctx.target(case)?;
+    // grpc-go's default authority is the dial target, port included.
+    let authority = eff["authority"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .map_or_else(|| target.to_string(), str::to_string);
+    let metadata = eff["metadata"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), s(v).to_string()))
+        .collect();
+    Ok((
+        target,
+        authority,
+        s(&eff["full_method"]).to_string(),
+        metadata,
+    ))
+}
+
+async fn grpc_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let eff = &case["effective"];
+    let (target, authority, method, metadata) = grpc_call(ctx, case)?;
+    let want = eff["code_value"].as_u64().unwrap_or(0) as u32;
+    let namespace = s(&eff["namespace"]);
+    let prefix = s(&eff["backend_pod_prefix"]);
+    Ok(eventually(ctx.timeout, CONSECUTIVE_SUCCESSES, || {
+        let (authority, method, metadata) = (authority.clone(), method.clone(), metadata.clone());
+        async move {
+            let rpc = grpc::call(target, &authority, &method, &metadata)
+                .await
+                .map_err(Attempt::NotYet)?;
+            if rpc.code != want {
+                return Err(Attempt::NotYet(format!(
+                    "status {}, expected {}",
+                    grpc::code_name(rpc.code),
+                    grpc::code_name(want)
+                )));
+            }
+            let Some(echo) = rpc.echo.filter(|_| want == 0) else {
+                return if want == 0 {
+                    Err(Attempt::NotYet("OK without an EchoResponse".into()))
+                } else {
+                    Ok(())
+                };
+            };
+            if echo.fully_qualified_method != method {
+                return Err(Attempt::NotYet(format!(
+                    "backend saw method {:?}, expected {method:?}",
+                    echo.fully_qualified_method
+                )));
+            }
+            if !namespace.is_empty() && echo.namespace != namespace {
+                return Err(Attempt::NotYet(format!(
+                    "backend namespace {:?}, expected {namespace:?}",
+                    echo.namespace
+                )));
+            }
+            if !echo.pod.starts_with(prefix) {
+                return Err(Attempt::NotYet(format!(
+                    "answered by pod {:?}, expected a pod of {prefix:?}",
+                    echo.pod
+                )));
+            }
+            Ok(())
+        }
+    })
+    .await)
+}
+
+async fn grpc_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let (target, authority, method, metadata) = grpc_call(ctx, case)?;
+    Ok(eventually(ctx.timeout, 1, || {
+        let (authority, method, metadata) = (authority.clone(), method.clone(), metadata.clone());
+        async move {
+            match grpc::call(target, &authority, &method, &metadata).await {
+                Ok(rpc) if rpc.code == 0 => Err(Attempt::Final("the RPC succeeded".into())),
                 Ok(_) => Ok(()),
                 Err(e) => Err(Attempt::NotYet(e)),
             }
@@ -621,7 +715,7 @@ const WEIGHT_ATTEMPTS: usize = 10;
 /// backend's share within ±0.05 of its weight; up to 10 attempts.
 async fn weighted(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
     let hint = s(&case["protocol_hint"]);
-    if !matches!(hint, "http" | "tcp" | "udp") {
+    if !matches!(hint, "http" | "tcp" | "udp" | "grpc") {
         return Ok(Outcome::NotRun(format!("driver weighted/{hint}")));
     }
     let weights: BTreeMap<String, f64> = case["weights"]
@@ -665,6 +759,16 @@ async fn weighted(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
                                 .map(|j| s(&j["pod"]).to_string()),
                             _ => None,
                         },
+                        "grpc" => grpc::call(
+                            target,
+                            &target.to_string(),
+                            &format!("/{}/Echo", grpc::SERVICE),
+                            &[],
+                        )
+                        .await
+                        .ok()
+                        .and_then(|r| r.echo)
+                        .map(|e| e.pod),
                         "tcp" => client::tcp_exchange(target, None)
                             .await
                             .ok()

@@ -146,6 +146,52 @@ impl Fleet {
         Ok(())
     }
 
+    /// echo-basic in gRPC mode: h2c on `ports.0`, gRPC over TLS (ALPN h2) on
+    /// `ports.1` when the pod has TLS material.
+    pub async fn grpc_pod(
+        &mut self,
+        addr: Ipv4Addr,
+        info: PodInfo,
+        ports: (u16, u16),
+        tls: Option<PodTls>,
+    ) -> std::io::Result<()> {
+        let info = Arc::new(info);
+        let listener = TcpListener::bind((addr, ports.0)).await?;
+        let plain_info = info.clone();
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(serve_grpc(stream, plain_info.clone(), None));
+            }
+        }));
+        if let Some(tls) = tls {
+            let config = Arc::new(server_config(&tls, &[b"h2"])?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let listener = TcpListener::bind((addr, ports.1)).await?;
+            self.tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (info, acceptor) = (info.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                                .await
+                        else {
+                            return;
+                        };
+                        let tls = tls_info(stream.get_ref().1);
+                        serve_grpc(stream, info, Some(tls)).await;
+                    });
+                }
+            }));
+        }
+        Ok(())
+    }
+
     /// echo-basic in TCP mode: plain on `plain`, TLS on `tls_port` when the pod
     /// has TLS material.
     pub async fn tcp_pod(
@@ -341,6 +387,22 @@ async fn serve_http<S>(
         HttpFlavor::Http1 if !is_tls => builder.http1_only().serve_connection(io, service).await,
         HttpFlavor::Http1 => builder.serve_connection(io, service).await,
     };
+}
+
+async fn serve_grpc<S>(stream: S, pod: Arc<PodInfo>, tls: Option<serde_json::Value>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = tls.map(Arc::new);
+    let service = hyper::service::service_fn(move |req| {
+        let (pod, tls) = (pod.clone(), tls.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(super::grpc::handle(req, &pod, tls.as_deref()).await)
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// The abort of a retry-simulator attempt: hyper closes the connection

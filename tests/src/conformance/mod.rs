@@ -13,8 +13,11 @@ pub mod client;
 pub mod compare;
 pub mod drivers;
 pub mod echo;
+pub mod grpc;
 pub mod manifests;
 pub mod report;
+#[cfg(test)]
+mod selftest;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -199,7 +202,7 @@ impl Harness {
                 client_ca_pem: file("TLS_CLIENT_CACERTS"),
             })
         };
-        // echo-basic's HTTP mode reads TLS_SERVER_PRIVKEY, the TCP mode TLS_SERVER_PRIV_KEY.
+        // echo-basic's HTTP mode reads TLS_SERVER_PRIVKEY, the TCP and gRPC modes TLS_SERVER_PRIV_KEY.
         let (http_tls, tcp_tls) = (tls("TLS_SERVER_PRIVKEY"), tls("TLS_SERVER_PRIV_KEY"));
         let mut pods = Vec::new();
         for _ in 0..d.replicas.max(1) {
@@ -243,9 +246,12 @@ impl Harness {
                         .await
                 }
                 EchoMode::Dns => self.fleet.dns_pod(addr, 53).await,
-                // No gRPC echo yet: the pods get addresses (so EndpointSlices
-                // are complete) but nothing listens; gRPC cases are not run.
-                EchoMode::Grpc => Ok(()),
+                EchoMode::Grpc => {
+                    let ports = (d.port("HTTP_PORT", 3000), d.port("HTTPS_PORT", 8443));
+                    self.fleet
+                        .grpc_pod(addr, info, ports, tcp_tls.clone())
+                        .await
+                }
             };
             started.map_err(|e| format!("starting echo pod {name} at {addr}: {e}"))?;
             pods.push((name, addr));
