@@ -404,7 +404,12 @@ fn grpc_call(
 
 async fn grpc_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
     let eff = &case["effective"];
-    let (target, authority, method, metadata) = grpc_call(ctx, case)?;
+    let GrpcCall {
+        target,
+        authority,
+        method,
+        metadata,
+    } = grpc_call(ctx, case)?;
     let want = eff["code_value"].as_u64().unwrap_or(0) as u32;
     let namespace = s(&eff["namespace"]);
     let prefix = s(&eff["backend_pod_prefix"]);
@@ -453,7 +458,12 @@ async fn grpc_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
 }
 
 async fn grpc_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
-    let (target, authority, method, metadata) = grpc_call(ctx, case)?;
+    let GrpcCall {
+        target,
+        authority,
+        method,
+        metadata,
+    } = grpc_call(ctx, case)?;
     Ok(eventually(ctx.timeout, 1, || {
         let (authority, method, metadata) = (authority.clone(), method.clone(), metadata.clone());
         async move {

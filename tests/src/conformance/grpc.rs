@@ -100,7 +100,7 @@ pub fn fields(buf: &[u8]) -> Option<Vec<(u32, &[u8])>> {
     (at == buf.len()).then_some(out)
 }
 
-fn field<'a>(buf: &'a [u8], number: u32) -> &'a [u8] {
+fn field(buf: &[u8], number: u32) -> &[u8] {
     fields(buf)
         .unwrap_or_default()
         .into_iter()
