@@ -376,11 +376,15 @@ async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
     .await)
 }
 
-/// Authority, full method and metadata of a gRPC case.
-fn grpc_call(
-    ctx: &Ctx,
-    case: &Value,
-) -> Result<(SocketAddr, String, String, Vec<(String, String)>), String> {
+/// Where and what a gRPC case calls.
+struct GrpcCall {
+    target: SocketAddr,
+    authority: String,
+    method: String,
+    metadata: Vec<(String, String)>,
+}
+
+fn grpc_call(ctx: &Ctx, case: &Value) -> Result<GrpcCall, String> {
     let eff = &case["effective"];
     let target = ctx.target(case)?;
     // grpc-go's default authority is the dial target, port included.
