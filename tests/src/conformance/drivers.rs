@@ -398,12 +398,12 @@ fn grpc_call(ctx: &Ctx, case: &Value) -> Result<GrpcCall, String> {
         .flatten()
         .map(|(k, v)| (k.clone(), s(v).to_string()))
         .collect();
-    Ok((
+    Ok(GrpcCall {
         target,
         authority,
-        s(&eff["full_method"]).to_string(),
+        method: s(&eff["full_method"]).to_string(),
         metadata,
-    ))
+    })
 }
 
 async fn grpc_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
