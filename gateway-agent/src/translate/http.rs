@@ -199,3 +199,6 @@ impl SortKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
