@@ -114,8 +114,14 @@ mod tests {
             )
         };
         // The conformance cases of HTTPRouteRewritePath and HTTPRouteRedirectPath.
-        assert_eq!(replace("/prefix/one/two", "/prefix/one", "/one"), "/one/two");
-        assert_eq!(replace("/strip-prefix/three", "/strip-prefix", "/"), "/three");
+        assert_eq!(
+            replace("/prefix/one/two", "/prefix/one", "/one"),
+            "/one/two"
+        );
+        assert_eq!(
+            replace("/strip-prefix/three", "/strip-prefix", "/"),
+            "/three"
+        );
         assert_eq!(replace("/strip-prefix", "/strip-prefix", "/"), "/");
         assert_eq!(
             replace(
@@ -153,8 +159,14 @@ mod tests {
             redirect_location(r, scheme, "h", listener, "/p", None)
         };
         // HTTPRouteRedirectPortAndScheme, listener on 80, 8080 and 443.
-        assert_eq!(at(&redirect(None, None), "http", 80), "http://example.org/p");
-        assert_eq!(at(&redirect(None, Some(80)), "http", 80), "http://example.org/p");
+        assert_eq!(
+            at(&redirect(None, None), "http", 80),
+            "http://example.org/p"
+        );
+        assert_eq!(
+            at(&redirect(None, Some(80)), "http", 80),
+            "http://example.org/p"
+        );
         assert_eq!(
             at(&redirect(None, Some(8080)), "http", 80),
             "http://example.org:8080/p"
@@ -175,7 +187,10 @@ mod tests {
             at(&redirect(Some("https"), None), "http", 8080),
             "https://example.org/p"
         );
-        assert_eq!(at(&redirect(None, None), "https", 443), "https://example.org/p");
+        assert_eq!(
+            at(&redirect(None, None), "https", 443),
+            "https://example.org/p"
+        );
         assert_eq!(
             at(&redirect(Some("http"), None), "https", 443),
             "http://example.org/p"

@@ -285,8 +285,7 @@ fn redirect_response(
         query,
     );
     let mut response = Response::new(empty_body());
-    *response.status_mut() =
-        StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+    *response.status_mut() = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
     match HeaderValue::from_str(&location) {
         Ok(value) => {
             response.headers_mut().insert(header::LOCATION, value);
@@ -297,12 +296,7 @@ fn redirect_response(
 }
 
 /// Applies a URLRewrite to the path-and-query and Host of a request.
-fn rewrite(
-    filters: &HttpFilters,
-    rule: &HttpRule,
-    path: &mut String,
-    host: &mut String,
-) {
+fn rewrite(filters: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
     let Some(rewrite) = &filters.rewrite else {
         return;
     };

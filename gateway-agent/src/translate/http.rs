@@ -36,7 +36,10 @@ pub(super) fn listener_rules(
     for attachment in attached {
         let route = attachment.route;
         for (index, rule) in route.rules.iter().enumerate() {
-            let redirects = rule.filters.iter().any(|f| matches!(f, Filter::Redirect(_)));
+            let redirects = rule
+                .filters
+                .iter()
+                .any(|f| matches!(f, Filter::Redirect(_)));
             let (backends, invalid_weight) = if rule.unsupported.is_some() {
                 (Vec::new(), 1)
             } else if rule.backend_refs.is_empty() && !redirects {
@@ -131,7 +134,8 @@ fn http_filters(route: &Route, filters: &[Filter], snapshot: &Snapshot) -> HttpF
                 numerator,
                 denominator,
             } => {
-                let (backends, _) = resolve_backends(route, std::slice::from_ref(backend), snapshot);
+                let (backends, _) =
+                    resolve_backends(route, std::slice::from_ref(backend), snapshot);
                 if !backends.is_empty() && *numerator > 0 {
                     out.mirrors.push(RequestMirror {
                         backends,

@@ -250,7 +250,9 @@ fn regex_escape(literal: &str) -> String {
     out
 }
 
-fn header_modifier(m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestHeaderModifier) -> HeaderModifier {
+fn header_modifier(
+    m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestHeaderModifier,
+) -> HeaderModifier {
     HeaderModifier {
         set: m
             .set
@@ -304,7 +306,10 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
             out.push(Filter::ResponseHeaders(header_modifier(&m)));
         } else if let Some(r) = &f.request_redirect {
             let path = match &r.path {
-                Some(p) => path_modifier(p.replace_full_path.as_ref(), p.replace_prefix_match.as_ref())?,
+                Some(p) => path_modifier(
+                    p.replace_full_path.as_ref(),
+                    p.replace_prefix_match.as_ref(),
+                )?,
                 None => None,
             };
             let status = match r.status_code {
@@ -324,7 +329,10 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
             }));
         } else if let Some(r) = &f.url_rewrite {
             let path = match &r.path {
-                Some(p) => path_modifier(p.replace_full_path.as_ref(), p.replace_prefix_match.as_ref())?,
+                Some(p) => path_modifier(
+                    p.replace_full_path.as_ref(),
+                    p.replace_prefix_match.as_ref(),
+                )?,
                 None => None,
             };
             out.push(Filter::Rewrite(UrlRewrite {
@@ -341,7 +349,11 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
             out.push(Filter::Mirror {
                 backend: BackendRef {
                     group: m.backend_ref.group.clone().unwrap_or_default(),
-                    kind: m.backend_ref.kind.clone().unwrap_or_else(|| "Service".into()),
+                    kind: m
+                        .backend_ref
+                        .kind
+                        .clone()
+                        .unwrap_or_else(|| "Service".into()),
                     namespace: m.backend_ref.namespace.clone().unwrap_or(ns),
                     name: m.backend_ref.name.clone(),
                     port: m.backend_ref.port,
@@ -362,12 +374,13 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
     Ok(out)
 }
 
-fn timeouts(t: Option<&gateway_api::httproutes::HttpRouteRulesTimeouts>) -> Result<HttpTimeouts, String> {
+fn timeouts(
+    t: Option<&gateway_api::httproutes::HttpRouteRulesTimeouts>,
+) -> Result<HttpTimeouts, String> {
     let parse = |text: Option<&String>| -> Result<Option<std::time::Duration>, String> {
         let Some(text) = text else { return Ok(None) };
-        let d: gateway_api::Duration = text
-            .parse()
-            .map_err(|e| format!("timeout {text:?}: {e}"))?;
+        let d: gateway_api::Duration =
+            text.parse().map_err(|e| format!("timeout {text:?}: {e}"))?;
         // Zero means no timeout.
         Ok((!d.is_zero()).then(|| std::time::Duration::from_nanos(d.as_nanos() as u64)))
     };

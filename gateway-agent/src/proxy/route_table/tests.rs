@@ -104,7 +104,10 @@ fn exact_and_regular_expression_paths_match_the_whole_path() {
             path(PathMatch::RegularExpression("/v[0-9]+/items".into())),
         ),
     ]);
-    assert_eq!(pick(&table, "GET", "h", "/a", &[]).as_deref(), Some("exact"));
+    assert_eq!(
+        pick(&table, "GET", "h", "/a", &[]).as_deref(),
+        Some("exact")
+    );
     assert_eq!(pick(&table, "GET", "h", "/a/", &[]), None);
     assert_eq!(
         pick(&table, "GET", "h", "/v12/items?x=1", &[]).as_deref(),
@@ -128,7 +131,10 @@ fn header_names_are_case_insensitive_and_values_exact_or_regex() {
         )
     };
     let table = RouteTable::new(vec![
-        with("v1", vec![exact("version", "two"), exact("color", "orange")]),
+        with(
+            "v1",
+            vec![exact("version", "two"), exact("color", "orange")],
+        ),
         with("v2", vec![exact("version", "two"), exact("color", "blue")]),
         with("v1", vec![exact("version", "one")]),
         with("v2", vec![exact("version", "two")]),
@@ -170,7 +176,10 @@ fn query_params_are_exact_by_name_and_the_first_occurrence_counts() {
         )
     };
     let table = RouteTable::new(vec![
-        with("v3", vec![exact("animal", "dolphin"), exact("color", "blue")]),
+        with(
+            "v3",
+            vec![exact("animal", "dolphin"), exact("color", "blue")],
+        ),
         with("v3", vec![exact("ANIMAL", "Whale")]),
         with("v1", vec![exact("animal", "whale")]),
         with("v2", vec![exact("animal", "dolphin")]),
@@ -181,7 +190,10 @@ fn query_params_are_exact_by_name_and_the_first_occurrence_counts() {
     assert_eq!(at("/?animal=dolphin").as_deref(), Some("v2"));
     assert_eq!(at("/?animal=dolphin&color=blue").as_deref(), Some("v3"));
     assert_eq!(at("/?ANIMAL=Whale").as_deref(), Some("v3"));
-    assert_eq!(at("/?animal=whale&otherparam=irrelevant").as_deref(), Some("v1"));
+    assert_eq!(
+        at("/?animal=whale&otherparam=irrelevant").as_deref(),
+        Some("v1")
+    );
     assert_eq!(at("/?animal=whale&animal=dolphin").as_deref(), Some("v1"));
     assert_eq!(at("/?color=blue"), None);
     assert_eq!(at("/?animal=whaledolphin"), None);
@@ -220,7 +232,11 @@ fn methods_must_be_equal() {
 #[test]
 fn a_regex_that_does_not_compile_never_matches() {
     let table = RouteTable::new(vec![
-        rule("broken", &[], path(PathMatch::RegularExpression("/(".into()))),
+        rule(
+            "broken",
+            &[],
+            path(PathMatch::RegularExpression("/(".into())),
+        ),
         rule("fallback", &[], HttpMatch::any()),
     ]);
     assert_eq!(
@@ -248,6 +264,9 @@ fn lookup_cost_does_not_grow_with_other_hosts_routes() {
         pick(&table, "GET", "target.example", "/x", &[]).as_deref(),
         Some("target")
     );
-    assert_eq!(pick(&table, "GET", "h7.example", "/x", &[]).as_deref(), Some("r7"));
+    assert_eq!(
+        pick(&table, "GET", "h7.example", "/x", &[]).as_deref(),
+        Some("r7")
+    );
     assert_eq!(pick(&table, "GET", "h7.example", "/y", &[]), None);
 }

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::model::{
-    BackendProtocol, HeaderModifier, HttpRule, PathMatch, PathModifier, RequestRedirect,
-    UrlRewrite,
+    BackendProtocol, HeaderModifier, HttpRule, PathMatch, PathModifier, RequestRedirect, UrlRewrite,
 };
 use crate::source::file::load_str;
 use crate::store::Snapshot;
@@ -190,7 +189,10 @@ fn filters_of_rules_and_backend_refs_are_translated() {
         })
     );
     assert_eq!(rewrite.timeouts.request, Some(Duration::from_millis(500)));
-    assert_eq!(rewrite.timeouts.backend_request, Some(Duration::from_secs(2)));
+    assert_eq!(
+        rewrite.timeouts.backend_request,
+        Some(Duration::from_secs(2))
+    );
 }
 
 #[test]
@@ -224,7 +226,8 @@ fn h2c_app_protocol_selects_http2_to_the_backend() {
         "2024-01-01T00:00:00Z",
         "  - backendRefs: [{name: v1, port: 80}, {name: v3, port: 80}]\n",
     ));
-    let protocols: Vec<BackendProtocol> = rules(&out)[0].backends.iter().map(|b| b.protocol).collect();
+    let protocols: Vec<BackendProtocol> =
+        rules(&out)[0].backends.iter().map(|b| b.protocol).collect();
     assert_eq!(protocols, [BackendProtocol::Http1, BackendProtocol::H2c]);
 }
 
