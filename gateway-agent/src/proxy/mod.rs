@@ -206,6 +206,38 @@ fn status(code: StatusCode) -> Response<ProxyBody> {
     response
 }
 
+/// The proxy's own error answer to a gRPC request: the HTTP status, plus the
+/// gRPC status it maps to (as grpc-go maps HTTP statuses) in the headers of a
+/// trailers-only response, so that every gRPC client reads the same code.
+fn grpc_status(code: StatusCode) -> Response<ProxyBody> {
+    let grpc_code = match code.as_u16() {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502..=504 => "14",
+        _ => "2",
+    };
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(grpc_code));
+    if let Ok(message) = HeaderValue::from_str(code.canonical_reason().unwrap_or_default()) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
@@ -360,6 +392,22 @@ async fn handle(
     upstream: &Upstream,
     connection: Connection,
 ) -> Response<ProxyBody> {
+    let grpc = is_grpc(req.headers());
+    let response = forward(req, table, upstream, connection).await;
+    match response {
+        Ok(response) => response,
+        Err(code) if grpc => grpc_status(code),
+        Err(code) => status(code),
+    }
+}
+
+/// The response to `req`, or the status the proxy answers itself.
+async fn forward(
+    req: Request<Incoming>,
+    table: &RouteTable,
+    upstream: &Upstream,
+    connection: Connection,
+) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
     let host = head
         .headers
@@ -378,7 +426,7 @@ async fn handle(
         headers: &head.headers,
     };
     let Some(rule) = table.find(&view) else {
-        return status(StatusCode::NOT_FOUND);
+        return Err(StatusCode::NOT_FOUND);
     };
     if let Some(response) = redirect_response(
         &rule.filters,
@@ -388,12 +436,9 @@ async fn handle(
         &request_path,
         query.as_deref(),
     ) {
-        return response;
+        return Ok(response);
     }
-    let backend = match choose_backend(rule) {
-        Ok(backend) => backend,
-        Err(code) => return status(code),
-    };
+    let backend = choose_backend(rule)?;
     if let Some(response) = redirect_response(
         &backend.filters,
         rule,
@@ -402,7 +447,7 @@ async fn handle(
         &request_path,
         query.as_deref(),
     ) {
-        return response;
+        return Ok(response);
     }
 
     // Filters of the rule, then of the backendRef.
@@ -450,7 +495,7 @@ async fn handle(
     }
 
     let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
-        return status(StatusCode::BAD_REQUEST);
+        return Err(StatusCode::BAD_REQUEST);
     };
     head.uri = uri;
     head.version = if h2 {
@@ -469,7 +514,7 @@ async fn handle(
     let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result,
-            Err(_) => return status(StatusCode::GATEWAY_TIMEOUT),
+            Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
         },
         None => sent.await,
     };
@@ -482,11 +527,11 @@ async fn handle(
                     filters::modify_headers(&mut parts.headers, modifier);
                 }
             }
-            Response::from_parts(parts, body.boxed())
+            Ok(Response::from_parts(parts, body.boxed()))
         }
         Err(e) => {
             tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
-            status(StatusCode::BAD_GATEWAY)
+            Err(StatusCode::BAD_GATEWAY)
         }
     }
 }
