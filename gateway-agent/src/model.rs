@@ -185,6 +185,10 @@ pub struct HttpRule {
     /// Hostnames the rule answers for (already intersected with the listener's);
     /// empty means any host.
     pub hostnames: Vec<String>,
+    /// The hostname of the listener the route attached through (None: any).
+    /// A request is served by the listener whose hostname matches it most
+    /// specifically, and only by that listener's rules.
+    pub listener_hostname: Option<String>,
     /// One match of the rule; a rule with several matches gives several entries.
     pub matched: HttpMatch,
     pub filters: HttpFilters,

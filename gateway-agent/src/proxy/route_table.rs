@@ -3,7 +3,7 @@
 //! number of routes on other hosts. Within a host, rules are already in
 //! precedence order (translate sorted them): the first whose match holds wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hyper::HeaderMap;
 use regex::Regex;
@@ -150,6 +150,10 @@ pub struct RouteTable {
     /// (".example.com", rules), longest suffix first.
     wildcard: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
+    /// Hostnames of the listeners behind this socket: which one serves a request.
+    listener_exact: HashSet<String>,
+    /// ".example.com" of "*.example.com", longest first.
+    listener_wildcard: Vec<String>,
 }
 
 impl RouteTable {
@@ -168,6 +172,23 @@ impl RouteTable {
                 }
             }
         }
+        for rule in &rules {
+            match rule
+                .listener_hostname
+                .as_deref()
+                .map(|h| (h, h.strip_prefix('*')))
+            {
+                Some((_, Some(suffix))) => table.listener_wildcard.push(suffix.to_string()),
+                Some((host, None)) => {
+                    table.listener_exact.insert(host.to_string());
+                }
+                None => {}
+            }
+        }
+        table
+            .listener_wildcard
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        table.listener_wildcard.dedup();
         table.wildcard = wildcard.into_iter().collect();
         table
             .wildcard
@@ -176,25 +197,35 @@ impl RouteTable {
         table
     }
 
-    /// The rule serving `request`: among the rules of the most specific
-    /// hostname that has rules, the first whose match holds.
+    /// The rule serving `request`. The listener whose hostname matches the
+    /// host most specifically serves it (listener isolation); among that
+    /// listener's rules, the first whose match holds among those of the exact
+    /// hostname, then of each matching wildcard (longest first), then of
+    /// rules for any host: the spec's hostname precedence, where a request
+    /// that no rule of a more specific hostname matches can still match a
+    /// less specific one.
     pub fn find(&self, request: &RequestView) -> Option<&HttpRule> {
         let host = strip_port(request.host).to_ascii_lowercase();
-        let candidates = self
-            .exact
-            .get(&host)
-            .or_else(|| {
-                self.wildcard
-                    .iter()
-                    .find(|(suffix, _)| {
-                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                    })
-                    .map(|(_, rules)| rules)
-            })
-            .unwrap_or(&self.any_host);
-        candidates
+        let listener = if self.listener_exact.contains(&host) {
+            Some(host.clone())
+        } else {
+            self.listener_wildcard
+                .iter()
+                .find(|suffix| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|suffix| format!("*{suffix}"))
+        };
+        let exact = self.exact.get(&host).into_iter();
+        let wildcard = self
+            .wildcard
             .iter()
+            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, rules)| rules);
+        exact
+            .chain(wildcard)
+            .chain(std::iter::once(&self.any_host))
+            .flatten()
             .map(|i| &self.rules[*i])
+            .filter(|compiled| compiled.rule.listener_hostname == listener)
             .find(|rule| rule.matches(request))
             .map(|compiled| &compiled.rule)
     }

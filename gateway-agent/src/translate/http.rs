@@ -53,6 +53,7 @@ pub(super) fn listener_rules(
                 let entry = HttpRule {
                     route: route_ref(route, index as u32),
                     hostnames: attachment.hostnames.clone(),
+                    listener_hostname: listener.hostname.map(str::to_ascii_lowercase),
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,

@@ -12,6 +12,7 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
             rule: 0,
         },
         hostnames: hosts.iter().map(|h| h.to_string()).collect(),
+        listener_hostname: None,
         matched,
         filters: HttpFilters::default(),
         timeouts: HttpTimeouts::default(),
@@ -269,4 +270,57 @@ fn lookup_cost_does_not_grow_with_other_hosts_routes() {
         Some("r7")
     );
     assert_eq!(pick(&table, "GET", "h7.example", "/y", &[]), None);
+}
+
+#[test]
+fn a_request_no_rule_of_its_exact_host_matches_falls_back_to_wildcard_and_any() {
+    let table = RouteTable::new(vec![
+        rule(
+            "exact",
+            &["a.example.com"],
+            path(PathMatch::Exact("/x".into())),
+        ),
+        rule(
+            "wild",
+            &["*.example.com"],
+            path(PathMatch::Exact("/y".into())),
+        ),
+        rule("any", &[], path(PathMatch::Exact("/z".into()))),
+    ]);
+    let at = |p: &str| pick(&table, "GET", "a.example.com", p, &[]);
+    assert_eq!(at("/x").as_deref(), Some("exact"));
+    assert_eq!(at("/y").as_deref(), Some("wild"));
+    assert_eq!(at("/z").as_deref(), Some("any"));
+    assert_eq!(at("/w"), None);
+}
+
+#[test]
+fn only_the_most_specific_listener_serves_a_host() {
+    // GatewayHTTPListenerIsolation: four listeners on one port.
+    let on = |name: &str, listener: Option<&str>| HttpRule {
+        listener_hostname: listener.map(str::to_string),
+        ..rule(
+            name,
+            &listener.into_iter().collect::<Vec<_>>(),
+            path(PathMatch::Prefix(format!("/{name}"))),
+        )
+    };
+    let table = RouteTable::new(vec![
+        on("empty", None),
+        on("wild", Some("*.example.com")),
+        on("wildfoo", Some("*.foo.example.com")),
+        on("abc", Some("abc.foo.example.com")),
+    ]);
+    for (host, served) in [
+        ("bar.com", "empty"),
+        ("bar.example.com", "wild"),
+        ("bar.foo.example.com", "wildfoo"),
+        ("abc.foo.example.com", "abc"),
+    ] {
+        for name in ["empty", "wild", "wildfoo", "abc"] {
+            let got = pick(&table, "GET", host, &format!("/{name}"), &[]);
+            let expected = (name == served).then(|| name.to_string());
+            assert_eq!(got, expected, "{host}/{name}");
+        }
+    }
 }
