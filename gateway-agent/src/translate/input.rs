@@ -84,6 +84,46 @@ pub struct Rule {
     pub unsupported: Option<String>,
 }
 
+impl Rule {
+    /// The backendRefs of the rule's RequestMirror filters and of its
+    /// backendRefs' (they must resolve like any backendRef).
+    pub fn mirror_refs(&self) -> impl Iterator<Item = &BackendRef> {
+        self.filters
+            .iter()
+            .chain(self.backend_refs.iter().flat_map(|b| &b.filters))
+            .filter_map(|f| match f {
+                Filter::Mirror { backend, .. } => Some(backend),
+                _ => None,
+            })
+    }
+
+    /// Why a match cannot be served: a regular expression that does not compile.
+    fn check_regexes(&mut self) {
+        let patterns = self.matches.iter().flat_map(|m| {
+            let path = match &m.path {
+                PathMatch::RegularExpression(r) => Some(r),
+                _ => None,
+            };
+            path.into_iter()
+                .chain(
+                    m.headers
+                        .iter()
+                        .chain(&m.query_params)
+                        .filter_map(|h| match &h.value {
+                            ValueMatch::RegularExpression(r) => Some(r),
+                            ValueMatch::Exact(_) => None,
+                        }),
+                )
+        });
+        for pattern in patterns {
+            if let Err(e) = regex::Regex::new(pattern) {
+                self.unsupported = Some(format!("regular expression {pattern:?}: {e}"));
+                return;
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     pub kind: RouteKind,
@@ -436,14 +476,16 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                         unsupported = Some(e);
                         HttpTimeouts::default()
                     });
-                    Rule {
+                    let mut rule = Rule {
                         grpc_precedence: Vec::new(),
                         matches,
                         backend_refs,
                         filters: rule_filters,
                         timeouts: rule_timeouts,
                         unsupported,
-                    }
+                    };
+                    rule.check_regexes();
+                    rule
                 })
                 .collect(),
         });
@@ -487,14 +529,16 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                             unsupported = Some(e);
                             Vec::new()
                         });
-                    Rule {
+                    let mut rule = Rule {
                         matches,
                         grpc_precedence,
                         backend_refs,
                         filters: rule_filters,
                         timeouts: HttpTimeouts::default(),
                         unsupported,
-                    }
+                    };
+                    rule.check_regexes();
+                    rule
                 })
                 .collect(),
         });

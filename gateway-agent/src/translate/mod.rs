@@ -426,7 +426,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
 
 fn resolved_refs_condition(route: &Route, snapshot: &Snapshot) -> Condition {
     for rule in &route.rules {
-        for backend in &rule.backend_refs {
+        for backend in rule.backend_refs.iter().chain(rule.mirror_refs()) {
             if let Some((reason, message)) = backend_problem(route, backend, snapshot) {
                 return Condition::no("ResolvedRefs", reason, &message);
             }

@@ -271,3 +271,34 @@ fn grpc_routes_match_on_the_method_path_in_grpc_precedence() {
         .expect("GRPCRoute status");
     assert!(accepted.status, "{accepted:?}");
 }
+
+#[test]
+fn invalid_regexes_and_unresolvable_mirrors_are_reported() {
+    let out = run(&http_route(
+        "r",
+        "2024-01-01T00:00:00Z",
+        "  - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]\n\
+         \x20   backendRefs: [{name: v1, port: 80}]\n",
+    ));
+    assert_eq!(rules(&out)[0].invalid_weight, 1);
+    let condition = |out: &Output| {
+        out.statuses
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == "ResolvedRefs")
+            .cloned()
+            .expect("a ResolvedRefs condition")
+    };
+    assert_eq!(condition(&out).reason, "UnsupportedValue");
+
+    let out = run(&http_route(
+        "r",
+        "2024-01-01T00:00:00Z",
+        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: missing, port: 80}}}]\n\
+         \x20   backendRefs: [{name: v1, port: 80}]\n",
+    ));
+    assert_eq!(condition(&out).reason, "BackendNotFound");
+    // The rule itself still serves; the mirror copies nothing.
+    assert_eq!(rules(&out)[0].backends.len(), 1);
+    assert!(rules(&out)[0].filters.mirrors.is_empty());
+}
