@@ -315,3 +315,48 @@ spec:
         "unsupported filter answers 500:\n{r}"
     );
 }
+
+#[test]
+fn upgraded_connections_are_spliced_to_the_backend() {
+    if !require_root("l7_upgrade") {
+        return;
+    }
+    let topology = Topology::new();
+    let _ws = topology.backend_spawn(&["upgrade-echo", &format!("{BACKEND_ADDR}:8085")]);
+    let route = r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ws, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: ["ws.example"]
+  rules:
+  - backendRefs: [{name: ws, port: 8085}]
+"#;
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("ws", 8085, 8085) + &gateway_with("HTTP", 80, route)),
+    );
+    let agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:80");
+    let reply = eventually("an upgraded connection", Duration::from_secs(20), || {
+        let r = topology.client_run(&[
+            "upgrade-send",
+            &gateway,
+            "ws.example",
+            "/chat",
+            "hello over the upgrade",
+        ])?;
+        if r.starts_with("HTTP/1.1 101") {
+            Ok(r)
+        } else {
+            Err(r)
+        }
+    });
+    assert!(
+        reply.lines().any(|l| l == "hello over the upgrade"),
+        "{reply}\nagent log:\n{}",
+        agent.log()
+    );
+}

@@ -178,7 +178,7 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -386,6 +386,24 @@ fn mirror(
     }
 }
 
+/// Copies bytes both ways between an upgraded client connection and the
+/// upgraded backend connection until either side closes.
+async fn splice_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((client, backend)) => {
+            let mut client = TokioIo::new(client);
+            let mut backend = TokioIo::new(backend);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     table: &RouteTable,
@@ -461,8 +479,20 @@ async fn forward(
         None => path,
     };
     let h2 = backend.protocol == BackendProtocol::H2c;
+    // An HTTP/1.1 Upgrade (WebSocket) is passed on to an HTTP/1.1 backend;
+    // once it answers 101 the two connections are spliced.
+    let upgrade = head
+        .headers
+        .get(header::UPGRADE)
+        .filter(|_| !h2 && head.version == hyper::Version::HTTP_11)
+        .cloned()
+        .zip(head.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let headers = &mut head.headers;
     strip_hop_by_hop(headers, h2);
+    if let Some((protocol, _)) = &upgrade {
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if let Ok(value) = HeaderValue::from_str(&upstream_host)
         && !upstream_host.is_empty()
     {
@@ -519,6 +549,15 @@ async fn forward(
         None => sent.await,
     };
     match result {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let Some((_, downstream)) = upgrade else {
+                return Err(StatusCode::BAD_GATEWAY); // 101 to a request that asked for none
+            };
+            let upstream_io = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(downstream, upstream_io));
+            let (parts, body) = response.into_parts();
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);

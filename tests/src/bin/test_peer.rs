@@ -8,6 +8,11 @@
 //!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...]
 //!                                      one request; print status line, response
 //!                                      headers ("name: value"), blank line, body
+//!   test-peer upgrade-echo ADDR        answer an HTTP/1.1 Upgrade with 101, then echo
+//!                                      every byte (what a WebSocket backend does)
+//!   test-peer upgrade-send ADDR HOST PATH MESSAGE
+//!                                      Upgrade, print the status line, send MESSAGE
+//!                                      on the upgraded connection, print the reply
 //!   test-peer grpc-echo ADDR NAME      gRPC over h2c: every RPC answers OK with one
 //!                                      message: backend, path, authority, headers
 //!   test-peer grpc-call ADDR AUTHORITY /SERVICE/METHOD [NAME:VALUE...]
@@ -40,6 +45,8 @@ fn main() {
         ["http-request", addr, method, path, host, headers @ ..] => {
             http_request(addr, method, path, host, headers)
         }
+        ["upgrade-echo", addr] => upgrade_echo(addr),
+        ["upgrade-send", addr, host, path, message] => upgrade_send(addr, host, path, message),
         ["grpc-echo", addr, name] => grpc::echo(addr, name),
         ["grpc-call", addr, authority, method, metadata @ ..] => {
             grpc::call(addr, authority, method, metadata)
@@ -213,6 +220,75 @@ fn http_request(
         }
     }
     print!("\n{body}");
+    Ok(())
+}
+
+/// Reads an HTTP head (up to the blank line) byte by byte, so that nothing
+/// after it is consumed.
+fn read_head(stream: &mut TcpStream) -> Result<String, String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err("head too long".into());
+        }
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err("connection closed in the head".into()),
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn upgrade_echo(addr: &str) -> Result<(), String> {
+    for mut stream in listen(addr)?.incoming().flatten() {
+        std::thread::spawn(move || {
+            let Ok(head) = read_head(&mut stream) else {
+                return;
+            };
+            let protocol = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("upgrade")
+                        .then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            let reply = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\n\r\n"
+            );
+            if stream.write_all(reply.as_bytes()).is_ok() {
+                let mut reader = &stream;
+                let mut writer = &stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            }
+        });
+    }
+    Ok(())
+}
+
+fn upgrade_send(addr: &str, host: &str, path: &str, message: &str) -> Result<(), String> {
+    let mut stream = connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let head = read_head(&mut stream)?;
+    println!("{}", head.lines().next().unwrap_or_default());
+    if !head.starts_with("HTTP/1.1 101") {
+        return Ok(());
+    }
+    stream
+        .write_all(message.as_bytes())
+        .map_err(|e| format!("send upgraded: {e}"))?;
+    let mut reply = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| format!("receive upgraded: {e}"))?;
+    println!("{}", String::from_utf8_lossy(&reply));
     Ok(())
 }
 
