@@ -139,11 +139,27 @@ pub struct RequestMirror {
     pub denominator: u32,
 }
 
+/// The CORS filter: which cross-origin requests the route allows. Lists hold
+/// values as written; `"*"` allows any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cors {
+    /// `scheme://host[:port]`; the host may start with `*.`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_seconds: Option<u32>,
+}
+
 /// The filters of a rule or of one backendRef, applied in this fixed order:
-/// redirect (answers at once), rewrite, request headers; response headers on
-/// the way back. Mirrors see the request as modified.
+/// CORS preflight and redirect (both answer at once), rewrite, request
+/// headers; response headers (and CORS headers) on the way back. Mirrors see
+/// the request as modified.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HttpFilters {
+    /// Rule filters only: the spec has no CORS on backendRefs.
+    pub cors: Option<Cors>,
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub redirect: Option<RequestRedirect>,

@@ -223,7 +223,18 @@ spec:
     timeouts: {request: 5s}
     backendRefs: [{name: slow, port: 8083}]
   - matches: [{path: {type: PathPrefix, value: /cors}}]
-    filters: [{type: CORS, cors: {allowOrigins: ["*"]}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://*.bar.com"]
+        allowMethods: [GET, PUT]
+        allowHeaders: [x-header-1]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 600
+    backendRefs: [{name: v1, port: 8081}]
+  - matches: [{path: {type: PathPrefix, value: /extension}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]
     backendRefs: [{name: v1, port: 8081}]
 "#;
     let manifests = TempDir::new();
@@ -309,7 +320,58 @@ spec:
     let r = request(&topology, "GET", "/patient", host, &[]);
     assert_eq!(served_by(&r), "slow", "{r}");
 
-    let r = request(&topology, "GET", "/cors", host, &[]);
+    // CORS: the gateway answers preflights, and adds the headers to answers
+    // of allowed origins only.
+    let r = request(
+        &topology,
+        "OPTIONS",
+        "/cors",
+        host,
+        &[
+            "Origin:https://www.bar.com",
+            "Access-Control-Request-Method:PUT",
+        ],
+    );
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    for expected in [
+        "access-control-allow-origin: https://www.bar.com",
+        "access-control-allow-methods: GET, PUT",
+        "access-control-allow-headers: x-header-1",
+        "access-control-allow-credentials: true",
+        "access-control-max-age: 600",
+    ] {
+        assert!(
+            r.lines().any(|l| l == expected),
+            "missing {expected:?}:\n{r}"
+        );
+    }
+    let r = request(
+        &topology,
+        "GET",
+        "/cors",
+        host,
+        &["Origin:https://a.bar.com"],
+    );
+    assert_eq!(served_by(&r), "v1", "{r}");
+    assert!(
+        r.contains("access-control-allow-origin: https://a.bar.com"),
+        "{r}"
+    );
+    assert!(
+        r.contains("access-control-expose-headers: x-header-3"),
+        "{r}"
+    );
+    let r = request(
+        &topology,
+        "GET",
+        "/cors",
+        host,
+        &["Origin:https://foobar.com"],
+    );
+    assert_eq!(served_by(&r), "v1", "{r}");
+    assert!(!r.contains("access-control-"), "{r}");
+
+    let r = request(&topology, "GET", "/extension", host, &[]);
     assert!(
         r.starts_with("HTTP/1.1 500"),
         "unsupported filter answers 500:\n{r}"

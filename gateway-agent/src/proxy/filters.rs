@@ -3,7 +3,7 @@
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::model::{HeaderModifier, PathMatch, PathModifier, RequestRedirect};
+use crate::model::{Cors, HeaderModifier, PathMatch, PathModifier, RequestRedirect};
 
 /// Set replaces, add appends a value, remove deletes (RequestHeaderModifier
 /// and ResponseHeaderModifier alike). Names or values that are not valid
@@ -96,9 +96,143 @@ pub fn redirect_location(
     location
 }
 
+/// Does `origin` (`scheme://host[:port]`) fall under one of `cors.allow_origins`?
+/// A pattern's host may start with `*.`: any subdomain, one label or more.
+pub fn cors_origin_allowed(cors: &Cors, origin: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
+    cors.allow_origins.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        if pattern == "*" || pattern == origin {
+            return true;
+        }
+        let Some((scheme, host)) = pattern.split_once("://") else {
+            return false;
+        };
+        let Some(suffix) = host.strip_prefix('*') else {
+            return false;
+        };
+        origin
+            .strip_prefix(scheme)
+            .and_then(|o| o.strip_prefix("://"))
+            .is_some_and(|o| o.len() > suffix.len() && o.ends_with(suffix))
+    })
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Headers every answer to an allowed cross-origin request carries. The
+/// origin is echoed (never `*`), which is valid with or without credentials.
+pub fn cors_response_headers(cors: &Cors, origin: &str, headers: &mut HeaderMap) {
+    insert(headers, "access-control-allow-origin", origin);
+    if cors.allow_credentials {
+        insert(headers, "access-control-allow-credentials", "true");
+    }
+    if !cors.expose_headers.is_empty() {
+        insert(
+            headers,
+            "access-control-expose-headers",
+            &cors.expose_headers.join(", "),
+        );
+    }
+}
+
+/// The answer's headers to an allowed preflight (OPTIONS with
+/// Access-Control-Request-Method). A `*` list echoes what the request asks
+/// for: with credentials a literal `*` would not be honoured by browsers.
+pub fn cors_preflight_headers(
+    cors: &Cors,
+    origin: &str,
+    requested_method: &str,
+    requested_headers: Option<&str>,
+    headers: &mut HeaderMap,
+) {
+    cors_response_headers(cors, origin, headers);
+    let methods = if cors.allow_methods.iter().any(|m| m == "*") {
+        requested_method.to_string()
+    } else {
+        cors.allow_methods.join(", ")
+    };
+    if !methods.is_empty() {
+        insert(headers, "access-control-allow-methods", &methods);
+    }
+    let allowed_headers = if cors.allow_headers.iter().any(|h| h == "*") {
+        requested_headers.unwrap_or_default().to_string()
+    } else {
+        cors.allow_headers.join(", ")
+    };
+    if !allowed_headers.is_empty() {
+        insert(headers, "access-control-allow-headers", &allowed_headers);
+    }
+    if let Some(age) = cors.max_age_seconds {
+        insert(headers, "access-control-max-age", &age.to_string());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cors(origins: &[&str], methods: &[&str], headers: &[&str], credentials: bool) -> Cors {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        Cors {
+            allow_origins: list(origins),
+            allow_methods: list(methods),
+            allow_headers: list(headers),
+            expose_headers: vec!["x-header-3".into()],
+            allow_credentials: credentials,
+            max_age_seconds: Some(3600),
+        }
+    }
+
+    #[test]
+    fn cors_origins_match_exactly_or_by_subdomain_wildcard() {
+        let c = cors(
+            &["https://www.foo.com", "https://*.bar.com"],
+            &[],
+            &[],
+            false,
+        );
+        assert!(cors_origin_allowed(&c, "https://www.foo.com"));
+        assert!(cors_origin_allowed(&c, "https://www.bar.com"));
+        assert!(cors_origin_allowed(&c, "https://xpto.www.bar.com"));
+        assert!(!cors_origin_allowed(&c, "https://bar.com"));
+        assert!(!cors_origin_allowed(&c, "http://www.bar.com"));
+        assert!(!cors_origin_allowed(&c, "https://foobar.com"));
+        assert!(!cors_origin_allowed(&c, "https://www.foo.com:8443"));
+        assert!(cors_origin_allowed(
+            &cors(&["*"], &[], &[], false),
+            "https://x:1"
+        ));
+    }
+
+    #[test]
+    fn cors_preflight_lists_or_echoes_what_is_allowed() {
+        let mut h = HeaderMap::new();
+        let c = cors(
+            &["*"],
+            &["GET", "OPTIONS"],
+            &["x-header-1", "x-header-2"],
+            true,
+        );
+        cors_preflight_headers(&c, "https://a.example", "GET", None, &mut h);
+        assert_eq!(h["access-control-allow-origin"], "https://a.example");
+        assert_eq!(h["access-control-allow-methods"], "GET, OPTIONS");
+        assert_eq!(h["access-control-allow-headers"], "x-header-1, x-header-2");
+        assert_eq!(h["access-control-expose-headers"], "x-header-3");
+        assert_eq!(h["access-control-max-age"], "3600");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+
+        let mut h = HeaderMap::new();
+        let c = cors(&["*"], &["*"], &["*"], false);
+        cors_preflight_headers(&c, "https://a.example", "PUT", Some("x-a, x-b"), &mut h);
+        assert_eq!(h["access-control-allow-methods"], "PUT");
+        assert_eq!(h["access-control-allow-headers"], "x-a, x-b");
+        assert!(!h.contains_key("access-control-allow-credentials"));
+    }
 
     fn prefix(p: &str) -> PathMatch {
         PathMatch::Prefix(p.into())

@@ -446,6 +446,32 @@ async fn forward(
     let Some(rule) = table.find(&view) else {
         return Err(StatusCode::NOT_FOUND);
     };
+    // The Origin of a cross-origin request the rule's CORS filter allows.
+    let cors = rule.filters.cors.as_ref().and_then(|cors| {
+        let origin = head.headers.get(header::ORIGIN)?.to_str().ok()?;
+        filters::cors_origin_allowed(cors, origin).then(|| (cors, origin.to_string()))
+    });
+    if rule.filters.cors.is_some()
+        && head.method == hyper::Method::OPTIONS
+        && let Some(requested) = head.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // A preflight: the gateway answers it. A disallowed origin gets no
+        // CORS headers, which the browser reads as a refusal.
+        let mut response = Response::new(empty_body());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        if let Some((cors, origin)) = &cors {
+            filters::cors_preflight_headers(
+                cors,
+                origin,
+                requested.to_str().unwrap_or_default(),
+                head.headers
+                    .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                    .and_then(|v| v.to_str().ok()),
+                response.headers_mut(),
+            );
+        }
+        return Ok(response);
+    }
     if let Some(response) = redirect_response(
         &rule.filters,
         rule,
@@ -565,6 +591,9 @@ async fn forward(
                 if let Some(modifier) = &filters.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);
                 }
+            }
+            if let Some((cors, origin)) = &cors {
+                filters::cors_response_headers(cors, origin, &mut parts.headers);
             }
             Ok(Response::from_parts(parts, body.boxed()))
         }

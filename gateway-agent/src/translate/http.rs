@@ -130,6 +130,7 @@ fn http_filters(route: &Route, filters: &[Filter], snapshot: &Snapshot) -> HttpF
             Filter::ResponseHeaders(m) => out.response_headers = Some(m.clone()),
             Filter::Redirect(r) => out.redirect = Some(r.clone()),
             Filter::Rewrite(r) => out.rewrite = Some(r.clone()),
+            Filter::Cors(c) => out.cors = Some(c.clone()),
             Filter::Mirror {
                 backend,
                 numerator,

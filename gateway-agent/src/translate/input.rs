@@ -3,7 +3,7 @@
 //! the route kind.
 
 use crate::model::{
-    HeaderModifier, HttpMatch, HttpTimeouts, NameValueMatch, PathMatch, PathModifier,
+    Cors, HeaderModifier, HttpMatch, HttpTimeouts, NameValueMatch, PathMatch, PathModifier,
     RequestRedirect, UrlRewrite, ValueMatch,
 };
 use crate::store::{ObjectKey, Snapshot};
@@ -63,6 +63,7 @@ pub enum Filter {
     ResponseHeaders(HeaderModifier),
     Redirect(RequestRedirect),
     Rewrite(UrlRewrite),
+    Cors(Cors),
     /// Requests are copied to `backend` for `numerator / denominator` of them.
     Mirror {
         backend: BackendRef,
@@ -403,8 +404,15 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
                 numerator: numerator.max(0) as u32,
                 denominator: denominator.max(1) as u32,
             });
-        } else if f.cors.is_some() {
-            return Err("the CORS filter is not supported".into());
+        } else if let Some(c) = &f.cors {
+            out.push(Filter::Cors(Cors {
+                allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                allow_headers: c.allow_headers.clone().unwrap_or_default(),
+                expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                allow_credentials: c.allow_credentials.unwrap_or(false),
+                max_age_seconds: c.max_age.and_then(|s| u32::try_from(s).ok()),
+            }));
         } else if f.extension_ref.is_some() {
             return Err("ExtensionRef filters are not supported".into());
         } else {
@@ -462,6 +470,10 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                     for b in r.backend_refs.iter().flatten() {
                         let mut backend = backend_ref!(b, ns);
                         match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                            Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
+                                unsupported =
+                                    Some("CORS is a rule filter, not a backendRef's".into());
+                            }
                             Ok(f) => backend.filters = f,
                             Err(e) => unsupported = Some(e),
                         }

@@ -200,8 +200,8 @@ fn unsupported_filters_and_missing_backend_refs_answer_500() {
     let out = run(&http_route(
         "r",
         "2024-01-01T00:00:00Z",
-        "  - matches: [{path: {type: PathPrefix, value: /cors}}]\n\
-         \x20   filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n\
+        "  - matches: [{path: {type: PathPrefix, value: /ext}}]\n\
+         \x20   filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]\n\
          \x20   backendRefs: [{name: v1, port: 80}]\n\
          \x20 - matches: [{path: {type: PathPrefix, value: /nothing}}]\n",
     ));
