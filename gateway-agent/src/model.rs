@@ -56,24 +56,162 @@ pub enum PathMatch {
     Exact(String),
     /// Segment-aware prefix: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
     Prefix(String),
+    /// A regular expression that must match the whole path.
+    RegularExpression(String),
 }
 
+/// How a header or query parameter value is compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum ValueMatch {
+    Exact(String),
+    /// A regular expression that must match the whole value.
+    RegularExpression(String),
+}
+
+/// `name` is lower-case for headers (names compare case-insensitively) and
+/// as written for query parameters (they compare exactly).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NameValueMatch {
+    pub name: String,
+    pub value: ValueMatch,
+}
+
+/// Every condition of one match must hold (AND).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpMatch {
     pub path: PathMatch,
+    /// Upper-case method name; None: any method.
+    pub method: Option<String>,
+    pub headers: Vec<NameValueMatch>,
+    pub query_params: Vec<NameValueMatch>,
 }
 
-/// One match of an HTTPRoute rule, as the proxy evaluates it.
+impl HttpMatch {
+    /// Matches every request (a rule without matches).
+    pub fn any() -> Self {
+        Self {
+            path: PathMatch::Prefix("/".into()),
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }
+    }
+}
+
+/// Sets, appends and removes headers (names lower-case).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// How a redirect or rewrite changes the path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the part of the path the rule's PathPrefix matched.
+    ReplacePrefixMatch(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestRedirect {
+    /// "http" or "https"; None keeps the request's scheme.
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathModifier>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+/// A copy of each request goes to one of `backends`, for `numerator /
+/// denominator` of requests; its response is ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestMirror {
+    pub backends: Vec<WeightedEndpoint>,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+/// The CORS filter: which cross-origin requests the route allows. Lists hold
+/// values as written; `"*"` allows any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cors {
+    /// `scheme://host[:port]`; the host may start with `*.`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_seconds: Option<u32>,
+}
+
+/// The filters of a rule or of one backendRef, applied in this fixed order:
+/// CORS preflight and redirect (both answer at once), rewrite, request
+/// headers; response headers (and CORS headers) on the way back. Mirrors see
+/// the request as modified.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpFilters {
+    /// Rule filters only: the spec has no CORS on backendRefs.
+    pub cors: Option<Cors>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub redirect: Option<RequestRedirect>,
+    pub rewrite: Option<UrlRewrite>,
+    pub mirrors: Vec<RequestMirror>,
+}
+
+/// How the proxy speaks to a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge): gRPC, or `appProtocol: kubernetes.io/h2c`.
+    H2c,
+}
+
+/// One endpoint of a backendRef, with that backendRef's filters and protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    /// Share of traffic, scaled as in `WeightedEndpoint`.
+    pub weight: u64,
+    pub protocol: BackendProtocol,
+    pub filters: HttpFilters,
+}
+
+/// `timeouts` of a rule: the whole request, and one request to the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpTimeouts {
+    pub request: Option<std::time::Duration>,
+    pub backend_request: Option<std::time::Duration>,
+}
+
+/// One match of an HTTPRoute or GRPCRoute rule, as the proxy evaluates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpRule {
     pub route: RouteRef,
     /// Hostnames the rule answers for (already intersected with the listener's);
     /// empty means any host.
     pub hostnames: Vec<String>,
+    /// The hostname of the listener the route attached through (None: any).
+    /// A request is served by the listener whose hostname matches it most
+    /// specifically, and only by that listener's rules.
+    pub listener_hostname: Option<String>,
     /// One match of the rule; a rule with several matches gives several entries.
     pub matched: HttpMatch,
-    pub backends: Vec<WeightedEndpoint>,
-    /// Weight of backendRefs that could not be resolved: that share of requests gets 500.
+    pub filters: HttpFilters,
+    pub timeouts: HttpTimeouts,
+    pub backends: Vec<HttpBackend>,
+    /// Weight of backendRefs that could not be resolved (or of the whole rule
+    /// when it cannot be served as written): that share of requests gets 500.
     pub invalid_weight: u32,
 }
 

@@ -7,6 +7,7 @@ use gateway_api::{
     experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
     gatewayclasses::GatewayClass,
     gateways::Gateway,
+    grpcroutes::GrpcRoute,
     httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
@@ -46,6 +47,7 @@ pub struct Snapshot {
     pub gateway_classes: BTreeMap<ObjectKey, GatewayClass>,
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
+    pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
     pub tcp_routes: BTreeMap<ObjectKey, TcpRoute>,
     pub udp_routes: BTreeMap<ObjectKey, UdpRoute>,
     pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
@@ -61,6 +63,7 @@ impl Snapshot {
         self.gateway_classes.extend(other.gateway_classes);
         self.gateways.extend(other.gateways);
         self.http_routes.extend(other.http_routes);
+        self.grpc_routes.extend(other.grpc_routes);
         self.tcp_routes.extend(other.tcp_routes);
         self.udp_routes.extend(other.udp_routes);
         self.reference_grants.extend(other.reference_grants);

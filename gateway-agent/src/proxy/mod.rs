@@ -1,7 +1,11 @@
-//! The L7 data plane: a hyper proxy serving HTTPRoute rules. One socket per
-//! listener address; its routing table is swapped atomically on reload, so
-//! in-flight requests finish on the table they started with.
+//! The L7 data plane: a hyper proxy serving HTTPRoute and GRPCRoute rules.
+//! One socket per listener address; its routing table is swapped atomically
+//! on reload, so in-flight requests finish on the table they started with.
+//! Per request: match (route_table), redirect, rewrite, header filters,
+//! mirrors, then the chosen backend over HTTP/1.1 or h2c within the rule's
+//! timeouts; response header filters on the way back.
 
+mod filters;
 mod route_table;
 
 use std::collections::HashMap;
@@ -11,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -20,14 +24,50 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::model::{ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule};
-pub use route_table::RouteTable;
+use crate::model::{
+    BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
+    RequestMirror,
+};
+pub use route_table::{RequestView, RouteTable};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type Upstream = Client<HttpConnector, Incoming>;
+type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Slow clients must send their request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A mirrored copy is abandoned after this long; nobody waits for it.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+#[derive(Clone)]
+struct Upstream {
+    http1: UpstreamClient,
+    h2c: UpstreamClient,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self { http1, h2c }
+    }
+
+    fn client(&self, protocol: BackendProtocol) -> &UpstreamClient {
+        match protocol {
+            BackendProtocol::Http1 => &self.http1,
+            BackendProtocol::H2c => &self.h2c,
+        }
+    }
+}
 
 struct Bound {
     table: Arc<ArcSwap<RouteTable>>,
@@ -41,15 +81,9 @@ pub struct Proxy {
 
 impl Default for Proxy {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let upstream = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Self {
             bound: Mutex::new(HashMap::new()),
-            upstream,
+            upstream: Upstream::new(),
         }
     }
 }
@@ -119,14 +153,23 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
             }
         };
         let _ = stream.set_nodelay(true);
+        let listener_port = stream.local_addr().map_or(0, |a| a.port());
+        let connection = Connection {
+            peer,
+            listener_port,
+            scheme: "http",
+        };
         let table = table.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
+                // Each request takes the table current when it starts.
                 let table = table.load_full();
                 let upstream = upstream.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(req, &table, &upstream, peer).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(req, &table, &upstream, connection).await,
+                    )
                 }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -135,13 +178,23 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// What a request's handling needs to know about its connection.
+#[derive(Clone, Copy)]
+struct Connection {
+    peer: SocketAddr,
+    /// The port the client connected to, the default port of redirects.
+    listener_port: u16,
+    /// "http" or "https", as the client sees this listener.
+    scheme: &'static str,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -153,8 +206,45 @@ fn status(code: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// Chooses a backend by weight; `Err` is the status to answer instead.
-fn choose_backend(rule: &HttpRule) -> Result<SocketAddr, StatusCode> {
+/// The proxy's own error answer to a gRPC request: the HTTP status, plus the
+/// gRPC status it maps to (as grpc-go maps HTTP statuses) in the headers of a
+/// trailers-only response, so that every gRPC client reads the same code.
+fn grpc_status(code: StatusCode) -> Response<ProxyBody> {
+    let grpc_code = match code.as_u16() {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502..=504 => "14",
+        _ => "2",
+    };
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(grpc_code));
+    if let Ok(message) = HeaderValue::from_str(code.canonical_reason().unwrap_or_default()) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Chooses a backend by weight; `Err` is the status to answer instead: 500
+/// for the share of unresolved backendRefs, 503 when no endpoint is ready.
+fn choose_backend(rule: &HttpRule) -> Result<&HttpBackend, StatusCode> {
     let invalid = u64::from(rule.invalid_weight) * ENDPOINT_WEIGHT_SCALE;
     let total: u64 = rule.backends.iter().map(|b| b.weight).sum::<u64>() + invalid;
     if total == 0 {
@@ -163,7 +253,7 @@ fn choose_backend(rule: &HttpRule) -> Result<SocketAddr, StatusCode> {
     let mut pick = fastrand::u64(0..total);
     for backend in &rule.backends {
         if pick < backend.weight {
-            return Ok(backend.addr);
+            return Ok(backend);
         }
         pick -= backend.weight;
     }
@@ -171,7 +261,8 @@ fn choose_backend(rule: &HttpRule) -> Result<SocketAddr, StatusCode> {
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// `te: trailers` survives towards an HTTP/2 backend: gRPC needs it.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -182,6 +273,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [
         header::CONNECTION,
         header::PROXY_AUTHENTICATE,
@@ -195,60 +289,317 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    if keep_te_trailers && te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// A RequestRedirect's answer: no body, the status and `Location` it names.
+fn redirect_response(
+    filters: &HttpFilters,
+    rule: &HttpRule,
+    connection: Connection,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response<ProxyBody>> {
+    let redirect = filters.redirect.as_ref()?;
+    let path = match &redirect.path {
+        Some(modifier) => filters::modify_path(path, &rule.matched.path, modifier),
+        None => path.to_string(),
+    };
+    let location = filters::redirect_location(
+        redirect,
+        connection.scheme,
+        route_table::strip_port(host),
+        connection.listener_port,
+        &path,
+        query,
+    );
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+            Some(response)
+        }
+        Err(_) => Some(status(StatusCode::INTERNAL_SERVER_ERROR)),
+    }
+}
+
+/// Applies a URLRewrite to the path-and-query and Host of a request.
+fn rewrite(filters: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
+    let Some(rewrite) = &filters.rewrite else {
+        return;
+    };
+    if let Some(modifier) = &rewrite.path {
+        *path = filters::modify_path(path, &rule.matched.path, modifier);
+    }
+    if let Some(hostname) = &rewrite.hostname {
+        hostname.clone_into(host);
+    }
+}
+
+/// Sends a copy of the request's head (no body: the original body streams to
+/// the backend once) to each mirror that samples it; the copies' responses
+/// are dropped.
+fn mirror(
+    mirrors: &[RequestMirror],
+    head: &hyper::http::request::Parts,
+    path_and_query: &str,
+    upstream: &Upstream,
+) {
+    for mirror in mirrors {
+        if fastrand::u32(0..mirror.denominator) >= mirror.numerator {
+            continue;
+        }
+        let total: u64 = mirror.backends.iter().map(|b| b.weight).sum();
+        let mut pick = fastrand::u64(0..total.max(1));
+        let Some(endpoint) = mirror.backends.iter().find(|b| {
+            let hit = pick < b.weight;
+            pick = pick.saturating_sub(b.weight);
+            hit
+        }) else {
+            continue;
+        };
+        let Ok(uri) = format!("http://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
+        else {
+            continue;
+        };
+        let mut request = Request::new(empty_body());
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = head.headers.clone();
+        request.headers_mut().remove(header::CONTENT_LENGTH);
+        let client = upstream.http1.clone();
+        let addr = endpoint.addr;
+        tokio::spawn(async move {
+            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
+                Ok(Ok(response)) => {
+                    // Read to the end so the connection goes back to the pool.
+                    let _ = response.into_body().collect().await;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
+                Err(_) => tracing::debug!(%addr, "mirror request timed out"),
+            }
+        });
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and the
+/// upgraded backend connection until either side closes.
+async fn splice_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((client, backend)) => {
+            let mut client = TokioIo::new(client);
+            let mut backend = TokioIo::new(backend);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
 }
 
 async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     table: &RouteTable,
     upstream: &Upstream,
-    peer: SocketAddr,
+    connection: Connection,
 ) -> Response<ProxyBody> {
-    let host = req
-        .headers()
+    let grpc = is_grpc(req.headers());
+    let response = forward(req, table, upstream, connection).await;
+    match response {
+        Ok(response) => response,
+        Err(code) if grpc => grpc_status(code),
+        Err(code) => status(code),
+    }
+}
+
+/// The response to `req`, or the status the proxy answers itself.
+async fn forward(
+    req: Request<Incoming>,
+    table: &RouteTable,
+    upstream: &Upstream,
+    connection: Connection,
+) -> Result<Response<ProxyBody>, StatusCode> {
+    let (mut head, body) = req.into_parts();
+    let host = head
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
         .unwrap_or_default()
         .to_string();
-    let Some(rule) = table.find(&host, req.uri().path()) else {
-        return status(StatusCode::NOT_FOUND);
+    let request_path = head.uri.path().to_string();
+    let query = head.uri.query().map(str::to_string);
+    let view = RequestView {
+        host: &host,
+        path: &request_path,
+        query: query.as_deref(),
+        method: head.method.as_str(),
+        headers: &head.headers,
     };
-    let backend = match choose_backend(rule) {
-        Ok(backend) => backend,
-        Err(code) => return status(code),
+    let Some(rule) = table.find(&view) else {
+        return Err(StatusCode::NOT_FOUND);
     };
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("http://{backend}{path_and_query}").parse() else {
-        return status(StatusCode::BAD_REQUEST);
+    // The Origin of a cross-origin request the rule's CORS filter allows.
+    let cors = rule.filters.cors.as_ref().and_then(|cors| {
+        let origin = head.headers.get(header::ORIGIN)?.to_str().ok()?;
+        filters::cors_origin_allowed(cors, origin).then(|| (cors, origin.to_string()))
+    });
+    if rule.filters.cors.is_some()
+        && head.method == hyper::Method::OPTIONS
+        && let Some(requested) = head.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // A preflight: the gateway answers it. A disallowed origin gets no
+        // CORS headers, which the browser reads as a refusal.
+        let mut response = Response::new(empty_body());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        if let Some((cors, origin)) = &cors {
+            filters::cors_preflight_headers(
+                cors,
+                origin,
+                requested.to_str().unwrap_or_default(),
+                head.headers
+                    .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                    .and_then(|v| v.to_str().ok()),
+                response.headers_mut(),
+            );
+        }
+        return Ok(response);
+    }
+    if let Some(response) = redirect_response(
+        &rule.filters,
+        rule,
+        connection,
+        &host,
+        &request_path,
+        query.as_deref(),
+    ) {
+        return Ok(response);
+    }
+    let backend = choose_backend(rule)?;
+    if let Some(response) = redirect_response(
+        &backend.filters,
+        rule,
+        connection,
+        &host,
+        &request_path,
+        query.as_deref(),
+    ) {
+        return Ok(response);
+    }
+
+    // Filters of the rule, then of the backendRef.
+    let mut path = request_path.clone();
+    let mut upstream_host = host.clone();
+    for filters in [&rule.filters, &backend.filters] {
+        rewrite(filters, rule, &mut path, &mut upstream_host);
+    }
+    let path_and_query = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
-    *req.uri_mut() = uri;
-    *req.version_mut() = hyper::Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST)
-        && let Ok(value) = HeaderValue::from_str(&host)
-        && !host.is_empty()
+    let h2 = backend.protocol == BackendProtocol::H2c;
+    // An HTTP/1.1 Upgrade (WebSocket) is passed on to an HTTP/1.1 backend;
+    // once it answers 101 the two connections are spliced.
+    let upgrade = head
+        .headers
+        .get(header::UPGRADE)
+        .filter(|_| !h2 && head.version == hyper::Version::HTTP_11)
+        .cloned()
+        .zip(head.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let headers = &mut head.headers;
+    strip_hop_by_hop(headers, h2);
+    if let Some((protocol, _)) = &upgrade {
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if let Ok(value) = HeaderValue::from_str(&upstream_host)
+        && !upstream_host.is_empty()
     {
         headers.insert(header::HOST, value);
     }
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(previous) => format!("{previous}, {}", connection.peer.ip()),
+        None => connection.peer.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(connection.scheme),
+    );
+    if !headers.contains_key("x-forwarded-host")
+        && let Ok(value) = HeaderValue::from_str(&host)
+        && !host.is_empty()
+    {
+        headers.insert("x-forwarded-host", value);
+    }
+    for filters in [&rule.filters, &backend.filters] {
+        if let Some(modifier) = &filters.request_headers {
+            filters::modify_headers(headers, modifier);
+        }
+    }
+    for filters in [&rule.filters, &backend.filters] {
+        mirror(&filters.mirrors, &head, &path_and_query, upstream);
+    }
 
-    match upstream.request(req).await {
+    let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    head.uri = uri;
+    head.version = if h2 {
+        hyper::Version::HTTP_2
+    } else {
+        hyper::Version::HTTP_11
+    };
+    let request = Request::from_parts(head, body.boxed());
+    let sent = upstream.client(backend.protocol).request(request);
+    // Without retries one backend request is the whole request: the shorter
+    // of the two timeouts bounds it.
+    let timeout = match (rule.timeouts.request, rule.timeouts.backend_request) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result,
+            Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let Some((_, downstream)) = upgrade else {
+                return Err(StatusCode::BAD_GATEWAY); // 101 to a request that asked for none
+            };
+            let upstream_io = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(downstream, upstream_io));
+            let (parts, body) = response.into_parts();
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            strip_hop_by_hop(&mut parts.headers, false);
+            for filters in [&backend.filters, &rule.filters] {
+                if let Some(modifier) = &filters.response_headers {
+                    filters::modify_headers(&mut parts.headers, modifier);
+                }
+            }
+            if let Some((cors, origin)) = &cors {
+                filters::cors_response_headers(cors, origin, &mut parts.headers);
+            }
+            Ok(Response::from_parts(parts, body.boxed()))
         }
         Err(e) => {
-            tracing::debug!(%backend, error = %e, "upstream request failed");
-            status(StatusCode::BAD_GATEWAY)
+            tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
+            Err(StatusCode::BAD_GATEWAY)
         }
     }
 }

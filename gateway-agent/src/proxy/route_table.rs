@@ -1,19 +1,159 @@
 //! Request → rule lookup. Indexed by host first (exact, then the longest
 //! wildcard suffix, then rules for any host), so cost does not grow with the
 //! number of routes on other hosts. Within a host, rules are already in
-//! precedence order (translate sorted them): the first match wins.
+//! precedence order (translate sorted them): the first whose match holds wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::model::{HttpRule, PathMatch};
+use hyper::HeaderMap;
+use regex::Regex;
+
+use crate::model::{HttpMatch, HttpRule, NameValueMatch, PathMatch, ValueMatch};
+
+/// What of a request the matches look at.
+pub struct RequestView<'a> {
+    /// Host header or authority, port allowed.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// A value condition ready to evaluate: regular expressions compiled once per table.
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    /// None when the regular expression does not compile: the match can never hold.
+    fn new(value: &ValueMatch) -> Option<Self> {
+        match value {
+            ValueMatch::Exact(v) => Some(Self::Exact(v.clone())),
+            ValueMatch::RegularExpression(r) => full_match_regex(r).map(Self::Regex),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(v) => v == value,
+            Self::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Gateway API regular expressions must match the whole value.
+fn full_match_regex(pattern: &str) -> Option<Regex> {
+    match Regex::new(&format!("^(?:{pattern})$")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(%pattern, error = %e, "regular expression does not compile; its match never holds");
+            None
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    rule: HttpRule,
+    /// None for a path regex that does not compile (never matches).
+    path: Option<PathMatcher>,
+    headers: Vec<(String, Option<Matcher>)>,
+    query_params: Vec<(String, Option<Matcher>)>,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl CompiledRule {
+    fn new(rule: HttpRule) -> Self {
+        let compile = |list: &[NameValueMatch]| -> Vec<(String, Option<Matcher>)> {
+            list.iter()
+                .map(|m| (m.name.clone(), Matcher::new(&m.value)))
+                .collect()
+        };
+        let HttpMatch {
+            path,
+            headers,
+            query_params,
+            ..
+        } = &rule.matched;
+        let path = match path {
+            PathMatch::Exact(p) => Some(PathMatcher::Exact(p.clone())),
+            PathMatch::Prefix(p) => Some(PathMatcher::Prefix(p.clone())),
+            PathMatch::RegularExpression(r) => full_match_regex(r).map(PathMatcher::Regex),
+        };
+        let headers = compile(headers);
+        let query_params = compile(query_params);
+        Self {
+            rule,
+            path,
+            headers,
+            query_params,
+        }
+    }
+
+    fn matches(&self, request: &RequestView) -> bool {
+        let path_ok = match &self.path {
+            Some(PathMatcher::Exact(p)) => p == request.path,
+            Some(PathMatcher::Prefix(p)) => prefix_matches(p, request.path),
+            Some(PathMatcher::Regex(r)) => r.is_match(request.path),
+            None => false,
+        };
+        if !path_ok {
+            return false;
+        }
+        if let Some(method) = &self.rule.matched.method
+            && method != request.method
+        {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|(name, matcher)| {
+            // Repeated headers compare on their values joined by ",", as the
+            // spec says a proxy may treat them (RFC 9110 5.3).
+            let values: Vec<&str> = request
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            !values.is_empty()
+                && matcher
+                    .as_ref()
+                    .is_some_and(|m| m.matches(&values.join(",")))
+        });
+        if !headers_ok {
+            return false;
+        }
+        self.query_params.iter().all(|(name, matcher)| {
+            // The first occurrence of a repeated parameter is the one that counts.
+            let value = request.query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v)
+            });
+            value.is_some_and(|v| matcher.as_ref().is_some_and(|m| m.matches(&v)))
+        })
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    rules: Vec<HttpRule>,
+    rules: Vec<CompiledRule>,
     exact: HashMap<String, Vec<usize>>,
     /// (".example.com", rules), longest suffix first.
     wildcard: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
+    /// Hostnames of the listeners behind this socket: which one serves a request.
+    listener_exact: HashSet<String>,
+    /// ".example.com" of "*.example.com", longest first.
+    listener_wildcard: Vec<String>,
 }
 
 impl RouteTable {
@@ -32,37 +172,67 @@ impl RouteTable {
                 }
             }
         }
+        for rule in &rules {
+            match rule
+                .listener_hostname
+                .as_deref()
+                .map(|h| (h, h.strip_prefix('*')))
+            {
+                Some((_, Some(suffix))) => table.listener_wildcard.push(suffix.to_string()),
+                Some((host, None)) => {
+                    table.listener_exact.insert(host.to_string());
+                }
+                None => {}
+            }
+        }
+        table
+            .listener_wildcard
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        table.listener_wildcard.dedup();
         table.wildcard = wildcard.into_iter().collect();
         table
             .wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-        table.rules = rules;
+        table.rules = rules.into_iter().map(CompiledRule::new).collect();
         table
     }
 
-    /// The rule serving `host` (a Host header, port allowed) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&HttpRule> {
-        let host = strip_port(host).to_ascii_lowercase();
-        let candidates = self
-            .exact
-            .get(&host)
-            .or_else(|| {
-                self.wildcard
-                    .iter()
-                    .find(|(suffix, _)| {
-                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                    })
-                    .map(|(_, rules)| rules)
-            })
-            .unwrap_or(&self.any_host);
-        candidates
+    /// The rule serving `request`. The listener whose hostname matches the
+    /// host most specifically serves it (listener isolation); among that
+    /// listener's rules, the first whose match holds among those of the exact
+    /// hostname, then of each matching wildcard (longest first), then of
+    /// rules for any host: the spec's hostname precedence, where a request
+    /// that no rule of a more specific hostname matches can still match a
+    /// less specific one.
+    pub fn find(&self, request: &RequestView) -> Option<&HttpRule> {
+        let host = strip_port(request.host).to_ascii_lowercase();
+        let listener = if self.listener_exact.contains(&host) {
+            Some(host.clone())
+        } else {
+            self.listener_wildcard
+                .iter()
+                .find(|suffix| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|suffix| format!("*{suffix}"))
+        };
+        let exact = self.exact.get(&host).into_iter();
+        let wildcard = self
+            .wildcard
             .iter()
+            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, rules)| rules);
+        exact
+            .chain(wildcard)
+            .chain(std::iter::once(&self.any_host))
+            .flatten()
             .map(|i| &self.rules[*i])
-            .find(|rule| path_matches(&rule.matched.path, path))
+            .filter(|compiled| compiled.rule.listener_hostname == listener)
+            .find(|rule| rule.matches(request))
+            .map(|compiled| &compiled.rule)
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host part of a Host header (`h`, `h:port`, `[v6]:port`).
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
@@ -70,72 +240,12 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Segment-aware prefix matching: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
-pub fn path_matches(rule: &PathMatch, path: &str) -> bool {
-    match rule {
-        PathMatch::Exact(p) => p == path,
-        PathMatch::Prefix(p) => {
-            let p = p.trim_end_matches('/');
-            p.is_empty()
-                || path == p
-                || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
-        }
-    }
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    p.is_empty()
+        || path == p
+        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{HttpMatch, RouteRef};
-
-    fn rule(name: &str, hosts: &[&str], path: PathMatch) -> HttpRule {
-        HttpRule {
-            route: RouteRef {
-                kind: "HTTPRoute",
-                namespace: "ns".into(),
-                name: name.into(),
-                rule: 0,
-            },
-            hostnames: hosts.iter().map(|h| h.to_string()).collect(),
-            matched: HttpMatch { path },
-            backends: Vec::new(),
-            invalid_weight: 0,
-        }
-    }
-
-    #[test]
-    fn prefix_matching_respects_segments() {
-        let p = PathMatch::Prefix("/foo".into());
-        assert!(path_matches(&p, "/foo"));
-        assert!(path_matches(&p, "/foo/bar"));
-        assert!(!path_matches(&p, "/foobar"));
-        assert!(path_matches(&PathMatch::Prefix("/foo/".into()), "/foo/bar"));
-        assert!(path_matches(&PathMatch::Prefix("/".into()), "/anything"));
-        assert!(!path_matches(&PathMatch::Exact("/foo".into()), "/foo/"));
-    }
-
-    #[test]
-    fn exact_host_beats_wildcard_and_wildcard_beats_any() {
-        let table = RouteTable::new(vec![
-            rule("any", &[], PathMatch::Prefix("/".into())),
-            rule("wild", &["*.example.com"], PathMatch::Prefix("/".into())),
-            rule("exact", &["a.example.com"], PathMatch::Prefix("/".into())),
-        ]);
-        assert_eq!(
-            table.find("a.example.com:8080", "/").unwrap().route.name,
-            "exact"
-        );
-        assert_eq!(table.find("B.example.com", "/").unwrap().route.name, "wild");
-        assert_eq!(
-            table.find("x.y.example.com", "/").unwrap().route.name,
-            "wild"
-        );
-        assert_eq!(table.find("example.com", "/").unwrap().route.name, "any");
-    }
-
-    #[test]
-    fn no_match_within_the_host_is_none() {
-        let table = RouteTable::new(vec![rule("r", &["h"], PathMatch::Exact("/a".into()))]);
-        assert!(table.find("h", "/b").is_none());
-        assert!(table.find("h", "/a").is_some());
-    }
-}
+mod tests;

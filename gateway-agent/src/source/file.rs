@@ -211,6 +211,10 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
             let object = with_namespace(parse(doc)?, &key);
             snapshot.http_routes.insert(key, object);
         }
+        ("gateway.networking.k8s.io", "GRPCRoute") => {
+            let object = with_namespace(parse(doc)?, &key);
+            snapshot.grpc_routes.insert(key, object);
+        }
         ("gateway.networking.k8s.io", "TCPRoute") if matches!(version, "v1" | "v1alpha2") => {
             let object = with_namespace(parse(doc)?, &key);
             snapshot.tcp_routes.insert(key, object);

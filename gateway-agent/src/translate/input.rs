@@ -2,15 +2,23 @@
 //! routes: parent refs, rules, matches and backend refs look the same whatever
 //! the route kind.
 
-use crate::model::{HttpMatch, PathMatch};
+use crate::model::{
+    Cors, HeaderModifier, HttpMatch, HttpTimeouts, NameValueMatch, PathMatch, PathModifier,
+    RequestRedirect, UrlRewrite, ValueMatch,
+};
 use crate::store::{ObjectKey, Snapshot};
-use gateway_api::httproutes::HttpRouteRulesMatchesPathType;
+use gateway_api::grpcroutes::{GrpcRouteRulesMatches, GrpcRouteRulesMatchesMethodType};
+use gateway_api::httproutes::{
+    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme,
+    HttpRouteRulesMatchesPathType,
+};
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RouteKind {
     Http,
+    Grpc,
     Tcp,
     Udp,
 }
@@ -19,6 +27,7 @@ impl RouteKind {
     pub const fn name(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tcp => "TCPRoute",
             RouteKind::Udp => "UDPRoute",
         }
@@ -43,14 +52,77 @@ pub struct BackendRef {
     pub name: String,
     pub port: Option<i32>,
     pub weight: u32,
+    /// HTTPRoute/GRPCRoute filters of this backendRef (empty for L4 routes).
+    pub filters: Vec<Filter>,
+}
+
+/// One HTTPRoute/GRPCRoute filter, free of the generated types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect(RequestRedirect),
+    Rewrite(UrlRewrite),
+    Cors(Cors),
+    /// Requests are copied to `backend` for `numerator / denominator` of them.
+    Mirror {
+        backend: BackendRef,
+        numerator: u32,
+        denominator: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub matches: Vec<HttpMatch>,
+    /// GRPCRoute only, one per match: characters of the service and method
+    /// matched, which order gRPC rules (the spec's precedence).
+    pub grpc_precedence: Vec<(usize, usize)>,
     pub backend_refs: Vec<BackendRef>,
+    pub filters: Vec<Filter>,
+    pub timeouts: HttpTimeouts,
     /// Why the rule cannot be served as written (e.g. an unsupported match), if so.
     pub unsupported: Option<String>,
+}
+
+impl Rule {
+    /// The backendRefs of the rule's RequestMirror filters and of its
+    /// backendRefs' (they must resolve like any backendRef).
+    pub fn mirror_refs(&self) -> impl Iterator<Item = &BackendRef> {
+        self.filters
+            .iter()
+            .chain(self.backend_refs.iter().flat_map(|b| &b.filters))
+            .filter_map(|f| match f {
+                Filter::Mirror { backend, .. } => Some(backend),
+                _ => None,
+            })
+    }
+
+    /// Why a match cannot be served: a regular expression that does not compile.
+    fn check_regexes(&mut self) {
+        let patterns = self.matches.iter().flat_map(|m| {
+            let path = match &m.path {
+                PathMatch::RegularExpression(r) => Some(r),
+                _ => None,
+            };
+            path.into_iter()
+                .chain(
+                    m.headers
+                        .iter()
+                        .chain(&m.query_params)
+                        .filter_map(|h| match &h.value {
+                            ValueMatch::RegularExpression(r) => Some(r),
+                            ValueMatch::Exact(_) => None,
+                        }),
+                )
+        });
+        for pattern in patterns {
+            if let Err(e) = regex::Regex::new(pattern) {
+                self.unsupported = Some(format!("regular expression {pattern:?}: {e}"));
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -97,17 +169,24 @@ macro_rules! backend_ref {
             name: $b.name.clone(),
             port: $b.port,
             weight: $b.weight.unwrap_or(1).max(0) as u32,
+            filters: Vec::new(),
         }
     };
 }
 
-fn http_match(m: &gateway_api::httproutes::HttpRouteRulesMatches) -> Result<HttpMatch, String> {
-    if m.headers.as_ref().is_some_and(|h| !h.is_empty())
-        || m.query_params.as_ref().is_some_and(|q| !q.is_empty())
-        || m.method.is_some()
-    {
-        return Err("header, query parameter and method matches are not supported yet".into());
+fn value_match(exact: bool, value: &str) -> ValueMatch {
+    if exact {
+        ValueMatch::Exact(value.to_string())
+    } else {
+        ValueMatch::RegularExpression(value.to_string())
     }
+}
+
+fn http_match(m: &gateway_api::httproutes::HttpRouteRulesMatches) -> HttpMatch {
+    use gateway_api::httproutes::{
+        HttpRouteRulesMatchesHeadersType as HeaderType,
+        HttpRouteRulesMatchesQueryParamsType as QueryType,
+    };
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {
@@ -116,12 +195,247 @@ fn http_match(m: &gateway_api::httproutes::HttpRouteRulesMatches) -> Result<Http
                 Some(HttpRouteRulesMatchesPathType::Exact) => PathMatch::Exact(value),
                 Some(HttpRouteRulesMatchesPathType::PathPrefix) | None => PathMatch::Prefix(value),
                 Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
-                    return Err("RegularExpression path matches are not supported yet".into());
+                    PathMatch::RegularExpression(value)
                 }
             }
         }
     };
-    Ok(HttpMatch { path })
+    let mut headers: Vec<NameValueMatch> = Vec::new();
+    for h in m.headers.iter().flatten() {
+        let name = h.name.to_ascii_lowercase();
+        // The spec: only the first match of a repeated header name counts.
+        if headers.iter().any(|e| e.name == name) {
+            continue;
+        }
+        let exact = h.r#type.as_ref().is_none_or(|t| *t == HeaderType::Exact);
+        headers.push(NameValueMatch {
+            name,
+            value: value_match(exact, &h.value),
+        });
+    }
+    let mut query_params: Vec<NameValueMatch> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        if query_params.iter().any(|e| e.name == q.name) {
+            continue;
+        }
+        let exact = q.r#type.as_ref().is_none_or(|t| *t == QueryType::Exact);
+        query_params.push(NameValueMatch {
+            name: q.name.clone(),
+            value: value_match(exact, &q.value),
+        });
+    }
+    HttpMatch {
+        path,
+        method: m
+            .method
+            .as_ref()
+            .and_then(|method| serde_json::to_value(method).ok())
+            .and_then(|v| v.as_str().map(str::to_string)),
+        headers,
+        query_params,
+    }
+}
+
+/// A GRPCRoute match as an HTTP match on the request path `/service/method`
+/// (gRPC requests are POSTs to that path), with its precedence facts.
+fn grpc_match(m: &GrpcRouteRulesMatches) -> (HttpMatch, (usize, usize)) {
+    use gateway_api::grpcroutes::GrpcRouteRulesMatchesHeadersType as HeaderType;
+    let mut matched = HttpMatch::any();
+    let mut precedence = (0, 0);
+    if let Some(method) = &m.method {
+        let service = method.service.as_deref().filter(|s| !s.is_empty());
+        let name = method.method.as_deref().filter(|s| !s.is_empty());
+        precedence = (service.map_or(0, str::len), name.map_or(0, str::len));
+        let exact = method
+            .r#type
+            .as_ref()
+            .is_none_or(|t| *t == GrpcRouteRulesMatchesMethodType::Exact);
+        matched.path = match (exact, service, name) {
+            (_, None, None) => PathMatch::Prefix("/".into()),
+            (true, Some(s), Some(n)) => PathMatch::Exact(format!("/{s}/{n}")),
+            (true, Some(s), None) => PathMatch::Prefix(format!("/{s}")),
+            (true, None, Some(n)) => {
+                PathMatch::RegularExpression(format!("/[^/]+/{}", regex_escape(n)))
+            }
+            (false, s, n) => PathMatch::RegularExpression(format!(
+                "/(?:{})/(?:{})",
+                s.unwrap_or("[^/]+"),
+                n.unwrap_or("[^/]+")
+            )),
+        };
+    }
+    for h in m.headers.iter().flatten() {
+        let name = h.name.to_ascii_lowercase();
+        if matched.headers.iter().any(|e| e.name == name) {
+            continue;
+        }
+        let exact = h.r#type.as_ref().is_none_or(|t| *t == HeaderType::Exact);
+        matched.headers.push(NameValueMatch {
+            name,
+            value: value_match(exact, &h.value),
+        });
+    }
+    (matched, precedence)
+}
+
+/// Escapes regular-expression metacharacters (gRPC names allow only
+/// letters, digits, `_` and `.`; the dot is the one that matters).
+fn regex_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn header_modifier(
+    m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestHeaderModifier,
+) -> HeaderModifier {
+    HeaderModifier {
+        set: m
+            .set
+            .iter()
+            .flatten()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .flatten()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect(),
+        remove: m
+            .remove
+            .iter()
+            .flatten()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+) -> Result<Option<PathModifier>, String> {
+    match (full, prefix) {
+        (Some(full), _) => Ok(Some(PathModifier::ReplaceFullPath(full.clone()))),
+        (None, Some(prefix)) => Ok(Some(PathModifier::ReplacePrefixMatch(prefix.clone()))),
+        (None, None) => Err("path modifier without a replacement".into()),
+    }
+}
+
+/// Any filter list (HTTPRoute or GRPCRoute, rule or backendRef) in our shape.
+/// The generated filter types of those four places share one JSON shape, so
+/// they are read through HTTPRoute's rule filter type. An unsupported filter
+/// makes the whole list unusable: `Err` says why.
+fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, String> {
+    let mut out = Vec::new();
+    for raw in list {
+        let f: HttpRouteRulesFilters = serde_json::to_value(raw)
+            .and_then(serde_json::from_value)
+            .map_err(|e| format!("filter not understood: {e}"))?;
+        if let Some(m) = &f.request_header_modifier {
+            out.push(Filter::RequestHeaders(header_modifier(m)));
+        } else if let Some(m) = &f.response_header_modifier {
+            // Same fields as the request modifier: read it the same way.
+            let m = serde_json::to_value(m)
+                .and_then(serde_json::from_value)
+                .map_err(|e| e.to_string())?;
+            out.push(Filter::ResponseHeaders(header_modifier(&m)));
+        } else if let Some(r) = &f.request_redirect {
+            let path = match &r.path {
+                Some(p) => path_modifier(
+                    p.replace_full_path.as_ref(),
+                    p.replace_prefix_match.as_ref(),
+                )?,
+                None => None,
+            };
+            let status = match r.status_code {
+                None => 302,
+                Some(code @ (301 | 302 | 303 | 307 | 308)) => code as u16,
+                Some(code) => return Err(format!("redirect status {code} is not supported")),
+            };
+            out.push(Filter::Redirect(RequestRedirect {
+                scheme: r.scheme.as_ref().map(|s| match s {
+                    RedirectScheme::Http => "http".to_string(),
+                    RedirectScheme::Https => "https".to_string(),
+                }),
+                hostname: r.hostname.clone(),
+                port: r.port.and_then(|p| u16::try_from(p).ok()),
+                path,
+                status,
+            }));
+        } else if let Some(r) = &f.url_rewrite {
+            let path = match &r.path {
+                Some(p) => path_modifier(
+                    p.replace_full_path.as_ref(),
+                    p.replace_prefix_match.as_ref(),
+                )?,
+                None => None,
+            };
+            out.push(Filter::Rewrite(UrlRewrite {
+                hostname: r.hostname.clone(),
+                path,
+            }));
+        } else if let Some(m) = &f.request_mirror {
+            let (numerator, denominator) = match (&m.fraction, m.percent) {
+                (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
+                (None, Some(p)) => (p, 100),
+                (None, None) => (1, 1),
+            };
+            let ns = ns.to_string();
+            out.push(Filter::Mirror {
+                backend: BackendRef {
+                    group: m.backend_ref.group.clone().unwrap_or_default(),
+                    kind: m
+                        .backend_ref
+                        .kind
+                        .clone()
+                        .unwrap_or_else(|| "Service".into()),
+                    namespace: m.backend_ref.namespace.clone().unwrap_or(ns),
+                    name: m.backend_ref.name.clone(),
+                    port: m.backend_ref.port,
+                    weight: 1,
+                    filters: Vec::new(),
+                },
+                numerator: numerator.max(0) as u32,
+                denominator: denominator.max(1) as u32,
+            });
+        } else if let Some(c) = &f.cors {
+            out.push(Filter::Cors(Cors {
+                allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                allow_headers: c.allow_headers.clone().unwrap_or_default(),
+                expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                allow_credentials: c.allow_credentials.unwrap_or(false),
+                max_age_seconds: c.max_age.and_then(|s| u32::try_from(s).ok()),
+            }));
+        } else if f.extension_ref.is_some() {
+            return Err("ExtensionRef filters are not supported".into());
+        } else {
+            return Err("a filter without its settings".into());
+        }
+    }
+    Ok(out)
+}
+
+fn timeouts(
+    t: Option<&gateway_api::httproutes::HttpRouteRulesTimeouts>,
+) -> Result<HttpTimeouts, String> {
+    let parse = |text: Option<&String>| -> Result<Option<std::time::Duration>, String> {
+        let Some(text) = text else { return Ok(None) };
+        let d: gateway_api::Duration =
+            text.parse().map_err(|e| format!("timeout {text:?}: {e}"))?;
+        // Zero means no timeout.
+        Ok((!d.is_zero()).then(|| std::time::Duration::from_nanos(d.as_nanos() as u64)))
+    };
+    Ok(HttpTimeouts {
+        request: parse(t.and_then(|t| t.request.as_ref()))?,
+        backend_request: parse(t.and_then(|t| t.backend_request.as_ref()))?,
+    })
 }
 
 /// Every route of the snapshot, whatever its kind, in one shape.
@@ -147,30 +461,96 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
             rules: rules
                 .iter()
                 .map(|r| {
-                    let matches: Result<Vec<_>, _> = match &r.matches {
+                    let matches = match &r.matches {
                         Some(ms) if !ms.is_empty() => ms.iter().map(http_match).collect(),
-                        _ => Ok(vec![HttpMatch {
-                            path: PathMatch::Prefix("/".into()),
-                        }]),
+                        _ => vec![HttpMatch::any()],
                     };
-                    let filters = r.filters.as_ref().is_some_and(|f| !f.is_empty());
-                    let (matches, mut unsupported) = match matches {
-                        Ok(m) => (m, None),
-                        Err(e) => (Vec::new(), Some(e)),
-                    };
-                    if filters && unsupported.is_none() {
-                        unsupported = Some("filters are not supported yet".into());
+                    let mut unsupported = None;
+                    let mut backend_refs = Vec::new();
+                    for b in r.backend_refs.iter().flatten() {
+                        let mut backend = backend_ref!(b, ns);
+                        match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                            Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
+                                unsupported =
+                                    Some("CORS is a rule filter, not a backendRef's".into());
+                            }
+                            Ok(f) => backend.filters = f,
+                            Err(e) => unsupported = Some(e),
+                        }
+                        backend_refs.push(backend);
                     }
-                    Rule {
+                    let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e);
+                            Vec::new()
+                        });
+                    let rule_timeouts = timeouts(r.timeouts.as_ref()).unwrap_or_else(|e| {
+                        unsupported = Some(e);
+                        HttpTimeouts::default()
+                    });
+                    let mut rule = Rule {
+                        grpc_precedence: Vec::new(),
                         matches,
-                        backend_refs: r
-                            .backend_refs
-                            .iter()
-                            .flatten()
-                            .map(|b| backend_ref!(b, ns))
-                            .collect(),
+                        backend_refs,
+                        filters: rule_filters,
+                        timeouts: rule_timeouts,
                         unsupported,
+                    };
+                    rule.check_regexes();
+                    rule
+                })
+                .collect(),
+        });
+    }
+    for (key, route) in &snapshot.grpc_routes {
+        let ns = &key.namespace;
+        let (generation, created) = meta_facts(&route.metadata);
+        let rules = route.spec.rules.clone().unwrap_or_default();
+        routes.push(Route {
+            kind: RouteKind::Grpc,
+            key: key.clone(),
+            generation,
+            created,
+            hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+            parent_refs: route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| parent_ref!(p, ns))
+                .collect(),
+            rules: rules
+                .iter()
+                .map(|r| {
+                    let (matches, grpc_precedence) = match &r.matches {
+                        Some(ms) if !ms.is_empty() => ms.iter().map(grpc_match).unzip(),
+                        _ => (vec![HttpMatch::any()], vec![(0, 0)]),
+                    };
+                    let mut unsupported = None;
+                    let mut backend_refs = Vec::new();
+                    for b in r.backend_refs.iter().flatten() {
+                        let mut backend = backend_ref!(b, ns);
+                        match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                            Ok(f) => backend.filters = f,
+                            Err(e) => unsupported = Some(e),
+                        }
+                        backend_refs.push(backend);
                     }
+                    let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e);
+                            Vec::new()
+                        });
+                    let mut rule = Rule {
+                        matches,
+                        grpc_precedence,
+                        backend_refs,
+                        filters: rule_filters,
+                        timeouts: HttpTimeouts::default(),
+                        unsupported,
+                    };
+                    rule.check_regexes();
+                    rule
                 })
                 .collect(),
         });
@@ -199,6 +579,9 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                         .iter()
                         .map(|r| Rule {
                             matches: Vec::new(),
+                            grpc_precedence: Vec::new(),
+                            filters: Vec::new(),
+                            timeouts: HttpTimeouts::default(),
                             backend_refs: r
                                 .backend_refs
                                 .iter()

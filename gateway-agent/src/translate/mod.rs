@@ -1,6 +1,7 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
+mod http;
 pub mod input;
 mod status;
 #[cfg(test)]
@@ -12,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
-    ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
+    DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
     RouteRef, WeightedEndpoint,
 };
 use crate::store::{ObjectKey, Snapshot};
@@ -159,7 +160,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     }
 
     let mut config = DataplaneConfig::default();
-    let mut http: BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>> = BTreeMap::new();
+    let mut http: BTreeMap<SocketAddr, Vec<(http::SortKey, HttpRule)>> = BTreeMap::new();
     for (listener, attached) in listeners.iter().zip(&attachments) {
         match listener.protocol {
             "TCP" | "UDP" => {
@@ -200,45 +201,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     });
                 }
             }
-            "HTTP" => {
-                let binds: Vec<SocketAddr> = if listener.addresses.is_empty() {
-                    vec![SocketAddr::new(ANY_V4, listener.port)]
-                } else {
-                    listener
-                        .addresses
-                        .iter()
-                        .map(|a| SocketAddr::new(*a, listener.port))
-                        .collect()
-                };
-                for attachment in attached {
-                    let route = attachment.route;
-                    for (index, rule) in route.rules.iter().enumerate() {
-                        let (backends, invalid_weight) = if rule.unsupported.is_some() {
-                            (Vec::new(), 1)
-                        } else {
-                            resolve_backends(route, &rule.backend_refs, snapshot)
-                        };
-                        for (match_index, m) in rule.matches.iter().enumerate() {
-                            let entry = HttpRule {
-                                route: route_ref(route, index as u32),
-                                hostnames: attachment.hostnames.clone(),
-                                matched: m.clone(),
-                                backends: backends.clone(),
-                                invalid_weight,
-                            };
-                            let key = SortKey::new(route, &entry, index, match_index);
-                            for bind in &binds {
-                                http.entry(*bind)
-                                    .or_default()
-                                    .push((key.clone(), entry.clone()));
-                            }
-                        }
-                    }
-                }
-                for bind in binds {
-                    http.entry(bind).or_default();
-                }
-            }
+            "HTTP" => http::listener_rules(listener, attached, snapshot, &mut http),
             _ => {}
         }
     }
@@ -255,35 +218,6 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         });
     }
     Output { config, statuses }
-}
-
-/// HTTPRoute precedence among matches: exact paths first, then longer paths,
-/// then the oldest route, then namespace/name, then rule and match order.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SortKey {
-    prefix: bool,
-    longer_first: std::cmp::Reverse<usize>,
-    created: String,
-    route: ObjectKey,
-    rule: usize,
-    matched: usize,
-}
-
-impl SortKey {
-    fn new(route: &Route, rule: &HttpRule, index: usize, match_index: usize) -> Self {
-        let (prefix, len) = match &rule.matched.path {
-            crate::model::PathMatch::Exact(p) => (false, p.len()),
-            crate::model::PathMatch::Prefix(p) => (true, p.len()),
-        };
-        Self {
-            prefix,
-            longer_first: std::cmp::Reverse(len),
-            created: route.created.clone(),
-            route: route.key.clone(),
-            rule: index,
-            matched: match_index,
-        }
-    }
 }
 
 fn route_ref(route: &Route, rule: u32) -> RouteRef {
@@ -333,7 +267,7 @@ fn attach(
     }
     let mut hits = Vec::new();
     for (index, listener) in allowed {
-        if route.kind != RouteKind::Http {
+        if !matches!(route.kind, RouteKind::Http | RouteKind::Grpc) {
             hits.push((index, Vec::new()));
             continue;
         }
@@ -358,7 +292,9 @@ fn kind_allowed(listener: &Listener, kind: RouteKind) -> bool {
         }),
         _ => matches!(
             (listener.protocol, kind),
-            ("HTTP" | "HTTPS", RouteKind::Http) | ("TCP", RouteKind::Tcp) | ("UDP", RouteKind::Udp)
+            ("HTTP" | "HTTPS", RouteKind::Http | RouteKind::Grpc)
+                | ("TCP", RouteKind::Tcp)
+                | ("UDP", RouteKind::Udp)
         ),
     }
 }
@@ -490,7 +426,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
 
 fn resolved_refs_condition(route: &Route, snapshot: &Snapshot) -> Condition {
     for rule in &route.rules {
-        for backend in &rule.backend_refs {
+        for backend in rule.backend_refs.iter().chain(rule.mirror_refs()) {
             if let Some((reason, message)) = backend_problem(route, backend, snapshot) {
                 return Condition::no("ResolvedRefs", reason, &message);
             }
