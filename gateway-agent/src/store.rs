@@ -8,6 +8,7 @@ use gateway_api::{
     gatewayclasses::GatewayClass,
     gateways::Gateway,
     httproutes::HttpRoute,
+    listenersets::ListenerSet,
     referencegrants::ReferenceGrant,
 };
 use k8s_openapi::api::{
@@ -53,6 +54,7 @@ pub struct Snapshot {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
+    pub listener_sets: BTreeMap<ObjectKey, ListenerSet>,
 }
 
 impl Snapshot {
@@ -68,5 +70,6 @@ impl Snapshot {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.secrets.extend(other.secrets);
         self.namespaces.extend(other.namespaces);
+        self.listener_sets.extend(other.listener_sets);
     }
 }

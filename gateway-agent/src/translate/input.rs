@@ -25,7 +25,7 @@ impl RouteKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ParentRef {
     pub group: String,
     pub kind: String,

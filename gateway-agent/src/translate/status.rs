@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::input::ParentRef;
 use crate::store::ObjectKey;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -43,6 +44,22 @@ pub struct ObjectStatus {
     /// The listener (Gateway) or parentRef sectionName (route), if any.
     pub section: Option<String>,
     pub conditions: Vec<Condition>,
+    /// `metadata.generation` of the object these conditions were decided for
+    /// (`observedGeneration` of every condition).
+    pub generation: i64,
+    /// For routes: the parentRef this entry answers, defaults applied.
+    pub parent_ref: Option<ParentRef>,
+    /// For a listener's entry (kind Gateway or ListenerSet with a section).
+    pub listener: Option<ListenerFacts>,
+}
+
+/// What a listener's status carries besides conditions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerFacts {
+    /// Routes Accepted on this listener.
+    pub attached_routes: i32,
+    /// Route kinds (group gateway.networking.k8s.io) the listener accepts.
+    pub supported_kinds: Vec<&'static str>,
 }
 
 impl ObjectStatus {
@@ -53,6 +70,9 @@ impl ObjectStatus {
             parent: None,
             section: None,
             conditions: Vec::new(),
+            generation: 0,
+            parent_ref: None,
+            listener: None,
         }
     }
     pub fn with(mut self, condition: Condition) -> Self {
