@@ -14,7 +14,7 @@ pub fn gateway_status(
     unusable_addresses: &[String],
 ) -> ObjectStatus {
     let mut status = ObjectStatus::new("Gateway", key.clone());
-    status.generation = gateway.metadata.generation.unwrap_or(0);
+    status.generation = gateway.metadata.generation.unwrap_or(1);
     let own: Vec<&Listener> = listeners
         .iter()
         .filter(|l| l.owner_kind == "Gateway")

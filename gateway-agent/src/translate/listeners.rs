@@ -385,7 +385,7 @@ pub fn gateway_listeners<'a>(
             gateway: key,
             owner_kind: "Gateway",
             owner: key,
-            generation: gateway.metadata.generation.unwrap_or(0),
+            generation: gateway.metadata.generation.unwrap_or(1),
             name: &l.name,
             port,
             protocol: &l.protocol,
@@ -437,7 +437,7 @@ pub fn gateway_listeners<'a>(
     let mut set_statuses = Vec::new();
     let mut set_ranges = Vec::new();
     for (set_key, set) in sets {
-        let generation = set.metadata.generation.unwrap_or(0);
+        let generation = set.metadata.generation.unwrap_or(1);
         let mut status = ObjectStatus::new("ListenerSet", set_key.clone());
         status.generation = generation;
         status.parent = Some(key.clone());

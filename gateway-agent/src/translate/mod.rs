@@ -20,7 +20,7 @@ use crate::model::{
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
 use listeners::Listener;
-pub use status::{Condition, ListenerFacts, ObjectStatus};
+pub use status::{ApiObject, Condition, ListenerFacts, ObjectStatus, api_objects};
 
 /// What translate needs to know about the node it runs for.
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
             continue;
         }
         let mut status = ObjectStatus::new("GatewayClass", key.clone());
-        status.generation = class.metadata.generation.unwrap_or(0);
+        status.generation = class.metadata.generation.unwrap_or(1);
         status.push(Condition::yes(
             "Accepted",
             "Accepted",
