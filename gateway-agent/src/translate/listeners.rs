@@ -228,11 +228,13 @@ pub fn namespace_selected(
         NamespacesFrom::All => true,
         NamespacesFrom::None => false,
         NamespacesFrom::Selector(selector) => {
-            let labels = snapshot
+            let mut labels = snapshot
                 .namespaces
                 .get(&ObjectKey::new("", namespace))
                 .and_then(|n| n.metadata.labels.clone())
                 .unwrap_or_default();
+            // The API server labels every Namespace with its name.
+            labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
             let labels_match = selector
                 .match_labels
                 .iter()
@@ -334,29 +336,45 @@ fn conflict(a: &Listener, b: &Listener) -> Option<&'static str> {
 
 /// Marks conflicts in the merged listener list of one Gateway, which is in
 /// precedence order (the Gateway's own, then ListenerSets oldest first, then
-/// by namespace/name). Within one object, indistinct listeners are all
-/// conflicted (the spec forbids picking a winner); across objects, the
-/// listener of the object with precedence wins.
+/// by namespace/name), each object's listeners together. A listener that
+/// conflicts with a live listener of an object with precedence loses; within
+/// one object, indistinct listeners all lose (the spec forbids picking a winner).
 fn mark_conflicts(listeners: &mut [Listener]) {
-    let candidates: Vec<usize> = (0..listeners.len())
-        .filter(|&i| listeners[i].rejected.is_none())
-        .collect();
-    let mut marks: Vec<Option<&'static str>> = vec![None; listeners.len()];
-    for (n, &i) in candidates.iter().enumerate() {
-        for &j in &candidates[n + 1..] {
-            let Some(reason) = conflict(&listeners[i], &listeners[j]) else {
+    let mut start = 0;
+    while start < listeners.len() {
+        let owner = (listeners[start].owner_kind, listeners[start].owner);
+        let end = (start..listeners.len())
+            .find(|&i| (listeners[i].owner_kind, listeners[i].owner) != owner)
+            .unwrap_or(listeners.len());
+        for i in start..end {
+            if listeners[i].rejected.is_some() {
                 continue;
-            };
-            let same_owner = listeners[i].owner_kind == listeners[j].owner_kind
-                && listeners[i].owner == listeners[j].owner;
-            if same_owner {
-                marks[i] = marks[i].or(Some(reason));
             }
-            marks[j] = marks[j].or(Some(reason));
+            let lost = listeners[..start]
+                .iter()
+                .filter(|earlier| earlier.serves())
+                .find_map(|earlier| conflict(earlier, &listeners[i]));
+            listeners[i].conflicted = lost;
         }
-    }
-    for (listener, mark) in listeners.iter_mut().zip(marks) {
-        listener.conflicted = mark;
+        let mut marks: Vec<Option<&'static str>> = vec![None; end - start];
+        for i in start..end {
+            for j in i + 1..end {
+                let live = |l: &Listener| l.serves();
+                if !live(&listeners[i]) || !live(&listeners[j]) {
+                    continue;
+                }
+                if let Some(reason) = conflict(&listeners[i], &listeners[j]) {
+                    marks[i - start] = marks[i - start].or(Some(reason));
+                    marks[j - start] = marks[j - start].or(Some(reason));
+                }
+            }
+        }
+        for (offset, mark) in marks.into_iter().enumerate() {
+            if mark.is_some() {
+                listeners[start + offset].conflicted = mark;
+            }
+        }
+        start = end;
     }
 }
 

@@ -1,6 +1,8 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
+#[cfg(test)]
+mod conformance;
 mod gateways;
 pub mod input;
 pub mod listeners;

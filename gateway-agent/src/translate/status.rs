@@ -113,6 +113,10 @@ use crate::store::Snapshot;
 
 /// A Gateway API object with the `status` the agent writes for it.
 #[derive(Clone, Debug, Serialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a short-lived list for printing and writing, never stored in bulk"
+)]
 #[serde(untagged)]
 pub enum ApiObject {
     GatewayClass(GatewayClass),
