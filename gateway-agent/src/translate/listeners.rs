@@ -73,6 +73,8 @@ pub struct Listener<'a> {
     pub owner: &'a ObjectKey,
     /// `metadata.generation` of the owner.
     pub generation: i64,
+    /// The Gateway's creationTimestamp (RFC 3339): older Gateways keep contested ports.
+    pub gateway_created: String,
     pub name: &'a str,
     pub port: u16,
     pub protocol: &'a str,
@@ -255,6 +257,13 @@ pub fn namespace_selected(
     }
 }
 
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
 /// Checks protocol and kinds of one listener (conflicts come later, across listeners).
 fn validate(listener: &mut Listener) {
     let protocol_kinds = kinds_for(listener.protocol, listener.tls.as_ref());
@@ -378,10 +387,78 @@ fn mark_conflicts(listeners: &mut [Listener]) {
     }
 }
 
+/// `Accepted`/`Programmed` of an allowed ListenerSet: accepted while one of
+/// its listeners is served.
+pub fn listener_set_conditions(status: &mut ObjectStatus, listeners: &[Listener]) {
+    let own = listeners
+        .iter()
+        .filter(|l| l.owner_kind == "ListenerSet" && *l.owner == status.key);
+    if own.clone().any(Listener::serves) {
+        status.push(Condition::yes(
+            "Accepted",
+            "Accepted",
+            "attached to its Gateway",
+        ));
+        status.push(Condition::yes(
+            "Programmed",
+            "Programmed",
+            "programmed on this node",
+        ));
+    } else {
+        let message = "no listener of this ListenerSet is valid";
+        status.push(Condition::no("Accepted", "ListenersNotValid", message));
+        status.push(Condition::no("Programmed", "ListenersNotValid", message));
+    }
+}
+
+/// TCP and UDP listeners are programmed in the kernel per (address, port,
+/// protocol), which only one listener can own on a node. When listeners of
+/// different Gateways would share one (or a TCP/UDP listener would take the
+/// port of an HTTP/TLS one), the Gateway with precedence (oldest, then
+/// namespace/name) keeps it and the other listener is Accepted=False with
+/// reason PortUnavailable, rather than silently losing its traffic.
+pub fn mark_port_collisions(listeners: &mut [Listener]) {
+    let mut order: Vec<usize> = (0..listeners.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&listeners[a].gateway_created, listeners[a].gateway, a).cmp(&(
+            &listeners[b].gateway_created,
+            listeners[b].gateway,
+            b,
+        ))
+    });
+    for (n, &i) in order.iter().enumerate() {
+        for &earlier in &order[..n] {
+            let (a, b) = (&listeners[earlier], &listeners[i]);
+            if a.gateway == b.gateway || !a.serves() || !b.serves() {
+                continue;
+            }
+            let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");
+            let transport = |l: &Listener| if l.protocol == "UDP" { "udp" } else { "tcp" };
+            let shared_address = a.addresses.is_empty()
+                || b.addresses.is_empty()
+                || a.addresses.iter().any(|x| b.addresses.contains(x));
+            if (l4(a) || l4(b))
+                && a.port == b.port
+                && transport(a) == transport(b)
+                && shared_address
+            {
+                let message = format!(
+                    "{} port {} is already served here by Gateway {} listener {}",
+                    b.protocol, b.port, a.gateway, a.name
+                );
+                listeners[i].rejected = Some(("PortUnavailable", message));
+                break;
+            }
+        }
+    }
+}
+
 /// The outcome for one Gateway: its merged listeners and its own status.
 pub struct GatewayListeners<'a> {
     pub listeners: Vec<Listener<'a>>,
-    /// ListenerSet statuses (object level), for the ones that name this Gateway.
+    /// ListenerSet statuses (object level), for the ones that name this
+    /// Gateway: conditions only for those it does not allow, the others get
+    /// theirs from `listener_set_conditions` once all listeners are validated.
     pub listener_sets: Vec<ObjectStatus>,
 }
 
@@ -404,6 +481,7 @@ pub fn gateway_listeners<'a>(
             owner_kind: "Gateway",
             owner: key,
             generation: gateway.metadata.generation.unwrap_or(1),
+            gateway_created: created(&gateway.metadata),
             name: &l.name,
             port,
             protocol: &l.protocol,
@@ -443,17 +521,8 @@ pub fn gateway_listeners<'a>(
                 && p.namespace.as_deref().unwrap_or(&set_key.namespace) == key.namespace
         })
         .collect();
-    sets.sort_by_key(|(set_key, set)| {
-        let created = set
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default();
-        (created, (*set_key).clone())
-    });
+    sets.sort_by_key(|(set_key, set)| (created(&set.metadata), (*set_key).clone()));
     let mut set_statuses = Vec::new();
-    let mut set_ranges = Vec::new();
     for (set_key, set) in sets {
         let generation = set.metadata.generation.unwrap_or(1);
         let mut status = ObjectStatus::new("ListenerSet", set_key.clone());
@@ -466,7 +535,6 @@ pub fn gateway_listeners<'a>(
             set_statuses.push(status);
             continue;
         }
-        let start = listeners.len();
         for l in &set.spec.listeners {
             let Ok(port) = u16::try_from(l.port) else {
                 continue;
@@ -477,6 +545,7 @@ pub fn gateway_listeners<'a>(
                 owner_kind: "ListenerSet",
                 owner: set_key,
                 generation,
+                gateway_created: created(&gateway.metadata),
                 name: &l.name,
                 port,
                 protocol: &l.protocol,
@@ -491,7 +560,6 @@ pub fn gateway_listeners<'a>(
                 unresolved: None,
             });
         }
-        set_ranges.push((set_statuses.len(), start..listeners.len()));
         set_statuses.push(status);
     }
 
@@ -500,25 +568,6 @@ pub fn gateway_listeners<'a>(
     }
     mark_conflicts(&mut listeners);
 
-    for (index, range) in set_ranges {
-        let status = &mut set_statuses[index];
-        if listeners[range].iter().any(Listener::serves) {
-            status.push(Condition::yes(
-                "Accepted",
-                "Accepted",
-                "attached to its Gateway",
-            ));
-            status.push(Condition::yes(
-                "Programmed",
-                "Programmed",
-                "programmed on this node",
-            ));
-        } else {
-            let message = "no listener of this ListenerSet is valid";
-            status.push(Condition::no("Accepted", "ListenersNotValid", message));
-            status.push(Condition::no("Programmed", "ListenersNotValid", message));
-        }
-    }
     GatewayListeners {
         listeners,
         listener_sets: set_statuses,

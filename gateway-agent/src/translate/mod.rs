@@ -86,15 +86,29 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     }
 
     let mut listeners: Vec<Listener> = Vec::new();
-    let mut gateway_statuses = Vec::new();
-    for (key, (addresses, bad)) in &gateway_addresses {
+    let mut ranges = Vec::new();
+    let mut listener_sets = Vec::new();
+    for (key, (addresses, _)) in &gateway_addresses {
         let gateway = &snapshot.gateways[*key];
         let merged = listeners::gateway_listeners(key, gateway, addresses, snapshot);
         let first = listeners.len();
         listeners.extend(merged.listeners);
-        let status = gateways::gateway_status(key, gateway, &listeners[first..], bad);
-        gateway_statuses.push((status, first..listeners.len()));
-        statuses.extend(merged.listener_sets);
+        ranges.push((*key, first..listeners.len()));
+        listener_sets.extend(merged.listener_sets);
+    }
+    listeners::mark_port_collisions(&mut listeners);
+    let mut gateway_statuses = Vec::new();
+    for (key, range) in ranges {
+        let gateway = &snapshot.gateways[key];
+        let bad = &gateway_addresses[key].1;
+        let status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        gateway_statuses.push((status, range));
+    }
+    for mut set in listener_sets {
+        if set.conditions.is_empty() {
+            listeners::listener_set_conditions(&mut set, &listeners);
+        }
+        statuses.push(set);
     }
 
     let routes = input::routes(snapshot);
