@@ -369,3 +369,37 @@ fn status_only_conformance_tests() {
         "a fixture per status-only conformance test"
     );
 }
+
+#[test]
+fn the_checker_rejects_a_wrong_expectation() {
+    let fixture = |expect: &str| -> Fixture {
+        serde_yaml::from_str(&format!(
+            "test: self-check\ndescription: the checker itself\nmanifests: [gateway-invalid-route-kind.yaml]\nexpect:\n{expect}"
+        ))
+        .expect("fixture parses")
+    };
+    let right = "- kind: Gateway\n  name: gateway-conformance-infra/gateway-only-invalid-route-kind\n  listeners:\n  - name: http\n    supportedKinds: []\n    attachedRoutes: 0\n    conditions: [{type: ResolvedRefs, status: \"False\", reason: InvalidRouteKinds}]\n";
+    assert_eq!(run(&fixture(right)), Ok(()));
+    for (what, wrong) in [
+        (
+            "reason",
+            right.replace("InvalidRouteKinds", "RefNotPermitted"),
+        ),
+        ("status", right.replace("\"False\"", "\"True\"")),
+        (
+            "kinds",
+            right.replace("supportedKinds: []", "supportedKinds: [HTTPRoute]"),
+        ),
+        (
+            "count",
+            right.replace("attachedRoutes: 0", "attachedRoutes: 1"),
+        ),
+        ("listener", right.replace("- name: http", "- name: https")),
+        (
+            "object",
+            right.replace("gateway-only-invalid-route-kind", "absent"),
+        ),
+    ] {
+        assert!(run(&fixture(&wrong)).is_err(), "a wrong {what} must fail");
+    }
+}
