@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub secrets: BTreeMap<ObjectKey, Secret>,
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
     pub listener_sets: BTreeMap<ObjectKey, ListenerSet>,
+    /// `gateway.networking.k8s.io/bundle-version` of each Gateway API CRD the
+    /// cluster serves, by CRD name; empty when unknown (standalone mode).
+    pub crd_bundle_versions: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -71,5 +74,6 @@ impl Snapshot {
         self.secrets.extend(other.secrets);
         self.namespaces.extend(other.namespaces);
         self.listener_sets.extend(other.listener_sets);
+        self.crd_bundle_versions.extend(other.crd_bundle_versions);
     }
 }

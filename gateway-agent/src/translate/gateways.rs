@@ -83,3 +83,27 @@ pub fn listener_status(listener: &Listener, attached_routes: usize) -> ObjectSta
     });
     status
 }
+
+/// Gateway API release lines whose CRDs this agent reads (its types are v1.5;
+/// v1.6 added fields it does not use and changed none it does).
+const SUPPORTED_RELEASES: &[&str] = &["v1.5.", "v1.6."];
+
+pub const SUPPORTED_VERSIONS_MESSAGE: &str = "Gateway API CRDs v1.5 and v1.6 are supported";
+
+/// Why the installed Gateway API CRDs are not supported, if they are not.
+/// No known versions (standalone mode, where the agent's own types read the
+/// manifests) is supported.
+pub fn unsupported_crd_versions(snapshot: &crate::store::Snapshot) -> Option<String> {
+    let unsupported: Vec<String> = snapshot
+        .crd_bundle_versions
+        .iter()
+        .filter(|(_, v)| !SUPPORTED_RELEASES.iter().any(|r| v.starts_with(r)))
+        .map(|(crd, v)| format!("{crd} {v}"))
+        .collect();
+    (!unsupported.is_empty()).then(|| {
+        format!(
+            "unsupported Gateway API CRD versions: {} ({SUPPORTED_VERSIONS_MESSAGE})",
+            unsupported.join(", ")
+        )
+    })
+}

@@ -59,11 +59,28 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         }
         let mut status = ObjectStatus::new("GatewayClass", key.clone());
         status.generation = class.metadata.generation.unwrap_or(1);
-        status.push(Condition::yes(
-            "Accepted",
-            "Accepted",
-            "accepted by this controller",
-        ));
+        match gateways::unsupported_crd_versions(snapshot) {
+            None => {
+                status.push(Condition::yes(
+                    "Accepted",
+                    "Accepted",
+                    "accepted by this controller",
+                ));
+                status.push(Condition::yes(
+                    "SupportedVersion",
+                    "SupportedVersion",
+                    gateways::SUPPORTED_VERSIONS_MESSAGE,
+                ));
+            }
+            Some(message) => {
+                status.push(Condition::no("Accepted", "UnsupportedVersion", &message));
+                status.push(Condition::no(
+                    "SupportedVersion",
+                    "UnsupportedVersion",
+                    &message,
+                ));
+            }
+        }
         statuses.push(status);
     }
 

@@ -704,3 +704,45 @@ fn the_typed_status_carries_generation_parent_refs_as_written_and_our_controller
         "others' objects keep their status"
     );
 }
+
+#[test]
+fn gateway_classes_report_the_crd_versions_they_support() {
+    let out = run(&format!("{BASE}{}", gateway("gw", "ours", HTTP)));
+    let class = object(&out, "GatewayClass", "ours");
+    assert_eq!(state(condition(class, "Accepted")), (true, "Accepted"));
+    assert_eq!(
+        state(condition(class, "SupportedVersion")),
+        (true, "SupportedVersion")
+    );
+
+    let mut snapshot = Snapshot::default();
+    let mut errors = Vec::new();
+    load_str(Path::new("f.yaml"), BASE, &mut snapshot, &mut errors);
+    let settings = Settings {
+        controller_name: "test/controller".into(),
+        node_addresses: Vec::new(),
+    };
+    for (version, supported) in [
+        ("v1.5.1", true),
+        ("v1.6.0", true),
+        ("v1.2.0", false),
+        ("v2.0.0", false),
+    ] {
+        snapshot
+            .crd_bundle_versions
+            .insert("gateways.gateway.networking.k8s.io".into(), version.into());
+        let out = translate(&snapshot, &settings);
+        let class = object(&out, "GatewayClass", "ours");
+        let expected = if supported {
+            "SupportedVersion"
+        } else {
+            "UnsupportedVersion"
+        };
+        assert_eq!(
+            state(condition(class, "SupportedVersion")),
+            (supported, expected),
+            "{version}"
+        );
+        assert_eq!(condition(class, "Accepted").status, supported, "{version}");
+    }
+}
