@@ -218,9 +218,13 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for error in &errors {
         eprintln!("invalid manifest: {error}");
     }
+    // Where Gateways without spec.addresses would be served: `run`'s default interfaces.
+    let node_addresses = netif::default_interfaces()
+        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
+        .unwrap_or_default();
     let settings = Settings {
         controller_name: args.controller_name.clone(),
-        node_addresses: Vec::new(),
+        node_addresses,
     };
     let output = translate::translate(&snapshot, &settings);
     let list = || {

@@ -68,7 +68,8 @@ fn load(snapshot: &mut Snapshot, name: &str, text: &str) {
 fn objects(snapshot: &Snapshot) -> Vec<Value> {
     let settings = Settings {
         controller_name: CONTROLLER.into(),
-        node_addresses: Vec::new(),
+        // Gateways without spec.addresses are served (and reported) here.
+        node_addresses: vec![std::net::Ipv4Addr::new(198, 18, 0, 1)],
     };
     let output = translate(snapshot, &settings);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -245,6 +246,11 @@ fn check(objects: &[Value], expectations: &[Value]) -> Result<(), String> {
         }
         check_conditions(&status["conditions"], &want["conditions"], &at)?;
         check_listeners(status, want, &at)?;
+        if want["addressesAssigned"] == Value::Bool(true)
+            && status["addresses"].as_array().is_none_or(Vec::is_empty)
+        {
+            return Err(format!("{at}: no status.addresses"));
+        }
         if let Some(n) = want.get("attachedListenerSets")
             && status["attachedListenerSets"] != *n
         {

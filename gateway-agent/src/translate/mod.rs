@@ -94,8 +94,15 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         let mut bad = Vec::new();
         for a in gateway.spec.addresses.iter().flatten() {
             let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
-            match a.value.as_deref().map(str::parse::<IpAddr>) {
+            match a
+                .value
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(str::parse::<IpAddr>)
+            {
                 Some(Ok(ip)) if is_ip => addresses.push(ip),
+                // An IPAddress without value asks for one to be assigned: the node's.
+                None if is_ip => {}
                 _ => bad.push(a.value.clone().unwrap_or_default()),
             }
         }
@@ -118,7 +125,15 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     for (key, range) in ranges {
         let gateway = &snapshot.gateways[key];
         let bad = &gateway_addresses[key].1;
-        let status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        let mut status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        status.addresses = match &gateway_addresses[key].0 {
+            none if none.is_empty() => settings
+                .node_addresses
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .collect(),
+            some => some.clone(),
+        };
         gateway_statuses.push((status, range));
     }
     for mut set in listener_sets {

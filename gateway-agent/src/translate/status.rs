@@ -51,6 +51,8 @@ pub struct ObjectStatus {
     pub parent_ref: Option<ParentRef>,
     /// For a listener's entry (kind Gateway or ListenerSet with a section).
     pub listener: Option<ListenerFacts>,
+    /// For a Gateway: the addresses it is served on (`status.addresses`).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// What a listener's status carries besides conditions.
@@ -73,6 +75,7 @@ impl ObjectStatus {
             generation: 0,
             parent_ref: None,
             listener: None,
+            addresses: Vec::new(),
         }
     }
     pub fn with(mut self, condition: Condition) -> Self {
@@ -257,19 +260,12 @@ pub fn api_objects(
                             .any(|c| c.type_ == "Accepted" && c.status)
                 })
                 .count();
-            let addresses: Vec<GatewayStatusAddresses> = gateway
-                .spec
+            let addresses: Vec<GatewayStatusAddresses> = entry
                 .addresses
                 .iter()
-                .flatten()
-                .filter(|a| a.r#type.as_deref().is_none_or(|t| t == "IPAddress"))
-                .filter_map(|a| {
-                    let value = a.value.clone()?;
-                    value.parse::<std::net::IpAddr>().ok()?;
-                    Some(GatewayStatusAddresses {
-                        r#type: Some("IPAddress".into()),
-                        value,
-                    })
+                .map(|a| GatewayStatusAddresses {
+                    r#type: Some("IPAddress".into()),
+                    value: a.to_string(),
                 })
                 .collect();
             gateway.status = Some(GatewayStatus {
