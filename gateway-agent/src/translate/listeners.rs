@@ -108,7 +108,7 @@ impl Listener<'_> {
             (None, Some(reason)) => Condition::no(
                 "Accepted",
                 reason,
-                "conflicts with a listener of higher precedence on the same port",
+                "not distinct from another listener on this port (see Conflicted)",
             ),
             (None, None) => Condition::yes("Accepted", "Accepted", "listener accepted"),
         });
@@ -116,7 +116,11 @@ impl Listener<'_> {
             Some(reason) => Condition::yes(
                 "Conflicted",
                 reason,
-                "another listener on this port has the same protocol and hostname, or a protocol that cannot share it",
+                if reason == "HostnameConflict" {
+                    "another listener on this port has the same protocol and hostname"
+                } else {
+                    "another listener on this port has a protocol that cannot share it"
+                },
             ),
             None => Condition::no("Conflicted", "NoConflicts", "no conflicts"),
         });

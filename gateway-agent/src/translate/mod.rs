@@ -143,6 +143,11 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         statuses.push(set);
     }
 
+    let our_listener_sets: std::collections::BTreeSet<ObjectKey> = statuses
+        .iter()
+        .filter(|s| s.kind == "ListenerSet")
+        .map(|s| s.key.clone())
+        .collect();
     let routes = input::routes(snapshot);
     let mut attachments: Vec<Vec<Attachment>> = listeners.iter().map(|_| Vec::new()).collect();
     for route in &routes {
@@ -154,13 +159,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
             let owner_kind = match parent.kind.as_str() {
                 "Gateway" if gateway_addresses.contains_key(&parent_key) => "Gateway",
                 // A ListenerSet is ours when it names one of our Gateways.
-                "ListenerSet"
-                    if statuses
-                        .iter()
-                        .any(|s| s.kind == "ListenerSet" && s.key == parent_key) =>
-                {
-                    "ListenerSet"
-                }
+                "ListenerSet" if our_listener_sets.contains(&parent_key) => "ListenerSet",
                 _ => continue, // Not a parent of ours: its controller writes this status.
             };
             let mut status = ObjectStatus::new(route.kind.name(), route.key.clone());

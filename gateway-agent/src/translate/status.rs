@@ -111,6 +111,8 @@ use gateway_api::listenersets::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as ApiCondition, Time};
 
+use std::collections::BTreeMap;
+
 use super::input::GATEWAY_GROUP;
 use crate::store::Snapshot;
 
@@ -148,26 +150,34 @@ fn api_conditions(s: &ObjectStatus, now: &Time) -> Vec<ApiCondition> {
         .collect()
 }
 
+/// Status entries by (kind, object), so that building each object's status
+/// does not scan every entry.
+type Index<'a> = BTreeMap<(&'a str, &'a ObjectKey), Vec<&'a ObjectStatus>>;
+
+fn entries<'a>(index: &'a Index, kind: &'a str, key: &'a ObjectKey) -> &'a [&'a ObjectStatus] {
+    index.get(&(kind, key)).map_or(&[], Vec::as_slice)
+}
+
 /// The object-level entry (no section, no parent ref) of `kind` `key`.
 fn object_entry<'a>(
-    statuses: &'a [ObjectStatus],
-    kind: &str,
-    key: &ObjectKey,
+    index: &'a Index,
+    kind: &'a str,
+    key: &'a ObjectKey,
 ) -> Option<&'a ObjectStatus> {
-    statuses
+    entries(index, kind, key)
         .iter()
-        .find(|s| s.kind == kind && &s.key == key && s.listener.is_none() && s.parent_ref.is_none())
+        .copied()
+        .find(|s| s.listener.is_none() && s.parent_ref.is_none())
 }
 
 fn listener_entries<'a>(
-    statuses: &'a [ObjectStatus],
+    index: &'a Index,
     kind: &'a str,
     key: &'a ObjectKey,
 ) -> impl Iterator<Item = (&'a ObjectStatus, &'a ListenerFacts)> + 'a {
-    statuses.iter().filter_map(move |s| {
-        let facts = s.listener.as_ref()?;
-        (s.kind == kind && &s.key == key).then_some((s, facts))
-    })
+    entries(index, kind, key)
+        .iter()
+        .filter_map(|s| Some((*s, s.listener.as_ref()?)))
 }
 
 /// Status parents of a route: one per parentRef (as written) that we answer.
@@ -186,9 +196,10 @@ macro_rules! route_parents {
                 section_name: p.section_name.clone(),
                 port: p.port,
             };
-            let Some(entry) = $statuses.iter().find(|s| {
-                s.kind == $kind && &s.key == $key && s.parent_ref.as_ref() == Some(&normalized)
-            }) else {
+            let Some(entry) = entries($statuses, $kind, $key)
+                .iter()
+                .find(|s| s.parent_ref.as_ref() == Some(&normalized))
+            else {
                 continue;
             };
             out.push($parents {
@@ -218,6 +229,23 @@ pub fn api_objects(
     controller_name: &str,
     now: &Time,
 ) -> Vec<ApiObject> {
+    let mut index: Index = BTreeMap::new();
+    let mut accepted_sets: BTreeMap<&ObjectKey, i32> = BTreeMap::new();
+    for s in statuses {
+        index.entry((s.kind, &s.key)).or_default().push(s);
+        let accepted = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status);
+        if s.kind == "ListenerSet"
+            && s.listener.is_none()
+            && accepted
+            && let Some(gateway) = &s.parent
+        {
+            *accepted_sets.entry(gateway).or_default() += 1;
+        }
+    }
+    let statuses = &index;
     let mut out = Vec::new();
     for (key, class) in &snapshot.gateway_classes {
         let mut class = class.clone();
@@ -249,17 +277,7 @@ pub fn api_objects(
                     ),
                 })
                 .collect();
-            let attached_sets = statuses
-                .iter()
-                .filter(|s| {
-                    s.kind == "ListenerSet"
-                        && s.listener.is_none()
-                        && s.parent.as_ref() == Some(key)
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Accepted" && c.status)
-                })
-                .count();
+            let attached_sets = accepted_sets.get(key).copied().unwrap_or(0);
             let addresses: Vec<GatewayStatusAddresses> = entry
                 .addresses
                 .iter()
@@ -270,7 +288,7 @@ pub fn api_objects(
                 .collect();
             gateway.status = Some(GatewayStatus {
                 addresses: (!addresses.is_empty()).then_some(addresses),
-                attached_listener_sets: Some(i32::try_from(attached_sets).unwrap_or(i32::MAX)),
+                attached_listener_sets: Some(attached_sets),
                 conditions: Some(api_conditions(entry, now)),
                 listeners: Some(listeners),
             });
