@@ -54,8 +54,12 @@ struct StatusArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum StatusOutput {
+    /// One row per condition, like `kubectl get`.
     Table,
+    /// Every Gateway API object with its status, as a `kubectl get -o json` List.
     Json,
+    /// The same List as YAML.
+    Yaml,
 }
 
 #[derive(clap::Args)]
@@ -214,13 +218,26 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for error in &errors {
         eprintln!("invalid manifest: {error}");
     }
+    // Where Gateways without spec.addresses would be served: `run`'s default interfaces.
+    let node_addresses = netif::default_interfaces()
+        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
+        .unwrap_or_default();
     let settings = Settings {
         controller_name: args.controller_name.clone(),
-        node_addresses: Vec::new(),
+        node_addresses,
     };
     let output = translate::translate(&snapshot, &settings);
+    let list = || {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let items =
+            translate::api_objects(&snapshot, &output.statuses, &args.controller_name, &now);
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+    };
     match args.output {
-        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&output.statuses)?),
+        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&list())?),
+        StatusOutput::Yaml => print!("{}", serde_yaml::to_string(&list())?),
         StatusOutput::Table => print!("{}", status_table(&output.statuses)),
     }
     Ok(())
@@ -243,7 +260,10 @@ fn status_table(statuses: &[translate::ObjectStatus]) -> String {
             rows.push([
                 s.kind.to_string(),
                 s.key.to_string(),
-                s.parent.as_ref().map_or("-".into(), ToString::to_string),
+                s.parent
+                    .as_ref()
+                    .filter(|p| **p != s.key)
+                    .map_or("-".into(), ToString::to_string),
                 s.section.clone().unwrap_or_else(|| "-".into()),
                 c.type_.to_string(),
                 if c.status { "True" } else { "False" }.into(),

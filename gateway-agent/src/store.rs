@@ -9,6 +9,7 @@ use gateway_api::{
     gateways::Gateway,
     grpcroutes::GrpcRoute,
     httproutes::HttpRoute,
+    listenersets::ListenerSet,
     referencegrants::ReferenceGrant,
 };
 use k8s_openapi::api::{
@@ -55,6 +56,10 @@ pub struct Snapshot {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
+    pub listener_sets: BTreeMap<ObjectKey, ListenerSet>,
+    /// `gateway.networking.k8s.io/bundle-version` of each Gateway API CRD the
+    /// cluster serves, by CRD name; empty when unknown (standalone mode).
+    pub crd_bundle_versions: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -71,5 +76,7 @@ impl Snapshot {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.secrets.extend(other.secrets);
         self.namespaces.extend(other.namespaces);
+        self.listener_sets.extend(other.listener_sets);
+        self.crd_bundle_versions.extend(other.crd_bundle_versions);
     }
 }

@@ -63,20 +63,35 @@ fn status_shows_accepted_routes_and_why_others_are_not() {
     ]);
     row(&["Gateway", "default/gw", "Programmed", "True"]);
 
+    // JSON and YAML: every object as the API server would hold it after the
+    // agent wrote its status, in a List like `kubectl get -o json`.
     let json: serde_json::Value = serde_json::from_str(&status(&dir, "json")).expect("JSON");
-    let sneaky = json
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["key"]["name"] == "sneaky")
-        .expect("sneaky's status");
-    assert_eq!(sneaky["parent"]["name"], "gw");
-    let resolved = sneaky["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "ResolvedRefs")
-        .expect("ResolvedRefs");
-    assert_eq!(resolved["status"], false);
-    assert_eq!(resolved["reason"], "RefNotPermitted");
+    let yaml: serde_json::Value = serde_yaml::from_str(&status(&dir, "yaml")).expect("YAML");
+    for list in [&json, &yaml] {
+        assert_eq!(list["kind"], "List");
+        let items = list["items"].as_array().expect("items");
+        let sneaky = items
+            .iter()
+            .find(|o| o["kind"] == "HTTPRoute" && o["metadata"]["name"] == "sneaky")
+            .expect("sneaky");
+        let parent = &sneaky["status"]["parents"][0];
+        assert_eq!(parent["parentRef"]["name"], "gw");
+        assert_eq!(parent["controllerName"], "gateway-agent.dev/node-agent");
+        let resolved = parent["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .expect("ResolvedRefs");
+        assert_eq!(resolved["status"], "False");
+        assert_eq!(resolved["reason"], "RefNotPermitted");
+        assert_eq!(resolved["observedGeneration"], 1);
+        let gw = items
+            .iter()
+            .find(|o| o["kind"] == "Gateway" && o["metadata"]["name"] == "gw")
+            .expect("gw");
+        let listener = &gw["status"]["listeners"][0];
+        assert_eq!(listener["attachedRoutes"], 2, "{listener}");
+        assert_eq!(listener["supportedKinds"][0]["kind"], "HTTPRoute");
+    }
 }

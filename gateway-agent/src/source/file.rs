@@ -227,6 +227,10 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
             let object = with_namespace(parse(doc)?, &key);
             snapshot.reference_grants.insert(key, object);
         }
+        ("gateway.networking.k8s.io", "ListenerSet") => {
+            let object = with_namespace(parse(doc)?, &key);
+            snapshot.listener_sets.insert(key, object);
+        }
         ("", "Service") => {
             let object = with_namespace(parse(doc)?, &key);
             snapshot.services.insert(key, object);

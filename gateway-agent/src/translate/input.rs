@@ -34,7 +34,7 @@ impl RouteKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ParentRef {
     pub group: String,
     pub kind: String,
@@ -139,7 +139,8 @@ pub struct Route {
 
 fn meta_facts(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (i64, String) {
     (
-        meta.generation.unwrap_or(0),
+        // The API server starts every object at generation 1; manifests omit it.
+        meta.generation.unwrap_or(1),
         meta.creation_timestamp
             .as_ref()
             .map(|t| t.0.to_string())

@@ -2,7 +2,11 @@
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
 mod http;
+#[cfg(test)]
+mod conformance;
+mod gateways;
 pub mod input;
+pub mod listeners;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -18,7 +22,8 @@ use crate::model::{
 };
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
-pub use status::{Condition, ObjectStatus};
+use listeners::Listener;
+pub use status::{ApiObject, Condition, ListenerFacts, ObjectStatus, api_objects};
 
 /// What translate needs to know about the node it runs for.
 #[derive(Clone, Debug)]
@@ -35,16 +40,6 @@ pub struct Output {
     pub statuses: Vec<ObjectStatus>,
 }
 
-struct Listener<'a> {
-    gateway: &'a ObjectKey,
-    name: &'a str,
-    port: u16,
-    protocol: &'a str,
-    hostname: Option<&'a str>,
-    allowed: &'a Option<gateway_api::gateways::GatewayListenersAllowedRoutes>,
-    addresses: &'a [IpAddr],
-}
-
 /// A route's acceptance on one listener, with the hostnames it serves there.
 struct Attachment<'a> {
     route: &'a Route,
@@ -59,18 +54,39 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         .filter(|(_, c)| c.spec.controller_name == settings.controller_name)
         .map(|(k, _)| k.name.as_str())
         .collect();
-    for class in &our_classes {
-        statuses.push(
-            ObjectStatus::new("GatewayClass", ObjectKey::new("", *class)).with(Condition::yes(
-                "Accepted",
-                "Accepted",
-                "accepted by this controller",
-            )),
-        );
+    for (key, class) in &snapshot.gateway_classes {
+        if class.spec.controller_name != settings.controller_name {
+            continue;
+        }
+        let mut status = ObjectStatus::new("GatewayClass", key.clone());
+        status.generation = class.metadata.generation.unwrap_or(1);
+        match gateways::unsupported_crd_versions(snapshot) {
+            None => {
+                status.push(Condition::yes(
+                    "Accepted",
+                    "Accepted",
+                    "accepted by this controller",
+                ));
+                status.push(Condition::yes(
+                    "SupportedVersion",
+                    "SupportedVersion",
+                    gateways::SUPPORTED_VERSIONS_MESSAGE,
+                ));
+            }
+            Some(message) => {
+                status.push(Condition::no("Accepted", "UnsupportedVersion", &message));
+                status.push(Condition::no(
+                    "SupportedVersion",
+                    "UnsupportedVersion",
+                    &message,
+                ));
+            }
+        }
+        statuses.push(status);
     }
 
-    // Addresses of each of our Gateways.
-    let mut gateway_addresses: BTreeMap<&ObjectKey, Vec<IpAddr>> = BTreeMap::new();
+    // Addresses of each of our Gateways, and the ones we cannot use.
+    let mut gateway_addresses: BTreeMap<&ObjectKey, (Vec<IpAddr>, Vec<String>)> = BTreeMap::new();
     for (key, gateway) in &snapshot.gateways {
         if !our_classes.contains(&gateway.spec.gateway_class_name.as_str()) {
             continue;
@@ -79,72 +95,80 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         let mut bad = Vec::new();
         for a in gateway.spec.addresses.iter().flatten() {
             let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
-            match a.value.as_deref().map(str::parse::<IpAddr>) {
+            match a
+                .value
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(str::parse::<IpAddr>)
+            {
                 Some(Ok(ip)) if is_ip => addresses.push(ip),
+                // An IPAddress without value asks for one to be assigned: the node's.
+                None if is_ip => {}
                 _ => bad.push(a.value.clone().unwrap_or_default()),
             }
         }
-        let mut status = ObjectStatus::new("Gateway", key.clone());
-        if bad.is_empty() {
-            status.push(Condition::yes("Accepted", "Accepted", "accepted"));
-            status.push(Condition::yes(
-                "Programmed",
-                "Programmed",
-                "programmed on this node",
-            ));
-        } else {
-            let message = format!("unusable addresses: {}", bad.join(", "));
-            status.push(Condition::yes("Accepted", "Accepted", "accepted"));
-            status.push(Condition::no("Programmed", "AddressNotUsable", &message));
-        }
-        statuses.push(status);
-        gateway_addresses.insert(key, addresses);
+        gateway_addresses.insert(key, (addresses, bad));
     }
 
-    let mut listeners = Vec::new();
-    for (key, addresses) in &gateway_addresses {
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut ranges = Vec::new();
+    let mut listener_sets = Vec::new();
+    for (key, (addresses, _)) in &gateway_addresses {
         let gateway = &snapshot.gateways[*key];
-        for l in &gateway.spec.listeners {
-            let Ok(port) = u16::try_from(l.port) else {
-                continue;
-            };
-            listeners.push(Listener {
-                gateway: key,
-                name: &l.name,
-                port,
-                protocol: &l.protocol,
-                hostname: l.hostname.as_deref(),
-                allowed: &l.allowed_routes,
-                addresses,
-            });
-            if !matches!(l.protocol.as_str(), "HTTP" | "TCP" | "UDP") {
-                let mut status = ObjectStatus::new("Gateway", (*key).clone());
-                status.section = Some(l.name.clone());
-                status.push(Condition::no(
-                    "Accepted",
-                    "UnsupportedProtocol",
-                    &format!("protocol {} is not served yet", l.protocol),
-                ));
-                statuses.push(status);
-            }
+        let merged = listeners::gateway_listeners(key, gateway, addresses, snapshot);
+        let first = listeners.len();
+        listeners.extend(merged.listeners);
+        ranges.push((*key, first..listeners.len()));
+        listener_sets.extend(merged.listener_sets);
+    }
+    listeners::mark_port_collisions(&mut listeners);
+    let mut gateway_statuses = Vec::new();
+    for (key, range) in ranges {
+        let gateway = &snapshot.gateways[key];
+        let bad = &gateway_addresses[key].1;
+        let mut status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        status.addresses = match &gateway_addresses[key].0 {
+            none if none.is_empty() => settings
+                .node_addresses
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .collect(),
+            some => some.clone(),
+        };
+        gateway_statuses.push((status, range));
+    }
+    for mut set in listener_sets {
+        if set.conditions.is_empty() {
+            listeners::listener_set_conditions(&mut set, &listeners);
         }
+        statuses.push(set);
     }
 
+    let our_listener_sets: std::collections::BTreeSet<ObjectKey> = statuses
+        .iter()
+        .filter(|s| s.kind == "ListenerSet")
+        .map(|s| s.key.clone())
+        .collect();
     let routes = input::routes(snapshot);
     let mut attachments: Vec<Vec<Attachment>> = listeners.iter().map(|_| Vec::new()).collect();
     for route in &routes {
         for parent in &route.parent_refs {
-            if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
+            if parent.group != GATEWAY_GROUP {
                 continue;
             }
             let parent_key = ObjectKey::new(&parent.namespace, &parent.name);
-            if !gateway_addresses.contains_key(&parent_key) {
-                continue; // Not a Gateway of ours: its controller writes this status.
-            }
+            let owner_kind = match parent.kind.as_str() {
+                "Gateway" if gateway_addresses.contains_key(&parent_key) => "Gateway",
+                // A ListenerSet is ours when it names one of our Gateways.
+                "ListenerSet" if our_listener_sets.contains(&parent_key) => "ListenerSet",
+                _ => continue, // Not a parent of ours: its controller writes this status.
+            };
             let mut status = ObjectStatus::new(route.kind.name(), route.key.clone());
+            status.generation = route.generation;
             status.parent = Some(parent_key.clone());
             status.section = parent.section_name.clone();
-            let accepted = attach(route, parent, &parent_key, &listeners, snapshot);
+            status.parent_ref = Some(parent.clone());
+            let accepted = attach(route, parent, owner_kind, &parent_key, &listeners, snapshot);
             match accepted {
                 Ok(hits) => {
                     status.push(Condition::yes("Accepted", "Accepted", "accepted"));
@@ -159,9 +183,23 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         }
     }
 
+    // Gateway and listener statuses, now that attachedRoutes is known.
+    for (status, range) in gateway_statuses {
+        statuses.push(status);
+        for index in range {
+            statuses.push(gateways::listener_status(
+                &listeners[index],
+                attachments[index].len(),
+            ));
+        }
+    }
+
     let mut config = DataplaneConfig::default();
     let mut http: BTreeMap<SocketAddr, Vec<(http::SortKey, HttpRule)>> = BTreeMap::new();
     for (listener, attached) in listeners.iter().zip(&attachments) {
+        if !listener.serves() {
+            continue;
+        }
         match listener.protocol {
             "TCP" | "UDP" => {
                 let protocol = if listener.protocol == "TCP" {
@@ -232,10 +270,12 @@ fn route_ref(route: &Route, rule: u32) -> RouteRef {
 type Rejection = (&'static str, String);
 
 /// The listeners of `parent_key` this route attaches to (index, hostnames), or
-/// why none accepts it.
+/// why none accepts it. A Gateway parentRef selects the Gateway's own
+/// listeners, a ListenerSet parentRef those of the ListenerSet.
 fn attach(
     route: &Route,
     parent: &ParentRef,
+    owner_kind: &str,
     parent_key: &ObjectKey,
     listeners: &[Listener],
     snapshot: &Snapshot,
@@ -243,7 +283,7 @@ fn attach(
     let candidates: Vec<(usize, &Listener)> = listeners
         .iter()
         .enumerate()
-        .filter(|(_, l)| l.gateway == parent_key)
+        .filter(|(_, l)| l.owner_kind == owner_kind && l.owner == parent_key)
         .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
         .filter(|(_, l)| parent.port.is_none_or(|p| p == i32::from(l.port)))
         .collect();
@@ -256,7 +296,13 @@ fn attach(
     let allowed: Vec<(usize, &Listener)> = candidates
         .into_iter()
         .filter(|(_, l)| {
-            kind_allowed(l, route.kind) && namespace_allowed(l, &route.key.namespace, snapshot)
+            l.supported_kinds.contains(&route.kind.name())
+                && listeners::namespace_selected(
+                    &l.allowed.namespaces,
+                    l.namespace,
+                    &route.key.namespace,
+                    snapshot,
+                )
         })
         .collect();
     if allowed.is_empty() {
@@ -282,62 +328,6 @@ fn attach(
         ));
     }
     Ok(hits)
-}
-
-fn kind_allowed(listener: &Listener, kind: RouteKind) -> bool {
-    let explicit = listener.allowed.as_ref().and_then(|a| a.kinds.as_ref());
-    match explicit {
-        Some(kinds) if !kinds.is_empty() => kinds.iter().any(|k| {
-            k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && k.kind == kind.name()
-        }),
-        _ => matches!(
-            (listener.protocol, kind),
-            ("HTTP" | "HTTPS", RouteKind::Http | RouteKind::Grpc)
-                | ("TCP", RouteKind::Tcp)
-                | ("UDP", RouteKind::Udp)
-        ),
-    }
-}
-
-fn namespace_allowed(listener: &Listener, route_namespace: &str, snapshot: &Snapshot) -> bool {
-    use gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesFrom as From;
-    let namespaces = listener
-        .allowed
-        .as_ref()
-        .and_then(|a| a.namespaces.as_ref());
-    match namespaces
-        .and_then(|n| n.from.clone())
-        .unwrap_or(From::Same)
-    {
-        From::Same => route_namespace == listener.gateway.namespace,
-        From::All => true,
-        From::Selector => {
-            let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
-                return false;
-            };
-            let labels = snapshot
-                .namespaces
-                .get(&ObjectKey::new("", route_namespace))
-                .and_then(|n| n.metadata.labels.clone())
-                .unwrap_or_default();
-            let labels_match = selector
-                .match_labels
-                .iter()
-                .flatten()
-                .all(|(k, v)| labels.get(k) == Some(v));
-            let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
-                let values = e.values.clone().unwrap_or_default();
-                match e.operator.as_str() {
-                    "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-                    "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-                    "Exists" => labels.contains_key(&e.key),
-                    "DoesNotExist" => !labels.contains_key(&e.key),
-                    _ => false,
-                }
-            });
-            labels_match && expressions_match
-        }
-    }
 }
 
 /// Does `host` (possibly a `*.` wildcard) fall under `pattern` (possibly a wildcard)?
