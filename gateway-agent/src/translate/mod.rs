@@ -1,10 +1,10 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
-mod http;
 #[cfg(test)]
 mod conformance;
 mod gateways;
+mod http;
 pub mod input;
 pub mod listeners;
 mod status;

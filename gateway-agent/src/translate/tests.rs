@@ -329,7 +329,10 @@ fn listeners_report_all_four_conditions_and_their_kinds() {
         ["Accepted", "Conflicted", "ResolvedRefs", "Programmed"]
     );
     assert_eq!(state(condition(l, "Conflicted")), (false, "NoConflicts"));
-    assert_eq!(l.listener.as_ref().unwrap().supported_kinds, ["HTTPRoute"]);
+    assert_eq!(
+        l.listener.as_ref().unwrap().supported_kinds,
+        ["HTTPRoute", "GRPCRoute"]
+    );
     let gw = object(&out, "Gateway", "gw");
     assert_eq!(state(condition(gw, "Accepted")), (true, "Accepted"));
     assert_eq!(state(condition(gw, "Programmed")), (true, "Programmed"));
