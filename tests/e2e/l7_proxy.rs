@@ -149,6 +149,20 @@ spec:
     }
     let response = request(&topology, "GET", "/", "other.example", &[]);
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+
+    // Malformed and oversized requests are refused before routing, and the
+    // agent keeps serving.
+    let gateway = format!("{GATEWAY_ADDR}:80");
+    let garbage = topology
+        .client_run(&["tcp-send", &gateway, "NOT HTTP AT ALL\r\n\r\n"])
+        .expect("an answer to garbage");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let many: Vec<String> = (0..150).map(|i| format!("X-H{i}:v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let response = request(&topology, "GET", "/", host, &many);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    let response = request(&topology, "GET", "/", host, &[]);
+    assert_eq!(served_by(&response), "v1", "{response}");
 }
 
 #[test]

@@ -35,6 +35,11 @@ type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Slow clients must send their request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limits on what a client may send: more headers or a larger head than this
+/// is answered 431 (HTTP/1.1) or refused (HTTP/2), before any routing.
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// A mirrored copy is abandoned after this long; nobody waits for it.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,7 +181,14 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_headers(MAX_HEADERS)
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(MAX_HEAD_BYTES as u32);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
