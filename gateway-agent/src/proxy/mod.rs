@@ -308,14 +308,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 
 /// A RequestRedirect's answer: no body, the status and `Location` it names.
 fn redirect_response(
-    filters: &HttpFilters,
+    set: &HttpFilters,
     rule: &HttpRule,
     connection: Connection,
     host: &str,
     path: &str,
     query: Option<&str>,
 ) -> Option<Response<ProxyBody>> {
-    let redirect = filters.redirect.as_ref()?;
+    let redirect = set.redirect.as_ref()?;
     let path = match &redirect.path {
         Some(modifier) => filters::modify_path(path, &rule.matched.path, modifier),
         None => path.to_string(),
@@ -340,8 +340,8 @@ fn redirect_response(
 }
 
 /// Applies a URLRewrite to the path-and-query and Host of a request.
-fn rewrite(filters: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
-    let Some(rewrite) = &filters.rewrite else {
+fn rewrite(set: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
+    let Some(rewrite) = &set.rewrite else {
         return;
     };
     if let Some(modifier) = &rewrite.path {
@@ -509,8 +509,8 @@ async fn forward(
     // Filters of the rule, then of the backendRef.
     let mut path = request_path.clone();
     let mut upstream_host = host.clone();
-    for filters in [&rule.filters, &backend.filters] {
-        rewrite(filters, rule, &mut path, &mut upstream_host);
+    for set in [&rule.filters, &backend.filters] {
+        rewrite(set, rule, &mut path, &mut upstream_host);
     }
     let path_and_query = match &query {
         Some(q) => format!("{path}?{q}"),
@@ -519,12 +519,15 @@ async fn forward(
     let h2 = backend.protocol == BackendProtocol::H2c;
     // An HTTP/1.1 Upgrade (WebSocket) is passed on to an HTTP/1.1 backend;
     // once it answers 101 the two connections are spliced.
-    let upgrade = head
-        .headers
-        .get(header::UPGRADE)
-        .filter(|_| !h2 && head.version == hyper::Version::HTTP_11)
-        .cloned()
-        .zip(head.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let upgrade = match head.headers.get(header::UPGRADE) {
+        Some(protocol) if !h2 && head.version == hyper::Version::HTTP_11 => {
+            let protocol = protocol.clone();
+            head.extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|on_upgrade| (protocol, on_upgrade))
+        }
+        _ => None,
+    };
     let headers = &mut head.headers;
     strip_hop_by_hop(headers, h2);
     if let Some((protocol, _)) = &upgrade {
@@ -553,13 +556,13 @@ async fn forward(
     {
         headers.insert("x-forwarded-host", value);
     }
-    for filters in [&rule.filters, &backend.filters] {
-        if let Some(modifier) = &filters.request_headers {
+    for set in [&rule.filters, &backend.filters] {
+        if let Some(modifier) = &set.request_headers {
             filters::modify_headers(headers, modifier);
         }
     }
-    for filters in [&rule.filters, &backend.filters] {
-        mirror(&filters.mirrors, &head, &path_and_query, upstream);
+    for set in [&rule.filters, &backend.filters] {
+        mirror(&set.mirrors, &head, &path_and_query, upstream);
     }
 
     let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
@@ -599,8 +602,8 @@ async fn forward(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            for filters in [&backend.filters, &rule.filters] {
-                if let Some(modifier) = &filters.response_headers {
+            for set in [&backend.filters, &rule.filters] {
+                if let Some(modifier) = &set.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);
                 }
             }
