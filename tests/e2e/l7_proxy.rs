@@ -320,9 +320,21 @@ spec:
         "v1",
         "the original goes to the backendRef:\n{r}"
     );
-    eventually("the mirror receives a copy", Duration::from_secs(5), || {
+    let r = request(
+        &topology,
+        "POST",
+        "/mirror/with-body",
+        host,
+        &["body=the request body"],
+    );
+    assert_eq!(served_by(&r), "v1", "{r}");
+    assert!(r.contains("header:content-length=16"), "{r}");
+    eventually("the mirror receives copies", Duration::from_secs(5), || {
         let seen = std::fs::read_to_string(&mirror_file).map_err(|e| e.to_string())?;
-        if seen.lines().any(|l| l == "GET /mirror/copy-me") {
+        let lines: Vec<&str> = seen.lines().collect();
+        if lines.contains(&"GET /mirror/copy-me")
+            && lines.contains(&"POST /mirror/with-body body=the request body")
+        {
             Ok(())
         } else {
             Err(seen)

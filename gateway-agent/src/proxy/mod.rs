@@ -6,6 +6,7 @@
 //! timeouts; response header filters on the way back.
 
 mod filters;
+mod mirror;
 mod route_table;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -26,7 +27,6 @@ use tokio::task::JoinHandle;
 
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
-    RequestMirror,
 };
 pub use route_table::{RequestView, RouteTable};
 
@@ -40,8 +40,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// A mirrored copy is abandoned after this long; nobody waits for it.
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
 #[derive(Clone)]
@@ -352,52 +350,6 @@ fn rewrite(set: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut Str
     }
 }
 
-/// Sends a copy of the request's head (no body: the original body streams to
-/// the backend once) to each mirror that samples it; the copies' responses
-/// are dropped.
-fn mirror(
-    mirrors: &[RequestMirror],
-    head: &hyper::http::request::Parts,
-    path_and_query: &str,
-    upstream: &Upstream,
-) {
-    for mirror in mirrors {
-        if fastrand::u32(0..mirror.denominator) >= mirror.numerator {
-            continue;
-        }
-        let total: u64 = mirror.backends.iter().map(|b| b.weight).sum();
-        let mut pick = fastrand::u64(0..total.max(1));
-        let Some(endpoint) = mirror.backends.iter().find(|b| {
-            let hit = pick < b.weight;
-            pick = pick.saturating_sub(b.weight);
-            hit
-        }) else {
-            continue;
-        };
-        let Ok(uri) = format!("http://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
-        else {
-            continue;
-        };
-        let mut request = Request::new(empty_body());
-        *request.method_mut() = head.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = head.headers.clone();
-        request.headers_mut().remove(header::CONTENT_LENGTH);
-        let client = upstream.http1.clone();
-        let addr = endpoint.addr;
-        tokio::spawn(async move {
-            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
-                Ok(Ok(response)) => {
-                    // Read to the end so the connection goes back to the pool.
-                    let _ = response.into_body().collect().await;
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
-                Err(_) => tracing::debug!(%addr, "mirror request timed out"),
-            }
-        });
-    }
-}
-
 /// Copies bytes both ways between an upgraded client connection and the
 /// upgraded backend connection until either side closes.
 async fn splice_upgraded(
@@ -561,8 +513,16 @@ async fn forward(
             filters::modify_headers(headers, modifier);
         }
     }
+    let has_body = !body.is_end_stream();
+    let mut copies = Vec::new();
     for set in [&rule.filters, &backend.filters] {
-        mirror(&set.mirrors, &head, &path_and_query, upstream);
+        copies.extend(mirror::start(
+            &set.mirrors,
+            &head,
+            &path_and_query,
+            has_body,
+            upstream,
+        ));
     }
 
     let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
@@ -574,7 +534,12 @@ async fn forward(
     } else {
         hyper::Version::HTTP_11
     };
-    let request = Request::from_parts(head, body.boxed());
+    let body = if copies.is_empty() {
+        body.boxed()
+    } else {
+        mirror::TeeBody::new(body, copies).boxed()
+    };
+    let request = Request::from_parts(head, body);
     let sent = upstream.client(backend.protocol).request(request);
     // Without retries one backend request is the whole request: the shorter
     // of the two timeouts bounds it.

@@ -3,9 +3,9 @@
 //!   test-peer tcp-echo ADDR            echo every byte back, per connection
 //!   test-peer http-echo ADDR NAME      answer 200 with what the request carried
 //!   test-peer http-echo-log ADDR NAME FILE   http-echo, appending "METHOD PATH" of
-//!                                      each request to FILE
+//!                                      each request to FILE (" body=BODY" when it has one)
 //!   test-peer http-echo-delayed ADDR NAME MILLIS   http-echo, answering after MILLIS
-//!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...]
+//!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...] [body=TEXT]
 //!                                      one request; print status line, response
 //!                                      headers ("name: value"), blank line, body
 //!   test-peer upgrade-echo ADDR        answer an HTTP/1.1 Upgrade with 101, then echo
@@ -117,7 +117,14 @@ fn http_echo(addr: &str, name: &str, delay: Duration, log: Option<&str>) -> Resu
                     return;
                 }
                 if let Some(log) = &log {
-                    let line = format!("{method} {path}\n");
+                    let line = if discard.is_empty() {
+                        format!("{method} {path}\n")
+                    } else {
+                        format!(
+                            "{method} {path} body={}\n",
+                            String::from_utf8_lossy(&discard)
+                        )
+                    };
                     let appended = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -197,13 +204,20 @@ fn http_request(
 ) -> Result<(), String> {
     let mut stream = connect(addr)?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut body = "";
     for header in headers {
+        if let Some(text) = header.strip_prefix("body=") {
+            body = text;
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            continue;
+        }
         let (name, value) = header
             .split_once(':')
             .ok_or_else(|| format!("header {header:?} is not NAME:VALUE"))?;
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
