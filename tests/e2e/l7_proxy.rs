@@ -247,6 +247,20 @@ spec:
         allowCredentials: true
         maxAge: 600
     backendRefs: [{name: v1, port: 8081}]
+  - matches: [{path: {type: PathPrefix, value: /backend-rewrite}}]
+    backendRefs:
+    - name: v1
+      port: 8081
+      filters:
+      - type: URLRewrite
+        urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /rewritten-by-backend-ref}}
+  - matches: [{path: {type: PathPrefix, value: /backend-redirect}}]
+    backendRefs:
+    - name: v1
+      port: 8081
+      filters:
+      - type: RequestRedirect
+        requestRedirect: {hostname: backend.example, statusCode: 307}
   - matches: [{path: {type: PathPrefix, value: /extension}}]
     filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]
     backendRefs: [{name: v1, port: 8081}]
@@ -396,6 +410,16 @@ spec:
     );
     assert_eq!(served_by(&r), "v1", "{r}");
     assert!(!r.contains("access-control-"), "{r}");
+
+    // Filters on a backendRef apply to the requests sent to that backend.
+    let r = request(&topology, "GET", "/backend-rewrite/x", host, &[]);
+    assert!(r.contains("path=/rewritten-by-backend-ref"), "{r}");
+    let r = request(&topology, "GET", "/backend-redirect", host, &[]);
+    assert!(r.starts_with("HTTP/1.1 307"), "{r}");
+    assert!(
+        r.contains("location: http://backend.example/backend-redirect"),
+        "{r}"
+    );
 
     let r = request(&topology, "GET", "/extension", host, &[]);
     assert!(

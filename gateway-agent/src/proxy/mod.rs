@@ -583,3 +583,85 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
+
+    fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
+        HttpRule {
+            route: RouteRef {
+                kind: "HTTPRoute",
+                namespace: "ns".into(),
+                name: "r".into(),
+                rule: 0,
+            },
+            hostnames: Vec::new(),
+            listener_hostname: None,
+            matched: HttpMatch::any(),
+            filters: HttpFilters::default(),
+            timeouts: HttpTimeouts::default(),
+            backends: backends
+                .iter()
+                .map(|(port, weight)| HttpBackend {
+                    addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    weight: *weight,
+                    protocol: BackendProtocol::Http1,
+                    filters: HttpFilters::default(),
+                })
+                .collect(),
+            invalid_weight,
+        }
+    }
+
+    #[test]
+    fn backends_are_chosen_by_weight_and_invalid_shares_answer_500() {
+        let w = ENDPOINT_WEIGHT_SCALE;
+        let r = rule(&[(1, 3 * w), (2, w)], 0);
+        let picks = 4000;
+        let ones = (0..picks)
+            .filter(|_| choose_backend(&r).map(|b| b.addr.port()) == Ok(1))
+            .count();
+        // 3:1 within a wide margin (the expected count is 3000, sd about 27).
+        assert!((2800..3200).contains(&ones), "{ones} of {picks}");
+        assert_eq!(
+            choose_backend(&rule(&[], 1)).map(|b| b.addr),
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(
+            choose_backend(&rule(&[], 0)).map(|b| b.addr),
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        );
+    }
+
+    #[test]
+    fn grpc_errors_carry_the_code_grpc_clients_expect() {
+        for (http, grpc) in [
+            (StatusCode::NOT_FOUND, "12"),
+            (StatusCode::SERVICE_UNAVAILABLE, "14"),
+            (StatusCode::GATEWAY_TIMEOUT, "14"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "2"),
+        ] {
+            let response = grpc_status(http);
+            assert_eq!(response.status(), http);
+            assert_eq!(response.headers()["grpc-status"], grpc);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept_for_http2() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-end", HeaderValue::from_static("1"));
+        let mut http1 = headers.clone();
+        strip_hop_by_hop(&mut http1, false);
+        assert_eq!(http1.len(), 1, "{http1:?}");
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::TE], "trailers");
+        assert!(!headers.contains_key("x-hop"));
+    }
+}
