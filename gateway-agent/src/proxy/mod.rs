@@ -588,6 +588,7 @@ async fn forward(
 mod tests {
     use super::*;
     use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
+    use hyper::client::conn::http1;
 
     fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
         HttpRule {
@@ -663,5 +664,78 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers[header::TE], "trailers");
         assert!(!headers.contains_key("x-hop"));
+    }
+
+    /// An HTTP/1.1 backend on 127.0.0.1 answering every request with `name`.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    fn listener(bind: SocketAddr, backend: SocketAddr) -> HttpListener {
+        let mut r = rule(&[], 0);
+        r.backends = vec![HttpBackend {
+            addr: backend,
+            weight: ENDPOINT_WEIGHT_SCALE,
+            protocol: BackendProtocol::Http1,
+            filters: HttpFilters::default(),
+        }];
+        HttpListener {
+            bind,
+            rules: vec![r],
+            certificates: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_picks_up_a_new_table_on_its_next_request() {
+        let (a, b) = (backend("backend-a").await, backend("backend-b").await);
+        // A free loopback port for the proxy (bound, read, released).
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, a)]).await.is_empty());
+
+        let stream = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut get = async || {
+            let request = Request::builder()
+                .uri("/")
+                .header(header::HOST, "any.example")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        assert_eq!(get().await, "backend-a");
+        // The swap: same socket, new table; the open connection is not closed.
+        assert!(proxy.apply(&[listener(bind, b)]).await.is_empty());
+        assert_eq!(get().await, "backend-b");
+        // Removing the listener stops accepting new connections.
+        proxy.apply(&[]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tokio::net::TcpStream::connect(bind).await.is_err());
     }
 }
