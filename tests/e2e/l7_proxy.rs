@@ -150,9 +150,18 @@ spec:
     let response = request(&topology, "GET", "/", "other.example", &[]);
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 
+    // HTTP/2 with prior knowledge on the same port, to an HTTP/1.1 backend:
+    // the :authority is the Host that routes and that the backend sees.
+    let gateway = format!("{GATEWAY_ADDR}:80");
+    let response = topology
+        .client_run(&["h2c-get", &gateway, "/re/7", host])
+        .expect("an HTTP/2 answer");
+    assert!(response.starts_with("HTTP/2.0 200 OK"), "{response}");
+    assert_eq!(served_by(&response), "v2", "{response}");
+    assert!(response.contains("header:host=match.example"), "{response}");
+
     // Malformed and oversized requests are refused before routing, and the
     // agent keeps serving.
-    let gateway = format!("{GATEWAY_ADDR}:80");
     let garbage = topology
         .client_run(&["tcp-send", &gateway, "NOT HTTP AT ALL\r\n\r\n"])
         .expect("an answer to garbage");

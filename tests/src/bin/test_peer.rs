@@ -8,6 +8,8 @@
 //!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...] [body=TEXT]
 //!                                      one request; print status line, response
 //!                                      headers ("name: value"), blank line, body
+//!   test-peer h2c-get ADDR PATH HOST   one GET over HTTP/2 with prior knowledge
+//!                                      (no TLS); print status, version and body
 //!   test-peer upgrade-echo ADDR        answer an HTTP/1.1 Upgrade with 101, then echo
 //!                                      every byte (what a WebSocket backend does)
 //!   test-peer upgrade-send ADDR HOST PATH MESSAGE
@@ -45,6 +47,7 @@ fn main() {
         ["http-request", addr, method, path, host, headers @ ..] => {
             http_request(addr, method, path, host, headers)
         }
+        ["h2c-get", addr, path, host] => grpc::h2c_get(addr, path, host),
         ["upgrade-echo", addr] => upgrade_echo(addr),
         ["upgrade-send", addr, host, path, message] => upgrade_send(addr, host, path, message),
         ["grpc-echo", addr, name] => grpc::echo(addr, name),
@@ -466,6 +469,37 @@ mod grpc {
         fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
             Ok(Some(src.copy_to_bytes(src.remaining())))
         }
+    }
+
+    pub fn h2c_get(addr: &str, path: &str, host: &str) -> Result<(), String> {
+        runtime()?.block_on(async {
+            let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connect {addr}: timed out"))?
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .uri(format!("http://{host}{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let exchange = async {
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let version = response.version();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, version, body))
+            };
+            let (status, version, body) = tokio::time::timeout(TIMEOUT, exchange)
+                .await
+                .map_err(|_| "request timed out".to_string())?
+                .map_err(|e| format!("request: {e}"))?;
+            print!("{version:?} {status}\n{}", String::from_utf8_lossy(&body));
+            Ok(())
+        })
     }
 
     pub fn call(
