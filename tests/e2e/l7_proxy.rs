@@ -149,6 +149,29 @@ spec:
     }
     let response = request(&topology, "GET", "/", "other.example", &[]);
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+
+    // HTTP/2 with prior knowledge on the same port, to an HTTP/1.1 backend:
+    // the :authority is the Host that routes and that the backend sees.
+    let gateway = format!("{GATEWAY_ADDR}:80");
+    let response = topology
+        .client_run(&["h2c-get", &gateway, "/re/7", host])
+        .expect("an HTTP/2 answer");
+    assert!(response.starts_with("HTTP/2.0 200 OK"), "{response}");
+    assert_eq!(served_by(&response), "v2", "{response}");
+    assert!(response.contains("header:host=match.example"), "{response}");
+
+    // Malformed and oversized requests are refused before routing, and the
+    // agent keeps serving.
+    let garbage = topology
+        .client_run(&["tcp-send", &gateway, "NOT HTTP AT ALL\r\n\r\n"])
+        .expect("an answer to garbage");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let many: Vec<String> = (0..150).map(|i| format!("X-H{i}:v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let response = request(&topology, "GET", "/", host, &many);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    let response = request(&topology, "GET", "/", host, &[]);
+    assert_eq!(served_by(&response), "v1", "{response}");
 }
 
 #[test]
@@ -233,6 +256,20 @@ spec:
         allowCredentials: true
         maxAge: 600
     backendRefs: [{name: v1, port: 8081}]
+  - matches: [{path: {type: PathPrefix, value: /backend-rewrite}}]
+    backendRefs:
+    - name: v1
+      port: 8081
+      filters:
+      - type: URLRewrite
+        urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /rewritten-by-backend-ref}}
+  - matches: [{path: {type: PathPrefix, value: /backend-redirect}}]
+    backendRefs:
+    - name: v1
+      port: 8081
+      filters:
+      - type: RequestRedirect
+        requestRedirect: {hostname: backend.example, statusCode: 307}
   - matches: [{path: {type: PathPrefix, value: /extension}}]
     filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]
     backendRefs: [{name: v1, port: 8081}]
@@ -306,9 +343,21 @@ spec:
         "v1",
         "the original goes to the backendRef:\n{r}"
     );
-    eventually("the mirror receives a copy", Duration::from_secs(5), || {
+    let r = request(
+        &topology,
+        "POST",
+        "/mirror/with-body",
+        host,
+        &["body=the request body"],
+    );
+    assert_eq!(served_by(&r), "v1", "{r}");
+    assert!(r.contains("header:content-length=16"), "{r}");
+    eventually("the mirror receives copies", Duration::from_secs(5), || {
         let seen = std::fs::read_to_string(&mirror_file).map_err(|e| e.to_string())?;
-        if seen.lines().any(|l| l == "GET /mirror/copy-me") {
+        let lines: Vec<&str> = seen.lines().collect();
+        if lines.contains(&"GET /mirror/copy-me")
+            && lines.contains(&"POST /mirror/with-body body=the request body")
+        {
             Ok(())
         } else {
             Err(seen)
@@ -370,6 +419,16 @@ spec:
     );
     assert_eq!(served_by(&r), "v1", "{r}");
     assert!(!r.contains("access-control-"), "{r}");
+
+    // Filters on a backendRef apply to the requests sent to that backend.
+    let r = request(&topology, "GET", "/backend-rewrite/x", host, &[]);
+    assert!(r.contains("path=/rewritten-by-backend-ref"), "{r}");
+    let r = request(&topology, "GET", "/backend-redirect", host, &[]);
+    assert!(r.starts_with("HTTP/1.1 307"), "{r}");
+    assert!(
+        r.contains("location: http://backend.example/backend-redirect"),
+        "{r}"
+    );
 
     let r = request(&topology, "GET", "/extension", host, &[]);
     assert!(

@@ -6,6 +6,7 @@
 //! timeouts; response header filters on the way back.
 
 mod filters;
+mod mirror;
 mod route_table;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -26,7 +27,6 @@ use tokio::task::JoinHandle;
 
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
-    RequestMirror,
 };
 pub use route_table::{RequestView, RouteTable};
 
@@ -35,8 +35,11 @@ type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Slow clients must send their request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A mirrored copy is abandoned after this long; nobody waits for it.
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limits on what a client may send: more headers or a larger head than this
+/// is answered 431 (HTTP/1.1) or refused (HTTP/2), before any routing.
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
 #[derive(Clone)]
@@ -176,7 +179,14 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_headers(MAX_HEADERS)
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(MAX_HEAD_BYTES as u32);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
@@ -296,14 +306,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 
 /// A RequestRedirect's answer: no body, the status and `Location` it names.
 fn redirect_response(
-    filters: &HttpFilters,
+    set: &HttpFilters,
     rule: &HttpRule,
     connection: Connection,
     host: &str,
     path: &str,
     query: Option<&str>,
 ) -> Option<Response<ProxyBody>> {
-    let redirect = filters.redirect.as_ref()?;
+    let redirect = set.redirect.as_ref()?;
     let path = match &redirect.path {
         Some(modifier) => filters::modify_path(path, &rule.matched.path, modifier),
         None => path.to_string(),
@@ -328,8 +338,8 @@ fn redirect_response(
 }
 
 /// Applies a URLRewrite to the path-and-query and Host of a request.
-fn rewrite(filters: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
-    let Some(rewrite) = &filters.rewrite else {
+fn rewrite(set: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
+    let Some(rewrite) = &set.rewrite else {
         return;
     };
     if let Some(modifier) = &rewrite.path {
@@ -337,52 +347,6 @@ fn rewrite(filters: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut
     }
     if let Some(hostname) = &rewrite.hostname {
         hostname.clone_into(host);
-    }
-}
-
-/// Sends a copy of the request's head (no body: the original body streams to
-/// the backend once) to each mirror that samples it; the copies' responses
-/// are dropped.
-fn mirror(
-    mirrors: &[RequestMirror],
-    head: &hyper::http::request::Parts,
-    path_and_query: &str,
-    upstream: &Upstream,
-) {
-    for mirror in mirrors {
-        if fastrand::u32(0..mirror.denominator) >= mirror.numerator {
-            continue;
-        }
-        let total: u64 = mirror.backends.iter().map(|b| b.weight).sum();
-        let mut pick = fastrand::u64(0..total.max(1));
-        let Some(endpoint) = mirror.backends.iter().find(|b| {
-            let hit = pick < b.weight;
-            pick = pick.saturating_sub(b.weight);
-            hit
-        }) else {
-            continue;
-        };
-        let Ok(uri) = format!("http://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
-        else {
-            continue;
-        };
-        let mut request = Request::new(empty_body());
-        *request.method_mut() = head.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = head.headers.clone();
-        request.headers_mut().remove(header::CONTENT_LENGTH);
-        let client = upstream.http1.clone();
-        let addr = endpoint.addr;
-        tokio::spawn(async move {
-            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
-                Ok(Ok(response)) => {
-                    // Read to the end so the connection goes back to the pool.
-                    let _ = response.into_body().collect().await;
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
-                Err(_) => tracing::debug!(%addr, "mirror request timed out"),
-            }
-        });
     }
 }
 
@@ -497,8 +461,8 @@ async fn forward(
     // Filters of the rule, then of the backendRef.
     let mut path = request_path.clone();
     let mut upstream_host = host.clone();
-    for filters in [&rule.filters, &backend.filters] {
-        rewrite(filters, rule, &mut path, &mut upstream_host);
+    for set in [&rule.filters, &backend.filters] {
+        rewrite(set, rule, &mut path, &mut upstream_host);
     }
     let path_and_query = match &query {
         Some(q) => format!("{path}?{q}"),
@@ -507,12 +471,15 @@ async fn forward(
     let h2 = backend.protocol == BackendProtocol::H2c;
     // An HTTP/1.1 Upgrade (WebSocket) is passed on to an HTTP/1.1 backend;
     // once it answers 101 the two connections are spliced.
-    let upgrade = head
-        .headers
-        .get(header::UPGRADE)
-        .filter(|_| !h2 && head.version == hyper::Version::HTTP_11)
-        .cloned()
-        .zip(head.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let upgrade = match head.headers.get(header::UPGRADE) {
+        Some(protocol) if !h2 && head.version == hyper::Version::HTTP_11 => {
+            let protocol = protocol.clone();
+            head.extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|on_upgrade| (protocol, on_upgrade))
+        }
+        _ => None,
+    };
     let headers = &mut head.headers;
     strip_hop_by_hop(headers, h2);
     if let Some((protocol, _)) = &upgrade {
@@ -541,13 +508,21 @@ async fn forward(
     {
         headers.insert("x-forwarded-host", value);
     }
-    for filters in [&rule.filters, &backend.filters] {
-        if let Some(modifier) = &filters.request_headers {
+    for set in [&rule.filters, &backend.filters] {
+        if let Some(modifier) = &set.request_headers {
             filters::modify_headers(headers, modifier);
         }
     }
-    for filters in [&rule.filters, &backend.filters] {
-        mirror(&filters.mirrors, &head, &path_and_query, upstream);
+    let has_body = !body.is_end_stream();
+    let mut copies = Vec::new();
+    for set in [&rule.filters, &backend.filters] {
+        copies.extend(mirror::start(
+            &set.mirrors,
+            &head,
+            &path_and_query,
+            has_body,
+            upstream,
+        ));
     }
 
     let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
@@ -559,7 +534,12 @@ async fn forward(
     } else {
         hyper::Version::HTTP_11
     };
-    let request = Request::from_parts(head, body.boxed());
+    let body = if copies.is_empty() {
+        body.boxed()
+    } else {
+        mirror::TeeBody::new(body, copies).boxed()
+    };
+    let request = Request::from_parts(head, body);
     let sent = upstream.client(backend.protocol).request(request);
     // Without retries one backend request is the whole request: the shorter
     // of the two timeouts bounds it.
@@ -587,8 +567,8 @@ async fn forward(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            for filters in [&backend.filters, &rule.filters] {
-                if let Some(modifier) = &filters.response_headers {
+            for set in [&backend.filters, &rule.filters] {
+                if let Some(modifier) = &set.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);
                 }
             }
@@ -601,5 +581,161 @@ async fn forward(
             tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
             Err(StatusCode::BAD_GATEWAY)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
+    use hyper::client::conn::http1;
+
+    fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
+        HttpRule {
+            route: RouteRef {
+                kind: "HTTPRoute",
+                namespace: "ns".into(),
+                name: "r".into(),
+                rule: 0,
+            },
+            hostnames: Vec::new(),
+            listener_hostname: None,
+            matched: HttpMatch::any(),
+            filters: HttpFilters::default(),
+            timeouts: HttpTimeouts::default(),
+            backends: backends
+                .iter()
+                .map(|(port, weight)| HttpBackend {
+                    addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    weight: *weight,
+                    protocol: BackendProtocol::Http1,
+                    filters: HttpFilters::default(),
+                })
+                .collect(),
+            invalid_weight,
+        }
+    }
+
+    #[test]
+    fn backends_are_chosen_by_weight_and_invalid_shares_answer_500() {
+        let w = ENDPOINT_WEIGHT_SCALE;
+        let r = rule(&[(1, 3 * w), (2, w)], 0);
+        let picks = 4000;
+        let ones = (0..picks)
+            .filter(|_| choose_backend(&r).map(|b| b.addr.port()) == Ok(1))
+            .count();
+        // 3:1 within a wide margin (the expected count is 3000, sd about 27).
+        assert!((2800..3200).contains(&ones), "{ones} of {picks}");
+        assert_eq!(
+            choose_backend(&rule(&[], 1)).map(|b| b.addr),
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(
+            choose_backend(&rule(&[], 0)).map(|b| b.addr),
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        );
+    }
+
+    #[test]
+    fn grpc_errors_carry_the_code_grpc_clients_expect() {
+        for (http, grpc) in [
+            (StatusCode::NOT_FOUND, "12"),
+            (StatusCode::SERVICE_UNAVAILABLE, "14"),
+            (StatusCode::GATEWAY_TIMEOUT, "14"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "2"),
+        ] {
+            let response = grpc_status(http);
+            assert_eq!(response.status(), http);
+            assert_eq!(response.headers()["grpc-status"], grpc);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept_for_http2() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-end", HeaderValue::from_static("1"));
+        let mut http1 = headers.clone();
+        strip_hop_by_hop(&mut http1, false);
+        assert_eq!(http1.len(), 1, "{http1:?}");
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::TE], "trailers");
+        assert!(!headers.contains_key("x-hop"));
+    }
+
+    /// An HTTP/1.1 backend on 127.0.0.1 answering every request with `name`.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    fn listener(bind: SocketAddr, backend: SocketAddr) -> HttpListener {
+        let mut r = rule(&[], 0);
+        r.backends = vec![HttpBackend {
+            addr: backend,
+            weight: ENDPOINT_WEIGHT_SCALE,
+            protocol: BackendProtocol::Http1,
+            filters: HttpFilters::default(),
+        }];
+        HttpListener {
+            bind,
+            rules: vec![r],
+            certificates: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_picks_up_a_new_table_on_its_next_request() {
+        let (a, b) = (backend("backend-a").await, backend("backend-b").await);
+        // A free loopback port for the proxy (bound, read, released).
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, a)]).await.is_empty());
+
+        let stream = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut get = async || {
+            let request = Request::builder()
+                .uri("/")
+                .header(header::HOST, "any.example")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        assert_eq!(get().await, "backend-a");
+        // The swap: same socket, new table; the open connection is not closed.
+        assert!(proxy.apply(&[listener(bind, b)]).await.is_empty());
+        assert_eq!(get().await, "backend-b");
+        // Removing the listener stops accepting new connections.
+        proxy.apply(&[]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tokio::net::TcpStream::connect(bind).await.is_err());
     }
 }

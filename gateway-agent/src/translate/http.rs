@@ -48,7 +48,12 @@ pub(super) fn listener_rules(
             } else {
                 http_backends(route, &rule.backend_refs, snapshot)
             };
-            let filters = http_filters(route, &rule.filters, snapshot);
+            // A rule that cannot be served as written only answers 500.
+            let filters = if rule.unsupported.is_some() {
+                HttpFilters::default()
+            } else {
+                http_filters(route, &rule.filters, snapshot)
+            };
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
                     route: route_ref(route, index as u32),

@@ -3,11 +3,13 @@
 //!   test-peer tcp-echo ADDR            echo every byte back, per connection
 //!   test-peer http-echo ADDR NAME      answer 200 with what the request carried
 //!   test-peer http-echo-log ADDR NAME FILE   http-echo, appending "METHOD PATH" of
-//!                                      each request to FILE
+//!                                      each request to FILE (" body=BODY" when it has one)
 //!   test-peer http-echo-delayed ADDR NAME MILLIS   http-echo, answering after MILLIS
-//!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...]
+//!   test-peer http-request ADDR METHOD PATH HOST [NAME:VALUE...] [body=TEXT]
 //!                                      one request; print status line, response
 //!                                      headers ("name: value"), blank line, body
+//!   test-peer h2c-get ADDR PATH HOST   one GET over HTTP/2 with prior knowledge
+//!                                      (no TLS); print status, version and body
 //!   test-peer upgrade-echo ADDR        answer an HTTP/1.1 Upgrade with 101, then echo
 //!                                      every byte (what a WebSocket backend does)
 //!   test-peer upgrade-send ADDR HOST PATH MESSAGE
@@ -45,6 +47,7 @@ fn main() {
         ["http-request", addr, method, path, host, headers @ ..] => {
             http_request(addr, method, path, host, headers)
         }
+        ["h2c-get", addr, path, host] => grpc::h2c_get(addr, path, host),
         ["upgrade-echo", addr] => upgrade_echo(addr),
         ["upgrade-send", addr, host, path, message] => upgrade_send(addr, host, path, message),
         ["grpc-echo", addr, name] => grpc::echo(addr, name),
@@ -117,7 +120,14 @@ fn http_echo(addr: &str, name: &str, delay: Duration, log: Option<&str>) -> Resu
                     return;
                 }
                 if let Some(log) = &log {
-                    let line = format!("{method} {path}\n");
+                    let line = if discard.is_empty() {
+                        format!("{method} {path}\n")
+                    } else {
+                        format!(
+                            "{method} {path} body={}\n",
+                            String::from_utf8_lossy(&discard)
+                        )
+                    };
                     let appended = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -197,13 +207,20 @@ fn http_request(
 ) -> Result<(), String> {
     let mut stream = connect(addr)?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut body = "";
     for header in headers {
+        if let Some(text) = header.strip_prefix("body=") {
+            body = text;
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            continue;
+        }
         let (name, value) = header
             .split_once(':')
             .ok_or_else(|| format!("header {header:?} is not NAME:VALUE"))?;
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
@@ -452,6 +469,37 @@ mod grpc {
         fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
             Ok(Some(src.copy_to_bytes(src.remaining())))
         }
+    }
+
+    pub fn h2c_get(addr: &str, path: &str, host: &str) -> Result<(), String> {
+        runtime()?.block_on(async {
+            let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connect {addr}: timed out"))?
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .uri(format!("http://{host}{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let exchange = async {
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let version = response.version();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, version, body))
+            };
+            let (status, version, body) = tokio::time::timeout(TIMEOUT, exchange)
+                .await
+                .map_err(|_| "request timed out".to_string())?
+                .map_err(|e| format!("request: {e}"))?;
+            print!("{version:?} {status}\n{}", String::from_utf8_lossy(&body));
+            Ok(())
+        })
     }
 
     pub fn call(

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::model::{
-    BackendProtocol, HeaderModifier, HttpRule, PathMatch, PathModifier, RequestRedirect, UrlRewrite,
+    BackendProtocol, HeaderModifier, HttpFilters, HttpRule, PathMatch, PathModifier,
+    RequestRedirect, UrlRewrite,
 };
 use crate::source::file::load_str;
 use crate::store::Snapshot;
@@ -281,6 +282,15 @@ fn invalid_regexes_and_unresolvable_mirrors_are_reported() {
          \x20   backendRefs: [{name: v1, port: 80}]\n",
     ));
     assert_eq!(rules(&out)[0].invalid_weight, 1);
+    let out_redirect = run(&http_route(
+        "r",
+        "2024-01-01T00:00:00Z",
+        "  - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]\n\
+         \x20   filters: [{type: RequestRedirect, requestRedirect: {hostname: x.example}}]\n",
+    ));
+    // Its other filters do not run either: the rule only answers 500.
+    assert_eq!(rules(&out_redirect)[0].filters, HttpFilters::default());
+    assert_eq!(rules(&out_redirect)[0].invalid_weight, 1);
     let condition = |out: &Output| {
         out.statuses
             .iter()
