@@ -740,3 +740,41 @@ fn gateway_classes_report_the_crd_versions_they_support() {
         assert_eq!(condition(class, "Accepted").status, supported, "{version}");
     }
 }
+
+#[test]
+fn unresolved_certificates_stop_a_listener_being_served_but_invalid_kinds_do_not() {
+    use super::listeners::{AllowedRoutes, Listener, NamespacesFrom};
+    let key = ObjectKey::new("default", "gw");
+    let listener = |unresolved: Option<(&'static str, String)>| Listener {
+        gateway: &key,
+        owner_kind: "Gateway",
+        owner: &key,
+        generation: 1,
+        gateway_created: String::new(),
+        name: "https",
+        port: 443,
+        protocol: "HTTPS",
+        hostname: None,
+        tls: None,
+        allowed: AllowedRoutes {
+            kinds: None,
+            namespaces: NamespacesFrom::Same,
+        },
+        namespace: "default",
+        addresses: &[],
+        supported_kinds: vec!["HTTPRoute"],
+        rejected: None,
+        conflicted: None,
+        unresolved,
+    };
+    let kinds = listener(Some(("InvalidRouteKinds", "GRPCRoute".into())));
+    assert!(kinds.serves());
+    let cert = listener(Some(("InvalidCertificateRef", "no Secret".into())));
+    assert!(!cert.serves());
+    let programmed = cert
+        .conditions()
+        .into_iter()
+        .find(|c| c.type_ == "Programmed")
+        .unwrap();
+    assert_eq!(state(&programmed), (false, "Invalid"));
+}
