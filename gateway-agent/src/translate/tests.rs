@@ -778,3 +778,14 @@ fn unresolved_certificates_stop_a_listener_being_served_but_invalid_kinds_do_not
         .unwrap();
     assert_eq!(state(&programmed), (false, "Invalid"));
 }
+
+#[test]
+fn a_healthy_listener_has_no_problem_and_a_conflicted_one_has() {
+    let healthy = run(&format!("{BASE}{}", gateway("gw", "ours", HTTP)));
+    assert_eq!(listener(&healthy, "gw", "http").problem(), None);
+    let listeners =
+        "  - {name: a, protocol: HTTP, port: 80}\n  - {name: b, protocol: TCP, port: 80}";
+    let out = run(&format!("{BASE}{}", gateway("gw", "ours", listeners)));
+    let problem = listener(&out, "gw", "a").problem().expect("a problem");
+    assert_eq!(state(problem), (false, "ProtocolConflict"));
+}
