@@ -136,8 +136,8 @@ fn check_listener(actual: &Value, want: &Value, at: &str) -> Result<(), String> 
             .map(|k| str_of(&k["kind"]))
             .collect();
         let want: Vec<&str> = kinds.as_array().into_iter().flatten().map(str_of).collect();
-        // As the Go helper: an empty expectation must be empty; otherwise the
-        // expected kinds must be present, an implementation may support more.
+        // As the Go helper: empty must be empty, else the expected kinds must
+        // be among the supported ones (an implementation may support more).
         let matches = if want.is_empty() {
             got.is_empty()
         } else {

@@ -1,4 +1,4 @@
-//! A Gateway's own conditions and its listeners' status entries, from the
+//! Conditions of GatewayClasses and Gateways, and the status entries of the
 //! validated listeners.
 
 use super::listeners::Listener;
@@ -106,4 +106,37 @@ pub fn unsupported_crd_versions(snapshot: &crate::store::Snapshot) -> Option<Str
             unsupported.join(", ")
         )
     })
+}
+
+/// `Accepted` and `SupportedVersion` of a GatewayClass naming this controller.
+pub fn gateway_class_status(
+    key: &ObjectKey,
+    class: &gateway_api::gatewayclasses::GatewayClass,
+    snapshot: &crate::store::Snapshot,
+) -> ObjectStatus {
+    let mut status = ObjectStatus::new("GatewayClass", key.clone());
+    status.generation = class.metadata.generation.unwrap_or(1);
+    match unsupported_crd_versions(snapshot) {
+        None => {
+            status.push(Condition::yes(
+                "Accepted",
+                "Accepted",
+                "accepted by this controller",
+            ));
+            status.push(Condition::yes(
+                "SupportedVersion",
+                "SupportedVersion",
+                SUPPORTED_VERSIONS_MESSAGE,
+            ));
+        }
+        Some(message) => {
+            status.push(Condition::no("Accepted", "UnsupportedVersion", &message));
+            status.push(Condition::no(
+                "SupportedVersion",
+                "UnsupportedVersion",
+                &message,
+            ));
+        }
+    }
+    status
 }

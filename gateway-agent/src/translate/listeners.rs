@@ -90,14 +90,26 @@ pub struct Listener<'a> {
     pub rejected: Option<(&'static str, String)>,
     /// Why the listener conflicts with another (reason), if so.
     pub conflicted: Option<&'static str>,
-    /// Unresolvable references (reason, message): invalid kinds, certificates.
+    /// Unresolvable references (reason, message): invalid route kinds here;
+    /// certificates (set by the TLS resolution) also keep it from being served.
     pub unresolved: Option<(&'static str, String)>,
 }
 
 impl Listener<'_> {
-    /// Accepted and distinct: the data planes serve it.
-    pub fn serves(&self) -> bool {
+    /// Accepted and not (yet) conflicted: it takes part in conflict resolution.
+    fn contends(&self) -> bool {
         self.rejected.is_none() && self.conflicted.is_none()
+    }
+
+    /// Accepted, distinct, and its references usable: the data planes serve it.
+    /// Route kinds it cannot carry do not stop it serving those it can.
+    pub fn serves(&self) -> bool {
+        self.rejected.is_none()
+            && self.conflicted.is_none()
+            && self
+                .unresolved
+                .as_ref()
+                .is_none_or(|(reason, _)| *reason == "InvalidRouteKinds")
     }
 
     /// The four listener conditions, in the order the API documents them.
@@ -134,7 +146,7 @@ impl Listener<'_> {
             Condition::no(
                 "Programmed",
                 "Invalid",
-                "not programmed: the listener is not valid",
+                "not programmed: the listener is not valid or its references do not resolve",
             )
         });
         out
@@ -365,14 +377,14 @@ fn mark_conflicts(listeners: &mut [Listener]) {
             }
             let lost = listeners[..start]
                 .iter()
-                .filter(|earlier| earlier.serves())
+                .filter(|earlier| earlier.contends())
                 .find_map(|earlier| conflict(earlier, &listeners[i]));
             listeners[i].conflicted = lost;
         }
         let mut marks: Vec<Option<&'static str>> = vec![None; end - start];
         for i in start..end {
             for j in i + 1..end {
-                let live = |l: &Listener| l.serves();
+                let live = |l: &Listener| l.contends();
                 if !live(&listeners[i]) || !live(&listeners[j]) {
                     continue;
                 }
@@ -433,7 +445,7 @@ pub fn mark_port_collisions(listeners: &mut [Listener]) {
     for (n, &i) in order.iter().enumerate() {
         for &earlier in &order[..n] {
             let (a, b) = (&listeners[earlier], &listeners[i]);
-            if a.gateway == b.gateway || !a.serves() || !b.serves() {
+            if a.gateway == b.gateway || !a.contends() || !b.contends() {
                 continue;
             }
             let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");

@@ -58,31 +58,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         if class.spec.controller_name != settings.controller_name {
             continue;
         }
-        let mut status = ObjectStatus::new("GatewayClass", key.clone());
-        status.generation = class.metadata.generation.unwrap_or(1);
-        match gateways::unsupported_crd_versions(snapshot) {
-            None => {
-                status.push(Condition::yes(
-                    "Accepted",
-                    "Accepted",
-                    "accepted by this controller",
-                ));
-                status.push(Condition::yes(
-                    "SupportedVersion",
-                    "SupportedVersion",
-                    gateways::SUPPORTED_VERSIONS_MESSAGE,
-                ));
-            }
-            Some(message) => {
-                status.push(Condition::no("Accepted", "UnsupportedVersion", &message));
-                status.push(Condition::no(
-                    "SupportedVersion",
-                    "UnsupportedVersion",
-                    &message,
-                ));
-            }
-        }
-        statuses.push(status);
+        statuses.push(gateways::gateway_class_status(key, class, snapshot));
     }
 
     // Addresses of each of our Gateways, and the ones we cannot use.

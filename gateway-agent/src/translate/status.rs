@@ -85,9 +85,12 @@ impl ObjectStatus {
     pub fn push(&mut self, condition: Condition) {
         self.conditions.push(condition);
     }
-    /// The first condition that is not True, if any: what an operator must look at.
+    /// The first condition in a bad state, if any: what an operator must look
+    /// at. `Conflicted` is the one condition whose good state is False.
     pub fn problem(&self) -> Option<&Condition> {
-        self.conditions.iter().find(|c| !c.status)
+        self.conditions
+            .iter()
+            .find(|c| c.status == (c.type_ == "Conflicted"))
     }
 }
 

@@ -743,3 +743,52 @@ fn gateway_classes_report_the_crd_versions_they_support() {
         assert_eq!(condition(class, "Accepted").status, supported, "{version}");
     }
 }
+
+#[test]
+fn unresolved_certificates_stop_a_listener_being_served_but_invalid_kinds_do_not() {
+    use super::listeners::{AllowedRoutes, Listener, NamespacesFrom};
+    let key = ObjectKey::new("default", "gw");
+    let listener = |unresolved: Option<(&'static str, String)>| Listener {
+        gateway: &key,
+        owner_kind: "Gateway",
+        owner: &key,
+        generation: 1,
+        gateway_created: String::new(),
+        name: "https",
+        port: 443,
+        protocol: "HTTPS",
+        hostname: None,
+        tls: None,
+        allowed: AllowedRoutes {
+            kinds: None,
+            namespaces: NamespacesFrom::Same,
+        },
+        namespace: "default",
+        addresses: &[],
+        supported_kinds: vec!["HTTPRoute"],
+        rejected: None,
+        conflicted: None,
+        unresolved,
+    };
+    let kinds = listener(Some(("InvalidRouteKinds", "GRPCRoute".into())));
+    assert!(kinds.serves());
+    let cert = listener(Some(("InvalidCertificateRef", "no Secret".into())));
+    assert!(!cert.serves());
+    let programmed = cert
+        .conditions()
+        .into_iter()
+        .find(|c| c.type_ == "Programmed")
+        .unwrap();
+    assert_eq!(state(&programmed), (false, "Invalid"));
+}
+
+#[test]
+fn a_healthy_listener_has_no_problem_and_a_conflicted_one_has() {
+    let healthy = run(&format!("{BASE}{}", gateway("gw", "ours", HTTP)));
+    assert_eq!(listener(&healthy, "gw", "http").problem(), None);
+    let listeners =
+        "  - {name: a, protocol: HTTP, port: 80}\n  - {name: b, protocol: TCP, port: 80}";
+    let out = run(&format!("{BASE}{}", gateway("gw", "ours", listeners)));
+    let problem = listener(&out, "gw", "a").problem().expect("a problem");
+    assert_eq!(state(problem), (false, "ProtocolConflict"));
+}
