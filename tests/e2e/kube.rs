@@ -80,6 +80,9 @@ impl ClusterAgent {
 
 impl Drop for ClusterAgent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of agent {} ---\n{}", self.name, self.log());
+        }
         let _ = self.process.0.kill();
         let _ = self.process.0.wait();
         let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&self.name));

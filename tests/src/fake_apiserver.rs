@@ -94,7 +94,7 @@ pub const KINDS: &[ApiKind] = &[
     },
     ApiKind {
         group: GW,
-        version: "v1beta1",
+        version: "v1",
         plural: "referencegrants",
         kind: "ReferenceGrant",
         namespaced: true,
@@ -602,18 +602,6 @@ async fn handle(shared: &Arc<Shared>, peer: IpAddr, req: Request<Incoming>) -> R
             &format!("no route {path}"),
         );
     };
-    if shared
-        .not_installed
-        .lock()
-        .expect("lock")
-        .contains(target.api.plural)
-    {
-        return status_error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
-    }
     let method = req.method().clone();
     let verb = match (&method, &target.name) {
         (&Method::GET, None) if params.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -642,6 +630,26 @@ async fn handle(shared: &Arc<Shared>, peer: IpAddr, req: Request<Incoming>) -> R
         .lock()
         .expect("lock")
         .insert(format!("{verb} {resource}"));
+    if verb == "list" {
+        *shared
+            .lists
+            .lock()
+            .expect("lock")
+            .entry(target.api.plural)
+            .or_default() += 1;
+    }
+    if shared
+        .not_installed
+        .lock()
+        .expect("lock")
+        .contains(target.api.plural)
+    {
+        return status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
     if target.subresource.is_some() && matches!(verb, "patch" | "update") {
         shared.status_writers.lock().expect("lock").push((
             peer,
@@ -717,12 +725,6 @@ fn not_found(target: &Target) -> Response<Body> {
 }
 
 fn list(shared: &Shared, target: &Target, params: &BTreeMap<String, String>) -> Response<Body> {
-    *shared
-        .lists
-        .lock()
-        .expect("lock")
-        .entry(target.api.plural)
-        .or_default() += 1;
     let store = shared.store.lock().expect("store");
     let items: Vec<Value> = store
         .objects

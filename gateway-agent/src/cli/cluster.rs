@@ -33,6 +33,9 @@ type Decided = Arc<(Snapshot, Vec<ObjectStatus>)>;
 
 pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cluster = &args.cluster;
+    // kube's TLS needs a process-wide rustls provider; another part of the
+    // agent may have installed one already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &cluster.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)

@@ -184,6 +184,11 @@ impl KubeSource {
                     self.set_kind(kind, KindState::Failing(error.to_string()));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Start over with a list: a resumed watch that succeeds
+                    // yields no event until something changes, and only a
+                    // completed list proves the API server is back.
+                    relist = None;
+                    stream = watcher::watcher(api.clone(), config.clone()).boxed();
                 }
             }
         }
