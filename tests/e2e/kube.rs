@@ -423,8 +423,8 @@ fn an_unreachable_api_server_keeps_traffic_and_reports_degraded() {
 /// Two namespaces joined by a veth pair: the fake server and agent A in one,
 /// agent B in the other, reaching the server across the link.
 #[test]
-fn only_the_lease_holder_writes_status_and_the_other_takes_over() {
-    if !require_root("only_the_lease_holder_writes_status_and_the_other_takes_over") {
+fn only_the_lease_holder_writes_status_and_another_takes_over() {
+    if !require_root("only_the_lease_holder_writes_status_and_another_takes_over") {
         return;
     }
     let a = Netns::new("ka");
@@ -480,41 +480,70 @@ fn only_the_lease_holder_writes_status_and_the_other_takes_over() {
         agent_b.log()
     );
 
-    // The holder stops (SIGTERM): the other takes the Lease within seconds
-    // and writes the status of the next change.
-    let (stopped, other, other_name) = if first == "node-a" {
-        (&agent_a, &agent_b, "node-b")
-    } else {
-        (&agent_b, &agent_a, "node-a")
-    };
-    stopped.process.signal(libc::SIGTERM);
-    let started = Instant::now();
-    eventually(
-        "the other agent holds the Lease",
-        Duration::from_secs(15),
-        || match holder() {
-            Some(h) if h == other_name => Ok(()),
-            h => Err(format!("holder {h:?}")),
-        },
-    );
-    eprintln!("hand-over took {:?}", started.elapsed());
-    let writes_before = fake.status_writes().len();
-    fake.apply(&route("/v2"));
-    eventually(
-        "status from the new holder",
-        Duration::from_secs(20),
-        || check_condition(&route_conditions(&fake, "HTTPRoute", "app")?, "Accepted", 2),
-    );
-    let new_writers: BTreeSet<_> = fake.status_writes()[writes_before..]
+    // The holder stops (SIGTERM): it releases the Lease, the other takes it
+    // at its next retry and writes the status of the next change.
+    let mut agents = [agent_a, agent_b];
+    let names = ["node-a", "node-b"];
+    let namespaces = [&a, &b];
+    let kubeconfigs = [&kubeconfig_a, &kubeconfig_b];
+    let ips: [std::net::IpAddr; 2] = [
+        "127.0.0.1".parse().expect("ip"),
+        "198.19.7.2".parse().expect("ip"),
+    ];
+    let h = names
         .iter()
-        .map(|(ip, _)| *ip)
-        .collect();
+        .position(|n| *n == first)
+        .expect("holder is one of ours");
+    let o = 1 - h;
+    let hand_over = |to: &str, generation: i64, path: &str, to_ip: std::net::IpAddr, log: &str| {
+        let started = Instant::now();
+        eventually(
+            "the Lease changes hands",
+            Duration::from_secs(15),
+            || match holder() {
+                Some(current) if current == to => Ok(()),
+                current => Err(format!("holder {current:?}")),
+            },
+        );
+        eprintln!("hand-over to {to} took {:?}", started.elapsed());
+        let writes_before = fake.status_writes().len();
+        fake.apply(&route(path));
+        eventually(
+            "status from the new holder",
+            Duration::from_secs(20),
+            || {
+                check_condition(
+                    &route_conditions(&fake, "HTTPRoute", "app")?,
+                    "Accepted",
+                    generation,
+                )
+            },
+        );
+        let writers: BTreeSet<_> = fake.status_writes()[writes_before..]
+            .iter()
+            .map(|(ip, _)| *ip)
+            .collect();
+        assert_eq!(
+            writers,
+            BTreeSet::from([to_ip]),
+            "status writers after the hand-over to {to}\n{log}"
+        );
+    };
+    agents[h].process.signal(libc::SIGTERM);
+    hand_over(names[o], 2, "/v2", ips[o], &agents[o].log());
+
+    // A new agent replaces the stopped one; then the holder dies (SIGKILL,
+    // nothing released): the new agent takes over once the Lease expires.
+    let _ = agents[h].process.0.wait();
+    agents[h] = ClusterAgent::start(namespaces[h], kubeconfigs[h], "node-c");
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        new_writers,
-        BTreeSet::from([address_of(other_name)]),
-        "status writers after the hand-over\nnew holder:\n{}",
-        other.log()
+        holder().as_deref(),
+        Some(names[o]),
+        "the holder kept its Lease"
     );
+    let _ = agents[o].process.0.kill();
+    hand_over("node-c", 3, "/v3", ips[h], &agents[h].log());
 }
 
 /// `verb group/resource[/subresource]` for every rule of the ClusterRole and
