@@ -298,6 +298,7 @@ fn cluster_mode_serves_writes_status_and_follows_the_api_server() {
 
     // Watches expire (410 Gone): the agent relists and never drops the route.
     let lists_before = fake.list_count("HTTPRoute");
+    let writes_before = fake.status_writes().len();
     fake.expire_watches();
     let until = Instant::now() + Duration::from_secs(4);
     let mut probes = 0;
@@ -313,6 +314,12 @@ fn cluster_mode_serves_writes_status_and_follows_the_api_server() {
         agent.log()
     );
     assert!(probes >= 10, "too few probes: {probes}");
+    // Status is written only when it changes: a relist changes nothing.
+    assert_eq!(
+        fake.status_writes()[writes_before..],
+        [],
+        "status rewritten without a change"
+    );
 
     // A burst of 1,000 changes in about a second: a handful of applies.
     let before = config_generation(&ns);
