@@ -63,7 +63,7 @@ enum StatusOutput {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Standalone mode: serve the manifests (multi-document YAML) under this
-    /// directory, re-read on every change.
+    /// directory, re-read on every change. Without it: cluster mode.
     #[arg(long)]
     manifests: Option<PathBuf>,
     /// Interfaces to attach the XDP program to (comma-separated). Default:
@@ -90,8 +90,9 @@ struct RunArgs {
 /// Cluster mode (no `--manifests`): watch the API server.
 #[derive(clap::Args)]
 struct ClusterArgs {
-    /// Kubeconfig file; default: the in-cluster service account, then $KUBECONFIG.
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig file; default: $KUBECONFIG or ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// This node's name: the agent's identity in the status Lease.
     #[arg(long, env = "NODE_NAME")]
