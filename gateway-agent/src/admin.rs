@@ -1,9 +1,10 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (the first
-//! configuration is applied) and `/metrics` (Prometheus text format).
+//! configuration is applied and the source is healthy) and `/metrics`
+//! (Prometheus text format).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,6 +15,9 @@ use prometheus_client::registry::Registry;
 pub struct AdminState {
     pub registry: Registry,
     pub ready: AtomicBool,
+    /// Why the configuration may be stale (e.g. the API server is unreachable):
+    /// the last good one keeps serving, and readiness says so.
+    pub degraded: Mutex<Option<String>>,
 }
 
 fn respond(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -30,7 +34,14 @@ fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => {
-            respond(StatusCode::OK, "text/plain", "ready\n".into())
+            match state.degraded.lock().expect("admin lock").as_ref() {
+                None => respond(StatusCode::OK, "text/plain", "ready\n".into()),
+                Some(why) => respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("degraded: {why}; serving the last good configuration\n"),
+                ),
+            }
         }
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -93,10 +104,15 @@ mod tests {
         let state = AdminState {
             registry: Registry::default(),
             ready: AtomicBool::new(false),
+            degraded: Mutex::default(),
         };
         assert_eq!(get(&state, "/healthz"), StatusCode::OK);
         assert_eq!(get(&state, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&state, "/readyz"), StatusCode::OK);
+        *state.degraded.lock().expect("lock") = Some("API server unreachable".into());
+        assert_eq!(get(&state, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        *state.degraded.lock().expect("lock") = None;
         assert_eq!(get(&state, "/readyz"), StatusCode::OK);
         assert_eq!(get(&state, "/metrics"), StatusCode::OK);
         assert_eq!(get(&state, "/other"), StatusCode::NOT_FOUND);

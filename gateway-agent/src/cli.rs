@@ -13,9 +13,11 @@ use crate::proxy::Proxy;
 use crate::source::file::{self, FileSource};
 use crate::translate::{self, Settings};
 use crate::{DEFAULT_CONTROLLER_NAME, netif};
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use notify::Watcher as _;
+
+mod cluster;
 
 #[derive(Parser)]
 #[command(version, about = "eBPF-accelerated Kubernetes Gateway API node agent")]
@@ -65,7 +67,7 @@ enum StatusOutput {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Standalone mode: serve the manifests (multi-document YAML) under this
-    /// directory, re-read on every change.
+    /// directory, re-read on every change. Without it: cluster mode.
     #[arg(long)]
     manifests: Option<PathBuf>,
     /// Interfaces to attach the XDP program to (comma-separated). Default:
@@ -85,6 +87,32 @@ struct RunArgs {
     /// hostNetwork DaemonSet is scraped on the node's address.
     #[arg(long, default_value = "0.0.0.0:9470")]
     admin_address: std::net::SocketAddr,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Cluster mode (no `--manifests`): watch the API server.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Kubeconfig file; default: $KUBECONFIG or ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name: the agent's identity in the status Lease.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the Lease electing the agent that writes status.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gateway-agent")]
+    lease_namespace: String,
+    /// Name of that Lease.
+    #[arg(long, default_value = "gateway-agent-status")]
+    lease_name: String,
+    /// A status writer that has not renewed its Lease for this long is replaced.
+    #[arg(long, default_value_t = 10)]
+    lease_duration_seconds: u64,
+    /// On SIGTERM, in-flight HTTP requests get this long to finish.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -107,7 +135,7 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(dir) = args.manifests.clone() else {
-        bail!("the Kubernetes source is not built yet: run with --manifests DIR (standalone mode)");
+        return cluster::run(args).await;
     };
     let interfaces = if args.interfaces.is_empty() {
         netif::default_interfaces().context("listing interfaces")?
@@ -130,6 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = Arc::new(AdminState {
         registry: metrics::registry(&agent_metrics, l4.clone()),
         ready: AtomicBool::new(false),
+        degraded: Mutex::default(),
     });
     admin::serve(args.admin_address, admin.clone())
         .await

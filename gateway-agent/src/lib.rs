@@ -2,11 +2,13 @@
 pub mod admin;
 pub mod cli;
 pub mod dataplane;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod proxy;
 pub mod source;
+pub mod status_writer;
 pub mod store;
 pub mod translate;
 

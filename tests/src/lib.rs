@@ -8,6 +8,8 @@
 //!  eth0 198.18.0.2 ── c0 198.18.0.1 | b0 198.18.1.1 ── eth0 198.18.1.2
 //! ```
 
+pub mod fake_apiserver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,234 @@
+//! Cluster mode: the kube source feeds the same translate and appliers as
+//! standalone mode; the Lease holder writes status.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use super::{RunArgs, shutdown_signal};
+use crate::admin::{self, AdminState};
+use crate::dataplane::loader::L4Dataplane;
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::{self, AgentMetrics};
+use crate::netif;
+use crate::proxy::Proxy;
+use crate::source::kube::KubeSource;
+use crate::status_writer::{StatusWriter, status_updates};
+use crate::store::Snapshot;
+use crate::translate::{self, ObjectStatus, Settings};
+
+/// A burst of changes is applied once it has been quiet this long...
+const QUIET: Duration = Duration::from_millis(100);
+/// ...or once it has lasted this long, so a steady stream still gets applied.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// Status is compared with the cluster again this often (and after a failure).
+const STATUS_RESYNC: Duration = Duration::from_secs(30);
+const STATUS_RETRY: Duration = Duration::from_secs(2);
+
+type Decided = Arc<(Snapshot, Vec<ObjectStatus>)>;
+
+pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cluster = &args.cluster;
+    // kube's TLS needs a process-wide rustls provider; another part of the
+    // agent may have installed one already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match &cluster.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .context("kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config or kubeconfig")?,
+    };
+    let client = kube::Client::try_from(config).context("kube client")?;
+    let node_name = match &cluster.node_name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("no --node-name and no hostname")?
+            .trim()
+            .to_string(),
+    };
+
+    let interfaces = if args.interfaces.is_empty() {
+        netif::default_interfaces().context("listing interfaces")?
+    } else {
+        args.interfaces.clone()
+    };
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
+    let l4 = Arc::new(Mutex::new(L4Dataplane::load(
+        &interfaces,
+        args.xdp_mode,
+        &pin_dir,
+    )?));
+    let settings = Settings {
+        controller_name: args.controller_name.clone(),
+        node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
+    };
+    let proxy = Arc::new(Proxy::default());
+    let agent_metrics = AgentMetrics::default();
+    let admin = Arc::new(AdminState {
+        registry: metrics::registry(&agent_metrics, l4.clone()),
+        ready: AtomicBool::new(false),
+        degraded: Mutex::default(),
+    });
+    admin::serve(args.admin_address, admin.clone())
+        .await
+        .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
+
+    let source = KubeSource::start(&client);
+    let elector = LeaderElector::new(
+        client.clone(),
+        LeaseConfig {
+            namespace: cluster.lease_namespace.clone(),
+            name: cluster.lease_name.clone(),
+            identity: node_name.clone(),
+            lease_duration: Duration::from_secs(cluster.lease_duration_seconds),
+            retry_period: Duration::from_secs(cluster.lease_duration_seconds.div_ceil(5).max(1)),
+        },
+    );
+    let is_leader = elector.subscribe();
+    let (stop_election, election_stopped) = tokio::sync::oneshot::channel::<()>();
+    let election = tokio::spawn(elector.run(async move {
+        let _ = election_stopped.await;
+    }));
+    let (decided_tx, decided_rx) = watch::channel::<Option<Decided>>(None);
+    let writer = StatusWriter::new(client, "gateway-agent");
+    let status_task = tokio::spawn(write_statuses(
+        writer,
+        decided_rx,
+        is_leader,
+        settings.clone(),
+    ));
+    tracing::info!(node = %node_name, pin_dir = %pin_dir.display(), "cluster mode: watching the API server");
+
+    let mut generation = 0u64;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let failing = source.failing();
+        let degraded = (!failing.is_empty()).then(|| {
+            let kinds: Vec<&str> = failing.iter().map(|(k, _)| *k).collect();
+            format!("watching {} failed", kinds.join(", "))
+        });
+        *admin.degraded.lock().expect("admin lock") = degraded;
+
+        if let Some(snapshot) = source.snapshot() {
+            generation += 1;
+            let started = Instant::now();
+            let output = translate::translate(&snapshot, &settings);
+            let l4_result = l4
+                .lock()
+                .expect("L4 dataplane lock")
+                .apply(&output.config.l4);
+            if let Err(e) = l4_result {
+                agent_metrics.apply_errors.inc();
+                tracing::error!(error = %e, "programming the L4 maps failed");
+            }
+            for (addr, error) in proxy.apply(&output.config.http).await {
+                agent_metrics.apply_errors.inc();
+                tracing::error!(%addr, %error, "cannot serve HTTP listener");
+            }
+            agent_metrics.config_generation.set(generation);
+            agent_metrics
+                .last_apply_seconds
+                .set(started.elapsed().as_secs_f64());
+            admin.ready.store(true, Ordering::Relaxed);
+            tracing::info!(
+                generation,
+                l4_listeners = output.config.l4.len(),
+                http_listeners = output.config.http.len(),
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "config applied"
+            );
+            decided_tx.send_replace(Some(Arc::new((snapshot, output.statuses))));
+        }
+
+        tokio::select! {
+            () = debounced(&source) => {}
+            () = &mut shutdown => break,
+        }
+    }
+
+    tracing::info!("shutting down: no longer accepting, draining HTTP");
+    admin.ready.store(false, Ordering::Relaxed);
+    status_task.abort();
+    let _ = stop_election.send(());
+    // Stop accepting; open connections finish on their own tasks meanwhile.
+    proxy.apply(&[]).await;
+    let drain_end = tokio::time::Instant::now() + Duration::from_secs(cluster.drain_seconds);
+    let _ = tokio::time::timeout_at(drain_end, election).await;
+    tokio::time::sleep_until(drain_end).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves after a change once things have been quiet for `QUIET`, or after
+/// `MAX_DELAY` of continuous change: a burst becomes one apply.
+async fn debounced(source: &KubeSource) {
+    source.changed().await;
+    let deadline = tokio::time::Instant::now() + MAX_DELAY;
+    loop {
+        tokio::select! {
+            () = source.changed() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(QUIET) => return,
+        }
+    }
+}
+
+/// While leader, writes the latest decided status; otherwise idles.
+async fn write_statuses(
+    mut writer: StatusWriter,
+    mut decided: watch::Receiver<Option<Decided>>,
+    mut is_leader: watch::Receiver<bool>,
+    settings: Settings,
+) {
+    let mut wait = STATUS_RESYNC;
+    loop {
+        tokio::select! {
+            changed = decided.changed() => if changed.is_err() { return },
+            changed = is_leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                writer.reset();
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = STATUS_RESYNC;
+        if !*is_leader.borrow() {
+            continue;
+        }
+        let Some(latest) = decided.borrow().clone() else {
+            continue;
+        };
+        let (snapshot, statuses) = &*latest;
+        let updates = status_updates(
+            snapshot,
+            statuses,
+            &settings.controller_name,
+            &settings.node_addresses,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let (_, errors) = writer.write(updates).await;
+        for error in &errors {
+            tracing::warn!(%error, "status not written; retrying");
+        }
+        if !errors.is_empty() {
+            wait = STATUS_RETRY;
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Cluster source: one kube-runtime watcher per kind fills the same `Snapshot`
+//! the file source builds. A relist (start, or a watch expired with 410 Gone)
+//! is collected aside and swapped in whole when complete, so the objects
+//! already served stay until their replacement is known.
+//!
+//! Secrets: one watch of the Secrets of type `kubernetes.io/tls` (a field
+//! selector), of which only those a Gateway listener references enter the
+//! snapshot. A watch per referenced name would have to be restarted whenever a
+//! Gateway changes, and RBAC cannot narrow list/watch by a name unknown in
+//! advance anyway; filtering by type keeps other Secrets (tokens, passwords)
+//! from ever reaching the agent.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use gateway_api::{
+    experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
+    gatewayclasses::GatewayClass,
+    gateways::Gateway,
+    httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::store::{ObjectKey, Snapshot};
+
+/// An API the cluster does not serve (a CRD not installed) is looked for again
+/// this often: rarely, since installing CRDs is an operator's deliberate act.
+pub const NOT_INSTALLED_RECHECK: Duration = Duration::from_secs(300);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Where one kind's watcher stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KindState {
+    /// The first list has not completed yet.
+    Listing,
+    Synced,
+    /// The API server answered 404 for this kind: served as empty.
+    NotInstalled,
+    /// The last request failed; the last known objects are kept.
+    Failing(String),
+}
+
+#[derive(Default)]
+struct State {
+    snapshot: Snapshot,
+    /// Every TLS Secret seen; only the referenced ones are handed out.
+    tls_secrets: BTreeMap<ObjectKey, Secret>,
+    kinds: BTreeMap<&'static str, KindState>,
+}
+
+/// The watchers' shared view of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct KubeSource {
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+}
+
+impl KubeSource {
+    /// Starts one watcher task per kind; they run until the runtime stops.
+    pub fn start(client: &Client) -> Self {
+        let source = KubeSource {
+            state: Arc::default(),
+            changed: Arc::new(Notify::new()),
+        };
+        let all = watcher::Config::default();
+        macro_rules! watch {
+            ($kind:literal, $ty:ty, $field:ident, $config:expr) => {
+                source.spawn::<$ty>($kind, Api::all(client.clone()), $config, |s: &mut State| {
+                    &mut s.snapshot.$field
+                });
+            };
+        }
+        watch!("GatewayClass", GatewayClass, gateway_classes, all.clone());
+        watch!("Gateway", Gateway, gateways, all.clone());
+        watch!("HTTPRoute", HttpRoute, http_routes, all.clone());
+        watch!("TCPRoute", TcpRoute, tcp_routes, all.clone());
+        watch!("UDPRoute", UdpRoute, udp_routes, all.clone());
+        watch!(
+            "ReferenceGrant",
+            ReferenceGrant,
+            reference_grants,
+            all.clone()
+        );
+        watch!("Service", Service, services, all.clone());
+        watch!("EndpointSlice", EndpointSlice, endpoint_slices, all.clone());
+        watch!("Namespace", Namespace, namespaces, all.clone());
+        source.spawn::<Secret>(
+            "Secret",
+            Api::all(client.clone()),
+            all.fields("type=kubernetes.io/tls"),
+            |s: &mut State| &mut s.tls_secrets,
+        );
+        source
+    }
+
+    fn spawn<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        field: fn(&mut State) -> &mut BTreeMap<ObjectKey, K>,
+    ) where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        self.state
+            .lock()
+            .expect("source lock")
+            .kinds
+            .insert(kind, KindState::Listing);
+        let source = self.clone();
+        tokio::spawn(async move { source.watch(kind, api, config, field).await });
+    }
+
+    async fn watch<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        field: fn(&mut State) -> &mut BTreeMap<ObjectKey, K>,
+    ) where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+        let mut backoff = BACKOFF_FIRST;
+        // Objects of a relist in progress; swapped in at InitDone.
+        let mut relist: Option<BTreeMap<ObjectKey, K>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => relist = Some(BTreeMap::new()),
+                Ok(Event::InitApply(object)) => {
+                    relist
+                        .get_or_insert_default()
+                        .insert(key_of(&object), object);
+                }
+                Ok(Event::InitDone) => {
+                    let objects = relist.take().unwrap_or_default();
+                    tracing::debug!(kind, objects = objects.len(), "listed");
+                    self.update(kind, |s| *field(s) = objects);
+                    backoff = BACKOFF_FIRST;
+                }
+                Ok(Event::Apply(object)) => {
+                    self.update(kind, |s| {
+                        field(s).insert(key_of(&object), object);
+                    });
+                    backoff = BACKOFF_FIRST;
+                }
+                Ok(Event::Delete(object)) => {
+                    self.update(kind, |s| {
+                        field(s).remove(&key_of(&object));
+                    });
+                }
+                Err(error) if is_not_found(&error) => {
+                    tracing::warn!(
+                        kind,
+                        recheck_s = NOT_INSTALLED_RECHECK.as_secs(),
+                        "the API server does not serve this kind (CRD not installed): skipped"
+                    );
+                    relist = None;
+                    self.update(kind, |s| field(s).clear());
+                    self.set_kind(kind, KindState::NotInstalled);
+                    tokio::time::sleep(NOT_INSTALLED_RECHECK).await;
+                    stream = watcher::watcher(api.clone(), config.clone()).boxed();
+                }
+                Err(error) => {
+                    // A watch ended by 410 Gone is expected: the watcher relists.
+                    let gone = matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
+                    if gone {
+                        tracing::info!(kind, "watch expired (410 Gone): relisting");
+                        continue;
+                    }
+                    tracing::warn!(kind, %error, retry_ms = backoff.as_millis() as u64, "watch failed; serving the last known objects");
+                    self.set_kind(kind, KindState::Failing(error.to_string()));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Start over with a list: a resumed watch that succeeds
+                    // yields no event until something changes, and only a
+                    // completed list proves the API server is back.
+                    relist = None;
+                    stream = watcher::watcher(api.clone(), config.clone()).boxed();
+                }
+            }
+        }
+    }
+
+    fn update(&self, kind: &'static str, change: impl FnOnce(&mut State)) {
+        let mut state = self.state.lock().expect("source lock");
+        change(&mut state);
+        state.kinds.insert(kind, KindState::Synced);
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    fn set_kind(&self, kind: &'static str, new: KindState) {
+        let mut state = self.state.lock().expect("source lock");
+        if state.kinds.insert(kind, new.clone()).as_ref() != Some(&new) {
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when something changed since the last call (at most one
+    /// wake-up is stored, so a burst is seen as one change).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The current snapshot, once every kind has been listed (or found not
+    /// installed): before that, a partial view would drop routes.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let state = self.state.lock().expect("source lock");
+        if state.kinds.values().any(|k| *k == KindState::Listing) {
+            return None;
+        }
+        let mut snapshot = state.snapshot.clone();
+        snapshot.secrets = referenced_secrets(&state.snapshot, &state.tls_secrets);
+        Some(snapshot)
+    }
+
+    /// Kinds whose watch is failing, with why: the agent serves the last
+    /// known objects and reports itself degraded.
+    pub fn failing(&self) -> Vec<(&'static str, String)> {
+        let state = self.state.lock().expect("source lock");
+        state
+            .kinds
+            .iter()
+            .filter_map(|(kind, s)| match s {
+                KindState::Failing(why) => Some((*kind, why.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn kind_states(&self) -> BTreeMap<&'static str, KindState> {
+        self.state.lock().expect("source lock").kinds.clone()
+    }
+}
+
+fn key_of<K: Resource>(object: &K) -> ObjectKey {
+    ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
+}
+
+fn is_not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) => {
+            matches!(e, kube::Error::Api(status) if status.code == 404)
+        }
+        _ => false,
+    }
+}
+
+/// The Secrets named by a Gateway listener's `tls.certificateRefs`.
+fn referenced_secrets(
+    snapshot: &Snapshot,
+    tls_secrets: &BTreeMap<ObjectKey, Secret>,
+) -> BTreeMap<ObjectKey, Secret> {
+    let mut referenced = BTreeMap::new();
+    for (gateway_key, gateway) in &snapshot.gateways {
+        for listener in &gateway.spec.listeners {
+            let refs = listener
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate_refs.as_ref());
+            for r in refs.into_iter().flatten() {
+                let core_secret = r.group.as_deref().unwrap_or_default().is_empty()
+                    && r.kind.as_deref().unwrap_or("Secret") == "Secret";
+                if !core_secret {
+                    continue;
+                }
+                let key = ObjectKey::new(
+                    r.namespace
+                        .clone()
+                        .unwrap_or_else(|| gateway_key.namespace.clone()),
+                    &r.name,
+                );
+                if let Some(secret) = tls_secrets.get(&key) {
+                    referenced.insert(key, secret.clone());
+                }
+            }
+        }
+    }
+    referenced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_secrets_a_listener_references_are_handed_out() {
+        let mut snapshot = Snapshot::default();
+        let gateway: Gateway = serde_yaml::from_str(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: apps}\n\
+             spec:\n  gatewayClassName: c\n  listeners:\n  - name: https\n    port: 443\n    protocol: HTTPS\n\
+             \x20   tls:\n      certificateRefs:\n      - name: site\n      - name: shared\n        namespace: certs\n",
+        )
+        .expect("gateway");
+        snapshot
+            .gateways
+            .insert(ObjectKey::new("apps", "gw"), gateway);
+        let secret = |ns: &str, name: &str| {
+            let mut s = Secret::default();
+            s.metadata.namespace = Some(ns.into());
+            s.metadata.name = Some(name.into());
+            (ObjectKey::new(ns, name), s)
+        };
+        let all: BTreeMap<_, _> = [
+            secret("apps", "site"),
+            secret("certs", "shared"),
+            secret("apps", "unrelated"),
+            secret("certs", "site"),
+        ]
+        .into_iter()
+        .collect();
+        let kept: Vec<String> = referenced_secrets(&snapshot, &all)
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(kept, ["apps/site", "certs/shared"]);
+    }
+}

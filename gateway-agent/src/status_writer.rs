@@ -1,0 +1,523 @@
+//! Writes translate's status report back to the API server (the Lease holder
+//! only): one merge patch of the `status` subresource per object whose status
+//! differs from what the cluster holds, each condition with the generation it
+//! was decided for (`observedGeneration`).
+//!
+//! Route `status.parents` is an atomic list shared with other controllers:
+//! entries of other controllers are kept, ours replaced, and the patch carries
+//! the `resourceVersion` it was computed from so a concurrent change fails
+//! (409) and is redone from the newer object rather than lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::store::{ObjectKey, Snapshot};
+use crate::translate::ObjectStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("patching the status of {kind} {key}: {source}")]
+    Patch {
+        kind: &'static str,
+        key: ObjectKey,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The status one object should have, ready to be sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusUpdate {
+    pub kind: &'static str,
+    pub key: ObjectKey,
+    /// The resourceVersion of the object this status was computed from.
+    pub resource_version: String,
+    /// The whole `status` object to write.
+    pub status: Value,
+}
+
+/// The API group, version and plural of each kind whose status we write.
+fn api_resource(kind: &str) -> Option<ApiResource> {
+    let (version, plural) = match kind {
+        "GatewayClass" => ("v1", "gatewayclasses"),
+        "Gateway" => ("v1", "gateways"),
+        "HTTPRoute" => ("v1", "httproutes"),
+        "TCPRoute" => ("v1alpha2", "tcproutes"),
+        "UDPRoute" => ("v1alpha2", "udproutes"),
+        _ => return None,
+    };
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", version, kind);
+    Some(ApiResource::from_gvk_with_plural(&gvk, plural))
+}
+
+/// The object `kind`/`key` of the snapshot, as JSON.
+fn object_json(snapshot: &Snapshot, kind: &str, key: &ObjectKey) -> Option<Value> {
+    let value = match kind {
+        "GatewayClass" => serde_json::to_value(snapshot.gateway_classes.get(key)?),
+        "Gateway" => serde_json::to_value(snapshot.gateways.get(key)?),
+        "HTTPRoute" => serde_json::to_value(snapshot.http_routes.get(key)?),
+        "TCPRoute" => serde_json::to_value(snapshot.tcp_routes.get(key)?),
+        "UDPRoute" => serde_json::to_value(snapshot.udp_routes.get(key)?),
+        _ => return None,
+    };
+    value.ok()
+}
+
+/// The one conversion from translate's report to Kubernetes status objects.
+/// `now` stamps conditions whose status changed (unchanged ones keep their
+/// `lastTransitionTime`); `node_addresses` are where a Gateway without
+/// `spec.addresses` is served.
+pub fn status_updates(
+    snapshot: &Snapshot,
+    statuses: &[ObjectStatus],
+    controller_name: &str,
+    node_addresses: &[Ipv4Addr],
+    now: Timestamp,
+) -> Vec<StatusUpdate> {
+    // Group translate's entries by object.
+    let mut by_object: BTreeMap<(&'static str, &ObjectKey), Vec<&ObjectStatus>> = BTreeMap::new();
+    for s in statuses {
+        by_object.entry((s.kind, &s.key)).or_default().push(s);
+    }
+    let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut updates = Vec::new();
+    for ((kind, key), entries) in &by_object {
+        let Some(object) = object_json(snapshot, kind, key) else {
+            tracing::debug!(kind, %key, "no status written for this kind");
+            continue;
+        };
+        let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
+        let current = &object["status"];
+        let status = match *kind {
+            "GatewayClass" | "Gateway" => {
+                let own: Vec<&ObjectStatus> = entries
+                    .iter()
+                    .copied()
+                    .filter(|s| s.section.is_none())
+                    .collect();
+                let mut status = json!({
+                    "conditions": conditions(&own, generation, &current["conditions"], &now),
+                });
+                if *kind == "Gateway" {
+                    status["addresses"] = gateway_addresses(&object, node_addresses);
+                    status["listeners"] =
+                        listener_statuses(&object, entries, statuses, key, generation, &now);
+                }
+                status
+            }
+            _ => route_status(&object, entries, controller_name, key, generation, &now),
+        };
+        if normalized(current) != normalized(&status) {
+            updates.push(StatusUpdate {
+                kind,
+                key: (*key).clone(),
+                resource_version: object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                status,
+            });
+        }
+    }
+    updates
+}
+
+/// Conditions of `entries` (merged, first decision per type wins), keeping
+/// `lastTransitionTime` from `previous` where the status did not change.
+fn conditions(entries: &[&ObjectStatus], generation: i64, previous: &Value, now: &str) -> Value {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for c in entries.iter().flat_map(|s| &s.conditions) {
+        if seen.contains(&c.type_) {
+            continue;
+        }
+        seen.push(c.type_);
+        let status = if c.status { "True" } else { "False" };
+        let since = previous
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["type"] == c.type_ && p["status"] == status)
+            .and_then(|p| p["lastTransitionTime"].as_str())
+            .unwrap_or(now);
+        out.push(json!({
+            "type": c.type_,
+            "status": status,
+            "reason": c.reason,
+            // The API requires a message field, and rejects one over 32768 bytes.
+            "message": c.message.chars().take(1024).collect::<String>(),
+            "observedGeneration": generation,
+            "lastTransitionTime": since,
+        }));
+    }
+    Value::Array(out)
+}
+
+fn gateway_addresses(gateway: &Value, node_addresses: &[Ipv4Addr]) -> Value {
+    let spec: Vec<Value> = gateway["spec"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"].as_str().is_none_or(|t| t == "IPAddress"))
+        .filter_map(|a| a["value"].as_str())
+        .map(|v| json!({"type": "IPAddress", "value": v}))
+        .collect();
+    if !spec.is_empty() {
+        return Value::Array(spec);
+    }
+    node_addresses
+        .iter()
+        .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
+        .collect()
+}
+
+/// Route kinds a listener protocol carries (the spec's `supportedKinds`).
+fn supported_kinds(protocol: &str) -> Vec<&'static str> {
+    match protocol {
+        "HTTP" | "HTTPS" => vec!["HTTPRoute"],
+        "TCP" => vec!["TCPRoute"],
+        "UDP" => vec!["UDPRoute"],
+        "TLS" => vec!["TLSRoute"],
+        _ => Vec::new(),
+    }
+}
+
+fn listener_statuses(
+    gateway: &Value,
+    entries: &[&ObjectStatus],
+    all: &[ObjectStatus],
+    key: &ObjectKey,
+    generation: i64,
+    now: &str,
+) -> Value {
+    let previous = gateway["status"]["listeners"].as_array();
+    let mut out = Vec::new();
+    for listener in gateway["spec"]["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = listener["name"].as_str().unwrap_or_default();
+        let protocol = listener["protocol"].as_str().unwrap_or_default();
+        let kinds = supported_kinds(protocol);
+        let section: Vec<&ObjectStatus> = entries
+            .iter()
+            .copied()
+            .filter(|s| s.section.as_deref() == Some(name))
+            .collect();
+        // Translate reports listener problems; a listener it says nothing
+        // about is accepted and programmed.
+        let default = ObjectStatus::new("Gateway", key.clone())
+            .with(crate::translate::Condition::yes(
+                "Accepted", "Accepted", "accepted",
+            ))
+            .with(crate::translate::Condition::yes(
+                "ResolvedRefs",
+                "ResolvedRefs",
+                "references resolved",
+            ))
+            .with(crate::translate::Condition::yes(
+                "Programmed",
+                "Programmed",
+                "programmed on this node",
+            ));
+        let mut merged = section.clone();
+        merged.push(&default);
+        let attached = all
+            .iter()
+            .filter(|s| kinds.contains(&s.kind) && s.parent.as_ref() == Some(key))
+            .filter(|s| s.section.as_deref().is_none_or(|n| n == name))
+            .filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status)
+            })
+            .count();
+        let previous_conditions = previous
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .map_or(Value::Null, |l| l["conditions"].clone());
+        out.push(json!({
+            "name": name,
+            "attachedRoutes": attached,
+            "supportedKinds": kinds
+                .iter()
+                .map(|k| json!({"group": "gateway.networking.k8s.io", "kind": k}))
+                .collect::<Vec<_>>(),
+            "conditions": conditions(&merged, generation, &previous_conditions, now),
+        }));
+    }
+    Value::Array(out)
+}
+
+fn route_status(
+    route: &Value,
+    entries: &[&ObjectStatus],
+    controller_name: &str,
+    key: &ObjectKey,
+    generation: i64,
+    now: &str,
+) -> Value {
+    let previous: Vec<Value> = route["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    // Other controllers' entries stay as they are.
+    let mut parents: Vec<Value> = previous
+        .iter()
+        .filter(|p| p["controllerName"] != controller_name)
+        .cloned()
+        .collect();
+    for entry in entries {
+        let Some(parent) = &entry.parent else {
+            continue;
+        };
+        // Echo the spec's parentRef, as the API asks.
+        let parent_ref = route["spec"]["parentRefs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| {
+                p["name"] == parent.name.as_str()
+                    && p["namespace"].as_str().unwrap_or(&key.namespace) == parent.namespace
+                    && p["sectionName"].as_str() == entry.section.as_deref()
+            })
+            .cloned()
+            .unwrap_or_else(|| json!({"name": parent.name, "namespace": parent.namespace}));
+        let previous_conditions = previous
+            .iter()
+            .find(|p| p["controllerName"] == controller_name && p["parentRef"] == parent_ref)
+            .map_or(Value::Null, |p| p["conditions"].clone());
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": controller_name,
+            "conditions": conditions(&[entry], generation, &previous_conditions, now),
+        }));
+    }
+    json!({ "parents": parents })
+}
+
+/// `status` without what the API server adds or orders on its own, for comparison.
+fn normalized(status: &Value) -> Value {
+    match status {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, v)| !v.is_null() && k.as_str() != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), normalized(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(normalized).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Sends status updates; remembers what it sent so that an update is not
+/// repeated before the watch shows the object's new version.
+pub struct StatusWriter {
+    client: Client,
+    field_manager: String,
+    sent: HashMap<(&'static str, ObjectKey), (String, Value)>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, field_manager: &str) -> Self {
+        Self {
+            client,
+            field_manager: field_manager.into(),
+            sent: HashMap::new(),
+        }
+    }
+
+    /// Writes each update not already sent for the same object version.
+    /// Returns how many were written, and the failures.
+    pub async fn write(&mut self, updates: Vec<StatusUpdate>) -> (usize, Vec<Error>) {
+        let mut written = 0;
+        let mut errors = Vec::new();
+        for update in updates {
+            let id = (update.kind, update.key.clone());
+            let fingerprint = (update.resource_version.clone(), normalized(&update.status));
+            if self.sent.get(&id) == Some(&fingerprint) {
+                continue;
+            }
+            let Some(resource) = api_resource(update.kind) else {
+                continue;
+            };
+            let api: Api<DynamicObject> = if update.key.namespace.is_empty() {
+                Api::all_with(self.client.clone(), &resource)
+            } else {
+                Api::namespaced_with(self.client.clone(), &update.key.namespace, &resource)
+            };
+            let patch = json!({
+                "metadata": { "resourceVersion": update.resource_version },
+                "status": update.status,
+            });
+            let params = PatchParams {
+                field_manager: Some(self.field_manager.clone()),
+                ..PatchParams::default()
+            };
+            match api
+                .patch_status(&update.key.name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(kind = update.kind, object = %update.key, "status written");
+                    self.sent.insert(id, fingerprint);
+                    written += 1;
+                }
+                Err(source) => errors.push(Error::Patch {
+                    kind: update.kind,
+                    key: update.key,
+                    source,
+                }),
+            }
+        }
+        (written, errors)
+    }
+
+    /// Forgets what was sent: the next `write` compares against the cluster only.
+    pub fn reset(&mut self) {
+        self.sent.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{self, Settings};
+
+    const MANIFESTS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: c, generation: 1, resourceVersion: "1"}
+spec: {controllerName: example.dev/agent}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default, generation: 3, resourceVersion: "7"}
+spec:
+  gatewayClassName: c
+  listeners:
+  - {name: web, port: 80, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default, generation: 2, resourceVersion: "9"}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: missing, port: 80}]}]
+status:
+  parents:
+  - parentRef: {name: gw}
+    controllerName: other.dev/controller
+    conditions: []
+"#;
+
+    fn snapshot() -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        crate::source::file::load_str(
+            std::path::Path::new("m.yaml"),
+            MANIFESTS,
+            &mut snapshot,
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        snapshot
+    }
+
+    fn updates(snapshot: &Snapshot) -> Vec<StatusUpdate> {
+        let settings = Settings {
+            controller_name: "example.dev/agent".into(),
+            node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1)],
+        };
+        let output = translate::translate(snapshot, &settings);
+        status_updates(
+            snapshot,
+            &output.statuses,
+            &settings.controller_name,
+            &settings.node_addresses,
+            Timestamp::from_second(1_700_000_000).expect("time"),
+        )
+    }
+
+    #[test]
+    fn statuses_carry_generation_addresses_and_keep_other_controllers() {
+        let snapshot = snapshot();
+        let updates = updates(&snapshot);
+        let find = |kind: &str| {
+            updates
+                .iter()
+                .find(|u| u.kind == kind)
+                .unwrap_or_else(|| panic!("no {kind} update in {updates:#?}"))
+        };
+        let gateway = find("Gateway");
+        assert_eq!(gateway.resource_version, "7");
+        assert_eq!(
+            gateway.status["addresses"],
+            json!([{"type": "IPAddress", "value": "192.0.2.1"}])
+        );
+        assert_eq!(gateway.status["conditions"][0]["observedGeneration"], 3);
+        assert_eq!(gateway.status["listeners"][0]["attachedRoutes"], 1);
+        assert_eq!(
+            gateway.status["conditions"][0]["lastTransitionTime"],
+            "2023-11-14T22:13:20Z"
+        );
+
+        let route = find("HTTPRoute");
+        let parents = route.status["parents"].as_array().expect("parents");
+        assert_eq!(parents.len(), 2, "{parents:#?}");
+        assert_eq!(parents[0]["controllerName"], "other.dev/controller");
+        assert_eq!(parents[1]["controllerName"], "example.dev/agent");
+        assert_eq!(parents[1]["parentRef"], json!({"name": "gw"}));
+        let resolved = parents[1]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .expect("ResolvedRefs");
+        assert_eq!(resolved["status"], "False");
+        assert_eq!(resolved["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn nothing_is_written_when_the_cluster_already_has_it() {
+        let mut snapshot = snapshot();
+        for update in updates(&snapshot) {
+            let status = update.status.clone();
+            match update.kind {
+                "GatewayClass" => {
+                    let class = snapshot
+                        .gateway_classes
+                        .get_mut(&update.key)
+                        .expect("class");
+                    class.status = Some(serde_json::from_value(status).expect("class status"));
+                }
+                "Gateway" => {
+                    let gateway = snapshot.gateways.get_mut(&update.key).expect("gw");
+                    gateway.status = Some(serde_json::from_value(status).expect("gw status"));
+                }
+                "HTTPRoute" => {
+                    let route = snapshot.http_routes.get_mut(&update.key).expect("route");
+                    route.status = Some(serde_json::from_value(status).expect("route status"));
+                }
+                other => panic!("unexpected kind {other}"),
+            }
+        }
+        assert_eq!(updates(&snapshot), Vec::new());
+        // A new generation is a change: observedGeneration must follow.
+        snapshot
+            .http_routes
+            .values_mut()
+            .for_each(|r| r.metadata.generation = Some(5));
+        let again = updates(&snapshot);
+        assert_eq!(again.len(), 1, "{again:#?}");
+        assert_eq!(again[0].kind, "HTTPRoute");
+    }
+}
