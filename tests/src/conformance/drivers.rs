@@ -15,6 +15,7 @@ use super::client::{self, ClientTls, HttpProtocol, HttpRequest};
 use super::compare;
 use super::echo::RequestLog;
 use super::grpc;
+use super::websocket;
 
 const POLL: Duration = Duration::from_millis(100);
 const CONSECUTIVE_SUCCESSES: u32 = 3;
@@ -147,6 +148,8 @@ pub async fn run(ctx: &Ctx, case: &Value) -> Outcome {
         ("udp-dns", "dns-reply") => udp_dns(ctx, case).await,
         ("tls-handshake", "connection-rejected") => tls_rejected(ctx, case).await,
         ("weighted", "distribution") => weighted(ctx, case).await,
+        ("http", "backend-header-matches-pod") => backend_header_matches_pod(ctx, case).await,
+        ("websocket", "echo") => websocket_echo(ctx, case).await,
         ("grpc", "response") => grpc_response(ctx, case).await,
         ("grpc", "failure") => grpc_failure(ctx, case).await,
         _ => return Outcome::NotRun(format!("driver {driver}/{expect}")),
@@ -374,6 +377,82 @@ async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         }
     })
     .await)
+}
+
+/// `HTTPRouteRequestHeaderModifierBackendWeights`' loop: every echoed request
+/// carries exactly one `Backend` header, and the echoing pod starts with it.
+async fn backend_header_matches_pod(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let target = ctx.target(case)?;
+    let request = HttpRequest {
+        connect: target,
+        protocol: HttpProtocol::Http1,
+        method: s(&case["request"]["method"]).to_string(),
+        host: target.ip().to_string(),
+        path_and_query: s(&case["request"]["path"]).to_string(),
+        headers: vec![("X-Echo-Set-Header".into(), String::new())],
+        body: None,
+        tls: None,
+    };
+    let repeat = case["repeat"].as_u64().unwrap_or(100);
+    first_success(ctx.timeout, POLL, || {
+        let request = request.clone();
+        async move {
+            for i in 0..repeat {
+                let response = client::http_round_trip(&request).await?;
+                let json: Value = serde_json::from_slice(&response.body).map_err(|e| {
+                    format!("request {i}: status {}, no echo JSON: {e}", response.status)
+                })?;
+                let values: Vec<&str> = json["headers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("backend"))
+                    .flat_map(|(_, v)| v.as_array().into_iter().flatten().map(s))
+                    .collect();
+                let pod = s(&json["pod"]);
+                match values.as_slice() {
+                    [backend] if pod.starts_with(backend) => {}
+                    _ => {
+                        return Err(format!(
+                            "request {i}: Backend header {values:?}, pod {pod:?}"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(Outcome::Passed)
+}
+
+/// The WebSocket exchanges of `HTTPRouteBackendProtocolWebSocket`.
+async fn websocket_echo(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let target = ctx.target(case)?;
+    let ws = &case["websocket"];
+    let origin = s(&ws["origin"]).replace("<go test name>", "HTTPRouteBackendProtocolWebSocket");
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_u64())
+            .map(|b| b as u8)
+            .collect()
+    };
+    let exchanges: Vec<(u8, Vec<u8>)> = ws["exchanges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| match e.get("send_text") {
+            Some(t) => (websocket::TEXT, s(t).as_bytes().to_vec()),
+            None => (websocket::BINARY, bytes(&e["send_binary"])),
+        })
+        .collect();
+    first_success(ctx.timeout, POLL, || {
+        websocket::client(target, &origin, &exchanges)
+    })
+    .await?;
+    Ok(Outcome::Passed)
 }
 
 /// Where and what a gRPC case calls.
