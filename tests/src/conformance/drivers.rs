@@ -320,17 +320,18 @@ async fn http_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         return Ok(outcome);
     }
     for mirror in eff["mirrored_to"].as_array().into_iter().flatten() {
-        // A percentage below 100 is checked by the Go suite over a load loop
-        // the data set does not carry: only full mirrors are checked here.
-        if mirror["percent"].as_u64().is_some_and(|p| p < 100) {
-            continue;
-        }
         let service = format!("{}/{}", s(&mirror["namespace"]), s(&mirror["name"]));
         let Some(deployment) = ctx.service_deployments.get(&service) else {
             return Ok(Outcome::Failed(format!(
                 "mirror Service {service} has no echo backend"
             )));
         };
+        if let Some(percent) = mirror["percent"].as_u64().filter(|p| *p < 100) {
+            if let Err(e) = percentage_mirror(ctx, &template, deployment, percent).await {
+                return Ok(Outcome::Failed(e));
+            }
+            continue;
+        }
         let deadline = Instant::now() + ctx.timeout;
         while !ctx.log.contains(deployment, &last_path) {
             if Instant::now() > deadline {
@@ -342,6 +343,57 @@ async fn http_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         }
     }
     Ok(Outcome::Passed)
+}
+
+const MIRROR_ROUNDS: usize = 5;
+const MIRROR_REQUESTS: usize = 500;
+const MIRROR_PARALLEL: usize = 10;
+
+/// `HTTPRouteRequestPercentageMirror`'s loop: up to 5 rounds of 500 requests
+/// (10 at a time) with a fresh request id; the mirror must have echoed that
+/// path within 3 standard deviations of n·p times.
+async fn percentage_mirror(
+    ctx: &Ctx,
+    template: &HttpRequest,
+    deployment: &str,
+    percent: u64,
+) -> Result<(), String> {
+    let (n, p) = (MIRROR_REQUESTS as f64, percent as f64 / 100.0);
+    let (mean, bound) = (n * p, 3.0 * (n * p * (1.0 - p)).sqrt());
+    let mut last = String::new();
+    for _ in 0..MIRROR_ROUNDS {
+        let mut req = template.clone();
+        let separator = if req.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        req.path_and_query = format!(
+            "{}{separator}gateway-api-conformance-request-id={}",
+            req.path_and_query,
+            uuid()
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..MIRROR_PARALLEL {
+            let req = req.clone();
+            tasks.spawn(async move {
+                for _ in (worker..MIRROR_REQUESTS).step_by(MIRROR_PARALLEL) {
+                    let _ = client::http_round_trip(&req).await;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        // Mirrors are fire-and-forget: give the last ones a moment to land.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let count = ctx.log.count(deployment, &req.path_and_query) as f64;
+        if (count - mean).abs() <= bound {
+            return Ok(());
+        }
+        last = format!(
+            "{count} of {MIRROR_REQUESTS} requests mirrored, expected {mean:.0} ±{bound:.0}"
+        );
+    }
+    Err(last)
 }
 
 async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {

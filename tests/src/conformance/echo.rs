@@ -42,6 +42,15 @@ impl RequestLog {
             .push(uri.to_string());
     }
 
+    /// How many times the Deployment's pods echoed `uri`.
+    pub fn count(&self, deployment: &str, uri: &str) -> usize {
+        self.0
+            .lock()
+            .expect("request log")
+            .get(deployment)
+            .map_or(0, |l| l.iter().filter(|u| *u == uri).count())
+    }
+
     pub fn contains(&self, deployment: &str, uri: &str) -> bool {
         self.0
             .lock()
