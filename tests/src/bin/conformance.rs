@@ -93,6 +93,9 @@ fn main() -> ExitCode {
         }
     };
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gwconf-{}", std::process::id()));
+    let manifest_dir = args
+        .out_dir
+        .join(format!("manifests-{}", std::process::id()));
     let opts = Options {
         cases_dir: args.cases,
         agent: args.agent,
@@ -107,12 +110,24 @@ fn main() -> ExitCode {
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            let r = rt.block_on(conformance::run(opts));
+            // Ctrl-C or SIGTERM drops the run (the agent is stopped by its
+            // guard) and falls through to the cleanup below.
+            let r = rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .map_err(|e| e.to_string())?;
+                tokio::select! {
+                    r = conformance::run(opts) => r,
+                    _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+                    _ = term.recv() => Err("terminated".to_string()),
+                }
+            });
             // The echo pods' tasks end with the runtime.
             rt.shutdown_timeout(Duration::from_secs(2));
             r
         });
     let _ = std::fs::remove_dir_all(&pin_dir);
+    let _ = std::fs::remove_dir_all(&manifest_dir);
     drop(netns);
     match result {
         Ok(true) => ExitCode::SUCCESS,

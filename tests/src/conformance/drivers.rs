@@ -15,6 +15,7 @@ use super::client::{self, ClientTls, HttpProtocol, HttpRequest};
 use super::compare;
 use super::echo::RequestLog;
 use super::grpc;
+use super::websocket;
 
 const POLL: Duration = Duration::from_millis(100);
 const CONSECUTIVE_SUCCESSES: u32 = 3;
@@ -147,6 +148,8 @@ pub async fn run(ctx: &Ctx, case: &Value) -> Outcome {
         ("udp-dns", "dns-reply") => udp_dns(ctx, case).await,
         ("tls-handshake", "connection-rejected") => tls_rejected(ctx, case).await,
         ("weighted", "distribution") => weighted(ctx, case).await,
+        ("http", "backend-header-matches-pod") => backend_header_matches_pod(ctx, case).await,
+        ("websocket", "echo") => websocket_echo(ctx, case).await,
         ("grpc", "response") => grpc_response(ctx, case).await,
         ("grpc", "failure") => grpc_failure(ctx, case).await,
         _ => return Outcome::NotRun(format!("driver {driver}/{expect}")),
@@ -317,17 +320,18 @@ async fn http_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         return Ok(outcome);
     }
     for mirror in eff["mirrored_to"].as_array().into_iter().flatten() {
-        // A percentage below 100 is checked by the Go suite over a load loop
-        // the data set does not carry: only full mirrors are checked here.
-        if mirror["percent"].as_u64().is_some_and(|p| p < 100) {
-            continue;
-        }
         let service = format!("{}/{}", s(&mirror["namespace"]), s(&mirror["name"]));
         let Some(deployment) = ctx.service_deployments.get(&service) else {
             return Ok(Outcome::Failed(format!(
                 "mirror Service {service} has no echo backend"
             )));
         };
+        if let Some(percent) = mirror["percent"].as_u64().filter(|p| *p < 100) {
+            if let Err(e) = percentage_mirror(ctx, &template, deployment, percent).await {
+                return Ok(Outcome::Failed(e));
+            }
+            continue;
+        }
         let deadline = Instant::now() + ctx.timeout;
         while !ctx.log.contains(deployment, &last_path) {
             if Instant::now() > deadline {
@@ -339,6 +343,57 @@ async fn http_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         }
     }
     Ok(Outcome::Passed)
+}
+
+const MIRROR_ROUNDS: usize = 5;
+const MIRROR_REQUESTS: usize = 500;
+const MIRROR_PARALLEL: usize = 10;
+
+/// `HTTPRouteRequestPercentageMirror`'s loop: up to 5 rounds of 500 requests
+/// (10 at a time) with a fresh request id; the mirror must have echoed that
+/// path within 3 standard deviations of n·p times.
+async fn percentage_mirror(
+    ctx: &Ctx,
+    template: &HttpRequest,
+    deployment: &str,
+    percent: u64,
+) -> Result<(), String> {
+    let (n, p) = (MIRROR_REQUESTS as f64, percent as f64 / 100.0);
+    let (mean, bound) = (n * p, 3.0 * (n * p * (1.0 - p)).sqrt());
+    let mut last = String::new();
+    for _ in 0..MIRROR_ROUNDS {
+        let mut req = template.clone();
+        let separator = if req.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        req.path_and_query = format!(
+            "{}{separator}gateway-api-conformance-request-id={}",
+            req.path_and_query,
+            uuid()
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..MIRROR_PARALLEL {
+            let req = req.clone();
+            tasks.spawn(async move {
+                for _ in (worker..MIRROR_REQUESTS).step_by(MIRROR_PARALLEL) {
+                    let _ = client::http_round_trip(&req).await;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        // Mirrors are fire-and-forget: give the last ones a moment to land.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let count = ctx.log.count(deployment, &req.path_and_query) as f64;
+        if (count - mean).abs() <= bound {
+            return Ok(());
+        }
+        last = format!(
+            "{count} of {MIRROR_REQUESTS} requests mirrored, expected {mean:.0} ±{bound:.0}"
+        );
+    }
+    Err(last)
 }
 
 async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
@@ -374,6 +429,82 @@ async fn http_failure(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         }
     })
     .await)
+}
+
+/// `HTTPRouteRequestHeaderModifierBackendWeights`' loop: every echoed request
+/// carries exactly one `Backend` header, and the echoing pod starts with it.
+async fn backend_header_matches_pod(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let target = ctx.target(case)?;
+    let request = HttpRequest {
+        connect: target,
+        protocol: HttpProtocol::Http1,
+        method: s(&case["request"]["method"]).to_string(),
+        host: target.ip().to_string(),
+        path_and_query: s(&case["request"]["path"]).to_string(),
+        headers: vec![("X-Echo-Set-Header".into(), String::new())],
+        body: None,
+        tls: None,
+    };
+    let repeat = case["repeat"].as_u64().unwrap_or(100);
+    first_success(ctx.timeout, POLL, || {
+        let request = request.clone();
+        async move {
+            for i in 0..repeat {
+                let response = client::http_round_trip(&request).await?;
+                let json: Value = serde_json::from_slice(&response.body).map_err(|e| {
+                    format!("request {i}: status {}, no echo JSON: {e}", response.status)
+                })?;
+                let values: Vec<&str> = json["headers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("backend"))
+                    .flat_map(|(_, v)| v.as_array().into_iter().flatten().map(s))
+                    .collect();
+                let pod = s(&json["pod"]);
+                match values.as_slice() {
+                    [backend] if pod.starts_with(backend) => {}
+                    _ => {
+                        return Err(format!(
+                            "request {i}: Backend header {values:?}, pod {pod:?}"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(Outcome::Passed)
+}
+
+/// The WebSocket exchanges of `HTTPRouteBackendProtocolWebSocket`.
+async fn websocket_echo(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
+    let target = ctx.target(case)?;
+    let ws = &case["websocket"];
+    let origin = s(&ws["origin"]).replace("<go test name>", "HTTPRouteBackendProtocolWebSocket");
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_u64())
+            .map(|b| b as u8)
+            .collect()
+    };
+    let exchanges: Vec<(u8, Vec<u8>)> = ws["exchanges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| match e.get("send_text") {
+            Some(t) => (websocket::TEXT, s(t).as_bytes().to_vec()),
+            None => (websocket::BINARY, bytes(&e["send_binary"])),
+        })
+        .collect();
+    first_success(ctx.timeout, POLL, || {
+        websocket::client(target, &origin, &exchanges)
+    })
+    .await?;
+    Ok(Outcome::Passed)
 }
 
 /// Where and what a gRPC case calls.
@@ -740,7 +871,8 @@ async fn weighted(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
         .collect();
     let target = ctx.target(case)?;
     let http = if hint == "http" {
-        let (mut req, _) = http_request(
+        // Like every request of the suite it carries an (empty) X-Echo-Set-Header.
+        let (req, _) = http_request(
             ctx,
             &serde_json::json!({
                 "gateway": case["gateway"],
@@ -749,7 +881,6 @@ async fn weighted(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
                 "ExpectedResponse": case["ExpectedResponse"],
             }),
         )?;
-        req.headers.retain(|(k, _)| k != "X-Echo-Set-Header");
         Some(req)
     } else {
         None

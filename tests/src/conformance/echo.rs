@@ -42,6 +42,15 @@ impl RequestLog {
             .push(uri.to_string());
     }
 
+    /// How many times the Deployment's pods echoed `uri`.
+    pub fn count(&self, deployment: &str, uri: &str) -> usize {
+        self.0
+            .lock()
+            .expect("request log")
+            .get(deployment)
+            .map_or(0, |l| l.iter().filter(|u| *u == uri).count())
+    }
+
     pub fn contains(&self, deployment: &str, uri: &str) -> bool {
         self.0
             .lock()
@@ -384,8 +393,13 @@ async fn serve_http<S>(
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let _ = match flavor {
         HttpFlavor::H2c => builder.http2_only().serve_connection(io, service).await,
-        HttpFlavor::Http1 if !is_tls => builder.http1_only().serve_connection(io, service).await,
-        HttpFlavor::Http1 => builder.serve_connection(io, service).await,
+        HttpFlavor::Http1 if !is_tls => {
+            builder
+                .http1_only()
+                .serve_connection_with_upgrades(io, service)
+                .await
+        }
+        HttpFlavor::Http1 => builder.serve_connection_with_upgrades(io, service).await,
     };
 }
 
@@ -424,12 +438,46 @@ fn empty(status: u16) -> Response<Full<Bytes>> {
     r
 }
 
+/// `/ws` with `Upgrade: websocket`: 101, then the frames are echoed.
+fn websocket_upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_string)
+    else {
+        return empty(400);
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            super::websocket::echo(TokioIo::new(upgraded)).await;
+        }
+    });
+    let mut response = empty(101);
+    let h = response.headers_mut();
+    h.insert("upgrade", "websocket".parse().expect("value"));
+    h.insert("connection", "Upgrade".parse().expect("value"));
+    h.insert(
+        "sec-websocket-accept",
+        super::websocket::accept_key(&key).parse().expect("value"),
+    );
+    response
+}
+
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     pod: &HttpPod,
     tls: Option<&serde_json::Value>,
 ) -> Result<Response<Full<Bytes>>, AbortConnection> {
+    let wants_websocket = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if req.uri().path() == "/ws" && wants_websocket {
+        return Ok(websocket_upgrade(req));
+    }
     let uri = req
         .uri()
         .path_and_query()

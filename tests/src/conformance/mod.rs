@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod report;
 #[cfg(test)]
 mod selftest;
+pub mod websocket;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -98,6 +98,11 @@ async fn http_and_https_drivers_pass_against_echo_basic_and_catch_a_wrong_pod() 
         drivers::run(&ctx, &wrong_pod).await,
         Outcome::Failed(_)
     ));
+    let ws = json!({"id": "self/ws", "driver": "websocket", "expect": "echo",
+        "gateway": {"namespace": NS, "name": "gw", "port": 3000},
+        "websocket": {"origin": "ws://gateway/<go test name>", "exchanges": [
+            {"send_text": "Websocket Support!"}, {"send_binary": [1, 2, 3]}]}});
+    assert_eq!(drivers::run(&ctx, &ws).await, Outcome::Passed);
     let wrong_sni = http_case(8443, "https", "infra-backend-v1", Some("other.example.com"));
     assert!(matches!(
         drivers::run(&ctx, &wrong_sni).await,
