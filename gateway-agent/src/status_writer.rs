@@ -125,7 +125,43 @@ pub fn status_updates(
             });
         }
     }
+    // Routes that still carry our entry although none of our Gateways is
+    // their parent any more (parentRef edited, Gateway deleted): drop it.
+    for kind in ["HTTPRoute", "TCPRoute", "UDPRoute"] {
+        for key in route_keys(snapshot, kind) {
+            if by_object.contains_key(&(kind, key)) {
+                continue;
+            }
+            let Some(route) = object_json(snapshot, kind, key) else {
+                continue;
+            };
+            let ours = route["status"]["parents"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == controller_name));
+            if !ours {
+                continue;
+            }
+            updates.push(StatusUpdate {
+                kind,
+                key: key.clone(),
+                resource_version: route["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                status: route_status(&route, &[], controller_name, key, 0, &now),
+            });
+        }
+    }
     updates
+}
+
+fn route_keys<'a>(snapshot: &'a Snapshot, kind: &str) -> Vec<&'a ObjectKey> {
+    match kind {
+        "HTTPRoute" => snapshot.http_routes.keys().collect(),
+        "TCPRoute" => snapshot.tcp_routes.keys().collect(),
+        "UDPRoute" => snapshot.udp_routes.keys().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Conditions of `entries` (merged, first decision per type wins), keeping
@@ -484,6 +520,32 @@ status:
             .expect("ResolvedRefs");
         assert_eq!(resolved["status"], "False");
         assert_eq!(resolved["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn our_entry_is_removed_from_a_route_no_longer_attached_to_our_gateways() {
+        let mut snapshot = snapshot();
+        let ours = json!({"parentRef": {"name": "gone"}, "controllerName": "example.dev/agent", "conditions": []});
+        let route = snapshot.http_routes.values_mut().next().expect("route");
+        route.spec.parent_refs = Some(Vec::new());
+        let mut status = serde_json::to_value(&route.status).expect("status");
+        status["parents"]
+            .as_array_mut()
+            .expect("parents")
+            .push(ours);
+        route.status = Some(serde_json::from_value(status).expect("status"));
+        let updates = updates(&snapshot);
+        let route = updates
+            .iter()
+            .find(|u| u.kind == "HTTPRoute")
+            .expect("an update removing our entry");
+        let controllers: Vec<&Value> = route.status["parents"]
+            .as_array()
+            .expect("parents")
+            .iter()
+            .map(|p| &p["controllerName"])
+            .collect();
+        assert_eq!(controllers, [&json!("other.dev/controller")]);
     }
 
     #[test]
