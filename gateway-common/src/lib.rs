@@ -11,19 +11,39 @@ use core::mem::size_of;
 pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     pub const ROUTES: &str = "ROUTES";
-    pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
+    pub const MAGLEV_TABLES: &str = "MAGLEV_TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const ROUTE_NAMES: &str = "ROUTE_NAMES";
     pub const FLOWS: &str = "FLOWS";
     pub const ROUTE_STATS: &str = "ROUTE_STATS";
     pub const XDP_STATS: &str = "XDP_STATS";
+
+    /// The maps a restarted agent adopts from their pins (the forwarding state).
+    pub const ADOPTED: [&str; 8] = [
+        LISTENERS,
+        ROUTES,
+        MAGLEV_TABLES,
+        BACKENDS,
+        ROUTE_NAMES,
+        FLOWS,
+        ROUTE_STATS,
+        XDP_STATS,
+    ];
 }
 
 /// Capacities. The loader may raise the hash maps' sizes at load time.
-pub const MAX_ROUTES: u32 = 4096;
+pub const MAX_ROUTES: u32 = 1024;
 pub const MAX_LISTENERS: u32 = 4096;
-pub const MAX_BACKEND_SLOTS: u32 = 65536;
 pub const MAX_FLOWS: u32 = 262_144;
-/// Largest lookup table one route may have (slots are spread over backends by weight).
-pub const MAX_TABLE_SIZE: u32 = 1024;
+/// Slots of a route's Maglev lookup table: prime (Maglev's permutations need it).
+/// 4093 slots keep every backend of up to 40 within 1% of its weighted share
+/// (one slot is 0.025% of traffic) at 8 KiB a table; see docs/l4-dataplane.md.
+pub const MAGLEV_TABLE_SIZE: u32 = 4093;
+/// Ready endpoints one route can spread new flows over.
+pub const MAX_BACKENDS_PER_ROUTE: u32 = 256;
+/// Each route owns two tables (and backend lists): the agent fills the idle one
+/// and then flips `RouteValue::table`, so the program never reads a half-written table.
+pub const MAX_TABLES: u32 = 2 * MAX_ROUTES;
 
 /// Source ports the XDP program allocates for source NAT. Above Linux's default
 /// ephemeral range (32768–60999), so the node's own connections never pick them.
@@ -51,24 +71,44 @@ pub struct ListenerValue {
     pub route_id: u32,
 }
 
-/// A route's backend lookup table: `table_size` slots in `BACKEND_SLOTS`.
-/// A route with `table_size == 0` has no usable backend: new flows are refused.
+/// A route's live lookup table. `table` indexes `MAGLEV_TABLES`; its backends
+/// are `BACKENDS[table * MAX_BACKENDS_PER_ROUTE ..][..backend_count]`.
+/// A route with `backend_count == 0` has no usable backend: new flows are refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteValue {
-    pub table_size: u32,
+    pub backend_count: u32,
+    pub table: u32,
 }
 
+/// A route's Maglev lookup table: slot → index in the table's backend list.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendSlotKey {
-    pub route_id: u32,
-    pub slot: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub backend: [u16; MAGLEV_TABLE_SIZE as usize],
+    pub _pad: [u16; 3],
+}
+
+impl Default for MaglevTable {
+    fn default() -> Self {
+        MaglevTable {
+            backend: [0; MAGLEV_TABLE_SIZE as usize],
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Which route a route id names (a hash of its kind/namespace/name/rule), so a
+/// restarted agent gives each route back its id, counters and tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteName {
+    pub hash: u64,
 }
 
 /// One backend endpoint, and the node address used as the source towards it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendValue {
     pub addr_be: u32,
     pub snat_addr_be: u32,
@@ -187,7 +227,8 @@ const fn mix(mut h: u32) -> u32 {
 
 // Layout checks: the eBPF side and userspace must agree byte for byte.
 const _: () = assert!(size_of::<ListenerKey>() == 8);
-const _: () = assert!(size_of::<BackendSlotKey>() == 8);
+const _: () = assert!(size_of::<MaglevTable>() == 8192);
+const _: () = assert!(size_of::<RouteName>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 12);
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 20);
@@ -201,7 +242,8 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerValue {}
     unsafe impl aya::Pod for RouteValue {}
-    unsafe impl aya::Pod for BackendSlotKey {}
+    unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for RouteName {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}

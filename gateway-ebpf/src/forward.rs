@@ -12,8 +12,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BackendSlotKey, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAX_TABLE_SIZE, NAT_PORT_COUNT,
-    NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+    FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE,
+    MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent,
+    flow_hash,
 };
 
 use crate::{csum, maps, packet::*};
@@ -113,18 +114,33 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
 #[inline(always)]
 fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
-    // SAFETY: plain copy of a u32 field.
-    let table_size = unsafe { (*maps::ROUTES.get_ptr(route_id)?).table_size };
-    if table_size == 0 || table_size > MAX_TABLE_SIZE {
+    // SAFETY: plain copy of a repr(C) value.
+    let route = unsafe { *maps::ROUTES.get_ptr(route_id)? };
+    if route.backend_count == 0
+        || route.backend_count > MAX_BACKENDS_PER_ROUTE
+        || route.table >= MAX_TABLES
+    {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     }
     let hash = flow_hash(key);
-    let slot = BackendSlotKey {
-        route_id,
-        slot: hash % table_size,
-    };
-    let Some(backend) = maps::BACKEND_SLOTS.get_ptr(slot) else {
+    let slot = hash % MAGLEV_TABLE_SIZE;
+    // The compiler proves slot < MAGLEV_TABLE_SIZE from the modulo and drops
+    // a plain check, but the verifier cannot follow its multiply-shift
+    // division: read the value back opaquely and check it where it can see.
+    // SAFETY: a read of a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) } as usize;
+    if slot >= MAGLEV_TABLE_SIZE as usize {
+        return None;
+    }
+    let table = maps::MAGLEV_TABLES.get_ptr(route.table)?;
+    // SAFETY: `slot` < MAGLEV_TABLE_SIZE, the array's length; read of one u16.
+    let index = u32::from(unsafe { *(*table).backend.as_ptr().add(slot) });
+    if index >= route.backend_count {
+        maps::count_event(PacketEvent::DroppedNoBackend);
+        return None;
+    }
+    let Some(backend) = maps::BACKENDS.get_ptr(route.table * MAX_BACKENDS_PER_ROUTE + index) else {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     };
