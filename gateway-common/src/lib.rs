@@ -50,7 +50,10 @@ pub const MAX_TABLES: u32 = 2 * MAX_ROUTES;
 pub const NAT_PORT_MIN: u16 = 61000;
 pub const NAT_PORT_COUNT: u16 = 4536;
 /// How many ports a new flow tries before it is dropped as `NatPortsExhausted`.
-pub const NAT_PORT_PROBES: u32 = 8;
+/// Probes follow a per-flow stride (double hashing), so busy neighbourhoods do
+/// not cluster: with the ports of one backend 60% taken, 32 probes all fail
+/// with odds below 1e-6.
+pub const NAT_PORT_PROBES: u32 = 32;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -140,10 +143,26 @@ pub struct FlowValue {
     pub route_id: u32,
     /// `FLOW_*` bits.
     pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when either direction last carried a packet (kept
+    /// to within `FLOW_TOUCH_NS`, so that busy flows do not write per packet).
+    pub last_seen_ns: u64,
 }
 
 /// Set on the entry of the client → backend direction.
 pub const FLOW_ORIGINAL: u32 = 1;
+/// A FIN was seen: the flow ends after the short closing timeout.
+pub const FLOW_CLOSING: u32 = 2;
+
+/// Idle timeouts of tracked flows, defaults of the program's load-time
+/// globals (`TCP_IDLE_NS`, `TCP_CLOSING_NS`, `UDP_IDLE_NS`). An expired flow
+/// is removed when its next packet arrives (or its NAT port is needed), and
+/// the packet is handled as if there were no flow.
+pub const DEFAULT_TCP_IDLE_NS: u64 = 3600 * 1_000_000_000;
+pub const DEFAULT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const DEFAULT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
+/// How stale `last_seen_ns` may get before a packet refreshes it.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
 /// Per-route counters, one per CPU (`PerCpuArray` indexed by route id).
 #[repr(C)]
@@ -175,9 +194,13 @@ pub enum PacketEvent {
     Redirected = 5,
     /// Rewritten and passed to the kernel to route (local destination or no neighbour yet).
     RewrittenPassed = 6,
+    /// A tracked flow idle past its timeout, removed when its next packet came.
+    FlowExpired = 7,
+    /// A TCP RST ended a tracked flow (both directions removed).
+    FlowReset = 8,
 }
 
-pub const PACKET_EVENT_COUNT: u32 = 7;
+pub const PACKET_EVENT_COUNT: u32 = 9;
 
 impl PacketEvent {
     pub const ALL: [PacketEvent; PACKET_EVENT_COUNT as usize] = [
@@ -188,6 +211,8 @@ impl PacketEvent {
         PacketEvent::DroppedNatPortsExhausted,
         PacketEvent::Redirected,
         PacketEvent::RewrittenPassed,
+        PacketEvent::FlowExpired,
+        PacketEvent::FlowReset,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -199,6 +224,8 @@ impl PacketEvent {
             PacketEvent::DroppedNatPortsExhausted => "dropped_nat_ports_exhausted",
             PacketEvent::Redirected => "redirected",
             PacketEvent::RewrittenPassed => "rewritten_passed",
+            PacketEvent::FlowExpired => "flow_expired",
+            PacketEvent::FlowReset => "flow_reset",
         }
     }
 }
@@ -231,7 +258,7 @@ const _: () = assert!(size_of::<MaglevTable>() == 8192);
 const _: () = assert!(size_of::<RouteName>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 12);
 const _: () = assert!(size_of::<FlowKey>() == 16);
-const _: () = assert!(size_of::<FlowValue>() == 20);
+const _: () = assert!(size_of::<FlowValue>() == 32);
 const _: () = assert!(size_of::<RouteStats>() == 32);
 
 #[cfg(feature = "user")]

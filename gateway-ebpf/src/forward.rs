@@ -8,16 +8,16 @@ use aya_ebpf::{
     bindings::{
         BPF_ANY, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use gateway_common::{
-    FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE,
-    MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent,
-    flow_hash,
+    FLOW_CLOSING, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKey, FlowValue, ListenerKey, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP,
+    PROTO_UDP, PacketEvent, flow_hash,
 };
 
-use crate::{csum, maps, packet::*};
+use crate::{config, csum, maps, packet::*};
 
 const AF_INET: u8 = 2;
 const L4: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
@@ -74,13 +74,35 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     };
     let packet_len = (ctx.data_end() - ctx.data()) as u64;
 
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     // A tracked flow, in either direction: rewrite as recorded.
-    if let Some(flow) = maps::FLOWS.get_ptr(key) {
+    if let Some(entry) = maps::FLOWS.get_ptr_mut(key) {
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
-        let flow = unsafe { *flow };
-        maps::count_route(flow.route_id, packet_len, false, false);
-        rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-        return Ok(send(ctx, &flow, proto));
+        let flow = unsafe { *entry };
+        if expired(proto, &flow, now) {
+            // Handled below as a packet without a flow.
+            remove_pair(&key, &flow);
+            maps::count_event(PacketEvent::FlowExpired);
+        } else {
+            let tcp_flags = if proto == PROTO_TCP {
+                read::<u8>(ctx, L4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?
+            } else {
+                0
+            };
+            maps::count_route(flow.route_id, packet_len, false, false);
+            rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+            if tcp_flags & TCP_FLAG_RST != 0 {
+                // Both ends are done: free the entries (and the NAT port) now.
+                remove_pair(&key, &flow);
+                maps::count_event(PacketEvent::FlowReset);
+            } else if tcp_flags & TCP_FLAG_FIN != 0 && flow.flags & FLOW_CLOSING == 0 {
+                touch(&key, entry, &flow, now, FLOW_CLOSING);
+            } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+                touch(&key, entry, &flow, now, 0);
+            }
+            return Ok(send(ctx, &flow, proto));
+        }
     }
 
     let listener_key = ListenerKey {
@@ -102,7 +124,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         }
     }
 
-    let Some(flow) = open_flow(&key, route_id) else {
+    let Some(flow) = open_flow(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
         return Ok(xdp_action::XDP_DROP);
     };
@@ -113,7 +135,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
 #[inline(always)]
-fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
+fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
     // SAFETY: plain copy of a repr(C) value.
     let route = unsafe { *maps::ROUTES.get_ptr(route_id)? };
     if route.backend_count == 0
@@ -156,10 +178,16 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
         new_dst_port_be: key.src_port_be,
         route_id,
         flags: 0,
+        _pad: 0,
+        last_seen_ns: now,
     };
+    let start = hash >> 8;
+    // Odd and below NAT_PORT_COUNT: successive probes land far apart.
+    let stride = ((hash >> 3) % (NAT_PORT_COUNT as u32 / 2)) | 1;
     let mut probe = 0u32;
     while probe < NAT_PORT_PROBES {
-        let port = NAT_PORT_MIN + ((hash >> 8).wrapping_add(probe) % NAT_PORT_COUNT as u32) as u16;
+        let port = NAT_PORT_MIN
+            + (start.wrapping_add(probe.wrapping_mul(stride)) % NAT_PORT_COUNT as u32) as u16;
         let reply_key = FlowKey {
             src_addr_be: backend.addr_be,
             dst_addr_be: backend.snat_addr_be,
@@ -168,10 +196,7 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
             proto: key.proto,
             _pad: [0; 3],
         };
-        if maps::FLOWS
-            .insert(reply_key, reply, BPF_NOEXIST as u64)
-            .is_ok()
-        {
+        if claim(&reply_key, &reply, now) {
             let original = FlowValue {
                 new_src_addr_be: backend.snat_addr_be,
                 new_dst_addr_be: backend.addr_be,
@@ -179,6 +204,8 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
                 new_dst_port_be: backend.port_be,
                 route_id,
                 flags: FLOW_ORIGINAL,
+                _pad: 0,
+                last_seen_ns: now,
             };
             if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
                 let _ = maps::FLOWS.remove(reply_key);
@@ -190,6 +217,100 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
     }
     maps::count_event(PacketEvent::DroppedNatPortsExhausted);
     None
+}
+
+/// Inserts the reply direction's entry unless its key (the NAT port) is taken
+/// by a live flow; an expired flow there is removed first.
+#[inline(always)]
+fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64) -> bool {
+    if maps::FLOWS
+        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return true;
+    }
+    let Some(occupant) = maps::FLOWS.get_ptr(*reply_key) else {
+        return false;
+    };
+    // SAFETY: copied out at once.
+    let occupant = unsafe { *occupant };
+    if !expired(reply_key.proto, &occupant, now) {
+        return false;
+    }
+    remove_pair(reply_key, &occupant);
+    maps::count_event(PacketEvent::FlowExpired);
+    maps::FLOWS
+        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
+        .is_ok()
+}
+
+#[inline(always)]
+fn expired(proto: u8, flow: &FlowValue, now: u64) -> bool {
+    let timeout = if flow.flags & FLOW_CLOSING != 0 {
+        config::tcp_closing_ns()
+    } else if proto == PROTO_UDP {
+        config::udp_idle_ns()
+    } else {
+        config::tcp_idle_ns()
+    };
+    now.wrapping_sub(flow.last_seen_ns) > timeout
+}
+
+/// The key of the other direction of the flow whose entry `flow` is: the
+/// rewritten packet's tuple, reversed.
+#[inline(always)]
+fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
+    FlowKey {
+        src_addr_be: flow.new_dst_addr_be,
+        dst_addr_be: flow.new_src_addr_be,
+        src_port_be: flow.new_dst_port_be,
+        dst_port_be: flow.new_src_port_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether `other`, found at `key`'s partner key, points back at `key`: the
+/// other half of the same flow, not a newer flow that reused a NAT port.
+#[inline(always)]
+fn is_partner(key: &FlowKey, other: &FlowValue) -> bool {
+    other.new_src_addr_be == key.dst_addr_be
+        && other.new_dst_addr_be == key.src_addr_be
+        && other.new_src_port_be == key.dst_port_be
+        && other.new_dst_port_be == key.src_port_be
+}
+
+/// Removes both directions of a flow.
+#[inline(always)]
+fn remove_pair(key: &FlowKey, flow: &FlowValue) {
+    let partner = partner_key(key, flow);
+    if let Some(other) = maps::FLOWS.get_ptr(partner) {
+        // SAFETY: copied out at once.
+        let other = unsafe { *other };
+        if is_partner(key, &other) {
+            let _ = maps::FLOWS.remove(partner);
+        }
+    }
+    let _ = maps::FLOWS.remove(*key);
+}
+
+/// Records activity (and `add_flags`) in both directions' entries.
+#[inline(always)]
+fn touch(key: &FlowKey, entry: *mut FlowValue, flow: &FlowValue, now: u64, add_flags: u32) {
+    // SAFETY: a live map value; plain stores.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).flags |= add_flags;
+    }
+    if let Some(other) = maps::FLOWS.get_ptr_mut(partner_key(key, flow)) {
+        // SAFETY: a live map value; plain stores.
+        unsafe {
+            if is_partner(key, &*other) {
+                (*other).last_seen_ns = now;
+                (*other).flags |= add_flags;
+            }
+        }
+    }
 }
 
 /// Rewrites addresses and ports, updating the IPv4 and L4 checksums incrementally.

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod config;
 mod csum;
 mod forward;
 mod maps;

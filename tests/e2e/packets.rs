@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use gateway_agent::dataplane::loader::{AttachMode, L4Dataplane};
+use gateway_agent::dataplane::loader::{AttachMode, FlowTimeouts, L4Dataplane};
 use gateway_agent::model::{L4Listener, L4Protocol, RouteRef, WeightedEndpoint};
 use gateway_tests::{require_root, unique};
 
@@ -17,7 +17,9 @@ const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
 /// One's-complement sum of 16-bit words.
@@ -114,33 +116,80 @@ impl Drop for Loaded {
     }
 }
 
-/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
-fn load() -> Loaded {
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
-    let mut dataplane =
-        L4Dataplane::load(&[], AttachMode::Auto, &pin_dir).expect("load the XDP program");
-    let listener = |protocol, name: &str| L4Listener {
+fn route(name: &str) -> RouteRef {
+    RouteRef {
+        kind: "TCPRoute",
+        namespace: "default".into(),
+        name: name.into(),
+        rule: 0,
+    }
+}
+
+/// A listener on LISTENER:9000 to weighted `backends`.
+fn listener(protocol: L4Protocol, name: &str, backends: &[(Ipv4Addr, u64)]) -> L4Listener {
+    L4Listener {
         addr: LISTENER,
         port: 9000,
         protocol,
-        route: RouteRef {
-            kind: "TCPRoute",
-            namespace: "default".into(),
-            name: name.into(),
-            rule: 0,
-        },
-        backends: vec![WeightedEndpoint {
-            addr: (BACKEND, 7000).into(),
-            weight: 1,
-        }],
-    };
-    dataplane
-        .apply(&[
-            listener(L4Protocol::Tcp, "tcp"),
-            listener(L4Protocol::Udp, "udp"),
-        ])
-        .expect("program the maps");
+        route: route(name),
+        backends: backends
+            .iter()
+            .map(|(addr, weight)| WeightedEndpoint {
+                addr: (*addr, 7000).into(),
+                weight: *weight,
+            })
+            .collect(),
+    }
+}
+
+/// The program (attached nowhere) with `listeners` programmed.
+fn load_with(listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
+    let mut dataplane = L4Dataplane::load_with(&[], AttachMode::Auto, &pin_dir, timeouts)
+        .expect("load the XDP program");
+    dataplane.apply(listeners).expect("program the maps");
     Loaded { dataplane, pin_dir }
+}
+
+/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
+fn load() -> Loaded {
+    load_with(
+        &[
+            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+        ],
+        FlowTimeouts::default(),
+    )
+}
+
+impl Loaded {
+    fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        self.dataplane.test_run(packet).expect("test run")
+    }
+
+    fn stats(&self, name: &str) -> gateway_common::RouteStats {
+        self.dataplane
+            .route_stats()
+            .into_iter()
+            .find(|(r, _)| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name}"))
+            .1
+    }
+
+    fn events(&self, event: gateway_common::PacketEvent) -> u64 {
+        self.dataplane
+            .packet_events()
+            .into_iter()
+            .find(|(e, _)| *e == event)
+            .expect("event")
+            .1
+    }
+}
+
+/// Whether the program passed `input` to the kernel without touching it.
+fn untouched(loaded: &Loaded, input: &[u8]) -> bool {
+    let (action, out) = loaded.run(input);
+    action == XDP_PASS && out == input
 }
 
 #[test]
@@ -292,4 +341,176 @@ fn random_bytes_never_abort_the_program() {
             "round {round}: action {action} for {input:x?}"
         );
     }
+}
+
+#[test]
+fn a_tcp_reset_ends_the_flow_in_both_directions() {
+    if !require_root("a_tcp_reset_ends_the_flow") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40100);
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let nat = src(&out);
+    let reply = packet(TCP, (BACKEND, 7000), nat, SYN | ACK, b"");
+    assert_eq!(
+        dst(&loaded.run(&reply).1),
+        client,
+        "tracked before the reset"
+    );
+
+    // The client's RST is forwarded, translated, and ends the flow.
+    // (No interface: the FIB lookup fails and the rewritten RST is passed to the kernel.)
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), RST | ACK, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000), "the RST itself is forwarded");
+    assert!(checksums_valid(&out));
+    assert_eq!(loaded.events(gateway_common::PacketEvent::FlowReset), 1);
+    assert!(
+        untouched(&loaded, &reply),
+        "the reply direction is gone too"
+    );
+    assert!(
+        untouched(&loaded, &packet(TCP, client, (LISTENER, 9000), ACK, b"x")),
+        "the client direction is gone: the kernel answers it"
+    );
+    // A new SYN from the same client port opens a new flow.
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert_eq!(loaded.stats("tcp").new_flows, 2);
+}
+
+#[test]
+fn fin_shortens_a_tcp_flow_and_idle_udp_flows_expire() {
+    if !require_root("fin_shortens_a_tcp_flow") {
+        return;
+    }
+    let short = 300_000_000;
+    let loaded = load_with(
+        &[
+            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+        ],
+        FlowTimeouts {
+            tcp_closing_ns: short,
+            udp_idle_ns: short,
+            ..FlowTimeouts::default()
+        },
+    );
+    let (closing, open, udp) = ((CLIENT, 40200), (CLIENT, 40201), (CLIENT, 5200));
+    loaded.run(&packet(TCP, closing, (LISTENER, 9000), SYN, b""));
+    loaded.run(&packet(TCP, open, (LISTENER, 9000), SYN, b""));
+    let (_, out) = loaded.run(&packet(UDP, udp, (LISTENER, 9000), 0, b"q"));
+    let udp_nat = src(&out);
+    let (_, out) = loaded.run(&packet(TCP, closing, (LISTENER, 9000), FIN | ACK, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000), "the FIN is forwarded");
+    let last_ack = packet(TCP, closing, (LISTENER, 9000), ACK, b"");
+    assert_eq!(
+        dst(&loaded.run(&last_ack).1),
+        (BACKEND, 7000),
+        "a closing flow still forwards within its short timeout"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        untouched(&loaded, &last_ack),
+        "a closed TCP flow expires after the closing timeout"
+    );
+    let still_open = packet(TCP, open, (LISTENER, 9000), ACK, b"y");
+    assert_eq!(
+        dst(&loaded.run(&still_open).1),
+        (BACKEND, 7000),
+        "an idle TCP flow without FIN lives on"
+    );
+    let udp_reply = packet(UDP, (BACKEND, 7000), udp_nat, 0, b"a");
+    assert!(
+        untouched(&loaded, &udp_reply),
+        "an idle UDP flow expired: its late reply is not translated"
+    );
+    let flows = loaded.stats("udp").new_flows;
+    loaded.run(&packet(UDP, udp, (LISTENER, 9000), 0, b"q2"));
+    assert_eq!(
+        loaded.stats("udp").new_flows,
+        flows + 1,
+        "the next datagram opens a new flow"
+    );
+    assert!(loaded.events(gateway_common::PacketEvent::FlowExpired) >= 2);
+}
+
+const BACKEND_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+const BACKEND_C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 4);
+
+/// A SYN from client address/port number `i` (distinct for every i < 60,000).
+fn syn_from(i: u32) -> Vec<u8> {
+    let client = Ipv4Addr::new(198, 18, 2 + (i / 30_000) as u8, 1 + (i % 200) as u8);
+    let port = 20_000 + (i % 30_000 / 200) as u16 * 100 + (i % 100) as u16;
+    packet(TCP, (client, port), (LISTENER, 9000), SYN, b"")
+}
+
+#[test]
+fn weights_70_20_10_hold_over_3000_new_flows_and_removing_one_moves_only_its_flows() {
+    if !require_root("weights_70_20_10_hold") {
+        return;
+    }
+    let weighted = [(BACKEND, 70), (BACKEND_B, 20), (BACKEND_C, 10)];
+    let mut loaded = load_with(
+        &[listener(L4Protocol::Tcp, "w", &weighted)],
+        FlowTimeouts::default(),
+    );
+    let flows = 3000u32;
+    let pick = |loaded: &Loaded, i: u32| -> Ipv4Addr {
+        let (action, out) = loaded.run(&syn_from(i));
+        assert_ne!(action, XDP_DROP, "flow {i}");
+        dst(&out).0
+    };
+    let before: Vec<Ipv4Addr> = (0..flows).map(|i| pick(&loaded, i)).collect();
+    for (backend, weight) in weighted {
+        let share = before.iter().filter(|b| **b == backend).count() as f64 / f64::from(flows);
+        let want = weight as f64 / 100.0;
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{backend}: {share:.3} of new flows, weight {want}"
+        );
+    }
+    let stats = loaded.stats("w");
+    assert_eq!((stats.new_flows, stats.packets), (3000, 3000));
+
+    // A second set of flows, ended by RST, shows where new flows go.
+    let probe: Vec<u32> = (10_000..12_000).collect();
+    let probe_before: Vec<Ipv4Addr> = probe.iter().map(|i| pick(&loaded, *i)).collect();
+    for i in &probe {
+        let mut rst = syn_from(*i);
+        rst[47] = RST | ACK;
+        let fixed = l4_checksum(&rst);
+        rst[50..52].copy_from_slice(&fixed.to_be_bytes());
+        loaded.run(&rst);
+    }
+
+    // C goes away.
+    loaded
+        .dataplane
+        .apply(&[listener(L4Protocol::Tcp, "w", &weighted[..2])])
+        .expect("apply without C");
+    // Tracked flows: A's and B's keep their backend (a retransmitted SYN
+    // follows the flow); C's were removed with C and start over on A or B.
+    for (i, was) in before.iter().enumerate() {
+        let now = pick(&loaded, i as u32);
+        if *was == BACKEND_C {
+            assert_ne!(now, BACKEND_C, "flow {i} left C");
+        } else {
+            assert_eq!(now, *was, "flow {i} keeps its backend");
+        }
+    }
+    // New flows: those that went to A or B still do (Maglev moves few others).
+    let (mut kept, mut eligible) = (0, 0);
+    for (i, was) in probe.iter().zip(&probe_before) {
+        let now = pick(&loaded, *i);
+        assert_ne!(now, BACKEND_C);
+        if *was != BACKEND_C {
+            eligible += 1;
+            kept += usize::from(now == *was);
+        }
+    }
+    let moved = 1.0 - kept as f64 / f64::from(eligible);
+    eprintln!("after removing C, {moved:.4} of new flows not on C changed backend");
+    assert!(moved <= 0.02, "{moved:.4} of A/B flows moved");
 }

@@ -56,6 +56,24 @@ pub enum AttachMode {
     Generic,
 }
 
+/// How long an idle tracked flow lives (see `gateway_common::DEFAULT_*_NS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_idle_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_idle_ns: u64,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            tcp_idle_ns: gateway_common::DEFAULT_TCP_IDLE_NS,
+            tcp_closing_ns: gateway_common::DEFAULT_TCP_CLOSING_NS,
+            udp_idle_ns: gateway_common::DEFAULT_UDP_IDLE_NS,
+        }
+    }
+}
+
 pub struct L4Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
@@ -126,6 +144,16 @@ impl L4Dataplane {
     /// (flows, tables, counters) are reused as they are, and its XDP links get
     /// the new program atomically, so forwarding never stops.
     pub fn load(interfaces: &[String], mode: AttachMode, pin_dir: &Path) -> Result<Self, Error> {
+        Self::load_with(interfaces, mode, pin_dir, FlowTimeouts::default())
+    }
+
+    /// `load`, with other flow timeouts than the defaults.
+    pub fn load_with(
+        interfaces: &[String],
+        mode: AttachMode,
+        pin_dir: &Path,
+        timeouts: FlowTimeouts,
+    ) -> Result<Self, Error> {
         let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
             path: pin_dir.to_path_buf(),
             message: e.to_string(),
@@ -137,6 +165,10 @@ impl L4Dataplane {
         std::fs::create_dir_all(&links_dir).map_err(|e| pin_error(&e))?;
 
         let mut loader = EbpfLoader::new();
+        loader
+            .override_global("TCP_IDLE_NS", &timeouts.tcp_idle_ns, true)
+            .override_global("TCP_CLOSING_NS", &timeouts.tcp_closing_ns, true)
+            .override_global("UDP_IDLE_NS", &timeouts.udp_idle_ns, true);
         let mut adopted = true;
         for name in names::ADOPTED {
             let path = pin_dir.join(name);
@@ -146,7 +178,8 @@ impl L4Dataplane {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
         for (name, map) in ebpf.maps() {
-            if names::ADOPTED.contains(&name) {
+            // Adopted maps are pinned already; `.rodata` and the like are per program.
+            if names::ADOPTED.contains(&name) || name.starts_with('.') {
                 continue;
             }
             let path = pin_dir.join(name);
@@ -173,6 +206,9 @@ impl L4Dataplane {
             enable_forwarding(interface);
         }
         detach_others(&links_dir, interfaces);
+        if !interfaces.is_empty() {
+            reserve_nat_ports();
+        }
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(Error::Missing(name));
         let listeners =
@@ -384,7 +420,14 @@ impl L4Dataplane {
             }
         }
         for (key, flow) in &doomed {
-            let _ = self.flows.remove(&reply_key(key, flow));
+            // The reply entry only if it is still this flow's, not a newer
+            // flow's that took over the NAT port after this one went idle.
+            let reply = reply_key(key, flow);
+            if let Ok(other) = self.flows.get(&reply, 0)
+                && reply_key(&reply, &other) == *key
+            {
+                let _ = self.flows.remove(&reply);
+            }
             let _ = self.flows.remove(key);
         }
         Ok(doomed.len())
@@ -452,8 +495,9 @@ impl L4Dataplane {
     }
 }
 
-/// The key of the reply direction of a flow whose original direction is `key`
-/// rewritten by `flow`: the backend answering the source-NAT address and port.
+/// The key of the other direction of the flow whose entry at `key` is `flow`:
+/// the rewritten tuple reversed (for the original direction, the backend
+/// answering the source-NAT address and port).
 pub fn reply_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
     FlowKey {
         src_addr_be: flow.new_dst_addr_be,
@@ -567,6 +611,31 @@ fn source_address_for(backend: Ipv4Addr) -> Ipv4Addr {
             tracing::warn!(%backend, "no route to backend; using it as its own source address");
             backend
         }
+    }
+}
+
+/// Keeps the node's own sockets off the source-NAT ports: added to
+/// `ip_local_reserved_ports`, they are never chosen as ephemeral ports, so a
+/// NAT'd flow and a local connection cannot share a 4-tuple.
+fn reserve_nat_ports() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let range = format!(
+        "{}-{}",
+        gateway_common::NAT_PORT_MIN,
+        u32::from(gateway_common::NAT_PORT_MIN) + u32::from(gateway_common::NAT_PORT_COUNT) - 1
+    );
+    let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    let current = current.trim();
+    if current.split(',').any(|r| r == range) {
+        return;
+    }
+    let value = if current.is_empty() {
+        range
+    } else {
+        format!("{current},{range}")
+    };
+    if let Err(e) = std::fs::write(PATH, &value) {
+        tracing::warn!(error = %e, "cannot reserve the source-NAT ports; local connections may collide with NAT'd flows");
     }
 }
 
