@@ -275,12 +275,7 @@ mod tests {
         let listeners: Vec<L4Listener> = (0..1000u16)
             .map(|i| {
                 let backends: Vec<(String, u64)> = (0..10u64)
-                    .map(|b| {
-                        (
-                            format!("198.18.{}.{}:7000", 1 + i / 250, 1 + b),
-                            u64::from(b) + 1,
-                        )
-                    })
+                    .map(|b| (format!("198.18.{}.{}:7000", 1 + i / 250, 1 + b), b + 1))
                     .collect();
                 let refs: Vec<(&str, u64)> =
                     backends.iter().map(|(a, w)| (a.as_str(), *w)).collect();

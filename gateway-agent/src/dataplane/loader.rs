@@ -387,7 +387,7 @@ impl L4Dataplane {
             let mut slots = MaglevTable::default();
             slots.backend.copy_from_slice(&table.slots);
             self.tables
-                .set(target, &slots, 0)
+                .set(target, slots, 0)
                 .map_err(map_err(names::MAGLEV_TABLES))?;
         }
         let value = RouteValue {
