@@ -20,11 +20,9 @@ use gateway_common::{
 use crate::{config, csum, maps, packet::*};
 
 const AF_INET: u8 = 2;
-const L4: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
-
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
-    match try_handle(ctx) {
+    match dispatch(ctx) {
         Ok(action) => action,
         Err(event) => {
             maps::count_event(event);
@@ -33,24 +31,41 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+/// IPv4 straight after the Ethernet header, or after one VLAN tag. Each case
+/// is its own copy of the code with constant offsets, which the verifier
+/// follows more easily than a variable one.
 #[inline(always)]
-fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
-    if ether_type != ETH_P_IPV4 {
-        return Err(PacketEvent::PassedNotOurs);
+    match ether_type {
+        ETH_P_IPV4 => try_handle::<ETH_HDR_LEN>(ctx),
+        ETH_P_8021Q | ETH_P_8021AD => {
+            let inner =
+                u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
+            if inner != ETH_P_IPV4 {
+                return Err(PacketEvent::PassedNotOurs);
+            }
+            try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx)
+        }
+        _ => Err(PacketEvent::PassedNotOurs),
     }
-    let ver_ihl = read::<u8>(ctx, ETH_HDR_LEN).ok_or(PacketEvent::PassedNotOurs)?;
+}
+
+/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+/// `L3`: where the IPv4 header starts.
+#[inline(always)]
+fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let l4 = L3 + IPV4_HDR_LEN;
+    let ver_ihl = read::<u8>(ctx, L3).ok_or(PacketEvent::PassedNotOurs)?;
     if ver_ihl >> 4 != 4 {
         return Err(PacketEvent::PassedNotOurs);
     }
-    let proto = read::<u8>(ctx, ETH_HDR_LEN + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
+    let proto = read::<u8>(ctx, L3 + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(PacketEvent::PassedNotOurs);
     }
-    let frag = u16::from_be(
-        read::<u16>(ctx, ETH_HDR_LEN + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?,
-    );
+    let frag =
+        u16::from_be(read::<u16>(ctx, L3 + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?);
     // Options shift the L4 header; fragments after the first have no ports.
     if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
         return Err(PacketEvent::PassedFragmentOrOptions);
@@ -60,15 +75,15 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     } else {
         UDP_HDR_LEN
     };
-    if ctx.data() + L4 + l4_len > ctx.data_end() {
+    if ctx.data() + l4 + l4_len > ctx.data_end() {
         return Err(PacketEvent::PassedNotOurs);
     }
 
     let key = FlowKey {
-        src_addr_be: read(ctx, ETH_HDR_LEN + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
-        dst_addr_be: read(ctx, ETH_HDR_LEN + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
-        src_port_be: read(ctx, L4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
-        dst_port_be: read(ctx, L4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        src_addr_be: read(ctx, L3 + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_addr_be: read(ctx, L3 + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
+        src_port_be: read(ctx, l4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_port_be: read(ctx, l4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         proto,
         _pad: [0; 3],
     };
@@ -86,12 +101,12 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
             maps::count_event(PacketEvent::FlowExpired);
         } else {
             let tcp_flags = if proto == PROTO_TCP {
-                read::<u8>(ctx, L4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?
+                read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?
             } else {
                 0
             };
             maps::count_route(flow.route_id, packet_len, false, false);
-            rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+            rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
             if tcp_flags & TCP_FLAG_RST != 0 {
                 // Both ends are done: free the entries (and the NAT port) now.
                 remove_pair(&key, &flow);
@@ -101,7 +116,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
             } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
                 touch(&key, entry, &flow, now, 0);
             }
-            return Ok(send(ctx, &flow, proto));
+            return Ok(send::<L3>(ctx, &flow, proto));
         }
     }
 
@@ -117,7 +132,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         None => return Err(PacketEvent::PassedNotOurs),
     };
     if proto == PROTO_TCP {
-        let flags = read::<u8>(ctx, L4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
+        let flags = read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
         // Only a SYN opens a flow; the kernel answers stray segments itself.
         if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
             return Err(PacketEvent::PassedNoFlow);
@@ -129,8 +144,8 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         return Ok(xdp_action::XDP_DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
-    rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send(ctx, &flow, proto))
+    rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+    Ok(send::<L3>(ctx, &flow, proto))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
@@ -315,19 +330,19 @@ fn touch(key: &FlowKey, entry: *mut FlowValue, flow: &FlowValue, now: u64, add_f
 
 /// Rewrites addresses and ports, updating the IPv4 and L4 checksums incrementally.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
-    let ip_csum_off = ETH_HDR_LEN + IPV4_CSUM;
+fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
+    let ip_csum_off = L3 + IPV4_CSUM;
     let mut ip_csum: u16 = read(ctx, ip_csum_off)?;
     ip_csum = csum::replace_u32(ip_csum, key.src_addr_be, flow.new_src_addr_be);
     ip_csum = csum::replace_u32(ip_csum, key.dst_addr_be, flow.new_dst_addr_be);
     write(ctx, ip_csum_off, ip_csum)?;
-    write(ctx, ETH_HDR_LEN + IPV4_SRC, flow.new_src_addr_be)?;
-    write(ctx, ETH_HDR_LEN + IPV4_DST, flow.new_dst_addr_be)?;
+    write(ctx, L3 + IPV4_SRC, flow.new_src_addr_be)?;
+    write(ctx, L3 + IPV4_DST, flow.new_dst_addr_be)?;
 
     let l4_csum_off = if key.proto == PROTO_TCP {
-        L4 + TCP_CSUM
+        (L3 + IPV4_HDR_LEN) + TCP_CSUM
     } else {
-        L4 + UDP_CSUM
+        (L3 + IPV4_HDR_LEN) + UDP_CSUM
     };
     let old: u16 = read(ctx, l4_csum_off)?;
     // A zero UDP checksum means "none": leave it so.
@@ -341,8 +356,8 @@ fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
         }
         write(ctx, l4_csum_off, l4)?;
     }
-    write(ctx, L4 + L4_SRC_PORT, flow.new_src_port_be)?;
-    write(ctx, L4 + L4_DST_PORT, flow.new_dst_port_be)?;
+    write(ctx, (L3 + IPV4_HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
+    write(ctx, (L3 + IPV4_HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
     Some(())
 }
 
@@ -350,15 +365,20 @@ fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
 /// knows the next hop, else back to the kernel to route (local destination, or
 /// a neighbour not yet resolved).
 #[inline(always)]
-fn send(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
+fn send<const L3: usize>(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
+    if L3 != ETH_HDR_LEN {
+        // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
+        // redirect to; the kernel forwards the rewritten packet.
+        maps::count_event(PacketEvent::RewrittenPassed);
+        return xdp_action::XDP_PASS;
+    }
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = flow.new_src_port_be;
     params.dport = flow.new_dst_port_be;
-    params.__bindgen_anon_1.tot_len =
-        read::<u16>(ctx, ETH_HDR_LEN + IPV4_TOT_LEN).map_or(0, u16::from_be);
+    params.__bindgen_anon_1.tot_len = read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be);
     params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_3.ipv4_src = flow.new_src_addr_be;
     params.__bindgen_anon_4.ipv4_dst = flow.new_dst_addr_be;

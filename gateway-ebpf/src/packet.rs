@@ -5,6 +5,10 @@ use aya_ebpf::programs::XdpContext;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// One VLAN tag: TCI and the inner EtherType.
+pub const VLAN_HDR_LEN: usize = 4;
 pub const IPV4_HDR_LEN: usize = 20;
 /// Offsets inside the IPv4 header.
 pub const IPV4_FRAG_OFF: usize = 6;

@@ -539,3 +539,57 @@ fn weights_70_20_10_hold_over_3000_new_flows_and_removing_one_moves_only_its_flo
     eprintln!("after removing C, {moved:.4} of new flows not on C changed backend");
     assert!(moved <= 0.02, "{moved:.4} of A/B flows moved");
 }
+
+/// `p` with one 802.1Q tag (VLAN 100) after the MAC addresses.
+fn tagged(p: &[u8]) -> Vec<u8> {
+    let mut out = p[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+    out.extend_from_slice(&p[12..]);
+    out
+}
+
+/// The tag removed again, for the helpers that read untagged offsets.
+fn untagged(p: &[u8]) -> Vec<u8> {
+    let mut out = p[..12].to_vec();
+    out.extend_from_slice(&p[16..]);
+    out
+}
+
+#[test]
+fn a_vlan_tagged_flow_is_rewritten_behind_its_tag() {
+    if !require_root("a_vlan_tagged_flow_is_rewritten") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40300);
+    let syn = tagged(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let (_, out) = loaded.run(&syn);
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 100], "the tag is kept");
+    let out = untagged(&out);
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert!(checksums_valid(&out), "checksums behind the tag");
+    let nat = src(&out);
+
+    let reply = tagged(&packet(TCP, (BACKEND, 7000), nat, SYN | ACK, b""));
+    let back = untagged(&loaded.run(&reply).1);
+    assert_eq!((src(&back), dst(&back)), ((LISTENER, 9000), client));
+    assert!(checksums_valid(&back));
+    assert_eq!(loaded.stats("tcp").new_flows, 1);
+
+    let mut arp = syn.clone();
+    arp[16..18].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(untouched(&loaded, &arp), "a tagged non-IPv4 frame");
+    let mut double = syn.clone();
+    double[16..18].copy_from_slice(&0x8100u16.to_be_bytes());
+    assert!(untouched(&loaded, &double), "two tags are not ours");
+    let other = tagged(&packet(TCP, (CLIENT, 40301), (LISTENER, 9001), SYN, b""));
+    assert!(untouched(&loaded, &other), "tagged, to no listener");
+    for len in 14..syn.len() {
+        let mut short = tagged(&packet(TCP, (CLIENT, 40302), (LISTENER, 9000), SYN, b""));
+        short.truncate(len);
+        assert!(
+            untouched(&loaded, &short),
+            "truncated tagged SYN, {len} bytes"
+        );
+    }
+}
