@@ -198,9 +198,12 @@ pub enum PacketEvent {
     FlowExpired = 7,
     /// A TCP RST ended a tracked flow (both directions removed).
     FlowReset = 8,
+    /// Too big for the egress link and "don't fragment": answered with an ICMP
+    /// "fragmentation needed" carrying the link's MTU (path-MTU discovery).
+    IcmpFragNeededSent = 9,
 }
 
-pub const PACKET_EVENT_COUNT: u32 = 9;
+pub const PACKET_EVENT_COUNT: u32 = 10;
 
 impl PacketEvent {
     pub const ALL: [PacketEvent; PACKET_EVENT_COUNT as usize] = [
@@ -213,6 +216,7 @@ impl PacketEvent {
         PacketEvent::RewrittenPassed,
         PacketEvent::FlowExpired,
         PacketEvent::FlowReset,
+        PacketEvent::IcmpFragNeededSent,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -226,6 +230,7 @@ impl PacketEvent {
             PacketEvent::RewrittenPassed => "rewritten_passed",
             PacketEvent::FlowExpired => "flow_expired",
             PacketEvent::FlowReset => "flow_reset",
+            PacketEvent::IcmpFragNeededSent => "icmp_frag_needed_sent",
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
+        bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
@@ -17,7 +18,7 @@ use gateway_common::{
     PROTO_UDP, PacketEvent, flow_hash,
 };
 
-use crate::{config, csum, maps, packet::*};
+use crate::{config, csum, icmp, maps, packet::*};
 
 const AF_INET: u8 = 2;
 #[inline(always)]
@@ -116,7 +117,7 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
             } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
                 touch(&key, entry, &flow, now, 0);
             }
-            return Ok(send::<L3>(ctx, &flow, proto));
+            return Ok(send::<L3>(ctx, &key, &flow));
         }
     }
 
@@ -145,7 +146,7 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     };
     maps::count_route(route_id, packet_len, true, false);
     rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send::<L3>(ctx, &flow, proto))
+    Ok(send::<L3>(ctx, &key, &flow))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
@@ -365,7 +366,8 @@ fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -
 /// knows the next hop, else back to the kernel to route (local destination, or
 /// a neighbour not yet resolved).
 #[inline(always)]
-fn send<const L3: usize>(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
+fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> u32 {
+    let proto = key.proto;
     if L3 != ETH_HDR_LEN {
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
         // redirect to; the kernel forwards the rewritten packet.
@@ -392,6 +394,15 @@ fn send<const L3: usize>(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
             0,
         )
     };
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        let frag = read::<u16>(ctx, L3 + IPV4_FRAG_OFF).map_or(0, u16::from_be);
+        if frag & IPV4_DONT_FRAGMENT != 0 {
+            // SAFETY: the FIB wrote mtu_result for this return code.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            return icmp::frag_needed(ctx, key, mtu);
+        }
+        // The kernel may fragment it.
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         maps::count_event(PacketEvent::RewrittenPassed);
         return xdp_action::XDP_PASS;

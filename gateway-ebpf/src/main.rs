@@ -6,6 +6,7 @@
 mod config;
 mod csum;
 mod forward;
+mod icmp;
 mod maps;
 mod packet;
 

@@ -17,6 +17,7 @@ pub const IPV4_CSUM: usize = 10;
 pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;
 pub const IPV4_TOT_LEN: usize = 2;
+pub const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 /// Offsets inside the TCP and UDP headers.
 pub const L4_SRC_PORT: usize = 0;
 pub const L4_DST_PORT: usize = 2;

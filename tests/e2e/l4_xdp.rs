@@ -169,9 +169,14 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
 /// One HTTP/1.1 request on a kept-alive connection to an `http-echo`
 /// backend; returns the backend's name.
 fn ask(stream: &TcpStream) -> Result<String, String> {
+    exchange(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+}
+
+/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
+fn exchange(stream: &TcpStream, request: &[u8]) -> Result<String, String> {
     let mut writer = stream;
     writer
-        .write_all(b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+        .write_all(request)
         .map_err(|e| format!("send: {e}"))?;
     let mut reader = BufReader::new(stream);
     let mut content_length = 0usize;
@@ -448,4 +453,52 @@ fn a_removed_backend_loses_only_its_own_flows_and_they_are_reset() {
         let reply = new_flow(&topology, &gateway);
         assert_eq!(reply.as_deref(), Ok("a"), "new flow {i} avoids b");
     }
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_smaller_backend_link() {
+    if !require_root("path_mtu_discovery_works") {
+        return;
+    }
+    let topology = Topology::new();
+    // The node's link towards the backend carries at most 1280 bytes; the
+    // client and the backend both think 1500 (MSS 1460) is fine.
+    topology
+        .node
+        .run(&["ip", "link", "set", "b0", "mtu", "1280"]);
+    let _backend = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:7000"), "a"]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    eventually("TCP through the gateway", Duration::from_secs(20), || {
+        new_flow(&topology, &gateway)
+    });
+
+    // 200 KB upstream: full-size segments must shrink to the link's MTU,
+    // which only happens if the client hears "fragmentation needed".
+    let body = vec![b'x'; 200_000];
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: l4\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect");
+    assert_eq!(
+        exchange(&stream, &request).as_deref(),
+        Ok("a"),
+        "the upload through a 1280-byte link; agent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.packet_events(PacketEvent::IcmpFragNeededSent) >= 1,
+        "the program answered an oversized segment"
+    );
 }
