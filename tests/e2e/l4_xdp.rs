@@ -141,7 +141,7 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
         "all.yaml",
         &(class_and_service("echo", 5353, 5353) + &gateway),
     );
-    let agent = Agent::start(&topology, manifests);
+    let mut agent = Agent::start(&topology, manifests);
     let target = format!("{GATEWAY_ADDR}:9000");
 
     let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
@@ -164,6 +164,22 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
         agent.route_counter(0, "packets") >= 8,
         "both directions are counted"
     );
+
+    // With the agent frozen, the kernel keeps forwarding datagrams and counting.
+    let packets_before = agent.route_counter(0, "packets");
+    agent.process.signal(libc::SIGSTOP);
+    for i in 0..3 {
+        let message = format!("while stopped {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &target, &message])
+                .as_deref(),
+            Ok(message.as_str()),
+            "datagram {i} with the agent stopped"
+        );
+    }
+    assert!(agent.route_counter(0, "packets") >= packets_before + 6);
+    agent.process.signal(libc::SIGCONT);
 }
 
 /// One HTTP/1.1 request on a kept-alive connection to an `http-echo`
