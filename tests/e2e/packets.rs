@@ -593,3 +593,42 @@ fn a_vlan_tagged_flow_is_rewritten_behind_its_tag() {
         );
     }
 }
+
+#[test]
+fn the_programs_own_time_per_packet_stays_within_bounds() {
+    if !require_root("the_programs_own_time_per_packet") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40400);
+    loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
+    let per_tracked = loaded
+        .dataplane
+        .time_run(&tracked, 100_000)
+        .expect("timed run");
+    // Each new flow is its own run (a repeated SYN would be tracked after
+    // the first); the kernel reports each run's time.
+    let flows = 2000u32;
+    let mut total = std::time::Duration::ZERO;
+    for i in 0..flows {
+        total += loaded
+            .dataplane
+            .time_run(&syn_from(30_000 + i), 1)
+            .expect("timed run");
+    }
+    let per_new = total / flows;
+    // What one run costs beyond the program: the same tracked packet, one run at a time.
+    let mut single = std::time::Duration::ZERO;
+    for _ in 0..flows {
+        single += loaded.dataplane.time_run(&tracked, 1).expect("timed run");
+    }
+    let per_single = single / flows;
+    eprintln!(
+        "program time per packet: tracked flow {per_tracked:?} (one run at a time {per_single:?}), new flow {per_new:?}"
+    );
+    // Regression bounds, not the goals (100 ns tracked, 250 ns new),
+    // which this program does not meet yet (see docs/l4-dataplane.md).
+    assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
+    assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
+}

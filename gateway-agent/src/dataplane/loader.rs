@@ -461,6 +461,22 @@ impl L4Dataplane {
         Ok((result.return_value, out))
     }
 
+    /// The program's own time per run over `packet`, run `repeat` times by
+    /// the kernel (BPF_PROG_TEST_RUN): what the program costs, without any
+    /// interface or traffic generator.
+    pub fn time_run(&self, packet: &[u8], repeat: u32) -> Result<std::time::Duration, Error> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_l4_forward")
+            .ok_or(Error::Missing("program xdp_l4_forward"))?
+            .try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.repeat = repeat;
+        Ok(program.test_run(opts)?.duration)
+    }
+
     /// Per-route counters summed over CPUs.
     pub fn route_stats(&self) -> Vec<(RouteRef, RouteStats)> {
         self.ids
