@@ -95,13 +95,39 @@ pub struct L4Maps {
     pub names: BTreeMap<u32, u64>,
 }
 
+/// Maglev tables of the last plan by their weighted backends, so that a
+/// config change rebuilds only the tables of routes whose backends changed.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    tables: BTreeMap<Vec<Weighted>, Vec<u16>>,
+}
+
+impl TableCache {
+    fn build(
+        &self,
+        weighted: &[Weighted],
+        used: &mut BTreeMap<Vec<Weighted>, Vec<u16>>,
+    ) -> Vec<u16> {
+        if let Some(slots) = used.get(weighted).or_else(|| self.tables.get(weighted)) {
+            let slots = slots.clone();
+            used.insert(weighted.to_vec(), slots.clone());
+            return slots;
+        }
+        let slots = maglev::build(weighted, MAGLEV_TABLE_SIZE);
+        used.insert(weighted.to_vec(), slots.clone());
+        slots
+    }
+}
+
 /// Builds the maps for `listeners`. `source_for` gives the node address the
 /// kernel would use towards a backend (the source-NAT address).
 pub fn plan(
     listeners: &[L4Listener],
     ids: &mut RouteIds,
+    cache: &mut TableCache,
     source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
 ) -> L4Maps {
+    let mut used = BTreeMap::new();
     let live: Vec<&RouteRef> = listeners.iter().map(|l| &l.route).collect();
     ids.assign(&live);
     let mut maps = L4Maps::default();
@@ -123,9 +149,12 @@ pub fn plan(
             continue; // Same route on another address: one table serves both.
         }
         maps.names.insert(route_id, name_hash(&listener.route));
-        maps.routes
-            .insert(route_id, route_table(&listener.backends, source_for));
+        let table = route_table(&listener.backends, source_for, |w| {
+            cache.build(w, &mut used)
+        });
+        maps.routes.insert(route_id, table);
     }
+    cache.tables = used;
     maps
 }
 
@@ -134,6 +163,7 @@ pub fn plan(
 fn route_table(
     endpoints: &[WeightedEndpoint],
     source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
+    mut build: impl FnMut(&[Weighted]) -> Vec<u16>,
 ) -> RouteTable {
     let mut merged: BTreeMap<(Ipv4Addr, u16), u64> = BTreeMap::new();
     for e in endpoints {
@@ -161,7 +191,7 @@ fn route_table(
             weight: *weight,
         })
         .collect();
-    let slots = maglev::build(&weighted, MAGLEV_TABLE_SIZE);
+    let slots = build(&weighted);
     if slots.is_empty() {
         return RouteTable::default();
     }
@@ -207,7 +237,9 @@ mod tests {
     fn weights_are_honoured_in_the_table() {
         let mut ids = RouteIds::default();
         let l = listener("r", 9000, &[("198.18.1.2:7000", 3), ("198.18.1.3:7000", 1)]);
-        let maps = plan(&[l], &mut ids, &|_| Ipv4Addr::new(198, 18, 1, 1));
+        let maps = plan(&[l], &mut ids, &mut TableCache::default(), &|_| {
+            Ipv4Addr::new(198, 18, 1, 1)
+        });
         let table = &maps.routes[&0];
         assert_eq!(table.slots.len(), MAGLEV_TABLE_SIZE as usize);
         let first = table
@@ -231,7 +263,12 @@ mod tests {
     #[test]
     fn a_route_without_backends_has_an_empty_table() {
         let mut ids = RouteIds::default();
-        let maps = plan(&[listener("r", 9000, &[])], &mut ids, &|a| a);
+        let maps = plan(
+            &[listener("r", 9000, &[])],
+            &mut ids,
+            &mut TableCache::default(),
+            &|a| a,
+        );
         assert_eq!(maps.routes[&0], RouteTable::default());
         assert_eq!(maps.listeners.len(), 1);
     }
@@ -241,10 +278,20 @@ mod tests {
         let mut ids = RouteIds::default();
         let a = listener("a", 1, &[]);
         let b = listener("b", 2, &[]);
-        plan(&[a.clone(), b.clone()], &mut ids, &|x| x);
+        plan(
+            &[a.clone(), b.clone()],
+            &mut ids,
+            &mut TableCache::default(),
+            &|x| x,
+        );
         assert_eq!((ids.get(&a.route), ids.get(&b.route)), (Some(0), Some(1)));
         let c = listener("c", 3, &[]);
-        plan(&[b.clone(), c.clone()], &mut ids, &|x| x);
+        plan(
+            &[b.clone(), c.clone()],
+            &mut ids,
+            &mut TableCache::default(),
+            &|x| x,
+        );
         assert_eq!(ids.get(&b.route), Some(1), "b keeps its id");
         assert_eq!(ids.get(&c.route), Some(0), "c reuses a's freed id");
         assert_eq!(ids.get(&a.route), None);
@@ -258,13 +305,23 @@ mod tests {
             listener("b", 2, &[]),
             listener("c", 3, &[]),
         );
-        let maps = plan(&[a.clone(), b.clone(), c.clone()], &mut before, &|x| x);
+        let maps = plan(
+            &[a.clone(), b.clone(), c.clone()],
+            &mut before,
+            &mut TableCache::default(),
+            &|x| x,
+        );
         // The new agent sees b and c (a was deleted meanwhile) and a new route d,
         // listed first: b and c keep their ids, d takes a's.
         let mut after = RouteIds::default();
         after.adopt(maps.names.iter().map(|(id, h)| (*id, *h)));
         let d = listener("d", 4, &[]);
-        plan(&[d.clone(), c.clone(), b.clone()], &mut after, &|x| x);
+        plan(
+            &[d.clone(), c.clone(), b.clone()],
+            &mut after,
+            &mut TableCache::default(),
+            &|x| x,
+        );
         assert_eq!(after.get(&b.route), before.get(&b.route));
         assert_eq!(after.get(&c.route), before.get(&c.route));
         assert_eq!(after.get(&d.route), before.get(&a.route));
@@ -275,7 +332,12 @@ mod tests {
         let listeners: Vec<L4Listener> = (0..1000u16)
             .map(|i| {
                 let backends: Vec<(String, u64)> = (0..10u64)
-                    .map(|b| (format!("198.18.{}.{}:7000", 1 + i / 250, 1 + b), b + 1))
+                    .map(|b| {
+                        (
+                            format!("198.18.{}.{}:{}", 1 + i / 250, 1 + b, 7000 + i),
+                            b + 1,
+                        )
+                    })
                     .collect();
                 let refs: Vec<(&str, u64)> =
                     backends.iter().map(|(a, w)| (a.as_str(), *w)).collect();
@@ -283,15 +345,27 @@ mod tests {
             })
             .collect();
         let mut ids = RouteIds::default();
+        let mut cache = TableCache::default();
         let started = std::time::Instant::now();
-        let maps = plan(&listeners, &mut ids, &|x| x);
+        let maps = plan(&listeners, &mut ids, &mut cache, &|x| x);
         let took = started.elapsed();
-        eprintln!("1000 routes x 10 backends: Maglev tables built in {took:?}");
         assert_eq!(maps.routes.len(), 1000);
         assert!(
             maps.routes
                 .values()
                 .all(|t| t.slots.len() == MAGLEV_TABLE_SIZE as usize && t.backends.len() == 10)
         );
+        // One route's backends change: only its table is built again.
+        let mut changed = listeners.clone();
+        changed[7].backends.pop();
+        let started = std::time::Instant::now();
+        let again = plan(&changed, &mut ids, &mut cache, &|x| x);
+        let rebuild = started.elapsed();
+        eprintln!(
+            "1000 routes x 10 backends: tables built in {took:?}, one changed in {rebuild:?}"
+        );
+        assert_eq!(again.routes[&7].backends.len(), 9);
+        assert_eq!(again.routes[&8], maps.routes[&8]);
+        assert!(rebuild * 10 < took, "{rebuild:?} vs {took:?}");
     }
 }

@@ -15,7 +15,7 @@ use gateway_common::{
     PACKET_EVENT_COUNT, PacketEvent, RouteName, RouteStats, RouteValue, maps as names,
 };
 
-use super::l4_plan::{self, L4Maps, RouteIds, RouteTable};
+use super::l4_plan::{self, L4Maps, RouteIds, RouteTable, TableCache};
 use crate::model::{L4Listener, RouteRef};
 
 /// The compiled eBPF object, built by build.rs from gateway-ebpf.
@@ -92,6 +92,7 @@ pub struct L4Dataplane {
     /// route id → the `MAGLEV_TABLES` index its `ROUTES` entry points at.
     live_tables: BTreeMap<u32, u32>,
     ids: RouteIds,
+    tables_cache: TableCache,
     adopted: bool,
 }
 
@@ -239,6 +240,7 @@ impl L4Dataplane {
             applied: L4Maps::default(),
             live_tables: BTreeMap::new(),
             ids: RouteIds::default(),
+            tables_cache: TableCache::default(),
             adopted,
         };
         if adopted {
@@ -313,7 +315,12 @@ impl L4Dataplane {
     /// removed: their next packet finds no flow, and the node's kernel answers
     /// it with a reset instead of the flow being black-holed.
     pub fn apply(&mut self, listeners: &[L4Listener]) -> Result<(), Error> {
-        let desired = l4_plan::plan(listeners, &mut self.ids, &source_address_for);
+        let desired = l4_plan::plan(
+            listeners,
+            &mut self.ids,
+            &mut self.tables_cache,
+            &source_address_for,
+        );
         let old = std::mem::take(&mut self.applied);
         for (id, hash) in &desired.names {
             if old.names.get(id) != Some(hash) {

@@ -6,7 +6,7 @@
 
 /// A backend as Maglev sees it: a stable identity (its permutation depends on
 /// it, not on its position in the list) and a weight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Weighted {
     pub identity: u64,
     pub weight: u64,
