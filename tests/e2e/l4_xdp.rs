@@ -141,7 +141,7 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
         "all.yaml",
         &(class_and_service("echo", 5353, 5353) + &gateway),
     );
-    let mut agent = Agent::start(&topology, manifests);
+    let agent = Agent::start(&topology, manifests);
     let target = format!("{GATEWAY_ADDR}:9000");
 
     let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
