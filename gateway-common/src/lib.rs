@@ -201,9 +201,12 @@ pub enum PacketEvent {
     /// Too big for the egress link and "don't fragment": answered with an ICMP
     /// "fragmentation needed" carrying the link's MTU (path-MTU discovery).
     IcmpFragNeededSent = 9,
+    /// An ICMP error about a tracked flow's packet, translated and sent on to
+    /// the flow's other end.
+    IcmpErrorTranslated = 10,
 }
 
-pub const PACKET_EVENT_COUNT: u32 = 10;
+pub const PACKET_EVENT_COUNT: u32 = 11;
 
 impl PacketEvent {
     pub const ALL: [PacketEvent; PACKET_EVENT_COUNT as usize] = [
@@ -217,6 +220,7 @@ impl PacketEvent {
         PacketEvent::FlowExpired,
         PacketEvent::FlowReset,
         PacketEvent::IcmpFragNeededSent,
+        PacketEvent::IcmpErrorTranslated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -231,6 +235,7 @@ impl PacketEvent {
             PacketEvent::FlowExpired => "flow_expired",
             PacketEvent::FlowReset => "flow_reset",
             PacketEvent::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            PacketEvent::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }

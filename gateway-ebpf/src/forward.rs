@@ -62,7 +62,7 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         return Err(PacketEvent::PassedNotOurs);
     }
     let proto = read::<u8>(ctx, L3 + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(PacketEvent::PassedNotOurs);
     }
     let frag =
@@ -70,6 +70,9 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     // Options shift the L4 header; fragments after the first have no ports.
     if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
         return Err(PacketEvent::PassedFragmentOrOptions);
+    }
+    if proto == PROTO_ICMP {
+        return icmp::translate_error::<L3>(ctx);
     }
     let l4_len = if proto == PROTO_TCP {
         TCP_HDR_MIN
@@ -275,7 +278,7 @@ fn expired(proto: u8, flow: &FlowValue, now: u64) -> bool {
 /// The key of the other direction of the flow whose entry `flow` is: the
 /// rewritten packet's tuple, reversed.
 #[inline(always)]
-fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
+pub fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
     FlowKey {
         src_addr_be: flow.new_dst_addr_be,
         dst_addr_be: flow.new_src_addr_be,
@@ -366,7 +369,7 @@ fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -
 /// knows the next hop, else back to the kernel to route (local destination, or
 /// a neighbour not yet resolved).
 #[inline(always)]
-fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> u32 {
+pub fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> u32 {
     let proto = key.proto;
     if L3 != ETH_HDR_LEN {
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot

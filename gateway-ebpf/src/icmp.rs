@@ -1,15 +1,17 @@
-//! ICMP the program answers with itself: "fragmentation needed" for a packet
-//! of a tracked flow too big for the egress link, so that path-MTU discovery
-//! works through the gateway (the kernel never sees the packet, so it cannot).
+//! ICMP for tracked flows. Errors about a flow's packets, from a router on
+//! either side, are translated like the flow (path-MTU discovery and
+//! traceroute work through the gateway); and "fragmentation needed" for a
+//! packet too big for the egress link is answered by the program itself (the
+//! kernel never sees the packet, so it cannot).
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use gateway_common::{FlowKey, PacketEvent};
+use gateway_common::{FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
 
-use crate::{maps, packet::*};
+use crate::{csum, forward, maps, packet::*};
 
 const IP: usize = ETH_HDR_LEN;
 const ICMP: usize = IP + IPV4_HDR_LEN;
@@ -18,8 +20,8 @@ const ICMP_HDR_LEN: usize = 8;
 const INNER_IP: usize = ICMP + ICMP_HDR_LEN;
 const INNER_L4: usize = INNER_IP + IPV4_HDR_LEN;
 const TOTAL: usize = INNER_L4 + 8;
-const PROTO_ICMP: u8 = 1;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// Turns the (already rewritten, untagged) packet in place into an ICMP
@@ -50,7 +52,7 @@ fn build(ctx: &XdpContext, key: &FlowKey, mtu: u16) -> Option<()> {
     // The frame's length, from the offending packet's IPv4 total length (the
     // verifier allows no arithmetic on data_end; a frame this big has no padding).
     let inner_len = usize::from(u16::from_be(read::<u16>(ctx, INNER_IP + IPV4_TOT_LEN)?));
-    if inner_len < TOTAL - INNER_IP || inner_len > 0xffff {
+    if inner_len < TOTAL - INNER_IP {
         return None;
     }
     let shrink = (INNER_IP + inner_len - TOTAL) as i32;
@@ -124,4 +126,112 @@ fn checksum(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
+}
+
+/// An ICMP error (destination unreachable, time exceeded) whose quoted packet
+/// belongs to a tracked flow: the quote is translated back to the packet its
+/// sender sent, and the error is sent to that sender. Anything else passes.
+#[inline(always)]
+pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let icmp = L3 + IPV4_HDR_LEN;
+    let inner = icmp + ICMP_HDR_LEN;
+    let inner_l4 = inner + IPV4_HDR_LEN;
+    let not_ours = PacketEvent::PassedNotOurs;
+    let kind = read::<u8>(ctx, icmp).ok_or(not_ours)?;
+    if kind != ICMP_DEST_UNREACHABLE && kind != ICMP_TIME_EXCEEDED {
+        return Err(not_ours);
+    }
+    let inner_ver_ihl = read::<u8>(ctx, inner).ok_or(not_ours)?;
+    let proto = read::<u8>(ctx, inner + IPV4_PROTO).ok_or(not_ours)?;
+    if inner_ver_ihl != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Err(not_ours);
+    }
+    // The quoted packet went out rewritten by the flow entry whose partner is
+    // the quote reversed; that partner entry says what to turn it back into.
+    let quoted = FlowKey {
+        src_addr_be: read(ctx, inner + IPV4_SRC).ok_or(not_ours)?,
+        dst_addr_be: read(ctx, inner + IPV4_DST).ok_or(not_ours)?,
+        src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
+        dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
+        proto,
+        _pad: [0; 3],
+    };
+    let reversed = FlowKey {
+        src_addr_be: quoted.dst_addr_be,
+        dst_addr_be: quoted.src_addr_be,
+        src_port_be: quoted.dst_port_be,
+        dst_port_be: quoted.src_port_be,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = maps::FLOWS.get_ptr(reversed) else {
+        return Err(not_ours);
+    };
+    // SAFETY: copied out at once.
+    let flow = unsafe { *entry };
+    // The original packet: from the entry's rewritten destination to its
+    // rewritten source.
+    let (src, dst) = (flow.new_dst_addr_be, flow.new_src_addr_be);
+    let (sport, dport) = (flow.new_dst_port_be, flow.new_src_port_be);
+    // Inner L4 first: its checksum covers the inner addresses too.
+    let mut icmp_csum: u16 = read(ctx, icmp + 2).ok_or(not_ours)?;
+    if proto == PROTO_UDP {
+        let old: u16 = read(ctx, inner_l4 + 6).ok_or(not_ours)?;
+        if old != 0 {
+            let mut udp = csum::replace_u32(old, quoted.src_addr_be, src);
+            udp = csum::replace_u32(udp, quoted.dst_addr_be, dst);
+            udp = csum::replace_u16(udp, quoted.src_port_be, sport);
+            udp = csum::replace_u16(udp, quoted.dst_port_be, dport);
+            if udp == 0 {
+                udp = 0xffff;
+            }
+            write(ctx, inner_l4 + 6, udp).ok_or(not_ours)?;
+            icmp_csum = csum::replace_u16(icmp_csum, old, udp);
+        }
+    }
+    write(ctx, inner_l4 + L4_SRC_PORT, sport).ok_or(not_ours)?;
+    write(ctx, inner_l4 + L4_DST_PORT, dport).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.src_port_be, sport);
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.dst_port_be, dport);
+    let old_inner_csum: u16 = read(ctx, inner + IPV4_CSUM).ok_or(not_ours)?;
+    let mut inner_csum = csum::replace_u32(old_inner_csum, quoted.src_addr_be, src);
+    inner_csum = csum::replace_u32(inner_csum, quoted.dst_addr_be, dst);
+    write(ctx, inner + IPV4_SRC, src).ok_or(not_ours)?;
+    write(ctx, inner + IPV4_DST, dst).ok_or(not_ours)?;
+    write(ctx, inner + IPV4_CSUM, inner_csum).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u32(icmp_csum, quoted.src_addr_be, src);
+    icmp_csum = csum::replace_u32(icmp_csum, quoted.dst_addr_be, dst);
+    icmp_csum = csum::replace_u16(icmp_csum, old_inner_csum, inner_csum);
+    write(ctx, icmp + 2, icmp_csum).ok_or(not_ours)?;
+
+    // The outer header now goes to the original sender.
+    let outer_src: u32 = read(ctx, L3 + IPV4_SRC).ok_or(not_ours)?;
+    let outer_dst: u32 = read(ctx, L3 + IPV4_DST).ok_or(not_ours)?;
+    let outer_csum: u16 = read(ctx, L3 + IPV4_CSUM).ok_or(not_ours)?;
+    write(ctx, L3 + IPV4_DST, src).ok_or(not_ours)?;
+    write(
+        ctx,
+        L3 + IPV4_CSUM,
+        csum::replace_u32(outer_csum, outer_dst, src),
+    )
+    .ok_or(not_ours)?;
+
+    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_event(PacketEvent::IcmpErrorTranslated);
+    let route = FlowValue {
+        new_src_addr_be: outer_src,
+        new_dst_addr_be: src,
+        new_src_port_be: 0,
+        new_dst_port_be: 0,
+        route_id: flow.route_id,
+        flags: 0,
+        _pad: 0,
+        last_seen_ns: 0,
+    };
+    let key = FlowKey {
+        proto: PROTO_ICMP,
+        ..FlowKey::default()
+    };
+    Ok(forward::send::<L3>(ctx, &key, &route))
 }

@@ -26,6 +26,7 @@ pub const TCP_CSUM: usize = 16;
 pub const TCP_HDR_MIN: usize = 20;
 pub const UDP_CSUM: usize = 6;
 pub const UDP_HDR_LEN: usize = 8;
+pub const PROTO_ICMP: u8 = 1;
 pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;

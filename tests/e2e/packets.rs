@@ -632,3 +632,86 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
     assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
     assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
 }
+
+/// An ICMP error from `from` to `to` quoting the first 28 bytes of `quoted`'s
+/// IP packet (an Ethernet frame built by `packet`).
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280 for code 4
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let csum = fold(sum16(&icmp, 0));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 2, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let csum = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
+    if !require_root("icmp_errors_about_a_tracked_flow") {
+        return;
+    }
+    let loaded = load();
+    let router = Ipv4Addr::new(198, 18, 1, 9);
+    for (proto, client) in [(TCP, (CLIENT, 40500)), (UDP, (CLIENT, 5500))] {
+        let first = packet(proto, client, (LISTENER, 9000), SYN, b"data");
+        let (_, sent) = loaded.run(&first);
+        let nat = src(&sent);
+        // A router towards the backend: "fragmentation needed" to the NAT address.
+        let error = icmp_error(router, nat.0, 3, 4, &sent);
+        let (action, out) = loaded.run(&error);
+        assert_ne!(action, XDP_DROP);
+        assert_eq!(
+            &out[26..30],
+            &router.octets(),
+            "the router stays the sender"
+        );
+        assert_eq!(&out[30..34], &CLIENT.octets(), "to the client");
+        assert_eq!(fold(sum16(&out[14..34], 0)), 0, "outer IP checksum");
+        assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
+        let quote = &out[42..];
+        assert_eq!(
+            quote[..20],
+            first[14..34],
+            "{proto}: the quote is the client's own packet, header checksum included"
+        );
+        assert_eq!(quote[20..24], first[34..38], "{proto}: quoted ports");
+        if proto == UDP {
+            assert_eq!(quote[26..28], first[40..42], "quoted UDP checksum");
+        }
+        // And from the client's side: a router there tells the backend.
+        let (_, reply) = loaded.run(&packet(proto, (BACKEND, 7000), nat, SYN | ACK, b"r"));
+        let error = icmp_error(router, LISTENER, 11, 0, &reply);
+        let (_, out) = loaded.run(&error);
+        assert_eq!(&out[30..34], &BACKEND.octets(), "to the backend");
+        assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
+        // The quote: what the backend sent, to the NAT address and port.
+        assert_eq!(&out[54..58], &BACKEND.octets());
+        assert_eq!(&out[58..62], &nat.0.octets());
+        assert_eq!(
+            &out[62..66],
+            &[&7000u16.to_be_bytes()[..], &nat.1.to_be_bytes()[..]].concat()[..]
+        );
+        assert_eq!(fold(sum16(&out[42..62], 0)), 0, "quoted IP header checksum");
+    }
+    assert_eq!(
+        loaded.events(gateway_common::PacketEvent::IcmpErrorTranslated),
+        4
+    );
+    // Errors about no tracked flow, and ICMP that is no error, pass untouched.
+    let stranger = packet(TCP, (CLIENT, 1), (BACKEND, 7000), SYN, b"");
+    assert!(untouched(
+        &loaded,
+        &icmp_error(router, CLIENT, 3, 4, &stranger)
+    ));
+    let mut echo = icmp_error(router, LISTENER, 8, 0, &stranger);
+    echo[34] = 8;
+    assert!(untouched(&loaded, &echo));
+}
