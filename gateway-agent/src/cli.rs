@@ -87,6 +87,11 @@ struct RunArgs {
     /// hostNetwork DaemonSet is scraped on the node's address.
     #[arg(long, default_value = "0.0.0.0:9470")]
     admin_address: std::net::SocketAddr,
+    /// On SIGTERM/Ctrl-C, detach XDP and remove the pinned maps. Without it the
+    /// kernel keeps forwarding after the agent exits, and the next agent of the
+    /// same --name adopts the pinned state.
+    #[arg(long)]
+    detach_on_exit: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -239,6 +244,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    if args.detach_on_exit {
+        l4.lock().expect("L4 dataplane lock").detach();
+    }
     Ok(())
 }
 

@@ -11,26 +11,49 @@ use core::mem::size_of;
 pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     pub const ROUTES: &str = "ROUTES";
-    pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
+    pub const MAGLEV_TABLES: &str = "MAGLEV_TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const ROUTE_NAMES: &str = "ROUTE_NAMES";
     pub const FLOWS: &str = "FLOWS";
     pub const ROUTE_STATS: &str = "ROUTE_STATS";
     pub const XDP_STATS: &str = "XDP_STATS";
+
+    /// The maps a restarted agent adopts from their pins (the forwarding state).
+    pub const ADOPTED: [&str; 8] = [
+        LISTENERS,
+        ROUTES,
+        MAGLEV_TABLES,
+        BACKENDS,
+        ROUTE_NAMES,
+        FLOWS,
+        ROUTE_STATS,
+        XDP_STATS,
+    ];
 }
 
 /// Capacities. The loader may raise the hash maps' sizes at load time.
-pub const MAX_ROUTES: u32 = 4096;
+pub const MAX_ROUTES: u32 = 1024;
 pub const MAX_LISTENERS: u32 = 4096;
-pub const MAX_BACKEND_SLOTS: u32 = 65536;
 pub const MAX_FLOWS: u32 = 262_144;
-/// Largest lookup table one route may have (slots are spread over backends by weight).
-pub const MAX_TABLE_SIZE: u32 = 1024;
+/// Slots of a route's Maglev lookup table: prime (Maglev's permutations need it).
+/// 4093 slots keep every backend of up to 40 within 1% of its weighted share
+/// (one slot is 0.025% of traffic) at 8 KiB a table; see docs/l4-dataplane.md.
+pub const MAGLEV_TABLE_SIZE: u32 = 4093;
+/// Ready endpoints one route can spread new flows over.
+pub const MAX_BACKENDS_PER_ROUTE: u32 = 256;
+/// Each route owns two tables (and backend lists): the agent fills the idle one
+/// and then flips `RouteValue::table`, so the program never reads a half-written table.
+pub const MAX_TABLES: u32 = 2 * MAX_ROUTES;
 
 /// Source ports the XDP program allocates for source NAT. Above Linux's default
 /// ephemeral range (32768–60999), so the node's own connections never pick them.
 pub const NAT_PORT_MIN: u16 = 61000;
 pub const NAT_PORT_COUNT: u16 = 4536;
 /// How many ports a new flow tries before it is dropped as `NatPortsExhausted`.
-pub const NAT_PORT_PROBES: u32 = 8;
+/// Probes follow a per-flow stride (double hashing), so busy neighbourhoods do
+/// not cluster: with the ports of one backend 60% taken, 32 probes all fail
+/// with odds below 1e-6.
+pub const NAT_PORT_PROBES: u32 = 32;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -51,24 +74,44 @@ pub struct ListenerValue {
     pub route_id: u32,
 }
 
-/// A route's backend lookup table: `table_size` slots in `BACKEND_SLOTS`.
-/// A route with `table_size == 0` has no usable backend: new flows are refused.
+/// A route's live lookup table. `table` indexes `MAGLEV_TABLES`; its backends
+/// are `BACKENDS[table * MAX_BACKENDS_PER_ROUTE ..][..backend_count]`.
+/// A route with `backend_count == 0` has no usable backend: new flows are refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteValue {
-    pub table_size: u32,
+    pub backend_count: u32,
+    pub table: u32,
 }
 
+/// A route's Maglev lookup table: slot → index in the table's backend list.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendSlotKey {
-    pub route_id: u32,
-    pub slot: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub backend: [u16; MAGLEV_TABLE_SIZE as usize],
+    pub _pad: [u16; 3],
+}
+
+impl Default for MaglevTable {
+    fn default() -> Self {
+        MaglevTable {
+            backend: [0; MAGLEV_TABLE_SIZE as usize],
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Which route a route id names (a hash of its kind/namespace/name/rule), so a
+/// restarted agent gives each route back its id, counters and tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteName {
+    pub hash: u64,
 }
 
 /// One backend endpoint, and the node address used as the source towards it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendValue {
     pub addr_be: u32,
     pub snat_addr_be: u32,
@@ -100,10 +143,26 @@ pub struct FlowValue {
     pub route_id: u32,
     /// `FLOW_*` bits.
     pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when either direction last carried a packet (kept
+    /// to within `FLOW_TOUCH_NS`, so that busy flows do not write per packet).
+    pub last_seen_ns: u64,
 }
 
 /// Set on the entry of the client → backend direction.
 pub const FLOW_ORIGINAL: u32 = 1;
+/// A FIN was seen: the flow ends after the short closing timeout.
+pub const FLOW_CLOSING: u32 = 2;
+
+/// Idle timeouts of tracked flows, defaults of the program's load-time
+/// globals (`TCP_IDLE_NS`, `TCP_CLOSING_NS`, `UDP_IDLE_NS`). An expired flow
+/// is removed when its next packet arrives (or its NAT port is needed), and
+/// the packet is handled as if there were no flow.
+pub const DEFAULT_TCP_IDLE_NS: u64 = 3600 * 1_000_000_000;
+pub const DEFAULT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const DEFAULT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
+/// How stale `last_seen_ns` may get before a packet refreshes it.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
 /// Per-route counters, one per CPU (`PerCpuArray` indexed by route id).
 #[repr(C)]
@@ -135,9 +194,19 @@ pub enum PacketEvent {
     Redirected = 5,
     /// Rewritten and passed to the kernel to route (local destination or no neighbour yet).
     RewrittenPassed = 6,
+    /// A tracked flow idle past its timeout, removed when its next packet came.
+    FlowExpired = 7,
+    /// A TCP RST ended a tracked flow (both directions removed).
+    FlowReset = 8,
+    /// Too big for the egress link and "don't fragment": answered with an ICMP
+    /// "fragmentation needed" carrying the link's MTU (path-MTU discovery).
+    IcmpFragNeededSent = 9,
+    /// An ICMP error about a tracked flow's packet, translated and sent on to
+    /// the flow's other end.
+    IcmpErrorTranslated = 10,
 }
 
-pub const PACKET_EVENT_COUNT: u32 = 7;
+pub const PACKET_EVENT_COUNT: u32 = 11;
 
 impl PacketEvent {
     pub const ALL: [PacketEvent; PACKET_EVENT_COUNT as usize] = [
@@ -148,6 +217,10 @@ impl PacketEvent {
         PacketEvent::DroppedNatPortsExhausted,
         PacketEvent::Redirected,
         PacketEvent::RewrittenPassed,
+        PacketEvent::FlowExpired,
+        PacketEvent::FlowReset,
+        PacketEvent::IcmpFragNeededSent,
+        PacketEvent::IcmpErrorTranslated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -159,6 +232,10 @@ impl PacketEvent {
             PacketEvent::DroppedNatPortsExhausted => "dropped_nat_ports_exhausted",
             PacketEvent::Redirected => "redirected",
             PacketEvent::RewrittenPassed => "rewritten_passed",
+            PacketEvent::FlowExpired => "flow_expired",
+            PacketEvent::FlowReset => "flow_reset",
+            PacketEvent::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            PacketEvent::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }
@@ -187,10 +264,11 @@ const fn mix(mut h: u32) -> u32 {
 
 // Layout checks: the eBPF side and userspace must agree byte for byte.
 const _: () = assert!(size_of::<ListenerKey>() == 8);
-const _: () = assert!(size_of::<BackendSlotKey>() == 8);
+const _: () = assert!(size_of::<MaglevTable>() == 8192);
+const _: () = assert!(size_of::<RouteName>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 12);
 const _: () = assert!(size_of::<FlowKey>() == 16);
-const _: () = assert!(size_of::<FlowValue>() == 20);
+const _: () = assert!(size_of::<FlowValue>() == 32);
 const _: () = assert!(size_of::<RouteStats>() == 32);
 
 #[cfg(feature = "user")]
@@ -201,7 +279,8 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerValue {}
     unsafe impl aya::Pod for RouteValue {}
-    unsafe impl aya::Pod for BackendSlotKey {}
+    unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for RouteName {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}

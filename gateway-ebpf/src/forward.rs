@@ -6,24 +6,24 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
+        bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use gateway_common::{
-    BackendSlotKey, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, MAX_TABLE_SIZE, NAT_PORT_COUNT,
-    NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+    FLOW_CLOSING, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKey, FlowValue, ListenerKey, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP,
+    PROTO_UDP, PacketEvent, flow_hash,
 };
 
-use crate::{csum, maps, packet::*};
+use crate::{config, csum, icmp, maps, packet::*};
 
 const AF_INET: u8 = 2;
-const L4: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
-
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
-    match try_handle(ctx) {
+    match dispatch(ctx) {
         Ok(action) => action,
         Err(event) => {
             maps::count_event(event);
@@ -32,54 +32,96 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+/// IPv4 straight after the Ethernet header, or after one VLAN tag. Each case
+/// is its own copy of the code with constant offsets, which the verifier
+/// follows more easily than a variable one.
 #[inline(always)]
-fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
-    if ether_type != ETH_P_IPV4 {
-        return Err(PacketEvent::PassedNotOurs);
+    match ether_type {
+        ETH_P_IPV4 => try_handle::<ETH_HDR_LEN>(ctx),
+        ETH_P_8021Q | ETH_P_8021AD => {
+            let inner =
+                u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
+            if inner != ETH_P_IPV4 {
+                return Err(PacketEvent::PassedNotOurs);
+            }
+            try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx)
+        }
+        _ => Err(PacketEvent::PassedNotOurs),
     }
-    let ver_ihl = read::<u8>(ctx, ETH_HDR_LEN).ok_or(PacketEvent::PassedNotOurs)?;
+}
+
+/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+/// `L3`: where the IPv4 header starts.
+#[inline(always)]
+fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let l4 = L3 + IPV4_HDR_LEN;
+    let ver_ihl = read::<u8>(ctx, L3).ok_or(PacketEvent::PassedNotOurs)?;
     if ver_ihl >> 4 != 4 {
         return Err(PacketEvent::PassedNotOurs);
     }
-    let proto = read::<u8>(ctx, ETH_HDR_LEN + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    let proto = read::<u8>(ctx, L3 + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(PacketEvent::PassedNotOurs);
     }
-    let frag = u16::from_be(
-        read::<u16>(ctx, ETH_HDR_LEN + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?,
-    );
+    let frag =
+        u16::from_be(read::<u16>(ctx, L3 + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?);
     // Options shift the L4 header; fragments after the first have no ports.
     if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
         return Err(PacketEvent::PassedFragmentOrOptions);
+    }
+    if proto == PROTO_ICMP {
+        return icmp::translate_error::<L3>(ctx);
     }
     let l4_len = if proto == PROTO_TCP {
         TCP_HDR_MIN
     } else {
         UDP_HDR_LEN
     };
-    if ctx.data() + L4 + l4_len > ctx.data_end() {
+    if ctx.data() + l4 + l4_len > ctx.data_end() {
         return Err(PacketEvent::PassedNotOurs);
     }
 
     let key = FlowKey {
-        src_addr_be: read(ctx, ETH_HDR_LEN + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
-        dst_addr_be: read(ctx, ETH_HDR_LEN + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
-        src_port_be: read(ctx, L4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
-        dst_port_be: read(ctx, L4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        src_addr_be: read(ctx, L3 + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_addr_be: read(ctx, L3 + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
+        src_port_be: read(ctx, l4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_port_be: read(ctx, l4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         proto,
         _pad: [0; 3],
     };
     let packet_len = (ctx.data_end() - ctx.data()) as u64;
 
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     // A tracked flow, in either direction: rewrite as recorded.
-    if let Some(flow) = maps::FLOWS.get_ptr(key) {
+    if let Some(entry) = maps::FLOWS.get_ptr_mut(key) {
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
-        let flow = unsafe { *flow };
-        maps::count_route(flow.route_id, packet_len, false, false);
-        rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-        return Ok(send(ctx, &flow, proto));
+        let flow = unsafe { *entry };
+        if expired(proto, &flow, now) {
+            // Handled below as a packet without a flow.
+            remove_pair(&key, &flow);
+            maps::count_event(PacketEvent::FlowExpired);
+        } else {
+            let tcp_flags = if proto == PROTO_TCP {
+                read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?
+            } else {
+                0
+            };
+            maps::count_route(flow.route_id, packet_len, false, false);
+            rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+            if tcp_flags & TCP_FLAG_RST != 0 {
+                // Both ends are done: free the entries (and the NAT port) now.
+                remove_pair(&key, &flow);
+                maps::count_event(PacketEvent::FlowReset);
+            } else if tcp_flags & TCP_FLAG_FIN != 0 && flow.flags & FLOW_CLOSING == 0 {
+                touch(&key, entry, &flow, now, FLOW_CLOSING);
+            } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+                touch(&key, entry, &flow, now, 0);
+            }
+            return Ok(send::<L3>(ctx, &key, &flow));
+        }
     }
 
     let listener_key = ListenerKey {
@@ -94,37 +136,52 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         None => return Err(PacketEvent::PassedNotOurs),
     };
     if proto == PROTO_TCP {
-        let flags = read::<u8>(ctx, L4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
+        let flags = read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
         // Only a SYN opens a flow; the kernel answers stray segments itself.
         if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
             return Err(PacketEvent::PassedNoFlow);
         }
     }
 
-    let Some(flow) = open_flow(&key, route_id) else {
+    let Some(flow) = open_flow(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
         return Ok(xdp_action::XDP_DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
-    rewrite(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send(ctx, &flow, proto))
+    rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+    Ok(send::<L3>(ctx, &key, &flow))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
 #[inline(always)]
-fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
-    // SAFETY: plain copy of a u32 field.
-    let table_size = unsafe { (*maps::ROUTES.get_ptr(route_id)?).table_size };
-    if table_size == 0 || table_size > MAX_TABLE_SIZE {
+fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
+    // SAFETY: plain copy of a repr(C) value.
+    let route = unsafe { *maps::ROUTES.get_ptr(route_id)? };
+    if route.backend_count == 0
+        || route.backend_count > MAX_BACKENDS_PER_ROUTE
+        || route.table >= MAX_TABLES
+    {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     }
     let hash = flow_hash(key);
-    let slot = BackendSlotKey {
-        route_id,
-        slot: hash % table_size,
-    };
-    let Some(backend) = maps::BACKEND_SLOTS.get_ptr(slot) else {
+    let slot = hash % MAGLEV_TABLE_SIZE;
+    // The compiler proves slot < MAGLEV_TABLE_SIZE from the modulo and drops
+    // a plain check, but the verifier cannot follow its multiply-shift
+    // division: read the value back opaquely and check it where it can see.
+    // SAFETY: a read of a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) } as usize;
+    if slot >= MAGLEV_TABLE_SIZE as usize {
+        return None;
+    }
+    let table = maps::MAGLEV_TABLES.get_ptr(route.table)?;
+    // SAFETY: `slot` < MAGLEV_TABLE_SIZE, the array's length; read of one u16.
+    let index = u32::from(unsafe { *(*table).backend.as_ptr().add(slot) });
+    if index >= route.backend_count {
+        maps::count_event(PacketEvent::DroppedNoBackend);
+        return None;
+    }
+    let Some(backend) = maps::BACKENDS.get_ptr(route.table * MAX_BACKENDS_PER_ROUTE + index) else {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     };
@@ -140,10 +197,16 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
         new_dst_port_be: key.src_port_be,
         route_id,
         flags: 0,
+        _pad: 0,
+        last_seen_ns: now,
     };
+    let start = hash >> 8;
+    // Odd and below NAT_PORT_COUNT: successive probes land far apart.
+    let stride = ((hash >> 3) % (NAT_PORT_COUNT as u32 / 2)) | 1;
     let mut probe = 0u32;
     while probe < NAT_PORT_PROBES {
-        let port = NAT_PORT_MIN + ((hash >> 8).wrapping_add(probe) % NAT_PORT_COUNT as u32) as u16;
+        let port = NAT_PORT_MIN
+            + (start.wrapping_add(probe.wrapping_mul(stride)) % NAT_PORT_COUNT as u32) as u16;
         let reply_key = FlowKey {
             src_addr_be: backend.addr_be,
             dst_addr_be: backend.snat_addr_be,
@@ -152,10 +215,7 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
             proto: key.proto,
             _pad: [0; 3],
         };
-        if maps::FLOWS
-            .insert(reply_key, reply, BPF_NOEXIST as u64)
-            .is_ok()
-        {
+        if claim(&reply_key, &reply, now) {
             let original = FlowValue {
                 new_src_addr_be: backend.snat_addr_be,
                 new_dst_addr_be: backend.addr_be,
@@ -163,6 +223,8 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
                 new_dst_port_be: backend.port_be,
                 route_id,
                 flags: FLOW_ORIGINAL,
+                _pad: 0,
+                last_seen_ns: now,
             };
             if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
                 let _ = maps::FLOWS.remove(reply_key);
@@ -176,21 +238,115 @@ fn open_flow(key: &FlowKey, route_id: u32) -> Option<FlowValue> {
     None
 }
 
+/// Inserts the reply direction's entry unless its key (the NAT port) is taken
+/// by a live flow; an expired flow there is removed first.
+#[inline(always)]
+fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64) -> bool {
+    if maps::FLOWS
+        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return true;
+    }
+    let Some(occupant) = maps::FLOWS.get_ptr(*reply_key) else {
+        return false;
+    };
+    // SAFETY: copied out at once.
+    let occupant = unsafe { *occupant };
+    if !expired(reply_key.proto, &occupant, now) {
+        return false;
+    }
+    remove_pair(reply_key, &occupant);
+    maps::count_event(PacketEvent::FlowExpired);
+    maps::FLOWS
+        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
+        .is_ok()
+}
+
+#[inline(always)]
+fn expired(proto: u8, flow: &FlowValue, now: u64) -> bool {
+    let timeout = if flow.flags & FLOW_CLOSING != 0 {
+        config::tcp_closing_ns()
+    } else if proto == PROTO_UDP {
+        config::udp_idle_ns()
+    } else {
+        config::tcp_idle_ns()
+    };
+    now.wrapping_sub(flow.last_seen_ns) > timeout
+}
+
+/// The key of the other direction of the flow whose entry `flow` is: the
+/// rewritten packet's tuple, reversed.
+#[inline(always)]
+pub fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
+    FlowKey {
+        src_addr_be: flow.new_dst_addr_be,
+        dst_addr_be: flow.new_src_addr_be,
+        src_port_be: flow.new_dst_port_be,
+        dst_port_be: flow.new_src_port_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether `other`, found at `key`'s partner key, points back at `key`: the
+/// other half of the same flow, not a newer flow that reused a NAT port.
+#[inline(always)]
+fn is_partner(key: &FlowKey, other: &FlowValue) -> bool {
+    other.new_src_addr_be == key.dst_addr_be
+        && other.new_dst_addr_be == key.src_addr_be
+        && other.new_src_port_be == key.dst_port_be
+        && other.new_dst_port_be == key.src_port_be
+}
+
+/// Removes both directions of a flow.
+#[inline(always)]
+fn remove_pair(key: &FlowKey, flow: &FlowValue) {
+    let partner = partner_key(key, flow);
+    if let Some(other) = maps::FLOWS.get_ptr(partner) {
+        // SAFETY: copied out at once.
+        let other = unsafe { *other };
+        if is_partner(key, &other) {
+            let _ = maps::FLOWS.remove(partner);
+        }
+    }
+    let _ = maps::FLOWS.remove(*key);
+}
+
+/// Records activity (and `add_flags`) in both directions' entries.
+#[inline(always)]
+fn touch(key: &FlowKey, entry: *mut FlowValue, flow: &FlowValue, now: u64, add_flags: u32) {
+    // SAFETY: a live map value; plain stores.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).flags |= add_flags;
+    }
+    if let Some(other) = maps::FLOWS.get_ptr_mut(partner_key(key, flow)) {
+        // SAFETY: a live map value; plain stores.
+        unsafe {
+            if is_partner(key, &*other) {
+                (*other).last_seen_ns = now;
+                (*other).flags |= add_flags;
+            }
+        }
+    }
+}
+
 /// Rewrites addresses and ports, updating the IPv4 and L4 checksums incrementally.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
-    let ip_csum_off = ETH_HDR_LEN + IPV4_CSUM;
+fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
+    let ip_csum_off = L3 + IPV4_CSUM;
     let mut ip_csum: u16 = read(ctx, ip_csum_off)?;
     ip_csum = csum::replace_u32(ip_csum, key.src_addr_be, flow.new_src_addr_be);
     ip_csum = csum::replace_u32(ip_csum, key.dst_addr_be, flow.new_dst_addr_be);
     write(ctx, ip_csum_off, ip_csum)?;
-    write(ctx, ETH_HDR_LEN + IPV4_SRC, flow.new_src_addr_be)?;
-    write(ctx, ETH_HDR_LEN + IPV4_DST, flow.new_dst_addr_be)?;
+    write(ctx, L3 + IPV4_SRC, flow.new_src_addr_be)?;
+    write(ctx, L3 + IPV4_DST, flow.new_dst_addr_be)?;
 
     let l4_csum_off = if key.proto == PROTO_TCP {
-        L4 + TCP_CSUM
+        (L3 + IPV4_HDR_LEN) + TCP_CSUM
     } else {
-        L4 + UDP_CSUM
+        (L3 + IPV4_HDR_LEN) + UDP_CSUM
     };
     let old: u16 = read(ctx, l4_csum_off)?;
     // A zero UDP checksum means "none": leave it so.
@@ -204,8 +360,8 @@ fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
         }
         write(ctx, l4_csum_off, l4)?;
     }
-    write(ctx, L4 + L4_SRC_PORT, flow.new_src_port_be)?;
-    write(ctx, L4 + L4_DST_PORT, flow.new_dst_port_be)?;
+    write(ctx, (L3 + IPV4_HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
+    write(ctx, (L3 + IPV4_HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
     Some(())
 }
 
@@ -213,15 +369,21 @@ fn rewrite(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
 /// knows the next hop, else back to the kernel to route (local destination, or
 /// a neighbour not yet resolved).
 #[inline(always)]
-fn send(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
+pub fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> u32 {
+    let proto = key.proto;
+    if L3 != ETH_HDR_LEN {
+        // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
+        // redirect to; the kernel forwards the rewritten packet.
+        maps::count_event(PacketEvent::RewrittenPassed);
+        return xdp_action::XDP_PASS;
+    }
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = flow.new_src_port_be;
     params.dport = flow.new_dst_port_be;
-    params.__bindgen_anon_1.tot_len =
-        read::<u16>(ctx, ETH_HDR_LEN + IPV4_TOT_LEN).map_or(0, u16::from_be);
+    params.__bindgen_anon_1.tot_len = read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be);
     params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_3.ipv4_src = flow.new_src_addr_be;
     params.__bindgen_anon_4.ipv4_dst = flow.new_dst_addr_be;
@@ -235,6 +397,15 @@ fn send(ctx: &XdpContext, flow: &FlowValue, proto: u8) -> u32 {
             0,
         )
     };
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        let frag = read::<u16>(ctx, L3 + IPV4_FRAG_OFF).map_or(0, u16::from_be);
+        if frag & IPV4_DONT_FRAGMENT != 0 {
+            // SAFETY: the FIB wrote mtu_result for this return code.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            return icmp::frag_needed(ctx, key, mtu);
+        }
+        // The kernel may fragment it.
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         maps::count_event(PacketEvent::RewrittenPassed);
         return xdp_action::XDP_PASS;

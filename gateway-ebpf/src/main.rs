@@ -3,8 +3,10 @@
 #![no_std]
 #![no_main]
 
+mod config;
 mod csum;
 mod forward;
+mod icmp;
 mod maps;
 mod packet;
 

@@ -1,13 +1,13 @@
 //! The maps the agent programs and reads. Names and types come from gateway-common.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use gateway_common::{
-    BackendSlotKey, BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue,
-    MAX_BACKEND_SLOTS, MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, PACKET_EVENT_COUNT, PacketEvent,
-    RouteStats, RouteValue,
+    BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue, MAX_BACKENDS_PER_ROUTE,
+    MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable, PACKET_EVENT_COUNT, PacketEvent,
+    RouteName, RouteStats, RouteValue,
 };
 
 #[btf_map]
@@ -18,8 +18,16 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue, { MAX_LISTENERS as usi
 pub static ROUTES: HashMap<u32, RouteValue, { MAX_ROUTES as usize }> = HashMap::new();
 
 #[btf_map]
-pub static BACKEND_SLOTS: HashMap<BackendSlotKey, BackendValue, { MAX_BACKEND_SLOTS as usize }> =
-    HashMap::new();
+pub static MAGLEV_TABLES: Array<MaglevTable, { MAX_TABLES as usize }> = Array::new();
+
+#[btf_map]
+pub static BACKENDS: Array<BackendValue, { (MAX_TABLES * MAX_BACKENDS_PER_ROUTE) as usize }> =
+    Array::new();
+
+/// Written and read by the agent only (route id → name hash); declared here so
+/// that it is created, pinned and adopted with the rest of the state.
+#[btf_map]
+pub static ROUTE_NAMES: Array<RouteName, { MAX_ROUTES as usize }> = Array::new();
 
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();

@@ -5,6 +5,10 @@ use aya_ebpf::programs::XdpContext;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// One VLAN tag: TCI and the inner EtherType.
+pub const VLAN_HDR_LEN: usize = 4;
 pub const IPV4_HDR_LEN: usize = 20;
 /// Offsets inside the IPv4 header.
 pub const IPV4_FRAG_OFF: usize = 6;
@@ -13,6 +17,7 @@ pub const IPV4_CSUM: usize = 10;
 pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;
 pub const IPV4_TOT_LEN: usize = 2;
+pub const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 /// Offsets inside the TCP and UDP headers.
 pub const L4_SRC_PORT: usize = 0;
 pub const L4_DST_PORT: usize = 2;
@@ -21,7 +26,10 @@ pub const TCP_CSUM: usize = 16;
 pub const TCP_HDR_MIN: usize = 20;
 pub const UDP_CSUM: usize = 6;
 pub const UDP_HDR_LEN: usize = 8;
+pub const PROTO_ICMP: u8 = 1;
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// A pointer to a `T` at `offset`, if the packet is long enough.

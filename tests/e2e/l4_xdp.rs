@@ -1,6 +1,11 @@
-//! TCPRoute traffic is forwarded by the XDP program, not by the agent process.
+//! TCPRoute traffic is forwarded by the XDP program, not by the agent process:
+//! it keeps flowing while the agent is stopped, killed or restarted.
 
-use std::time::Duration;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use gateway_common::PacketEvent;
 use gateway_tests::{
@@ -42,7 +47,7 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
         "all.yaml",
         &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
     );
-    let mut agent = Agent::start(&topology, manifests);
+    let mut agent = Agent::start_with(&topology, manifests, &["--detach-on-exit"]);
     let gateway = format!("{GATEWAY_ADDR}:9000");
 
     let reply = eventually("TCP through the gateway", Duration::from_secs(20), || {
@@ -104,10 +109,15 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
         "no {flows_line:?} in:\n{metrics}"
     );
 
-    // Nothing in the node listens on the gateway port: once the program is
-    // gone with the agent, connections are refused.
-    agent.process.0.kill().expect("kill agent");
+    // Nothing in the node listens on the gateway port: once the agent has
+    // detached the program on its way out (--detach-on-exit), connections are refused.
+    agent.process.signal(libc::SIGTERM);
     agent.process.0.wait().expect("reap agent");
+    assert!(
+        !agent.pin_dir().exists(),
+        "pins removed on exit:\n{}",
+        agent.log()
+    );
     eventually(
         "refusal once XDP is detached",
         Duration::from_secs(10),
@@ -153,5 +163,358 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
     assert!(
         agent.route_counter(0, "packets") >= 8,
         "both directions are counted"
+    );
+
+    // With the agent frozen, the kernel keeps forwarding datagrams and counting.
+    let packets_before = agent.route_counter(0, "packets");
+    agent.process.signal(libc::SIGSTOP);
+    for i in 0..3 {
+        let message = format!("while stopped {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &target, &message])
+                .as_deref(),
+            Ok(message.as_str()),
+            "datagram {i} with the agent stopped"
+        );
+    }
+    assert!(agent.route_counter(0, "packets") >= packets_before + 6);
+    agent.process.signal(libc::SIGCONT);
+}
+
+/// One HTTP/1.1 request on a kept-alive connection to an `http-echo`
+/// backend; returns the backend's name.
+fn ask(stream: &TcpStream) -> Result<String, String> {
+    exchange(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+}
+
+/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
+fn exchange(stream: &TcpStream, request: &[u8]) -> Result<String, String> {
+    let mut writer = stream;
+    writer
+        .write_all(request)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("connection closed".into()),
+            Err(e) => return Err(format!("receive: {e}")),
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            content_length = v.trim().parse().map_err(|_| "bad content-length")?;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
+    let body = String::from_utf8_lossy(&body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no backend= in {body:?}"))
+}
+
+/// The backend a new connection through `gateway` reaches (one request).
+fn new_flow(topology: &Topology, gateway: &str) -> Result<String, String> {
+    let stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .map_err(|e| format!("connect: {e}"))?;
+    ask(&stream)
+}
+
+/// Requests on one connection, in a loop, until stopped (at most 60 s and
+/// 20,000 requests); counts answers and keeps the first error.
+struct Traffic {
+    answered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl Traffic {
+    fn start(stream: TcpStream) -> Traffic {
+        let answered = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (answered.clone(), stop.clone());
+        let worker = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for i in 0..20_000u64 {
+                if halt.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    return Ok(i);
+                }
+                ask(&stream).map_err(|e| format!("request {i}: {e}"))?;
+                count.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(20_000)
+        });
+        Traffic {
+            answered,
+            stop,
+            worker,
+        }
+    }
+
+    /// Waits until `more` further requests were answered on the connection.
+    fn advances(&self, what: &str, more: u64) {
+        let target = self.answered.load(Ordering::Relaxed) + more;
+        eventually(what, Duration::from_secs(10), || {
+            let now = self.answered.load(Ordering::Relaxed);
+            if now >= target {
+                Ok(())
+            } else if self.worker.is_finished() {
+                Err(format!("the connection failed after {now} answers"))
+            } else {
+                Err(format!("{now} answers, waiting for {target}"))
+            }
+        });
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.worker
+            .join()
+            .expect("traffic thread")
+            .unwrap_or_else(|e| panic!("the long-lived connection broke: {e}"))
+    }
+}
+
+#[test]
+fn a_flow_survives_agent_kill_and_restart_and_new_flows_work_after() {
+    if !require_root("a_flow_survives_agent_kill_and_restart") {
+        return;
+    }
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:7000"), "a"]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let mut agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    let get = || new_flow(&topology, &gateway);
+    eventually("TCP through the gateway", Duration::from_secs(20), get);
+    let stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect through the gateway");
+    let traffic = Traffic::start(stream);
+    traffic.advances("the long-lived connection", 20);
+
+    for (how, signal) in [("SIGKILL", libc::SIGKILL), ("SIGTERM", libc::SIGTERM)] {
+        let adopted = agent.log_count("adopted the pinned L4 state");
+        let flows_before = agent.route_counter(0, "new_flows");
+        agent.process.signal(signal);
+        agent.process.0.wait().expect("reap agent");
+        traffic.advances(&format!("the connection with no agent after {how}"), 30);
+        assert_eq!(
+            get().as_deref(),
+            Ok("a"),
+            "new flows with no agent after {how}"
+        );
+
+        agent.restart(&topology);
+        eventually("the new agent adopts", Duration::from_secs(20), || {
+            let log = agent.log();
+            if agent.log_count("adopted the pinned L4 state") > adopted
+                && log.matches("config applied").count() > adopted + 1
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        });
+        traffic.advances(&format!("the connection after restart ({how})"), 30);
+        assert_eq!(
+            get().as_deref(),
+            Ok("a"),
+            "a new flow after the restart ({how})"
+        );
+        // Counters were adopted, not reset: they kept counting throughout.
+        let flows_after = agent.route_counter(0, "new_flows");
+        assert!(
+            flows_after >= flows_before + 2,
+            "{how}: new_flows {flows_before} -> {flows_after}"
+        );
+    }
+    let answered = traffic.finish();
+    assert!(answered >= 140, "answers on the one connection: {answered}");
+    let log = agent.log();
+    assert!(
+        log.matches("XDP link adopted").count() >= 4,
+        "both restarts swapped the program into the pinned links:\n{log}"
+    );
+}
+
+/// Services `echo-a` (port 7000) and `echo-b` (port 7001), both on the backend
+/// namespace, and a TCPRoute over `backends` of them.
+fn two_backend_manifests(backends: &[&str]) -> String {
+    let echo_b = format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-b
+  namespace: default
+spec:
+  ports:
+  - name: p
+    port: 7001
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-b-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: echo-b
+addressType: IPv4
+ports:
+- name: p
+  port: 7001
+endpoints:
+- addresses: ["{BACKEND_ADDR}"]
+"#
+    );
+    let refs: String = backends
+        .iter()
+        .map(|b| {
+            let port = if *b == "echo-a" { 7000 } else { 7001 };
+            format!("    - name: {b}\n      port: {port}\n")
+        })
+        .collect();
+    let route = format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata:
+  name: echo
+  namespace: default
+spec:
+  parentRefs:
+  - name: gw
+  rules:
+  - backendRefs:
+{refs}"#
+    );
+    class_and_service("echo-a", 7000, 7000) + &echo_b + &gateway_with("TCP", 9000, &route)
+}
+
+#[test]
+fn a_removed_backend_loses_only_its_own_flows_and_they_are_reset() {
+    if !require_root("a_removed_backend_loses_only_its_own_flows") {
+        return;
+    }
+    let topology = Topology::new();
+    let _a = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:7000"), "a"]);
+    let _b = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:7001"), "b"]);
+    let manifests = TempDir::new();
+    manifests.write("all.yaml", &two_backend_manifests(&["echo-a", "echo-b"]));
+    let dir = manifests.0.clone();
+    let agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    eventually("TCP through the gateway", Duration::from_secs(20), || {
+        new_flow(&topology, &gateway)
+    });
+
+    // 16 connections spread over both backends by the Maglev table.
+    let mut connections = Vec::new();
+    for _ in 0..16 {
+        let stream = topology
+            .client
+            .connect_tcp(gateway.parse().expect("address"))
+            .expect("connect");
+        let backend = ask(&stream).expect("first answer");
+        connections.push((stream, backend));
+    }
+    let on_b = connections.iter().filter(|(_, b)| b == "b").count();
+    assert!(
+        (1..16).contains(&on_b),
+        "both backends get flows: {on_b} of 16 on b"
+    );
+
+    std::fs::write(dir.join("all.yaml"), two_backend_manifests(&["echo-a"])).expect("edit");
+    eventually("flows of b removed", Duration::from_secs(10), || {
+        let log = agent.log();
+        if log.contains("removed the tracked flows of backends that are gone") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    for (stream, backend) in &connections {
+        let started = Instant::now();
+        let answer = ask(stream);
+        if backend == "a" {
+            assert_eq!(answer.as_deref(), Ok("a"), "a's flows keep their backend");
+        } else {
+            let error = answer.expect_err("b's flows end");
+            assert!(
+                error.contains("reset") || error.contains("closed"),
+                "b's flow is reset, not black-holed: {error}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(3), "reset promptly");
+        }
+    }
+    for i in 0..10 {
+        let reply = new_flow(&topology, &gateway);
+        assert_eq!(reply.as_deref(), Ok("a"), "new flow {i} avoids b");
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_smaller_backend_link() {
+    if !require_root("path_mtu_discovery_works") {
+        return;
+    }
+    let topology = Topology::new();
+    // The node's link towards the backend carries at most 1280 bytes; the
+    // client and the backend both think 1500 (MSS 1460) is fine.
+    topology
+        .node
+        .run(&["ip", "link", "set", "b0", "mtu", "1280"]);
+    let _backend = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:7000"), "a"]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    eventually("TCP through the gateway", Duration::from_secs(20), || {
+        new_flow(&topology, &gateway)
+    });
+
+    // 200 KB upstream: full-size segments must shrink to the link's MTU,
+    // which only happens if the client hears "fragmentation needed".
+    let body = vec![b'x'; 200_000];
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: l4\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect");
+    assert_eq!(
+        exchange(&stream, &request).as_deref(),
+        Ok("a"),
+        "the upload through a 1280-byte link; agent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.packet_events(PacketEvent::IcmpFragNeededSent) >= 1,
+        "the program answered an oversized segment"
     );
 }

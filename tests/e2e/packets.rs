@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use gateway_agent::dataplane::loader::{AttachMode, L4Dataplane};
+use gateway_agent::dataplane::loader::{AttachMode, FlowTimeouts, L4Dataplane};
 use gateway_agent::model::{L4Listener, L4Protocol, RouteRef, WeightedEndpoint};
 use gateway_tests::{require_root, unique};
 
@@ -17,7 +17,9 @@ const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
 /// One's-complement sum of 16-bit words.
@@ -114,33 +116,80 @@ impl Drop for Loaded {
     }
 }
 
-/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
-fn load() -> Loaded {
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
-    let mut dataplane =
-        L4Dataplane::load(&[], AttachMode::Auto, &pin_dir).expect("load the XDP program");
-    let listener = |protocol, name: &str| L4Listener {
+fn route(name: &str) -> RouteRef {
+    RouteRef {
+        kind: "TCPRoute",
+        namespace: "default".into(),
+        name: name.into(),
+        rule: 0,
+    }
+}
+
+/// A listener on LISTENER:9000 to weighted `backends`.
+fn listener(protocol: L4Protocol, name: &str, backends: &[(Ipv4Addr, u64)]) -> L4Listener {
+    L4Listener {
         addr: LISTENER,
         port: 9000,
         protocol,
-        route: RouteRef {
-            kind: "TCPRoute",
-            namespace: "default".into(),
-            name: name.into(),
-            rule: 0,
-        },
-        backends: vec![WeightedEndpoint {
-            addr: (BACKEND, 7000).into(),
-            weight: 1,
-        }],
-    };
-    dataplane
-        .apply(&[
-            listener(L4Protocol::Tcp, "tcp"),
-            listener(L4Protocol::Udp, "udp"),
-        ])
-        .expect("program the maps");
+        route: route(name),
+        backends: backends
+            .iter()
+            .map(|(addr, weight)| WeightedEndpoint {
+                addr: (*addr, 7000).into(),
+                weight: *weight,
+            })
+            .collect(),
+    }
+}
+
+/// The program (attached nowhere) with `listeners` programmed.
+fn load_with(listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
+    let mut dataplane = L4Dataplane::load_with(&[], AttachMode::Auto, &pin_dir, timeouts)
+        .expect("load the XDP program");
+    dataplane.apply(listeners).expect("program the maps");
     Loaded { dataplane, pin_dir }
+}
+
+/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
+fn load() -> Loaded {
+    load_with(
+        &[
+            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+        ],
+        FlowTimeouts::default(),
+    )
+}
+
+impl Loaded {
+    fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        self.dataplane.test_run(packet).expect("test run")
+    }
+
+    fn stats(&self, name: &str) -> gateway_common::RouteStats {
+        self.dataplane
+            .route_stats()
+            .into_iter()
+            .find(|(r, _)| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name}"))
+            .1
+    }
+
+    fn events(&self, event: gateway_common::PacketEvent) -> u64 {
+        self.dataplane
+            .packet_events()
+            .into_iter()
+            .find(|(e, _)| *e == event)
+            .expect("event")
+            .1
+    }
+}
+
+/// Whether the program passed `input` to the kernel without touching it.
+fn untouched(loaded: &Loaded, input: &[u8]) -> bool {
+    let (action, out) = loaded.run(input);
+    action == XDP_PASS && out == input
 }
 
 #[test]
@@ -257,12 +306,16 @@ fn what_the_program_does_not_own_passes_untouched() {
 }
 
 #[test]
-fn random_bytes_never_abort_the_program() {
+fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
     if !require_root("random_bytes_never_abort_the_program") {
         return;
     }
     let loaded = load();
-    let base = packet(TCP, (CLIENT, 40003), (LISTENER, 9000), SYN, b"payload");
+    let bases = [
+        packet(TCP, (CLIENT, 40003), (LISTENER, 9000), SYN, b"payload"),
+        packet(UDP, (CLIENT, 5003), (LISTENER, 9000), 0, b"query"),
+        packet(TCP, (BACKEND, 7000), (LISTENER, 61000), SYN | ACK, b""),
+    ];
     // xorshift: deterministic, so a failure reproduces.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -271,25 +324,394 @@ fn random_bytes_never_abort_the_program() {
         state ^= state << 17;
         state
     };
-    for round in 0..3000 {
-        let mut input = if round % 2 == 0 {
-            let mut p = base.clone();
+    let started = std::time::Instant::now();
+    let mut foreign = 0u32;
+    for round in 0..1_000_000u32 {
+        let mut input = if round % 4 == 3 {
+            (0..(next() % 128)).map(|_| next() as u8).collect()
+        } else {
+            let mut p = bases[(round % 4) as usize].clone();
             for _ in 0..(next() % 6 + 1) {
                 let i = (next() as usize) % p.len();
                 p[i] = next() as u8;
             }
             p.truncate(14 + (next() as usize) % (p.len() - 13));
             p
-        } else {
-            (0..(next() % 128)).map(|_| next() as u8).collect()
         };
         if input.len() < 14 {
             input.resize(14, 0); // the kernel refuses test runs shorter than an Ethernet header
         }
-        let (action, _) = loaded.dataplane.test_run(&input).expect("test run");
+        let (action, out) = loaded.run(&input);
         assert!(
             matches!(action, 1..=4),
             "round {round}: action {action} for {input:x?}"
         );
+        // Neither to a listener address nor from a backend: no listener or
+        // tracked flow can match it, so it must come out as it went in.
+        let not_ours = input.len() < 34
+            || (input[30..34] != LISTENER.octets() && input[26..30] != BACKEND.octets());
+        if not_ours {
+            foreign += 1;
+            assert!(
+                action == XDP_PASS && out == input,
+                "round {round}: foreign packet touched: {input:x?}"
+            );
+        }
     }
+    eprintln!(
+        "1,000,000 random packets ({foreign} foreign) in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        foreign > 100_000,
+        "the run covers foreign traffic: {foreign}"
+    );
+}
+
+#[test]
+fn a_tcp_reset_ends_the_flow_in_both_directions() {
+    if !require_root("a_tcp_reset_ends_the_flow") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40100);
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let nat = src(&out);
+    let reply = packet(TCP, (BACKEND, 7000), nat, SYN | ACK, b"");
+    assert_eq!(
+        dst(&loaded.run(&reply).1),
+        client,
+        "tracked before the reset"
+    );
+
+    // The client's RST is forwarded, translated, and ends the flow.
+    // (No interface: the FIB lookup fails and the rewritten RST is passed to the kernel.)
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), RST | ACK, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000), "the RST itself is forwarded");
+    assert!(checksums_valid(&out));
+    assert_eq!(loaded.events(gateway_common::PacketEvent::FlowReset), 1);
+    assert!(
+        untouched(&loaded, &reply),
+        "the reply direction is gone too"
+    );
+    assert!(
+        untouched(&loaded, &packet(TCP, client, (LISTENER, 9000), ACK, b"x")),
+        "the client direction is gone: the kernel answers it"
+    );
+    // A new SYN from the same client port opens a new flow.
+    let (_, out) = loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert_eq!(loaded.stats("tcp").new_flows, 2);
+}
+
+#[test]
+fn fin_shortens_a_tcp_flow_and_idle_udp_flows_expire() {
+    if !require_root("fin_shortens_a_tcp_flow") {
+        return;
+    }
+    let short = 300_000_000;
+    let loaded = load_with(
+        &[
+            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+        ],
+        FlowTimeouts {
+            tcp_closing_ns: short,
+            udp_idle_ns: short,
+            ..FlowTimeouts::default()
+        },
+    );
+    let (closing, open, udp) = ((CLIENT, 40200), (CLIENT, 40201), (CLIENT, 5200));
+    loaded.run(&packet(TCP, closing, (LISTENER, 9000), SYN, b""));
+    loaded.run(&packet(TCP, open, (LISTENER, 9000), SYN, b""));
+    let (_, out) = loaded.run(&packet(UDP, udp, (LISTENER, 9000), 0, b"q"));
+    let udp_nat = src(&out);
+    let (_, out) = loaded.run(&packet(TCP, closing, (LISTENER, 9000), FIN | ACK, b""));
+    assert_eq!(dst(&out), (BACKEND, 7000), "the FIN is forwarded");
+    let last_ack = packet(TCP, closing, (LISTENER, 9000), ACK, b"");
+    assert_eq!(
+        dst(&loaded.run(&last_ack).1),
+        (BACKEND, 7000),
+        "a closing flow still forwards within its short timeout"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        untouched(&loaded, &last_ack),
+        "a closed TCP flow expires after the closing timeout"
+    );
+    let still_open = packet(TCP, open, (LISTENER, 9000), ACK, b"y");
+    assert_eq!(
+        dst(&loaded.run(&still_open).1),
+        (BACKEND, 7000),
+        "an idle TCP flow without FIN lives on"
+    );
+    let udp_reply = packet(UDP, (BACKEND, 7000), udp_nat, 0, b"a");
+    assert!(
+        untouched(&loaded, &udp_reply),
+        "an idle UDP flow expired: its late reply is not translated"
+    );
+    let flows = loaded.stats("udp").new_flows;
+    loaded.run(&packet(UDP, udp, (LISTENER, 9000), 0, b"q2"));
+    assert_eq!(
+        loaded.stats("udp").new_flows,
+        flows + 1,
+        "the next datagram opens a new flow"
+    );
+    assert!(loaded.events(gateway_common::PacketEvent::FlowExpired) >= 2);
+}
+
+const BACKEND_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+const BACKEND_C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 4);
+
+/// A SYN from client address/port number `i` (distinct for every i < 60,000).
+fn syn_from(i: u32) -> Vec<u8> {
+    let client = Ipv4Addr::new(198, 18, 2 + (i / 30_000) as u8, 1 + (i % 200) as u8);
+    let port = 20_000 + (i % 30_000 / 200) as u16 * 100 + (i % 100) as u16;
+    packet(TCP, (client, port), (LISTENER, 9000), SYN, b"")
+}
+
+#[test]
+fn weights_70_20_10_hold_over_3000_new_flows_and_removing_one_moves_only_its_flows() {
+    if !require_root("weights_70_20_10_hold") {
+        return;
+    }
+    let weighted = [(BACKEND, 70), (BACKEND_B, 20), (BACKEND_C, 10)];
+    let mut loaded = load_with(
+        &[listener(L4Protocol::Tcp, "w", &weighted)],
+        FlowTimeouts::default(),
+    );
+    let flows = 3000u32;
+    let pick = |loaded: &Loaded, i: u32| -> Ipv4Addr {
+        let (action, out) = loaded.run(&syn_from(i));
+        assert_ne!(action, XDP_DROP, "flow {i}");
+        dst(&out).0
+    };
+    let before: Vec<Ipv4Addr> = (0..flows).map(|i| pick(&loaded, i)).collect();
+    for (backend, weight) in weighted {
+        let share = before.iter().filter(|b| **b == backend).count() as f64 / f64::from(flows);
+        let want = weight as f64 / 100.0;
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{backend}: {share:.3} of new flows, weight {want}"
+        );
+    }
+    let stats = loaded.stats("w");
+    assert_eq!((stats.new_flows, stats.packets), (3000, 3000));
+
+    // A second set of flows, ended by RST, shows where new flows go.
+    let probe: Vec<u32> = (10_000..12_000).collect();
+    let probe_before: Vec<Ipv4Addr> = probe.iter().map(|i| pick(&loaded, *i)).collect();
+    for i in &probe {
+        let mut rst = syn_from(*i);
+        rst[47] = RST | ACK;
+        let fixed = l4_checksum(&rst);
+        rst[50..52].copy_from_slice(&fixed.to_be_bytes());
+        loaded.run(&rst);
+    }
+
+    // C goes away.
+    loaded
+        .dataplane
+        .apply(&[listener(L4Protocol::Tcp, "w", &weighted[..2])])
+        .expect("apply without C");
+    // Tracked flows: A's and B's keep their backend (a retransmitted SYN
+    // follows the flow); C's were removed with C and start over on A or B.
+    for (i, was) in before.iter().enumerate() {
+        let now = pick(&loaded, i as u32);
+        if *was == BACKEND_C {
+            assert_ne!(now, BACKEND_C, "flow {i} left C");
+        } else {
+            assert_eq!(now, *was, "flow {i} keeps its backend");
+        }
+    }
+    // New flows: those that went to A or B still do (Maglev moves few others).
+    let (mut kept, mut eligible) = (0, 0);
+    for (i, was) in probe.iter().zip(&probe_before) {
+        let now = pick(&loaded, *i);
+        assert_ne!(now, BACKEND_C);
+        if *was != BACKEND_C {
+            eligible += 1;
+            kept += usize::from(now == *was);
+        }
+    }
+    let moved = 1.0 - kept as f64 / f64::from(eligible);
+    eprintln!("after removing C, {moved:.4} of new flows not on C changed backend");
+    assert!(moved <= 0.02, "{moved:.4} of A/B flows moved");
+}
+
+/// `p` with one 802.1Q tag (VLAN 100) after the MAC addresses.
+fn tagged(p: &[u8]) -> Vec<u8> {
+    let mut out = p[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+    out.extend_from_slice(&p[12..]);
+    out
+}
+
+/// The tag removed again, for the helpers that read untagged offsets.
+fn untagged(p: &[u8]) -> Vec<u8> {
+    let mut out = p[..12].to_vec();
+    out.extend_from_slice(&p[16..]);
+    out
+}
+
+#[test]
+fn a_vlan_tagged_flow_is_rewritten_behind_its_tag() {
+    if !require_root("a_vlan_tagged_flow_is_rewritten") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40300);
+    let syn = tagged(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let (_, out) = loaded.run(&syn);
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 100], "the tag is kept");
+    let out = untagged(&out);
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert!(checksums_valid(&out), "checksums behind the tag");
+    let nat = src(&out);
+
+    let reply = tagged(&packet(TCP, (BACKEND, 7000), nat, SYN | ACK, b""));
+    let back = untagged(&loaded.run(&reply).1);
+    assert_eq!((src(&back), dst(&back)), ((LISTENER, 9000), client));
+    assert!(checksums_valid(&back));
+    assert_eq!(loaded.stats("tcp").new_flows, 1);
+
+    let mut arp = syn.clone();
+    arp[16..18].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(untouched(&loaded, &arp), "a tagged non-IPv4 frame");
+    let mut double = syn.clone();
+    double[16..18].copy_from_slice(&0x8100u16.to_be_bytes());
+    assert!(untouched(&loaded, &double), "two tags are not ours");
+    let other = tagged(&packet(TCP, (CLIENT, 40301), (LISTENER, 9001), SYN, b""));
+    assert!(untouched(&loaded, &other), "tagged, to no listener");
+    for len in 14..syn.len() {
+        let mut short = tagged(&packet(TCP, (CLIENT, 40302), (LISTENER, 9000), SYN, b""));
+        short.truncate(len);
+        assert!(
+            untouched(&loaded, &short),
+            "truncated tagged SYN, {len} bytes"
+        );
+    }
+}
+
+#[test]
+fn the_programs_own_time_per_packet_stays_within_bounds() {
+    if !require_root("the_programs_own_time_per_packet") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT, 40400);
+    loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
+    let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
+    let per_tracked = loaded
+        .dataplane
+        .time_run(&tracked, 100_000)
+        .expect("timed run");
+    // Each new flow is its own run (a repeated SYN would be tracked after
+    // the first); the kernel reports each run's time.
+    let flows = 2000u32;
+    let mut total = std::time::Duration::ZERO;
+    for i in 0..flows {
+        total += loaded
+            .dataplane
+            .time_run(&syn_from(30_000 + i), 1)
+            .expect("timed run");
+    }
+    let per_new = total / flows;
+    // What one run costs beyond the program: the same tracked packet, one run at a time.
+    let mut single = std::time::Duration::ZERO;
+    for _ in 0..flows {
+        single += loaded.dataplane.time_run(&tracked, 1).expect("timed run");
+    }
+    let per_single = single / flows;
+    eprintln!(
+        "program time per packet: tracked flow {per_tracked:?} (one run at a time {per_single:?}), new flow {per_new:?}"
+    );
+    // Regression bounds, not the issue's goals (100 ns tracked, 250 ns new),
+    // which this program does not meet yet (see docs/l4-dataplane.md).
+    assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
+    assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
+}
+
+/// An ICMP error from `from` to `to` quoting the first 28 bytes of `quoted`'s
+/// IP packet (an Ethernet frame built by `packet`).
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280 for code 4
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let csum = fold(sum16(&icmp, 0));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 2, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let csum = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
+    if !require_root("icmp_errors_about_a_tracked_flow") {
+        return;
+    }
+    let loaded = load();
+    let router = Ipv4Addr::new(198, 18, 1, 9);
+    for (proto, client) in [(TCP, (CLIENT, 40500)), (UDP, (CLIENT, 5500))] {
+        let first = packet(proto, client, (LISTENER, 9000), SYN, b"data");
+        let (_, sent) = loaded.run(&first);
+        let nat = src(&sent);
+        // A router towards the backend: "fragmentation needed" to the NAT address.
+        let error = icmp_error(router, nat.0, 3, 4, &sent);
+        let (action, out) = loaded.run(&error);
+        assert_ne!(action, XDP_DROP);
+        assert_eq!(
+            &out[26..30],
+            &router.octets(),
+            "the router stays the sender"
+        );
+        assert_eq!(&out[30..34], &CLIENT.octets(), "to the client");
+        assert_eq!(fold(sum16(&out[14..34], 0)), 0, "outer IP checksum");
+        assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
+        let quote = &out[42..];
+        assert_eq!(
+            quote[..20],
+            first[14..34],
+            "{proto}: the quote is the client's own packet, header checksum included"
+        );
+        assert_eq!(quote[20..24], first[34..38], "{proto}: quoted ports");
+        if proto == UDP {
+            assert_eq!(quote[26..28], first[40..42], "quoted UDP checksum");
+        }
+        // And from the client's side: a router there tells the backend.
+        let (_, reply) = loaded.run(&packet(proto, (BACKEND, 7000), nat, SYN | ACK, b"r"));
+        let error = icmp_error(router, LISTENER, 11, 0, &reply);
+        let (_, out) = loaded.run(&error);
+        assert_eq!(&out[30..34], &BACKEND.octets(), "to the backend");
+        assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
+        // The quote: what the backend sent, to the NAT address and port.
+        assert_eq!(&out[54..58], &BACKEND.octets());
+        assert_eq!(&out[58..62], &nat.0.octets());
+        assert_eq!(
+            &out[62..66],
+            &[&7000u16.to_be_bytes()[..], &nat.1.to_be_bytes()[..]].concat()[..]
+        );
+        assert_eq!(fold(sum16(&out[42..62], 0)), 0, "quoted IP header checksum");
+    }
+    assert_eq!(
+        loaded.events(gateway_common::PacketEvent::IcmpErrorTranslated),
+        4
+    );
+    // Errors about no tracked flow, and ICMP that is no error, pass untouched.
+    let stranger = packet(TCP, (CLIENT, 1), (BACKEND, 7000), SYN, b"");
+    assert!(untouched(
+        &loaded,
+        &icmp_error(router, CLIENT, 3, 4, &stranger)
+    ));
+    let mut echo = icmp_error(router, LISTENER, 8, 0, &stranger);
+    echo[34] = 8;
+    assert!(untouched(&loaded, &echo));
 }

@@ -99,6 +99,27 @@ impl Netns {
         cmd
     }
 
+    /// Opens a TCP connection from inside the namespace (a thread enters it to
+    /// connect); the socket stays in the namespace, and the caller uses it from
+    /// any thread.
+    pub fn connect_tcp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)?;
+            // SAFETY: setns on a valid namespace fd; it changes only this thread.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            Ok(stream)
+        })
+        .join()
+        .expect("connect thread")
+    }
+
     /// Runs `args` inside the namespace and panics if it fails.
     pub fn run(&self, args: &[&str]) -> Output {
         must(self.command(args[0]).args(&args[1..]))
@@ -283,14 +304,55 @@ pub struct Agent {
     pub name: String,
     pub log: PathBuf,
     pub manifests: TempDir,
+    extra_args: Vec<String>,
 }
 
 impl Agent {
     pub fn start(topology: &Topology, manifests: TempDir) -> Agent {
+        Self::start_with(topology, manifests, &[])
+    }
+
+    /// Like `start`, with more `gateway-agent run` arguments.
+    pub fn start_with(topology: &Topology, manifests: TempDir, extra_args: &[&str]) -> Agent {
         let name = unique("gwt-agent-");
         let log = manifests.0.with_extension("log");
-        let log_file = std::fs::File::create(&log).expect("create log");
+        std::fs::File::create(&log).expect("create log");
         mount_bpffs_once();
+        let extra_args: Vec<String> = extra_args.iter().map(ToString::to_string).collect();
+        let process = Self::spawn(topology, &name, &log, &manifests, &extra_args);
+        Agent {
+            process,
+            name,
+            log,
+            manifests,
+            extra_args,
+        }
+    }
+
+    /// Starts a new agent process with the same name (so the same pinned
+    /// state), manifests and arguments; its log is appended to the same file.
+    /// The previous process must have exited.
+    pub fn restart(&mut self, topology: &Topology) {
+        self.process = Self::spawn(
+            topology,
+            &self.name,
+            &self.log,
+            &self.manifests,
+            &self.extra_args,
+        );
+    }
+
+    fn spawn(
+        topology: &Topology,
+        name: &str,
+        log: &Path,
+        manifests: &TempDir,
+        extra_args: &[String],
+    ) -> Process {
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .expect("open log");
         let child = topology
             .node
             .command_in_netns_only(&Topology::bin("agent-under-test"))
@@ -302,20 +364,21 @@ impl Agent {
                 "--xdp-mode",
                 "native",
                 "--name",
-                &name,
+                name,
             ])
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start the agent");
-        Agent {
-            process: Process(child),
-            name,
-            log,
-            manifests,
-        }
+        Process(child)
+    }
+
+    /// How many times the log says `needle` (to wait for the next one).
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
     }
 
     pub fn pin_dir(&self) -> PathBuf {

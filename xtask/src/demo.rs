@@ -45,6 +45,8 @@ pub fn run(once: bool) -> anyhow::Result<()> {
                 "lo",
             ])
             .args(["--name", "gateway-agent-quickstart"])
+            // The demo leaves nothing attached to lo behind it.
+            .arg("--detach-on-exit")
             .spawn()
             .context("starting the agent")?,
     );

@@ -1,18 +1,21 @@
 //! The only code that touches aya: loads the embedded eBPF object, pins its
 //! maps, attaches XDP to the node's interfaces and writes the L4 maps.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
-use aya::Ebpf;
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode};
+use aya::maps::{Array, HashMap, MapData, MapInfo, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
+use aya::{Ebpf, EbpfLoader};
 use gateway_common::{
-    BackendSlotKey, BackendValue, ListenerKey, ListenerValue, PacketEvent, RouteStats, RouteValue,
-    maps as names,
+    BackendValue, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, ListenerValue,
+    MAX_BACKENDS_PER_ROUTE, MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable,
+    PACKET_EVENT_COUNT, PacketEvent, RouteName, RouteStats, RouteValue, maps as names,
 };
 
-use super::l4_plan::{self, L4Maps, RouteIds};
+use super::l4_plan::{self, L4Maps, RouteIds, RouteTable, TableCache};
 use crate::model::{L4Listener, RouteRef};
 
 /// The compiled eBPF object, built by build.rs from gateway-ebpf.
@@ -53,22 +56,141 @@ pub enum AttachMode {
     Generic,
 }
 
+/// How long an idle tracked flow lives (see `gateway_common::DEFAULT_*_NS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_idle_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_idle_ns: u64,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            tcp_idle_ns: gateway_common::DEFAULT_TCP_IDLE_NS,
+            tcp_closing_ns: gateway_common::DEFAULT_TCP_CLOSING_NS,
+            udp_idle_ns: gateway_common::DEFAULT_UDP_IDLE_NS,
+        }
+    }
+}
+
 pub struct L4Dataplane {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// The XDP links, also pinned under `<pin_dir>/links/<interface>`: the pin,
+    /// not this process, keeps the program attached.
+    links: Vec<FdLink>,
     listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     routes: HashMap<MapData, u32, RouteValue>,
-    slots: HashMap<MapData, BackendSlotKey, BackendValue>,
+    tables: Array<MapData, MaglevTable>,
+    backends: Array<MapData, BackendValue>,
+    route_names: Array<MapData, RouteName>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
     route_stats: PerCpuArray<MapData, RouteStats>,
     xdp_stats: PerCpuArray<MapData, u64>,
     applied: L4Maps,
+    /// route id → the `MAGLEV_TABLES` index its `ROUTES` entry points at.
+    live_tables: BTreeMap<u32, u32>,
     ids: RouteIds,
+    tables_cache: TableCache,
+    adopted: bool,
+}
+
+/// Key size, value size and capacity each adopted map must have: a pin left by
+/// an agent built with other types is replaced, not misread.
+fn expected_shape(name: &str) -> Option<(usize, usize, u32)> {
+    use std::mem::size_of;
+    Some(match name {
+        names::LISTENERS => (
+            size_of::<ListenerKey>(),
+            size_of::<ListenerValue>(),
+            MAX_LISTENERS,
+        ),
+        names::ROUTES => (4, size_of::<RouteValue>(), MAX_ROUTES),
+        names::MAGLEV_TABLES => (4, size_of::<MaglevTable>(), MAX_TABLES),
+        names::BACKENDS => (
+            4,
+            size_of::<BackendValue>(),
+            MAX_TABLES * MAX_BACKENDS_PER_ROUTE,
+        ),
+        names::ROUTE_NAMES => (4, size_of::<RouteName>(), MAX_ROUTES),
+        names::FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), MAX_FLOWS),
+        names::ROUTE_STATS => (4, size_of::<RouteStats>(), MAX_ROUTES),
+        names::XDP_STATS => (4, size_of::<u64>(), PACKET_EVENT_COUNT),
+        _ => return None,
+    })
+}
+
+/// Whether the map pinned at `path` can be adopted; a pin of another shape is removed.
+fn adoptable(name: &'static str, path: &Path) -> bool {
+    let Ok(info) = MapInfo::from_pin(path) else {
+        return false;
+    };
+    let shape = (
+        info.key_size() as usize,
+        info.value_size() as usize,
+        info.max_entries(),
+    );
+    if Some(shape) == expected_shape(name) {
+        return true;
+    }
+    tracing::warn!(map = name, path = %path.display(), ?shape, "pinned map has another layout: replacing it (its state is lost)");
+    let _ = std::fs::remove_file(path);
+    false
 }
 
 impl L4Dataplane {
-    /// Loads the programs, pins the maps under `pin_dir` (replacing stale pins)
-    /// and attaches XDP to `interfaces`.
+    /// Loads the programs and attaches XDP to `interfaces`, adopting what a
+    /// previous agent of the same name left pinned under `pin_dir`: its maps
+    /// (flows, tables, counters) are reused as they are, and its XDP links get
+    /// the new program atomically, so forwarding never stops.
     pub fn load(interfaces: &[String], mode: AttachMode, pin_dir: &Path) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
+        Self::load_with(interfaces, mode, pin_dir, FlowTimeouts::default())
+    }
+
+    /// `load`, with other flow timeouts than the defaults.
+    pub fn load_with(
+        interfaces: &[String],
+        mode: AttachMode,
+        pin_dir: &Path,
+        timeouts: FlowTimeouts,
+    ) -> Result<Self, Error> {
+        let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
+            path: pin_dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(bpffs) = pin_dir.parent() {
+            ensure_bpffs(bpffs).map_err(|e| pin_error(&e))?;
+        }
+        let links_dir = pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|e| pin_error(&e))?;
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("TCP_IDLE_NS", &timeouts.tcp_idle_ns, true)
+            .override_global("TCP_CLOSING_NS", &timeouts.tcp_closing_ns, true)
+            .override_global("UDP_IDLE_NS", &timeouts.udp_idle_ns, true);
+        let mut adopted = true;
+        for name in names::ADOPTED {
+            let path = pin_dir.join(name);
+            adopted &= adoptable(name, &path);
+            // Opened from the pin when there is one, else created and pinned there.
+            loader.map_pin_path(name, path);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+        for (name, map) in ebpf.maps() {
+            // Adopted maps are pinned already; `.rodata` and the like are per program.
+            if names::ADOPTED.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            let path = pin_dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            map.pin(&path).map_err(|e| Error::Pin {
+                path,
+                message: e.to_string(),
+            })?;
+        }
+
         let program: &mut Xdp = ebpf
             .program_mut("xdp_l4_forward")
             .ok_or(Error::Missing("program xdp_l4_forward"))?
@@ -79,69 +201,137 @@ impl L4Dataplane {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Generic => XdpMode::Skb,
         };
+        let mut links = Vec::new();
         for interface in interfaces {
-            program.attach(interface, xdp_mode)?;
+            links.push(attach(program, interface, xdp_mode, &links_dir)?);
             enable_forwarding(interface);
-            tracing::info!(%interface, ?mode, "XDP program attached");
+        }
+        detach_others(&links_dir, interfaces);
+        if !interfaces.is_empty() {
+            reserve_nat_ports();
         }
 
-        let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
-            path: pin_dir.to_path_buf(),
-            message: e.to_string(),
-        };
-        if let Some(bpffs) = pin_dir.parent() {
-            ensure_bpffs(bpffs).map_err(|e| pin_error(&e))?;
-        }
-        std::fs::create_dir_all(pin_dir).map_err(|e| pin_error(&e))?;
-        for (name, map) in ebpf.maps() {
-            let path = pin_dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            map.pin(&path).map_err(|e| Error::Pin {
-                path,
-                message: e.to_string(),
-            })?;
-        }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(Error::Missing(name));
         let listeners =
             HashMap::try_from(take(names::LISTENERS)?).map_err(map_err(names::LISTENERS))?;
         let routes = HashMap::try_from(take(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
-        let slots = HashMap::try_from(take(names::BACKEND_SLOTS)?)
-            .map_err(map_err(names::BACKEND_SLOTS))?;
+        let tables =
+            Array::try_from(take(names::MAGLEV_TABLES)?).map_err(map_err(names::MAGLEV_TABLES))?;
+        let backends = Array::try_from(take(names::BACKENDS)?).map_err(map_err(names::BACKENDS))?;
+        let route_names =
+            Array::try_from(take(names::ROUTE_NAMES)?).map_err(map_err(names::ROUTE_NAMES))?;
+        let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
         let route_stats = PerCpuArray::try_from(take(names::ROUTE_STATS)?)
             .map_err(map_err(names::ROUTE_STATS))?;
         let xdp_stats =
             PerCpuArray::try_from(take(names::XDP_STATS)?).map_err(map_err(names::XDP_STATS))?;
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            links,
             listeners,
             routes,
-            slots,
+            tables,
+            backends,
+            route_names,
+            flows,
             route_stats,
             xdp_stats,
             applied: L4Maps::default(),
+            live_tables: BTreeMap::new(),
             ids: RouteIds::default(),
-        })
+            tables_cache: TableCache::default(),
+            adopted,
+        };
+        if adopted {
+            dataplane.read_pinned_state()?;
+            tracing::info!(
+                pin_dir = %pin_dir.display(),
+                routes = dataplane.applied.routes.len(),
+                listeners = dataplane.applied.listeners.len(),
+                "adopted the pinned L4 state of a previous agent"
+            );
+        }
+        Ok(dataplane)
+    }
+
+    /// True when the maps were adopted from a previous agent's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// What a previous agent programmed, so that `apply` writes only the
+    /// difference with the new config (nothing is cleared first).
+    fn read_pinned_state(&mut self) -> Result<(), Error> {
+        for entry in self.listeners.iter() {
+            let (key, value) = entry.map_err(map_err(names::LISTENERS))?;
+            self.applied.listeners.insert(key, value.route_id);
+        }
+        let routes: Vec<(u32, RouteValue)> = self
+            .routes
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ROUTES))?;
+        for (id, route) in routes {
+            let mut table = RouteTable::default();
+            if route.backend_count > 0 && route.table < MAX_TABLES {
+                for i in 0..route.backend_count.min(MAX_BACKENDS_PER_ROUTE) {
+                    let at = route.table * MAX_BACKENDS_PER_ROUTE + i;
+                    table.backends.push(
+                        self.backends
+                            .get(&at, 0)
+                            .map_err(map_err(names::BACKENDS))?,
+                    );
+                }
+                let slots = self
+                    .tables
+                    .get(&route.table, 0)
+                    .map_err(map_err(names::MAGLEV_TABLES))?;
+                table.slots = slots.backend.to_vec();
+            }
+            self.live_tables.insert(id, route.table);
+            self.applied.routes.insert(id, table);
+        }
+        let mut recorded = Vec::new();
+        for id in 0..MAX_ROUTES {
+            let name = self
+                .route_names
+                .get(&id, 0)
+                .map_err(map_err(names::ROUTE_NAMES))?;
+            if name.hash != 0 {
+                recorded.push((id, name.hash));
+                self.applied.names.insert(id, name.hash);
+            }
+        }
+        self.ids.adopt(recorded);
+        Ok(())
     }
 
     /// Programs the maps for `listeners`, writing only entries that changed.
-    /// Additions go in table → route → listener order and removals in reverse,
-    /// so the program never follows a listener to a missing table.
+    /// A changed route's table is written into its idle half and then made
+    /// live by one `ROUTES` update. Additions go in table → route → listener
+    /// order and removals in reverse, so the program never follows a listener
+    /// to a missing table. Tracked flows to a backend that is gone are
+    /// removed: their next packet finds no flow, and the node's kernel answers
+    /// it with a reset instead of the flow being black-holed.
     pub fn apply(&mut self, listeners: &[L4Listener]) -> Result<(), Error> {
-        let desired = l4_plan::plan(listeners, &mut self.ids, &source_address_for);
+        let desired = l4_plan::plan(
+            listeners,
+            &mut self.ids,
+            &mut self.tables_cache,
+            &source_address_for,
+        );
         let old = std::mem::take(&mut self.applied);
-        for (key, value) in &desired.slots {
-            if old.slots.get(key) != Some(value) {
-                self.slots
-                    .insert(key, value, 0)
-                    .map_err(map_err(names::BACKEND_SLOTS))?;
+        for (id, hash) in &desired.names {
+            if old.names.get(id) != Some(hash) {
+                self.route_names
+                    .set(*id, RouteName { hash: *hash }, 0)
+                    .map_err(map_err(names::ROUTE_NAMES))?;
             }
         }
-        for (id, size) in &desired.routes {
-            if old.routes.get(id) != Some(size) {
-                let value = RouteValue { table_size: *size };
-                self.routes
-                    .insert(id, value, 0)
-                    .map_err(map_err(names::ROUTES))?;
+        for (id, table) in &desired.routes {
+            if old.routes.get(id) != Some(table) {
+                self.write_table(*id, table)?;
             }
         }
         for (key, id) in &desired.listeners {
@@ -167,14 +357,97 @@ impl L4Dataplane {
             .filter(|k| !desired.routes.contains_key(k))
         {
             self.routes.remove(id).map_err(map_err(names::ROUTES))?;
+            self.live_tables.remove(id);
         }
-        for key in old.slots.keys().filter(|k| !desired.slots.contains_key(k)) {
-            self.slots
-                .remove(key)
-                .map_err(map_err(names::BACKEND_SLOTS))?;
+        for id in old.names.keys().filter(|k| !desired.names.contains_key(k)) {
+            self.route_names
+                .set(*id, RouteName::default(), 0)
+                .map_err(map_err(names::ROUTE_NAMES))?;
         }
+        let gone = backends_gone(&old, &desired);
         self.applied = desired;
+        if !gone.is_empty() {
+            let removed = self.remove_flows_to(&gone)?;
+            tracing::info!(
+                backends = gone.len(),
+                flows = removed,
+                "removed the tracked flows of backends that are gone"
+            );
+        }
         Ok(())
+    }
+
+    /// Writes `table` into the idle one of route `id`'s two tables and points
+    /// `ROUTES[id]` at it.
+    fn write_table(&mut self, id: u32, table: &RouteTable) -> Result<(), Error> {
+        let pair = 2 * id;
+        let target = match self.live_tables.get(&id) {
+            Some(live) if live / 2 == id => pair + (1 - live % 2),
+            _ => pair,
+        };
+        for (i, backend) in table.backends.iter().enumerate() {
+            self.backends
+                .set(target * MAX_BACKENDS_PER_ROUTE + i as u32, backend, 0)
+                .map_err(map_err(names::BACKENDS))?;
+        }
+        if !table.slots.is_empty() {
+            let mut slots = MaglevTable::default();
+            slots.backend.copy_from_slice(&table.slots);
+            self.tables
+                .set(target, slots, 0)
+                .map_err(map_err(names::MAGLEV_TABLES))?;
+        }
+        let value = RouteValue {
+            backend_count: table.backends.len() as u32,
+            table: target,
+        };
+        self.routes
+            .insert(id, value, 0)
+            .map_err(map_err(names::ROUTES))?;
+        self.live_tables.insert(id, target);
+        Ok(())
+    }
+
+    /// Removes both directions of every tracked flow whose (route, backend) is
+    /// in `gone`. Returns how many flows were removed.
+    fn remove_flows_to(&mut self, gone: &BTreeSet<(u32, BackendValue)>) -> Result<usize, Error> {
+        let gone: BTreeSet<(u32, u32, u16)> = gone
+            .iter()
+            .map(|(id, b)| (*id, b.addr_be, b.port_be))
+            .collect();
+        let mut doomed = Vec::new();
+        for entry in self.flows.iter() {
+            let Ok((key, flow)) = entry else {
+                continue; // evicted while we walked: nothing to remove
+            };
+            if flow.flags & FLOW_ORIGINAL != 0
+                && gone.contains(&(flow.route_id, flow.new_dst_addr_be, flow.new_dst_port_be))
+            {
+                doomed.push((key, flow));
+            }
+        }
+        for (key, flow) in &doomed {
+            // The reply entry only if it is still this flow's, not a newer
+            // flow's that took over the NAT port after this one went idle.
+            let reply = reply_key(key, flow);
+            if let Ok(other) = self.flows.get(&reply, 0)
+                && reply_key(&reply, &other) == *key
+            {
+                let _ = self.flows.remove(&reply);
+            }
+            let _ = self.flows.remove(key);
+        }
+        Ok(doomed.len())
+    }
+
+    /// Detaches XDP from every interface and removes the pinned maps: what a
+    /// restarted agent would otherwise adopt is gone.
+    pub fn detach(&mut self) {
+        self.links.clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+            tracing::warn!(pin_dir = %self.pin_dir.display(), error = %e, "cannot remove the pinned state");
+        }
+        tracing::info!(pin_dir = %self.pin_dir.display(), "XDP detached and pins removed");
     }
 
     /// Runs the XDP program once over `packet` (BPF_PROG_TEST_RUN), against the
@@ -193,6 +466,22 @@ impl L4Dataplane {
         let result = program.test_run(opts)?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
+    }
+
+    /// The program's own time per run over `packet`, run `repeat` times by
+    /// the kernel (BPF_PROG_TEST_RUN): what the program costs, without any
+    /// interface or traffic generator.
+    pub fn time_run(&self, packet: &[u8], repeat: u32) -> Result<std::time::Duration, Error> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_l4_forward")
+            .ok_or(Error::Missing("program xdp_l4_forward"))?
+            .try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.repeat = repeat;
+        Ok(program.test_run(opts)?.duration)
     }
 
     /// Per-route counters summed over CPUs.
@@ -229,6 +518,92 @@ impl L4Dataplane {
     }
 }
 
+/// The key of the other direction of the flow whose entry at `key` is `flow`:
+/// the rewritten tuple reversed (for the original direction, the backend
+/// answering the source-NAT address and port).
+pub fn reply_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
+    FlowKey {
+        src_addr_be: flow.new_dst_addr_be,
+        dst_addr_be: flow.new_src_addr_be,
+        src_port_be: flow.new_dst_port_be,
+        dst_port_be: flow.new_src_port_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// (route id, backend) pairs programmed in `old` and absent from `new`.
+fn backends_gone(old: &L4Maps, new: &L4Maps) -> BTreeSet<(u32, BackendValue)> {
+    let mut gone = BTreeSet::new();
+    for (id, table) in &old.routes {
+        let kept = new.routes.get(id);
+        for backend in &table.backends {
+            if !kept.is_some_and(|t| t.backends.contains(backend)) {
+                gone.insert((*id, *backend));
+            }
+        }
+    }
+    gone
+}
+
+/// Attaches `program` to `interface` through a pinned XDP link: an existing
+/// pin (a previous agent's) gets the new program atomically; otherwise a new
+/// link is made and pinned, so that it outlives this process.
+fn attach(
+    program: &mut Xdp,
+    interface: &str,
+    mode: XdpMode,
+    links_dir: &Path,
+) -> Result<FdLink, Error> {
+    let path = links_dir.join(interface);
+    if let Ok(pinned) = PinnedLink::from_pin(&path) {
+        let replaced = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| e.to_string())
+            .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
+        match replaced {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                tracing::info!(%interface, "XDP link adopted: new program swapped in");
+                return FdLink::try_from(link).map_err(|e| Error::Pin {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+            Err(error) => {
+                // E.g. the interface was recreated: that link is defunct.
+                tracing::warn!(%interface, %error, "cannot reuse the pinned XDP link; attaching anew");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let id = program.attach(interface, mode)?;
+    let link = program.take_link(id)?;
+    let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
+        path: path.clone(),
+        message: format!("the XDP link cannot be pinned (kernel without BPF links?): {e}"),
+    };
+    let pinned = FdLink::try_from(link)
+        .map_err(|e| pin_error(&e))?
+        .pin(&path)
+        .map_err(|e| pin_error(&e))?;
+    tracing::info!(%interface, ?mode, "XDP program attached");
+    Ok(pinned.into())
+}
+
+/// Unpins the links of interfaces no longer asked for, which detaches them.
+fn detach_others(links_dir: &Path, interfaces: &[String]) {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !interfaces.contains(&name) {
+            tracing::info!(interface = %name, "detaching XDP from an interface no longer served");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Mounts the BPF filesystem at `dir` unless one is there already.
 fn ensure_bpffs(dir: &Path) -> nix::Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -259,6 +634,31 @@ fn source_address_for(backend: Ipv4Addr) -> Ipv4Addr {
             tracing::warn!(%backend, "no route to backend; using it as its own source address");
             backend
         }
+    }
+}
+
+/// Keeps the node's own sockets off the source-NAT ports: added to
+/// `ip_local_reserved_ports`, they are never chosen as ephemeral ports, so a
+/// NAT'd flow and a local connection cannot share a 4-tuple.
+fn reserve_nat_ports() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let range = format!(
+        "{}-{}",
+        gateway_common::NAT_PORT_MIN,
+        u32::from(gateway_common::NAT_PORT_MIN) + u32::from(gateway_common::NAT_PORT_COUNT) - 1
+    );
+    let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    let current = current.trim();
+    if current.split(',').any(|r| r == range) {
+        return;
+    }
+    let value = if current.is_empty() {
+        range
+    } else {
+        format!("{current},{range}")
+    };
+    if let Err(e) = std::fs::write(PATH, &value) {
+        tracing::warn!(error = %e, "cannot reserve the source-NAT ports; local connections may collide with NAT'd flows");
     }
 }
 

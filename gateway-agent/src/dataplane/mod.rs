@@ -1,4 +1,5 @@
 //! Appliers: turn a `DataplaneConfig` into running data planes.
-//! `l4_plan` is pure (config → map entries); `loader` is the only code that touches aya.
+//! `l4_plan` and `maglev` are pure (config → map entries); `loader` is the only code that touches aya.
 pub mod l4_plan;
 pub mod loader;
+pub mod maglev;

@@ -1,0 +1,237 @@
+//! ICMP for tracked flows. Errors about a flow's packets, from a router on
+//! either side, are translated like the flow (path-MTU discovery and
+//! traceroute work through the gateway); and "fragmentation needed" for a
+//! packet too big for the egress link is answered by the program itself (the
+//! kernel never sees the packet, so it cannot).
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use gateway_common::{FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
+
+use crate::{csum, forward, maps, packet::*};
+
+const IP: usize = ETH_HDR_LEN;
+const ICMP: usize = IP + IPV4_HDR_LEN;
+const ICMP_HDR_LEN: usize = 8;
+/// The offending packet's IP header and first 8 bytes of its L4 header.
+const INNER_IP: usize = ICMP + ICMP_HDR_LEN;
+const INNER_L4: usize = INNER_IP + IPV4_HDR_LEN;
+const TOTAL: usize = INNER_L4 + 8;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// Turns the (already rewritten, untagged) packet in place into an ICMP
+/// "fragmentation needed" to its sender, the inner header restored to what
+/// the sender sent (`key`), and hands it to the kernel, which routes it to the
+/// sender (XDP_TX into a veth peer without XDP loses it; and this is rare).
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, key: &FlowKey, mtu: u16) -> u32 {
+    match build(ctx, key, mtu) {
+        Some(()) => {
+            maps::count_event(PacketEvent::IcmpFragNeededSent);
+            xdp_action::XDP_PASS
+        }
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn build(ctx: &XdpContext, key: &FlowKey, mtu: u16) -> Option<()> {
+    let mac_header: [u8; 12] = read(ctx, 0)?;
+    // Room in front for the new IP and ICMP headers: the old IP header then
+    // sits exactly where the ICMP payload starts.
+    let grow = (IPV4_HDR_LEN + ICMP_HDR_LEN) as i32;
+    // SAFETY: plain helper call on our context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return None;
+    }
+    // The frame's length, from the offending packet's IPv4 total length (the
+    // verifier allows no arithmetic on data_end; a frame this big has no padding).
+    let inner_len = usize::from(u16::from_be(read::<u16>(ctx, INNER_IP + IPV4_TOT_LEN)?));
+    if inner_len < TOTAL - INNER_IP {
+        return None;
+    }
+    let shrink = (INNER_IP + inner_len - TOTAL) as i32;
+    // SAFETY: plain helper call; shrinks the frame to the ICMP message.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -shrink) } != 0 {
+        return None;
+    }
+
+    // Addressed to this node, as received, so the kernel takes it in.
+    write(ctx, 0, mac_header)?;
+    write(ctx, 12, ETH_P_IPV4.to_be())?;
+
+    // The inner header as the sender sent it (our rewrite undone).
+    write(ctx, INNER_IP + IPV4_SRC, key.src_addr_be)?;
+    write(ctx, INNER_IP + IPV4_DST, key.dst_addr_be)?;
+    write(ctx, INNER_L4 + L4_SRC_PORT, key.src_port_be)?;
+    write(ctx, INNER_L4 + L4_DST_PORT, key.dst_port_be)?;
+    write(ctx, INNER_IP + IPV4_CSUM, 0u16)?;
+    let inner = checksum(sum::<{ IPV4_HDR_LEN / 2 }>(ctx, INNER_IP)?);
+    write(ctx, INNER_IP + IPV4_CSUM, inner)?;
+
+    // From the gateway address the sender talks to, back to the sender.
+    let header: [u8; 12] = [
+        0x45,
+        0,
+        0,
+        (TOTAL - IP) as u8, // total length < 256
+        0,
+        0,
+        0,
+        0,
+        64,
+        PROTO_ICMP,
+        0,
+        0,
+    ];
+    write(ctx, IP, header)?;
+    write(ctx, IP + IPV4_SRC, key.dst_addr_be)?;
+    write(ctx, IP + IPV4_DST, key.src_addr_be)?;
+    let ip = checksum(sum::<{ IPV4_HDR_LEN / 2 }>(ctx, IP)?);
+    write(ctx, IP + IPV4_CSUM, ip)?;
+
+    write(
+        ctx,
+        ICMP,
+        [ICMP_DEST_UNREACHABLE, ICMP_FRAG_NEEDED, 0, 0, 0, 0],
+    )?;
+    write(ctx, ICMP + 6, mtu.to_be())?;
+    let icmp = checksum(sum::<{ (TOTAL - ICMP) / 2 }>(ctx, ICMP)?);
+    write(ctx, ICMP + 2, icmp)?;
+    Some(())
+}
+
+/// One's-complement sum of `WORDS` 16-bit words from `offset` (byte order
+/// does not matter to the sum; the result is written back the same way).
+#[inline(always)]
+fn sum<const WORDS: usize>(ctx: &XdpContext, offset: usize) -> Option<u32> {
+    // One bounds check for the whole range, then a loop over a local copy:
+    // a loop over packet pointers gets compiled into arithmetic on data_end,
+    // which the verifier refuses.
+    let words: [u16; WORDS] = read(ctx, offset)?;
+    let mut total = 0u32;
+    for word in words {
+        total += u32::from(word);
+    }
+    Some(total)
+}
+
+#[inline(always)]
+fn checksum(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// An ICMP error (destination unreachable, time exceeded) whose quoted packet
+/// belongs to a tracked flow: the quote is translated back to the packet its
+/// sender sent, and the error is sent to that sender. Anything else passes.
+#[inline(always)]
+pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let icmp = L3 + IPV4_HDR_LEN;
+    let inner = icmp + ICMP_HDR_LEN;
+    let inner_l4 = inner + IPV4_HDR_LEN;
+    let not_ours = PacketEvent::PassedNotOurs;
+    let kind = read::<u8>(ctx, icmp).ok_or(not_ours)?;
+    if kind != ICMP_DEST_UNREACHABLE && kind != ICMP_TIME_EXCEEDED {
+        return Err(not_ours);
+    }
+    let inner_ver_ihl = read::<u8>(ctx, inner).ok_or(not_ours)?;
+    let proto = read::<u8>(ctx, inner + IPV4_PROTO).ok_or(not_ours)?;
+    if inner_ver_ihl != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Err(not_ours);
+    }
+    // The quoted packet went out rewritten by the flow entry whose partner is
+    // the quote reversed; that partner entry says what to turn it back into.
+    let quoted = FlowKey {
+        src_addr_be: read(ctx, inner + IPV4_SRC).ok_or(not_ours)?,
+        dst_addr_be: read(ctx, inner + IPV4_DST).ok_or(not_ours)?,
+        src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
+        dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
+        proto,
+        _pad: [0; 3],
+    };
+    let reversed = FlowKey {
+        src_addr_be: quoted.dst_addr_be,
+        dst_addr_be: quoted.src_addr_be,
+        src_port_be: quoted.dst_port_be,
+        dst_port_be: quoted.src_port_be,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = maps::FLOWS.get_ptr(reversed) else {
+        return Err(not_ours);
+    };
+    // SAFETY: copied out at once.
+    let flow = unsafe { *entry };
+    // The original packet: from the entry's rewritten destination to its
+    // rewritten source.
+    let (src, dst) = (flow.new_dst_addr_be, flow.new_src_addr_be);
+    let (sport, dport) = (flow.new_dst_port_be, flow.new_src_port_be);
+    // Inner L4 first: its checksum covers the inner addresses too.
+    let mut icmp_csum: u16 = read(ctx, icmp + 2).ok_or(not_ours)?;
+    if proto == PROTO_UDP {
+        let old: u16 = read(ctx, inner_l4 + 6).ok_or(not_ours)?;
+        if old != 0 {
+            let mut udp = csum::replace_u32(old, quoted.src_addr_be, src);
+            udp = csum::replace_u32(udp, quoted.dst_addr_be, dst);
+            udp = csum::replace_u16(udp, quoted.src_port_be, sport);
+            udp = csum::replace_u16(udp, quoted.dst_port_be, dport);
+            if udp == 0 {
+                udp = 0xffff;
+            }
+            write(ctx, inner_l4 + 6, udp).ok_or(not_ours)?;
+            icmp_csum = csum::replace_u16(icmp_csum, old, udp);
+        }
+    }
+    write(ctx, inner_l4 + L4_SRC_PORT, sport).ok_or(not_ours)?;
+    write(ctx, inner_l4 + L4_DST_PORT, dport).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.src_port_be, sport);
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.dst_port_be, dport);
+    let old_inner_csum: u16 = read(ctx, inner + IPV4_CSUM).ok_or(not_ours)?;
+    let mut inner_csum = csum::replace_u32(old_inner_csum, quoted.src_addr_be, src);
+    inner_csum = csum::replace_u32(inner_csum, quoted.dst_addr_be, dst);
+    write(ctx, inner + IPV4_SRC, src).ok_or(not_ours)?;
+    write(ctx, inner + IPV4_DST, dst).ok_or(not_ours)?;
+    write(ctx, inner + IPV4_CSUM, inner_csum).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u32(icmp_csum, quoted.src_addr_be, src);
+    icmp_csum = csum::replace_u32(icmp_csum, quoted.dst_addr_be, dst);
+    icmp_csum = csum::replace_u16(icmp_csum, old_inner_csum, inner_csum);
+    write(ctx, icmp + 2, icmp_csum).ok_or(not_ours)?;
+
+    // The outer header now goes to the original sender.
+    let outer_src: u32 = read(ctx, L3 + IPV4_SRC).ok_or(not_ours)?;
+    let outer_dst: u32 = read(ctx, L3 + IPV4_DST).ok_or(not_ours)?;
+    let outer_csum: u16 = read(ctx, L3 + IPV4_CSUM).ok_or(not_ours)?;
+    write(ctx, L3 + IPV4_DST, src).ok_or(not_ours)?;
+    write(
+        ctx,
+        L3 + IPV4_CSUM,
+        csum::replace_u32(outer_csum, outer_dst, src),
+    )
+    .ok_or(not_ours)?;
+
+    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_event(PacketEvent::IcmpErrorTranslated);
+    let route = FlowValue {
+        new_src_addr_be: outer_src,
+        new_dst_addr_be: src,
+        new_src_port_be: 0,
+        new_dst_port_be: 0,
+        route_id: flow.route_id,
+        flags: 0,
+        _pad: 0,
+        last_seen_ns: 0,
+    };
+    let key = FlowKey {
+        proto: PROTO_ICMP,
+        ..FlowKey::default()
+    };
+    Ok(forward::send::<L3>(ctx, &key, &route))
+}
