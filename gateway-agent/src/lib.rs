@@ -5,6 +5,7 @@ pub mod dataplane;
 pub mod metrics;
 pub mod model;
 pub mod netif;
+pub mod passthrough;
 pub mod proxy;
 pub mod source;
 pub mod store;
