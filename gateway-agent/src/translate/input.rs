@@ -13,6 +13,7 @@ pub enum RouteKind {
     Http,
     Tcp,
     Udp,
+    Tls,
 }
 
 impl RouteKind {
@@ -21,6 +22,7 @@ impl RouteKind {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Tcp => "TCPRoute",
             RouteKind::Udp => "UDPRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 }
@@ -213,5 +215,33 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
     }
     l4_routes!(snapshot.tcp_routes, RouteKind::Tcp);
     l4_routes!(snapshot.udp_routes, RouteKind::Udp);
+    for (key, route) in &snapshot.tls_routes {
+        let ns = &key.namespace;
+        let (generation, created) = meta_facts(&route.metadata);
+        routes.push(Route {
+            kind: RouteKind::Tls,
+            key: key.clone(),
+            generation,
+            created,
+            hostnames: route.spec.hostnames.clone(),
+            parent_refs: route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| parent_ref!(p, ns))
+                .collect(),
+            rules: route
+                .spec
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    matches: Vec::new(),
+                    backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                    unsupported: None,
+                })
+                .collect(),
+        });
+    }
     routes
 }

@@ -1,7 +1,9 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
+pub mod certificates;
 pub mod input;
+mod passthrough;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -13,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
     ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
-    RouteRef, WeightedEndpoint,
+    RouteRef, ServerCertificate, WeightedEndpoint,
 };
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
@@ -41,6 +43,7 @@ struct Listener<'a> {
     protocol: &'a str,
     hostname: Option<&'a str>,
     allowed: &'a Option<gateway_api::gateways::GatewayListenersAllowedRoutes>,
+    tls: Option<&'a gateway_api::gateways::GatewayListenersTls>,
     addresses: &'a [IpAddr],
 }
 
@@ -114,9 +117,13 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                 protocol: &l.protocol,
                 hostname: l.hostname.as_deref(),
                 allowed: &l.allowed_routes,
+                tls: l.tls.as_ref(),
                 addresses,
             });
-            if !matches!(l.protocol.as_str(), "HTTP" | "TCP" | "UDP") {
+            if !matches!(
+                l.protocol.as_str(),
+                "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP"
+            ) {
                 let mut status = ObjectStatus::new("Gateway", (*key).clone());
                 status.section = Some(l.name.clone());
                 status.push(Condition::no(
@@ -160,6 +167,8 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
 
     let mut config = DataplaneConfig::default();
     let mut http: BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>> = BTreeMap::new();
+    let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
+    let mut tls_passthrough = BTreeMap::new();
     for (listener, attached) in listeners.iter().zip(&attachments) {
         match listener.protocol {
             "TCP" | "UDP" => {
@@ -200,16 +209,36 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     });
                 }
             }
-            "HTTP" => {
-                let binds: Vec<SocketAddr> = if listener.addresses.is_empty() {
-                    vec![SocketAddr::new(ANY_V4, listener.port)]
-                } else {
-                    listener
-                        .addresses
-                        .iter()
-                        .map(|a| SocketAddr::new(*a, listener.port))
-                        .collect()
-                };
+            "TLS" if passthrough::is_passthrough(listener) => {
+                passthrough::add_listener(listener, attached, snapshot, &mut tls_passthrough);
+            }
+            "HTTP" | "HTTPS" => {
+                let binds = listener_binds(listener);
+                if listener.protocol == "HTTPS" {
+                    let refs = listener.tls.and_then(|t| t.certificate_refs.as_deref());
+                    let (certificates, problems) = certificates::listener_certificates(
+                        snapshot,
+                        &listener.gateway.namespace,
+                        listener.hostname,
+                        refs.unwrap_or_default(),
+                    );
+                    for problem in problems {
+                        let mut status = ObjectStatus::new("Gateway", listener.gateway.clone());
+                        status.section = Some(listener.name.to_string());
+                        status.push(Condition::no(
+                            "ResolvedRefs",
+                            problem.reason,
+                            &problem.message,
+                        ));
+                        statuses.push(status);
+                    }
+                    for bind in &binds {
+                        https_certificates
+                            .entry(*bind)
+                            .or_default()
+                            .extend(certificates.iter().cloned());
+                    }
+                }
                 for attachment in attached {
                     let route = attachment.route;
                     for (index, rule) in route.rules.iter().enumerate() {
@@ -251,9 +280,10 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         config.http.push(HttpListener {
             bind,
             rules: rules.into_iter().map(|(_, r)| r).collect(),
-            certificates: Vec::new(),
+            certificates: https_certificates.remove(&bind).unwrap_or_default(),
         });
     }
+    config.tls_passthrough = passthrough::finish(tls_passthrough);
     Output { config, statuses }
 }
 
@@ -283,6 +313,19 @@ impl SortKey {
             rule: index,
             matched: match_index,
         }
+    }
+}
+
+/// The sockets a listener is served on: its Gateway's addresses, or every address.
+fn listener_binds(listener: &Listener) -> Vec<SocketAddr> {
+    if listener.addresses.is_empty() {
+        vec![SocketAddr::new(ANY_V4, listener.port)]
+    } else {
+        listener
+            .addresses
+            .iter()
+            .map(|a| SocketAddr::new(*a, listener.port))
+            .collect()
     }
 }
 
@@ -333,7 +376,7 @@ fn attach(
     }
     let mut hits = Vec::new();
     for (index, listener) in allowed {
-        if route.kind != RouteKind::Http {
+        if !matches!(route.kind, RouteKind::Http | RouteKind::Tls) {
             hits.push((index, Vec::new()));
             continue;
         }
@@ -358,7 +401,10 @@ fn kind_allowed(listener: &Listener, kind: RouteKind) -> bool {
         }),
         _ => matches!(
             (listener.protocol, kind),
-            ("HTTP" | "HTTPS", RouteKind::Http) | ("TCP", RouteKind::Tcp) | ("UDP", RouteKind::Udp)
+            ("HTTP" | "HTTPS", RouteKind::Http)
+                | ("TLS", RouteKind::Tls)
+                | ("TCP", RouteKind::Tcp)
+                | ("UDP", RouteKind::Udp)
         ),
     }
 }
