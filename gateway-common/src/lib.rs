@@ -240,6 +240,9 @@ pub mod splice {
         pub route_id: u32,
         /// `SPLICE_TO_BACKEND` on the client's socket, `SPLICE_TO_CLIENT` on the backend's.
         pub direction: u32,
+        /// Bytes redirected from this socket to its peer: the agent passes an
+        /// end of stream on only once they are all in the peer's send queue.
+        pub redirected: u64,
     }
 
     pub const SPLICE_TO_BACKEND: u32 = 0;
@@ -254,7 +257,7 @@ pub mod splice {
     }
 
     const _: () = assert!(size_of::<SpliceKey>() == 16);
-    const _: () = assert!(size_of::<SpliceValue>() == 8);
+    const _: () = assert!(size_of::<SpliceValue>() == 16);
     const _: () = assert!(size_of::<TlsRouteStats>() == 16);
 
     #[cfg(feature = "user")]

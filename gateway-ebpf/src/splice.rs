@@ -35,16 +35,20 @@ pub fn verdict(ctx: &SkBuffContext) -> u32 {
         local_port: ctx.skb.local_port(),
         remote_port_be: remote_port_be(ctx.skb.remote_port()),
     };
-    let Some(value) = SPLICE_PEERS.get_ptr(&key) else {
+    let Some(value) = SPLICE_PEERS.get_ptr_mut(&key) else {
         // Not (or no longer) spliced: leave the bytes to the socket's owner.
         return sk_action::SK_PASS;
     };
-    // SAFETY: a map value pointer, valid while the program runs.
-    let value = unsafe { *value };
+    let len = u64::from(ctx.len());
+    // SAFETY: a map value pointer, valid while the program runs; one socket's
+    // verdicts run one at a time (under its lock), so the add does not race.
+    let value = unsafe {
+        (*value).redirected += len;
+        *value
+    };
     if let Some(stats) = TLS_ROUTE_STATS.get_ptr_mut(value.route_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         let stats = unsafe { &mut *stats };
-        let len = u64::from(ctx.len());
         if value.direction == SPLICE_TO_BACKEND {
             stats.bytes_to_backend += len;
         } else {

@@ -51,6 +51,15 @@ pub struct Spliced<'a> {
     keys: [SpliceKey; 2],
 }
 
+impl Spliced<'_> {
+    /// Bytes the kernel moved so far (client → backend, backend → client).
+    pub fn redirected(&self) -> (u64, u64) {
+        let peers = self.splice.peers.lock().expect("splice peers lock");
+        let of = |key: &SpliceKey| peers.get(key, 0).map_or(0, |v| v.redirected);
+        (of(&self.keys[0]), of(&self.keys[1]))
+    }
+}
+
 impl Drop for Spliced<'_> {
     fn drop(&mut self) {
         let mut peers = self.splice.peers.lock().expect("splice peers lock");
@@ -143,6 +152,7 @@ impl KernelSplice {
                 SpliceValue {
                     route_id,
                     direction: SPLICE_TO_BACKEND,
+                    redirected: 0,
                 },
                 0,
             )?;
@@ -151,6 +161,7 @@ impl KernelSplice {
                 SpliceValue {
                     route_id,
                     direction: SPLICE_TO_CLIENT,
+                    redirected: 0,
                 },
                 0,
             )?;

@@ -291,7 +291,9 @@ async fn serve(
         return Ok(());
     }
     let copied = match spliced {
-        Some(_entries) => watch_spliced(&mut client, &mut backend).await,
+        Some(entries) => {
+            watch_spliced(&mut client, &mut backend, &entries, hello.len() as u64).await
+        }
         None => tokio::io::copy_bidirectional(&mut client, &mut backend)
             .await
             .unwrap_or_default(),
@@ -307,7 +309,12 @@ async fn serve(
 /// Waits for both directions of a spliced pair to end, passing each end of
 /// stream on (half-close) and copying any bytes that reached userspace
 /// anyway (sent before the pair was in the map). Returns those bytes' counts.
-async fn watch_spliced(client: &mut TcpStream, backend: &mut TcpStream) -> (u64, u64) {
+async fn watch_spliced(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    spliced: &kernel_splice::Spliced<'_>,
+    hello_len: u64,
+) -> (u64, u64) {
     let mut scratch = vec![0u8; 16 * 1024];
     let mut copied = (0u64, 0u64);
     let (mut client_open, mut backend_open) = (true, true);
@@ -318,6 +325,8 @@ async fn watch_spliced(client: &mut TcpStream, backend: &mut TcpStream) -> (u64,
                 match client.try_read(&mut scratch) {
                     Ok(0) => {
                         client_open = false;
+                        let written = hello_len + copied.0;
+                        wait_queued(backend, || written + spliced.redirected().0).await;
                         let _ = backend.shutdown().await;
                     }
                     Ok(n) => {
@@ -333,6 +342,8 @@ async fn watch_spliced(client: &mut TcpStream, backend: &mut TcpStream) -> (u64,
                 match backend.try_read(&mut scratch) {
                     Ok(0) => {
                         backend_open = false;
+                        let written = copied.1;
+                        wait_queued(client, || written + spliced.redirected().1).await;
                         let _ = client.shutdown().await;
                     }
                     Ok(n) => {
@@ -346,6 +357,55 @@ async fn watch_spliced(client: &mut TcpStream, backend: &mut TcpStream) -> (u64,
         }
     }
     copied
+}
+
+/// The longest the agent holds back an end of stream for spliced bytes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every byte meant for `socket` (`expected()`) is in its send
+/// queue. The kernel hands redirected bytes to the peer from a work queue, so
+/// a FIN sent at once could overtake them and cut the stream short.
+async fn wait_queued(socket: &TcpStream, expected: impl Fn() -> u64) {
+    let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+    let mut pause = Duration::from_micros(200);
+    while tokio::time::Instant::now() < deadline {
+        match written_to(socket) {
+            Ok(written) if written < expected() => {}
+            _ => return,
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    tracing::warn!("spliced bytes not flushed in time: closing anyway");
+}
+
+/// Bytes ever put in a TCP socket's send queue: acknowledged (TCP_INFO) plus
+/// still queued (SIOCOUTQ).
+fn written_to(socket: &TcpStream) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let fd = socket.as_raw_fd();
+    // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, pointer and length for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.tcpi_bytes_acked + u64::try_from(queued).unwrap_or(0))
 }
 
 struct PassthroughCollector {
@@ -378,6 +438,16 @@ impl Collector for PassthroughCollector {
         )?;
         for (mode, on) in [("kernel", kernel), ("copy", !kernel)] {
             ConstGauge::new(i64::from(on)).encode(metric.encode_family(&[("mode", mode)])?)?;
+        }
+        let (sockets, peers) = self.passthrough.splice_entries();
+        let mut metric = encoder.encode_descriptor(
+            "tls_passthrough_splice_entries",
+            "Entries in the splice maps (two per spliced connection), counted in the kernel's maps",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, count) in [("sockets", sockets), ("peers", peers)] {
+            ConstGauge::new(count as i64).encode(metric.encode_family(&[("map", map)])?)?;
         }
         let stats = shared.stats.lock().expect("stats lock");
         let mut metric = encoder.encode_descriptor(
