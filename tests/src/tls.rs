@@ -121,3 +121,31 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
+
+/// CPU ticks of each thread of `pid`, by thread name and id.
+pub fn thread_cpu_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let name = stat[..close].replacen(" (", ":", 1);
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+        threads.insert(name, ticks);
+    }
+    threads
+}

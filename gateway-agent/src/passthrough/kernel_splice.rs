@@ -33,7 +33,7 @@ pub enum Error {
     Map(#[from] aya::maps::MapError),
     #[error("only IPv4 connections are spliced")]
     NotIpv4,
-    #[error("socket address: {0}")]
+    #[error("socket: {0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -3,6 +3,7 @@
 //! hands both sockets to the kernel splice (or, where the kernel lacks
 //! sockmap, copies in userspace). TLS is never terminated here.
 
+mod close_watch;
 mod kernel_splice;
 pub mod sni;
 mod sni_table;
@@ -24,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::model::{RouteRef, TlsPassthroughListener};
+use close_watch::CloseWatch;
 pub use kernel_splice::KernelSplice;
 use sni::ClientHello;
 pub use sni_table::SniTable;
@@ -55,7 +57,8 @@ pub struct Passthrough {
 }
 
 struct Shared {
-    splice: Option<KernelSplice>,
+    /// The kernel splice and the watch for its sockets' closes.
+    splice: Option<(KernelSplice, Arc<CloseWatch>)>,
     stats: Mutex<Stats>,
 }
 
@@ -85,6 +88,10 @@ impl Passthrough {
                 }
             },
         };
+        let splice = match splice {
+            Some(splice) => Some((splice, CloseWatch::start()?)),
+            None => None,
+        };
         tracing::info!(
             mode = if splice.is_some() { "kernel" } else { "copy" },
             "TLS passthrough splice mode"
@@ -107,7 +114,7 @@ impl Passthrough {
         self.shared
             .splice
             .as_ref()
-            .map_or((0, 0), KernelSplice::entries)
+            .map_or((0, 0), |(splice, _)| splice.entries())
     }
 
     /// The collector of this data plane's counters, for `/metrics`.
@@ -278,8 +285,8 @@ async fn serve(
     };
 
     let spliced = match (&shared.splice, route_id) {
-        (Some(splice), Some(id)) => match splice.splice(&client, &backend, id) {
-            Ok(spliced) => Some(spliced),
+        (Some((splice, watch)), Some(id)) => match splice.splice(&client, &backend, id) {
+            Ok(spliced) => Some((spliced, watch)),
             Err(error) => {
                 tracing::debug!(%error, "splice failed: copying this connection");
                 None
@@ -291,8 +298,13 @@ async fn serve(
         return Ok(());
     }
     let copied = match spliced {
-        Some(entries) => {
-            watch_spliced(&mut client, &mut backend, &entries, hello.len() as u64).await
+        Some((entries, watch)) => {
+            // Out of tokio's reactor: registered there, every segment the
+            // kernel redirects would wake it, with nothing to read.
+            let (Ok(client), Ok(backend)) = (client.into_std(), backend.into_std()) else {
+                return Ok(());
+            };
+            watch_spliced(&client, &backend, &entries, watch, hello.len() as u64).await
         }
         None => tokio::io::copy_bidirectional(&mut client, &mut backend)
             .await
@@ -310,53 +322,108 @@ async fn serve(
 /// stream on (half-close) and copying any bytes that reached userspace
 /// anyway (sent before the pair was in the map). Returns those bytes' counts.
 async fn watch_spliced(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &std::net::TcpStream,
+    backend: &std::net::TcpStream,
     spliced: &kernel_splice::Spliced<'_>,
+    watch: &Arc<CloseWatch>,
     hello_len: u64,
 ) -> (u64, u64) {
-    let mut scratch = vec![0u8; 16 * 1024];
+    use std::os::fd::AsRawFd as _;
     let mut copied = (0u64, 0u64);
+    let (Ok(client_watch), Ok(backend_watch)) = (
+        watch.watch(client.as_raw_fd()),
+        watch.watch(backend.as_raw_fd()),
+    ) else {
+        return copied;
+    };
     let (mut client_open, mut backend_open) = (true, true);
     while client_open || backend_open {
         tokio::select! {
-            ready = client.readable(), if client_open => {
-                if ready.is_err() { break; }
-                match client.try_read(&mut scratch) {
-                    Ok(0) => {
+            () = client_watch.event(), if client_open => {
+                match drain(client, backend, &mut copied.0).await {
+                    Drained::Open => {}
+                    Drained::Eof => {
                         client_open = false;
                         let written = hello_len + copied.0;
                         wait_queued(backend, || written + spliced.redirected().0).await;
-                        let _ = backend.shutdown().await;
+                        let _ = backend.shutdown(std::net::Shutdown::Write);
                     }
-                    Ok(n) => {
-                        copied.0 += n as u64;
-                        if backend.write_all(&scratch[..n]).await.is_err() { break; }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
+                    Drained::Failed => break,
                 }
             }
-            ready = backend.readable(), if backend_open => {
-                if ready.is_err() { break; }
-                match backend.try_read(&mut scratch) {
-                    Ok(0) => {
+            () = backend_watch.event(), if backend_open => {
+                match drain(backend, client, &mut copied.1).await {
+                    Drained::Open => {}
+                    Drained::Eof => {
                         backend_open = false;
                         let written = copied.1;
                         wait_queued(client, || written + spliced.redirected().1).await;
-                        let _ = client.shutdown().await;
+                        let _ = client.shutdown(std::net::Shutdown::Write);
                     }
-                    Ok(n) => {
-                        copied.1 += n as u64;
-                        if client.write_all(&scratch[..n]).await.is_err() { break; }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
+                    Drained::Failed => break,
                 }
             }
         }
     }
     copied
+}
+
+enum Drained {
+    Open,
+    Eof,
+    Failed,
+}
+
+/// Reads what `from` holds (normally nothing: the kernel moved it), copying
+/// it to `to`, until it would block or ends. Both sockets are non-blocking.
+async fn drain(from: &std::net::TcpStream, to: &std::net::TcpStream, copied: &mut u64) -> Drained {
+    use std::io::Read as _;
+    let mut scratch = [0u8; 4096];
+    // Bounded: a socket that keeps delivering to userspace is copied in
+    // rounds, between which the other direction gets its turn.
+    for _ in 0..256 {
+        match (&*from).read(&mut scratch) {
+            Ok(0) => return Drained::Eof,
+            Ok(n) => {
+                *copied += n as u64;
+                if write_all_nonblocking(to, &scratch[..n]).await.is_err() {
+                    return Drained::Failed;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Woken with nothing to read: an error the kernel reported on
+                // the socket (e.g. EPIPE when a redirect to it failed). It
+                // stays pending, and EPOLLERR with it, until taken.
+                return match from.take_error() {
+                    Ok(None) => Drained::Open,
+                    _ => Drained::Failed,
+                };
+            }
+            Err(_) => return Drained::Failed,
+        }
+    }
+    Drained::Open
+}
+
+/// Writes all of `bytes` to a non-blocking socket, pausing while it is full
+/// (for at most `FLUSH_TIMEOUT`).
+async fn write_all_nonblocking(to: &std::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+    while !bytes.is_empty() {
+        match (&*to).write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The longest the agent holds back an end of stream for spliced bytes.
@@ -365,7 +432,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waits until every byte meant for `socket` (`expected()`) is in its send
 /// queue. The kernel hands redirected bytes to the peer from a work queue, so
 /// a FIN sent at once could overtake them and cut the stream short.
-async fn wait_queued(socket: &TcpStream, expected: impl Fn() -> u64) {
+async fn wait_queued(socket: &std::net::TcpStream, expected: impl Fn() -> u64) {
     let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
     let mut pause = Duration::from_micros(200);
     while tokio::time::Instant::now() < deadline {
@@ -381,7 +448,7 @@ async fn wait_queued(socket: &TcpStream, expected: impl Fn() -> u64) {
 
 /// Bytes ever put in a TCP socket's send queue: acknowledged (TCP_INFO) plus
 /// still queued (SIOCOUTQ).
-fn written_to(socket: &TcpStream) -> std::io::Result<u64> {
+fn written_to(socket: &std::net::TcpStream) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd as _;
     let fd = socket.as_raw_fd();
     // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes.
@@ -481,7 +548,7 @@ impl Collector for PassthroughCollector {
         for (route, id) in &stats.route_ids {
             let (mut to_backend, mut to_client) =
                 stats.copied.get(route).copied().unwrap_or_default();
-            if let Some(splice) = &shared.splice {
+            if let Some((splice, _)) = &shared.splice {
                 let (b, c) = splice.route_bytes(*id);
                 to_backend += b;
                 to_client += c;
