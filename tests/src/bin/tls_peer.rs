@@ -12,6 +12,10 @@
 //!       the server's hash next to its own; for `download N SEED` it prints the
 //!       hash of what arrived and the expected one. Prints the ALPN protocol.
 //!
+//!   tls-peer https-get ADDR SNI CA_PEM PATH ALPN
+//!       One GET over TLS offering only ALPN (h2 or http/1.1), with HTTP/2 or
+//!       HTTP/1.1 as negotiated; prints alpn=, status= and the body.
+//!
 //! Clients exit 1 (message on stderr) on any failure, within 120 seconds.
 
 use std::sync::Arc;
@@ -41,6 +45,11 @@ fn main() {
             .as_slice()
         {
             ["server", addr, name, cert, key] => server(addr, name, cert, key).await,
+            ["https-get", addr, sni, ca, path, alpn] => {
+                tokio::time::timeout(CLIENT_TIMEOUT, https_get(addr, sni, ca, path, alpn))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()))
+            }
             ["client", addr, sni, ca, command @ ..] => {
                 tokio::time::timeout(CLIENT_TIMEOUT, client(addr, sni, ca, &command.join(" ")))
                     .await
@@ -133,7 +142,12 @@ async fn serve(tls: tokio_rustls::server::TlsStream<TcpStream>, name: &str) -> s
     tls.shutdown().await
 }
 
-async fn client(addr: &str, sni: &str, ca: &str, command: &str) -> Result<(), String> {
+async fn connect(
+    addr: &str,
+    sni: &str,
+    ca: &str,
+    alpn: &[&str],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
         roots
@@ -145,16 +159,65 @@ async fn client(addr: &str, sni: &str, ca: &str, command: &str) -> Result<(), St
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let server_name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    let mut tls = connector
+    connector
         .connect(server_name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+async fn https_get(addr: &str, sni: &str, ca: &str, path: &str, alpn: &str) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tls = connect(addr, sni, ca, &[alpn]).await?;
+    let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    println!(
+        "alpn={}",
+        String::from_utf8_lossy(negotiated.as_deref().unwrap_or_default())
+    );
+    let request = hyper::Request::get(format!("https://{sni}{path}"))
+        .header(hyper::header::HOST, sni)
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let io = TokioIo::new(tls);
+    let response = if negotiated.as_deref() == Some(b"h2") {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(connection);
+        // HTTP/2 carries the host in :authority, not a Host header.
+        let (mut parts, body) = request.into_parts();
+        parts.headers.remove(hyper::header::HOST);
+        sender
+            .send_request(hyper::Request::from_parts(parts, body))
+            .await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    println!("status={}", response.status().as_u16());
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    print!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+async fn client(addr: &str, sni: &str, ca: &str, command: &str) -> Result<(), String> {
+    let mut tls = connect(addr, sni, ca, &["h2", "http/1.1"]).await?;
     let alpn = tls
         .get_ref()
         .1
