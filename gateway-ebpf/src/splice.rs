@@ -35,7 +35,7 @@ pub fn verdict(ctx: &SkBuffContext) -> u32 {
         local_port: ctx.skb.local_port(),
         remote_port_be: remote_port_be(ctx.skb.remote_port()),
     };
-    let Some(value) = SPLICE_PEERS.get_ptr_mut(&key) else {
+    let Some(value) = SPLICE_PEERS.get_ptr_mut(key) else {
         // Not (or no longer) spliced: leave the bytes to the socket's owner.
         return sk_action::SK_PASS;
     };
