@@ -294,7 +294,27 @@ fn tls_routes_are_chosen_by_sni_and_spliced_in_the_kernel() {
         agent_ticks <= 10,
         "the agent used {agent_ticks} ticks of CPU moving spliced bytes"
     );
-    // Every connection is closed: no socket or peer entry is left in the maps.
+    // A client that resets mid-transfer: the agent lets both sockets go.
+    let fds_before = open_fds(pid);
+    let reset = setup
+        .client(
+            "b.example",
+            &setup.cert_b,
+            &format!("reset-after {BULK_BYTES} 9"),
+        )
+        .expect("reset-after");
+    assert!(reset.contains("reset after"), "{reset}");
+
+    // Every connection is closed: no socket or peer entry is left in the maps,
+    // and the agent holds no more descriptors than before.
+    eventually("agent sockets closed", Duration::from_secs(10), || {
+        let fds = open_fds(pid);
+        if fds <= fds_before {
+            Ok(())
+        } else {
+            Err(format!("{fds} descriptors open, {fds_before} before"))
+        }
+    });
     eventually("splice maps empty", Duration::from_secs(10), || {
         let metrics = setup.metrics();
         let sockets = metric_value(
@@ -338,4 +358,10 @@ fn the_copy_fallback_serves_the_same_routes() {
         setup.metric("gateway_tls_passthrough_splice{mode=\"copy\"}"),
         Some(1)
     );
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
 }

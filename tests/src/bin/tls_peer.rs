@@ -11,6 +11,8 @@
 //!       prints the answer; for `upload N` it sends `stream(1)` and prints
 //!       the server's hash next to its own; for `download N SEED` it prints the
 //!       hash of what arrived and the expected one. Prints the ALPN protocol.
+//!       `reset-after N SEED`: asks for `download N SEED`, reads 1 MiB of it
+//!       and resets the connection (RST).
 //!
 //!   tls-peer https-get ADDR SNI CA_PEM PATH ALPN
 //!       One GET over TLS offering only ALPN (h2 or http/1.1), with HTTP/2 or
@@ -225,10 +227,29 @@ async fn client(addr: &str, sni: &str, ca: &str, command: &str) -> Result<(), St
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     println!("alpn={alpn}");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if let ["reset-after", total, seed] = words.as_slice() {
+        tls.write_all(format!("download {total} {seed}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut received = 0usize;
+        while received < 1024 * 1024 {
+            match tls.read(&mut buf).await.map_err(|e| e.to_string())? {
+                0 => return Err("closed before 1 MiB".into()),
+                n => received += n,
+            }
+        }
+        tls.get_ref()
+            .0
+            .set_zero_linger()
+            .map_err(|e| e.to_string())?;
+        println!("reset after {received} bytes");
+        return Ok(());
+    }
     tls.write_all(format!("{command}\n").as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let words: Vec<&str> = command.split_whitespace().collect();
     let number = |i: usize| {
         words
             .get(i)
