@@ -10,6 +10,7 @@ use gateway_tests::{
 };
 
 const LISTENER_PORT: u16 = 8443;
+const TERMINATE_PORT: u16 = 8444;
 const BULK_BYTES: u64 = 100 * 1024 * 1024;
 
 fn service(namespace: &str, name: &str, port: u16) -> String {
@@ -36,7 +37,7 @@ endpoints: [{{addresses: ["{BACKEND_ADDR}"]}}]
 /// Backend A (a.example) lives in namespace `backends`, referenced from a
 /// TLSRoute in `apps` through a ReferenceGrant; backend B (b.example and
 /// *.wild.example) is in the route's own namespace.
-fn passthrough_manifests() -> String {
+fn passthrough_manifests(cert_t: &TestCertificate) -> String {
     format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -55,7 +56,13 @@ spec:
     port: {LISTENER_PORT}
     tls: {{mode: Passthrough}}
     allowedRoutes: {{namespaces: {{from: All}}}}
-{a}{b}---
+  - name: terminate
+    protocol: TLS
+    port: {TERMINATE_PORT}
+    hostname: term.example
+    tls: {{mode: Terminate, certificateRefs: [{{name: cert-t}}]}}
+    allowedRoutes: {{namespaces: {{from: All}}}}
+{a}{b}{echo}{secret_t}---
 apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
 metadata: {{name: apps-to-backends, namespace: backends}}
@@ -78,10 +85,20 @@ spec:
   parentRefs: [{{name: gw, namespace: default}}]
   hostnames: [b.example, "*.wild.example"]
   rules: [{{backendRefs: [{{name: svc-b, port: 443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: t, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: default, sectionName: terminate}}]
+  hostnames: [term.example]
+  rules: [{{backendRefs: [{{name: svc-echo, port: 443}}]}}]
 "#,
         controller = gateway_agent::DEFAULT_CONTROLLER_NAME,
         a = service("backends", "svc-a", 9441),
         b = service("apps", "svc-b", 9442),
+        echo = service("apps", "svc-echo", 9450),
+        secret_t = cert_t.secret("default", "cert-t"),
     )
 }
 
@@ -90,7 +107,8 @@ struct Setup {
     agent: Agent,
     cert_a: TestCertificate,
     cert_b: TestCertificate,
-    _backends: [Process; 2],
+    cert_t: TestCertificate,
+    _backends: [Process; 3],
     _certs: TempDir,
 }
 
@@ -110,15 +128,21 @@ fn setup(extra_args: &[&str]) -> Setup {
             cert.key.to_str().expect("utf-8"),
         ])
     };
-    let backends = [backend(9441, "A", &cert_a), backend(9442, "B", &cert_b)];
+    let cert_t = TestCertificate::new(&certs.0, "t", &["term.example"]);
+    let backends = [
+        backend(9441, "A", &cert_a),
+        backend(9442, "B", &cert_b),
+        topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:9450")]),
+    ];
     let manifests = TempDir::new();
-    manifests.write("all.yaml", &passthrough_manifests());
+    manifests.write("all.yaml", &passthrough_manifests(&cert_t));
     let agent = Agent::start_with_args(&topology, manifests, extra_args);
     Setup {
         topology,
         agent,
         cert_a,
         cert_b,
+        cert_t,
         _backends: backends,
         _certs: certs,
     }
@@ -127,10 +151,20 @@ fn setup(extra_args: &[&str]) -> Setup {
 impl Setup {
     /// `tls-peer client` from the client namespace through the gateway.
     fn client(&self, sni: &str, ca: &TestCertificate, command: &str) -> Result<String, String> {
+        self.client_to(LISTENER_PORT, sni, ca, command)
+    }
+
+    fn client_to(
+        &self,
+        port: u16,
+        sni: &str,
+        ca: &TestCertificate,
+        command: &str,
+    ) -> Result<String, String> {
         let peer = Topology::bin("tls-peer");
         let mut args = vec![
             "client".to_string(),
-            format!("{GATEWAY_ADDR}:{LISTENER_PORT}"),
+            format!("{GATEWAY_ADDR}:{port}"),
             sni.to_string(),
             ca.cert.to_str().expect("utf-8").to_string(),
         ];
@@ -364,4 +398,28 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
+}
+
+#[test]
+fn a_terminate_listener_ends_tls_and_sends_plain_tcp_to_the_route() {
+    if !require_root("tls_terminate") {
+        return;
+    }
+    let setup = setup(&[]);
+    let answer = eventually(
+        "term.example through the gateway",
+        Duration::from_secs(20),
+        || setup.client_to(TERMINATE_PORT, "term.example", &setup.cert_t, "echo hello"),
+    );
+    // The plain TCP echo backend got the bytes the client sent inside TLS.
+    assert!(
+        answer.lines().any(|l| l == "echo hello"),
+        "{answer}\n{}",
+        setup.agent.log()
+    );
+    let wrong = setup.client_to(TERMINATE_PORT, "term.example", &setup.cert_a, "echo x");
+    assert!(
+        wrong.is_err(),
+        "the listener's certificate must be served: {wrong:?}"
+    );
 }

@@ -5,6 +5,7 @@
 
 mod close_watch;
 mod kernel_splice;
+mod prefixed;
 pub mod sni;
 mod sni_table;
 
@@ -46,8 +47,15 @@ pub enum SpliceMode {
     Copy,
 }
 
+/// What a socket serves: its routes, and the TLS acceptor of its
+/// Terminate-mode listeners (None when all are Passthrough).
+struct SocketConfig {
+    table: SniTable,
+    terminate: Option<Arc<tokio_rustls::TlsAcceptor>>,
+}
+
 struct Bound {
-    table: Arc<ArcSwap<SniTable>>,
+    table: Arc<ArcSwap<SocketConfig>>,
     accept: JoinHandle<()>,
 }
 
@@ -135,6 +143,14 @@ impl Passthrough {
         for listener in listeners {
             let table = SniTable::new(listener.routes.clone());
             self.assign_route_ids(table.routes());
+            let terminate = match crate::proxy::tls::acceptor(&listener.certificates) {
+                Ok(acceptor) => acceptor.map(Arc::new),
+                Err(e) => {
+                    failures.push((listener.bind, std::io::Error::other(e)));
+                    continue;
+                }
+            };
+            let table = SocketConfig { table, terminate };
             let existing = self
                 .bound
                 .lock()
@@ -197,7 +213,7 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(
     socket: TcpListener,
     addr: SocketAddr,
-    table: Arc<ArcSwap<SniTable>>,
+    table: Arc<ArcSwap<SocketConfig>>,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -247,7 +263,7 @@ async fn read_hello(client: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<u
 /// closed without reaching a backend.
 async fn serve(
     mut client: TcpStream,
-    table: &ArcSwap<SniTable>,
+    table: &ArcSwap<SocketConfig>,
     shared: &Shared,
 ) -> Result<(), &'static str> {
     let mut hello = vec![0u8; sni::MAX_HELLO_BYTES];
@@ -264,8 +280,8 @@ async fn serve(
         ClientHello::Incomplete { .. } => return Err("incomplete_hello"),
         ClientHello::Malformed(why) => return Err(why.name()),
     };
-    let table = table.load_full();
-    let Some(route) = table.find(server_name) else {
+    let config = table.load_full();
+    let Some(route) = config.table.find(server_name) else {
         return Err("unknown_sni");
     };
     let Some(backend_addr) = sni_table::choose_backend(&route.backends) else {
@@ -283,6 +299,25 @@ async fn serve(
         *stats.connections.entry(route.route.clone()).or_default() += 1;
         stats.route_ids.get(&route.route).copied()
     };
+    if route.terminate {
+        let Some(acceptor) = &config.terminate else {
+            return Err("no_certificate");
+        };
+        // The hello was read already: the TLS server reads it again from the front.
+        let client = prefixed::Prefixed::new(hello.to_vec(), client);
+        let Ok(Ok(mut tls)) = tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(client)).await
+        else {
+            return Ok(()); // The client gave up on the handshake.
+        };
+        let copied = tokio::io::copy_bidirectional(&mut tls, &mut backend)
+            .await
+            .unwrap_or_default();
+        let mut stats = shared.stats.lock().expect("stats lock");
+        let total = stats.copied.entry(route.route.clone()).or_default();
+        total.0 += copied.0;
+        total.1 += copied.1;
+        return Ok(());
+    }
 
     let spliced = match (&shared.splice, route_id) {
         (Some((splice, watch)), Some(id)) => match splice.splice(&client, &backend, id) {

@@ -3,7 +3,7 @@
 //! in-flight requests finish on the table they started with.
 
 mod route_table;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -209,8 +209,14 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     });
                 }
             }
-            "TLS" if passthrough::is_passthrough(listener) => {
-                passthrough::add_listener(listener, attached, snapshot, &mut tls_passthrough);
+            "TLS" => {
+                passthrough::add_listener(
+                    listener,
+                    attached,
+                    snapshot,
+                    &mut tls_passthrough,
+                    &mut statuses,
+                );
             }
             "HTTP" | "HTTPS" => {
                 let binds = listener_binds(listener);

@@ -1,34 +1,73 @@
-//! TLS listeners in Passthrough mode and their TLSRoutes → the passthrough
-//! data plane's sockets, with routes in precedence order (oldest first, then
-//! namespace/name: on a hostname claimed twice, the first keeps it; the SNI
-//! table itself orders exact names before the longest wildcard).
+//! TLS listeners and their TLSRoutes → the TLS data plane's sockets, with
+//! routes in precedence order (oldest first, then namespace/name: on a
+//! hostname claimed twice, the first keeps it; the SNI table itself orders
+//! exact names before the longest wildcard). Passthrough listeners leave TLS
+//! to the backend; Terminate listeners end it with their certificates.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use gateway_api::gateways::GatewayListenersTlsMode;
 
-use super::{Attachment, Listener, listener_binds, resolve_backends, route_ref};
-use crate::model::{TlsPassthroughListener, TlsPassthroughRoute};
+use super::{
+    Attachment, Condition, Listener, ObjectStatus, certificates, listener_binds, resolve_backends,
+    route_ref,
+};
+use crate::model::{ServerCertificate, TlsPassthroughListener, TlsPassthroughRoute};
 use crate::store::Snapshot;
 
-pub fn is_passthrough(listener: &Listener) -> bool {
-    listener.protocol == "TLS"
-        && listener
-            .tls
-            .and_then(|t| t.mode.as_ref())
-            .is_some_and(|m| *m == GatewayListenersTlsMode::Passthrough)
+/// What one socket collects from the TLS listeners bound to it.
+#[derive(Default)]
+pub struct Socket {
+    routes: Vec<(String, TlsPassthroughRoute)>,
+    certificates: Vec<ServerCertificate>,
 }
 
-/// Adds one passthrough listener's routes to the sockets it binds.
+/// Terminate is the spec's default mode.
+fn terminates(listener: &Listener) -> bool {
+    listener
+        .tls
+        .and_then(|t| t.mode.as_ref())
+        .is_none_or(|m| *m == GatewayListenersTlsMode::Terminate)
+}
+
+/// Adds one TLS listener's routes (and, in Terminate mode, certificates) to
+/// the sockets it binds; certificate problems become listener conditions.
 pub fn add_listener(
     listener: &Listener,
     attached: &[Attachment],
     snapshot: &Snapshot,
-    sockets: &mut BTreeMap<SocketAddr, Vec<(String, TlsPassthroughRoute)>>,
+    sockets: &mut BTreeMap<SocketAddr, Socket>,
+    statuses: &mut Vec<ObjectStatus>,
 ) {
+    let terminate = terminates(listener);
+    let mut certificates = Vec::new();
+    if terminate {
+        let refs = listener.tls.and_then(|t| t.certificate_refs.as_deref());
+        let (found, problems) = certificates::listener_certificates(
+            snapshot,
+            &listener.gateway.namespace,
+            listener.hostname,
+            refs.unwrap_or_default(),
+        );
+        for problem in problems {
+            let mut status = ObjectStatus::new("Gateway", listener.gateway.clone());
+            status.section = Some(listener.name.to_string());
+            status.push(Condition::no(
+                "ResolvedRefs",
+                problem.reason,
+                &problem.message,
+            ));
+            statuses.push(status);
+        }
+        if found.is_empty() {
+            return; // Nothing to terminate with: the listener serves nothing.
+        }
+        certificates = found;
+    }
     for bind in listener_binds(listener) {
-        let routes = sockets.entry(bind).or_default();
+        let socket = sockets.entry(bind).or_default();
+        socket.certificates.extend(certificates.iter().cloned());
         for attachment in attached {
             let route = attachment.route;
             // TLSRoute rules carry no matches: the first rule's backends serve the route.
@@ -37,29 +76,29 @@ pub fn add_listener(
             };
             let (backends, _) = resolve_backends(route, &rule.backend_refs, snapshot);
             let order = format!("{}\0{}", route.created, route.key);
-            routes.push((
+            socket.routes.push((
                 order,
                 TlsPassthroughRoute {
                     route: route_ref(route, 0),
                     hostnames: attachment.hostnames.clone(),
                     backends,
+                    terminate,
                 },
             ));
         }
     }
 }
 
-pub fn finish(
-    sockets: BTreeMap<SocketAddr, Vec<(String, TlsPassthroughRoute)>>,
-) -> Vec<TlsPassthroughListener> {
+pub fn finish(sockets: BTreeMap<SocketAddr, Socket>) -> Vec<TlsPassthroughListener> {
     sockets
         .into_iter()
-        .map(|(bind, mut routes)| {
-            routes.sort_by(|a, b| a.0.cmp(&b.0));
-            routes.dedup_by(|a, b| a.1 == b.1);
+        .map(|(bind, mut socket)| {
+            socket.routes.sort_by(|a, b| a.0.cmp(&b.0));
+            socket.routes.dedup_by(|a, b| a.1 == b.1);
             TlsPassthroughListener {
                 bind,
-                routes: routes.into_iter().map(|(_, r)| r).collect(),
+                routes: socket.routes.into_iter().map(|(_, r)| r).collect(),
+                certificates: socket.certificates,
             }
         })
         .collect()
@@ -139,7 +178,7 @@ spec:
             node_addresses: Vec::new(),
         };
         let output = translate(&snapshot, &settings);
-        // Only the Passthrough listener is a passthrough socket.
+        // The Terminate listener has no certificate: it serves nothing.
         assert_eq!(output.config.tls_passthrough.len(), 1);
         let listener = &output.config.tls_passthrough[0];
         assert_eq!(listener.bind, "198.18.0.1:8443".parse().unwrap());
@@ -164,5 +203,53 @@ spec:
                     .any(|c| c.type_ == "Accepted" && c.status)
             });
         assert!(accepted, "{:?}", output.statuses);
+        assert!(listener.routes.iter().all(|r| !r.terminate));
+        assert!(listener.certificates.is_empty());
+    }
+
+    #[test]
+    fn terminate_listeners_carry_their_certificates_and_mark_their_routes() {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["t.example".into()]).expect("rcgen");
+        let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        let manifests = MANIFESTS.replace(
+            "    tls: {mode: Terminate}",
+            "    tls: {mode: Terminate, certificateRefs: [{name: t}]}",
+        ) + &format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: t, namespace: infra}}\n\
+             type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&generated.cert.pem()),
+            indent(&generated.signing_key.serialize_pem())
+        );
+        let mut snapshot = Default::default();
+        let mut errors = Vec::new();
+        load_str(
+            std::path::Path::new("t.yaml"),
+            &manifests,
+            &mut snapshot,
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = Settings {
+            controller_name: "test/controller".into(),
+            node_addresses: Vec::new(),
+        };
+        let output = translate(&snapshot, &settings);
+        let terminate = output
+            .config
+            .tls_passthrough
+            .iter()
+            .find(|l| l.bind.port() == 9443)
+            .expect("the Terminate listener's socket");
+        assert_eq!(terminate.certificates.len(), 1);
+        assert_eq!(terminate.certificates[0].hostname, None);
+        // Only the route without sectionName attaches to both listeners.
+        let names: Vec<&str> = terminate
+            .routes
+            .iter()
+            .map(|r| r.route.name.as_str())
+            .collect();
+        assert_eq!(names, ["newer"]);
+        assert!(terminate.routes[0].terminate);
     }
 }

@@ -11,6 +11,7 @@
 //!       prints the answer; for `upload N` it sends `stream(1)` and prints
 //!       the server's hash next to its own; for `download N SEED` it prints the
 //!       hash of what arrived and the expected one. Prints the ALPN protocol.
+//!       `echo TEXT`: sends TEXT and a newline, closes its side, prints all it gets.
 //!       `reset-after N SEED`: asks for `download N SEED`, reads 1 MiB of it
 //!       and resets the connection (RST).
 //!
@@ -250,6 +251,9 @@ async fn client(addr: &str, sni: &str, ca: &str, command: &str) -> Result<(), St
     tls.write_all(format!("{command}\n").as_bytes())
         .await
         .map_err(|e| e.to_string())?;
+    if words.first() == Some(&"echo") {
+        tls.shutdown().await.map_err(|e| e.to_string())?;
+    }
     let number = |i: usize| {
         words
             .get(i)
