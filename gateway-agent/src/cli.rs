@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{AttachMode, L4Dataplane};
 use crate::metrics::{self, AgentMetrics};
+use crate::passthrough::{Passthrough, SpliceMode};
 use crate::proxy::Proxy;
 use crate::source::file::{self, FileSource};
 use crate::translate::{self, Settings};
@@ -92,6 +93,9 @@ struct RunArgs {
     /// same --name adopts the pinned state.
     #[arg(long)]
     detach_on_exit: bool,
+    /// How TLS passthrough moves bytes after choosing a backend by SNI.
+    #[arg(long, value_enum, default_value_t = SpliceMode::Auto)]
+    tls_passthrough_splice: SpliceMode,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -159,9 +163,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
     };
     let proxy = Arc::new(Proxy::default());
+    let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
     let agent_metrics = AgentMetrics::default();
     let admin = Arc::new(AdminState {
-        registry: metrics::registry(&agent_metrics, l4.clone()),
+        registry: {
+            let mut registry = metrics::registry(&agent_metrics, l4.clone());
+            registry.register_collector(passthrough.collector());
+            registry
+        },
         ready: AtomicBool::new(false),
         degraded: Mutex::default(),
     });
@@ -219,6 +228,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             agent_metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve HTTP listener");
         }
+        for (addr, error) in passthrough.apply(&output.config.tls_passthrough).await {
+            agent_metrics.apply_errors.inc();
+            tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
+        }
         agent_metrics.config_generation.set(generation);
         agent_metrics.manifest_errors.set(errors.len() as u64);
         agent_metrics
@@ -229,6 +242,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             generation,
             l4_listeners = output.config.l4.len(),
             http_listeners = output.config.http.len(),
+            tls_passthrough_listeners = output.config.tls_passthrough.len(),
             manifest_errors = errors.len(),
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"

@@ -6,6 +6,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod netif;
+pub mod passthrough;
 pub mod proxy;
 pub mod source;
 pub mod status_writer;

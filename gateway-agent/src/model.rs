@@ -251,6 +251,9 @@ pub struct TlsPassthroughRoute {
     pub route: RouteRef,
     pub hostnames: Vec<String>,
     pub backends: Vec<WeightedEndpoint>,
+    /// From a TLS listener in Terminate mode: TLS ends at the agent (with the
+    /// socket's `certificates`) and plain TCP goes to the backend.
+    pub terminate: bool,
 }
 
 /// A TLS Passthrough socket with its routes in SNI precedence order.
@@ -258,6 +261,8 @@ pub struct TlsPassthroughRoute {
 pub struct TlsPassthroughListener {
     pub bind: SocketAddr,
     pub routes: Vec<TlsPassthroughRoute>,
+    /// Certificates of the Terminate-mode TLS listeners on this socket, chosen by SNI.
+    pub certificates: Vec<ServerCertificate>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ use gateway_api::{
     httproutes::HttpRoute,
     listenersets::ListenerSet,
     referencegrants::ReferenceGrant,
+    tlsroutes::TlsRoute,
 };
 use k8s_openapi::api::{
     core::v1::{Namespace, Secret, Service},
@@ -51,6 +52,8 @@ pub struct Snapshot {
     pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
     pub tcp_routes: BTreeMap<ObjectKey, TcpRoute>,
     pub udp_routes: BTreeMap<ObjectKey, UdpRoute>,
+    /// TLSRoute `v1`, `v1alpha3` and `v1alpha2`, read into the `v1` type (same schema).
+    pub tls_routes: BTreeMap<ObjectKey, TlsRoute>,
     pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
@@ -71,6 +74,7 @@ impl Snapshot {
         self.grpc_routes.extend(other.grpc_routes);
         self.tcp_routes.extend(other.tcp_routes);
         self.udp_routes.extend(other.udp_routes);
+        self.tls_routes.extend(other.tls_routes);
         self.reference_grants.extend(other.reference_grants);
         self.services.extend(other.services);
         self.endpoint_slices.extend(other.endpoint_slices);

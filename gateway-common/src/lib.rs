@@ -286,3 +286,65 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for RouteStats {}
 }
+
+/// TLS passthrough splice: the `sk_skb` stream verdict program and its maps.
+pub mod splice {
+    use core::mem::size_of;
+
+    pub const SPLICE_SOCKETS: &str = "SPLICE_SOCKETS";
+    pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
+    pub const TLS_ROUTE_STATS: &str = "TLS_ROUTE_STATS";
+
+    /// Spliced connections at once: two sockets each.
+    pub const MAX_SPLICED_CONNECTIONS: u32 = 65536;
+    pub const MAX_TLS_ROUTES: u32 = 4096;
+
+    /// A socket as the verdict program sees it: its own address pair, with
+    /// the byte orders of `__sk_buff` (ports: local in host order, remote in
+    /// network order in the low 16 bits). In `SPLICE_SOCKETS` the entry under
+    /// a socket's key is its peer, the socket its bytes are redirected to.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SpliceKey {
+        pub local_addr_be: u32,
+        pub remote_addr_be: u32,
+        pub local_port: u32,
+        pub remote_port_be: u32,
+    }
+
+    /// Which route a spliced socket belongs to, and which way its bytes go.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SpliceValue {
+        pub route_id: u32,
+        /// `SPLICE_TO_BACKEND` on the client's socket, `SPLICE_TO_CLIENT` on the backend's.
+        pub direction: u32,
+        /// Bytes redirected from this socket to its peer: the agent passes an
+        /// end of stream on only once they are all in the peer's send queue.
+        pub redirected: u64,
+    }
+
+    pub const SPLICE_TO_BACKEND: u32 = 0;
+    pub const SPLICE_TO_CLIENT: u32 = 1;
+
+    /// Per-route byte counters of spliced connections, one per CPU.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TlsRouteStats {
+        pub bytes_to_backend: u64,
+        pub bytes_to_client: u64,
+    }
+
+    const _: () = assert!(size_of::<SpliceKey>() == 16);
+    const _: () = assert!(size_of::<SpliceValue>() == 16);
+    const _: () = assert!(size_of::<TlsRouteStats>() == 16);
+
+    #[cfg(feature = "user")]
+    mod pod {
+        use super::*;
+        // SAFETY: repr(C), no implicit padding (asserted above), any bit pattern valid.
+        unsafe impl aya::Pod for SpliceKey {}
+        unsafe impl aya::Pod for SpliceValue {}
+        unsafe impl aya::Pod for TlsRouteStats {}
+    }
+}

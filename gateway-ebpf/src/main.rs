@@ -9,13 +9,23 @@ mod forward;
 mod icmp;
 mod maps;
 mod packet;
+mod splice;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{stream_verdict, xdp},
+    programs::{SkBuffContext, XdpContext},
+};
 
 /// Entry point attached to each node interface.
 #[xdp]
 pub fn xdp_l4_forward(ctx: XdpContext) -> u32 {
     forward::handle(&ctx)
+}
+
+/// Stream verdict of the TLS passthrough SOCKHASH: splices client and backend.
+#[stream_verdict]
+pub fn sk_skb_splice(ctx: SkBuffContext) -> u32 {
+    splice::verdict(&ctx)
 }
 
 #[cfg(not(test))]

@@ -553,3 +553,4 @@ spec:
     gateway_with("HTTP", 80, &route)
 }
 pub mod conformance;
+pub mod tls;

@@ -8,13 +8,14 @@
 mod filters;
 mod mirror;
 mod route_table;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
@@ -74,6 +75,8 @@ impl Upstream {
 
 struct Bound {
     table: Arc<ArcSwap<RouteTable>>,
+    /// Set on HTTPS sockets: the TLS acceptor with the listeners' certificates.
+    tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     accept: JoinHandle<()>,
 }
 
@@ -100,20 +103,35 @@ impl Proxy {
         let mut fresh = Vec::new();
         for listener in listeners {
             let table = RouteTable::new(listener.rules.clone());
+            let acceptor = match tls::acceptor(&listener.certificates) {
+                Ok(acceptor) => acceptor.map(Arc::new),
+                Err(e) => {
+                    failures.push((listener.bind, std::io::Error::other(e)));
+                    continue;
+                }
+            };
             let existing = self
                 .bound
                 .lock()
                 .expect("lock")
                 .get(&listener.bind)
-                .map(|b| b.table.clone());
+                .map(|b| (b.table.clone(), b.tls.clone()));
             match existing {
-                Some(current) => current.store(Arc::new(table)),
+                Some((current, current_tls)) => {
+                    current.store(Arc::new(table));
+                    current_tls.store(acceptor);
+                }
                 None => match bind(listener.bind).await {
                     Ok(socket) => {
                         let table = Arc::new(ArcSwap::from_pointee(table));
-                        let accept =
-                            tokio::spawn(accept_loop(socket, table.clone(), self.upstream.clone()));
-                        fresh.push((listener.bind, Bound { table, accept }));
+                        let tls = Arc::new(ArcSwapOption::new(acceptor));
+                        let accept = tokio::spawn(accept_loop(
+                            socket,
+                            table.clone(),
+                            tls.clone(),
+                            self.upstream.clone(),
+                        ));
+                        fresh.push((listener.bind, Bound { table, tls, accept }));
                     }
                     Err(e) => failures.push((listener.bind, e)),
                 },
@@ -145,7 +163,12 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstream: Upstream) {
+async fn accept_loop(
+    socket: TcpListener,
+    table: Arc<ArcSwap<RouteTable>>,
+    tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+    upstream: Upstream,
+) {
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -157,14 +180,18 @@ async fn accept_loop(socket: TcpListener, table: Arc<ArcSwap<RouteTable>>, upstr
         };
         let _ = stream.set_nodelay(true);
         let listener_port = stream.local_addr().map_or(0, |a| a.port());
+        let acceptor = tls.load_full();
         let connection = Connection {
             peer,
             listener_port,
-            scheme: "http",
+            scheme: if acceptor.is_some() { "https" } else { "http" },
         };
         let table = table.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
+            let Some(stream) = tls::accept(acceptor, stream).await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |req| {
                 // Each request takes the table current when it starts.
                 let table = table.load_full();

@@ -223,6 +223,12 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
             let object = with_namespace(parse(doc)?, &key);
             snapshot.udp_routes.insert(key, object);
         }
+        ("gateway.networking.k8s.io", "TLSRoute")
+            if matches!(version, "v1" | "v1alpha3" | "v1alpha2") =>
+        {
+            let object = with_namespace(parse_tls_route(doc)?, &key);
+            snapshot.tls_routes.insert(key, object);
+        }
         ("gateway.networking.k8s.io", "ReferenceGrant") => {
             let object = with_namespace(parse(doc)?, &key);
             snapshot.reference_grants.insert(key, object);
@@ -249,6 +255,24 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
         _ => tracing::debug!(%api_version, %kind, %name, "ignoring a kind the agent does not use"),
     }
     Ok(())
+}
+
+/// A TLSRoute of any served version into the `v1` type: `v1alpha2` allows
+/// leaving out `hostnames` and `rules[].backendRefs`, which `v1` requires.
+fn parse_tls_route(doc: &Document) -> Result<gateway_api::tlsroutes::TlsRoute, DocError> {
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(doc.text).map_err(|e| yaml_error(doc, &e))?;
+    if let Some(spec) = value.get_mut("spec").and_then(|s| s.as_mapping_mut()) {
+        spec.entry("hostnames".into())
+            .or_insert_with(|| serde_yaml::Value::Sequence(Vec::new()));
+        if let Some(rules) = spec.get_mut("rules").and_then(|r| r.as_sequence_mut()) {
+            for rule in rules.iter_mut().filter_map(|r| r.as_mapping_mut()) {
+                rule.entry("backendRefs".into())
+                    .or_insert_with(|| serde_yaml::Value::Sequence(Vec::new()));
+            }
+        }
+    }
+    serde_yaml::from_value(value).map_err(|e| yaml_error(doc, &e))
 }
 
 #[cfg(test)]
@@ -301,6 +325,34 @@ mod tests {
                 .contains_key(&ObjectKey::new("default", "good"))
         );
         assert!(snapshot.gateways.is_empty());
+    }
+
+    #[test]
+    fn tls_routes_of_every_served_version_load() {
+        let (snapshot, errors) = load(
+            "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: old}\n\
+             spec:\n  rules:\n  - backendRefs: [{name: s, port: 443}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1alpha3\nkind: TLSRoute\nmetadata: {name: mid, namespace: n}\n\
+             spec:\n  hostnames: [a.example]\n  rules:\n  - backendRefs: [{name: s, port: 443}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {name: new}\n\
+             spec:\n  hostnames: ['*.example']\n  rules:\n  - backendRefs: [{name: s, port: 443}]\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let old = &snapshot.tls_routes[&ObjectKey::new("default", "old")];
+        assert!(old.spec.hostnames.is_empty());
+        assert_eq!(old.spec.rules[0].backend_refs[0].port, Some(443));
+        assert_eq!(
+            snapshot.tls_routes[&ObjectKey::new("n", "mid")]
+                .spec
+                .hostnames,
+            ["a.example"]
+        );
+        assert_eq!(
+            snapshot.tls_routes[&ObjectKey::new("default", "new")]
+                .spec
+                .hostnames,
+            ["*.example"]
+        );
     }
 
     #[test]

@@ -303,6 +303,38 @@ fn check_invariants(objects: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `kubernetes.io/tls` Secrets the Go suite creates at start-up (no YAML
+/// holds them): a valid self-signed pair each, which is all status depends on.
+fn suite_secrets() -> String {
+    let pair = rcgen::generate_simple_self_signed(vec!["*".into()]).expect("rcgen");
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let (cert, key) = (
+        indent(&pair.cert.pem()),
+        indent(&pair.signing_key.serialize_pem()),
+    );
+    [
+        ("gateway-conformance-web-backend", "certificate"),
+        ("gateway-conformance-infra", "tls-validity-checks-certificate"),
+        ("gateway-conformance-infra", "tls-checks-certificate"),
+        ("gateway-conformance-infra", "tls-checks-client-certificate"),
+        ("gateway-conformance-infra", "tls-passthrough-checks-certificate"),
+        ("gateway-conformance-app-backend", "tls-passthrough-checks-certificate"),
+        ("gateway-conformance-infra", "tls-terminate-checks-certificate"),
+    ]
+    .iter()
+    .map(|(namespace, name)| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{cert}  tls.key: |\n{key}"
+        )
+    })
+    .collect()
+}
+
 fn run(fixture: &Fixture) -> Result<(), String> {
     let dir = fixtures_dir().join("manifests");
     let mut snapshot = Snapshot::default();
@@ -312,6 +344,7 @@ fn run(fixture: &Fixture) -> Result<(), String> {
     load(&mut snapshot, "gatewayclass.yaml", &class);
     let base = std::fs::read_to_string(dir.join("base.yaml")).expect("base manifests");
     load(&mut snapshot, "base.yaml", &base);
+    load(&mut snapshot, "suite-secrets.yaml", &suite_secrets());
     for name in &fixture.manifests {
         let text = std::fs::read_to_string(dir.join("tests").join(name))
             .unwrap_or_else(|e| panic!("{}: {name}: {e}", fixture.test));

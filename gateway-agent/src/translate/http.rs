@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use super::input::{BackendRef, Filter, Route, RouteKind};
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
-    ANY_V4, BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch,
-    RequestMirror,
+    BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
 };
 use crate::store::{ObjectKey, Snapshot};
 
@@ -24,15 +23,7 @@ pub(super) fn listener_rules(
     snapshot: &Snapshot,
     http: &mut BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>>,
 ) {
-    let binds: Vec<SocketAddr> = if listener.addresses.is_empty() {
-        vec![SocketAddr::new(ANY_V4, listener.port)]
-    } else {
-        listener
-            .addresses
-            .iter()
-            .map(|a| SocketAddr::new(*a, listener.port))
-            .collect()
-    };
+    let binds = super::listener_binds(listener);
     for attachment in attached {
         let route = attachment.route;
         for (index, rule) in route.rules.iter().enumerate() {

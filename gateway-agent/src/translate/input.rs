@@ -21,6 +21,7 @@ pub enum RouteKind {
     Grpc,
     Tcp,
     Udp,
+    Tls,
 }
 
 impl RouteKind {
@@ -30,6 +31,7 @@ impl RouteKind {
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tcp => "TCPRoute",
             RouteKind::Udp => "UDPRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 }
@@ -597,5 +599,36 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
     }
     l4_routes!(snapshot.tcp_routes, RouteKind::Tcp);
     l4_routes!(snapshot.udp_routes, RouteKind::Udp);
+    for (key, route) in &snapshot.tls_routes {
+        let ns = &key.namespace;
+        let (generation, created) = meta_facts(&route.metadata);
+        routes.push(Route {
+            kind: RouteKind::Tls,
+            key: key.clone(),
+            generation,
+            created,
+            hostnames: route.spec.hostnames.clone(),
+            parent_refs: route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| parent_ref!(p, ns))
+                .collect(),
+            rules: route
+                .spec
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    matches: Vec::new(),
+                    grpc_precedence: Vec::new(),
+                    filters: Vec::new(),
+                    timeouts: HttpTimeouts::default(),
+                    backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                    unsupported: None,
+                })
+                .collect(),
+        });
+    }
     routes
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::input::GATEWAY_GROUP;
 use super::status::{Condition, ObjectStatus};
+use crate::model::ServerCertificate;
 use crate::store::{ObjectKey, Snapshot};
 
 /// Where route namespaces may come from (`allowedRoutes.namespaces.from`),
@@ -53,12 +54,12 @@ pub struct ListenerTls {
 
 /// Route kinds each protocol serves when `allowedRoutes.kinds` is not set,
 /// and the only kinds it may list.
-fn kinds_for(protocol: &str, tls: Option<&ListenerTls>) -> &'static [&'static str] {
-    match (protocol, tls.map(|t| t.mode)) {
-        ("HTTP" | "HTTPS", _) => &["HTTPRoute", "GRPCRoute"],
-        ("TLS", Some(TlsMode::Passthrough) | None) => &["TLSRoute"],
-        ("TCP", _) => &["TCPRoute"],
-        ("UDP", _) => &["UDPRoute"],
+fn kinds_for(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
+        "UDP" => &["UDPRoute"],
         _ => &[],
     }
 }
@@ -93,6 +94,8 @@ pub struct Listener<'a> {
     /// Unresolvable references (reason, message): invalid route kinds here;
     /// certificates (set by the TLS resolution) also keep it from being served.
     pub unresolved: Option<(&'static str, String)>,
+    /// HTTPS and TLS Terminate: the certificates its certificateRefs resolve to.
+    pub certificates: Vec<ServerCertificate>,
 }
 
 impl Listener<'_> {
@@ -282,23 +285,11 @@ fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 
 /// Checks protocol and kinds of one listener (conflicts come later, across listeners).
 fn validate(listener: &mut Listener) {
-    let protocol_kinds = kinds_for(listener.protocol, listener.tls.as_ref());
+    let protocol_kinds = kinds_for(listener.protocol);
     if !matches!(listener.protocol, "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP") {
         listener.rejected = Some((
             "UnsupportedProtocol",
             format!("protocol {} is not supported", listener.protocol),
-        ));
-        return;
-    }
-    if listener.protocol == "TLS"
-        && listener
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.mode == TlsMode::Terminate)
-    {
-        listener.rejected = Some((
-            "UnsupportedValue",
-            "TLS listeners support mode Passthrough only".into(),
         ));
         return;
     }
@@ -510,6 +501,7 @@ pub fn gateway_listeners<'a>(
             rejected: None,
             conflicted: None,
             unresolved: None,
+            certificates: Vec::new(),
         });
     }
 
@@ -574,6 +566,7 @@ pub fn gateway_listeners<'a>(
                 rejected: None,
                 conflicted: None,
                 unresolved: None,
+                certificates: Vec::new(),
             });
         }
         set_statuses.push(status);

@@ -1,12 +1,14 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
+pub mod certificates;
 #[cfg(test)]
 mod conformance;
 mod gateways;
 mod http;
 pub mod input;
 pub mod listeners;
+mod passthrough;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -17,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
-    DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
-    RouteRef, WeightedEndpoint,
+    ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
+    RouteRef, ServerCertificate, WeightedEndpoint,
 };
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
@@ -98,6 +100,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         listener_sets.extend(merged.listener_sets);
     }
     listeners::mark_port_collisions(&mut listeners);
+    for listener in &mut listeners {
+        certificates::resolve_listener(listener, snapshot);
+    }
     let mut gateway_statuses = Vec::new();
     for (key, range) in ranges {
         let gateway = &snapshot.gateways[key];
@@ -172,6 +177,8 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
 
     let mut config = DataplaneConfig::default();
     let mut http: BTreeMap<SocketAddr, Vec<(http::SortKey, HttpRule)>> = BTreeMap::new();
+    let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
+    let mut tls_sockets = BTreeMap::new();
     for (listener, attached) in listeners.iter().zip(&attachments) {
         if !listener.serves() {
             continue;
@@ -216,6 +223,16 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                 }
             }
             "HTTP" => http::listener_rules(listener, attached, snapshot, &mut http),
+            "HTTPS" => {
+                http::listener_rules(listener, attached, snapshot, &mut http);
+                for bind in listener_binds(listener) {
+                    https_certificates
+                        .entry(bind)
+                        .or_default()
+                        .extend(listener.certificates.iter().cloned());
+                }
+            }
+            "TLS" => passthrough::add_listener(listener, attached, snapshot, &mut tls_sockets),
             _ => {}
         }
     }
@@ -228,10 +245,24 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         config.http.push(HttpListener {
             bind,
             rules: rules.into_iter().map(|(_, r)| r).collect(),
-            certificates: Vec::new(),
+            certificates: https_certificates.remove(&bind).unwrap_or_default(),
         });
     }
+    config.tls_passthrough = passthrough::finish(tls_sockets);
     Output { config, statuses }
+}
+
+/// The sockets a listener is served on: its Gateway's addresses, or every address.
+fn listener_binds(listener: &Listener) -> Vec<SocketAddr> {
+    if listener.addresses.is_empty() {
+        vec![SocketAddr::new(ANY_V4, listener.port)]
+    } else {
+        listener
+            .addresses
+            .iter()
+            .map(|a| SocketAddr::new(*a, listener.port))
+            .collect()
+    }
 }
 
 fn route_ref(route: &Route, rule: u32) -> RouteRef {
@@ -289,7 +320,10 @@ fn attach(
     }
     let mut hits = Vec::new();
     for (index, listener) in allowed {
-        if !matches!(route.kind, RouteKind::Http | RouteKind::Grpc) {
+        if !matches!(
+            route.kind,
+            RouteKind::Http | RouteKind::Grpc | RouteKind::Tls
+        ) {
             hits.push((index, Vec::new()));
             continue;
         }

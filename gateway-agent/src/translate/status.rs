@@ -105,12 +105,18 @@ use gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
 };
+use gateway_api::grpcroutes::{
+    GrpcRoute, GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+};
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use gateway_api::listenersets::{
     ListenerSet, ListenerSetStatus, ListenerSetStatusListeners,
     ListenerSetStatusListenersSupportedKinds,
+};
+use gateway_api::tlsroutes::{
+    TlsRoute, TlsRouteStatus, TlsRouteStatusParents, TlsRouteStatusParentsParentRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as ApiCondition, Time};
 
@@ -131,6 +137,8 @@ pub enum ApiObject {
     Gateway(Gateway),
     ListenerSet(ListenerSet),
     HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
+    TlsRoute(TlsRoute),
     TcpRoute(TcpRoute),
     UdpRoute(UdpRoute),
 }
@@ -342,6 +350,40 @@ pub fn api_objects(
             route.status = Some(HttpRouteStatus { parents });
         }
         out.push(ApiObject::HttpRoute(route));
+    }
+    for (key, route) in &snapshot.grpc_routes {
+        let mut route = route.clone();
+        let parents = route_parents!(
+            route,
+            key,
+            "GRPCRoute",
+            statuses,
+            controller_name,
+            now,
+            GrpcRouteStatusParents,
+            GrpcRouteStatusParentsParentRef
+        );
+        if !parents.is_empty() {
+            route.status = Some(GrpcRouteStatus { parents });
+        }
+        out.push(ApiObject::GrpcRoute(route));
+    }
+    for (key, route) in &snapshot.tls_routes {
+        let mut route = route.clone();
+        let parents = route_parents!(
+            route,
+            key,
+            "TLSRoute",
+            statuses,
+            controller_name,
+            now,
+            TlsRouteStatusParents,
+            TlsRouteStatusParentsParentRef
+        );
+        if !parents.is_empty() {
+            route.status = Some(TlsRouteStatus { parents });
+        }
+        out.push(ApiObject::TlsRoute(route));
     }
     for (key, route) in &snapshot.tcp_routes {
         let mut route = route.clone();

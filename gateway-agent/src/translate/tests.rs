@@ -439,13 +439,16 @@ fn tls_and_https_share_a_port_and_tcp_and_udp_too() {
 }
 
 #[test]
-fn tls_terminate_listeners_are_not_supported() {
+fn tls_terminate_listeners_take_tls_routes_and_need_certificates() {
     let listeners = "  - {name: tls, protocol: TLS, port: 443, tls: {mode: Terminate}}";
     let out = run(&format!("{BASE}{}", gateway("gw", "ours", listeners)));
+    let tls = listener(&out, "gw", "tls");
+    assert_eq!(state(condition(tls, "Accepted")), (true, "Accepted"));
     assert_eq!(
-        state(condition(listener(&out, "gw", "tls"), "Accepted")),
-        (false, "UnsupportedValue")
+        state(condition(tls, "ResolvedRefs")),
+        (false, "InvalidCertificateRef")
     );
+    assert_eq!(tls.listener.as_ref().unwrap().supported_kinds, ["TLSRoute"]);
 }
 
 #[test]
@@ -769,6 +772,7 @@ fn unresolved_certificates_stop_a_listener_being_served_but_invalid_kinds_do_not
         rejected: None,
         conflicted: None,
         unresolved,
+        certificates: Vec::new(),
     };
     let kinds = listener(Some(("InvalidRouteKinds", "GRPCRoute".into())));
     assert!(kinds.serves());

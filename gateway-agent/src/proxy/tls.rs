@@ -1,0 +1,217 @@
+//! HTTPS termination: a rustls server whose certificate is chosen by SNI
+//! among the certificates of the listeners sharing a socket (exact hostname,
+//! then the longest wildcard, then a listener without hostname), offering
+//! ALPN h2 and http/1.1, TLS 1.2 and 1.3 with the provider's AEAD suites.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::model::ServerCertificate;
+
+/// A client must finish its TLS handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection the proxy serves HTTP on: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("certificate for {hostname}: {message}")]
+    Certificate { hostname: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The acceptor for a socket's certificates; None when there are none (plain HTTP).
+pub fn acceptor(certificates: &[ServerCertificate]) -> Result<Option<TlsAcceptor>, Error> {
+    if certificates.is_empty() {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = SniResolver::new(certificates, &provider)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Completes the TLS handshake when `acceptor` is set; None when it fails.
+pub async fn accept(acceptor: Option<Arc<TlsAcceptor>>, stream: TcpStream) -> Option<Box<dyn Io>> {
+    let Some(acceptor) = acceptor else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// (".suffix", key), longest suffix first.
+    wildcards: Vec<(String, Arc<CertifiedKey>)>,
+    /// Listeners without hostname, or the first certificate: for clients
+    /// without SNI or with a name no listener claims.
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn new(certificates: &[ServerCertificate], provider: &CryptoProvider) -> Result<Self, Error> {
+        let mut resolver = SniResolver {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            fallback: None,
+        };
+        let mut first = None;
+        for certificate in certificates {
+            let hostname = certificate.hostname.as_deref().unwrap_or("*");
+            let key = Arc::new(certified_key(certificate, provider).map_err(|message| {
+                Error::Certificate {
+                    hostname: hostname.to_string(),
+                    message,
+                }
+            })?);
+            first.get_or_insert_with(|| key.clone());
+            match &certificate.hostname {
+                None => {
+                    resolver.fallback.get_or_insert(key);
+                }
+                Some(name) => match name.to_ascii_lowercase().strip_prefix('*') {
+                    Some(suffix) => {
+                        if !resolver.wildcards.iter().any(|(s, _)| s == suffix) {
+                            resolver.wildcards.push((suffix.to_string(), key));
+                        }
+                    }
+                    None => {
+                        resolver
+                            .exact
+                            .entry(name.to_ascii_lowercase())
+                            .or_insert(key);
+                    }
+                },
+            }
+        }
+        resolver
+            .wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        if resolver.fallback.is_none() {
+            resolver.fallback = first;
+        }
+        Ok(resolver)
+    }
+
+    fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
+            return self.fallback.clone();
+        };
+        self.exact
+            .get(&name)
+            .or_else(|| {
+                self.wildcards
+                    .iter()
+                    .find(|(suffix, _)| {
+                        name.len() > suffix.len() && name.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, key)| key)
+            })
+            .or(self.fallback.as_ref())
+            .cloned()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(client_hello.server_name())
+    }
+}
+
+fn certified_key(
+    certificate: &ServerCertificate,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate.cert_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(hostname: Option<&str>, names: &[&str]) -> ServerCertificate {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let generated = rcgen::generate_simple_self_signed(names).expect("rcgen");
+        ServerCertificate {
+            hostname: hostname.map(str::to_string),
+            cert_chain_pem: generated.cert.pem(),
+            key_pem: generated.signing_key.serialize_pem(),
+        }
+    }
+
+    fn leaf(key: Option<Arc<CertifiedKey>>) -> Vec<u8> {
+        key.expect("a certificate").cert[0].to_vec()
+    }
+
+    #[test]
+    fn the_certificate_is_chosen_by_exact_name_then_longest_wildcard_then_fallback() {
+        let provider = rustls::crypto::ring::default_provider();
+        let certificates = [
+            certificate(Some("*.example"), &["*.example"]),
+            certificate(Some("*.b.example"), &["*.b.example"]),
+            certificate(Some("a.b.example"), &["a.b.example"]),
+            certificate(None, &["any"]),
+        ];
+        let resolver = SniResolver::new(&certificates, &provider).expect("resolver");
+        let der = |i: usize| {
+            CertificateDer::from_pem_slice(certificates[i].cert_chain_pem.as_bytes())
+                .expect("pem")
+                .to_vec()
+        };
+        assert_eq!(leaf(resolver.find(Some("A.B.example"))), der(2));
+        assert_eq!(leaf(resolver.find(Some("c.b.example"))), der(1));
+        assert_eq!(leaf(resolver.find(Some("c.example"))), der(0));
+        assert_eq!(leaf(resolver.find(Some("other.test"))), der(3));
+        assert_eq!(leaf(resolver.find(None)), der(3));
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_refused() {
+        let mut mismatched = certificate(Some("a.example"), &["a.example"]);
+        mismatched.key_pem = certificate(None, &["other"]).key_pem;
+        assert!(matches!(
+            acceptor(&[mismatched]),
+            Err(Error::Certificate { .. })
+        ));
+        assert!(acceptor(&[]).expect("no certificates").is_none());
+        assert!(
+            acceptor(&[certificate(None, &["x"])])
+                .expect("ok")
+                .is_some()
+        );
+    }
+}
