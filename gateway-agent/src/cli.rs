@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{AttachMode, L4Dataplane};
-use crate::metrics::{self, AgentMetrics};
+use crate::metrics::{self, AgentMetrics, ProxyMetrics};
 use crate::proxy::Proxy;
 use crate::source::file::{self, FileSource};
 use crate::translate::{self, Settings};
@@ -85,6 +85,9 @@ struct RunArgs {
     /// hostNetwork DaemonSet is scraped on the node's address.
     #[arg(long, default_value = "0.0.0.0:9470")]
     admin_address: std::net::SocketAddr,
+    /// Log one line per proxied HTTP/gRPC request (target `access_log`).
+    #[arg(long)]
+    access_log: bool,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -125,10 +128,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller_name: args.controller_name.clone(),
         node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
     };
-    let proxy = Arc::new(Proxy::default());
+    let proxy_metrics = Arc::new(ProxyMetrics::default());
+    let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
     let agent_metrics = AgentMetrics::default();
     let admin = Arc::new(AdminState {
-        registry: metrics::registry(&agent_metrics, l4.clone()),
+        registry: metrics::registry(&agent_metrics, &proxy_metrics, l4.clone()),
         ready: AtomicBool::new(false),
     });
     admin::serve(args.admin_address, admin.clone())

@@ -285,6 +285,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(topology: &Topology, manifests: TempDir) -> Agent {
+        Self::start_with(topology, manifests, &[])
+    }
+
+    /// As `start`, with more `run` arguments.
+    pub fn start_with(topology: &Topology, manifests: TempDir, extra: &[&str]) -> Agent {
         let name = unique("gwt-agent-");
         let log = manifests.0.with_extension("log");
         let log_file = std::fs::File::create(&log).expect("create log");
@@ -302,6 +307,7 @@ impl Agent {
                 "--name",
                 &name,
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
