@@ -80,8 +80,7 @@ fn per_route_requests_errors_and_durations_are_counted_and_logged() {
     };
     let ok = route_series("gateway_http_requests_total", 0, ",status_class=\"2xx\"");
     let bad_gateway = route_series("gateway_http_requests_total", 1, ",status_class=\"5xx\"");
-    let unmatched =
-        "gateway_http_requests_total{kind=\"\",namespace=\"\",name=\"\",rule=\"\",status_class=\"4xx\"}";
+    let unmatched = "gateway_http_requests_total{kind=\"\",namespace=\"\",name=\"\",rule=\"\",status_class=\"4xx\"}";
     let connect_errors = route_series("gateway_http_upstream_connect_errors_total", 1, "");
     let durations = route_series("gateway_http_request_duration_seconds_count", 0, "");
     let series = [
