@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use prometheus_parse::{LineInfo, Scrape, Value};
+
 use gateway_tests::{
     Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
     gateway_with, require_root,
@@ -24,18 +26,38 @@ spec:
     backendRefs: [{name: dead, port: 8099}]
 "#;
 
-/// The value of the sample `series` (name and labels exactly as encoded), 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+/// The body of an `http-get` answer (its status line comes first).
+fn body(response: &str) -> &str {
+    response.split_once('\n').map_or("", |(_, body)| body)
 }
 
-fn route_series(name: &str, rule: u32, extra: &str) -> String {
-    format!(
-        "{name}{{kind=\"HTTPRoute\",namespace=\"default\",name=\"metered\",rule=\"{rule}\"{extra}}}"
-    )
+/// `/metrics` read by a Prometheus text-format parser; every line must be a
+/// sample, a HELP or TYPE line, or one of the OpenMetrics `# UNIT`/`# EOF` lines.
+fn parse(response: &str) -> Scrape {
+    let text = body(response);
+    for line in text.lines() {
+        let known = !matches!(LineInfo::parse(line), LineInfo::Ignored)
+            || line == "# EOF"
+            || line.starts_with("# UNIT ");
+        assert!(known, "not in the Prometheus text format: {line:?}");
+    }
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse /metrics")
+}
+
+/// The value of `metric` with exactly `labels`, 0 when there is no such sample.
+fn sample(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map_or(0.0, |s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a single value"),
+        })
 }
 
 #[test]
@@ -78,20 +100,40 @@ fn per_route_requests_errors_and_durations_are_counted_and_logged() {
             ])
             .expect("scrape /metrics")
     };
-    let ok = route_series("gateway_http_requests_total", 0, ",status_class=\"2xx\"");
-    let bad_gateway = route_series("gateway_http_requests_total", 1, ",status_class=\"5xx\"");
-    let unmatched = "gateway_http_requests_total{kind=\"\",namespace=\"\",name=\"\",rule=\"\",status_class=\"4xx\"}";
-    let connect_errors = route_series("gateway_http_upstream_connect_errors_total", 1, "");
-    let durations = route_series("gateway_http_request_duration_seconds_count", 0, "");
-    let series = [
-        ok.as_str(),
-        bad_gateway.as_str(),
-        unmatched,
-        connect_errors.as_str(),
-        durations.as_str(),
+    let route = |rule: &'static str| {
+        vec![
+            ("kind", "HTTPRoute"),
+            ("namespace", "default"),
+            ("name", "metered"),
+            ("rule", rule),
+        ]
+    };
+    let with_class = |mut labels: Vec<(&'static str, &'static str)>, class| {
+        labels.push(("status_class", class));
+        labels
+    };
+    let unmatched = vec![
+        ("kind", ""),
+        ("namespace", ""),
+        ("name", ""),
+        ("rule", ""),
+        ("status_class", "4xx"),
     ];
+    let series = [
+        ("gateway_http_requests_total", with_class(route("0"), "2xx")),
+        ("gateway_http_requests_total", with_class(route("1"), "5xx")),
+        ("gateway_http_requests_total", unmatched),
+        ("gateway_http_upstream_connect_errors_total", route("1")),
+        ("gateway_http_request_duration_seconds_count", route("0")),
+    ];
+    let values = |scrape: &Scrape| -> Vec<f64> {
+        series
+            .iter()
+            .map(|(metric, labels)| sample(scrape, metric, labels))
+            .collect()
+    };
     let before = scrape();
-    let counts_before: Vec<f64> = series.iter().map(|s| sample(&before, s)).collect();
+    let counts_before = values(&parse(&before));
 
     for i in 0..5 {
         let r = get(&format!("/app/{i}"), "metrics.example");
@@ -105,10 +147,10 @@ fn per_route_requests_errors_and_durations_are_counted_and_logged() {
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
 
     let after = scrape();
-    let deltas: Vec<f64> = series
+    let deltas: Vec<f64> = values(&parse(&after))
         .iter()
         .zip(&counts_before)
-        .map(|(s, b)| sample(&after, s) - b)
+        .map(|(a, b)| a - b)
         .collect();
     assert_eq!(
         deltas,
@@ -119,13 +161,14 @@ fn per_route_requests_errors_and_durations_are_counted_and_logged() {
     assert!(!after.contains("/app"), "{after}");
     assert!(!after.contains("metrics.example"), "{after}");
     // Every client connection closed: none is left open on the proxy.
-    eventually("no open connection", Duration::from_secs(5), || {
-        let m = scrape();
-        match sample(&m, "gateway_http_active_connections") {
+    eventually(
+        "no open connection",
+        Duration::from_secs(5),
+        || match sample(&parse(&scrape()), "gateway_http_active_connections", &[]) {
             0.0 => Ok(()),
             n => Err(format!("{n} open")),
-        }
-    });
+        },
+    );
 
     // One access log line per request, with its route and status.
     let log = agent.log();
