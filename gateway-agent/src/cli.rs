@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{AttachMode, L4Dataplane};
-use crate::metrics::{self, AgentMetrics};
+use crate::metrics::{self, AgentMetrics, ProxyMetrics};
 use crate::passthrough::{Passthrough, SpliceMode};
 use crate::proxy::Proxy;
 use crate::source::file::{self, FileSource};
@@ -96,6 +96,9 @@ struct RunArgs {
     /// How TLS passthrough moves bytes after choosing a backend by SNI.
     #[arg(long, value_enum, default_value_t = SpliceMode::Auto)]
     tls_passthrough_splice: SpliceMode,
+    /// Log one line per proxied HTTP/gRPC request (target `access_log`).
+    #[arg(long)]
+    access_log: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -162,12 +165,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller_name: args.controller_name.clone(),
         node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
     };
-    let proxy = Arc::new(Proxy::default());
+    let proxy_metrics = Arc::new(ProxyMetrics::default());
+    let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
     let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
     let agent_metrics = AgentMetrics::default();
     let admin = Arc::new(AdminState {
         registry: {
-            let mut registry = metrics::registry(&agent_metrics, l4.clone());
+            let mut registry = metrics::registry(&agent_metrics, &proxy_metrics, l4.clone());
             registry.register_collector(passthrough.collector());
             registry
         },

@@ -48,6 +48,8 @@ fn api_resource(kind: &str) -> Option<ApiResource> {
         "GatewayClass" => ("v1", "gatewayclasses"),
         "Gateway" => ("v1", "gateways"),
         "HTTPRoute" => ("v1", "httproutes"),
+        "GRPCRoute" => ("v1", "grpcroutes"),
+        "TLSRoute" => ("v1", "tlsroutes"),
         "TCPRoute" => ("v1alpha2", "tcproutes"),
         "UDPRoute" => ("v1alpha2", "udproutes"),
         _ => return None,
@@ -62,6 +64,8 @@ fn object_json(snapshot: &Snapshot, kind: &str, key: &ObjectKey) -> Option<Value
         "GatewayClass" => serde_json::to_value(snapshot.gateway_classes.get(key)?),
         "Gateway" => serde_json::to_value(snapshot.gateways.get(key)?),
         "HTTPRoute" => serde_json::to_value(snapshot.http_routes.get(key)?),
+        "GRPCRoute" => serde_json::to_value(snapshot.grpc_routes.get(key)?),
+        "TLSRoute" => serde_json::to_value(snapshot.tls_routes.get(key)?),
         "TCPRoute" => serde_json::to_value(snapshot.tcp_routes.get(key)?),
         "UDPRoute" => serde_json::to_value(snapshot.udp_routes.get(key)?),
         _ => return None,
@@ -107,7 +111,7 @@ pub fn status_updates(
                 if *kind == "Gateway" {
                     status["addresses"] = gateway_addresses(&object, node_addresses);
                     status["listeners"] =
-                        listener_statuses(&object, entries, statuses, key, generation, &now);
+                        listener_statuses(&object, entries, key, generation, &now);
                 }
                 status
             }
@@ -127,7 +131,7 @@ pub fn status_updates(
     }
     // Routes that still carry our entry although none of our Gateways is
     // their parent any more (parentRef edited, Gateway deleted): drop it.
-    for kind in ["HTTPRoute", "TCPRoute", "UDPRoute"] {
+    for kind in ["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"] {
         for key in route_keys(snapshot, kind) {
             if by_object.contains_key(&(kind, key)) {
                 continue;
@@ -158,6 +162,8 @@ pub fn status_updates(
 fn route_keys<'a>(snapshot: &'a Snapshot, kind: &str) -> Vec<&'a ObjectKey> {
     match kind {
         "HTTPRoute" => snapshot.http_routes.keys().collect(),
+        "GRPCRoute" => snapshot.grpc_routes.keys().collect(),
+        "TLSRoute" => snapshot.tls_routes.keys().collect(),
         "TCPRoute" => snapshot.tcp_routes.keys().collect(),
         "UDPRoute" => snapshot.udp_routes.keys().collect(),
         _ => Vec::new(),
@@ -213,21 +219,9 @@ fn gateway_addresses(gateway: &Value, node_addresses: &[Ipv4Addr]) -> Value {
         .collect()
 }
 
-/// Route kinds a listener protocol carries (the spec's `supportedKinds`).
-fn supported_kinds(protocol: &str) -> Vec<&'static str> {
-    match protocol {
-        "HTTP" | "HTTPS" => vec!["HTTPRoute"],
-        "TCP" => vec!["TCPRoute"],
-        "UDP" => vec!["UDPRoute"],
-        "TLS" => vec!["TLSRoute"],
-        _ => Vec::new(),
-    }
-}
-
 fn listener_statuses(
     gateway: &Value,
     entries: &[&ObjectStatus],
-    all: &[ObjectStatus],
     key: &ObjectKey,
     generation: i64,
     now: &str,
@@ -240,8 +234,6 @@ fn listener_statuses(
         .flatten()
     {
         let name = listener["name"].as_str().unwrap_or_default();
-        let protocol = listener["protocol"].as_str().unwrap_or_default();
-        let kinds = supported_kinds(protocol);
         let section: Vec<&ObjectStatus> = entries
             .iter()
             .copied()
@@ -265,16 +257,10 @@ fn listener_statuses(
             ));
         let mut merged = section.clone();
         merged.push(&default);
-        let attached = all
-            .iter()
-            .filter(|s| kinds.contains(&s.kind) && s.parent.as_ref() == Some(key))
-            .filter(|s| s.section.as_deref().is_none_or(|n| n == name))
-            .filter(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Accepted" && c.status)
-            })
-            .count();
+        // Translate counts attached routes and decides the kinds per listener.
+        let facts = section.iter().find_map(|s| s.listener.as_ref());
+        let attached = facts.map_or(0, |f| f.attached_routes);
+        let kinds = facts.map(|f| f.supported_kinds.clone()).unwrap_or_default();
         let previous_conditions = previous
             .into_iter()
             .flatten()

@@ -80,6 +80,27 @@ pub const KINDS: &[ApiKind] = &[
     },
     ApiKind {
         group: GW,
+        version: "v1",
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        namespaced: true,
+    },
+    ApiKind {
+        group: GW,
+        version: "v1",
+        plural: "tlsroutes",
+        kind: "TLSRoute",
+        namespaced: true,
+    },
+    ApiKind {
+        group: GW,
+        version: "v1",
+        plural: "listenersets",
+        kind: "ListenerSet",
+        namespaced: true,
+    },
+    ApiKind {
+        group: GW,
         version: "v1alpha2",
         plural: "tcproutes",
         kind: "TCPRoute",

@@ -13,8 +13,9 @@ use super::{RunArgs, shutdown_signal};
 use crate::admin::{self, AdminState};
 use crate::dataplane::loader::L4Dataplane;
 use crate::leader::{LeaderElector, LeaseConfig};
-use crate::metrics::{self, AgentMetrics};
+use crate::metrics::{self, AgentMetrics, ProxyMetrics};
 use crate::netif;
+use crate::passthrough::Passthrough;
 use crate::proxy::Proxy;
 use crate::source::kube::KubeSource;
 use crate::status_writer::{StatusWriter, status_updates};
@@ -75,10 +76,16 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller_name: args.controller_name.clone(),
         node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
     };
-    let proxy = Arc::new(Proxy::default());
+    let proxy_metrics = Arc::new(ProxyMetrics::default());
+    let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
+    let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
     let agent_metrics = AgentMetrics::default();
     let admin = Arc::new(AdminState {
-        registry: metrics::registry(&agent_metrics, l4.clone()),
+        registry: {
+            let mut registry = metrics::registry(&agent_metrics, &proxy_metrics, l4.clone());
+            registry.register_collector(passthrough.collector());
+            registry
+        },
         ready: AtomicBool::new(false),
         degraded: Mutex::default(),
     });
@@ -138,6 +145,10 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 agent_metrics.apply_errors.inc();
                 tracing::error!(%addr, %error, "cannot serve HTTP listener");
             }
+            for (addr, error) in passthrough.apply(&output.config.tls_passthrough).await {
+                agent_metrics.apply_errors.inc();
+                tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
+            }
             agent_metrics.config_generation.set(generation);
             agent_metrics
                 .last_apply_seconds
@@ -165,6 +176,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_election.send(());
     // Stop accepting; open connections finish on their own tasks meanwhile.
     proxy.apply(&[]).await;
+    passthrough.apply(&[]).await;
     let drain_end = tokio::time::Instant::now() + Duration::from_secs(cluster.drain_seconds);
     let _ = tokio::time::timeout_at(drain_end, election).await;
     tokio::time::sleep_until(drain_end).await;

@@ -13,7 +13,7 @@ pub(crate) mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::metrics::{ProxyMetrics, RequestLabels, RouteLabels, status_class};
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
@@ -80,21 +81,38 @@ struct Bound {
     accept: JoinHandle<()>,
 }
 
+/// What every connection of every listener shares.
+struct Shared {
+    upstream: Upstream,
+    metrics: Arc<ProxyMetrics>,
+    /// One `access_log` line per request when set.
+    access_log: bool,
+}
+
 pub struct Proxy {
     bound: Mutex<HashMap<SocketAddr, Bound>>,
-    upstream: Upstream,
+    shared: Arc<Shared>,
 }
 
 impl Default for Proxy {
     fn default() -> Self {
-        Self {
-            bound: Mutex::new(HashMap::new()),
-            upstream: Upstream::new(),
-        }
+        Self::new(Arc::default(), false)
     }
 }
 
 impl Proxy {
+    /// A proxy counting into `metrics`, logging each request when `access_log`.
+    pub fn new(metrics: Arc<ProxyMetrics>, access_log: bool) -> Self {
+        Self {
+            bound: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                upstream: Upstream::new(),
+                metrics,
+                access_log,
+            }),
+        }
+    }
+
     /// Serves `listeners`: binds new addresses, swaps tables of existing ones,
     /// stops accepting on removed ones (their open connections finish).
     /// Returns the addresses that could not be bound, with why.
@@ -129,7 +147,7 @@ impl Proxy {
                             socket,
                             table.clone(),
                             tls.clone(),
-                            self.upstream.clone(),
+                            self.shared.clone(),
                         ));
                         fresh.push((listener.bind, Bound { table, tls, accept }));
                     }
@@ -167,7 +185,7 @@ async fn accept_loop(
     socket: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
-    upstream: Upstream,
+    shared: Arc<Shared>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -187,18 +205,20 @@ async fn accept_loop(
             scheme: if acceptor.is_some() { "https" } else { "http" },
         };
         let table = table.clone();
-        let upstream = upstream.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
+            let metrics = shared.metrics.clone();
             let Some(stream) = tls::accept(acceptor, stream).await else {
                 return;
             };
+            metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
                 // Each request takes the table current when it starts.
                 let table = table.load_full();
-                let upstream = upstream.clone();
+                let shared = shared.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        handle(req, &table, &upstream, connection).await,
+                        handle(req, &table, &shared, connection).await,
                     )
                 }
             });
@@ -220,6 +240,7 @@ async fn accept_loop(
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            metrics.active_connections.dec();
         });
     }
 }
@@ -395,27 +416,91 @@ async fn splice_upgraded(
     }
 }
 
+/// What `forward` learnt about a request, for its metrics and access log.
+#[derive(Default)]
+struct Outcome<'t> {
+    rule: Option<&'t HttpRule>,
+    backend: Option<SocketAddr>,
+    /// The backend connection could not be opened.
+    connect_error: bool,
+}
+
+/// The request line of the access log, taken before the request is consumed.
+struct AccessLogRequest {
+    method: hyper::Method,
+    host: String,
+    path: String,
+    version: hyper::Version,
+}
+
 async fn handle(
     req: Request<Incoming>,
     table: &RouteTable,
-    upstream: &Upstream,
+    shared: &Shared,
     connection: Connection,
 ) -> Response<ProxyBody> {
+    let started = Instant::now();
     let grpc = is_grpc(req.headers());
-    let response = forward(req, table, upstream, connection).await;
-    match response {
+    let logged = shared.access_log.then(|| AccessLogRequest {
+        method: req.method().clone(),
+        host: req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_string(),
+        path: req.uri().path().to_string(),
+        version: req.version(),
+    });
+    let mut outcome = Outcome::default();
+    let response = match forward(req, table, &shared.upstream, connection, &mut outcome).await {
         Ok(response) => response,
         Err(code) if grpc => grpc_status(code),
         Err(code) => status(code),
+    };
+    let elapsed = started.elapsed();
+    let route = RouteLabels::of(outcome.rule.map(|r| &r.route));
+    let metrics = &shared.metrics;
+    if outcome.connect_error {
+        metrics.upstream_connect_errors.get_or_create(&route).inc();
     }
+    metrics
+        .request_duration
+        .get_or_create(&route)
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status_class: status_class(response.status().as_u16()),
+        })
+        .inc();
+    if let Some(request) = logged {
+        tracing::info!(
+            target: "access_log",
+            peer = %connection.peer,
+            method = %request.method,
+            host = %request.host,
+            path = %request.path,
+            version = ?request.version,
+            status = response.status().as_u16(),
+            route = outcome.rule.map(|r| r.route.to_string()),
+            backend = outcome.backend.map(|b| b.to_string()),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "request"
+        );
+    }
+    response
 }
 
 /// The response to `req`, or the status the proxy answers itself.
-async fn forward(
+async fn forward<'t>(
     req: Request<Incoming>,
-    table: &RouteTable,
+    table: &'t RouteTable,
     upstream: &Upstream,
     connection: Connection,
+    outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
     let host = head
@@ -437,6 +522,7 @@ async fn forward(
     let Some(rule) = table.find(&view) else {
         return Err(StatusCode::NOT_FOUND);
     };
+    outcome.rule = Some(rule);
     // The Origin of a cross-origin request the rule's CORS filter allows.
     let cors = rule.filters.cors.as_ref().and_then(|cors| {
         let origin = head.headers.get(header::ORIGIN)?.to_str().ok()?;
@@ -474,6 +560,7 @@ async fn forward(
         return Ok(response);
     }
     let backend = choose_backend(rule)?;
+    outcome.backend = Some(backend.addr);
     if let Some(response) = redirect_response(
         &backend.filters,
         rule,
@@ -605,6 +692,7 @@ async fn forward(
             Ok(Response::from_parts(parts, body.boxed()))
         }
         Err(e) => {
+            outcome.connect_error = e.is_connect();
             tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
             Err(StatusCode::BAD_GATEWAY)
         }

@@ -20,8 +20,11 @@ use gateway_api::{
     experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
     gatewayclasses::GatewayClass,
     gateways::Gateway,
+    grpcroutes::GrpcRoute,
     httproutes::HttpRoute,
+    listenersets::ListenerSet,
     referencegrants::ReferenceGrant,
+    tlsroutes::TlsRoute,
 };
 use k8s_openapi::api::{
     core::v1::{Namespace, Secret, Service},
@@ -84,7 +87,10 @@ impl KubeSource {
         }
         watch!("GatewayClass", GatewayClass, gateway_classes, all.clone());
         watch!("Gateway", Gateway, gateways, all.clone());
+        watch!("ListenerSet", ListenerSet, listener_sets, all.clone());
         watch!("HTTPRoute", HttpRoute, http_routes, all.clone());
+        watch!("GRPCRoute", GrpcRoute, grpc_routes, all.clone());
+        watch!("TLSRoute", TlsRoute, tls_routes, all.clone());
         watch!("TCPRoute", TcpRoute, tcp_routes, all.clone());
         watch!("UDPRoute", UdpRoute, udp_routes, all.clone());
         watch!(
