@@ -72,7 +72,8 @@ struct RunArgs {
     #[arg(long)]
     manifests: Option<PathBuf>,
     /// Interfaces to attach the XDP program to (comma-separated). Default:
-    /// every non-loopback interface that is up.
+    /// the interfaces of the node's default routes (else every non-loopback
+    /// interface that is up).
     #[arg(long, value_delimiter = ',')]
     interfaces: Vec<String>,
     /// XDP attach mode.

@@ -171,6 +171,7 @@ spec:
   - {{name: web, protocol: HTTP, port: {GATEWAY_PORT}}}
   - {{name: tcp, protocol: TCP, port: 19001}}
   - {{name: udp, protocol: UDP, port: 19002}}
+  - {{name: tls, protocol: TLS, port: 19003, tls: {{mode: Passthrough}}}}
 "#
     );
     text += &route(path);
@@ -188,6 +189,24 @@ spec:
 "#
             );
         }
+        // The other route kinds whose status the agent writes.
+        text += r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: web}]
+  hostnames: [grpc.example]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: tls, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: tls}]
+  hostnames: [tls.example]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+"#;
     }
     text
 }
@@ -281,7 +300,13 @@ fn cluster_mode_serves_writes_status_and_follows_the_api_server() {
             &route_conditions(&fake, "UDPRoute", "l4-udp")?,
             "Accepted",
             1,
-        )
+        )?;
+        check_condition(
+            &route_conditions(&fake, "GRPCRoute", "grpc")?,
+            "Accepted",
+            1,
+        )?;
+        check_condition(&route_conditions(&fake, "TLSRoute", "tls")?, "Accepted", 1)
     });
     let class = fake.get("GatewayClass", "", "gwt").expect("class");
     check_condition(&class["status"]["conditions"], "Accepted", 1).expect("class status");
