@@ -28,6 +28,64 @@ pub struct ClientTls {
     pub alpn: Vec<Vec<u8>>,
 }
 
+/// Verifies as Go's `crypto/x509` does with a RootCAs pool: a chain to a
+/// trusted certificate, or the server's certificate itself among the trusted
+/// ones (the suite trusts leaf certificates directly, e.g. TLSRoute tests trust
+/// `tls-checks-certificate`, which webpki alone reports as UnknownIssuer).
+/// The name is checked either way.
+#[derive(Debug)]
+struct GoRootsVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    trusted: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for GoRootsVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+                if self.trusted.iter().any(|t| t.as_ref() == end_entity.as_ref()) =>
+            {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 impl ClientTls {
     fn config(&self) -> Result<rustls::ClientConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -37,10 +95,27 @@ impl ClientTls {
                 .add(r.clone())
                 .map_err(|e| format!("trusted certificate: {e}"))?;
         }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
+            .map_err(|e| e.to_string())?;
+        // With nothing trusted (the handshake-rejection checks) no certificate
+        // verifies; webpki's verifier refuses to be built without roots.
+        let builder = if roots.is_empty() {
+            builder.with_root_certificates(roots)
+        } else {
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(GoRootsVerifier {
+                    webpki,
+                    trusted: self.roots.clone(),
+                }))
+        };
         let mut config = match &self.client_cert {
             Some((cert, key)) => {
                 let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
