@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | run`.
+//! Project tasks: `cargo xtask setup | test | run | bench`.
+mod bench;
 mod demo;
 mod setup;
 
@@ -32,6 +33,15 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+    /// Measure the data planes and the control plane against their peers and
+    /// write bench/results/<date>.md with charts (root; see README "Performance").
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        which: bench::Which,
+        /// Short runs and 2 repeats, for development (no conclusions).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +57,14 @@ fn main() -> anyhow::Result<()> {
         Task::Run { once } => {
             setup::run()?;
             demo::run(once)
+        }
+        Task::Bench { which, quick } => {
+            setup::run()?;
+            let command_line = format!(
+                "cargo xtask {}",
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            );
+            bench::run(which, quick, &command_line)
         }
     }
 }
