@@ -18,7 +18,6 @@ use gateway_agent::store::Snapshot;
 use gateway_agent::translate::{Settings, translate};
 
 #[path = "../../xtask/src/bench/manifests.rs"]
-#[expect(dead_code, reason = "shared with xtask, which uses all of it")]
 mod manifests;
 
 fn snapshot(scale: &manifests::Scale) -> Snapshot {

@@ -125,7 +125,7 @@ fn start_agent(node: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon>
 
 fn start_haproxy(node: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+        "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          listen l4\n  bind {GATEWAY}:81\n  server s1 {BACKEND}:{BACKEND_PORT}\n"
     );
     let path = dir.join("haproxy-tcp.cfg");

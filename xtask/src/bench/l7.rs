@@ -106,7 +106,7 @@ fn start_nginx(ns: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
 
 fn start_haproxy(ns: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 20000\n\
+        "global\n  nbthread 1\n  maxconn 4000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
          frontend fe\n  bind 127.0.0.1:18002\n  bind 127.0.0.1:18004 proto h2\n\
          \x20 acl bench hdr(host),field(1,:) -i {HOST}\n  use_backend web if bench\n\
