@@ -26,7 +26,10 @@ fn snapshot(scale: &manifests::Scale) -> Snapshot {
     for (name, text) in manifests::generate(scale, gateway_agent::DEFAULT_CONTROLLER_NAME) {
         load_str(Path::new(&name), &text, &mut snapshot, &mut errors);
     }
-    assert!(errors.is_empty(), "generated manifests must parse: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "generated manifests must parse: {errors:?}"
+    );
     snapshot
 }
 
@@ -56,7 +59,10 @@ fn route_lookup(c: &mut Criterion) {
         // The middle route's last rule: a hit after the other rules of its host.
         let host = manifests::route_host(routes / 2);
         let path = format!("/s{}/item", manifests::RULES_PER_ROUTE - 1);
-        assert!(table.find(&host, &path).is_some(), "{host}{path} must match");
+        assert!(
+            table.find(&host, &path).is_some(),
+            "{host}{path} must match"
+        );
         group.bench_with_input(BenchmarkId::from_parameter(routes), &routes, |b, _| {
             b.iter(|| table.find(black_box(&host), black_box(&path)).is_some())
         });

@@ -253,8 +253,8 @@ fn measure(
     let proxies = [
         Proxy {
             name: "gateway-agent",
-            h1_port: 18_000,
-            h2_port: 18_000,
+            h1_port: manifests::http_port(0),
+            h2_port: manifests::http_port(0),
             daemon: start_agent(ns, dir, agent)?,
         },
         Proxy {

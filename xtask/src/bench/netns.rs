@@ -69,6 +69,7 @@ impl Netns {
         let log_file = std::fs::File::create(log)?;
         let child = self
             .command(cpu, args)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
