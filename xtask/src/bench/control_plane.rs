@@ -242,7 +242,8 @@ fn measure(
     let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
     let started = start_agent(ns, dir, agent, "edits", &scale(100, 5_000, 0))?;
     let generations_before = apply_times_ms(&started.log).len();
-    let load_seconds = (edits as u32) * 3 / 10 + 10;
+    // Long enough to cover every edit (each took up to ~1 s in earlier runs).
+    let load_seconds = (edits as u32) + 10;
     let url = format!("http://127.0.0.1:{}/s0/steady", manifests::http_port(0));
     let args = oha_args(load_seconds, rate, 50, &manifests::route_host(0), &url);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -168,13 +168,16 @@ pub fn bar_chart(
         png = png.display(),
         data = data_path.display(),
     );
+    // A script file: `gnuplot -e` rejects multi-line programs.
+    let script_path = out_dir.join(format!("{file}.gp"));
     let ok = std::fs::write(&data_path, data).is_ok()
+        && std::fs::write(&script_path, script).is_ok()
         && Command::new("gnuplot")
-            .arg("-e")
-            .arg(&script)
+            .arg(&script_path)
             .output()
             .is_ok_and(|o| o.status.success());
     let _ = std::fs::remove_file(&data_path);
+    let _ = std::fs::remove_file(&script_path);
     if ok {
         format!("![{title}]({file}.png)\n")
     } else {
