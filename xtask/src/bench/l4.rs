@@ -247,7 +247,9 @@ fn measure(
             )?;
             keepalive[i].push(rps);
             errors[i] += e;
-            let (cps, e) = wrk_result(&t.client.run_pinned(
+            // wrk gives up when no connection at all succeeds: that run counts as
+            // 0 connections/s and one error, and the report goes on.
+            let (cps, e) = match t.client.run_pinned(
                 1,
                 &[
                     "wrk",
@@ -260,7 +262,13 @@ fn measure(
                     "Connection: close",
                     &url,
                 ],
-            )?)?;
+            ) {
+                Ok(out) => wrk_result(&out)?,
+                Err(error) => {
+                    println!("    {name}: {error:#}");
+                    (0.0, 1)
+                }
+            };
             per_conn[i].push(cps);
             errors[i] += e;
             println!("    repeat {repeat}: {name}: {rps:.0} req/s keep-alive, {cps:.0} conn/s");
