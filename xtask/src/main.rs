@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | run | conformance`.
+//! Project tasks: `cargo xtask setup | test | run | conformance | bench`.
+mod bench;
 mod conformance;
 mod demo;
 mod setup;
@@ -46,6 +47,15 @@ enum Task {
         #[arg(long)]
         update_baseline: bool,
     },
+    /// Measure the data planes and the control plane against their peers and
+    /// write bench/results/<date>.md with charts (root; see README "Performance").
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        which: bench::Which,
+        /// Short runs and 2 repeats, for development (no conclusions).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +83,14 @@ fn main() -> anyhow::Result<()> {
                 timeout,
                 update_baseline,
             })
+        }
+        Task::Bench { which, quick } => {
+            setup::run()?;
+            let command_line = format!(
+                "cargo xtask {}",
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            );
+            bench::run(which, quick, &command_line)
         }
     }
 }

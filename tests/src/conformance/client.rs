@@ -53,7 +53,10 @@ impl rustls::client::danger::ServerCertVerifier for GoRootsVerifier {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
-                if self.trusted.iter().any(|t| t.as_ref() == end_entity.as_ref()) =>
+                if self
+                    .trusted
+                    .iter()
+                    .any(|t| t.as_ref() == end_entity.as_ref()) =>
             {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;

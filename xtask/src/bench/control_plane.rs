@@ -1,0 +1,391 @@
+//! Control plane at scale: the agent (release build) started on generated
+//! manifests (manifests.rs) in a private network namespace, XDP on its
+//! loopback, an nginx backend. Measures:
+//! - RSS idle (1 route), with 5,000 HTTPRoutes, and with 10,000 HTTPRoutes +
+//!   1,000 TCP/UDPRoutes on 100 Gateways (VmRSS once serving, VmHWM peak);
+//! - start-to-serving time and the agent's own first "config applied" time
+//!   (read, translate, program eBPF maps, swap proxy tables), and the same for
+//!   1,000 L4 routes alone (the eBPF map programming case);
+//! - change-to-serving: with 5,000 HTTPRoutes present, a route file is
+//!   rewritten with a new hostname and a client polls until that host answers
+//!   200, over N edits, while oha sends a steady open-loop load to another
+//!   route and counts every non-2xx answer and failed request;
+//! - the criterion benchmark gateway-agent/benches/scale.rs: full translate
+//!   and YAML parse of the 10,000-route set, route lookup at 10 and 10,000 routes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::Budget;
+use super::l7::{backend_nginx, oha_args, oha_latency};
+use super::manifests::{self, Scale};
+use super::netns::{Daemon, Netns, http_status, proc_status_kb, wait_until};
+use super::report::{Section, bar_chart};
+use super::stats::{Summary, percentile};
+
+const BACKEND: &str = "127.0.0.1:18080";
+const AGENT_CPU: u32 = 0;
+const CLIENT_CPU: u32 = 1;
+
+struct Started {
+    daemon: Daemon,
+    manifests: PathBuf,
+    log: PathBuf,
+    start_to_serving: Duration,
+}
+
+fn scale(gateways: usize, http_routes: usize, l4_routes: usize) -> Scale {
+    Scale {
+        gateways,
+        http_routes,
+        l4_routes,
+        http_backend: ("127.0.0.1".into(), 18_080),
+    }
+}
+
+/// Starts the agent on `scale` and waits until the last generated route (or,
+/// without HTTP routes, /readyz) answers.
+fn start_agent(
+    ns: &Netns,
+    dir: &Path,
+    agent: &Path,
+    label: &str,
+    scale: &Scale,
+) -> anyhow::Result<Started> {
+    let manifests_dir = dir.join(format!("manifests-{label}"));
+    let _ = std::fs::remove_dir_all(&manifests_dir);
+    std::fs::create_dir_all(&manifests_dir)?;
+    for (name, text) in manifests::generate(scale, "gateway-agent.dev/node-agent") {
+        std::fs::write(manifests_dir.join(name), text)?;
+    }
+    let log = dir.join(format!("agent-{label}.log"));
+    let started = Instant::now();
+    let daemon = ns.spawn(
+        Some(AGENT_CPU),
+        &[
+            agent.to_str().context("utf-8")?,
+            "run",
+            "--manifests",
+            manifests_dir.to_str().context("utf-8")?,
+            "--interfaces",
+            "lo",
+            "--xdp-mode",
+            "generic",
+            "--name",
+            &format!("{}-{label}", ns.name),
+            "--admin-address",
+            "127.0.0.1:9470",
+        ],
+        &log,
+    )?;
+    let (addr, host, path) = if scale.http_routes > 0 {
+        let last = scale.http_routes - 1;
+        let gateway = last % scale.gateways;
+        (
+            format!("127.0.0.1:{}", manifests::http_port(gateway)),
+            manifests::route_host(last),
+            "/s4/x",
+        )
+    } else {
+        (
+            "127.0.0.1:9470".to_string(),
+            "localhost".to_string(),
+            "/readyz",
+        )
+    };
+    ns.within(|| {
+        wait_until(
+            &format!("agent serving {label}"),
+            Duration::from_secs(120),
+            || http_status(&addr, &host, path) == 200,
+        )
+    })?
+    .with_context(|| {
+        format!(
+            "agent log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    Ok(Started {
+        daemon,
+        manifests: manifests_dir,
+        log,
+        start_to_serving: started.elapsed(),
+    })
+}
+
+/// `took_ms` of every "config applied" line of the agent's log, in order.
+fn apply_times_ms(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("config applied"))
+        .filter_map(|l| {
+            l.split_once("took_ms=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn mb(kb: Option<u64>) -> f64 {
+    kb.unwrap_or(0) as f64 / 1024.0
+}
+
+#[derive(Default)]
+struct Startup {
+    rss: Vec<f64>,
+    hwm: Vec<f64>,
+    serving_s: Vec<f64>,
+    first_apply_ms: Vec<f64>,
+}
+
+impl Startup {
+    fn record(&mut self, started: &Started) {
+        // Let allocations settle after the first request.
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = started.daemon.pid();
+        self.rss.push(mb(proc_status_kb(pid, "VmRSS")));
+        self.hwm.push(mb(proc_status_kb(pid, "VmHWM")));
+        self.serving_s.push(started.start_to_serving.as_secs_f64());
+        self.first_apply_ms
+            .extend(apply_times_ms(&started.log).first());
+    }
+}
+
+pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow::Result<Section> {
+    println!("==> bench control-plane");
+    let criterion = criterion(budget)?;
+    let ns = Netns::new("cp")?;
+    let dir = std::env::temp_dir().join(&ns.name);
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&ns, &dir, agent, budget, out_dir, stamp, &criterion);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(
+    ns: &Netns,
+    dir: &Path,
+    agent: &Path,
+    budget: Budget,
+    out_dir: &Path,
+    stamp: &str,
+    criterion: &str,
+) -> anyhow::Result<Section> {
+    let _backend = backend_nginx(ns, dir, BACKEND, CLIENT_CPU)?;
+    let cases = [
+        ("idle (1 HTTPRoute)", "idle", scale(1, 1, 0)),
+        ("1,000 TCP/UDPRoutes", "l4", scale(100, 0, 1_000)),
+        ("5,000 HTTPRoutes", "5k", scale(100, 5_000, 0)),
+        (
+            "10,000 HTTPRoutes + 1,000 TCP/UDPRoutes",
+            "10k",
+            scale(100, 10_000, 1_000),
+        ),
+    ];
+    let mut results: Vec<Startup> = cases.iter().map(|_| Startup::default()).collect();
+    // Interleaved: each repeat starts every case once.
+    for repeat in 0..budget.repeats {
+        for ((_, label, scale), result) in cases.iter().zip(&mut results) {
+            let started = start_agent(ns, dir, agent, label, scale)?;
+            result.record(&started);
+            println!(
+                "    repeat {repeat}: {label}: serving after {:.2} s, RSS {:.1} MB, peak {:.1} MB",
+                started.start_to_serving.as_secs_f64(),
+                result.rss.last().copied().unwrap_or(0.0),
+                result.hwm.last().copied().unwrap_or(0.0),
+            );
+        }
+    }
+    let mut md = String::from(
+        "The agent (release build) started on generated manifests: each HTTPRoute has one hostname and 5 PathPrefix rules; \
+         each TCP/UDPRoute its own listener. \"First apply\" is the agent's own `config applied took_ms` for its first \
+         configuration: reading the manifests, translate, programming the eBPF maps and the proxy tables.\n\n\
+         | configuration | RSS once serving MB | peak RSS (VmHWM) MB | start to first request served s | first apply ms |\n|---|---|---|---|---|\n",
+    );
+    for ((title, _, _), r) in cases.iter().zip(&results) {
+        md.push_str(&format!(
+            "| {title} | {} | {} | {} | {} |\n",
+            Summary::of(&r.rss).show(1),
+            Summary::of(&r.hwm).show(1),
+            Summary::of(&r.serving_s).show(2),
+            if r.first_apply_ms.is_empty() {
+                "not logged".into()
+            } else {
+                Summary::of(&r.first_apply_ms).show(1)
+            },
+        ));
+    }
+    let rss_bars: Vec<(String, Summary)> = cases
+        .iter()
+        .zip(&results)
+        .map(|((_, label, _), r)| (label.to_string(), Summary::of(&r.hwm)))
+        .collect();
+    md.push('\n');
+    md.push_str(&bar_chart(
+        out_dir,
+        &format!("{stamp}-cp-rss"),
+        "agent peak RSS (VmHWM)",
+        "MB",
+        &rss_bars,
+    ));
+
+    // Change to serving, under load.
+    let edits = if budget.quick { 20 } else { 100 };
+    let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
+    let started = start_agent(ns, dir, agent, "edits", &scale(100, 5_000, 0))?;
+    let generations_before = apply_times_ms(&started.log).len();
+    // Long enough to cover every edit (each took up to ~1 s in earlier runs).
+    let load_seconds = (edits as u32) + 10;
+    let url = format!("http://127.0.0.1:{}/s0/steady", manifests::http_port(0));
+    let args = oha_args(load_seconds, rate, 50, &manifests::route_host(0), &url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let load = ns
+        .command(Some(CLIENT_CPU), &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let edit_file = started.manifests.join("edit.yaml");
+    let addr = format!("127.0.0.1:{}", manifests::http_port(0));
+    let load_started = Instant::now();
+    let latencies: Vec<f64> = ns.within(|| -> anyhow::Result<Vec<f64>> {
+        let mut latencies = Vec::new();
+        for k in 0..edits {
+            let id = 1_000_000 + k;
+            let text = manifests::http_route(id, 0).replace(&format!("route-{id}"), "edited");
+            let written = Instant::now();
+            std::fs::write(&edit_file, text)?;
+            let host = manifests::route_host(id);
+            wait_until("edited route serving", Duration::from_secs(10), || {
+                http_status(&addr, &host, "/s0/x") == 200
+            })?;
+            latencies.push(written.elapsed().as_secs_f64() * 1e3);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(latencies)
+    })??;
+    let edits_took = load_started.elapsed();
+    let out = load.wait_with_output()?;
+    let (steady_p50, steady_p99, failed) = oha_latency(&String::from_utf8_lossy(&out.stdout))?;
+    let reloads: Vec<f64> = apply_times_ms(&started.log).split_off(generations_before);
+    drop(started);
+    let lat = Summary::of(&latencies);
+    md.push_str(&format!(
+        "\n### Change to serving ({edits} edits, 5,000 HTTPRoutes present)\n\n\
+         Each edit rewrites one file (`edit.yaml`: one HTTPRoute, a new hostname each time); the clock runs from the write \
+         until that hostname first answers 200 (polled on new connections). Meanwhile oha sends {rate:.0} req/s (open loop, \
+         50 connections) to another route for {load_seconds} s (the edits took {:.1} s).\n\n\
+         | figure | value |\n|---|---|\n\
+         | change to serving p50 | {:.1} ms |\n| change to serving p99 | {:.1} ms |\n| min–max | {:.1}–{:.1} ms |\n\
+         | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
+         | steady load: non-2xx answers + failed requests | {failed} |\n| steady load latency p50 / p99 | {steady_p50:.2} / {steady_p99:.2} ms |\n",
+        edits_took.as_secs_f64(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        lat.min,
+        lat.max,
+        reloads.len(),
+        if reloads.is_empty() { "-".into() } else { Summary::of(&reloads).show(1) },
+    ));
+    md.push_str(&format!("\n### Translate and route lookup (criterion, `cargo bench -p gateway-agent --bench scale`)\n\n{criterion}"));
+
+    let idle = Summary::of(&results[0].rss).median;
+    let rss5k = Summary::of(&results[2].rss).median;
+    let p99 = percentile(&latencies, 99.0);
+    let goal = |ok: bool| if ok { "met" } else { "**missed**" };
+    md.push_str(&format!(
+        "\nGoals (issue 9): change-to-serving p99 ≤ 10 ms with 5,000 routes: {} ({p99:.1} ms, {:.1}×); idle RSS ≤ 30 MB: {} ({idle:.1} MB); \
+         RSS with 5,000 HTTPRoutes ≤ 40 MB: {} ({rss5k:.1} MB); zero non-2xx / failed requests under steady load while editing: {} ({failed}).\n",
+        goal(p99 <= 10.0),
+        p99 / 10.0,
+        goal(idle <= 30.0),
+        goal(rss5k <= 40.0),
+        goal(failed == 0),
+    ));
+    Ok(Section {
+        title: "Control plane: scale, memory, change to serving".into(),
+        markdown: md,
+    })
+}
+
+/// Runs the criterion benchmark and tabulates its medians.
+fn criterion(budget: Budget) -> anyhow::Result<String> {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "bench",
+        "--quiet",
+        "-p",
+        "gateway-agent",
+        "--bench",
+        "scale",
+        "--",
+    ]);
+    if budget.quick {
+        cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    crate::run_cmd(&mut cmd)?;
+    let estimate = |id: &str| -> anyhow::Result<(f64, f64, f64)> {
+        let path = format!("target/criterion/{id}/new/estimates.json");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?,
+        )?;
+        let m = &json["median"];
+        let get = |v: &serde_json::Value| v.as_f64().context("estimate");
+        Ok((
+            get(&m["point_estimate"])?,
+            get(&m["confidence_interval"]["lower_bound"])?,
+            get(&m["confidence_interval"]["upper_bound"])?,
+        ))
+    };
+    let mut md = String::from("| benchmark | median | 95% interval |\n|---|---|---|\n");
+    let mut lookup = Vec::new();
+    for (id, title, unit, div) in [
+        (
+            "route_lookup/10",
+            "route lookup, 10 HTTPRoutes (50 rules)",
+            "ns",
+            1.0,
+        ),
+        (
+            "route_lookup/10000",
+            "route lookup, 10,000 HTTPRoutes (50,000 rules)",
+            "ns",
+            1.0,
+        ),
+        (
+            "translate/10000",
+            "translate, 10,000 HTTPRoutes + 1,000 L4 routes, 100 Gateways",
+            "ms",
+            1e6,
+        ),
+        ("parse/10000", "YAML parse of the same manifests", "ms", 1e6),
+    ] {
+        let (median, low, high) = estimate(id)?;
+        if id.starts_with("route_lookup") {
+            lookup.push(median);
+        }
+        md.push_str(&format!(
+            "| {title} | {:.1} {unit} | {:.1}–{:.1} {unit} |\n",
+            median / div,
+            low / div,
+            high / div
+        ));
+    }
+    let translate_ms = estimate("translate/10000")?.0 / 1e6;
+    let goal = |ok: bool| if ok { "met" } else { "**missed**" };
+    md.push_str(&format!(
+        "\nGoals: lookup at 10,000 routes within 2× of 10 routes: {} ({:.2}×); full translate of the 10,000-route set under 1 s: {} ({translate_ms:.0} ms).\n",
+        goal(lookup[1] <= 2.0 * lookup[0]),
+        lookup[1] / lookup[0],
+        goal(translate_ms < 1000.0),
+    ));
+    Ok(md)
+}

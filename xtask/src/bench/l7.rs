@@ -1,0 +1,433 @@
+//! L7: the agent's hyper proxy against nginx and HAProxy (Debian packages)
+//! configured to the same route (Host `bench.example`, prefix `/`) and the
+//! same backend (an nginx answering 1 KB), all in a private network namespace
+//! on loopback. Proxies run on CPU 0; the clients and the backend on CPU 1.
+//!
+//! - maximum requests/s, closed loop: wrk (HTTP/1.1 keep-alive, 64
+//!   connections) and h2load (h2c prior knowledge, 10 connections × 10 streams);
+//! - latency, open loop at a fixed rate (half nginx's maximum): oha with
+//!   latency correction, p50 and p99;
+//! - RSS of each proxy sampled halfway through its wrk run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use super::netns::{Daemon, Netns, children, http_status, proc_status_kb, wait_until};
+use super::report::{Section, bar_chart};
+use super::stats::Summary;
+use super::{Budget, manifests};
+
+pub const HOST: &str = "bench.example";
+const BACKEND_PORT: u16 = 18_080;
+const PROXY_CPU: u32 = 0;
+const CLIENT_CPU: u32 = 1;
+
+struct Proxy {
+    name: &'static str,
+    h1_port: u16,
+    h2_port: u16,
+    daemon: Daemon,
+}
+
+impl Proxy {
+    /// Resident memory of the processes that serve (nginx: its workers).
+    fn rss_kb(&self) -> u64 {
+        let pid = self.daemon.pid();
+        let pids = if self.name == "nginx" {
+            children(pid)
+        } else {
+            vec![pid]
+        };
+        pids.iter()
+            .filter_map(|p| proc_status_kb(*p, "VmRSS"))
+            .sum()
+    }
+}
+
+/// nginx answering every request with a 1 KB body (the backend of every
+/// benchmark), on `addr`.
+pub fn backend_nginx(ns: &Netns, dir: &Path, addr: &str, cpu: u32) -> anyhow::Result<Daemon> {
+    let body = "x".repeat(1024);
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {dir}/backend.pid;\nerror_log {dir}/backend.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{ access_log off; keepalive_requests 1000000;\n\
+           server {{ listen {addr} backlog=4096; location / {{ default_type text/plain; return 200 \"{body}\"; }} }} }}\n",
+        dir = dir.display()
+    );
+    let path = dir.join("backend-nginx.conf");
+    std::fs::write(&path, conf)?;
+    let path = path.to_str().context("utf-8 path")?.to_string();
+    let prefix = format!("{}/", dir.display());
+    let daemon = ns.spawn(
+        Some(cpu),
+        &["nginx", "-p", &prefix, "-e", "stderr", "-c", &path],
+        &dir.join("backend-nginx.log"),
+    )?;
+    let target = addr.to_string();
+    ns.within(move || {
+        wait_until("backend nginx", Duration::from_secs(10), || {
+            http_status(&target, HOST, "/") == 200
+        })
+    })??;
+    Ok(daemon)
+}
+
+fn start_nginx(ns: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {dir}/proxy.pid;\nerror_log {dir}/proxy-nginx.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{ access_log off; keepalive_requests 1000000;\n\
+           upstream web {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}\n\
+           server {{ listen 127.0.0.1:18001 backlog=4096; listen 127.0.0.1:18003 http2 backlog=4096; server_name {HOST};\n\
+             http2_max_concurrent_streams 128;\n\
+             location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+        dir = dir.display()
+    );
+    let path = dir.join("proxy-nginx.conf");
+    std::fs::write(&path, conf)?;
+    let prefix = format!("{}/", dir.display());
+    ns.spawn(
+        Some(PROXY_CPU),
+        &[
+            "nginx",
+            "-p",
+            &prefix,
+            "-e",
+            "stderr",
+            "-c",
+            path.to_str().context("utf-8")?,
+        ],
+        &dir.join("proxy-nginx.log"),
+    )
+}
+
+fn start_haproxy(ns: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 4000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+         frontend fe\n  bind 127.0.0.1:18002\n  bind 127.0.0.1:18004 proto h2\n\
+         \x20 acl bench hdr(host),field(1,:) -i {HOST}\n  use_backend web if bench\n\
+         backend web\n  server s1 127.0.0.1:{BACKEND_PORT}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    ns.spawn(
+        Some(PROXY_CPU),
+        &["haproxy", "-db", "-f", path.to_str().context("utf-8")?],
+        &dir.join("haproxy.log"),
+    )
+}
+
+fn start_agent(ns: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon> {
+    let manifests_dir = dir.join("manifests");
+    std::fs::create_dir_all(&manifests_dir)?;
+    let scale = manifests::Scale {
+        gateways: 1,
+        http_routes: 0,
+        l4_routes: 0,
+        http_backend: ("127.0.0.1".into(), BACKEND_PORT),
+    };
+    for (name, text) in manifests::generate(&scale, "gateway-agent.dev/node-agent") {
+        std::fs::write(manifests_dir.join(name), text)?;
+    }
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: bench\n  namespace: default\n\
+         spec:\n  parentRefs:\n  - name: gw-0\n  hostnames: [\"{HOST}\"]\n  rules:\n  - matches:\n    - path:\n        type: PathPrefix\n        value: /\n    backendRefs:\n    - name: web\n      port: 80\n"
+    );
+    std::fs::write(manifests_dir.join("route.yaml"), route)?;
+    let name = ns.name.clone();
+    ns.spawn(
+        Some(PROXY_CPU),
+        &[
+            agent.to_str().context("utf-8")?,
+            "run",
+            "--manifests",
+            manifests_dir.to_str().context("utf-8")?,
+            "--interfaces",
+            "lo",
+            "--xdp-mode",
+            "generic",
+            "--name",
+            &name,
+            "--admin-address",
+            "127.0.0.1:9470",
+        ],
+        &dir.join("agent.log"),
+    )
+}
+
+fn wrk_rps(out: &str) -> anyhow::Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))
+}
+
+fn h2load_rps(out: &str) -> anyhow::Result<f64> {
+    // "finished in 5.00s, 12345.67 req/s, 1.23MB/s"
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .with_context(|| format!("no summary in h2load output:\n{out}"))?;
+    let failed = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_default();
+    if !failed.contains(" 0 failed") {
+        bail!("h2load saw failed requests: {failed}");
+    }
+    line.split(", ")
+        .find_map(|p| p.strip_suffix(" req/s"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no req/s in {line}"))
+}
+
+/// oha's JSON: (p50 ms, p99 ms, requests not answered 2xx).
+pub fn oha_latency(out: &str) -> anyhow::Result<(f64, f64, u64)> {
+    let json: serde_json::Value =
+        serde_json::from_str(out).with_context(|| format!("oha JSON:\n{out}"))?;
+    let p = |key: &str| -> anyhow::Result<f64> {
+        json["latencyPercentiles"][key]
+            .as_f64()
+            .map(|s| s * 1e3)
+            .with_context(|| format!("no latencyPercentiles.{key} in oha output"))
+    };
+    let mut bad = 0;
+    if let Some(codes) = json["statusCodeDistribution"].as_object() {
+        for (code, n) in codes {
+            if !code.starts_with('2') {
+                bad += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    if let Some(errors) = json["errorDistribution"].as_object() {
+        bad += errors
+            .values()
+            .filter_map(serde_json::Value::as_u64)
+            .sum::<u64>();
+    }
+    Ok((p("p50")?, p("p99")?, bad))
+}
+
+pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str) -> Vec<String> {
+    vec![
+        "oha".into(),
+        "-z".into(),
+        format!("{seconds}s"),
+        "-q".into(),
+        format!("{rate:.0}"),
+        "-c".into(),
+        connections.to_string(),
+        "--latency-correction".into(),
+        "--no-tui".into(),
+        "--output-format".into(),
+        "json".into(),
+        "-H".into(),
+        format!("Host: {host}"),
+        url.into(),
+    ]
+}
+
+pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow::Result<Section> {
+    println!("==> bench l7: gateway-agent vs nginx vs HAProxy");
+    let ns = Netns::new("l7")?;
+    let dir = std::env::temp_dir().join(&ns.name);
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&ns, &dir, agent, budget, out_dir, stamp);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(
+    ns: &Netns,
+    dir: &Path,
+    agent: &Path,
+    budget: Budget,
+    out_dir: &Path,
+    stamp: &str,
+) -> anyhow::Result<Section> {
+    let _backend = backend_nginx(ns, dir, &format!("127.0.0.1:{BACKEND_PORT}"), CLIENT_CPU)?;
+    let proxies = [
+        Proxy {
+            name: "gateway-agent",
+            h1_port: manifests::http_port(0),
+            h2_port: manifests::http_port(0),
+            daemon: start_agent(ns, dir, agent)?,
+        },
+        Proxy {
+            name: "nginx",
+            h1_port: 18_001,
+            h2_port: 18_003,
+            daemon: start_nginx(ns, dir)?,
+        },
+        Proxy {
+            name: "haproxy",
+            h1_port: 18_002,
+            h2_port: 18_004,
+            daemon: start_haproxy(ns, dir)?,
+        },
+    ];
+    for p in &proxies {
+        let addr = format!("127.0.0.1:{}", p.h1_port);
+        ns.within(move || {
+            wait_until(&format!("proxy on {addr}"), Duration::from_secs(30), || {
+                http_status(&addr, HOST, "/") == 200
+            })
+        })?
+        .with_context(|| format!("{} does not serve; logs in {}", p.name, dir.display()))?;
+    }
+    let secs = budget.seconds.to_string();
+    let n = proxies.len();
+    let (mut h1, mut h2, mut rss) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    // Warm-up: one short run each (connection pools, page cache).
+    for p in &proxies {
+        let url = format!("http://127.0.0.1:{}/", p.h1_port);
+        ns.run_pinned(
+            CLIENT_CPU,
+            &[
+                "wrk",
+                "-t1",
+                "-c64",
+                "-d1s",
+                "-H",
+                &format!("Host: {HOST}"),
+                &url,
+            ],
+        )?;
+    }
+    for repeat in 0..budget.repeats {
+        for (i, p) in proxies.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/", p.h1_port);
+            let host = format!("Host: {HOST}");
+            let wrk = ns
+                .command(
+                    Some(CLIENT_CPU),
+                    &[
+                        "wrk",
+                        "-t1",
+                        "-c64",
+                        &format!("-d{secs}s"),
+                        "-H",
+                        &host,
+                        &url,
+                    ],
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            std::thread::sleep(Duration::from_millis(u64::from(budget.seconds) * 500));
+            rss[i].push(p.rss_kb() as f64 / 1024.0);
+            let out = wrk.wait_with_output()?;
+            let rps = wrk_rps(&String::from_utf8_lossy(&out.stdout))?;
+            println!("    repeat {repeat}: {} HTTP/1.1 {rps:.0} req/s", p.name);
+            h1[i].push(rps);
+        }
+        for (i, p) in proxies.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/", p.h2_port);
+            let out = ns.run_pinned(
+                CLIENT_CPU,
+                &[
+                    "h2load",
+                    "-D",
+                    &secs,
+                    "-c10",
+                    "-m10",
+                    "-t1",
+                    "-H",
+                    &format!(":authority: {HOST}"),
+                    &url,
+                ],
+            )?;
+            let rps = h2load_rps(&out)?;
+            println!("    repeat {repeat}: {} h2c {rps:.0} req/s", p.name);
+            h2[i].push(rps);
+        }
+    }
+    let h1s: Vec<Summary> = h1.iter().map(|v| Summary::of(v)).collect();
+    let h2s: Vec<Summary> = h2.iter().map(|v| Summary::of(v)).collect();
+    let rsss: Vec<Summary> = rss.iter().map(|v| Summary::of(v)).collect();
+    // Open loop at half of nginx's maximum HTTP/1.1 rate.
+    let rate = (h1s[1].median / 2.0).floor();
+    let (mut p50, mut p99, mut bad) = (vec![vec![]; n], vec![vec![]; n], vec![0u64; n]);
+    for repeat in 0..budget.repeats {
+        for (i, p) in proxies.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/", p.h1_port);
+            let args = oha_args(budget.seconds, rate, 64, HOST, &url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (a, b, errors) = oha_latency(&ns.run_pinned(CLIENT_CPU, &args)?)?;
+            println!(
+                "    repeat {repeat}: {} at {rate} req/s: p50 {a:.2} ms, p99 {b:.2} ms",
+                p.name
+            );
+            p50[i].push(a);
+            p99[i].push(b);
+            bad[i] += errors;
+        }
+    }
+    let p50s: Vec<Summary> = p50.iter().map(|v| Summary::of(v)).collect();
+    let p99s: Vec<Summary> = p99.iter().map(|v| Summary::of(v)).collect();
+
+    let mut md = format!(
+        "Proxies pinned to CPU {PROXY_CPU} (one worker/thread each: nginx `worker_processes 1`, HAProxy `nbthread 1`, \
+         the agent's tokio runtime sized by its CPU affinity); wrk, h2load, oha and the backend (nginx, 1 KB body) on CPU {CLIENT_CPU}. \
+         One route in each (Host `{HOST}`, prefix `/`), upstream keep-alive on. Loopback inside a private network namespace.\n\n\
+         | proxy | HTTP/1.1 req/s (wrk -c64) | × nginx | × HAProxy | h2c req/s (h2load -c10 -m10) | × nginx | p50 ms at {rate:.0} req/s (oha) | p99 ms | non-2xx/errors | RSS under load MB |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for (i, p) in proxies.iter().enumerate() {
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} | {} |\n",
+            p.name,
+            h1s[i].show(0),
+            h1s[i].median / h1s[1].median,
+            h1s[i].median / h1s[2].median,
+            h2s[i].show(0),
+            h2s[i].median / h2s[1].median,
+            p50s[i].show(2),
+            p99s[i].show(2),
+            bad[i],
+            rsss[i].show(1),
+        ));
+    }
+    let goal = |ok: bool| if ok { "met" } else { "**missed**" };
+    md.push_str(&format!(
+        "\nGoals (issue 4): HTTP/1.1 ≥ 1.0× nginx: {} ({:.2}×); ≥ 1.0× HAProxy: {} ({:.2}×); h2 ≥ 1.0× nginx: {} ({:.2}×); \
+         p99 at half nginx's maximum ≤ nginx's: {} ({:.2} vs {:.2} ms); RSS ≤ half of nginx's worker: {} ({:.1} vs {:.1} MB).\n\n",
+        goal(h1s[0].median >= h1s[1].median), h1s[0].median / h1s[1].median,
+        goal(h1s[0].median >= h1s[2].median), h1s[0].median / h1s[2].median,
+        goal(h2s[0].median >= h2s[1].median), h2s[0].median / h2s[1].median,
+        goal(p99s[0].median <= p99s[1].median), p99s[0].median, p99s[1].median,
+        goal(rsss[0].median <= rsss[1].median / 2.0), rsss[0].median, rsss[1].median,
+    ));
+    let names: Vec<String> = proxies.iter().map(|p| p.name.to_string()).collect();
+    let bars = |v: &[Summary]| -> Vec<(String, Summary)> {
+        names.iter().cloned().zip(v.iter().copied()).collect()
+    };
+    md.push_str(&bar_chart(
+        out_dir,
+        &format!("{stamp}-l7-h1"),
+        "HTTP/1.1 keep-alive, 1 KB (wrk)",
+        "requests/s",
+        &bars(&h1s),
+    ));
+    md.push_str(&bar_chart(
+        out_dir,
+        &format!("{stamp}-l7-h2"),
+        "h2c, 10 conns x 10 streams (h2load)",
+        "requests/s",
+        &bars(&h2s),
+    ));
+    md.push_str(&bar_chart(
+        out_dir,
+        &format!("{stamp}-l7-p99"),
+        &format!("p99 latency at {rate:.0} req/s (oha, open loop)"),
+        "ms",
+        &bars(&p99s),
+    ));
+    Ok(Section {
+        title: "L7: HTTP proxy vs nginx and HAProxy".into(),
+        markdown: md,
+    })
+}

@@ -1,0 +1,91 @@
+//! `cargo xtask bench [l4|l7|control-plane|all] [--quick]`: runs the
+//! benchmarks and writes `bench/results/<date>.md` with PNG charts (gnuplot).
+//! Every figure is a median over repeats with its spread (min–max), next to
+//! its peers from the same run; the report records the machine and its load.
+
+mod control_plane;
+mod l4;
+mod l7;
+pub mod manifests;
+mod netns;
+mod report;
+mod stats;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::bail;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    L4,
+    L7,
+    ControlPlane,
+    All,
+}
+
+/// Durations and repeats: `--quick` for development, the default for the report.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    pub quick: bool,
+    /// Seconds per load run.
+    pub seconds: u32,
+    pub repeats: usize,
+}
+
+pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> {
+    if !crate::setup::is_root() {
+        bail!("cargo xtask bench needs root (network namespaces, BPF, iptables)");
+    }
+    tools::ensure()?;
+    let budget = if quick {
+        Budget {
+            quick,
+            seconds: 2,
+            repeats: 2,
+        }
+    } else {
+        Budget {
+            quick,
+            seconds: 5,
+            repeats: 5,
+        }
+    };
+    let started = Instant::now();
+    let load = report::LoadSampler::start();
+    let agent = build_agent()?;
+    let out_dir = Path::new("bench/results");
+    std::fs::create_dir_all(out_dir)?;
+    let stamp = report::utc_stamp();
+    let mut sections = Vec::new();
+    if matches!(which, Which::L7 | Which::All) {
+        sections.push(l7::run(&agent, budget, out_dir, &stamp)?);
+    }
+    if matches!(which, Which::L4 | Which::All) {
+        sections.push(l4::run(&agent, budget, out_dir, &stamp)?);
+    }
+    if matches!(which, Which::ControlPlane | Which::All) {
+        sections.push(control_plane::run(&agent, budget, out_dir, &stamp)?);
+    }
+    let load = load.stop();
+    let path = out_dir.join(format!("{stamp}.md"));
+    let text = report::document(&sections, budget, command_line, &load, started.elapsed());
+    std::fs::write(&path, &text)?;
+    println!("{text}");
+    println!("==> report written to {}", path.display());
+    Ok(())
+}
+
+/// The release build of the agent (benchmarks never measure a debug build).
+fn build_agent() -> anyhow::Result<PathBuf> {
+    println!("==> cargo build --release -p gateway-agent");
+    crate::run_cmd(std::process::Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "gateway-agent",
+    ]))?;
+    Ok(std::fs::canonicalize("target/release/gateway-agent")?)
+}

@@ -1,0 +1,186 @@
+//! The Markdown report, its gnuplot charts, the machine's description and
+//! the load average sampled while the benchmarks ran.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::Budget;
+use super::stats::Summary;
+
+pub struct Section {
+    pub title: String,
+    pub markdown: String,
+}
+
+pub fn utc_stamp() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H%MZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "undated".into())
+}
+
+/// The 1-minute load average, sampled every 5 s on a thread until stopped.
+pub struct LoadSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+pub struct Load {
+    pub samples: Vec<f64>,
+}
+
+impl LoadSampler {
+    pub fn start() -> LoadSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            // Bounded: at most ~1 hour of samples.
+            for tick in 0..36_000u32 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if tick % 50 == 0 {
+                    samples.extend(load_1min());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples.extend(load_1min());
+            samples
+        });
+        LoadSampler { stop, thread }
+    }
+
+    pub fn stop(self) -> Load {
+        self.stop.store(true, Ordering::Relaxed);
+        Load {
+            samples: self.thread.join().unwrap_or_default(),
+        }
+    }
+}
+
+fn load_1min() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".into(), |(_, m)| m.trim().to_string());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map_or("?".into(), |m| m.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cpus} CPUs, {memory} RAM, Linux {}",
+        kernel.trim()
+    )
+}
+
+pub fn document(
+    sections: &[Section],
+    budget: Budget,
+    command_line: &str,
+    load: &Load,
+    took: Duration,
+) -> String {
+    let load_text = if load.samples.is_empty() {
+        "not sampled".to_string()
+    } else {
+        let s = Summary::of(&load.samples);
+        format!(
+            "1-minute load average sampled every 5 s: median {:.2}, min {:.2}, max {:.2} ({} samples)",
+            s.median, s.min, s.max, s.n
+        )
+    };
+    let mut text = format!(
+        "# gateway-agent performance report ({})\n\n\
+         - Command: `{command_line}`{quick}\n\
+         - Machine: {}\n\
+         - Load during the run: {load_text}. **Other work (five other engineers' builds and tests) \
+         was running on this machine at the same time**: absolute figures are noisy; the ratios \
+         between peers measured interleaved in the same run are the meaningful part.\n\
+         - Repeats: {} per figure, interleaved A/B/C; figures are medians with the spread (min–max) \
+         in parentheses. Load runs of {} s.\n\
+         - Tools: {}; {}; {}; {}; {}.\n\
+         - Total time: {:.0} s.\n",
+        utc_stamp(),
+        machine(),
+        budget.repeats,
+        budget.seconds,
+        super::tools::version("wrk", "--version"),
+        super::tools::version("h2load", "--version"),
+        super::tools::version("oha", "--version"),
+        super::tools::version("nginx", "-v"),
+        super::tools::version("haproxy", "-v"),
+        took.as_secs_f64(),
+        quick = if budget.quick {
+            " (**--quick: short runs, too few repeats for conclusions**)"
+        } else {
+            ""
+        },
+    );
+    for section in sections {
+        text.push_str(&format!("\n## {}\n\n{}\n", section.title, section.markdown));
+    }
+    text
+}
+
+/// A bar chart (median, with min–max error bars) as PNG, through gnuplot.
+/// Returns the Markdown image link, or a note when gnuplot failed.
+pub fn bar_chart(
+    out_dir: &Path,
+    file: &str,
+    title: &str,
+    ylabel: &str,
+    bars: &[(String, Summary)],
+) -> String {
+    let data: String = bars
+        .iter()
+        .enumerate()
+        .map(|(i, (label, s))| format!("{i} \"{label}\" {} {} {}\n", s.median, s.min, s.max))
+        .collect();
+    let data_path = out_dir.join(format!("{file}.dat"));
+    let png = out_dir.join(format!("{file}.png"));
+    let script = format!(
+        "set terminal pngcairo size 800,420 noenhanced\nset output '{png}'\nset title '{title}'\n\
+         set ylabel '{ylabel}'\nset style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:*]\n\
+         set xtics rotate by -20\nset grid ytics\nunset key\n\
+         plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc rgb 'black' pt 0\n",
+        png = png.display(),
+        data = data_path.display(),
+    );
+    // A script file: `gnuplot -e` rejects multi-line programs.
+    let script_path = out_dir.join(format!("{file}.gp"));
+    let ok = std::fs::write(&data_path, data).is_ok()
+        && std::fs::write(&script_path, script).is_ok()
+        && Command::new("gnuplot")
+            .arg(&script_path)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_file(&data_path);
+    let _ = std::fs::remove_file(&script_path);
+    if ok {
+        format!("![{title}]({file}.png)\n")
+    } else {
+        format!("(chart {file}.png: gnuplot failed)\n")
+    }
+}
