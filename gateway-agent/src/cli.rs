@@ -2,23 +2,20 @@
 //! In the library so that the end-to-end tests run exactly this code.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::admin::{self, AdminState};
-use crate::dataplane::loader::{AttachMode, L4Dataplane};
-use crate::metrics::{self, AgentMetrics, ProxyMetrics};
-use crate::passthrough::{Passthrough, SpliceMode};
-use crate::proxy::Proxy;
+use crate::dataplane::loader::AttachMode;
+use crate::passthrough::SpliceMode;
 use crate::source::file::{self, FileSource};
 use crate::translate::{self, Settings};
 use crate::{DEFAULT_CONTROLLER_NAME, netif};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use node::Node;
 use notify::Watcher as _;
 
 mod cluster;
+mod node;
 
 #[derive(Parser)]
 #[command(version, about = "eBPF-accelerated Kubernetes Gateway API node agent")]
@@ -150,38 +147,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(dir) = args.manifests.clone() else {
         return cluster::run(args).await;
     };
-    let interfaces = if args.interfaces.is_empty() {
-        netif::default_interfaces().context("listing interfaces")?
-    } else {
-        args.interfaces.clone()
-    };
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
-    let l4 = Arc::new(Mutex::new(L4Dataplane::load(
-        &interfaces,
-        args.xdp_mode,
-        &pin_dir,
-    )?));
-    tracing::info!(pin_dir = %pin_dir.display(), "BPF maps pinned");
-    let settings = Settings {
-        controller_name: args.controller_name.clone(),
-        node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
-    };
-    let proxy_metrics = Arc::new(ProxyMetrics::default());
-    let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
-    let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
-    let agent_metrics = AgentMetrics::default();
-    let admin = Arc::new(AdminState {
-        registry: {
-            let mut registry = metrics::registry(&agent_metrics, &proxy_metrics, l4.clone());
-            registry.register_collector(passthrough.collector());
-            registry
-        },
-        ready: AtomicBool::new(false),
-        degraded: Mutex::default(),
-    });
-    admin::serve(args.admin_address, admin.clone())
-        .await
-        .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
+    let node = Node::start(&args).await?;
+    tracing::info!(pin_dir = %node.pin_dir.display(), "BPF maps pinned");
 
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -206,7 +173,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         for error in &errors {
             tracing::error!(%error, "invalid manifest");
         }
-        let output = translate::translate(&snapshot, &settings);
+        let output = translate::translate(&snapshot, &node.settings);
         for status in &output.statuses {
             if let Some(problem) = status.problem() {
                 tracing::warn!(
@@ -221,28 +188,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        let l4_result = l4
-            .lock()
-            .expect("L4 dataplane lock")
-            .apply(&output.config.l4);
-        if let Err(e) = l4_result {
-            agent_metrics.apply_errors.inc();
-            tracing::error!(error = %e, "programming the L4 maps failed");
-        }
-        for (addr, error) in proxy.apply(&output.config.http).await {
-            agent_metrics.apply_errors.inc();
-            tracing::error!(%addr, %error, "cannot serve HTTP listener");
-        }
-        for (addr, error) in passthrough.apply(&output.config.tls_passthrough).await {
-            agent_metrics.apply_errors.inc();
-            tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
-        }
-        agent_metrics.config_generation.set(generation);
-        agent_metrics.manifest_errors.set(errors.len() as u64);
-        agent_metrics
-            .last_apply_seconds
-            .set(started.elapsed().as_secs_f64());
-        admin.ready.store(true, Ordering::Relaxed);
+        node.metrics.manifest_errors.set(errors.len() as u64);
+        node.apply(&output.config, generation, started).await;
         tracing::info!(
             generation,
             l4_listeners = output.config.l4.len(),
@@ -264,7 +211,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     if args.detach_on_exit {
-        l4.lock().expect("L4 dataplane lock").detach();
+        node.l4.lock().expect("L4 dataplane lock").detach();
     }
     Ok(())
 }

@@ -1,22 +1,16 @@
 //! Cluster mode: the kube source feeds the same translate and appliers as
 //! standalone mode; the Lease holder writes status.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use super::node::Node;
 use super::{RunArgs, shutdown_signal};
-use crate::admin::{self, AdminState};
-use crate::dataplane::loader::L4Dataplane;
 use crate::leader::{LeaderElector, LeaseConfig};
-use crate::metrics::{self, AgentMetrics, ProxyMetrics};
-use crate::netif;
-use crate::passthrough::Passthrough;
-use crate::proxy::Proxy;
 use crate::source::kube::KubeSource;
 use crate::status_writer::{StatusWriter, status_updates};
 use crate::store::Snapshot;
@@ -61,37 +55,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_string(),
     };
 
-    let interfaces = if args.interfaces.is_empty() {
-        netif::default_interfaces().context("listing interfaces")?
-    } else {
-        args.interfaces.clone()
-    };
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
-    let l4 = Arc::new(Mutex::new(L4Dataplane::load(
-        &interfaces,
-        args.xdp_mode,
-        &pin_dir,
-    )?));
-    let settings = Settings {
-        controller_name: args.controller_name.clone(),
-        node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
-    };
-    let proxy_metrics = Arc::new(ProxyMetrics::default());
-    let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
-    let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
-    let agent_metrics = AgentMetrics::default();
-    let admin = Arc::new(AdminState {
-        registry: {
-            let mut registry = metrics::registry(&agent_metrics, &proxy_metrics, l4.clone());
-            registry.register_collector(passthrough.collector());
-            registry
-        },
-        ready: AtomicBool::new(false),
-        degraded: Mutex::default(),
-    });
-    admin::serve(args.admin_address, admin.clone())
-        .await
-        .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
+    let node = Node::start(&args).await?;
 
     let source = KubeSource::start(&client);
     let elector = LeaderElector::new(
@@ -115,9 +79,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer,
         decided_rx,
         is_leader,
-        settings.clone(),
+        node.settings.clone(),
     ));
-    tracing::info!(node = %node_name, pin_dir = %pin_dir.display(), "cluster mode: watching the API server");
+    tracing::info!(node = %node_name, pin_dir = %node.pin_dir.display(), "cluster mode: watching the API server");
 
     let mut generation = 0u64;
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -127,33 +91,13 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             let kinds: Vec<&str> = failing.iter().map(|(k, _)| *k).collect();
             format!("watching {} failed", kinds.join(", "))
         });
-        *admin.degraded.lock().expect("admin lock") = degraded;
+        *node.admin.degraded.lock().expect("admin lock") = degraded;
 
         if let Some(snapshot) = source.snapshot() {
             generation += 1;
             let started = Instant::now();
-            let output = translate::translate(&snapshot, &settings);
-            let l4_result = l4
-                .lock()
-                .expect("L4 dataplane lock")
-                .apply(&output.config.l4);
-            if let Err(e) = l4_result {
-                agent_metrics.apply_errors.inc();
-                tracing::error!(error = %e, "programming the L4 maps failed");
-            }
-            for (addr, error) in proxy.apply(&output.config.http).await {
-                agent_metrics.apply_errors.inc();
-                tracing::error!(%addr, %error, "cannot serve HTTP listener");
-            }
-            for (addr, error) in passthrough.apply(&output.config.tls_passthrough).await {
-                agent_metrics.apply_errors.inc();
-                tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
-            }
-            agent_metrics.config_generation.set(generation);
-            agent_metrics
-                .last_apply_seconds
-                .set(started.elapsed().as_secs_f64());
-            admin.ready.store(true, Ordering::Relaxed);
+            let output = translate::translate(&snapshot, &node.settings);
+            node.apply(&output.config, generation, started).await;
             tracing::info!(
                 generation,
                 l4_listeners = output.config.l4.len(),
@@ -171,12 +115,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: no longer accepting, draining HTTP");
-    admin.ready.store(false, Ordering::Relaxed);
+    node.admin.ready.store(false, Ordering::Relaxed);
     status_task.abort();
     let _ = stop_election.send(());
     // Stop accepting; open connections finish on their own tasks meanwhile.
-    proxy.apply(&[]).await;
-    passthrough.apply(&[]).await;
+    node.proxy.apply(&[]).await;
+    node.passthrough.apply(&[]).await;
     let drain_end = tokio::time::Instant::now() + Duration::from_secs(cluster.drain_seconds);
     let _ = tokio::time::timeout_at(drain_end, election).await;
     tokio::time::sleep_until(drain_end).await;

@@ -1,0 +1,99 @@
+//! What both run modes serve on this node: the three data planes, the admin
+//! listener, and the settings translate needs about the node.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::RunArgs;
+use crate::admin::{self, AdminState};
+use crate::dataplane::loader::L4Dataplane;
+use crate::metrics::{self, AgentMetrics, ProxyMetrics};
+use crate::model::DataplaneConfig;
+use crate::netif;
+use crate::passthrough::Passthrough;
+use crate::proxy::Proxy;
+use crate::translate::Settings;
+
+pub(super) struct Node {
+    pub pin_dir: PathBuf,
+    pub settings: Settings,
+    pub l4: Arc<Mutex<L4Dataplane>>,
+    pub proxy: Arc<Proxy>,
+    pub passthrough: Arc<Passthrough>,
+    pub metrics: AgentMetrics,
+    pub admin: Arc<AdminState>,
+}
+
+impl Node {
+    /// Loads (or adopts) the XDP program, starts the proxies and binds the
+    /// admin listener.
+    pub async fn start(args: &RunArgs) -> anyhow::Result<Self> {
+        let interfaces = if args.interfaces.is_empty() {
+            netif::default_interfaces().context("listing interfaces")?
+        } else {
+            args.interfaces.clone()
+        };
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
+        let l4 = Arc::new(Mutex::new(L4Dataplane::load(
+            &interfaces,
+            args.xdp_mode,
+            &pin_dir,
+        )?));
+        let settings = Settings {
+            controller_name: args.controller_name.clone(),
+            node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
+        };
+        let proxy_metrics = Arc::new(ProxyMetrics::default());
+        let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
+        let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
+        let agent_metrics = AgentMetrics::default();
+        let admin = Arc::new(AdminState {
+            registry: {
+                let mut registry = metrics::registry(&agent_metrics, &proxy_metrics, l4.clone());
+                registry.register_collector(passthrough.collector());
+                registry
+            },
+            ready: AtomicBool::new(false),
+            degraded: Mutex::default(),
+        });
+        admin::serve(args.admin_address, admin.clone())
+            .await
+            .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
+        Ok(Self {
+            pin_dir,
+            settings,
+            l4,
+            proxy,
+            passthrough,
+            metrics: agent_metrics,
+            admin,
+        })
+    }
+
+    /// Programs one translated config into the three data planes (errors are
+    /// logged and counted; what could be applied serves) and marks the node ready.
+    pub async fn apply(&self, config: &DataplaneConfig, generation: u64, started: Instant) {
+        let l4_result = self.l4.lock().expect("L4 dataplane lock").apply(&config.l4);
+        if let Err(e) = l4_result {
+            self.metrics.apply_errors.inc();
+            tracing::error!(error = %e, "programming the L4 maps failed");
+        }
+        for (addr, error) in self.proxy.apply(&config.http).await {
+            self.metrics.apply_errors.inc();
+            tracing::error!(%addr, %error, "cannot serve HTTP listener");
+        }
+        for (addr, error) in self.passthrough.apply(&config.tls_passthrough).await {
+            self.metrics.apply_errors.inc();
+            tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
+        }
+        self.metrics.config_generation.set(generation);
+        self.metrics
+            .last_apply_seconds
+            .set(started.elapsed().as_secs_f64());
+        self.admin.ready.store(true, Ordering::Relaxed);
+    }
+}
