@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (the first
 //! configuration is applied and the source is healthy) and `/metrics`
-//! (Prometheus text format).
+//! (Prometheus text format), and `/state` (what is served, as JSON, for
+//! `gateway-agent inspect`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,8 @@ pub struct AdminState {
     /// Why the configuration may be stale (e.g. the API server is unreachable):
     /// the last good one keeps serving, and readiness says so.
     pub degraded: Mutex<Option<String>>,
+    /// Answers `/state`; set once the node's data planes run.
+    pub state: std::sync::OnceLock<Arc<crate::inspect::StateSource>>,
 }
 
 fn respond(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -63,6 +66,21 @@ fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
                 ),
             }
         }
+        "/state" => match state.state.get() {
+            Some(source) => match serde_json::to_string(&source.state()) {
+                Ok(json) => respond(StatusCode::OK, "application/json", json),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("encoding failed: {e}\n"),
+                ),
+            },
+            None => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "the data planes are not running yet\n".into(),
+            ),
+        },
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -70,7 +88,7 @@ fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin listener bound (/healthz, /readyz, /metrics)");
+    tracing::info!(%addr, "admin listener bound (/healthz, /readyz, /metrics, /state)");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -105,8 +123,10 @@ mod tests {
             registry: Registry::default(),
             ready: AtomicBool::new(false),
             degraded: Mutex::default(),
+            state: std::sync::OnceLock::new(),
         };
         assert_eq!(get(&state, "/healthz"), StatusCode::OK);
+        assert_eq!(get(&state, "/state"), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get(&state, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         state.ready.store(true, Ordering::Relaxed);
         assert_eq!(get(&state, "/readyz"), StatusCode::OK);

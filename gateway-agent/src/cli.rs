@@ -40,6 +40,36 @@ enum Command {
     /// Print the status conditions the agent decides for a manifests directory
     /// (nothing is served or loaded; no root needed).
     Status(StatusArgs),
+    /// Print what this node has programmed (listeners, routes, backends with
+    /// their Maglev shares, conntrack, counters), from the pinned maps and the
+    /// running agent's state.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// The agent's --name: its maps are pinned under /sys/fs/bpf/<name>/.
+    #[arg(long, default_value = "gateway-agent")]
+    name: String,
+    /// The running agent's admin listener, asked for route names, HTTP and
+    /// TLS passthrough routes.
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    admin_address: std::net::SocketAddr,
+    /// When the agent is not running: name the pinned L4 routes from these manifests.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    #[arg(long, value_enum, default_value_t = InspectOutput::Table)]
+    output: InspectOutput,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InspectOutput {
+    /// Tables, in the manner of `cilium bpf lb list`.
+    Table,
+    /// Everything as one JSON object, for scripts.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -140,6 +170,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Status(args) => status(&args),
+        Command::Inspect(args) => runtime.block_on(inspect(args)),
     }
 }
 
@@ -212,6 +243,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     if args.detach_on_exit {
         node.l4.lock().expect("L4 dataplane lock").detach();
+    }
+    Ok(())
+}
+
+async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
+    let manifest_routes = || match &args.manifests {
+        Some(dir) => crate::inspect::manifest_routes(dir, &args.controller_name),
+        None => Vec::new(),
+    };
+    let inspection = crate::inspect::inspect(pin_dir, args.admin_address, manifest_routes).await?;
+    match args.output {
+        InspectOutput::Table => print!("{}", crate::inspect::render(&inspection)),
+        InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&inspection)?),
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ pub(super) struct Node {
     pub passthrough: Arc<Passthrough>,
     pub metrics: AgentMetrics,
     pub admin: Arc<AdminState>,
+    /// What `/state` (and so `inspect`) reports.
+    pub state: Arc<crate::inspect::StateSource>,
 }
 
 impl Node {
@@ -59,7 +61,13 @@ impl Node {
             },
             ready: AtomicBool::new(false),
             degraded: Mutex::default(),
+            state: std::sync::OnceLock::new(),
         });
+        let state = Arc::new(crate::inspect::StateSource::new(
+            proxy_metrics.clone(),
+            passthrough.clone(),
+        ));
+        let _ = admin.state.set(state.clone());
         admin::serve(args.admin_address, admin.clone())
             .await
             .with_context(|| format!("binding the admin listener {}", args.admin_address))?;
@@ -71,6 +79,7 @@ impl Node {
             passthrough,
             metrics: agent_metrics,
             admin,
+            state,
         })
     }
 
@@ -90,6 +99,7 @@ impl Node {
             self.metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
         }
+        self.state.applied(config, generation);
         self.metrics.config_generation.set(generation);
         self.metrics
             .last_apply_seconds

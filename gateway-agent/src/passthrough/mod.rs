@@ -187,6 +187,27 @@ impl Passthrough {
         failures
     }
 
+    /// Per route: (connections, bytes to backend, bytes to client), the
+    /// kernel's spliced bytes included (for `inspect`).
+    pub fn route_counters(&self) -> Vec<(RouteRef, (u64, u64, u64))> {
+        let stats = self.shared.stats.lock().expect("stats lock");
+        stats
+            .route_ids
+            .iter()
+            .map(|(route, id)| {
+                let (mut to_backend, mut to_client) =
+                    stats.copied.get(route).copied().unwrap_or_default();
+                if let Some((splice, _)) = &self.shared.splice {
+                    let (b, c) = splice.route_bytes(*id);
+                    to_backend += b;
+                    to_client += c;
+                }
+                let connections = stats.connections.get(route).copied().unwrap_or(0);
+                (route.clone(), (connections, to_backend, to_client))
+            })
+            .collect()
+    }
+
     fn assign_route_ids(&self, routes: &[crate::model::TlsPassthroughRoute]) {
         let mut stats = self.shared.stats.lock().expect("stats lock");
         for route in routes {

@@ -1,0 +1,798 @@
+//! `gateway-agent inspect`: what this node has programmed and what went
+//! through it. The L4 state (listeners, routes, backends and their Maglev
+//! shares, conntrack, counters) is read from the pinned maps, so it works
+//! while the agent runs and after it exited. Route names, L7 routes and TLS
+//! passthrough live in the agent's memory: they come from its admin `/state`
+//! endpoint when it runs (else from `--manifests`, for the L4 names only).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use gateway_common::{
+    BackendValue, FLOW_CLOSING, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, ListenerValue,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, MaglevTable, PROTO_TCP, PROTO_UDP,
+    PacketEvent, RouteName as PinnedRouteName, RouteStats, RouteValue, maps as names,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::l4_plan::name_hash;
+use crate::metrics::{ProxyMetrics, RequestLabels, RouteLabels};
+use crate::model::{DataplaneConfig, PathMatch, RouteRef, WeightedEndpoint};
+use crate::passthrough::Passthrough;
+
+/// A route rule's name, as `/state` and `inspect --output json` print it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteName {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub rule: u32,
+}
+
+impl From<&RouteRef> for RouteName {
+    fn from(r: &RouteRef) -> Self {
+        Self {
+            kind: r.kind.to_string(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            rule: r.rule,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/rule{}",
+            self.kind, self.namespace, self.name, self.rule
+        )
+    }
+}
+
+impl RouteName {
+    /// The hash `ROUTE_NAMES` records for this route.
+    fn hash(&self) -> u64 {
+        name_hash(&RouteRef {
+            kind: static_kind(&self.kind),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            rule: self.rule,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: String,
+    pub weight: u64,
+}
+
+impl From<&WeightedEndpoint> for Endpoint {
+    fn from(e: &WeightedEndpoint) -> Self {
+        Self {
+            addr: e.addr.to_string(),
+            weight: e.weight,
+        }
+    }
+}
+
+/// What the agent serves, as its `/state` endpoint answers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Configurations applied since the agent started.
+    pub generation: u64,
+    /// The L4 routes (TCPRoute/UDPRoute rules) programmed into the XDP maps;
+    /// their ids are found through the hashes in `ROUTE_NAMES`.
+    pub l4_routes: Vec<RouteName>,
+    pub http: Vec<HttpListenerState>,
+    pub tls_passthrough: Vec<TlsListenerState>,
+    /// "kernel" (sockmap splice) or "copy" (userspace).
+    pub tls_splice: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpListenerState {
+    pub bind: String,
+    pub tls: bool,
+    pub rules: Vec<HttpRuleState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpRuleState {
+    pub route: RouteName,
+    pub hostnames: Vec<String>,
+    /// The match's path condition, e.g. `PathPrefix /app`.
+    pub path: String,
+    pub backends: Vec<Endpoint>,
+    /// Requests answered for this route rule by status class ("2xx", ...),
+    /// over all listeners.
+    pub requests: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsListenerState {
+    pub bind: String,
+    pub routes: Vec<TlsRouteState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsRouteState {
+    pub route: RouteName,
+    pub hostnames: Vec<String>,
+    /// The agent terminates TLS (TLSRoute on a Terminate listener).
+    pub terminate: bool,
+    pub backends: Vec<Endpoint>,
+    pub connections: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+fn path_text(path: &PathMatch) -> String {
+    match path {
+        PathMatch::Exact(p) => format!("Exact {p}"),
+        PathMatch::Prefix(p) => format!("PathPrefix {p}"),
+        PathMatch::RegularExpression(p) => format!("RegularExpression {p}"),
+    }
+}
+
+/// Builds `/state`'s answer: the last applied configuration (kept in summary
+/// form, without certificates or filters) and the counters read when asked.
+pub struct StateSource {
+    configured: Mutex<AgentState>,
+    proxy_metrics: Arc<ProxyMetrics>,
+    passthrough: Arc<Passthrough>,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl StateSource {
+    pub fn new(proxy_metrics: Arc<ProxyMetrics>, passthrough: Arc<Passthrough>) -> Self {
+        Self {
+            configured: Mutex::default(),
+            proxy_metrics,
+            passthrough,
+        }
+    }
+
+    /// Records what was applied in `generation`.
+    pub fn applied(&self, config: &DataplaneConfig, generation: u64) {
+        let mut l4_routes: Vec<RouteName> = config.l4.iter().map(|l| (&l.route).into()).collect();
+        l4_routes.sort();
+        l4_routes.dedup();
+        let http = config
+            .http
+            .iter()
+            .map(|listener| HttpListenerState {
+                bind: listener.bind.to_string(),
+                tls: !listener.certificates.is_empty(),
+                rules: listener
+                    .rules
+                    .iter()
+                    .map(|rule| HttpRuleState {
+                        route: (&rule.route).into(),
+                        hostnames: rule.hostnames.clone(),
+                        path: path_text(&rule.matched.path),
+                        backends: rule
+                            .backends
+                            .iter()
+                            .map(|b| Endpoint {
+                                addr: b.addr.to_string(),
+                                weight: b.weight,
+                            })
+                            .collect(),
+                        requests: BTreeMap::new(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let tls_passthrough = config
+            .tls_passthrough
+            .iter()
+            .map(|listener| TlsListenerState {
+                bind: listener.bind.to_string(),
+                routes: listener
+                    .routes
+                    .iter()
+                    .map(|route| TlsRouteState {
+                        route: (&route.route).into(),
+                        hostnames: route.hostnames.clone(),
+                        terminate: route.terminate,
+                        backends: route.backends.iter().map(Endpoint::from).collect(),
+                        connections: 0,
+                        bytes_to_backend: 0,
+                        bytes_to_client: 0,
+                    })
+                    .collect(),
+            })
+            .collect();
+        *self.configured.lock().expect("state lock") = AgentState {
+            generation,
+            l4_routes,
+            http,
+            tls_passthrough,
+            tls_splice: String::new(),
+        };
+    }
+
+    /// The configuration with the counters as they are now.
+    pub fn state(&self) -> AgentState {
+        let mut state = self.configured.lock().expect("state lock").clone();
+        state.tls_splice = if self.passthrough.spliced_in_kernel() {
+            "kernel"
+        } else {
+            "copy"
+        }
+        .into();
+        for rule in state.http.iter_mut().flat_map(|l| l.rules.iter_mut()) {
+            let route = RouteLabels {
+                kind: static_kind(&rule.route.kind),
+                namespace: rule.route.namespace.clone(),
+                name: rule.route.name.clone(),
+                rule: Some(rule.route.rule),
+            };
+            for class in STATUS_CLASSES {
+                let labels = RequestLabels {
+                    route: route.clone(),
+                    status_class: class,
+                };
+                if let Some(counter) = self.proxy_metrics.requests.get(&labels) {
+                    rule.requests.insert(class.into(), counter.get());
+                }
+            }
+        }
+        let counters: BTreeMap<RouteName, (u64, u64, u64)> = self
+            .passthrough
+            .route_counters()
+            .into_iter()
+            .map(|(route, counts)| ((&route).into(), counts))
+            .collect();
+        for route in state
+            .tls_passthrough
+            .iter_mut()
+            .flat_map(|l| l.routes.iter_mut())
+        {
+            if let Some((connections, to_backend, to_client)) = counters.get(&route.route) {
+                route.connections = *connections;
+                route.bytes_to_backend = *to_backend;
+                route.bytes_to_client = *to_client;
+            }
+        }
+        state
+    }
+}
+
+/// The `&'static str` of a route kind the proxy labels its counters with.
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "HTTPRoute" => "HTTPRoute",
+        "GRPCRoute" => "GRPCRoute",
+        "TLSRoute" => "TLSRoute",
+        "TCPRoute" => "TCPRoute",
+        "UDPRoute" => "UDPRoute",
+        _ => "",
+    }
+}
+
+// ---- what `inspect` reads from the pinned maps ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListenerRow {
+    pub address: String,
+    pub protocol: String,
+    pub route_id: u32,
+    pub route: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendRow {
+    pub address: String,
+    /// The node address the XDP program uses as source towards it.
+    pub snat_address: String,
+    /// Maglev slots that pick this backend, of `MAGLEV_TABLE_SIZE`.
+    pub slots: u32,
+    /// Share of new flows, in percent (slots / table size).
+    pub share_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub id: u32,
+    /// Known from the agent's state (or `--manifests`); else only the hash is.
+    pub route: Option<RouteName>,
+    pub name_hash: String,
+    /// Which of the route's two `MAGLEV_TABLES` entries is live.
+    pub table: u32,
+    pub backends: Vec<BackendRow>,
+    /// Summed over CPUs.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+    /// Tracked flows of this route (client → backend entries in `FLOWS`).
+    pub conntrack_flows: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Conntrack {
+    /// Entries in `FLOWS`: two per tracked flow (one per direction).
+    pub entries: u64,
+    /// Client → backend entries, i.e. tracked flows.
+    pub flows: u64,
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+    /// Flows that saw a FIN and end after the closing timeout.
+    pub closing_flows: u64,
+}
+
+/// `inspect --output json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Inspection {
+    pub pin_dir: String,
+    pub listeners: Vec<ListenerRow>,
+    pub routes: Vec<RouteRow>,
+    pub conntrack: Conntrack,
+    pub packet_events: BTreeMap<String, u64>,
+    /// The running agent's state, when its admin endpoint answered.
+    pub agent: Option<AgentState>,
+    /// Why `agent` is missing.
+    pub agent_unavailable: Option<String>,
+}
+
+fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening the pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+fn ipv4(addr_be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be(addr_be))
+}
+
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads the pinned L4 state under `pin_dir`; `names` gives route names by
+/// their `ROUTE_NAMES` hash.
+pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspection> {
+    let by_hash: BTreeMap<u64, &RouteName> = names.iter().map(|n| (n.hash(), n)).collect();
+    let route_names: Array<MapData, PinnedRouteName> =
+        open(pin_dir, names::ROUTE_NAMES)?.try_into()?;
+    let routes: HashMap<MapData, u32, RouteValue> = open(pin_dir, names::ROUTES)?.try_into()?;
+    let listeners: HashMap<MapData, ListenerKey, ListenerValue> =
+        open(pin_dir, names::LISTENERS)?.try_into()?;
+    let tables: Array<MapData, MaglevTable> = open(pin_dir, names::MAGLEV_TABLES)?.try_into()?;
+    let backends: Array<MapData, BackendValue> = open(pin_dir, names::BACKENDS)?.try_into()?;
+    let flows: HashMap<MapData, FlowKey, FlowValue> = open(pin_dir, names::FLOWS)?.try_into()?;
+    let route_stats: PerCpuArray<MapData, RouteStats> =
+        open(pin_dir, names::ROUTE_STATS)?.try_into()?;
+    let xdp_stats: PerCpuArray<MapData, u64> = open(pin_dir, names::XDP_STATS)?.try_into()?;
+
+    let mut conntrack = Conntrack::default();
+    let mut flows_by_route: BTreeMap<u32, u64> = BTreeMap::new();
+    // Entries can vanish while we walk (expiry, resets): those are skipped.
+    for (key, flow) in flows.iter().flatten() {
+        conntrack.entries += 1;
+        if flow.flags & FLOW_ORIGINAL != 0 {
+            conntrack.flows += 1;
+            match key.proto {
+                PROTO_TCP => conntrack.tcp_flows += 1,
+                PROTO_UDP => conntrack.udp_flows += 1,
+                _ => {}
+            }
+            if flow.flags & FLOW_CLOSING != 0 {
+                conntrack.closing_flows += 1;
+            }
+            *flows_by_route.entry(flow.route_id).or_default() += 1;
+        }
+    }
+
+    let mut hashes = BTreeMap::new();
+    for id in 0..MAX_ROUTES {
+        let name = route_names.get(&id, 0)?;
+        if name.hash != 0 {
+            hashes.insert(id, name.hash);
+        }
+    }
+    let name_of = |id: u32| {
+        hashes
+            .get(&id)
+            .and_then(|h| by_hash.get(h))
+            .map(|n| (*n).clone())
+    };
+
+    let mut route_rows = Vec::new();
+    for entry in routes.iter() {
+        let (id, route) = entry?;
+        let mut rows = Vec::new();
+        if route.backend_count > 0 {
+            let slots = tables.get(&route.table, 0)?;
+            let mut counts = vec![0u32; route.backend_count as usize];
+            for slot in slots.backend {
+                if let Some(c) = counts.get_mut(usize::from(slot)) {
+                    *c += 1;
+                }
+            }
+            for (i, count) in counts.into_iter().enumerate() {
+                let backend =
+                    backends.get(&(route.table * MAX_BACKENDS_PER_ROUTE + i as u32), 0)?;
+                rows.push(BackendRow {
+                    address: SocketAddr::from((
+                        ipv4(backend.addr_be),
+                        u16::from_be(backend.port_be),
+                    ))
+                    .to_string(),
+                    snat_address: ipv4(backend.snat_addr_be).to_string(),
+                    slots: count,
+                    share_percent: f64::from(count) * 100.0 / f64::from(MAGLEV_TABLE_SIZE),
+                });
+            }
+        }
+        let mut total = RouteStats::default();
+        for s in route_stats.get(&id, 0)?.iter() {
+            total.packets += s.packets;
+            total.bytes += s.bytes;
+            total.new_flows += s.new_flows;
+            total.drops += s.drops;
+        }
+        route_rows.push(RouteRow {
+            id,
+            route: name_of(id),
+            name_hash: hashes
+                .get(&id)
+                .map_or_else(String::new, |h| format!("{h:016x}")),
+            table: route.table,
+            backends: rows,
+            packets: total.packets,
+            bytes: total.bytes,
+            new_flows: total.new_flows,
+            drops: total.drops,
+            conntrack_flows: flows_by_route.get(&id).copied().unwrap_or(0),
+        });
+    }
+    route_rows.sort_by_key(|r| r.id);
+
+    let mut listener_rows: Vec<ListenerRow> = listeners
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, value)| ListenerRow {
+            address: SocketAddr::from((ipv4(key.addr_be), u16::from_be(key.port_be))).to_string(),
+            protocol: protocol_name(key.proto),
+            route_id: value.route_id,
+            route: name_of(value.route_id).map(|n| n.to_string()),
+        })
+        .collect();
+    listener_rows.sort_by(|a, b| (&a.address, &a.protocol).cmp(&(&b.address, &b.protocol)));
+
+    let packet_events = PacketEvent::ALL
+        .iter()
+        .map(|e| {
+            let n = xdp_stats
+                .get(&(*e as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            (e.name().to_string(), n)
+        })
+        .collect();
+
+    Ok(Inspection {
+        pin_dir: pin_dir.display().to_string(),
+        listeners: listener_rows,
+        routes: route_rows,
+        conntrack,
+        packet_events,
+        agent: None,
+        agent_unavailable: None,
+    })
+}
+
+/// Asks a running agent for its state (`GET /state` on its admin listener).
+pub async fn fetch_state(admin: SocketAddr) -> anyhow::Result<AgentState> {
+    use http_body_util::{BodyExt as _, Empty};
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(admin).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get("/state")
+            .header(hyper::header::HOST, admin.to_string())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "/state answered {}",
+            response.status()
+        );
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&body)?)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {admin} within 5 s"))?
+}
+
+// ---- tables ----
+
+/// Left-aligned columns separated by two spaces, in the manner of `cilium bpf lb list`.
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = Vec::new();
+    for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(ToString::to_string).collect()
+}
+
+/// The tables `inspect` prints.
+pub fn render(inspection: &Inspection) -> String {
+    let mut out = format!("Pinned state: {}\n\n", inspection.pin_dir);
+    let route_text = |route: &Option<RouteName>, hash: &str| {
+        route
+            .as_ref()
+            .map_or_else(|| format!("(unnamed, hash {hash})"), ToString::to_string)
+    };
+
+    let mut rows = vec![row(["LISTENER", "PROTO", "ROUTE ID", "ROUTE"])];
+    for l in &inspection.listeners {
+        rows.push(vec![
+            l.address.clone(),
+            l.protocol.clone(),
+            l.route_id.to_string(),
+            l.route.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out += &table(&rows);
+
+    out += "\n";
+    let mut rows = vec![row([
+        "ROUTE ID", "ROUTE", "BACKEND", "SNAT", "SLOTS", "SHARE",
+    ])];
+    for r in &inspection.routes {
+        let name = route_text(&r.route, &r.name_hash);
+        if r.backends.is_empty() {
+            rows.push(vec![
+                r.id.to_string(),
+                name.clone(),
+                "(no backend: new flows dropped)".into(),
+            ]);
+        }
+        for (i, b) in r.backends.iter().enumerate() {
+            let (id, name) = if i == 0 {
+                (r.id.to_string(), name.clone())
+            } else {
+                (String::new(), String::new())
+            };
+            rows.push(vec![
+                id,
+                name,
+                b.address.clone(),
+                b.snat_address.clone(),
+                format!("{}/{}", b.slots, MAGLEV_TABLE_SIZE),
+                format!("{:.2}%", b.share_percent),
+            ]);
+        }
+    }
+    out += &table(&rows);
+
+    out += "\n";
+    let mut rows = vec![row([
+        "ROUTE ID",
+        "ROUTE",
+        "PACKETS",
+        "BYTES",
+        "NEW FLOWS",
+        "DROPS",
+        "TRACKED",
+    ])];
+    for r in &inspection.routes {
+        rows.push(vec![
+            r.id.to_string(),
+            route_text(&r.route, &r.name_hash),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+            r.new_flows.to_string(),
+            r.drops.to_string(),
+            r.conntrack_flows.to_string(),
+        ]);
+    }
+    out += &table(&rows);
+
+    let c = &inspection.conntrack;
+    out += &format!(
+        "\nConntrack: {} entries, {} flows ({} TCP, {} UDP, {} closing)\n",
+        c.entries, c.flows, c.tcp_flows, c.udp_flows, c.closing_flows
+    );
+    let events: Vec<String> = inspection
+        .packet_events
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, n)| format!("{e}={n}"))
+        .collect();
+    out += &format!("XDP packet events: {}\n", events.join(" "));
+
+    let Some(agent) = &inspection.agent else {
+        out += &format!(
+            "\nHTTP and TLS passthrough routes: not shown, the agent's state is unavailable ({})\n",
+            inspection
+                .agent_unavailable
+                .as_deref()
+                .unwrap_or("not asked")
+        );
+        return out;
+    };
+    out += &format!(
+        "\nAgent: configuration generation {}, TLS passthrough splice: {}\n\n",
+        agent.generation, agent.tls_splice
+    );
+    let mut rows = vec![row([
+        "HTTP LISTENER",
+        "ROUTE",
+        "HOSTNAMES",
+        "PATH",
+        "BACKENDS",
+        "REQUESTS",
+    ])];
+    for listener in &agent.http {
+        let bind = format!(
+            "{}{}",
+            listener.bind,
+            if listener.tls { " (TLS)" } else { "" }
+        );
+        for rule in &listener.rules {
+            rows.push(vec![
+                bind.clone(),
+                rule.route.to_string(),
+                hosts(&rule.hostnames),
+                rule.path.clone(),
+                endpoints(&rule.backends),
+                rule.requests
+                    .iter()
+                    .map(|(c, n)| format!("{c}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+        }
+    }
+    out += &table(&rows);
+    out += "\n";
+    let mut rows = vec![row([
+        "TLS LISTENER",
+        "ROUTE",
+        "HOSTNAMES",
+        "BACKENDS",
+        "CONNECTIONS",
+        "BYTES TO BACKEND",
+        "BYTES TO CLIENT",
+    ])];
+    for listener in &agent.tls_passthrough {
+        for route in &listener.routes {
+            rows.push(vec![
+                listener.bind.clone(),
+                format!(
+                    "{}{}",
+                    route.route,
+                    if route.terminate { " (terminated)" } else { "" }
+                ),
+                hosts(&route.hostnames),
+                endpoints(&route.backends),
+                route.connections.to_string(),
+                route.bytes_to_backend.to_string(),
+                route.bytes_to_client.to_string(),
+            ]);
+        }
+    }
+    out += &table(&rows);
+    out
+}
+
+fn hosts(hostnames: &[String]) -> String {
+    if hostnames.is_empty() {
+        "*".into()
+    } else {
+        hostnames.join(",")
+    }
+}
+
+fn endpoints(backends: &[Endpoint]) -> String {
+    if backends.is_empty() {
+        return "-".into();
+    }
+    backends
+        .iter()
+        .map(|b| format!("{} (w {})", b.addr, b.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `inspect`'s whole run: the pinned maps, named through the agent's state
+/// (or the routes `manifest_routes` yields when the agent does not answer).
+pub async fn inspect(
+    pin_dir: PathBuf,
+    admin: SocketAddr,
+    manifest_routes: impl FnOnce() -> Vec<RouteName>,
+) -> anyhow::Result<Inspection> {
+    let (agent, unavailable) = match fetch_state(admin).await {
+        Ok(state) => (Some(state), None),
+        Err(e) => (None, Some(format!("agent not answering on {admin}: {e:#}"))),
+    };
+    let names = match &agent {
+        Some(state) => state.l4_routes.clone(),
+        None => manifest_routes(),
+    };
+    let mut inspection = read_pinned(&pin_dir, &names).with_context(|| {
+        format!(
+            "no pinned state under {} (is --name the agent's?)",
+            pin_dir.display()
+        )
+    })?;
+    inspection.agent = agent;
+    inspection.agent_unavailable = unavailable;
+    Ok(inspection)
+}
+
+/// The L4 routes a manifests directory translates to: names for the pinned
+/// ids when the agent is not running.
+pub fn manifest_routes(dir: &Path, controller_name: &str) -> Vec<RouteName> {
+    let (snapshot, _errors) = crate::source::file::load_dir(dir);
+    let node_addresses = crate::netif::default_interfaces()
+        .and_then(|interfaces| crate::netif::ipv4_addresses(&interfaces))
+        .unwrap_or_default();
+    let settings = crate::translate::Settings {
+        controller_name: controller_name.to_string(),
+        node_addresses,
+    };
+    let output = crate::translate::translate(&snapshot, &settings);
+    output.config.l4.iter().map(|l| (&l.route).into()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names_hash_as_the_loader_records_them() {
+        let route = RouteRef {
+            kind: "TCPRoute",
+            namespace: "default".into(),
+            name: "echo".into(),
+            rule: 2,
+        };
+        assert_eq!(RouteName::from(&route).hash(), name_hash(&route));
+        assert_eq!(
+            RouteName::from(&route).to_string(),
+            "TCPRoute/default/echo/rule2"
+        );
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(&[row(["A", "BB"]), row(["CCC", "D"])]);
+        assert_eq!(text, "A    BB\nCCC  D\n");
+    }
+}
