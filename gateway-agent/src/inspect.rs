@@ -123,6 +123,8 @@ pub struct TlsListenerState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TlsRouteState {
     pub route: RouteName,
+    /// Index of the route's counters in the splice program's `TLS_ROUTE_STATS`.
+    pub id: Option<u32>,
     pub hostnames: Vec<String>,
     /// The agent terminates TLS (TLSRoute on a Terminate listener).
     pub terminate: bool,
@@ -201,6 +203,7 @@ impl StateSource {
                     .map(|route| TlsRouteState {
                         route: (&route.route).into(),
                         hostnames: route.hostnames.clone(),
+                        id: None,
                         terminate: route.terminate,
                         backends: route.backends.iter().map(Endpoint::from).collect(),
                         connections: 0,
@@ -245,18 +248,19 @@ impl StateSource {
                 }
             }
         }
-        let counters: BTreeMap<RouteName, (u64, u64, u64)> = self
+        let counters: BTreeMap<RouteName, (u32, (u64, u64, u64))> = self
             .passthrough
             .route_counters()
             .into_iter()
-            .map(|(route, counts)| ((&route).into(), counts))
+            .map(|(route, id, counts)| ((&route).into(), (id, counts)))
             .collect();
         for route in state
             .tls_passthrough
             .iter_mut()
             .flat_map(|l| l.routes.iter_mut())
         {
-            if let Some((connections, to_backend, to_client)) = counters.get(&route.route) {
+            if let Some((id, (connections, to_backend, to_client))) = counters.get(&route.route) {
+                route.id = Some(*id);
                 route.connections = *connections;
                 route.bytes_to_backend = *to_backend;
                 route.bytes_to_client = *to_client;

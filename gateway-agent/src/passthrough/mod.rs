@@ -187,9 +187,9 @@ impl Passthrough {
         failures
     }
 
-    /// Per route: (connections, bytes to backend, bytes to client), the
-    /// kernel's spliced bytes included (for `inspect`).
-    pub fn route_counters(&self) -> Vec<(RouteRef, (u64, u64, u64))> {
+    /// Per route: its id in the kernel's `TLS_ROUTE_STATS`, and (connections,
+    /// bytes to backend, bytes to client), spliced bytes included (for `inspect`).
+    pub fn route_counters(&self) -> Vec<(RouteRef, u32, (u64, u64, u64))> {
         let stats = self.shared.stats.lock().expect("stats lock");
         stats
             .route_ids
@@ -203,7 +203,7 @@ impl Passthrough {
                     to_client += c;
                 }
                 let connections = stats.connections.get(route).copied().unwrap_or(0);
-                (route.clone(), (connections, to_backend, to_client))
+                (route.clone(), *id, (connections, to_backend, to_client))
             })
             .collect()
     }
