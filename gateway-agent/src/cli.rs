@@ -44,6 +44,25 @@ enum Command {
     /// their Maglev shares, conntrack, counters), from the pinned maps and the
     /// running agent's state.
     Inspect(InspectArgs),
+    /// Say which listener, route rule and backends a request would take, and
+    /// why the other rules lost, for a manifests directory (no root needed).
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[arg(long)]
+    manifests: PathBuf,
+    /// `[METHOD] http(s)://host[:port]/path?query`, `tcp://addr:port`,
+    /// `udp://addr:port` or `tls://server-name:port`.
+    request: String,
+    /// A request header, `name: value` (repeatable; `Host` overrides the URL's host).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    #[arg(long, value_enum, default_value_t = InspectOutput::Table)]
+    output: InspectOutput,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +190,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Status(args) => status(&args),
         Command::Inspect(args) => runtime.block_on(inspect(args)),
+        Command::Explain(args) => explain(&args),
     }
 }
 
@@ -257,6 +277,28 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     match args.output {
         InspectOutput::Table => print!("{}", crate::inspect::render(&inspection)),
         InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&inspection)?),
+    }
+    Ok(())
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    let target = crate::explain::Target::parse(&args.request, &args.headers)?;
+    let (snapshot, errors) = file::load_dir(&args.manifests);
+    for error in &errors {
+        eprintln!("invalid manifest: {error}");
+    }
+    let node_addresses = netif::default_interfaces()
+        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
+        .unwrap_or_default();
+    let settings = Settings {
+        controller_name: args.controller_name.clone(),
+        node_addresses,
+    };
+    let output = translate::translate(&snapshot, &settings);
+    let explanation = crate::explain::explain(&output, &target, &args.request);
+    match args.output {
+        InspectOutput::Table => print!("{}", crate::explain::render(&explanation)),
+        InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod cli;
 pub mod dataplane;
+pub mod explain;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;

@@ -7,7 +7,7 @@ mod close_watch;
 mod kernel_splice;
 mod prefixed;
 pub mod sni;
-mod sni_table;
+pub(crate) mod sni_table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

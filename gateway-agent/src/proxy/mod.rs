@@ -7,7 +7,7 @@
 
 mod filters;
 mod mirror;
-mod route_table;
+pub(crate) mod route_table;
 pub(crate) mod tls;
 
 use std::collections::HashMap;

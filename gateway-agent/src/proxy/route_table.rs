@@ -100,6 +100,11 @@ impl CompiledRule {
     }
 
     fn matches(&self, request: &RequestView) -> bool {
+        self.mismatch(request).is_none()
+    }
+
+    /// The first condition of this rule's match that `request` fails, if any.
+    fn mismatch(&self, request: &RequestView) -> Option<Mismatch> {
         let path_ok = match &self.path {
             Some(PathMatcher::Exact(p)) => p == request.path,
             Some(PathMatcher::Prefix(p)) => prefix_matches(p, request.path),
@@ -107,14 +112,14 @@ impl CompiledRule {
             None => false,
         };
         if !path_ok {
-            return false;
+            return Some(Mismatch::Path);
         }
         if let Some(method) = &self.rule.matched.method
             && method != request.method
         {
-            return false;
+            return Some(Mismatch::Method);
         }
-        let headers_ok = self.headers.iter().all(|(name, matcher)| {
+        let header = self.headers.iter().find(|(name, matcher)| {
             // Repeated headers compare on their values joined by ",", as the
             // spec says a proxy may treat them (RFC 9110 5.3).
             let values: Vec<&str> = request
@@ -123,24 +128,52 @@ impl CompiledRule {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            !values.is_empty()
-                && matcher
+            values.is_empty()
+                || !matcher
                     .as_ref()
                     .is_some_and(|m| m.matches(&values.join(",")))
         });
-        if !headers_ok {
-            return false;
+        if let Some((name, _)) = header {
+            return Some(Mismatch::Header(name.clone()));
         }
-        self.query_params.iter().all(|(name, matcher)| {
-            // The first occurrence of a repeated parameter is the one that counts.
-            let value = request.query.and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v)
-            });
-            value.is_some_and(|v| matcher.as_ref().is_some_and(|m| m.matches(&v)))
-        })
+        self.query_params
+            .iter()
+            .find(|(name, matcher)| {
+                // The first occurrence of a repeated parameter is the one that counts.
+                let value = request.query.and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v)
+                });
+                !value.is_some_and(|v| matcher.as_ref().is_some_and(|m| m.matches(&v)))
+            })
+            .map(|(name, _)| Mismatch::QueryParam(name.clone()))
     }
+}
+
+/// Which condition of a rule's match a request failed (for `explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    Path,
+    Method,
+    Header(String),
+    QueryParam(String),
+}
+
+/// Why a rule of the table did or did not serve a request (for `explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The rule serving the request.
+    Chosen,
+    /// Its match holds, but a rule earlier in precedence order matched first.
+    LostOnPrecedence,
+    /// Its hostnames cover the request's host, its match does not hold.
+    NoMatch(Mismatch),
+    /// None of its hostnames covers the request's host.
+    OtherHostname,
+    /// It belongs to another listener on this socket than the one whose
+    /// hostname covers the request's host (listener isolation).
+    OtherListener,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +238,17 @@ impl RouteTable {
     /// that no rule of a more specific hostname matches can still match a
     /// less specific one.
     pub fn find(&self, request: &RequestView) -> Option<&HttpRule> {
+        let (host, listener) = self.serving_listener(request);
+        self.in_precedence_order(&host)
+            .map(|i| &self.rules[i])
+            .filter(|compiled| compiled.rule.listener_hostname == listener)
+            .find(|rule| rule.matches(request))
+            .map(|compiled| &compiled.rule)
+    }
+
+    /// The request's host (lower-cased, without port) and the hostname of the
+    /// listener that serves it: the most specific one covering the host.
+    fn serving_listener(&self, request: &RequestView) -> (String, Option<String>) {
         let host = strip_port(request.host).to_ascii_lowercase();
         let listener = if self.listener_exact.contains(&host) {
             Some(host.clone())
@@ -214,20 +258,58 @@ impl RouteTable {
                 .find(|suffix| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
                 .map(|suffix| format!("*{suffix}"))
         };
-        let exact = self.exact.get(&host).into_iter();
+        (host, listener)
+    }
+
+    /// Indexes of the rules whose hostnames cover `host`: those of the exact
+    /// hostname, then of each matching wildcard (longest first), then of
+    /// rules for any host.
+    fn in_precedence_order<'a>(&'a self, host: &'a str) -> impl Iterator<Item = usize> + 'a {
+        let exact = self.exact.get(host).into_iter();
         let wildcard = self
             .wildcard
             .iter()
-            .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .filter(move |(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
             .map(|(_, rules)| rules);
         exact
             .chain(wildcard)
             .chain(std::iter::once(&self.any_host))
             .flatten()
-            .map(|i| &self.rules[*i])
-            .filter(|compiled| compiled.rule.listener_hostname == listener)
-            .find(|rule| rule.matches(request))
-            .map(|compiled| &compiled.rule)
+            .copied()
+    }
+
+    /// `find`, with the verdict on every rule of the table: the rules whose
+    /// hostnames cover the host come first, in the order `find` tries them.
+    pub fn explain(&self, request: &RequestView) -> Vec<(&HttpRule, Verdict)> {
+        let (host, listener) = self.serving_listener(request);
+        let mut seen = HashSet::new();
+        let mut chosen = false;
+        let mut verdicts = Vec::new();
+        for i in self.in_precedence_order(&host) {
+            if !seen.insert(i) {
+                continue;
+            }
+            let compiled = &self.rules[i];
+            let verdict = if compiled.rule.listener_hostname != listener {
+                Verdict::OtherListener
+            } else {
+                match compiled.mismatch(request) {
+                    Some(mismatch) => Verdict::NoMatch(mismatch),
+                    None if chosen => Verdict::LostOnPrecedence,
+                    None => {
+                        chosen = true;
+                        Verdict::Chosen
+                    }
+                }
+            };
+            verdicts.push((&compiled.rule, verdict));
+        }
+        for (i, compiled) in self.rules.iter().enumerate() {
+            if !seen.contains(&i) {
+                verdicts.push((&compiled.rule, Verdict::OtherHostname));
+            }
+        }
+        verdicts
     }
 }
 
