@@ -224,13 +224,43 @@ fn verdict_text(verdict: &Verdict, rule: &HttpRule, host: &str) -> String {
 /// Explains `target` against translate's `output`.
 pub fn explain(output: &Output, target: &Target, request: &str) -> Explanation {
     let mut explanation = match target {
+        // HTTPS to a TLS listener (TLSRoute): the server name picks the route.
+        Target::Http {
+            scheme,
+            port,
+            authority,
+            headers,
+            ..
+        } if scheme == "https"
+            && !output
+                .config
+                .http
+                .iter()
+                .any(|l| bind_serves(l.bind, authority.parse().ok(), *port))
+            && output
+                .config
+                .tls_passthrough
+                .iter()
+                .any(|l| bind_serves(l.bind, authority.parse().ok(), *port)) =>
+        {
+            let host = headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(authority);
+            explain_tls(
+                &output.config,
+                crate::proxy::route_table::strip_port(host),
+                authority.parse().ok(),
+                *port,
+            )
+        }
         Target::Http { .. } => explain_http(&output.config, target),
         Target::L4 {
             protocol,
             addr,
             port,
         } => explain_l4(&output.config, *protocol, *addr, *port),
-        Target::Tls { sni, port } => explain_tls(&output.config, sni, *port),
+        Target::Tls { sni, port } => explain_tls(&output.config, sni, None, *port),
     };
     explanation.request = request.to_string();
     let kinds: &[&str] = match target {
@@ -456,12 +486,19 @@ fn explain_l4(
     explanation
 }
 
-fn explain_tls(config: &DataplaneConfig, sni: &str, port: u16) -> Explanation {
+fn explain_tls(
+    config: &DataplaneConfig,
+    sni: &str,
+    addr: Option<IpAddr>,
+    port: u16,
+) -> Explanation {
     let mut explanation = empty(String::new());
+    // A listener on the exact address wins over one on every address.
     let Some(listener) = config
         .tls_passthrough
         .iter()
-        .find(|l| l.bind.port() == port)
+        .filter(|l| bind_serves(l.bind, addr, port))
+        .min_by_key(|l| l.bind.ip().is_unspecified())
     else {
         explanation.outcome = format!("no TLS listener on port {port}");
         return explanation;

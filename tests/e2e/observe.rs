@@ -442,3 +442,208 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         "{after}"
     );
 }
+
+/// `explain` against the conformance suite: for every HTTP(S) case that the
+/// proxy passes today (tests/conformance/expected-pass.txt), `explain` on the
+/// same manifests must choose the backend the expectation names, no rule
+/// where it expects a 404, a rule without usable backends where it expects a 500. Cases it cannot decide (after cluster mutations,
+/// other expectations such as redirects, a rule spread over backends of
+/// several Deployments) are counted and skipped. No root needed.
+#[test]
+fn explain_agrees_with_the_conformance_cases() {
+    use gateway_agent::explain::{self, Target};
+    use gateway_tests::conformance::{certs, manifests};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cases_dir = root.join("../../shared/conformance");
+    let passing =
+        gateway_tests::conformance::read_list(&root.join("conformance/expected-pass.txt"));
+    let tests: Json = serde_json::from_slice(
+        &std::fs::read(cases_dir.join("cases.json")).expect("read cases.json"),
+    )
+    .expect("cases.json");
+    let names = manifests::Names {
+        gateway_class: "gateway-conformance".into(),
+        controller: gateway_agent::DEFAULT_CONTROLLER_NAME.into(),
+    };
+    let settings = gateway_agent::translate::Settings {
+        controller_name: names.controller.clone(),
+        node_addresses: Vec::new(),
+    };
+    let (mut agreed, mut undecided, mut disagreed) = (0, 0, Vec::new());
+    for test in tests.as_array().expect("a list of tests") {
+        let cases: Vec<&Json> = test["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                matches!(c["driver"].as_str(), Some("http" | "https"))
+                    && c["expect"] == "response"
+                    && c["id"].as_str().is_some_and(|id| passing.contains(id))
+            })
+            .collect();
+        if cases.is_empty() {
+            continue;
+        }
+        // The suite's manifests made standalone, as the conformance harness
+        // writes them: one address per Gateway, EndpointSlices for the pods.
+        let mut addresses = manifests::Addresses::new();
+        let mut docs = manifests::load(&cases_dir.join("manifests/base/manifests.yaml"), &names)
+            .expect("base");
+        for m in test["manifests"].as_array().into_iter().flatten() {
+            docs.extend(
+                manifests::load(&cases_dir.join(m.as_str().expect("path")), &names)
+                    .expect("test manifests"),
+            );
+        }
+        manifests::assign_gateway_addresses(&mut docs, &mut addresses);
+        let deployments = manifests::deployments(&docs);
+        let mut pods = std::collections::BTreeMap::new();
+        let mut deployment_of = std::collections::BTreeMap::new();
+        for d in &deployments {
+            let list: Vec<(String, std::net::Ipv4Addr)> = (0..d.replicas.max(1))
+                .map(|i| (format!("{}-{i}", d.name), addresses.pod()))
+                .collect();
+            for (_, addr) in &list {
+                deployment_of.insert(addr.to_string(), d.name.clone());
+            }
+            pods.insert(d.key(), list);
+        }
+        let infra_v1 = pods
+            .get("gateway-conformance-infra/infra-backend-v1")
+            .cloned()
+            .unwrap_or_default();
+        manifests::fill_manual_endpoint_slices(&mut docs, &infra_v1);
+        let mut text = manifests::to_yaml(&docs);
+        for service in manifests::services(&docs) {
+            if let Some(d) = manifests::selected(&service, &deployments) {
+                text += "---\n";
+                text += &manifests::endpoint_slice(&service, &pods[&d.key()]);
+            }
+        }
+        let dir = TempDir::new();
+        dir.write(
+            "00-class.yaml",
+            &format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {}}}\nspec: {{controllerName: {}}}\n",
+                names.gateway_class, names.controller
+            ),
+        );
+        dir.write("01-certs.yaml", &certs::to_yaml(&certs::synthesise()));
+        dir.write("02-all.yaml", &text);
+        let (snapshot, _) = gateway_agent::source::file::load_dir(&dir.0);
+        let output = gateway_agent::translate::translate(&snapshot, &settings);
+
+        for case in cases {
+            let id = case["id"].as_str().unwrap_or_default();
+            if case.get("after_mutations").is_some() {
+                undecided += 1;
+                continue;
+            }
+            let effective = &case["effective"];
+            let gateway = format!(
+                "{}/{}",
+                case["gateway"]["namespace"].as_str().unwrap_or_default(),
+                case["gateway"]["name"].as_str().unwrap_or_default()
+            );
+            let address = addresses.gateway(&gateway);
+            let (path, query) = match effective["path_and_query"]
+                .as_str()
+                .unwrap_or("/")
+                .split_once('?')
+            {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (
+                    effective["path_and_query"]
+                        .as_str()
+                        .unwrap_or("/")
+                        .to_string(),
+                    None,
+                ),
+            };
+            let mut headers = hyper::HeaderMap::new();
+            let host = effective["host_header"]
+                .as_str()
+                .map_or_else(|| address.to_string(), str::to_string);
+            headers.insert(hyper::header::HOST, host.parse().expect("host header"));
+            for (name, value) in case["ExpectedResponse"]["Request"]["Headers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                headers.append(
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                    value
+                        .as_str()
+                        .unwrap_or_default()
+                        .parse()
+                        .expect("header value"),
+                );
+            }
+            let target = Target::Http {
+                method: effective["method"].as_str().unwrap_or("GET").to_string(),
+                scheme: effective["scheme"].as_str().unwrap_or("http").to_string(),
+                authority: address.to_string(),
+                port: case["gateway"]["port"].as_u64().expect("gateway port") as u16,
+                path,
+                query,
+                headers,
+            };
+            let explanation = explain::explain(&output, &target, id);
+            let chosen: std::collections::BTreeSet<String> = explanation
+                .chosen
+                .iter()
+                .flat_map(|c| &c.backends)
+                .filter(|b| b.endpoint.weight > 0)
+                .filter_map(|b| {
+                    let ip = b.endpoint.addr.rsplit_once(':').map_or("", |(ip, _)| ip);
+                    deployment_of.get(ip).cloned()
+                })
+                .collect();
+            let expected = effective["backend_pod_prefix"].as_str().unwrap_or_default();
+            let statuses: Vec<u64> = effective["status_codes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Json::as_u64)
+                .collect();
+            let agrees = if !expected.is_empty() && statuses.contains(&200) {
+                // A rule spread over several Deployments: which one answers is chance.
+                if chosen.len() > 1 {
+                    undecided += 1;
+                    continue;
+                }
+                chosen.len() == 1 && chosen.contains(expected)
+            } else if statuses == [404] {
+                explanation.chosen.is_none()
+            } else if statuses == [500] {
+                // A rule whose backends are all invalid: the proxy answers 500.
+                explanation
+                    .chosen
+                    .as_ref()
+                    .is_some_and(|c| c.backends.is_empty())
+            } else {
+                undecided += 1;
+                continue;
+            };
+            if agrees {
+                agreed += 1;
+            } else {
+                disagreed.push(format!(
+                    "{id}: expected {expected:?} (status {statuses:?}), explain says {chosen:?}: {}",
+                    explanation.outcome
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "explain vs conformance: {agreed} agree, {undecided} undecidable (skipped), {} disagree",
+        disagreed.len()
+    );
+    assert!(
+        disagreed.is_empty(),
+        "explain disagrees with the conformance expectations:\n{}",
+        disagreed.join("\n")
+    );
+    assert!(agreed > 100, "too few cases compared: {agreed}");
+}
