@@ -280,8 +280,10 @@ pub struct TlsPassthroughRoute {
     pub hostnames: Vec<String>,
     pub backends: Vec<WeightedEndpoint>,
     /// From a TLS listener in Terminate mode: TLS ends at the agent (with the
-    /// socket's `certificates`) and plain TCP goes to the backend.
+    /// socket's `certificates`) and plain TCP goes to the backend, or TLS to
+    /// the endpoints listed in `backend_tls` (BackendTLSPolicy).
     pub terminate: bool,
+    pub backend_tls: std::collections::BTreeMap<SocketAddr, BackendTls>,
 }
 
 /// A TLS Passthrough socket with its routes in SNI precedence order.

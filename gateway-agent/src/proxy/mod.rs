@@ -8,7 +8,7 @@
 mod filters;
 mod mirror;
 mod route_table;
-mod upstream_tls;
+pub(crate) mod upstream_tls;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
