@@ -159,7 +159,7 @@ impl<'a> BackendTlsPolicies<'a> {
             let policy = &self.policies[index];
             for gateway in gateways {
                 let mut status = ObjectStatus::new("BackendTLSPolicy", policy.key.clone());
-                status.generation = policy.object.metadata.generation.unwrap_or(0);
+                status.generation = policy.object.metadata.generation.unwrap_or(1);
                 status.parent = Some(gateway.clone());
                 status.push(accepted_condition(policy));
                 status.push(match &policy.unresolved {
