@@ -8,8 +8,8 @@
 mod filters;
 mod mirror;
 mod route_table;
-pub(crate) mod upstream_tls;
 pub(crate) mod tls;
+pub(crate) mod upstream_tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -646,7 +646,11 @@ async fn forward<'t>(
         ));
     }
 
-    let scheme = if backend.tls.is_some() { "https" } else { "http" };
+    let scheme = if backend.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let Ok(uri) = format!("{scheme}://{}{path_and_query}", backend.addr).parse() else {
         return Err(StatusCode::BAD_REQUEST);
     };

@@ -12,7 +12,9 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::client::{
+    WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor, verify_server_name,
+};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -230,10 +232,9 @@ mod tests {
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("ca");
-        let mut leaf = rcgen::CertificateParams::new(
-            dns.iter().map(|d| (*d).to_string()).collect::<Vec<_>>(),
-        )
-        .expect("params");
+        let mut leaf =
+            rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_string()).collect::<Vec<_>>())
+                .expect("params");
         for uri in uris {
             leaf.subject_alt_names
                 .push(rcgen::SanType::URI((*uri).try_into().expect("uri")));
@@ -319,10 +320,14 @@ mod tests {
             (vec![host("dce.example.com")], false),
             (vec![uri("spiffe://abc.example.com/id")], true),
             (vec![uri("spiffe://def.example.com/id")], false),
-            (vec![uri("spiffe://def.example.com/id"), host("abc.example.com")], true),
+            (
+                vec![uri("spiffe://def.example.com/id"), host("abc.example.com")],
+                true,
+            ),
         ] {
             // The SNI hostname is not what is checked once subjectAltNames are given.
-            let result = handshake(&server, &policy(&server, "sni.example.com", names.clone())).await;
+            let result =
+                handshake(&server, &policy(&server, "sni.example.com", names.clone())).await;
             assert_eq!(result.is_ok(), ok, "{names:?}: {result:?}");
         }
     }

@@ -164,7 +164,9 @@ impl<'a> BackendTlsPolicies<'a> {
                 status.push(accepted_condition(policy));
                 status.push(match &policy.unresolved {
                     Some((reason, message)) => Condition::no("ResolvedRefs", reason, message),
-                    None => Condition::yes("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+                    None => {
+                        Condition::yes("ResolvedRefs", "ResolvedRefs", "all references resolved")
+                    }
                 });
                 out.push(status);
             }
@@ -207,7 +209,10 @@ fn validate(
     let validation = &policy.spec.validation;
     let mut pem = String::new();
     let mut unresolved = None;
-    let refs = validation.ca_certificate_refs.as_deref().unwrap_or_default();
+    let refs = validation
+        .ca_certificate_refs
+        .as_deref()
+        .unwrap_or_default();
     for r in refs {
         if !(r.group.is_empty() || r.group == "core") || r.kind != "ConfigMap" {
             unresolved.get_or_insert((
@@ -336,7 +341,9 @@ spec:
 
     fn ca_map(name: &str, pem: &str) -> String {
         let pem = serde_json::to_string(pem).expect("json");
-        format!("\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: ns}}\ndata: {{ca.crt: {pem}}}\n")
+        format!(
+            "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: ns}}\ndata: {{ca.crt: {pem}}}\n"
+        )
     }
 
     fn ca_pem() -> String {
@@ -388,9 +395,16 @@ spec:
     fn missing_malformed_and_wrong_kind_ca_references_make_the_policy_unusable() {
         let wrong_kind = policy("kind", None, "h", "ca").replace("kind: ConfigMap", "kind: Secret");
         for (yaml, reason) in [
-            (format!("{SERVICE}{}", policy("p", None, "h", "absent")), "InvalidCACertificateRef"),
             (
-                format!("{SERVICE}{}{}", ca_map("bad", "not a certificate"), policy("p", None, "h", "bad")),
+                format!("{SERVICE}{}", policy("p", None, "h", "absent")),
+                "InvalidCACertificateRef",
+            ),
+            (
+                format!(
+                    "{SERVICE}{}{}",
+                    ca_map("bad", "not a certificate"),
+                    policy("p", None, "h", "bad")
+                ),
                 "InvalidCACertificateRef",
             ),
             (format!("{SERVICE}{wrong_kind}"), "InvalidKind"),

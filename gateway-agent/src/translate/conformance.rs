@@ -399,7 +399,11 @@ fn run(fixture: &Fixture) -> Result<(), String> {
     let base = std::fs::read_to_string(dir.join("base.yaml")).expect("base manifests");
     load(&mut snapshot, "base.yaml", &base);
     load(&mut snapshot, "suite-secrets.yaml", &suite_secrets());
-    load(&mut snapshot, "suite-config-maps.yaml", &suite_config_maps());
+    load(
+        &mut snapshot,
+        "suite-config-maps.yaml",
+        &suite_config_maps(),
+    );
     for name in &fixture.manifests {
         let text = std::fs::read_to_string(dir.join("tests").join(name))
             .unwrap_or_else(|e| panic!("{}: {name}: {e}", fixture.test));

@@ -245,13 +245,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                         .extend(listener.certificates.iter().cloned());
                 }
             }
-            "TLS" => passthrough::add_listener(
-                listener,
-                attached,
-                snapshot,
-                &policies,
-                &mut tls_sockets,
-            ),
+            "TLS" => {
+                passthrough::add_listener(listener, attached, snapshot, &policies, &mut tls_sockets)
+            }
             _ => {}
         }
     }

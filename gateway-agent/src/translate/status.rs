@@ -96,13 +96,13 @@ impl ObjectStatus {
 
 // === The statuses as the API server holds them ===
 
-use gateway_api::experimental::{
-    tcproutes::{TcpRoute, TcpRouteStatus, TcpRouteStatusParents, TcpRouteStatusParentsParentRef},
-    udproutes::{UdpRoute, UdpRouteStatus, UdpRouteStatusParents, UdpRouteStatusParentsParentRef},
-};
 use gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
     BackendTlsPolicyStatusAncestorsAncestorRef,
+};
+use gateway_api::experimental::{
+    tcproutes::{TcpRoute, TcpRouteStatus, TcpRouteStatusParents, TcpRouteStatusParentsParentRef},
+    udproutes::{UdpRoute, UdpRouteStatus, UdpRouteStatusParents, UdpRouteStatusParentsParentRef},
 };
 use gateway_api::gatewayclasses::{GatewayClass, GatewayClassStatus};
 use gateway_api::gateways::{
@@ -426,24 +426,25 @@ pub fn api_objects(
     }
     for (key, policy) in &snapshot.backend_tls_policies {
         let mut policy = policy.clone();
-        let ancestors: Vec<BackendTlsPolicyStatusAncestors> = entries(statuses, "BackendTLSPolicy", key)
-            .iter()
-            .filter_map(|s| {
-                let gateway = s.parent.as_ref()?;
-                Some(BackendTlsPolicyStatusAncestors {
-                    ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
-                        group: Some(GATEWAY_GROUP.into()),
-                        kind: Some("Gateway".into()),
-                        name: gateway.name.clone(),
-                        namespace: Some(gateway.namespace.clone()),
-                        port: None,
-                        section_name: None,
-                    },
-                    conditions: api_conditions(s, now),
-                    controller_name: controller_name.to_string(),
+        let ancestors: Vec<BackendTlsPolicyStatusAncestors> =
+            entries(statuses, "BackendTLSPolicy", key)
+                .iter()
+                .filter_map(|s| {
+                    let gateway = s.parent.as_ref()?;
+                    Some(BackendTlsPolicyStatusAncestors {
+                        ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
+                            group: Some(GATEWAY_GROUP.into()),
+                            kind: Some("Gateway".into()),
+                            name: gateway.name.clone(),
+                            namespace: Some(gateway.namespace.clone()),
+                            port: None,
+                            section_name: None,
+                        },
+                        conditions: api_conditions(s, now),
+                        controller_name: controller_name.to_string(),
+                    })
                 })
-            })
-            .collect();
+                .collect();
         if !ancestors.is_empty() {
             policy.status = Some(BackendTlsPolicyStatus { ancestors });
         }
