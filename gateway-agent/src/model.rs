@@ -168,7 +168,7 @@ pub struct HttpFilters {
 }
 
 /// How the proxy speaks to a backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum BackendProtocol {
     /// HTTP/1.1 (the default).
     #[default]
@@ -185,6 +185,34 @@ pub struct HttpBackend {
     pub weight: u64,
     pub protocol: BackendProtocol,
     pub filters: HttpFilters,
+    /// Set when a BackendTLSPolicy targets the backend: the proxy speaks TLS to it.
+    pub tls: Option<BackendTls>,
+}
+
+/// Certificates a backend's server certificate must chain to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum TrustAnchors {
+    /// PEM certificates (the `ca.crt` of the policy's ConfigMaps).
+    Pem(String),
+    /// `wellKnownCACertificates: System`: the node's trust store.
+    System,
+}
+
+/// An identity the backend's certificate may carry (BackendTLSPolicy subjectAltNames).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum SubjectAltName {
+    Hostname(String),
+    Uri(String),
+}
+
+/// TLS from the proxy to a backend, from its BackendTLSPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct BackendTls {
+    /// Sent as SNI; the certificate must carry it unless `subject_alt_names` is set.
+    pub server_name: String,
+    pub trust: TrustAnchors,
+    /// When not empty, the certificate must carry one of these (instead of `server_name`).
+    pub subject_alt_names: Vec<SubjectAltName>,
 }
 
 /// `timeouts` of a rule: the whole request, and one request to the backend.
@@ -252,8 +280,10 @@ pub struct TlsPassthroughRoute {
     pub hostnames: Vec<String>,
     pub backends: Vec<WeightedEndpoint>,
     /// From a TLS listener in Terminate mode: TLS ends at the agent (with the
-    /// socket's `certificates`) and plain TCP goes to the backend.
+    /// socket's `certificates`) and plain TCP goes to the backend, or TLS to
+    /// the endpoints listed in `backend_tls` (BackendTLSPolicy).
     pub terminate: bool,
+    pub backend_tls: std::collections::BTreeMap<SocketAddr, BackendTls>,
 }
 
 /// A TLS Passthrough socket with its routes in SNI precedence order.

@@ -52,6 +52,7 @@ fn api_resource(kind: &str) -> Option<ApiResource> {
         "TLSRoute" => ("v1", "tlsroutes"),
         "TCPRoute" => ("v1alpha2", "tcproutes"),
         "UDPRoute" => ("v1alpha2", "udproutes"),
+        "BackendTLSPolicy" => ("v1", "backendtlspolicies"),
         _ => return None,
     };
     let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", version, kind);
@@ -68,6 +69,7 @@ fn object_json(snapshot: &Snapshot, kind: &str, key: &ObjectKey) -> Option<Value
         "TLSRoute" => serde_json::to_value(snapshot.tls_routes.get(key)?),
         "TCPRoute" => serde_json::to_value(snapshot.tcp_routes.get(key)?),
         "UDPRoute" => serde_json::to_value(snapshot.udp_routes.get(key)?),
+        "BackendTLSPolicy" => serde_json::to_value(snapshot.backend_tls_policies.get(key)?),
         _ => return None,
     };
     value.ok()
@@ -114,6 +116,9 @@ pub fn status_updates(
                         listener_statuses(&object, entries, key, generation, &now);
                 }
                 status
+            }
+            "BackendTLSPolicy" => {
+                policy_status(&object, entries, controller_name, generation, &now)
             }
             _ => route_status(&object, entries, controller_name, key, generation, &now),
         };
@@ -324,6 +329,47 @@ fn route_status(
         }));
     }
     json!({ "parents": parents })
+}
+
+/// A BackendTLSPolicy's `status.ancestors`: one per Gateway of ours its
+/// Services are reached through; other controllers' entries are kept.
+fn policy_status(
+    policy: &Value,
+    entries: &[&ObjectStatus],
+    controller_name: &str,
+    generation: i64,
+    now: &str,
+) -> Value {
+    let previous: Vec<Value> = policy["status"]["ancestors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut ancestors: Vec<Value> = previous
+        .iter()
+        .filter(|a| a["controllerName"] != controller_name)
+        .cloned()
+        .collect();
+    for entry in entries {
+        let Some(gateway) = &entry.parent else {
+            continue;
+        };
+        let ancestor_ref = json!({
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": gateway.name,
+            "namespace": gateway.namespace,
+        });
+        let previous_conditions = previous
+            .iter()
+            .find(|a| a["controllerName"] == controller_name && a["ancestorRef"] == ancestor_ref)
+            .map_or(Value::Null, |a| a["conditions"].clone());
+        ancestors.push(json!({
+            "ancestorRef": ancestor_ref,
+            "controllerName": controller_name,
+            "conditions": conditions(&[entry], generation, &previous_conditions, now),
+        }));
+    }
+    json!({ "ancestors": ancestors })
 }
 
 /// `status` without what the API server adds or orders on its own, for comparison.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use gateway_api::{
+    backendtlspolicies::BackendTlsPolicy,
     experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
     gatewayclasses::GatewayClass,
     gateways::Gateway,
@@ -14,7 +15,7 @@ use gateway_api::{
     tlsroutes::TlsRoute,
 };
 use k8s_openapi::api::{
-    core::v1::{Namespace, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 
@@ -60,6 +61,9 @@ pub struct Snapshot {
     pub secrets: BTreeMap<ObjectKey, Secret>,
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
     pub listener_sets: BTreeMap<ObjectKey, ListenerSet>,
+    pub backend_tls_policies: BTreeMap<ObjectKey, BackendTlsPolicy>,
+    /// ConfigMaps: CA certificates (`ca.crt`) of BackendTLSPolicies and client validation.
+    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
     /// `gateway.networking.k8s.io/bundle-version` of each Gateway API CRD the
     /// cluster serves, by CRD name; empty when unknown (standalone mode).
     pub crd_bundle_versions: BTreeMap<String, String>,
@@ -81,6 +85,8 @@ impl Snapshot {
         self.secrets.extend(other.secrets);
         self.namespaces.extend(other.namespaces);
         self.listener_sets.extend(other.listener_sets);
+        self.backend_tls_policies.extend(other.backend_tls_policies);
+        self.config_maps.extend(other.config_maps);
         self.crd_bundle_versions.extend(other.crd_bundle_versions);
     }
 }

@@ -207,6 +207,40 @@ spec:
   hostnames: [tls.example]
   rules: [{backendRefs: [{name: web, port: 8080}]}]
 "#;
+        // A BackendTLSPolicy (and the ConfigMap of its CA) on a Service of
+        // its own, reached through the Gateway: its ancestor status is written.
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".into()]).expect("CA");
+        let ca_pem = serde_json::to_string(&ca.cert.pem()).expect("json");
+        text += &format!(
+            r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: secure-ca, namespace: default}}
+data: {{ca.crt: {ca_pem}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure, namespace: default}}
+spec: {{ports: [{{name: https, port: 443}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: web}}]
+  hostnames: [secure.example]
+  rules: [{{backendRefs: [{{name: secure, port: 443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure, namespace: default}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: secure, sectionName: https}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: secure-ca}}]
+    hostname: secure.example
+"#
+        );
     }
     text
 }
@@ -306,7 +340,17 @@ fn cluster_mode_serves_writes_status_and_follows_the_api_server() {
             "Accepted",
             1,
         )?;
-        check_condition(&route_conditions(&fake, "TLSRoute", "tls")?, "Accepted", 1)
+        check_condition(&route_conditions(&fake, "TLSRoute", "tls")?, "Accepted", 1)?;
+        // The policy's CA ConfigMap was watched and resolved; its ancestor is gw.
+        let policy = fake
+            .get("BackendTLSPolicy", "default", "secure")
+            .ok_or("no policy")?;
+        let ancestor = policy["status"]["ancestors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["ancestorRef"]["name"] == "gw"))
+            .ok_or_else(|| format!("no ancestor gw: {}", policy["status"]))?;
+        check_condition(&ancestor["conditions"], "Accepted", 1)?;
+        check_condition(&ancestor["conditions"], "ResolvedRefs", 1)
     });
     let class = fake.get("GatewayClass", "", "gwt").expect("class");
     check_condition(&class["status"]["conditions"], "Accepted", 1).expect("class status");

@@ -149,6 +149,20 @@ pub const KINDS: &[ApiKind] = &[
         namespaced: false,
     },
     ApiKind {
+        group: GW,
+        version: "v1",
+        plural: "backendtlspolicies",
+        kind: "BackendTLSPolicy",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        kind: "ConfigMap",
+        namespaced: true,
+    },
+    ApiKind {
         group: "coordination.k8s.io",
         version: "v1",
         plural: "leases",

@@ -330,9 +330,19 @@ async fn serve(
         else {
             return Ok(()); // The client gave up on the handshake.
         };
-        let copied = tokio::io::copy_bidirectional(&mut tls, &mut backend)
-            .await
-            .unwrap_or_default();
+        let copied = match route.backend_tls.get(&backend_addr) {
+            None => tokio::io::copy_bidirectional(&mut tls, &mut backend)
+                .await
+                .unwrap_or_default(),
+            Some(policy) => {
+                let Some(mut backend) = backend_tls_connect(policy, backend).await else {
+                    return Err("backend_tls_failed");
+                };
+                tokio::io::copy_bidirectional(&mut tls, &mut backend)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
         let mut stats = shared.stats.lock().expect("stats lock");
         let total = stats.copied.entry(route.route.clone()).or_default();
         total.0 += copied.0;
@@ -372,6 +382,30 @@ async fn serve(
     total.0 += copied.0;
     total.1 += copied.1;
     Ok(())
+}
+
+/// TLS to a backend a BackendTLSPolicy governs (TLSRoute Terminate re-encrypts).
+async fn backend_tls_connect(
+    policy: &crate::model::BackendTls,
+    backend: TcpStream,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = match crate::proxy::upstream_tls::client_config(policy) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "no TLS client configuration for the backend");
+            return None;
+        }
+    };
+    let name = rustls_pki_types::ServerName::try_from(policy.server_name.clone()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match tokio::time::timeout(HELLO_TIMEOUT, connector.connect(name, backend)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake with the backend failed");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Waits for both directions of a spliced pair to end, passing each end of

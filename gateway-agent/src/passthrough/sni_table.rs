@@ -95,6 +95,7 @@ mod tests {
             hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
             backends: Vec::new(),
             terminate: false,
+            backend_tls: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod filters;
 mod mirror;
 pub(crate) mod route_table;
 pub(crate) mod tls;
+pub(crate) mod upstream_tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,11 +44,13 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
-/// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+/// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge
+/// (h2c); over TLS for backends a BackendTLSPolicy governs.
 #[derive(Clone)]
 struct Upstream {
     http1: UpstreamClient,
     h2c: UpstreamClient,
+    tls: Arc<upstream_tls::TlsUpstreams>,
 }
 
 impl Upstream {
@@ -63,7 +66,11 @@ impl Upstream {
             .http2_only(true)
             .timer(TokioTimer::new())
             .build(connector);
-        Self { http1, h2c }
+        Self {
+            http1,
+            h2c,
+            tls: Arc::default(),
+        }
     }
 
     fn client(&self, protocol: BackendProtocol) -> &UpstreamClient {
@@ -639,7 +646,12 @@ async fn forward<'t>(
         ));
     }
 
-    let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
+    let scheme = if backend.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let Ok(uri) = format!("{scheme}://{}{path_and_query}", backend.addr).parse() else {
         return Err(StatusCode::BAD_REQUEST);
     };
     head.uri = uri;
@@ -654,7 +666,16 @@ async fn forward<'t>(
         mirror::TeeBody::new(body, copies).boxed()
     };
     let request = Request::from_parts(head, body);
-    let sent = upstream.client(backend.protocol).request(request);
+    let sent = match &backend.tls {
+        None => upstream.client(backend.protocol).request(request),
+        Some(tls) => match upstream.tls.client(tls, backend.protocol) {
+            Ok(client) => client.request(request),
+            Err(e) => {
+                tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
+                return Err(StatusCode::BAD_GATEWAY);
+            }
+        },
+    };
     // Without retries one backend request is the whole request: the shorter
     // of the two timeouts bounds it.
     let timeout = match (rule.timeouts.request, rule.timeouts.backend_request) {
@@ -724,6 +745,7 @@ mod tests {
                     addr: SocketAddr::from(([127, 0, 0, 1], *port)),
                     weight: *weight,
                     protocol: BackendProtocol::Http1,
+                    tls: None,
                     filters: HttpFilters::default(),
                 })
                 .collect(),
@@ -805,6 +827,7 @@ mod tests {
             addr: backend,
             weight: ENDPOINT_WEIGHT_SCALE,
             protocol: BackendProtocol::Http1,
+            tls: None,
             filters: HttpFilters::default(),
         }];
         HttpListener {

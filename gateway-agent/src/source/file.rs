@@ -237,6 +237,14 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
             let object = with_namespace(parse(doc)?, &key);
             snapshot.listener_sets.insert(key, object);
         }
+        ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+            let object = with_namespace(parse(doc)?, &key);
+            snapshot.backend_tls_policies.insert(key, object);
+        }
+        ("", "ConfigMap") => {
+            let object = with_namespace(parse(doc)?, &key);
+            snapshot.config_maps.insert(key, object);
+        }
         ("", "Service") => {
             let object = with_namespace(parse(doc)?, &key);
             snapshot.services.insert(key, object);

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use gateway_api::{
+    backendtlspolicies::BackendTlsPolicy,
     experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
     gatewayclasses::GatewayClass,
     gateways::Gateway,
@@ -27,7 +28,7 @@ use gateway_api::{
     tlsroutes::TlsRoute,
 };
 use k8s_openapi::api::{
-    core::v1::{Namespace, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::runtime::watcher::{self, Event};
@@ -60,6 +61,8 @@ struct State {
     snapshot: Snapshot,
     /// Every TLS Secret seen; only the referenced ones are handed out.
     tls_secrets: BTreeMap<ObjectKey, Secret>,
+    /// Every ConfigMap seen; only those a BackendTLSPolicy names are handed out.
+    config_maps: BTreeMap<ObjectKey, ConfigMap>,
     kinds: BTreeMap<&'static str, KindState>,
 }
 
@@ -102,6 +105,18 @@ impl KubeSource {
         watch!("Service", Service, services, all.clone());
         watch!("EndpointSlice", EndpointSlice, endpoint_slices, all.clone());
         watch!("Namespace", Namespace, namespaces, all.clone());
+        watch!(
+            "BackendTLSPolicy",
+            BackendTlsPolicy,
+            backend_tls_policies,
+            all.clone()
+        );
+        source.spawn::<ConfigMap>(
+            "ConfigMap",
+            Api::all(client.clone()),
+            all.clone(),
+            |s: &mut State| &mut s.config_maps,
+        );
         source.spawn::<Secret>(
             "Secret",
             Api::all(client.clone()),
@@ -231,6 +246,7 @@ impl KubeSource {
         }
         let mut snapshot = state.snapshot.clone();
         snapshot.secrets = referenced_secrets(&state.snapshot, &state.tls_secrets);
+        snapshot.config_maps = referenced_config_maps(&state.snapshot, &state.config_maps);
         Some(snapshot)
     }
 
@@ -264,6 +280,24 @@ fn is_not_found(error: &watcher::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// The ConfigMaps named by a BackendTLSPolicy's `caCertificateRefs` (same namespace).
+fn referenced_config_maps(
+    snapshot: &Snapshot,
+    config_maps: &BTreeMap<ObjectKey, ConfigMap>,
+) -> BTreeMap<ObjectKey, ConfigMap> {
+    let mut referenced = BTreeMap::new();
+    for (policy_key, policy) in &snapshot.backend_tls_policies {
+        let refs = policy.spec.validation.ca_certificate_refs.iter().flatten();
+        for r in refs.filter(|r| r.group.is_empty() && r.kind == "ConfigMap") {
+            let key = ObjectKey::new(&policy_key.namespace, &r.name);
+            if let Some(map) = config_maps.get(&key) {
+                referenced.insert(key, map.clone());
+            }
+        }
+    }
+    referenced
 }
 
 /// The Secrets named by a Gateway listener's `tls.certificateRefs`.

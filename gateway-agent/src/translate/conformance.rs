@@ -234,6 +234,33 @@ fn check_route(object: &Value, want: &Value, at: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A policy's `status.ancestors`: `ancestorCount`, and each listed ancestor
+/// (by Gateway name and namespace) with its conditions.
+fn check_policy(object: &Value, want: &Value, at: &str) -> Result<(), String> {
+    let policy_ns = str_of(&object["metadata"]["namespace"]);
+    let ancestors = object["status"]["ancestors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(n) = want.get("ancestorCount")
+        && Some(ancestors.len() as u64) != n.as_u64()
+    {
+        return Err(format!("{at}: {} ancestors, want {n}", ancestors.len()));
+    }
+    for a in want["ancestors"].as_array().into_iter().flatten() {
+        let got = ancestors
+            .iter()
+            .find(|g| parent_matches(&g["ancestorRef"], &a["ancestorRef"], policy_ns))
+            .ok_or_else(|| format!("{at}: no ancestor {}", a["ancestorRef"]))?;
+        check_conditions(
+            &got["conditions"],
+            &a["conditions"],
+            &format!("{at} ancestor {}", a["ancestorRef"]),
+        )?;
+    }
+    Ok(())
+}
+
 fn check(objects: &[Value], expectations: &[Value]) -> Result<(), String> {
     for want in expectations {
         let kind = str_of(&want["kind"]);
@@ -249,6 +276,10 @@ fn check(objects: &[Value], expectations: &[Value]) -> Result<(), String> {
         }
         if kind.ends_with("Route") {
             check_route(object, want, &at)?;
+            continue;
+        }
+        if kind == "BackendTLSPolicy" {
+            check_policy(object, want, &at)?;
             continue;
         }
         check_conditions(&status["conditions"], &want["conditions"], &at)?;
@@ -282,7 +313,8 @@ fn check_invariants(objects: &[Value]) -> Result<(), String> {
         for l in status["listeners"].as_array().into_iter().flatten() {
             conditions.extend(l["conditions"].as_array().into_iter().flatten());
         }
-        for p in status["parents"].as_array().into_iter().flatten() {
+        let parents = status["parents"].as_array().into_iter().flatten();
+        for p in parents.chain(status["ancestors"].as_array().into_iter().flatten()) {
             if p["controllerName"] != CONTROLLER {
                 return Err(format!(
                     "{at}: parent controllerName {}",
@@ -335,6 +367,28 @@ fn suite_secrets() -> String {
     .collect()
 }
 
+/// The CA ConfigMaps (`ca.crt`) the Go suite creates at start-up: a valid
+/// certificate each, which is all status depends on.
+fn suite_config_maps() -> String {
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).expect("rcgen");
+    let pem = serde_json::to_string(&ca.cert.pem()).expect("json");
+    [
+        ("gateway-conformance-web-backend", "web-backend-cm"),
+        ("gateway-conformance-infra", "tls-validity-checks-ca-certificate"),
+        ("gateway-conformance-infra", "tls-validity-checks-per-port-ca-certificate"),
+        ("gateway-conformance-infra", "tls-checks-ca-certificate"),
+        ("gateway-conformance-infra", "mismatch-ca-certificate"),
+    ]
+    .iter()
+    .map(|(namespace, name)| {
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             data: {{ca.crt: {pem}}}\n"
+        )
+    })
+    .collect()
+}
+
 fn run(fixture: &Fixture) -> Result<(), String> {
     let dir = fixtures_dir().join("manifests");
     let mut snapshot = Snapshot::default();
@@ -345,6 +399,11 @@ fn run(fixture: &Fixture) -> Result<(), String> {
     let base = std::fs::read_to_string(dir.join("base.yaml")).expect("base manifests");
     load(&mut snapshot, "base.yaml", &base);
     load(&mut snapshot, "suite-secrets.yaml", &suite_secrets());
+    load(
+        &mut snapshot,
+        "suite-config-maps.yaml",
+        &suite_config_maps(),
+    );
     for name in &fixture.manifests {
         let text = std::fs::read_to_string(dir.join("tests").join(name))
             .unwrap_or_else(|e| panic!("{}: {name}: {e}", fixture.test));

@@ -6,6 +6,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use super::backend_tls::BackendTlsPolicies;
 use super::input::{BackendRef, Filter, Route, RouteKind};
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
@@ -21,6 +22,7 @@ pub(super) fn listener_rules(
     listener: &Listener,
     attached: &[Attachment],
     snapshot: &Snapshot,
+    policies: &BackendTlsPolicies,
     http: &mut BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>>,
 ) {
     let binds = super::listener_binds(listener);
@@ -37,7 +39,7 @@ pub(super) fn listener_rules(
                 // The spec: a rule with nothing to forward to answers 500.
                 (Vec::new(), 1)
             } else {
-                http_backends(route, &rule.backend_refs, snapshot)
+                http_backends(route, &rule.backend_refs, snapshot, policies)
             };
             // A rule that cannot be served as written only answers 500.
             let filters = if rule.unsupported.is_some() {
@@ -71,16 +73,22 @@ pub(super) fn listener_rules(
     }
 }
 
-/// Endpoints of each backendRef with that ref's filters and protocol, and the
-/// weight of refs that could not be resolved.
+/// Endpoints of each backendRef with that ref's filters, protocol and TLS, and
+/// the weight of refs that could not be resolved (or whose BackendTLSPolicy
+/// cannot be used: no plain-text fallback).
 fn http_backends(
     route: &Route,
     refs: &[BackendRef],
     snapshot: &Snapshot,
+    policies: &BackendTlsPolicies,
 ) -> (Vec<HttpBackend>, u32) {
     let mut backends = Vec::new();
     let mut invalid_weight = 0u32;
     for backend_ref in refs {
+        let Ok(tls) = policies.for_backend(backend_ref, snapshot) else {
+            invalid_weight = invalid_weight.saturating_add(backend_ref.weight);
+            continue;
+        };
         let (endpoints, invalid) =
             resolve_backends(route, std::slice::from_ref(backend_ref), snapshot);
         invalid_weight = invalid_weight.saturating_add(invalid);
@@ -95,6 +103,7 @@ fn http_backends(
             weight: e.weight,
             protocol,
             filters: filters.clone(),
+            tls: tls.clone(),
         }));
     }
     (backends, invalid_weight)

@@ -1,6 +1,7 @@
 //! Gateway API semantics as a pure function: a snapshot in, the data planes'
 //! configuration and a status report out. No I/O, no clock, no kube client.
 
+mod backend_tls;
 pub mod certificates;
 #[cfg(test)]
 mod conformance;
@@ -164,6 +165,18 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         }
     }
 
+    // BackendTLSPolicies: who governs which Service port, and their ancestors
+    // (the Gateways whose routes reach the Services they target).
+    let policies = backend_tls::BackendTlsPolicies::resolve(snapshot);
+    let mut reached: BTreeMap<ObjectKey, Vec<&BackendRef>> = BTreeMap::new();
+    for (listener, attached) in listeners.iter().zip(&attachments) {
+        let backends = reached.entry(listener.gateway.clone()).or_default();
+        for attachment in attached {
+            backends.extend(attachment.route.rules.iter().flat_map(|r| &r.backend_refs));
+        }
+    }
+    statuses.extend(policies.statuses(&reached, snapshot));
+
     // Gateway and listener statuses, now that attachedRoutes is known.
     for (status, range) in gateway_statuses {
         statuses.push(status);
@@ -222,9 +235,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     });
                 }
             }
-            "HTTP" => http::listener_rules(listener, attached, snapshot, &mut http),
+            "HTTP" => http::listener_rules(listener, attached, snapshot, &policies, &mut http),
             "HTTPS" => {
-                http::listener_rules(listener, attached, snapshot, &mut http);
+                http::listener_rules(listener, attached, snapshot, &policies, &mut http);
                 for bind in listener_binds(listener) {
                     https_certificates
                         .entry(bind)
@@ -232,7 +245,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                         .extend(listener.certificates.iter().cloned());
                 }
             }
-            "TLS" => passthrough::add_listener(listener, attached, snapshot, &mut tls_sockets),
+            "TLS" => {
+                passthrough::add_listener(listener, attached, snapshot, &policies, &mut tls_sockets)
+            }
             _ => {}
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use super::backend_tls::BackendTlsPolicies;
 use super::listeners::{Listener, TlsMode};
 use super::{Attachment, listener_binds, resolve_backends, route_ref};
 use crate::model::{ServerCertificate, TlsPassthroughListener, TlsPassthroughRoute};
@@ -25,6 +26,7 @@ pub fn add_listener(
     listener: &Listener,
     attached: &[Attachment],
     snapshot: &Snapshot,
+    policies: &BackendTlsPolicies,
     sockets: &mut BTreeMap<SocketAddr, Socket>,
 ) {
     // Terminate is the spec's default mode.
@@ -48,7 +50,26 @@ pub fn add_listener(
             let Some(rule) = route.rules.first() else {
                 continue;
             };
-            let (backends, _) = resolve_backends(route, &rule.backend_refs, snapshot);
+            let (mut backends, _) = resolve_backends(route, &rule.backend_refs, snapshot);
+            // Terminate re-encrypts to backends a BackendTLSPolicy governs;
+            // one whose policy cannot be used gets no traffic (no plain text).
+            let mut backend_tls = BTreeMap::new();
+            if terminate {
+                for backend_ref in &rule.backend_refs {
+                    let tls = policies.for_backend(backend_ref, snapshot);
+                    let (endpoints, _) =
+                        resolve_backends(route, std::slice::from_ref(backend_ref), snapshot);
+                    for endpoint in endpoints {
+                        match &tls {
+                            Ok(Some(tls)) => {
+                                backend_tls.insert(endpoint.addr, tls.clone());
+                            }
+                            Ok(None) => {}
+                            Err(_) => backends.retain(|b| b.addr != endpoint.addr),
+                        }
+                    }
+                }
+            }
             let order = format!("{}\0{}", route.created, route.key);
             socket.routes.push((
                 order,
@@ -57,6 +78,7 @@ pub fn add_listener(
                     hostnames: attachment.hostnames.clone(),
                     backends,
                     terminate,
+                    backend_tls,
                 },
             ));
         }

@@ -96,6 +96,10 @@ impl ObjectStatus {
 
 // === The statuses as the API server holds them ===
 
+use gateway_api::backendtlspolicies::{
+    BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
+    BackendTlsPolicyStatusAncestorsAncestorRef,
+};
 use gateway_api::experimental::{
     tcproutes::{TcpRoute, TcpRouteStatus, TcpRouteStatusParents, TcpRouteStatusParentsParentRef},
     udproutes::{UdpRoute, UdpRouteStatus, UdpRouteStatusParents, UdpRouteStatusParentsParentRef},
@@ -138,6 +142,7 @@ pub enum ApiObject {
     ListenerSet(ListenerSet),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    BackendTlsPolicy(BackendTlsPolicy),
     TlsRoute(TlsRoute),
     TcpRoute(TcpRoute),
     UdpRoute(UdpRoute),
@@ -418,6 +423,32 @@ pub fn api_objects(
             route.status = Some(UdpRouteStatus { parents });
         }
         out.push(ApiObject::UdpRoute(route));
+    }
+    for (key, policy) in &snapshot.backend_tls_policies {
+        let mut policy = policy.clone();
+        let ancestors: Vec<BackendTlsPolicyStatusAncestors> =
+            entries(statuses, "BackendTLSPolicy", key)
+                .iter()
+                .filter_map(|s| {
+                    let gateway = s.parent.as_ref()?;
+                    Some(BackendTlsPolicyStatusAncestors {
+                        ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
+                            group: Some(GATEWAY_GROUP.into()),
+                            kind: Some("Gateway".into()),
+                            name: gateway.name.clone(),
+                            namespace: Some(gateway.namespace.clone()),
+                            port: None,
+                            section_name: None,
+                        },
+                        conditions: api_conditions(s, now),
+                        controller_name: controller_name.to_string(),
+                    })
+                })
+                .collect();
+        if !ancestors.is_empty() {
+            policy.status = Some(BackendTlsPolicyStatus { ancestors });
+        }
+        out.push(ApiObject::BackendTlsPolicy(policy));
     }
     out
 }
