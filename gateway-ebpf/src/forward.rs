@@ -113,8 +113,23 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
             maps::count_route(flow.route_id, packet_len, false, false);
             rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
             if tcp_flags & TCP_FLAG_RST != 0 {
-                // Both ends are done: free the entries (and the NAT port) now.
-                remove_pair(&key, &flow);
+                if tcp_flags & TCP_FLAG_ACK == 0 && flow.flags & FLOW_ORIGINAL != 0 {
+                    // A client in SYN-SENT resets the ACK a backend TIME_WAIT
+                    // answered its SYN with (that kills the TIME_WAIT), then
+                    // retransmits the SYN: keep the NAT port for it, now clean
+                    // (closing: if no SYN comes, the port is free in 10 s).
+                    touch(
+                        &key,
+                        entry,
+                        &flow,
+                        now,
+                        FLOW_CLOSING,
+                        FLOW_BACKEND_CLOSED_FIRST,
+                    );
+                } else {
+                    // Both ends are done: free the entries (and the NAT port) now.
+                    remove_pair(&key, &flow);
+                }
                 maps::count_event(PacketEvent::FlowReset);
             } else if tcp_flags & TCP_FLAG_FIN != 0 {
                 let fin = if flow.flags & FLOW_ORIGINAL != 0 {
