@@ -153,6 +153,19 @@ pub struct FlowValue {
 pub const FLOW_ORIGINAL: u32 = 1;
 /// A FIN was seen: the flow ends after the short closing timeout.
 pub const FLOW_CLOSING: u32 = 2;
+/// The client sent a FIN.
+pub const FLOW_FIN_ORIGINAL: u32 = 4;
+/// The backend sent a FIN.
+pub const FLOW_FIN_REPLY: u32 = 8;
+/// The backend sent its FIN first, so it holds the connection in TIME_WAIT
+/// (60 s on Linux) after the close.
+pub const FLOW_BACKEND_CLOSED_FIRST: u32 = 16;
+/// Both ends sent a FIN: the connection is over (bar the last ACK), and a new
+/// flow may take its NAT port at once instead of after the closing timeout.
+pub const FLOW_FINISHED: u32 = FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY;
+/// What a SYN reusing a closed flow's 5-tuple (a new connection) clears.
+pub const FLOW_CLOSE_STATE: u32 =
+    FLOW_CLOSING | FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY | FLOW_BACKEND_CLOSED_FIRST;
 
 /// Idle timeouts of tracked flows, defaults of the program's load-time
 /// globals (`TCP_IDLE_NS`, `TCP_CLOSING_NS`, `UDP_IDLE_NS`). An expired flow

@@ -13,9 +13,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    FLOW_CLOSING, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKey, FlowValue, ListenerKey, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP,
-    PROTO_UDP, PacketEvent, flow_hash,
+    BackendValue, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE, FLOW_CLOSING, FLOW_FIN_ORIGINAL,
+    FLOW_FIN_REPLY, FLOW_FINISHED, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKey, FlowValue, ListenerKey,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN,
+    NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
 };
 
 use crate::{config, csum, icmp, maps, packet::*};
@@ -112,13 +113,46 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
             maps::count_route(flow.route_id, packet_len, false, false);
             rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
             if tcp_flags & TCP_FLAG_RST != 0 {
-                // Both ends are done: free the entries (and the NAT port) now.
-                remove_pair(&key, &flow);
+                if tcp_flags & TCP_FLAG_ACK == 0 && flow.flags & FLOW_ORIGINAL != 0 {
+                    // A client in SYN-SENT resets the ACK a backend TIME_WAIT
+                    // answered its SYN with (that kills the TIME_WAIT), then
+                    // retransmits the SYN: keep the NAT port for it, now clean
+                    // (closing: if no SYN comes, the port is free in 10 s).
+                    touch(
+                        &key,
+                        entry,
+                        &flow,
+                        now,
+                        FLOW_CLOSING,
+                        FLOW_BACKEND_CLOSED_FIRST,
+                    );
+                } else {
+                    // Both ends are done: free the entries (and the NAT port) now.
+                    remove_pair(&key, &flow);
+                }
                 maps::count_event(PacketEvent::FlowReset);
-            } else if tcp_flags & TCP_FLAG_FIN != 0 && flow.flags & FLOW_CLOSING == 0 {
-                touch(&key, entry, &flow, now, FLOW_CLOSING);
+            } else if tcp_flags & TCP_FLAG_FIN != 0 {
+                let fin = if flow.flags & FLOW_ORIGINAL != 0 {
+                    FLOW_FIN_ORIGINAL
+                } else {
+                    FLOW_FIN_REPLY
+                };
+                if flow.flags & fin == 0 {
+                    let mut add = FLOW_CLOSING | fin;
+                    if fin == FLOW_FIN_REPLY && flow.flags & FLOW_FIN_ORIGINAL == 0 {
+                        add |= FLOW_BACKEND_CLOSED_FIRST;
+                    }
+                    touch(&key, entry, &flow, now, add, 0);
+                }
+            } else if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+                && flow.flags & FLOW_CLOSE_STATE != 0
+            {
+                // The client opens a new connection on the same 5-tuple: it
+                // keeps the flow's NAT port (the backend's TIME_WAIT accepts
+                // a SYN of the same client connection tuple), and is live again.
+                touch(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE);
             } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
-                touch(&key, entry, &flow, now, 0);
+                touch(&key, entry, &flow, now, 0, 0);
             }
             return Ok(send::<L3>(ctx, &key, &flow));
         }
@@ -203,64 +237,112 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
     let start = hash >> 8;
     // Odd and below NAT_PORT_COUNT: successive probes land far apart.
     let stride = ((hash >> 3) % (NAT_PORT_COUNT as u32 / 2)) | 1;
+    let mut reply_key = FlowKey {
+        src_addr_be: backend.addr_be,
+        dst_addr_be: backend.snat_addr_be,
+        src_port_be: backend.port_be,
+        dst_port_be: 0,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    // A finished flow whose backend holds TIME_WAIT: its port is the last resort.
+    let mut time_wait_port = 0u16;
     let mut probe = 0u32;
     while probe < NAT_PORT_PROBES {
         let port = NAT_PORT_MIN
             + (start.wrapping_add(probe.wrapping_mul(stride)) % NAT_PORT_COUNT as u32) as u16;
-        let reply_key = FlowKey {
-            src_addr_be: backend.addr_be,
-            dst_addr_be: backend.snat_addr_be,
-            src_port_be: backend.port_be,
-            dst_port_be: port.to_be(),
-            proto: key.proto,
-            _pad: [0; 3],
-        };
-        if claim(&reply_key, &reply, now) {
-            let original = FlowValue {
-                new_src_addr_be: backend.snat_addr_be,
-                new_dst_addr_be: backend.addr_be,
-                new_src_port_be: port.to_be(),
-                new_dst_port_be: backend.port_be,
-                route_id,
-                flags: FLOW_ORIGINAL,
-                _pad: 0,
-                last_seen_ns: now,
-            };
-            if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
-                let _ = maps::FLOWS.remove(reply_key);
-                return None;
-            }
-            return Some(original);
+        reply_key.dst_port_be = port.to_be();
+        match claim(&reply_key, &reply, now, false) {
+            Claim::Claimed => return record_original(key, &reply_key, route_id, &backend, now),
+            Claim::TimeWait if time_wait_port == 0 => time_wait_port = port,
+            _ => {}
         }
         probe += 1;
+    }
+    // Every probed port is busy; reusing one whose old connection the backend
+    // holds in TIME_WAIT may cost the client a retry (the backend answers the
+    // SYN with an ACK, the client resets it), dropping the SYN costs a 1 s
+    // retransmit for sure.
+    if time_wait_port != 0 {
+        reply_key.dst_port_be = time_wait_port.to_be();
+        if claim(&reply_key, &reply, now, true) == Claim::Claimed {
+            return record_original(key, &reply_key, route_id, &backend, now);
+        }
     }
     maps::count_event(PacketEvent::DroppedNatPortsExhausted);
     None
 }
 
-/// Inserts the reply direction's entry unless its key (the NAT port) is taken
-/// by a live flow; an expired flow there is removed first.
+/// Writes the client → backend entry of a flow whose reply entry is claimed.
 #[inline(always)]
-fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64) -> bool {
+fn record_original(
+    key: &FlowKey,
+    reply_key: &FlowKey,
+    route_id: u32,
+    backend: &BackendValue,
+    now: u64,
+) -> Option<FlowValue> {
+    let original = FlowValue {
+        new_src_addr_be: backend.snat_addr_be,
+        new_dst_addr_be: backend.addr_be,
+        new_src_port_be: reply_key.dst_port_be,
+        new_dst_port_be: backend.port_be,
+        route_id,
+        flags: FLOW_ORIGINAL,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
+        let _ = maps::FLOWS.remove(*reply_key);
+        return None;
+    }
+    Some(original)
+}
+
+#[derive(PartialEq, Eq)]
+enum Claim {
+    Claimed,
+    /// Held by a live flow.
+    Busy,
+    /// Held by a finished flow whose backend closed first (TIME_WAIT there).
+    TimeWait,
+}
+
+/// Inserts the reply direction's entry unless its key (the NAT port) is taken
+/// by a live flow. An expired flow there is removed first, and so is a
+/// finished one (both FINs seen), unless the backend closed it first and
+/// still holds its TIME_WAIT (then only with `take_time_wait`): a new
+/// connection on that tuple gets its SYN accepted only if its sequence number
+/// or timestamp is above the old one's, a coin toss with another client port.
+#[inline(always)]
+fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64, take_time_wait: bool) -> Claim {
     if maps::FLOWS
         .insert(*reply_key, *reply, BPF_NOEXIST as u64)
         .is_ok()
     {
-        return true;
+        return Claim::Claimed;
     }
     let Some(occupant) = maps::FLOWS.get_ptr(*reply_key) else {
-        return false;
+        return Claim::Busy;
     };
     // SAFETY: copied out at once.
     let occupant = unsafe { *occupant };
-    if !expired(reply_key.proto, &occupant, now) {
-        return false;
+    if expired(reply_key.proto, &occupant, now) {
+        maps::count_event(PacketEvent::FlowExpired);
+    } else if occupant.flags & FLOW_FINISHED != FLOW_FINISHED {
+        return Claim::Busy;
+    } else if occupant.flags & FLOW_BACKEND_CLOSED_FIRST != 0 && !take_time_wait {
+        return Claim::TimeWait;
     }
     remove_pair(reply_key, &occupant);
-    maps::count_event(PacketEvent::FlowExpired);
-    maps::FLOWS
+    if maps::FLOWS
         .insert(*reply_key, *reply, BPF_NOEXIST as u64)
         .is_ok()
+    {
+        Claim::Claimed
+    } else {
+        Claim::Busy
+    }
 }
 
 #[inline(always)]
@@ -313,20 +395,28 @@ fn remove_pair(key: &FlowKey, flow: &FlowValue) {
     let _ = maps::FLOWS.remove(*key);
 }
 
-/// Records activity (and `add_flags`) in both directions' entries.
+/// Records activity (and sets `add_flags`, clears `clear_flags`) in both
+/// directions' entries.
 #[inline(always)]
-fn touch(key: &FlowKey, entry: *mut FlowValue, flow: &FlowValue, now: u64, add_flags: u32) {
+fn touch(
+    key: &FlowKey,
+    entry: *mut FlowValue,
+    flow: &FlowValue,
+    now: u64,
+    add_flags: u32,
+    clear_flags: u32,
+) {
     // SAFETY: a live map value; plain stores.
     unsafe {
         (*entry).last_seen_ns = now;
-        (*entry).flags |= add_flags;
+        (*entry).flags = ((*entry).flags & !clear_flags) | add_flags;
     }
     if let Some(other) = maps::FLOWS.get_ptr_mut(partner_key(key, flow)) {
         // SAFETY: a live map value; plain stores.
         unsafe {
             if is_partner(key, &*other) {
                 (*other).last_seen_ns = now;
-                (*other).flags |= add_flags;
+                (*other).flags = ((*other).flags & !clear_flags) | add_flags;
             }
         }
     }

@@ -120,6 +120,12 @@ impl Netns {
         .expect("connect thread")
     }
 
+    /// Moves the calling thread into the namespace (setns changes only this
+    /// thread): sockets it opens from then on live there.
+    pub fn enter(&self) -> std::io::Result<()> {
+        enter_netns(&self.name)
+    }
+
     /// Runs `args` inside the namespace and panics if it fails.
     pub fn run(&self, args: &[&str]) -> Output {
         must(self.command(args[0]).args(&args[1..]))
@@ -145,6 +151,17 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Moves the calling thread into the network namespace `name` (for threads
+/// that do not hold the `Netns`).
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on a valid namespace fd; it changes only this thread.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
