@@ -152,9 +152,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files ourselves raises Access events: only changes count.
+        // Reading the files ourselves raises Access events: only changes count
+        // (a writer closing its file is one: its last write is then complete).
+        use notify::event::{AccessKind, AccessMode};
         if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
+            && (!matches!(event.kind, notify::EventKind::Access(_))
+                || event.kind == notify::EventKind::Access(AccessKind::Close(AccessMode::Write)))
         {
             let _ = changed_tx.try_send(());
         }
@@ -164,16 +167,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", dir.display()))?;
 
     let mut source = FileSource::default();
+    let settings = node.settings.clone();
     let mut generation = 0u64;
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         generation += 1;
         let started = Instant::now();
-        let (snapshot, errors) = source.load(&dir);
+        // Reading and translating is CPU work: off the runtime, so that the
+        // requests in flight are not stalled by a reload.
+        let dir_now = dir.clone();
+        let settings_now = settings.clone();
+        let (returned, output, errors) = tokio::task::spawn_blocking(move || {
+            let (snapshot, errors) = source.load(&dir_now);
+            let output = translate::translate(snapshot, &settings_now);
+            (source, output, errors)
+        })
+        .await
+        .context("the reload thread panicked")?;
+        source = returned;
         for error in &errors {
             tracing::error!(%error, "invalid manifest");
         }
-        let output = translate::translate(&snapshot, &node.settings);
         for status in &output.statuses {
             if let Some(problem) = status.problem() {
                 tracing::warn!(
@@ -202,8 +216,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
         tokio::select! {
             _ = changed_rx.recv() => {
-                // Coalesce a burst of file events (an editor's save is several) into one reload.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Coalesce a burst of file events (an editor's save is several)
+                // into one reload: wait until they pause, for at most 100 ms.
+                let burst = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if changed_rx.try_recv().is_err() || burst.elapsed() > Duration::from_millis(100) {
+                        break;
+                    }
+                }
                 while changed_rx.try_recv().is_ok() {}
             }
             () = &mut shutdown => break,
