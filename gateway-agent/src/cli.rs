@@ -2,17 +2,16 @@
 //! In the library so that the end-to-end tests run exactly this code.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::dataplane::loader::AttachMode;
 use crate::passthrough::SpliceMode;
-use crate::source::file::{self, FileSource};
+use crate::source::file::{self, FileSource, ManifestWatcher};
 use crate::translate::{self, Settings};
 use crate::{DEFAULT_CONTROLLER_NAME, netif};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use node::Node;
-use notify::Watcher as _;
 
 mod cluster;
 mod node;
@@ -150,21 +149,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = Node::start(&args).await?;
     tracing::info!(pin_dir = %node.pin_dir.display(), "BPF maps pinned");
 
-    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files ourselves raises Access events: only changes count
-        // (a writer closing its file is one: its last write is then complete).
-        use notify::event::{AccessKind, AccessMode};
-        if let Ok(event) = event
-            && (!matches!(event.kind, notify::EventKind::Access(_))
-                || event.kind == notify::EventKind::Access(AccessKind::Close(AccessMode::Write)))
-        {
-            let _ = changed_tx.try_send(());
-        }
-    })?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
+    let mut watcher =
+        ManifestWatcher::new(&dir).with_context(|| format!("watching {}", dir.display()))?;
 
     let mut source = FileSource::default();
     let settings = node.settings.clone();
@@ -230,18 +216,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(release_free_memory);
 
         tokio::select! {
-            _ = changed_rx.recv() => {
-                // Coalesce a burst of file events (an editor's save is several)
-                // into one reload: wait until they pause, for at most 100 ms.
-                let burst = Instant::now();
-                loop {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    if changed_rx.try_recv().is_err() || burst.elapsed() > Duration::from_millis(100) {
-                        break;
-                    }
-                }
-                while changed_rx.try_recv().is_ok() {}
-            }
+            changed = watcher.changed() => if !changed {
+                anyhow::bail!("the watch on {} stopped", dir.display());
+            },
             () = &mut shutdown => break,
         }
     }

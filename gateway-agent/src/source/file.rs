@@ -267,6 +267,91 @@ impl FileSource {
     }
 }
 
+/// Watches a manifests directory and says when a burst of changes is over.
+pub struct ManifestWatcher {
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<notify::Event>,
+}
+
+/// A burst ends when no event came for this long and every file written to
+/// was closed again (else a reload could read a file its writer just truncated).
+const QUIET: Duration = Duration::from_millis(2);
+/// ... or after this long, whatever is still open.
+const MAX_BURST: Duration = Duration::from_millis(100);
+
+impl ManifestWatcher {
+    pub fn new(dir: &Path) -> notify::Result<Self> {
+        use notify::Watcher as _;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading the files ourselves raises Access events: only changes
+                // count, and a writer closing its file.
+                if let Ok(event) = event
+                    && (!matches!(event.kind, notify::EventKind::Access(_))
+                        || closes_a_write(&event))
+                {
+                    let _ = tx.send(event);
+                }
+            })?;
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+        Ok(Self {
+            _watcher: watcher,
+            events,
+        })
+    }
+
+    /// Waits for a change, then for the burst it starts to end (an editor's
+    /// save is several events); false when the watcher stopped.
+    pub async fn changed(&mut self) -> bool {
+        let Some(first) = self.events.recv().await else {
+            return false;
+        };
+        let burst = std::time::Instant::now();
+        let mut writing = BTreeSet::new();
+        track_writes(&first, &mut writing);
+        while burst.elapsed() < MAX_BURST {
+            tokio::time::sleep(QUIET).await;
+            let mut quiet = true;
+            while let Ok(event) = self.events.try_recv() {
+                track_writes(&event, &mut writing);
+                quiet = false;
+            }
+            if quiet && writing.is_empty() {
+                break;
+            }
+        }
+        true
+    }
+}
+
+fn closes_a_write(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    event.kind == notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
+}
+
+/// Files opened for writing and not closed yet.
+fn track_writes(event: &notify::Event, writing: &mut BTreeSet<PathBuf>) {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match event.kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            writing.extend(event.paths.iter().cloned());
+        }
+        EventKind::Remove(_) => {
+            for path in &event.paths {
+                writing.remove(path);
+            }
+        }
+        _ if closes_a_write(event) => {
+            for path in &event.paths {
+                writing.remove(path);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn collect_yaml_files(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<ManifestError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
