@@ -705,11 +705,10 @@ mod tests {
         std::fs::remove_file(dir.0.join("a.yaml")).expect("remove");
         source.load(&dir.0);
         assert!(
-            source
+            !source
                 .snapshot()
                 .services
-                .get(&ObjectKey::new("default", "shared"))
-                .is_none()
+                .contains_key(&ObjectKey::new("default", "shared"))
         );
         assert_eq!(source.snapshot().services.len(), 1);
     }
