@@ -2,17 +2,16 @@
 //! In the library so that the end-to-end tests run exactly this code.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::dataplane::loader::AttachMode;
 use crate::passthrough::SpliceMode;
-use crate::source::file::{self, FileSource};
+use crate::source::file::{self, FileSource, ManifestWatcher};
 use crate::translate::{self, Settings};
 use crate::{DEFAULT_CONTROLLER_NAME, netif};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use node::Node;
-use notify::Watcher as _;
 
 mod cluster;
 mod node;
@@ -201,30 +200,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = Node::start(&args).await?;
     tracing::info!(pin_dir = %node.pin_dir.display(), "BPF maps pinned");
 
-    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files ourselves raises Access events: only changes count.
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-        {
-            let _ = changed_tx.try_send(());
-        }
-    })?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
+    let mut watcher =
+        ManifestWatcher::new(&dir).with_context(|| format!("watching {}", dir.display()))?;
 
     let mut source = FileSource::default();
+    let settings = node.settings.clone();
     let mut generation = 0u64;
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         generation += 1;
         let started = Instant::now();
-        let (snapshot, errors) = source.load(&dir);
+        // Reading and translating is CPU work: off the runtime, so that the
+        // requests in flight are not stalled by a reload.
+        let dir_now = dir.clone();
+        let settings_now = settings.clone();
+        let (returned, output, errors, read_took, translate_took) =
+            tokio::task::spawn_blocking(move || {
+                let (snapshot, errors) = source.load(&dir_now);
+                let read_took = started.elapsed();
+                let output = translate::translate(snapshot, &settings_now);
+                (
+                    source,
+                    output,
+                    errors,
+                    read_took,
+                    started.elapsed() - read_took,
+                )
+            })
+            .await
+            .context("the reload thread panicked")?;
+        source = returned;
         for error in &errors {
             tracing::error!(%error, "invalid manifest");
         }
-        let output = translate::translate(&snapshot, &node.settings);
         for status in &output.statuses {
             if let Some(problem) = status.problem() {
                 tracing::warn!(
@@ -247,16 +255,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             http_listeners = output.config.http.len(),
             tls_passthrough_listeners = output.config.tls_passthrough.len(),
             manifest_errors = errors.len(),
+            read_ms = read_took.as_secs_f64() * 1e3,
+            translate_ms = translate_took.as_secs_f64() * 1e3,
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"
         );
+        // The proxies and maps hold what they serve: the translated config
+        // and statuses are garbage now. Hand the freed pages back to the
+        // kernel too (glibc keeps them otherwise), off the runtime.
+        drop(output);
+        tokio::task::spawn_blocking(release_free_memory);
 
         tokio::select! {
-            _ = changed_rx.recv() => {
-                // Coalesce a burst of file events (an editor's save is several) into one reload.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while changed_rx.try_recv().is_ok() {}
-            }
+            changed = watcher.changed() => if !changed {
+                anyhow::bail!("the watch on {} stopped", dir.display());
+            },
             () = &mut shutdown => break,
         }
     }
@@ -301,6 +314,15 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
     }
     Ok(())
+}
+
+/// Returns the heap's free pages to the kernel (`malloc_trim`), so that RSS
+/// follows what is in use after a reload freed the previous generation.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas; no pointers are passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {

@@ -90,3 +90,115 @@ impl Snapshot {
         self.crd_bundle_versions.extend(other.crd_bundle_versions);
     }
 }
+
+/// One object of a kind the agent reads, as a source parsed it.
+#[derive(Clone, Debug)]
+pub enum Object {
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
+    TcpRoute(TcpRoute),
+    UdpRoute(UdpRoute),
+    TlsRoute(TlsRoute),
+    ReferenceGrant(ReferenceGrant),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Secret(Secret),
+    Namespace(Namespace),
+    ListenerSet(ListenerSet),
+    BackendTlsPolicy(BackendTlsPolicy),
+    ConfigMap(ConfigMap),
+}
+
+/// Which map of the snapshot an object lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+    TcpRoute,
+    UdpRoute,
+    TlsRoute,
+    ReferenceGrant,
+    Service,
+    EndpointSlice,
+    Secret,
+    Namespace,
+    ListenerSet,
+    BackendTlsPolicy,
+    ConfigMap,
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::ListenerSet(_) => Kind::ListenerSet,
+            Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Adds or replaces one object.
+    pub fn insert(&mut self, key: ObjectKey, object: Object) {
+        match object {
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, o)),
+            Object::Gateway(o) => drop(self.gateways.insert(key, o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
+            Object::TcpRoute(o) => drop(self.tcp_routes.insert(key, o)),
+            Object::UdpRoute(o) => drop(self.udp_routes.insert(key, o)),
+            Object::TlsRoute(o) => drop(self.tls_routes.insert(key, o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
+            Object::Service(o) => drop(self.services.insert(key, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Object::Secret(o) => drop(self.secrets.insert(key, o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
+            Object::ListenerSet(o) => drop(self.listener_sets.insert(key, o)),
+            Object::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(key, o)),
+            Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
+        }
+    }
+
+    /// Removes one object and returns it.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            Kind::GatewayClass => self.gateway_classes.remove(key).map(Object::GatewayClass),
+            Kind::Gateway => self.gateways.remove(key).map(Object::Gateway),
+            Kind::HttpRoute => self.http_routes.remove(key).map(Object::HttpRoute),
+            Kind::GrpcRoute => self.grpc_routes.remove(key).map(Object::GrpcRoute),
+            Kind::TcpRoute => self.tcp_routes.remove(key).map(Object::TcpRoute),
+            Kind::UdpRoute => self.udp_routes.remove(key).map(Object::UdpRoute),
+            Kind::TlsRoute => self.tls_routes.remove(key).map(Object::TlsRoute),
+            Kind::ReferenceGrant => self
+                .reference_grants
+                .remove(key)
+                .map(Object::ReferenceGrant),
+            Kind::Service => self.services.remove(key).map(Object::Service),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).map(Object::EndpointSlice),
+            Kind::Secret => self.secrets.remove(key).map(Object::Secret),
+            Kind::Namespace => self.namespaces.remove(key).map(Object::Namespace),
+            Kind::ListenerSet => self.listener_sets.remove(key).map(Object::ListenerSet),
+            Kind::BackendTlsPolicy => self
+                .backend_tls_policies
+                .remove(key)
+                .map(Object::BackendTlsPolicy),
+            Kind::ConfigMap => self.config_maps.remove(key).map(Object::ConfigMap),
+        }
+    }
+}

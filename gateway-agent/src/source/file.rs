@@ -2,13 +2,16 @@
 //! `kubectl apply -f DIR -R` would read it. A document that does not parse is
 //! reported with its file and line and left out; the rest is served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::{ObjectKey, Snapshot};
+use crate::store::{Kind, Object, ObjectKey, Snapshot};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
@@ -21,51 +24,331 @@ pub struct ManifestError {
 
 /// Reads every `.yaml`/`.yml` file under `dir` (recursively, in name order).
 pub fn load_dir(dir: &Path) -> (Snapshot, Vec<ManifestError>) {
-    FileSource::default().load(dir)
+    let mut source = FileSource::default();
+    let errors = source.load(dir).1;
+    (source.snapshot, errors)
 }
 
 /// Re-reads a directory on demand, keeping each file's last version that parsed
 /// without error: a broken edit is reported and the objects it held keep serving.
+///
+/// Incremental: a file is re-read only when its size or mtime changed (or its
+/// mtime is too recent to tell two writes apart), and re-parsed only when its
+/// content changed. Every object is held once, in the merged snapshot; each
+/// file remembers which objects it contributed.
 #[derive(Default)]
 pub struct FileSource {
-    last_good: BTreeMap<PathBuf, Snapshot>,
+    snapshot: Snapshot,
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// Objects defined by more than one file: the last file in path order is
+    /// served (as `kubectl apply -f DIR -R` would leave it); the other
+    /// versions wait here for it to drop the object.
+    shadowed: BTreeMap<(Kind, ObjectKey), BTreeMap<Arc<Path>, Object>>,
+    /// Which file the snapshot's version of each object came from.
+    served_by: BTreeMap<(Kind, ObjectKey), Arc<Path>>,
 }
 
+struct FileState {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// The mtime was so close to the read that a later write of the same size
+    /// could carry the same mtime: re-read next time regardless.
+    racy: bool,
+    content_hash: u64,
+    /// The served objects came from a version without errors.
+    clean: bool,
+    objects: Vec<(Kind, ObjectKey)>,
+    errors: Vec<ManifestError>,
+}
+
+/// File timestamps are taken from a coarse clock (a few ms); two seconds of
+/// margin also covers filesystems with whole-second mtimes.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
 impl FileSource {
-    pub fn load(&mut self, dir: &Path) -> (Snapshot, Vec<ManifestError>) {
+    /// The merged snapshot as of the last `load`.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Brings the snapshot up to date with `dir` and returns it with every
+    /// file's current errors.
+    pub fn load(&mut self, dir: &Path) -> (&Snapshot, Vec<ManifestError>) {
         let mut errors = Vec::new();
-        let mut files = Vec::new();
-        collect_yaml_files(dir, &mut files, &mut errors);
-        files.sort();
-        self.last_good.retain(|path, _| files.contains(path));
-        let mut snapshot = Snapshot::default();
-        for file in files {
-            let mut file_snapshot = Snapshot::default();
-            let mut file_errors = Vec::new();
-            match std::fs::read_to_string(&file) {
-                Ok(text) => load_str(&file, &text, &mut file_snapshot, &mut file_errors),
-                Err(e) => file_errors.push(ManifestError {
-                    file: file.clone(),
-                    line: 0,
-                    message: format!("cannot read: {e}"),
-                }),
-            }
-            if file_errors.is_empty() {
-                self.last_good.insert(file, file_snapshot.clone());
-                snapshot.merge(file_snapshot);
-            } else {
-                match self.last_good.get(&file) {
-                    Some(previous) => {
-                        tracing::warn!(file = %file.display(), "keeping the last version of this file that parsed");
-                        snapshot.merge(previous.clone());
-                    }
-                    // Never parsed cleanly: serve the documents that did parse.
-                    None => snapshot.merge(file_snapshot),
-                }
-                errors.extend(file_errors);
+        let mut paths = Vec::new();
+        collect_yaml_files(dir, &mut paths, &mut errors);
+        paths.sort();
+        let present: BTreeSet<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let removed: Vec<Arc<Path>> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(&***p))
+            .cloned()
+            .collect();
+        for path in removed {
+            if let Some(state) = self.files.remove(&path) {
+                self.retract(&path, &state.objects);
             }
         }
-        (snapshot, errors)
+        for path in paths {
+            let path: Arc<Path> = match self.files.get_key_value(path.as_path()) {
+                Some((known, _)) => known.clone(),
+                None => path.into(),
+            };
+            self.refresh(&path);
+        }
+        for state in self.files.values() {
+            errors.extend(state.errors.iter().cloned());
+        }
+        (&self.snapshot, errors)
+    }
+
+    /// Re-reads `path` if it may have changed and updates the snapshot with
+    /// what it now defines.
+    fn refresh(&mut self, path: &Arc<Path>) {
+        let metadata = std::fs::metadata(path).ok();
+        let len = metadata.as_ref().map_or(0, std::fs::Metadata::len);
+        let modified = metadata.as_ref().and_then(|m| m.modified().ok());
+        if let Some(state) = self.files.get(path)
+            && !state.racy
+            && state.len == len
+            && modified.is_some()
+            && state.modified == modified
+        {
+            return;
+        }
+        let read_at = SystemTime::now();
+        let racy = modified.is_none_or(|m| {
+            read_at
+                .duration_since(m)
+                .map_or(true, |age| age < RACY_WINDOW)
+        });
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                let error = ManifestError {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    message: format!("cannot read: {e}"),
+                };
+                self.update(path, len, modified, racy, 0, Vec::new(), vec![error]);
+                return;
+            }
+        };
+        let content_hash = {
+            let mut hasher = std::hash::DefaultHasher::new();
+            text.hash(&mut hasher);
+            hasher.finish()
+        };
+        if let Some(state) = self.files.get_mut(path)
+            && state.content_hash == content_hash
+            && state.len == len
+        {
+            state.modified = modified;
+            state.racy = racy;
+            return;
+        }
+        let mut objects = Vec::new();
+        let mut file_errors = Vec::new();
+        parse_file(path, &text, &mut objects, &mut file_errors);
+        self.update(
+            path,
+            len,
+            modified,
+            racy,
+            content_hash,
+            objects,
+            file_errors,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        path: &Arc<Path>,
+        len: u64,
+        modified: Option<SystemTime>,
+        racy: bool,
+        content_hash: u64,
+        objects: Vec<(ObjectKey, Object)>,
+        errors: Vec<ManifestError>,
+    ) {
+        let keep_previous = !errors.is_empty() && self.files.get(path).is_some_and(|s| s.clean);
+        let clean = errors.is_empty() || keep_previous;
+        let served = if keep_previous {
+            tracing::warn!(file = %path.display(), "keeping the last version of this file that parsed");
+            self.files
+                .get_mut(path)
+                .map(|s| std::mem::take(&mut s.objects))
+                .unwrap_or_default()
+        } else {
+            // Never parsed cleanly: serve the documents that did parse.
+            if let Some(previous) = self
+                .files
+                .get_mut(path)
+                .map(|s| std::mem::take(&mut s.objects))
+            {
+                self.retract(path, &previous);
+            }
+            let mut served = Vec::with_capacity(objects.len());
+            for (key, object) in objects {
+                let kind = object.kind();
+                served.push((kind, key.clone()));
+                self.claim(path, key, object);
+            }
+            served
+        };
+        self.files.insert(
+            path.clone(),
+            FileState {
+                len,
+                modified,
+                racy,
+                content_hash,
+                clean,
+                objects: served,
+                errors,
+            },
+        );
+    }
+
+    fn claim(&mut self, path: &Arc<Path>, key: ObjectKey, object: Object) {
+        let entry = (object.kind(), key);
+        match self.served_by.get(&entry) {
+            Some(current) if current > path => {
+                self.shadowed
+                    .entry(entry)
+                    .or_default()
+                    .insert(path.clone(), object);
+            }
+            Some(current) if current < path => {
+                let current = current.clone();
+                if let Some(previous) = self.snapshot.remove(entry.0, &entry.1) {
+                    self.shadowed
+                        .entry(entry.clone())
+                        .or_default()
+                        .insert(current, previous);
+                }
+                self.snapshot.insert(entry.1.clone(), object);
+                self.served_by.insert(entry, path.clone());
+            }
+            _ => {
+                self.snapshot.insert(entry.1.clone(), object);
+                self.served_by.insert(entry, path.clone());
+            }
+        }
+    }
+
+    fn retract(&mut self, path: &Arc<Path>, objects: &[(Kind, ObjectKey)]) {
+        for entry in objects {
+            if self.served_by.get(entry) != Some(path) {
+                if let Some(versions) = self.shadowed.get_mut(entry) {
+                    versions.remove(path);
+                    if versions.is_empty() {
+                        self.shadowed.remove(entry);
+                    }
+                }
+                continue;
+            }
+            self.snapshot.remove(entry.0, &entry.1);
+            self.served_by.remove(entry);
+            // The next file in path order that defines it takes over.
+            let Some(versions) = self.shadowed.get_mut(entry) else {
+                continue;
+            };
+            if let Some((next, object)) = versions.pop_last() {
+                self.snapshot.insert(entry.1.clone(), object);
+                self.served_by.insert(entry.clone(), next);
+            }
+            if versions.is_empty() {
+                self.shadowed.remove(entry);
+            }
+        }
+    }
+}
+
+/// Watches a manifests directory and says when a burst of changes is over.
+pub struct ManifestWatcher {
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<notify::Event>,
+}
+
+/// A burst ends when no event came for this long and every file written to
+/// was closed again (else a reload could read a file its writer just truncated).
+const QUIET: Duration = Duration::from_millis(2);
+/// ... or after this long, whatever is still open.
+const MAX_BURST: Duration = Duration::from_millis(100);
+
+impl ManifestWatcher {
+    pub fn new(dir: &Path) -> notify::Result<Self> {
+        use notify::Watcher as _;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading the files ourselves raises Access events: only changes
+                // count, and a writer closing its file.
+                if let Ok(event) = event
+                    && (!matches!(event.kind, notify::EventKind::Access(_))
+                        || closes_a_write(&event))
+                {
+                    let _ = tx.send(event);
+                }
+            })?;
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+        Ok(Self {
+            _watcher: watcher,
+            events,
+        })
+    }
+
+    /// Waits for a change, then for the burst it starts to end (an editor's
+    /// save is several events); false when the watcher stopped.
+    pub async fn changed(&mut self) -> bool {
+        let Some(first) = self.events.recv().await else {
+            return false;
+        };
+        let burst = std::time::Instant::now();
+        let mut writing = BTreeSet::new();
+        track_writes(&first, &mut writing);
+        while burst.elapsed() < MAX_BURST {
+            tokio::time::sleep(QUIET).await;
+            let mut quiet = true;
+            while let Ok(event) = self.events.try_recv() {
+                track_writes(&event, &mut writing);
+                quiet = false;
+            }
+            if quiet && writing.is_empty() {
+                break;
+            }
+        }
+        true
+    }
+}
+
+fn closes_a_write(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    event.kind == notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
+}
+
+/// Files opened for writing and not closed yet.
+fn track_writes(event: &notify::Event, writing: &mut BTreeSet<PathBuf>) {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match event.kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            writing.extend(event.paths.iter().cloned());
+        }
+        EventKind::Remove(_) => {
+            for path in &event.paths {
+                writing.remove(path);
+            }
+        }
+        _ if closes_a_write(event) => {
+            for path in &event.paths {
+                writing.remove(path);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -142,13 +425,29 @@ struct MetaNames {
 
 /// Parses every document of one file into `snapshot`.
 pub fn load_str(file: &Path, text: &str, snapshot: &mut Snapshot, errors: &mut Vec<ManifestError>) {
+    let mut objects = Vec::new();
+    parse_file(file, text, &mut objects, errors);
+    for (key, object) in objects {
+        snapshot.insert(key, object);
+    }
+}
+
+/// Parses every document of one file, in order.
+fn parse_file(
+    file: &Path,
+    text: &str,
+    objects: &mut Vec<(ObjectKey, Object)>,
+    errors: &mut Vec<ManifestError>,
+) {
     for doc in split_documents(text) {
-        if let Err(e) = load_document(&doc, snapshot) {
-            errors.push(ManifestError {
+        match parse_document(&doc) {
+            Ok(Some(object)) => objects.push(object),
+            Ok(None) => {}
+            Err(e) => errors.push(ManifestError {
                 file: file.to_path_buf(),
                 line: e.0,
                 message: e.1,
-            });
+            }),
         }
     }
 }
@@ -168,13 +467,14 @@ fn yaml_error(doc: &Document, e: &serde_yaml::Error) -> DocError {
     (line, message)
 }
 
-fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError> {
+/// One document's object, `None` for an empty document or a kind the agent does not use.
+fn parse_document(doc: &Document) -> Result<Option<(ObjectKey, Object)>, DocError> {
     let has_content = doc
         .text
         .lines()
         .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
     if !has_content {
-        return Ok(());
+        return Ok(None);
     }
     let meta: TypeMeta = serde_yaml::from_str(doc.text).map_err(|e| yaml_error(doc, &e))?;
     let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
@@ -199,70 +499,71 @@ fn load_document(doc: &Document, snapshot: &mut Snapshot) -> Result<(), DocError
         object
     }
 
-    match (group, kind.as_str()) {
+    let object = match (group, kind.as_str()) {
         ("gateway.networking.k8s.io", "GatewayClass") => {
-            snapshot.gateway_classes.insert(cluster, parse(doc)?);
+            (cluster, Object::GatewayClass(parse(doc)?))
         }
         ("gateway.networking.k8s.io", "Gateway") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.gateways.insert(key, object);
+            (key, Object::Gateway(object))
         }
         ("gateway.networking.k8s.io", "HTTPRoute") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.http_routes.insert(key, object);
+            (key, Object::HttpRoute(object))
         }
         ("gateway.networking.k8s.io", "GRPCRoute") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.grpc_routes.insert(key, object);
+            (key, Object::GrpcRoute(object))
         }
         ("gateway.networking.k8s.io", "TCPRoute") if matches!(version, "v1" | "v1alpha2") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.tcp_routes.insert(key, object);
+            (key, Object::TcpRoute(object))
         }
         ("gateway.networking.k8s.io", "UDPRoute") if matches!(version, "v1" | "v1alpha2") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.udp_routes.insert(key, object);
+            (key, Object::UdpRoute(object))
         }
         ("gateway.networking.k8s.io", "TLSRoute")
             if matches!(version, "v1" | "v1alpha3" | "v1alpha2") =>
         {
             let object = with_namespace(parse_tls_route(doc)?, &key);
-            snapshot.tls_routes.insert(key, object);
+            (key, Object::TlsRoute(object))
         }
         ("gateway.networking.k8s.io", "ReferenceGrant") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.reference_grants.insert(key, object);
+            (key, Object::ReferenceGrant(object))
         }
         ("gateway.networking.k8s.io", "ListenerSet") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.listener_sets.insert(key, object);
+            (key, Object::ListenerSet(object))
         }
         ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.backend_tls_policies.insert(key, object);
+            (key, Object::BackendTlsPolicy(object))
         }
         ("", "ConfigMap") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.config_maps.insert(key, object);
+            (key, Object::ConfigMap(object))
         }
         ("", "Service") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.services.insert(key, object);
+            (key, Object::Service(object))
         }
         ("discovery.k8s.io", "EndpointSlice") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.endpoint_slices.insert(key, object);
+            (key, Object::EndpointSlice(object))
         }
         ("", "Secret") => {
             let object = with_namespace(parse(doc)?, &key);
-            snapshot.secrets.insert(key, object);
+            (key, Object::Secret(object))
         }
-        ("", "Namespace") => {
-            snapshot.namespaces.insert(cluster, parse(doc)?);
+        ("", "Namespace") => (cluster, Object::Namespace(parse(doc)?)),
+        _ => {
+            tracing::debug!(%api_version, %kind, %name, "ignoring a kind the agent does not use");
+            return Ok(None);
         }
-        _ => tracing::debug!(%api_version, %kind, %name, "ignoring a kind the agent does not use"),
-    }
-    Ok(())
+    };
+    Ok(Some(object))
 }
 
 /// A TLSRoute of any served version into the `v1` type: `v1alpha2` allows
@@ -361,6 +662,136 @@ mod tests {
                 .hostnames,
             ["*.example"]
         );
+    }
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "gateway-agent-file-{label}-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn service(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: {port}\n"
+        )
+    }
+
+    #[test]
+    fn only_changed_files_are_parsed_again_and_later_files_win() {
+        let dir = TempDir::new("incremental");
+        std::fs::write(dir.0.join("a.yaml"), service("shared", 1)).expect("write");
+        std::fs::write(dir.0.join("b.yaml"), service("shared", 2)).expect("write");
+        let mut source = FileSource::default();
+        let port = |source: &FileSource| {
+            source.snapshot().services[&ObjectKey::new("default", "shared")]
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .map(|p| p[0].port)
+        };
+        assert!(source.load(&dir.0).1.is_empty());
+        assert_eq!(port(&source), Some(2), "the later file wins");
+        // Dropping the object from the winning file serves the other file's.
+        std::fs::write(dir.0.join("b.yaml"), service("other", 3)).expect("write");
+        source.load(&dir.0);
+        assert_eq!(port(&source), Some(1));
+        std::fs::remove_file(dir.0.join("a.yaml")).expect("remove");
+        source.load(&dir.0);
+        assert!(
+            !source
+                .snapshot()
+                .services
+                .contains_key(&ObjectKey::new("default", "shared"))
+        );
+        assert_eq!(source.snapshot().services.len(), 1);
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_version() {
+        let dir = TempDir::new("broken");
+        let file = dir.0.join("s.yaml");
+        std::fs::write(&file, service("s", 80)).expect("write");
+        let mut source = FileSource::default();
+        assert!(source.load(&dir.0).1.is_empty());
+        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: [\n").expect("write");
+        let errors = source.load(&dir.0).1;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            source
+                .snapshot()
+                .services
+                .contains_key(&ObjectKey::new("default", "s"))
+        );
+        // Reported again on the next load, though the file is not parsed again.
+        assert_eq!(source.load(&dir.0).1.len(), 1);
+    }
+
+    /// Random edit sequences: the incremental source always holds what a
+    /// fresh read of the files' served versions holds (the last version
+    /// without errors of each file, or what parsed of one that never had none).
+    #[test]
+    fn incremental_loads_equal_a_fresh_read_over_random_edits() {
+        let dir = TempDir::new("random");
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut source = FileSource::default();
+        // Served text per file (the model), by file name.
+        let mut served: BTreeMap<String, String> = BTreeMap::new();
+        let mut clean: BTreeMap<String, bool> = BTreeMap::new();
+        for step in 0..300 {
+            let name = format!("f{}.yaml", rng.usize(0..6));
+            let path = dir.0.join(&name);
+            match rng.u8(0..10) {
+                0 => {
+                    let _ = std::fs::remove_file(&path);
+                    served.remove(&name);
+                    clean.remove(&name);
+                }
+                1 => {
+                    // A broken document next to a good one.
+                    let text = format!("{}---\nkind: [\n", service(&format!("own-{name}"), 1));
+                    std::fs::write(&path, &text).expect("write");
+                    if !clean.get(&name).copied().unwrap_or(false) {
+                        served.insert(name.clone(), text);
+                        clean.insert(name.clone(), false);
+                    }
+                }
+                _ => {
+                    // Same-size rewrites (ports 10-99) test the mtime check.
+                    let text: String = (0..rng.usize(0..4))
+                        .map(|_| service(&format!("s{}", rng.usize(0..5)), rng.u16(10..100)))
+                        .collect::<Vec<_>>()
+                        .join("---\n");
+                    std::fs::write(&path, &text).expect("write");
+                    served.insert(name.clone(), text);
+                    clean.insert(name.clone(), true);
+                }
+            }
+            source.load(&dir.0);
+            let mut expected = Snapshot::default();
+            for (name, text) in &served {
+                load_str(Path::new(name), text, &mut expected, &mut Vec::new());
+            }
+            assert_eq!(
+                format!("{:?}", source.snapshot().services),
+                format!("{:?}", expected.services),
+                "step {step}"
+            );
+        }
     }
 
     #[test]

@@ -132,6 +132,14 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         .map(|s| s.key.clone())
         .collect();
     let routes = input::routes(snapshot);
+    // Each parent's listeners, so that attaching a route does not scan every listener.
+    let mut listeners_of: BTreeMap<(&str, &ObjectKey), Vec<usize>> = BTreeMap::new();
+    for (index, listener) in listeners.iter().enumerate() {
+        listeners_of
+            .entry((listener.owner_kind, listener.owner))
+            .or_default()
+            .push(index);
+    }
     let mut attachments: Vec<Vec<Attachment>> = listeners.iter().map(|_| Vec::new()).collect();
     for route in &routes {
         for parent in &route.parent_refs {
@@ -150,7 +158,10 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
             status.parent = Some(parent_key.clone());
             status.section = parent.section_name.clone();
             status.parent_ref = Some(parent.clone());
-            let accepted = attach(route, parent, owner_kind, &parent_key, &listeners, snapshot);
+            let own = listeners_of
+                .get(&(owner_kind, &parent_key))
+                .map_or(&[][..], Vec::as_slice);
+            let accepted = attach(route, parent, own, &listeners, snapshot);
             match accepted {
                 Ok(hits) => {
                     status.push(Condition::yes("Accepted", "Accepted", "accepted"));
@@ -291,21 +302,19 @@ fn route_ref(route: &Route, rule: u32) -> RouteRef {
 
 type Rejection = (&'static str, String);
 
-/// The listeners of `parent_key` this route attaches to (index, hostnames), or
-/// why none accepts it. A Gateway parentRef selects the Gateway's own
-/// listeners, a ListenerSet parentRef those of the ListenerSet.
+/// The listeners of the parent this route attaches to (index, hostnames), or
+/// why none accepts it. `own` are the parent's listeners: a Gateway's own, or
+/// those of a ListenerSet.
 fn attach(
     route: &Route,
     parent: &ParentRef,
-    owner_kind: &str,
-    parent_key: &ObjectKey,
+    own: &[usize],
     listeners: &[Listener],
     snapshot: &Snapshot,
 ) -> Result<Vec<(usize, Vec<String>)>, Rejection> {
-    let candidates: Vec<(usize, &Listener)> = listeners
+    let candidates: Vec<(usize, &Listener)> = own
         .iter()
-        .enumerate()
-        .filter(|(_, l)| l.owner_kind == owner_kind && l.owner == parent_key)
+        .map(|&index| (index, &listeners[index]))
         .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
         .filter(|(_, l)| parent.port.is_none_or(|p| p == i32::from(l.port)))
         .collect();

@@ -78,7 +78,15 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
 }
 
 /// The release build of the agent (benchmarks never measure a debug build).
+/// `BENCH_AGENT_BINARY` names an already built release binary instead.
 fn build_agent() -> anyhow::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("BENCH_AGENT_BINARY") {
+        println!(
+            "==> agent: {} (BENCH_AGENT_BINARY)",
+            binary.to_string_lossy()
+        );
+        return Ok(std::fs::canonicalize(binary)?);
+    }
     println!("==> cargo build --release -p gateway-agent");
     crate::run_cmd(std::process::Command::new("cargo").args([
         "build",
