@@ -7,6 +7,7 @@
 
 mod filters;
 mod mirror;
+mod retry;
 mod route_table;
 pub(crate) mod tls;
 
@@ -627,6 +628,32 @@ async fn forward<'t>(
             filters::modify_headers(headers, modifier);
         }
     }
+    let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    head.uri = uri;
+    head.version = if h2 {
+        hyper::Version::HTTP_2
+    } else {
+        hyper::Version::HTTP_11
+    };
+    // A rule with `retry` keeps a copy of a small body to send it again;
+    // upgrades and large or unsized bodies go once.
+    let (body, replay) = match &rule.retry {
+        Some(policy) if upgrade.is_none() => match retry::buffer_if_small(body).await? {
+            Ok(bytes) => {
+                let replay = retry::Replayable::new(&head, bytes);
+                (
+                    Full::new(replay.body())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                    Some((policy, replay)),
+                )
+            }
+            Err(body) => (body.boxed(), None),
+        },
+        _ => (body.boxed(), None),
+    };
     let has_body = !body.is_end_stream();
     let mut copies = Vec::new();
     for set in [&rule.filters, &backend.filters] {
@@ -638,30 +665,24 @@ async fn forward<'t>(
             upstream,
         ));
     }
-
-    let Ok(uri) = format!("http://{}{path_and_query}", backend.addr).parse() else {
-        return Err(StatusCode::BAD_REQUEST);
-    };
-    head.uri = uri;
-    head.version = if h2 {
-        hyper::Version::HTTP_2
-    } else {
-        hyper::Version::HTTP_11
-    };
     let body = if copies.is_empty() {
-        body.boxed()
+        body
     } else {
         mirror::TeeBody::new(body, copies).boxed()
     };
     let request = Request::from_parts(head, body);
-    let sent = upstream.client(backend.protocol).request(request);
-    // Without retries one backend request is the whole request: the shorter
-    // of the two timeouts bounds it.
-    let timeout = match (rule.timeouts.request, rule.timeouts.backend_request) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let client = upstream.client(backend.protocol);
+    // `backendRequest` bounds each attempt, `request` all of them together.
+    let backend_timeout = rule.timeouts.backend_request;
+    let sent = async {
+        match &replay {
+            Some((policy, replay)) => {
+                retry::with_retries(client, policy, replay, request, backend_timeout).await
+            }
+            None => retry::attempt(client, request, backend_timeout).await,
+        }
     };
-    let result = match timeout {
+    let result = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result,
             Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
@@ -691,10 +712,10 @@ async fn forward<'t>(
             }
             Ok(Response::from_parts(parts, body.boxed()))
         }
-        Err(e) => {
-            outcome.connect_error = e.is_connect();
-            tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
-            Err(StatusCode::BAD_GATEWAY)
+        Err(failure) => {
+            outcome.connect_error = failure == retry::Failure::Connect;
+            tracing::debug!(backend = %backend.addr, ?failure, "upstream request failed");
+            Err(failure.status())
         }
     }
 }
@@ -718,6 +739,7 @@ mod tests {
             matched: HttpMatch::any(),
             filters: HttpFilters::default(),
             timeouts: HttpTimeouts::default(),
+            retry: None,
             backends: backends
                 .iter()
                 .map(|(port, weight)| HttpBackend {

@@ -96,6 +96,9 @@ impl ObjectStatus {
 
 // === The statuses as the API server holds them ===
 
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
 use gateway_api::experimental::{
     tcproutes::{TcpRoute, TcpRouteStatus, TcpRouteStatusParents, TcpRouteStatusParentsParentRef},
     udproutes::{UdpRoute, UdpRouteStatus, UdpRouteStatusParents, UdpRouteStatusParentsParentRef},
@@ -107,9 +110,6 @@ use gateway_api::gateways::{
 };
 use gateway_api::grpcroutes::{
     GrpcRoute, GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
-};
-use gateway_api::httproutes::{
-    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use gateway_api::listenersets::{
     ListenerSet, ListenerSetStatus, ListenerSetStatusListeners,

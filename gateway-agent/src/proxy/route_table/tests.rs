@@ -16,6 +16,7 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         matched,
         filters: HttpFilters::default(),
         timeouts: HttpTimeouts::default(),
+        retry: None,
         backends: Vec::new(),
         invalid_weight: 0,
     }
