@@ -121,7 +121,12 @@ impl Proxy {
         let mut failures = Vec::new();
         let mut fresh = Vec::new();
         for listener in listeners {
-            let table = RouteTable::new(listener.rules.clone());
+            let table = RouteTable::new(listener.rules.clone()).with_listener_hostnames(
+                listener
+                    .certificates
+                    .iter()
+                    .filter_map(|c| c.hostname.as_deref()),
+            );
             let acceptor = match tls::acceptor(&listener.certificates) {
                 Ok(acceptor) => acceptor.map(Arc::new),
                 Err(e) => {
@@ -204,19 +209,22 @@ async fn accept_loop(
             peer,
             listener_port,
             scheme: if acceptor.is_some() { "https" } else { "http" },
+            sni: None,
         };
         let table = table.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let metrics = shared.metrics.clone();
-            let Some(stream) = tls::accept(acceptor, stream).await else {
+            let Some((stream, sni)) = tls::accept(acceptor, stream).await else {
                 return;
             };
+            let connection = Connection { sni, ..connection };
             metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
                 // Each request takes the table current when it starts.
                 let table = table.load_full();
                 let shared = shared.clone();
+                let connection = connection.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
                         handle(req, &table, &shared, connection).await,
@@ -247,13 +255,15 @@ async fn accept_loop(
 }
 
 /// What a request's handling needs to know about its connection.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Connection {
     peer: SocketAddr,
     /// The port the client connected to, the default port of redirects.
     listener_port: u16,
     /// "http" or "https", as the client sees this listener.
     scheme: &'static str,
+    /// The server name the client sent in its TLS handshake.
+    sni: Option<Arc<str>>,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -357,7 +367,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 fn redirect_response(
     set: &HttpFilters,
     rule: &HttpRule,
-    connection: Connection,
+    connection: &Connection,
     host: &str,
     path: &str,
     query: Option<&str>,
@@ -455,7 +465,7 @@ async fn handle(
         version: req.version(),
     });
     let mut outcome = Outcome::default();
-    let response = match forward(req, table, &shared.upstream, connection, &mut outcome).await {
+    let response = match forward(req, table, &shared.upstream, &connection, &mut outcome).await {
         Ok(response) => response,
         Err(code) if grpc => grpc_status(code),
         Err(code) => status(code),
@@ -500,7 +510,7 @@ async fn forward<'t>(
     req: Request<Incoming>,
     table: &'t RouteTable,
     upstream: &Upstream,
-    connection: Connection,
+    connection: &Connection,
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
@@ -520,6 +530,11 @@ async fn forward<'t>(
         method: head.method.as_str(),
         headers: &head.headers,
     };
+    if let Some(sni) = &connection.sni
+        && table.misdirected(sni, &host)
+    {
+        return Err(StatusCode::MISDIRECTED_REQUEST);
+    }
     let Some(rule) = table.find(&view) else {
         return Err(StatusCode::NOT_FOUND);
     };
