@@ -85,6 +85,10 @@ struct Bound {
 /// What every connection of every listener shares.
 struct Shared {
     upstream: Upstream,
+    /// Watches every served connection, so that a drain can ask them all to
+    /// finish (idle keep-alive connections close at once, busy ones after
+    /// their in-flight requests). None once draining has begun.
+    graceful: Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
     metrics: Arc<ProxyMetrics>,
     /// One `access_log` line per request when set.
     access_log: bool,
@@ -108,6 +112,7 @@ impl Proxy {
             bound: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
                 upstream: Upstream::new(),
+                graceful: Mutex::new(Some(Default::default())),
                 metrics,
                 access_log,
             }),
@@ -175,6 +180,23 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Shutdown: stops accepting, closes idle keep-alive connections, and
+    /// waits until the connections with requests in flight have finished,
+    /// or until `deadline`. Returns whether every connection finished.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        self.apply(&[]).await;
+        let Some(graceful) = self.shared.graceful.lock().expect("lock").take() else {
+            return true;
+        };
+        let open = graceful.count();
+        tracing::info!(open, "draining HTTP connections");
+        tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+}
+
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -219,6 +241,7 @@ async fn accept_loop(
                 return;
             };
             let connection = Connection { sni, ..connection };
+            let watcher = graceful_watcher(&shared);
             metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
                 // Each request takes the table current when it starts.
@@ -243,15 +266,27 @@ async fn accept_loop(
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(MAX_HEAD_BYTES as u32);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let result = match watcher {
+                Some(watcher) => watcher.watch(served).await,
+                None => served.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             metrics.active_connections.dec();
         });
     }
+}
+
+/// A watcher for a new connection; None once the proxy is draining.
+fn graceful_watcher(shared: &Shared) -> Option<hyper_util::server::graceful::Watcher> {
+    shared
+        .graceful
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .map(hyper_util::server::graceful::GracefulShutdown::watcher)
 }
 
 /// What a request's handling needs to know about its connection.
@@ -849,6 +884,82 @@ mod tests {
             rules: vec![r],
             certificates: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_the_request_in_flight_and_no_longer() {
+        // A backend that answers after 300 ms.
+        let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let slow_addr = slow.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = slow.accept().await {
+                let service = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("slow"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, slow_addr)]).await.is_empty());
+        // An idle keep-alive connection, and one with a request in flight.
+        let idle = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (_idle_sender, idle_connection) =
+            http1::handshake::<_, Empty<Bytes>>(TokioIo::new(idle))
+                .await
+                .expect("handshake");
+        let idle_closed = tokio::spawn(idle_connection);
+        let busy = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(busy))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri("/")
+            .header(header::HOST, "any.example")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let in_flight = tokio::spawn(sender.send_request(request));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(
+            proxy.drain(deadline).await,
+            "connections left at the deadline"
+        );
+        let took = started.elapsed();
+        // It waited for the slow answer (about 200 ms left), not the 5 s deadline.
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let response = in_flight.await.expect("task").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"slow");
+        // The idle connection was closed by the proxy (before any request,
+        // which the client reads as an incomplete message), and nothing accepts.
+        let idle_end = tokio::time::timeout(Duration::from_secs(1), idle_closed)
+            .await
+            .expect("idle connection closed")
+            .expect("task");
+        assert!(
+            idle_end
+                .as_ref()
+                .map_or_else(hyper::Error::is_incomplete_message, |()| true),
+            "idle connection ended with {idle_end:?}"
+        );
+        assert!(tokio::net::TcpStream::connect(bind).await.is_err());
     }
 
     #[tokio::test]
