@@ -222,6 +222,17 @@ pub struct HttpTimeouts {
     pub backend_request: Option<std::time::Duration>,
 }
 
+/// `retry` of an HTTPRoute rule: how many times a failed backend request is
+/// sent again (connection errors and backend timeouts always count as
+/// failures, responses when their status is listed), waiting at least
+/// `backoff` between attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpRetry {
+    pub attempts: u32,
+    pub codes: Vec<u16>,
+    pub backoff: Option<std::time::Duration>,
+}
+
 /// One match of an HTTPRoute or GRPCRoute rule, as the proxy evaluates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpRule {
@@ -237,6 +248,7 @@ pub struct HttpRule {
     pub matched: HttpMatch,
     pub filters: HttpFilters,
     pub timeouts: HttpTimeouts,
+    pub retry: Option<HttpRetry>,
     pub backends: Vec<HttpBackend>,
     /// Weight of backendRefs that could not be resolved (or of the whole rule
     /// when it cannot be served as written): that share of requests gets 500.

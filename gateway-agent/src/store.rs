@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 
 use gateway_api::{
     backendtlspolicies::BackendTlsPolicy,
-    experimental::{tcproutes::TcpRoute, udproutes::UdpRoute},
+    experimental::{httproutes::HttpRoute, tcproutes::TcpRoute, udproutes::UdpRoute},
     gatewayclasses::GatewayClass,
     gateways::Gateway,
     grpcroutes::GrpcRoute,
-    httproutes::HttpRoute,
     listenersets::ListenerSet,
     referencegrants::ReferenceGrant,
     tlsroutes::TlsRoute,

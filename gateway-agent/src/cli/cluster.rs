@@ -118,12 +118,14 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     node.admin.ready.store(false, Ordering::Relaxed);
     status_task.abort();
     let _ = stop_election.send(());
-    // Stop accepting; open connections finish on their own tasks meanwhile.
-    node.proxy.apply(&[]).await;
+    // Stop accepting; in-flight HTTP requests get until the drain deadline,
+    // and the agent exits as soon as they are done.
     node.passthrough.apply(&[]).await;
     let drain_end = tokio::time::Instant::now() + Duration::from_secs(cluster.drain_seconds);
+    if !node.proxy.drain(drain_end).await {
+        tracing::warn!("HTTP requests still in flight at the drain deadline");
+    }
     let _ = tokio::time::timeout_at(drain_end, election).await;
-    tokio::time::sleep_until(drain_end).await;
     tracing::info!("stopped");
     Ok(())
 }

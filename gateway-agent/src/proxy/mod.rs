@@ -7,6 +7,7 @@
 
 mod filters;
 mod mirror;
+mod retry;
 pub(crate) mod route_table;
 pub(crate) mod tls;
 pub(crate) mod upstream_tls;
@@ -91,6 +92,10 @@ struct Bound {
 /// What every connection of every listener shares.
 struct Shared {
     upstream: Upstream,
+    /// Watches every served connection, so that a drain can ask them all to
+    /// finish (idle keep-alive connections close at once, busy ones after
+    /// their in-flight requests). None once draining has begun.
+    graceful: Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
     metrics: Arc<ProxyMetrics>,
     /// One `access_log` line per request when set.
     access_log: bool,
@@ -114,6 +119,7 @@ impl Proxy {
             bound: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
                 upstream: Upstream::new(),
+                graceful: Mutex::new(Some(Default::default())),
                 metrics,
                 access_log,
             }),
@@ -127,7 +133,12 @@ impl Proxy {
         let mut failures = Vec::new();
         let mut fresh = Vec::new();
         for listener in listeners {
-            let table = RouteTable::new(listener.rules.clone());
+            let table = RouteTable::new(listener.rules.clone()).with_listener_hostnames(
+                listener
+                    .certificates
+                    .iter()
+                    .filter_map(|c| c.hostname.as_deref()),
+            );
             let acceptor = match tls::acceptor(&listener.certificates) {
                 Ok(acceptor) => acceptor.map(Arc::new),
                 Err(e) => {
@@ -176,6 +187,23 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Shutdown: stops accepting, closes idle keep-alive connections, and
+    /// waits until the connections with requests in flight have finished,
+    /// or until `deadline`. Returns whether every connection finished.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        self.apply(&[]).await;
+        let Some(graceful) = self.shared.graceful.lock().expect("lock").take() else {
+            return true;
+        };
+        let open = graceful.count();
+        tracing::info!(open, "draining HTTP connections");
+        tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+}
+
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -210,19 +238,23 @@ async fn accept_loop(
             peer,
             listener_port,
             scheme: if acceptor.is_some() { "https" } else { "http" },
+            sni: None,
         };
         let table = table.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let metrics = shared.metrics.clone();
-            let Some(stream) = tls::accept(acceptor, stream).await else {
+            let Some((stream, sni)) = tls::accept(acceptor, stream).await else {
                 return;
             };
+            let connection = Connection { sni, ..connection };
+            let watcher = graceful_watcher(&shared);
             metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
                 // Each request takes the table current when it starts.
                 let table = table.load_full();
                 let shared = shared.clone();
+                let connection = connection.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
                         handle(req, &table, &shared, connection).await,
@@ -241,10 +273,12 @@ async fn accept_loop(
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(MAX_HEAD_BYTES as u32);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let result = match watcher {
+                Some(watcher) => watcher.watch(served).await,
+                None => served.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             metrics.active_connections.dec();
@@ -252,14 +286,26 @@ async fn accept_loop(
     }
 }
 
+/// A watcher for a new connection; None once the proxy is draining.
+fn graceful_watcher(shared: &Shared) -> Option<hyper_util::server::graceful::Watcher> {
+    shared
+        .graceful
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .map(hyper_util::server::graceful::GracefulShutdown::watcher)
+}
+
 /// What a request's handling needs to know about its connection.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Connection {
     peer: SocketAddr,
     /// The port the client connected to, the default port of redirects.
     listener_port: u16,
     /// "http" or "https", as the client sees this listener.
     scheme: &'static str,
+    /// The server name the client sent in its TLS handshake.
+    sni: Option<Arc<str>>,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -363,7 +409,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 fn redirect_response(
     set: &HttpFilters,
     rule: &HttpRule,
-    connection: Connection,
+    connection: &Connection,
     host: &str,
     path: &str,
     query: Option<&str>,
@@ -461,7 +507,7 @@ async fn handle(
         version: req.version(),
     });
     let mut outcome = Outcome::default();
-    let response = match forward(req, table, &shared.upstream, connection, &mut outcome).await {
+    let response = match forward(req, table, &shared.upstream, &connection, &mut outcome).await {
         Ok(response) => response,
         Err(code) if grpc => grpc_status(code),
         Err(code) => status(code),
@@ -506,7 +552,7 @@ async fn forward<'t>(
     req: Request<Incoming>,
     table: &'t RouteTable,
     upstream: &Upstream,
-    connection: Connection,
+    connection: &Connection,
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
@@ -526,6 +572,11 @@ async fn forward<'t>(
         method: head.method.as_str(),
         headers: &head.headers,
     };
+    if let Some(sni) = &connection.sni
+        && table.misdirected(sni, &host)
+    {
+        return Err(StatusCode::MISDIRECTED_REQUEST);
+    }
     let Some(rule) = table.find(&view) else {
         return Err(StatusCode::NOT_FOUND);
     };
@@ -634,18 +685,6 @@ async fn forward<'t>(
             filters::modify_headers(headers, modifier);
         }
     }
-    let has_body = !body.is_end_stream();
-    let mut copies = Vec::new();
-    for set in [&rule.filters, &backend.filters] {
-        copies.extend(mirror::start(
-            &set.mirrors,
-            &head,
-            &path_and_query,
-            has_body,
-            upstream,
-        ));
-    }
-
     let scheme = if backend.tls.is_some() {
         "https"
     } else {
@@ -660,29 +699,64 @@ async fn forward<'t>(
     } else {
         hyper::Version::HTTP_11
     };
+    // A rule with `retry` keeps a copy of a small body to send it again;
+    // upgrades and large or unsized bodies go once.
+    let (body, replay) = match &rule.retry {
+        Some(policy) if upgrade.is_none() => match retry::buffer_if_small(body).await? {
+            Ok(bytes) => {
+                let replay = retry::Replayable::new(&head, bytes);
+                (
+                    Full::new(replay.body())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                    Some((policy, replay)),
+                )
+            }
+            Err(body) => (body.boxed(), None),
+        },
+        _ => (body.boxed(), None),
+    };
+    let has_body = !body.is_end_stream();
+    let mut copies = Vec::new();
+    for set in [&rule.filters, &backend.filters] {
+        copies.extend(mirror::start(
+            &set.mirrors,
+            &head,
+            &path_and_query,
+            has_body,
+            upstream,
+        ));
+    }
     let body = if copies.is_empty() {
-        body.boxed()
+        body
     } else {
         mirror::TeeBody::new(body, copies).boxed()
     };
     let request = Request::from_parts(head, body);
-    let sent = match &backend.tls {
-        None => upstream.client(backend.protocol).request(request),
+    // A backend a BackendTLSPolicy governs is reached through its TLS client.
+    let tls_client = match &backend.tls {
+        None => None,
         Some(tls) => match upstream.tls.client(tls, backend.protocol) {
-            Ok(client) => client.request(request),
+            Ok(client) => Some(client),
             Err(e) => {
                 tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
                 return Err(StatusCode::BAD_GATEWAY);
             }
         },
     };
-    // Without retries one backend request is the whole request: the shorter
-    // of the two timeouts bounds it.
-    let timeout = match (rule.timeouts.request, rule.timeouts.backend_request) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // `backendRequest` bounds each attempt, `request` all of them together.
+    let backend_timeout = rule.timeouts.backend_request;
+    let replay = replay.as_ref().map(|(policy, replay)| (*policy, replay));
+    let sent = async {
+        match &tls_client {
+            None => {
+                let client = upstream.client(backend.protocol);
+                retry::send(client, replay, request, backend_timeout).await
+            }
+            Some(client) => retry::send(client, replay, request, backend_timeout).await,
+        }
     };
-    let result = match timeout {
+    let result = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result,
             Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
@@ -712,10 +786,10 @@ async fn forward<'t>(
             }
             Ok(Response::from_parts(parts, body.boxed()))
         }
-        Err(e) => {
-            outcome.connect_error = e.is_connect();
-            tracing::debug!(backend = %backend.addr, error = %e, "upstream request failed");
-            Err(StatusCode::BAD_GATEWAY)
+        Err(failure) => {
+            outcome.connect_error = failure == retry::Failure::Connect;
+            tracing::debug!(backend = %backend.addr, ?failure, "upstream request failed");
+            Err(failure.status())
         }
     }
 }
@@ -739,6 +813,7 @@ mod tests {
             matched: HttpMatch::any(),
             filters: HttpFilters::default(),
             timeouts: HttpTimeouts::default(),
+            retry: None,
             backends: backends
                 .iter()
                 .map(|(port, weight)| HttpBackend {
@@ -835,6 +910,82 @@ mod tests {
             rules: vec![r],
             certificates: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_the_request_in_flight_and_no_longer() {
+        // A backend that answers after 300 ms.
+        let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let slow_addr = slow.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = slow.accept().await {
+                let service = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("slow"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, slow_addr)]).await.is_empty());
+        // An idle keep-alive connection, and one with a request in flight.
+        let idle = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (_idle_sender, idle_connection) =
+            http1::handshake::<_, Empty<Bytes>>(TokioIo::new(idle))
+                .await
+                .expect("handshake");
+        let idle_closed = tokio::spawn(idle_connection);
+        let busy = tokio::net::TcpStream::connect(bind).await.expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(busy))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri("/")
+            .header(header::HOST, "any.example")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let in_flight = tokio::spawn(sender.send_request(request));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(
+            proxy.drain(deadline).await,
+            "connections left at the deadline"
+        );
+        let took = started.elapsed();
+        // It waited for the slow answer (about 200 ms left), not the 5 s deadline.
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let response = in_flight.await.expect("task").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"slow");
+        // The idle connection was closed by the proxy (before any request,
+        // which the client reads as an incomplete message), and nothing accepts.
+        let idle_end = tokio::time::timeout(Duration::from_secs(1), idle_closed)
+            .await
+            .expect("idle connection closed")
+            .expect("task");
+        assert!(
+            idle_end
+                .as_ref()
+                .map_or_else(hyper::Error::is_incomplete_message, |()| true),
+            "idle connection ended with {idle_end:?}"
+        );
+        assert!(tokio::net::TcpStream::connect(bind).await.is_err());
     }
 
     #[tokio::test]

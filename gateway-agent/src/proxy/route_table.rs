@@ -250,14 +250,7 @@ impl RouteTable {
     /// listener that serves it: the most specific one covering the host.
     fn serving_listener(&self, request: &RequestView) -> (String, Option<String>) {
         let host = strip_port(request.host).to_ascii_lowercase();
-        let listener = if self.listener_exact.contains(&host) {
-            Some(host.clone())
-        } else {
-            self.listener_wildcard
-                .iter()
-                .find(|suffix| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-                .map(|suffix| format!("*{suffix}"))
-        };
+        let listener = self.listener_of(&host);
         (host, listener)
     }
 
@@ -310,6 +303,53 @@ impl RouteTable {
             }
         }
         verdicts
+    }
+}
+
+impl RouteTable {
+    /// Also knows these listener hostnames (listeners that have no rule yet
+    /// still take the hosts they match).
+    pub fn with_listener_hostnames<'h>(
+        mut self,
+        hostnames: impl IntoIterator<Item = &'h str>,
+    ) -> Self {
+        for host in hostnames {
+            let host = host.to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(suffix) => self.listener_wildcard.push(suffix.to_string()),
+                None => {
+                    self.listener_exact.insert(host);
+                }
+            }
+        }
+        self.listener_wildcard
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        self.listener_wildcard.dedup();
+        self
+    }
+
+    /// The hostname of the listener that serves `host` (lowercase, no port):
+    /// the exact one, else the longest wildcard; None for the listener
+    /// without hostname.
+    fn listener_of(&self, host: &str) -> Option<String> {
+        if self.listener_exact.contains(host) {
+            Some(host.to_string())
+        } else {
+            self.listener_wildcard
+                .iter()
+                .find(|suffix| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|suffix| format!("*{suffix}"))
+        }
+    }
+
+    /// Whether a request for `host` on a TLS connection whose SNI was `sni`
+    /// belongs to another listener than the one the handshake chose (and
+    /// whose certificate the client saw): a client reusing an HTTP/2
+    /// connection for another host (connection coalescing). Such a request
+    /// is answered 421 Misdirected Request so that the client connects anew.
+    pub fn misdirected(&self, sni: &str, host: &str) -> bool {
+        let host = strip_port(host).to_ascii_lowercase();
+        self.listener_of(&sni.to_ascii_lowercase()) != self.listener_of(&host)
     }
 }
 

@@ -48,13 +48,20 @@ pub fn acceptor(certificates: &[ServerCertificate]) -> Result<Option<TlsAcceptor
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Completes the TLS handshake when `acceptor` is set; None when it fails.
-pub async fn accept(acceptor: Option<Arc<TlsAcceptor>>, stream: TcpStream) -> Option<Box<dyn Io>> {
+/// Completes the TLS handshake when `acceptor` is set, with the server name
+/// the client sent (SNI); None when the handshake fails.
+pub async fn accept(
+    acceptor: Option<Arc<TlsAcceptor>>,
+    stream: TcpStream,
+) -> Option<(Box<dyn Io>, Option<Arc<str>>)> {
     let Some(acceptor) = acceptor else {
-        return Some(Box::new(stream));
+        return Some((Box::new(stream), None));
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Ok(tls)) => {
+            let sni = tls.get_ref().1.server_name().map(Arc::from);
+            Some((Box::new(tls), sni))
+        }
         Ok(Err(error)) => {
             tracing::debug!(%error, "TLS handshake failed");
             None

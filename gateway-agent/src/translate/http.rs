@@ -55,6 +55,7 @@ pub(super) fn listener_rules(
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
+                    retry: rule.retry.clone(),
                     backends: backends.clone(),
                     invalid_weight,
                 };

@@ -3,15 +3,15 @@
 //! the route kind.
 
 use crate::model::{
-    Cors, HeaderModifier, HttpMatch, HttpTimeouts, NameValueMatch, PathMatch, PathModifier,
-    RequestRedirect, UrlRewrite, ValueMatch,
+    Cors, HeaderModifier, HttpMatch, HttpRetry, HttpTimeouts, NameValueMatch, PathMatch,
+    PathModifier, RequestRedirect, UrlRewrite, ValueMatch,
 };
 use crate::store::{ObjectKey, Snapshot};
-use gateway_api::grpcroutes::{GrpcRouteRulesMatches, GrpcRouteRulesMatchesMethodType};
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme,
     HttpRouteRulesMatchesPathType,
 };
+use gateway_api::grpcroutes::{GrpcRouteRulesMatches, GrpcRouteRulesMatchesMethodType};
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
@@ -83,6 +83,8 @@ pub struct Rule {
     pub backend_refs: Vec<BackendRef>,
     pub filters: Vec<Filter>,
     pub timeouts: HttpTimeouts,
+    /// HTTPRoute `retry`; None for other kinds.
+    pub retry: Option<HttpRetry>,
     /// Why the rule cannot be served as written (e.g. an unsupported match), if so.
     pub unsupported: Option<String>,
 }
@@ -185,8 +187,8 @@ fn value_match(exact: bool, value: &str) -> ValueMatch {
     }
 }
 
-fn http_match(m: &gateway_api::httproutes::HttpRouteRulesMatches) -> HttpMatch {
-    use gateway_api::httproutes::{
+fn http_match(m: &gateway_api::experimental::httproutes::HttpRouteRulesMatches) -> HttpMatch {
+    use gateway_api::experimental::httproutes::{
         HttpRouteRulesMatchesHeadersType as HeaderType,
         HttpRouteRulesMatchesQueryParamsType as QueryType,
     };
@@ -295,7 +297,7 @@ fn regex_escape(literal: &str) -> String {
 }
 
 fn header_modifier(
-    m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestHeaderModifier,
+    m: &gateway_api::experimental::httproutes::HttpRouteRulesFiltersRequestHeaderModifier,
 ) -> HeaderModifier {
     HeaderModifier {
         set: m
@@ -426,7 +428,7 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
 }
 
 fn timeouts(
-    t: Option<&gateway_api::httproutes::HttpRouteRulesTimeouts>,
+    t: Option<&gateway_api::experimental::httproutes::HttpRouteRulesTimeouts>,
 ) -> Result<HttpTimeouts, String> {
     let parse = |text: Option<&String>| -> Result<Option<std::time::Duration>, String> {
         let Some(text) = text else { return Ok(None) };
@@ -438,6 +440,47 @@ fn timeouts(
     Ok(HttpTimeouts {
         request: parse(t.and_then(|t| t.request.as_ref()))?,
         backend_request: parse(t.and_then(|t| t.backend_request.as_ref()))?,
+    })
+}
+
+/// Attempts when `retry` does not say: one retry.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+/// A bound on retries whatever the route asks, so that one request cannot
+/// multiply into an unbounded number of backend requests.
+const MAX_RETRY_ATTEMPTS: u32 = 10;
+
+fn retry(
+    r: &gateway_api::experimental::httproutes::HttpRouteRulesRetry,
+) -> Result<HttpRetry, String> {
+    let backoff = match &r.backoff {
+        Some(text) => {
+            let d: gateway_api::Duration = text
+                .parse()
+                .map_err(|e| format!("retry backoff {text:?}: {e}"))?;
+            Some(std::time::Duration::from_nanos(d.as_nanos() as u64))
+        }
+        None => None,
+    };
+    let codes = r
+        .codes
+        .iter()
+        .flatten()
+        .map(|&c| {
+            u16::try_from(c)
+                .ok()
+                .filter(|c| (400..600).contains(c))
+                .ok_or_else(|| format!("retry code {c} is not a 4xx or 5xx status"))
+        })
+        .collect::<Result<_, _>>()?;
+    let attempts = r.attempts.map_or(DEFAULT_RETRY_ATTEMPTS, |a| {
+        u32::try_from(a.max(0))
+            .unwrap_or(u32::MAX)
+            .min(MAX_RETRY_ATTEMPTS)
+    });
+    Ok(HttpRetry {
+        attempts,
+        codes,
+        backoff,
     })
 }
 
@@ -491,12 +534,17 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                         unsupported = Some(e);
                         HttpTimeouts::default()
                     });
+                    let rule_retry = r.retry.as_ref().map(retry).transpose().unwrap_or_else(|e| {
+                        unsupported = Some(e);
+                        None
+                    });
                     let mut rule = Rule {
                         grpc_precedence: Vec::new(),
                         matches,
                         backend_refs,
                         filters: rule_filters,
                         timeouts: rule_timeouts,
+                        retry: rule_retry,
                         unsupported,
                     };
                     rule.check_regexes();
@@ -550,6 +598,7 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                         backend_refs,
                         filters: rule_filters,
                         timeouts: HttpTimeouts::default(),
+                        retry: None,
                         unsupported,
                     };
                     rule.check_regexes();
@@ -585,6 +634,7 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                             grpc_precedence: Vec::new(),
                             filters: Vec::new(),
                             timeouts: HttpTimeouts::default(),
+                            retry: None,
                             backend_refs: r
                                 .backend_refs
                                 .iter()
@@ -624,6 +674,7 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                     grpc_precedence: Vec::new(),
                     filters: Vec::new(),
                     timeouts: HttpTimeouts::default(),
+                    retry: None,
                     backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
                     unsupported: None,
                 })

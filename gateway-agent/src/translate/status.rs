@@ -100,6 +100,9 @@ use gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
     BackendTlsPolicyStatusAncestorsAncestorRef,
 };
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
 use gateway_api::experimental::{
     tcproutes::{TcpRoute, TcpRouteStatus, TcpRouteStatusParents, TcpRouteStatusParentsParentRef},
     udproutes::{UdpRoute, UdpRouteStatus, UdpRouteStatusParents, UdpRouteStatusParentsParentRef},
@@ -111,9 +114,6 @@ use gateway_api::gateways::{
 };
 use gateway_api::grpcroutes::{
     GrpcRoute, GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
-};
-use gateway_api::httproutes::{
-    HttpRoute, HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use gateway_api::listenersets::{
     ListenerSet, ListenerSetStatus, ListenerSetStatusListeners,

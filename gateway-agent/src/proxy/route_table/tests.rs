@@ -16,6 +16,7 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         matched,
         filters: HttpFilters::default(),
         timeouts: HttpTimeouts::default(),
+        retry: None,
         backends: Vec::new(),
         invalid_weight: 0,
     }
@@ -322,5 +323,33 @@ fn only_the_most_specific_listener_serves_a_host() {
             let expected = (name == served).then(|| name.to_string());
             assert_eq!(got, expected, "{host}/{name}");
         }
+    }
+}
+
+#[test]
+fn a_host_of_another_listener_than_the_sni_is_misdirected() {
+    // GatewayHTTPSListenerDetectMisdirectedRequests: one catch-all listener,
+    // an exact one and a wildcard one; a fourth listener has no rule yet.
+    let on = |name: &str, listener: Option<&str>| HttpRule {
+        listener_hostname: listener.map(str::to_string),
+        ..rule(name, &[], path(PathMatch::Prefix("/".into())))
+    };
+    let table = RouteTable::new(vec![
+        on("any", None),
+        on("second", Some("second.example.org")),
+        on("wild", Some("*.wildcard.org")),
+    ])
+    .with_listener_hostnames(["fourth.wildcard.org"]);
+    for (sni, host, misdirected) in [
+        ("example.org", "example.org", false),
+        ("example.org", "unknown.org", false),
+        ("example.org", "second.example.org", true),
+        ("second.example.org", "SECOND.example.org:443", false),
+        ("second.example.org", "example.org", true),
+        ("a.wildcard.org", "b.wildcard.org", false),
+        ("a.wildcard.org", "fourth.wildcard.org", true),
+        ("fourth.wildcard.org", "a.wildcard.org", true),
+    ] {
+        assert_eq!(table.misdirected(sni, host), misdirected, "{sni} {host}");
     }
 }

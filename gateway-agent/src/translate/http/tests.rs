@@ -312,3 +312,40 @@ fn invalid_regexes_and_unresolvable_mirrors_are_reported() {
     assert_eq!(rules(&out)[0].backends.len(), 1);
     assert!(rules(&out)[0].filters.mirrors.is_empty());
 }
+
+#[test]
+fn retry_is_read_bounded_and_a_bad_code_makes_the_rule_answer_500() {
+    let out = run(&http_route(
+        "retry",
+        "2024-01-01T00:00:00Z",
+        "  - matches: [{path: {type: PathPrefix, value: /listed}}]\n\
+         \x20   retry: {codes: [500, 503], attempts: 3, backoff: 100ms}\n\
+         \x20   backendRefs: [{name: v1, port: 80}]\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /many}}]\n\
+         \x20   retry: {attempts: 1000}\n\
+         \x20   backendRefs: [{name: v1, port: 80}]\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /bad}}]\n\
+         \x20   retry: {codes: [200]}\n\
+         \x20   backendRefs: [{name: v1, port: 80}]\n",
+    ));
+    let by_path = |p: &str| {
+        rules(&out)
+            .iter()
+            .find(|r| r.matched.path == PathMatch::Prefix(p.into()))
+            .unwrap_or_else(|| panic!("no rule for {p}"))
+    };
+    assert_eq!(
+        by_path("/listed").retry,
+        Some(crate::model::HttpRetry {
+            attempts: 3,
+            codes: vec![500, 503],
+            backoff: Some(Duration::from_millis(100)),
+        })
+    );
+    assert_eq!(
+        by_path("/many").retry.as_ref().map(|r| r.attempts),
+        Some(10)
+    );
+    let bad = by_path("/bad");
+    assert_eq!((bad.retry.clone(), bad.invalid_weight), (None, 1));
+}
