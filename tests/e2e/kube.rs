@@ -32,6 +32,12 @@ struct ClusterAgent {
 
 impl ClusterAgent {
     fn start(ns: &Netns, kubeconfig: &str, node_name: &str) -> Self {
+        Self::start_draining(ns, kubeconfig, node_name, 1)
+    }
+
+    /// Started with `--drain-seconds drain_seconds`.
+    fn start_draining(ns: &Netns, kubeconfig: &str, node_name: &str, drain_seconds: u64) -> Self {
+        let drain_seconds = drain_seconds.to_string();
         let dir = TempDir::new();
         dir.write("kubeconfig", kubeconfig);
         let name = unique("gwt-kube-");
@@ -55,7 +61,7 @@ impl ClusterAgent {
                 "--lease-duration-seconds",
                 "4",
                 "--drain-seconds",
-                "1",
+                &drain_seconds,
                 "--admin-address",
                 ADMIN,
             ])
@@ -494,6 +500,68 @@ fn an_unreachable_api_server_keeps_traffic_and_reports_degraded() {
     eventually("a change after the outage", Duration::from_secs(30), || {
         expect_status(&ns, "/v3/x", "HTTP/1.1 200")
     });
+}
+
+/// SIGTERM while a slow request is in flight: the request completes through
+/// the draining agent, and the agent exits once it has, long before the
+/// drain deadline (30 s) a fixed wait would take.
+#[test]
+fn sigterm_drains_the_request_in_flight_then_exits() {
+    if !require_root("sigterm_drains_the_request_in_flight_then_exits") {
+        return;
+    }
+    const DELAY_MS: u64 = 1500;
+    const DRAIN_SECONDS: u64 = 30;
+    let ns = Netns::new("k");
+    let fake = FakeApiServer::start("127.0.0.1:0".parse().expect("addr"), Some(&ns.name));
+    fake.apply(&manifests("/app", false));
+    let _backend = ns.spawn(&[
+        Topology::bin("test-peer").to_str().expect("utf-8"),
+        "http-echo-delayed",
+        &format!("127.0.0.1:{BACKEND_PORT}"),
+        "web-1",
+        &DELAY_MS.to_string(),
+    ]);
+    let mut agent = ClusterAgent::start_draining(&ns, &fake.kubeconfig(), "node-a", DRAIN_SECONDS);
+    eventually("HTTP through the agent", Duration::from_secs(30), || {
+        expect_status(&ns, "/app/x", "HTTP/1.1 200")
+    });
+
+    let in_flight = std::thread::scope(|scope| {
+        let request = scope.spawn(|| gateway_get(&ns, "/app/slow"));
+        // The request reaches the backend, which holds it for DELAY_MS.
+        std::thread::sleep(Duration::from_millis(400));
+        agent.process.signal(libc::SIGTERM);
+        let signalled = Instant::now();
+        let response = request.join().expect("request thread");
+        let mut exited = None;
+        while signalled.elapsed() < Duration::from_secs(DRAIN_SECONDS + 10) {
+            if let Some(status) = agent.process.0.try_wait().expect("try_wait") {
+                exited = Some((status, signalled.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (response, exited)
+    });
+    let (response, exited) = in_flight;
+    let response =
+        response.unwrap_or_else(|e| panic!("request in flight at SIGTERM: {e}\n{}", agent.log()));
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.contains("backend=web-1"),
+        "request in flight at SIGTERM: {response}\n{}",
+        agent.log()
+    );
+    let (status, after) = exited.unwrap_or_else(|| panic!("agent still running\n{}", agent.log()));
+    eprintln!("agent exited {after:?} after SIGTERM ({status})");
+    assert!(status.success(), "exit status {status}\n{}", agent.log());
+    // Exiting as soon as the request is done, not at the drain deadline.
+    assert!(
+        after < Duration::from_secs(DRAIN_SECONDS / 2),
+        "exited {after:?} after SIGTERM: waited for the deadline\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("draining HTTP"), "{}", agent.log());
 }
 
 /// Two namespaces joined by a veth pair: the fake server and agent A in one,
