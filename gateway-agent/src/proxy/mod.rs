@@ -128,7 +128,10 @@ impl Proxy {
         let mut fresh = Vec::new();
         for listener in listeners {
             let table = RouteTable::new(listener.rules.clone());
-            let acceptor = match tls::acceptor(&listener.certificates) {
+            let acceptor = match tls::acceptor_with_client_validation(
+                &listener.certificates,
+                listener.client_validation.as_ref(),
+            ) {
                 Ok(acceptor) => acceptor.map(Arc::new),
                 Err(e) => {
                     failures.push((listener.bind, std::io::Error::other(e)));
@@ -834,6 +837,7 @@ mod tests {
             bind,
             rules: vec![r],
             certificates: Vec::new(),
+            client_validation: None,
         }
     }
 

@@ -7,16 +7,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::model::ServerCertificate;
+use crate::model::{ClientValidation, ClientValidationMode, ServerCertificate};
 
 /// A client must finish its TLS handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,21 +32,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub enum Error {
     #[error("certificate for {hostname}: {message}")]
     Certificate { hostname: String, message: String },
+    #[error("client certificate CAs: {0}")]
+    ClientCa(String),
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
 
 /// The acceptor for a socket's certificates; None when there are none (plain HTTP).
 pub fn acceptor(certificates: &[ServerCertificate]) -> Result<Option<TlsAcceptor>, Error> {
+    acceptor_with_client_validation(certificates, None)
+}
+
+/// As [`acceptor`], asking clients for a certificate when `validation` is set.
+pub fn acceptor_with_client_validation(
+    certificates: &[ServerCertificate],
+    validation: Option<&ClientValidation>,
+) -> Result<Option<TlsAcceptor>, Error> {
     if certificates.is_empty() {
         return Ok(None);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = SniResolver::new(certificates, &provider)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match validation {
+        None => builder.with_no_client_auth(),
+        Some(validation) => {
+            builder.with_client_cert_verifier(client_verifier(validation, provider)?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
@@ -60,6 +78,94 @@ pub async fn accept(acceptor: Option<Arc<TlsAcceptor>>, stream: TcpStream) -> Op
             None
         }
         Err(_) => None,
+    }
+}
+
+/// The verifier of client certificates for `validation`: webpki against its
+/// CAs; in AllowInsecureFallback mode a missing or invalid certificate is let
+/// through (the spec's "allow the connection even if validation fails").
+fn client_verifier(
+    validation: &ClientValidation,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(validation.ca_pem.as_bytes()) {
+        let certificate = certificate.map_err(|e| Error::ClientCa(e.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|e| Error::ClientCa(e.to_string()))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    match validation.mode {
+        ClientValidationMode::AllowValidOnly => {
+            builder.build().map_err(|e| Error::ClientCa(e.to_string()))
+        }
+        ClientValidationMode::AllowInsecureFallback => {
+            let inner = builder
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::ClientCa(e.to_string()))?;
+            Ok(Arc::new(InsecureFallback { inner }))
+        }
+    }
+}
+
+/// Asks for a client certificate and checks it, but accepts the connection
+/// whatever the outcome of the chain check (the client must still prove it
+/// holds the key of the certificate it sent).
+#[derive(Debug)]
+struct InsecureFallback {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for InsecureFallback {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Err(error) = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            tracing::debug!(%error, "client certificate not valid, allowed by AllowInsecureFallback");
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
