@@ -320,4 +320,133 @@ mod tests {
                 .is_some()
         );
     }
+
+    /// A CA and a client certificate it signed: (CA PEM, client chain, client key).
+    fn client_pki() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+            .expect("ca");
+        let mut leaf = rcgen::CertificateParams::new(vec!["client".to_string()]).expect("params");
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = leaf.signed_by(&key, &ca).expect("leaf");
+        (
+            ca.pem(),
+            cert.der().clone(),
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+        )
+    }
+
+    /// A TLS handshake over memory with an acceptor for `server` and `validation`,
+    /// the client presenting `client_cert` if any; Ok when the server accepts it
+    /// and reads the client's first byte.
+    async fn handshake(
+        server: &ServerCertificate,
+        validation: &ClientValidation,
+        client_cert: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Result<(), String> {
+        let acceptor =
+            acceptor_with_client_validation(std::slice::from_ref(server), Some(validation))
+                .expect("acceptor")
+                .expect("TLS");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(server.cert_chain_pem.as_bytes()).expect("pem"))
+            .expect("root");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        let config = match client_cert {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(vec![cert], key)
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let client = async move {
+            use tokio::io::AsyncWriteExt as _;
+            let name = rustls_pki_types::ServerName::try_from("a.example").expect("name");
+            // In TLS 1.3 the client finishes before the server has checked its
+            // certificate: the server's side decides.
+            if let Ok(mut tls) = connector.connect(name, client_io).await {
+                let _ = tls.write_all(b"x").await;
+                let _ = tls.flush().await;
+                Some(tls)
+            } else {
+                None
+            }
+        };
+        let server = async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut tls = acceptor
+                .accept(server_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        let (_client, served) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(client, server)
+        })
+        .await
+        .expect("handshake within 10 s");
+        served
+    }
+
+    #[tokio::test]
+    async fn allow_valid_only_refuses_clients_without_a_certificate_of_its_ca() {
+        let server = certificate(Some("a.example"), &["a.example"]);
+        let (ca_pem, cert, key) = client_pki();
+        let (_, other_cert, other_key) = client_pki();
+        let validation = ClientValidation {
+            ca_pem,
+            mode: ClientValidationMode::AllowValidOnly,
+        };
+        handshake(&server, &validation, Some((cert, key)))
+            .await
+            .expect("a certificate of the CA is accepted");
+        let without = handshake(&server, &validation, None).await;
+        assert!(without.is_err(), "no certificate: {without:?}");
+        let other = handshake(&server, &validation, Some((other_cert, other_key))).await;
+        assert!(other.is_err(), "certificate of another CA: {other:?}");
+    }
+
+    #[tokio::test]
+    async fn allow_insecure_fallback_serves_clients_without_a_valid_certificate() {
+        let server = certificate(Some("a.example"), &["a.example"]);
+        let (ca_pem, cert, key) = client_pki();
+        let (_, other_cert, other_key) = client_pki();
+        let validation = ClientValidation {
+            ca_pem,
+            mode: ClientValidationMode::AllowInsecureFallback,
+        };
+        handshake(&server, &validation, Some((cert, key)))
+            .await
+            .expect("a certificate of the CA is accepted");
+        handshake(&server, &validation, None)
+            .await
+            .expect("no certificate is let through");
+        handshake(&server, &validation, Some((other_cert, other_key)))
+            .await
+            .expect("a certificate of another CA is let through");
+    }
+
+    #[test]
+    fn client_cas_that_do_not_parse_are_refused() {
+        let server = certificate(Some("a.example"), &["a.example"]);
+        let validation = ClientValidation {
+            ca_pem: "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into(),
+            mode: ClientValidationMode::AllowValidOnly,
+        };
+        assert!(matches!(
+            acceptor_with_client_validation(&[server], Some(&validation)),
+            Err(Error::ClientCa(_))
+        ));
+    }
 }
