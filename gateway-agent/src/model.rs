@@ -259,7 +259,8 @@ pub struct HttpListener {
 /// Client certificate validation on an HTTPS socket (Gateway `tls.frontend`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClientValidation {
-    /// PEM CA certificates a client certificate must chain to.
+    /// PEM CA certificates a client certificate must chain to. Empty: none
+    /// of the CA references resolved, and every client is refused.
     pub ca_pem: String,
     pub mode: ClientValidationMode,
 }

@@ -88,6 +88,9 @@ fn client_verifier(
     validation: &ClientValidation,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    if validation.ca_pem.is_empty() {
+        return Ok(Arc::new(RefuseEveryClient { provider }));
+    }
     let mut roots = RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(validation.ca_pem.as_bytes()) {
         let certificate = certificate.map_err(|e| Error::ClientCa(e.to_string()))?;
@@ -166,6 +169,58 @@ impl ClientCertVerifier for InsecureFallback {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// For a port whose client CAs did not resolve: asks for a certificate and
+/// accepts none.
+#[derive(Debug)]
+struct RefuseEveryClient {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for RefuseEveryClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -435,6 +490,20 @@ mod tests {
         handshake(&server, &validation, Some((other_cert, other_key)))
             .await
             .expect("a certificate of another CA is let through");
+    }
+
+    #[tokio::test]
+    async fn a_port_without_a_valid_client_ca_refuses_every_client() {
+        let server = certificate(Some("a.example"), &["a.example"]);
+        let (_, cert, key) = client_pki();
+        let validation = ClientValidation {
+            ca_pem: String::new(),
+            mode: ClientValidationMode::AllowValidOnly,
+        };
+        let with = handshake(&server, &validation, Some((cert, key))).await;
+        assert!(with.is_err(), "with a certificate: {with:?}");
+        let without = handshake(&server, &validation, None).await;
+        assert!(without.is_err(), "without a certificate: {without:?}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ struct CaRef<'a> {
 
 /// The validation that applies to HTTPS `listener` (its port's `perPort`
 /// entry, else `default`), or None. When its CA references do not resolve,
-/// the listener is marked unresolved and not accepted, and None is returned.
+/// the listener is marked unresolved and not accepted, and the validation
+/// returned has no CA: its port refuses every handshake.
 pub fn resolve_listener(listener: &mut Listener, snapshot: &Snapshot) -> Option<ClientValidation> {
     if listener.protocol != "HTTPS" || !listener.serves() {
         return None;
@@ -117,7 +118,10 @@ pub fn resolve_listener(listener: &mut Listener, snapshot: &Snapshot) -> Option<
             ),
         ));
         listener.unresolved = Some((reason, message));
-        return None;
+        return Some(ClientValidation {
+            ca_pem: String::new(),
+            mode: ClientValidationMode::AllowValidOnly,
+        });
     }
     Some(ClientValidation { ca_pem, mode })
 }

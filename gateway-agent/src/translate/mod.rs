@@ -202,6 +202,24 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         listeners.iter().zip(&attachments).zip(&client_validations)
     {
         if !listener.serves() {
+            // An HTTPS listener whose client CAs do not resolve keeps its port
+            // and refuses every handshake, rather than go dark (or serve
+            // without the client authentication it asks for).
+            if let Some(refuse_all) = validation
+                && listener.protocol == "HTTPS"
+                && !listener.certificates.is_empty()
+            {
+                for bind in listener_binds(listener) {
+                    http.entry(bind).or_default();
+                    https_certificates
+                        .entry(bind)
+                        .or_default()
+                        .extend(listener.certificates.iter().cloned());
+                    https_validation
+                        .entry(bind)
+                        .or_insert_with(|| refuse_all.clone());
+                }
+            }
             continue;
         }
         match listener.protocol {
