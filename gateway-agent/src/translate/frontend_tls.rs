@@ -168,11 +168,13 @@ fn ca_certificates(
             .get(&key)
             .map(|m| m.data.as_ref().and_then(|d| d.get(CA_KEY)).cloned())
     } else {
+        // stringData too: in standalone mode no API server folds it into data.
         snapshot.secrets.get(&key).map(|s| {
             s.data
                 .as_ref()
                 .and_then(|d| d.get(CA_KEY))
                 .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .or_else(|| s.string_data.as_ref().and_then(|d| d.get(CA_KEY)).cloned())
         })
     };
     let Some(text) = text else {
@@ -218,4 +220,162 @@ fn granted(
                 t.group.is_empty() && t.kind == kind && t.name.as_deref().is_none_or(|n| n == name)
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use crate::model::{ClientValidationMode, HttpListener};
+    use crate::translate::{Settings, translate};
+
+    fn indent(text: &str) -> String {
+        text.lines().map(|l| format!("    {l}\n")).collect()
+    }
+
+    /// A Gateway with `frontend` as its `spec.tls.frontend` and HTTPS
+    /// listeners on 443 and 8443 (plus HTTP on 80), the server Secret, CA
+    /// ConfigMap `ca1` (namespace gw) and CA Secret `ca2` (namespace certs,
+    /// granted to Gateways of gw when `grant`).
+    fn translate_with(frontend: &str, grant: bool) -> crate::translate::Output {
+        let server = rcgen::generate_simple_self_signed(vec!["a.example".into()]).expect("rcgen");
+        let ca = |name: &str| {
+            rcgen::generate_simple_self_signed(vec![name.to_string()])
+                .expect("rcgen")
+                .cert
+                .pem()
+        };
+        let mut yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\n\
+             spec: {{controllerName: test/controller}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: server, namespace: gw}}\n\
+             type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}\
+             ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca1, namespace: gw}}\n\
+             data:\n  ca.crt: |\n{}\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ca2, namespace: certs}}\n\
+             stringData:\n  ca.crt: |\n{}\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: g, namespace: gw}}\nspec:\n  gatewayClassName: ours\n\
+             \x20 addresses: [{{value: 192.0.2.1}}]\n  tls:\n    frontend:\n{frontend}\n\
+             \x20 listeners:\n\
+             \x20 - {{name: a, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: server}}]}}}}\n\
+             \x20 - {{name: b, protocol: HTTPS, port: 8443, tls: {{certificateRefs: [{{name: server}}]}}}}\n\
+             \x20 - {{name: c, protocol: HTTP, port: 80}}\n",
+            indent(&server.cert.pem()),
+            indent(&server.signing_key.serialize_pem()),
+            indent(&ca("ca1")),
+            indent(&ca("ca2")),
+        );
+        if grant {
+            yaml.push_str(
+                "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                 metadata: {name: g, namespace: certs}\n\
+                 spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gw}]\n\
+                 \x20 to: [{group: '', kind: Secret, name: ca2}]\n",
+            );
+        }
+        let mut snapshot = crate::store::Snapshot::default();
+        let mut errors = Vec::new();
+        crate::source::file::load_str(
+            std::path::Path::new("t.yaml"),
+            &yaml,
+            &mut snapshot,
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        translate(
+            &snapshot,
+            &Settings {
+                controller_name: "test/controller".into(),
+                node_addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            },
+        )
+    }
+
+    const DEFAULT_AND_PER_PORT: &str = "      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{group: '', kind: ConfigMap, name: ca1}]\n      perPort:\n      - port: 8443\n        tls:\n          validation:\n            caCertificateRefs: [{group: '', kind: Secret, name: ca2, namespace: certs}]\n      - port: 80\n        tls:\n          validation:\n            caCertificateRefs: [{group: '', kind: ConfigMap, name: missing}]";
+
+    fn socket(out: &crate::translate::Output, port: u16) -> &HttpListener {
+        out.config
+            .http
+            .iter()
+            .find(|l| l.bind.port() == port)
+            .unwrap_or_else(|| panic!("no socket on {port}: {:#?}", out.config.http))
+    }
+
+    fn listener_conditions(
+        out: &crate::translate::Output,
+        name: &str,
+    ) -> Vec<(String, String, String)> {
+        out.statuses
+            .iter()
+            .filter(|s| s.section.as_deref() == Some(name))
+            .flat_map(|s| &s.conditions)
+            .map(|c| {
+                (
+                    c.type_.to_string(),
+                    c.status.to_string(),
+                    c.reason.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_per_port_validation_overrides_the_default_and_plain_http_ignores_it() {
+        let out = translate_with(DEFAULT_AND_PER_PORT, true);
+        let default = socket(&out, 443)
+            .client_validation
+            .as_ref()
+            .expect("443 validates");
+        assert_eq!(default.mode, ClientValidationMode::AllowInsecureFallback);
+        let per_port = socket(&out, 8443)
+            .client_validation
+            .as_ref()
+            .expect("8443 validates");
+        assert_eq!(per_port.mode, ClientValidationMode::AllowValidOnly);
+        assert_ne!(default.ca_pem, per_port.ca_pem);
+        assert!(!per_port.ca_pem.is_empty());
+        assert!(socket(&out, 80).client_validation.is_none());
+        for name in ["a", "b", "c"] {
+            let conditions = listener_conditions(&out, name);
+            assert!(
+                conditions.contains(&("Accepted".into(), "true".into(), "Accepted".into())),
+                "{name}: {conditions:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ca_secret_in_another_namespace_needs_a_reference_grant() {
+        let out = translate_with(DEFAULT_AND_PER_PORT, false);
+        let conditions = listener_conditions(&out, "b");
+        assert!(
+            conditions.contains(&(
+                "ResolvedRefs".into(),
+                "false".into(),
+                "RefNotPermitted".into()
+            )),
+            "{conditions:?}"
+        );
+        assert!(
+            conditions.contains(&(
+                "Accepted".into(),
+                "false".into(),
+                "NoValidCACertificate".into()
+            )),
+            "{conditions:?}"
+        );
+        // The port stays bound and refuses every client; 443 is untouched.
+        let refuse_all = socket(&out, 8443).client_validation.as_ref().expect("8443");
+        assert!(refuse_all.ca_pem.is_empty());
+        assert!(socket(&out, 8443).rules.is_empty());
+        assert!(
+            !socket(&out, 443)
+                .client_validation
+                .as_ref()
+                .expect("443")
+                .ca_pem
+                .is_empty()
+        );
+    }
 }
