@@ -263,6 +263,27 @@ pub struct HttpListener {
     /// Empty: plain HTTP. Otherwise HTTPS: TLS ends here, the certificate is
     /// chosen by SNI among those of the listeners sharing this socket.
     pub certificates: Vec<ServerCertificate>,
+    /// HTTPS only: client certificates are checked against these CAs
+    /// (the Gateway's `spec.tls.frontend` for this port).
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// Client certificate validation on an HTTPS socket (Gateway `tls.frontend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientValidation {
+    /// PEM CA certificates a client certificate must chain to. Empty: none
+    /// of the CA references resolved, and every client is refused.
+    pub ca_pem: String,
+    pub mode: ClientValidationMode,
+}
+
+/// What happens to a client without a valid certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ClientValidationMode {
+    /// The handshake fails.
+    AllowValidOnly,
+    /// The connection is served anyway.
+    AllowInsecureFallback,
 }
 
 /// A certificate chain and key (PEM) from a `kubernetes.io/tls` Secret, served

@@ -139,7 +139,10 @@ impl Proxy {
                     .iter()
                     .filter_map(|c| c.hostname.as_deref()),
             );
-            let acceptor = match tls::acceptor(&listener.certificates) {
+            let acceptor = match tls::acceptor_with_client_validation(
+                &listener.certificates,
+                listener.client_validation.as_ref(),
+            ) {
                 Ok(acceptor) => acceptor.map(Arc::new),
                 Err(e) => {
                     failures.push((listener.bind, std::io::Error::other(e)));
@@ -909,6 +912,7 @@ mod tests {
             bind,
             rules: vec![r],
             certificates: Vec::new(),
+            client_validation: None,
         }
     }
 

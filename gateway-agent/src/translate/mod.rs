@@ -5,6 +5,7 @@ mod backend_tls;
 pub mod certificates;
 #[cfg(test)]
 mod conformance;
+mod frontend_tls;
 mod gateways;
 mod http;
 pub mod input;
@@ -20,8 +21,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
-    ANY_V4, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule, L4Listener, L4Protocol,
-    RouteRef, ServerCertificate, WeightedEndpoint,
+    ANY_V4, ClientValidation, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule,
+    L4Listener, L4Protocol, RouteRef, ServerCertificate, WeightedEndpoint,
 };
 use crate::store::{ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
@@ -104,6 +105,10 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     for listener in &mut listeners {
         certificates::resolve_listener(listener, snapshot);
     }
+    let client_validations: Vec<Option<ClientValidation>> = listeners
+        .iter_mut()
+        .map(|listener| frontend_tls::resolve_listener(listener, snapshot))
+        .collect();
     let mut gateway_statuses = Vec::new();
     for (key, range) in ranges {
         let gateway = &snapshot.gateways[key];
@@ -202,9 +207,30 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     let mut config = DataplaneConfig::default();
     let mut http: BTreeMap<SocketAddr, Vec<(http::SortKey, HttpRule)>> = BTreeMap::new();
     let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
+    let mut https_validation: BTreeMap<SocketAddr, ClientValidation> = BTreeMap::new();
     let mut tls_sockets = BTreeMap::new();
-    for (listener, attached) in listeners.iter().zip(&attachments) {
+    for ((listener, attached), validation) in
+        listeners.iter().zip(&attachments).zip(&client_validations)
+    {
         if !listener.serves() {
+            // An HTTPS listener whose client CAs do not resolve keeps its port
+            // and refuses every handshake, rather than go dark (or serve
+            // without the client authentication it asks for).
+            if let Some(refuse_all) = validation
+                && listener.protocol == "HTTPS"
+                && !listener.certificates.is_empty()
+            {
+                for bind in listener_binds(listener) {
+                    http.entry(bind).or_default();
+                    https_certificates
+                        .entry(bind)
+                        .or_default()
+                        .extend(listener.certificates.iter().cloned());
+                    https_validation
+                        .entry(bind)
+                        .or_insert_with(|| refuse_all.clone());
+                }
+            }
             continue;
         }
         match listener.protocol {
@@ -254,6 +280,12 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                         .entry(bind)
                         .or_default()
                         .extend(listener.certificates.iter().cloned());
+                    // One socket, one handshake: the first listener's validation holds.
+                    if let Some(validation) = validation {
+                        https_validation
+                            .entry(bind)
+                            .or_insert_with(|| validation.clone());
+                    }
                 }
             }
             "TLS" => {
@@ -272,6 +304,7 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
             bind,
             rules: rules.into_iter().map(|(_, r)| r).collect(),
             certificates: https_certificates.remove(&bind).unwrap_or_default(),
+            client_validation: https_validation.remove(&bind),
         });
     }
     config.tls_passthrough = passthrough::finish(tls_sockets);
