@@ -115,9 +115,9 @@ pub fn document(
         "# gateway-agent performance report ({})\n\n\
          - Command: `{command_line}`{quick}\n\
          - Machine: {}\n\
-         - Load during the run: {load_text}. **Other work (five other engineers' builds and tests) \
-         was running on this machine at the same time**: absolute figures are noisy; the ratios \
-         between peers measured interleaved in the same run are the meaningful part.\n\
+         - Load during the run: {load_text} (a median above the CPU count means other work \
+         competed with the benchmark). Absolute figures depend on that load; the ratios between \
+         peers measured interleaved in the same run are the meaningful part.\n\
          - Repeats: {} per figure, interleaved A/B/C; figures are medians with the spread (min–max) \
          in parentheses. Load runs of {} s.\n\
          - Tools: {}; {}; {}; {}; {}.\n\
