@@ -296,24 +296,39 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let target = crate::explain::Target::parse(&args.request, &args.headers)?;
-    let (snapshot, errors) = file::load_dir(&args.manifests);
+    let (_, output, errors) = translate_dir(&args.manifests, &args.controller_name);
     for error in &errors {
         eprintln!("invalid manifest: {error}");
     }
-    let node_addresses = netif::default_interfaces()
-        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
-        .unwrap_or_default();
-    let settings = Settings {
-        controller_name: args.controller_name.clone(),
-        node_addresses,
-    };
-    let output = translate::translate(&snapshot, &settings);
     let explanation = crate::explain::explain(&output, &target, &args.request);
     match args.output {
         InspectOutput::Table => print!("{}", crate::explain::render(&explanation)),
         InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
     }
     Ok(())
+}
+
+/// Reads a manifests directory and translates it as `run` would serve it on
+/// this node (Gateways without spec.addresses on `run`'s default interfaces):
+/// what `status`, `explain` and `inspect --manifests` work from.
+pub(crate) fn translate_dir(
+    dir: &std::path::Path,
+    controller_name: &str,
+) -> (
+    crate::store::Snapshot,
+    translate::Output,
+    Vec<file::ManifestError>,
+) {
+    let (snapshot, errors) = file::load_dir(dir);
+    let node_addresses = netif::default_interfaces()
+        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
+        .unwrap_or_default();
+    let settings = Settings {
+        controller_name: controller_name.to_string(),
+        node_addresses,
+    };
+    let output = translate::translate(&snapshot, &settings);
+    (snapshot, output, errors)
 }
 
 /// Returns the heap's free pages to the kernel (`malloc_trim`), so that RSS
@@ -326,19 +341,10 @@ fn release_free_memory() {
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let (snapshot, errors) = file::load_dir(&args.manifests);
+    let (snapshot, output, errors) = translate_dir(&args.manifests, &args.controller_name);
     for error in &errors {
         eprintln!("invalid manifest: {error}");
     }
-    // Where Gateways without spec.addresses would be served: `run`'s default interfaces.
-    let node_addresses = netif::default_interfaces()
-        .and_then(|interfaces| netif::ipv4_addresses(&interfaces))
-        .unwrap_or_default();
-    let settings = Settings {
-        controller_name: args.controller_name.clone(),
-        node_addresses,
-    };
-    let output = translate::translate(&snapshot, &settings);
     let list = || {
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),

@@ -763,15 +763,7 @@ pub async fn inspect(
 /// The L4 routes a manifests directory translates to: names for the pinned
 /// ids when the agent is not running.
 pub fn manifest_routes(dir: &Path, controller_name: &str) -> Vec<RouteName> {
-    let (snapshot, _errors) = crate::source::file::load_dir(dir);
-    let node_addresses = crate::netif::default_interfaces()
-        .and_then(|interfaces| crate::netif::ipv4_addresses(&interfaces))
-        .unwrap_or_default();
-    let settings = crate::translate::Settings {
-        controller_name: controller_name.to_string(),
-        node_addresses,
-    };
-    let output = crate::translate::translate(&snapshot, &settings);
+    let (_, output, _errors) = crate::cli::translate_dir(dir, controller_name);
     output.config.l4.iter().map(|l| (&l.route).into()).collect()
 }
 
