@@ -213,6 +213,24 @@ pub struct BackendTls {
     pub trust: TrustAnchors,
     /// When not empty, the certificate must carry one of these (instead of `server_name`).
     pub subject_alt_names: Vec<SubjectAltName>,
+    /// The Gateway's `spec.tls.backend.clientCertificateRef`, presented to the backend.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// A client certificate chain and key (PEM) from a `kubernetes.io/tls` Secret,
+/// which the proxy presents when a backend asks for one.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ClientCertificate {
+    pub cert_chain_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    // Never print private keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate").finish_non_exhaustive()
+    }
 }
 
 /// `timeouts` of a rule: the whole request, and one request to the backend.

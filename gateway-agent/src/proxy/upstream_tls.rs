@@ -1,8 +1,9 @@
 //! TLS from the proxy to backends that a BackendTLSPolicy governs: the policy
 //! hostname is the SNI; the server certificate must chain to the policy's CA
 //! certificates (or the system's) and carry the hostname, or one of the
-//! policy's subjectAltNames when it lists some. One pooled client per policy
-//! and protocol, built on first use.
+//! policy's subjectAltNames when it lists some. The Gateway's client
+//! certificate (spec.tls.backend) is presented when the backend asks for one.
+//! One pooled client per policy and protocol, built on first use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use rustls::client::{
 };
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -112,12 +113,25 @@ pub fn client_config(tls: &BackendTls) -> Result<rustls::ClientConfig, String> {
             names: tls.subject_alt_names.clone(),
         })
     };
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(verifier);
+    match &tls.client_certificate {
+        None => Ok(builder.with_no_client_auth()),
+        // The Gateway's clientCertificateRef, sent when the backend asks for one.
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(client.cert_chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())
+                .map_err(|e| format!("client certificate key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+    }
 }
 
 /// Verifies the chain like webpki does, then requires one of the policy's
@@ -222,8 +236,11 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     struct Pki {
+        ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
         ca_pem: String,
         server: rustls::ServerConfig,
+        /// The same server, requiring a client certificate issued by the CA.
+        requires_client_certificate: rustls::ServerConfig,
     }
 
     /// A CA and a server certificate for `dns` and `uris`, signed by it.
@@ -241,21 +258,81 @@ mod tests {
         }
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = leaf.signed_by(&key, &ca).expect("leaf");
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
-        )
-        .expect("server config");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = || {
+            rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+        };
+        let chain = vec![cert.der().clone()];
+        let server_key = || PrivateKeyDer::try_from(key.serialize_der()).expect("key");
+        let server = builder()
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), server_key())
+            .expect("server config");
+        let mut client_roots = RootCertStore::empty();
+        client_roots.add(ca.der().clone()).expect("ca");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(client_roots.into(), provider.clone())
+                .build()
+                .expect("client verifier");
+        let requires_client_certificate = builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, server_key())
+            .expect("server config");
         Pki {
             ca_pem: ca.pem(),
+            ca,
             server,
+            requires_client_certificate,
         }
+    }
+
+    /// A client certificate issued by `pki`'s CA, as a Gateway's clientCertificateRef holds it.
+    fn client_certificate(pki: &Pki) -> crate::model::ClientCertificate {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["client.example.com".to_string()]).expect("params");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &pki.ca).expect("client certificate");
+        crate::model::ClientCertificate {
+            cert_chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Handshakes with a server that requires a client certificate; the
+    /// certificate the server saw, or why it refused the client.
+    async fn client_certificate_seen(pki: &Pki, tls: &BackendTls) -> Result<Vec<u8>, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+            pki.requires_client_certificate.clone(),
+        ));
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+            let seen = tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec());
+            let mut byte = [0u8; 1];
+            let _ = tls.read(&mut byte).await;
+            seen.ok_or_else(|| "no client certificate".to_string())
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(tls)?));
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from(tls.server_name.clone()).expect("name");
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
+                .await
+                .expect("handshake in time");
+        if let Ok(mut stream) = connected {
+            let _ = stream.write_all(b"x").await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server in time")
+            .expect("server task")
     }
 
     /// Handshakes with a server using `pki`'s certificate; Ok when the client accepts it.
@@ -294,7 +371,21 @@ mod tests {
             server_name: hostname.into(),
             trust: TrustAnchors::Pem(pki.ca_pem.clone()),
             subject_alt_names: names,
+            client_certificate: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_gateway_client_certificate_is_presented_to_a_backend_that_requires_one() {
+        let pki = pki(&["abc.example.com"], &[]);
+        let mut tls = policy(&pki, "abc.example.com", vec![]);
+        let without = client_certificate_seen(&pki, &tls).await;
+        assert!(without.is_err(), "{without:?}");
+        let client = client_certificate(&pki);
+        let der = CertificateDer::from_pem_slice(client.cert_chain_pem.as_bytes()).expect("pem");
+        tls.client_certificate = Some(client);
+        let seen = client_certificate_seen(&pki, &tls).await.expect("accepted");
+        assert_eq!(seen, der.to_vec());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 
 use super::input::BackendRef;
 use super::status::{Condition, ObjectStatus};
-use crate::model::{BackendTls, SubjectAltName, TrustAnchors};
+use crate::model::{BackendTls, ClientCertificate, SubjectAltName, TrustAnchors};
 use crate::store::{ObjectKey, Snapshot};
 
 /// The key of a ConfigMap that holds CA certificates.
@@ -36,6 +36,8 @@ pub(super) struct BackendTlsPolicies<'a> {
     policies: Vec<Policy<'a>>,
     /// (Service, port name or None for the whole Service) → index in `policies`.
     governing: BTreeMap<(ObjectKey, Option<String>), usize>,
+    /// Gateway → its `spec.tls.backend.clientCertificateRef`, resolved.
+    client_certificates: BTreeMap<ObjectKey, ClientCertificate>,
 }
 
 impl<'a> BackendTlsPolicies<'a> {
@@ -84,7 +86,16 @@ impl<'a> BackendTlsPolicies<'a> {
         Self {
             policies,
             governing,
+            client_certificates: BTreeMap::new(),
         }
+    }
+
+    /// The client certificate each Gateway presents on its TLS connections to backends.
+    pub(super) fn present_client_certificates(
+        &mut self,
+        by_gateway: BTreeMap<ObjectKey, ClientCertificate>,
+    ) {
+        self.client_certificates = by_gateway;
     }
 
     /// The index of the policy governing `backend` (a Service port), if any: a
@@ -104,18 +115,22 @@ impl<'a> BackendTlsPolicies<'a> {
             .copied()
     }
 
-    /// How the proxy must connect to `backend`: Ok(None) in plain text,
-    /// Ok(Some) with TLS, Err when its policy cannot be used (no plain-text
-    /// fallback: the backend's share of requests fails).
+    /// How the proxy of `gateway` must connect to `backend`: Ok(None) in
+    /// plain text, Ok(Some) with TLS (presenting the Gateway's client
+    /// certificate, if it has one), Err when its policy cannot be used (no
+    /// plain-text fallback: the backend's share of requests fails).
     pub(super) fn for_backend(
         &self,
         backend: &BackendRef,
+        gateway: &ObjectKey,
         snapshot: &Snapshot,
     ) -> Result<Option<BackendTls>, Rejection> {
-        match self.governing(backend, snapshot) {
-            None => Ok(None),
-            Some(index) => self.policies[index].tls.clone().map(Some),
-        }
+        let Some(index) = self.governing(backend, snapshot) else {
+            return Ok(None);
+        };
+        let mut tls = self.policies[index].tls.clone()?;
+        tls.client_certificate = self.client_certificates.get(gateway).cloned();
+        Ok(Some(tls))
     }
 
     /// Status of every policy: one entry per Gateway through which one of its
@@ -277,6 +292,7 @@ fn validate(
         server_name: validation.hostname.clone(),
         trust,
         subject_alt_names,
+        client_certificate: None,
     });
     (tls, unresolved)
 }
@@ -366,7 +382,7 @@ spec:
         let policies = BackendTlsPolicies::resolve(&snapshot);
         let on = |port| {
             policies
-                .for_backend(&backend("svc", port), &snapshot)
+                .for_backend(&backend("svc", port), &ObjectKey::new("ns", "gw"), &snapshot)
                 .expect("valid")
                 .expect("tls")
                 .server_name
@@ -412,7 +428,7 @@ spec:
             let snapshot = snapshot(&yaml);
             let policies = BackendTlsPolicies::resolve(&snapshot);
             let error = policies
-                .for_backend(&backend("svc", 443), &snapshot)
+                .for_backend(&backend("svc", 443), &ObjectKey::new("ns", "gw"), &snapshot)
                 .expect_err("unusable");
             assert_eq!(error.0, "NoValidCACertificate");
             let reached_backend = backend("svc", 443);
@@ -430,5 +446,132 @@ spec:
                 ]
             );
         }
+    }
+
+    /// Two Gateways reaching Service `svc` (port 443, one endpoint) through
+    /// one HTTPRoute each, a BackendTLSPolicy on it with CA ConfigMap `ca`
+    /// (absent unless `with_ca`), and `gw-a` naming `client_ref` (namespace,
+    /// name) as its backend client certificate.
+    fn two_gateways(with_ca: bool, client_ref: &str) -> String {
+        let client = rcgen::generate_simple_self_signed(vec!["client.example".into()])
+            .expect("rcgen");
+        let json = |s: &str| serde_json::to_string(s).expect("json");
+        let mut yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\n\
+             spec: {{controllerName: test/controller}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: client, namespace: ns}}\n\
+             type: kubernetes.io/tls\nstringData: {{tls.crt: {}, tls.key: {}}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc-1, namespace: ns, labels: {{kubernetes.io/service-name: svc}}}}\n\
+             addressType: IPv4\nports: [{{name: https, port: 8443}}]\nendpoints: [{{addresses: [10.0.0.1]}}]\n\
+             ---{SERVICE}{}",
+            json(&client.cert.pem()),
+            json(&client.signing_key.serialize_pem()),
+            policy("p", None, "abc.example", "ca"),
+        );
+        if with_ca {
+            yaml.push_str(&ca_map("ca", &ca_pem()));
+        }
+        for (gateway, port, backend_tls) in [
+            ("gw-a", 80, format!("  tls: {{backend: {{clientCertificateRef: {client_ref}}}}}\n")),
+            ("gw-b", 81, String::new()),
+        ] {
+            yaml.push_str(&format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: {gateway}, namespace: ns}}\nspec:\n  gatewayClassName: ours\n\
+                 \x20 addresses: [{{value: 192.0.2.1}}]\n{backend_tls}\
+                 \x20 listeners: [{{name: http, protocol: HTTP, port: {port}}}]\n\
+                 ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: to-{gateway}, namespace: ns}}\n\
+                 spec:\n  parentRefs: [{{name: {gateway}}}]\n  rules: [{{backendRefs: [{{name: svc, port: 443}}]}}]\n"
+            ));
+        }
+        yaml
+    }
+
+    fn translate_yaml(yaml: &str) -> super::super::Output {
+        super::super::translate(
+            &snapshot(yaml),
+            &super::super::Settings {
+                controller_name: "test/controller".into(),
+                node_addresses: vec![std::net::Ipv4Addr::new(198, 51, 100, 1)],
+            },
+        )
+    }
+
+    fn conditions(out: &super::super::Output, kind: &str, name: &str) -> Vec<(String, bool, String)> {
+        out.statuses
+            .iter()
+            .filter(|s| s.kind == kind && s.key.name == name && s.section.is_none())
+            .flat_map(|s| &s.conditions)
+            .map(|c| (c.type_.to_string(), c.status, c.reason.to_string()))
+            .collect()
+    }
+
+    /// The TLS settings of the one backend served on `port`.
+    fn backend_tls(out: &super::super::Output, port: u16) -> Option<BackendTls> {
+        let socket = out.config.http.iter().find(|l| l.bind.port() == port).expect("socket");
+        socket.rules[0].backends[0].tls.clone()
+    }
+
+    #[test]
+    fn a_gateway_presents_its_client_certificate_to_tls_backends_and_only_its_own() {
+        let out = translate_yaml(&two_gateways(true, "{name: client}"));
+        let presented = backend_tls(&out, 80)
+            .expect("tls")
+            .client_certificate
+            .expect("gw-a presents its certificate");
+        assert!(presented.cert_chain_pem.contains("BEGIN CERTIFICATE"));
+        assert!(presented.key_pem.contains("PRIVATE KEY"));
+        assert_eq!(backend_tls(&out, 81).expect("tls").client_certificate, None);
+        assert!(
+            conditions(&out, "Gateway", "gw-a")
+                .contains(&("ResolvedRefs".into(), true, "ResolvedRefs".into()))
+        );
+        // A Gateway without backend TLS settings gets no such condition.
+        assert!(conditions(&out, "Gateway", "gw-b").iter().all(|c| c.0 != "ResolvedRefs"));
+    }
+
+    #[test]
+    fn an_unusable_client_certificate_ref_is_resolved_refs_false_on_the_gateway() {
+        for (reference, reason) in [
+            ("{name: absent}", "InvalidClientCertificateRef"),
+            ("{name: client, kind: ConfigMap}", "InvalidClientCertificateRef"),
+            ("{name: client, group: example.com}", "InvalidClientCertificateRef"),
+            ("{name: client, namespace: elsewhere}", "RefNotPermitted"),
+        ] {
+            let out = translate_yaml(&two_gateways(true, reference));
+            let gateway = conditions(&out, "Gateway", "gw-a");
+            assert!(
+                gateway.contains(&("ResolvedRefs".into(), false, reason.into())),
+                "{reference}: {gateway:?}"
+            );
+            assert!(gateway.contains(&("Accepted".into(), true, "Accepted".into())), "{gateway:?}");
+            // Still TLS to the backend, without a certificate to present.
+            assert_eq!(backend_tls(&out, 80).expect("tls").client_certificate, None);
+        }
+    }
+
+    #[test]
+    fn a_backend_whose_policy_is_unusable_gets_no_traffic_and_the_route_keeps_its_conditions() {
+        // v1.5.1: the policy reports the problem (its Accepted/ResolvedRefs);
+        // requests for the backend fail with a 5xx; routes have no condition
+        // for it, so their references stay resolved.
+        let out = translate_yaml(&two_gateways(false, "{name: client}"));
+        let socket = out.config.http.iter().find(|l| l.bind.port() == 80).expect("socket");
+        assert!(socket.rules[0].backends.is_empty());
+        assert_eq!(socket.rules[0].invalid_weight, 1);
+        let route = conditions(&out, "HTTPRoute", "to-gw-a");
+        assert!(route.contains(&("Accepted".into(), true, "Accepted".into())), "{route:?}");
+        assert!(route.contains(&("ResolvedRefs".into(), true, "ResolvedRefs".into())), "{route:?}");
+        let policy = conditions(&out, "BackendTLSPolicy", "p");
+        assert!(
+            policy.contains(&("Accepted".into(), false, "NoValidCACertificate".into())),
+            "{policy:?}"
+        );
+        assert!(
+            policy.contains(&("ResolvedRefs".into(), false, "InvalidCACertificateRef".into())),
+            "{policy:?}"
+        );
     }
 }

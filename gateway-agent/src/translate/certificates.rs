@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::GATEWAY_GROUP;
 use super::listeners::{CertificateRef, Listener, TlsMode};
-use crate::model::ServerCertificate;
+use crate::model::{ClientCertificate, ServerCertificate};
 use crate::store::{ObjectKey, Snapshot};
 
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
@@ -86,6 +86,39 @@ pub fn listener_certificates(
         }
     }
     (certificates, problems)
+}
+
+/// A Gateway's `spec.tls.backend.clientCertificateRef`, which the proxy
+/// presents to TLS backends: None when the Gateway names none; else the
+/// certificate, or why it cannot be used with the Gateway `ResolvedRefs`
+/// reason the spec gives it (`InvalidClientCertificateRef` for a missing,
+/// foreign or malformed Secret; `RefNotPermitted` without a ReferenceGrant).
+pub fn backend_client_certificate(
+    key: &ObjectKey,
+    gateway: &gateway_api::gateways::Gateway,
+    snapshot: &Snapshot,
+) -> Option<Result<ClientCertificate, CertificateProblem>> {
+    let r = gateway.spec.tls.as_ref()?.backend.as_ref()?.client_certificate_ref.as_ref()?;
+    let reference = CertificateRef {
+        group: r.group.clone().unwrap_or_default(),
+        kind: r.kind.clone().unwrap_or_else(|| "Secret".into()),
+        namespace: r.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+        name: r.name.clone(),
+    };
+    Some(
+        certificate(snapshot, &key.namespace, &reference)
+            .map(|(cert_chain_pem, key_pem)| ClientCertificate {
+                cert_chain_pem,
+                key_pem,
+            })
+            .map_err(|problem| match problem.reason {
+                "RefNotPermitted" => problem,
+                _ => CertificateProblem {
+                    reason: "InvalidClientCertificateRef",
+                    message: problem.message,
+                },
+            }),
+    )
 }
 
 fn certificate(

@@ -1,8 +1,9 @@
 //! A Gateway's `spec.tls.frontend`: the CA certificates HTTPS listeners check
 //! client certificates against, per port (`perPort`) or for every port
-//! (`default`). A listener whose validation cannot be resolved is not
+//! (`default`). A listener none of whose CA references resolve is not
 //! accepted (`NoValidCACertificate`), so that it never serves without the
-//! client authentication it was asked for.
+//! client authentication it was asked for; one with some bad references is
+//! `ResolvedRefs=False` and checks clients against the good ones.
 
 use gateway_api::gateways::{
     GatewayTlsFrontendDefaultValidationMode, GatewayTlsFrontendPerPortTlsValidationMode,
@@ -27,9 +28,10 @@ struct CaRef<'a> {
 }
 
 /// The validation that applies to HTTPS `listener` (its port's `perPort`
-/// entry, else `default`), or None. When its CA references do not resolve,
-/// the listener is marked unresolved and not accepted, and the validation
-/// returned has no CA: its port refuses every handshake.
+/// entry, else `default`), or None. When some CA references do not resolve,
+/// the listener is marked unresolved and checks clients against the others;
+/// when none does, it is not accepted either, and the validation returned
+/// has no CA: its port refuses every handshake.
 pub fn resolve_listener(listener: &mut Listener, snapshot: &Snapshot) -> Option<ClientValidation> {
     if listener.protocol != "HTTPS" || !listener.serves() {
         return None;
@@ -107,9 +109,18 @@ pub fn resolve_listener(listener: &mut Listener, snapshot: &Snapshot) -> Option<
             "frontend validation names no caCertificateRefs".to_string(),
         ));
     }
+    if let Some((reason, message)) = problem.clone()
+        && !ca_pem.is_empty()
+    {
+        // The spec: some references invalid is ResolvedRefs=False, and the
+        // listener serves with the CA certificates of the others.
+        listener.unresolved = Some((reason, message));
+        listener.serves_partially_resolved = true;
+        return Some(ClientValidation { ca_pem, mode });
+    }
     if let Some((reason, message)) = problem {
-        // One bad reference is enough to refuse the listener: serving with a
-        // narrower trust set than asked for would fail clients unexpectedly.
+        // No usable CA at all: the listener is not accepted, and its port
+        // refuses every handshake rather than serve without client checks.
         listener.rejected = Some((
             "NoValidCACertificate",
             format!(
@@ -343,6 +354,25 @@ mod tests {
                 "{name}: {conditions:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_bad_and_one_good_ca_reference_serve_with_the_good_one_and_resolved_refs_false() {
+        let both = "      default:\n        validation:\n          caCertificateRefs:\n          - {group: '', kind: ConfigMap, name: missing}\n          - {group: '', kind: ConfigMap, name: ca1}";
+        let out = translate_with(both, false);
+        let conditions = listener_conditions(&out, "a");
+        for expected in [
+            ("ResolvedRefs", "false", "InvalidCACertificateRef"),
+            ("Accepted", "true", "Accepted"),
+            ("Programmed", "true", "Programmed"),
+        ] {
+            let expected = (expected.0.into(), expected.1.into(), expected.2.into());
+            assert!(conditions.contains(&expected), "{conditions:?}");
+        }
+        // Clients are checked against ca1 alone (not refused outright).
+        let served = socket(&out, 443).client_validation.as_ref().expect("443");
+        assert_eq!(served.ca_pem.matches("BEGIN CERTIFICATE").count(), 1);
+        assert_eq!(served.mode, ClientValidationMode::AllowValidOnly);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Conditions of GatewayClasses and Gateways, and the status entries of the
 //! validated listeners.
 
+use super::certificates::CertificateProblem;
 use super::listeners::Listener;
 use super::status::{Condition, ListenerFacts, ObjectStatus};
+use crate::model::ClientCertificate;
 use crate::store::ObjectKey;
 
 /// `Accepted` and `Programmed` of a Gateway: accepted when at least one of
@@ -68,6 +70,22 @@ pub fn gateway_status(
     status.push(accepted);
     status.push(programmed);
     status
+}
+
+/// The Gateway's `ResolvedRefs`, written when it names a backend client
+/// certificate: False with the spec's reason when that reference cannot be
+/// used (backends are then reached without a client certificate).
+pub fn backend_client_certificate_condition(
+    resolved: &Result<ClientCertificate, CertificateProblem>,
+) -> Condition {
+    match resolved {
+        Ok(_) => Condition::yes("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+        Err(problem) => Condition::no(
+            "ResolvedRefs",
+            problem.reason,
+            &format!("spec.tls.backend.clientCertificateRef: {}", problem.message),
+        ),
+    }
 }
 
 /// One listener's entry: its conditions, supported kinds and attached routes.

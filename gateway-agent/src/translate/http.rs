@@ -39,7 +39,7 @@ pub(super) fn listener_rules(
                 // The spec: a rule with nothing to forward to answers 500.
                 (Vec::new(), 1)
             } else {
-                http_backends(route, &rule.backend_refs, snapshot, policies)
+                http_backends(route, &rule.backend_refs, listener.gateway, snapshot, policies)
             };
             // A rule that cannot be served as written only answers 500.
             let filters = if rule.unsupported.is_some() {
@@ -80,13 +80,14 @@ pub(super) fn listener_rules(
 fn http_backends(
     route: &Route,
     refs: &[BackendRef],
+    gateway: &ObjectKey,
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
 ) -> (Vec<HttpBackend>, u32) {
     let mut backends = Vec::new();
     let mut invalid_weight = 0u32;
     for backend_ref in refs {
-        let Ok(tls) = policies.for_backend(backend_ref, snapshot) else {
+        let Ok(tls) = policies.for_backend(backend_ref, gateway, snapshot) else {
             invalid_weight = invalid_weight.saturating_add(backend_ref.weight);
             continue;
         };

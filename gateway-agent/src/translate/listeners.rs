@@ -94,6 +94,9 @@ pub struct Listener<'a> {
     /// Unresolvable references (reason, message): invalid route kinds here;
     /// certificates (set by the TLS resolution) also keep it from being served.
     pub unresolved: Option<(&'static str, String)>,
+    /// Set when `unresolved` names only some of its references and it serves
+    /// with the others (client CA refs of which at least one resolves).
+    pub serves_partially_resolved: bool,
     /// HTTPS and TLS Terminate: the certificates its certificateRefs resolve to.
     pub certificates: Vec<ServerCertificate>,
 }
@@ -109,10 +112,11 @@ impl Listener<'_> {
     pub fn serves(&self) -> bool {
         self.rejected.is_none()
             && self.conflicted.is_none()
-            && self
-                .unresolved
-                .as_ref()
-                .is_none_or(|(reason, _)| *reason == "InvalidRouteKinds")
+            && (self.serves_partially_resolved
+                || self
+                    .unresolved
+                    .as_ref()
+                    .is_none_or(|(reason, _)| *reason == "InvalidRouteKinds"))
     }
 
     /// The four listener conditions, in the order the API documents them.
@@ -501,6 +505,7 @@ pub fn gateway_listeners<'a>(
             rejected: None,
             conflicted: None,
             unresolved: None,
+            serves_partially_resolved: false,
             certificates: Vec::new(),
         });
     }
@@ -566,6 +571,7 @@ pub fn gateway_listeners<'a>(
                 rejected: None,
                 conflicted: None,
                 unresolved: None,
+                serves_partially_resolved: false,
                 certificates: Vec::new(),
             });
         }

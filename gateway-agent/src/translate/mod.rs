@@ -110,10 +110,17 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         .map(|listener| frontend_tls::resolve_listener(listener, snapshot))
         .collect();
     let mut gateway_statuses = Vec::new();
+    let mut client_certificates = BTreeMap::new();
     for (key, range) in ranges {
         let gateway = &snapshot.gateways[key];
         let bad = &gateway_addresses[key].1;
         let mut status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        if let Some(resolved) = certificates::backend_client_certificate(key, gateway, snapshot) {
+            status.push(gateways::backend_client_certificate_condition(&resolved));
+            if let Ok(certificate) = resolved {
+                client_certificates.insert(key.clone(), certificate);
+            }
+        }
         status.addresses = match &gateway_addresses[key].0 {
             none if none.is_empty() => settings
                 .node_addresses
@@ -183,7 +190,8 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
 
     // BackendTLSPolicies: who governs which Service port, and their ancestors
     // (the Gateways whose routes reach the Services they target).
-    let policies = backend_tls::BackendTlsPolicies::resolve(snapshot);
+    let mut policies = backend_tls::BackendTlsPolicies::resolve(snapshot);
+    policies.present_client_certificates(client_certificates);
     let mut reached: BTreeMap<ObjectKey, Vec<&BackendRef>> = BTreeMap::new();
     for (listener, attached) in listeners.iter().zip(&attachments) {
         let backends = reached.entry(listener.gateway.clone()).or_default();

@@ -56,7 +56,7 @@ pub fn add_listener(
             let mut backend_tls = BTreeMap::new();
             if terminate {
                 for backend_ref in &rule.backend_refs {
-                    let tls = policies.for_backend(backend_ref, snapshot);
+                    let tls = policies.for_backend(backend_ref, listener.gateway, snapshot);
                     let (endpoints, _) =
                         resolve_backends(route, std::slice::from_ref(backend_ref), snapshot);
                     for endpoint in endpoints {

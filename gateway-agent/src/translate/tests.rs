@@ -772,6 +772,7 @@ fn unresolved_certificates_stop_a_listener_being_served_but_invalid_kinds_do_not
         rejected: None,
         conflicted: None,
         unresolved,
+        serves_partially_resolved: false,
         certificates: Vec::new(),
     };
     let kinds = listener(Some(("InvalidRouteKinds", "GRPCRoute".into())));

@@ -215,7 +215,9 @@ fn compare_echo(
             return Err(format!("backend saw SNI {seen:?}, expected {sni:?}"));
         }
     }
-    if exp["client_certificate_presented"].as_bool() == Some(true) {
+    // `true`, or `{fromSecret: ...}` naming the certificate (resolved by the caller).
+    let presented = &exp["client_certificate_presented"];
+    if presented.as_bool() == Some(true) || presented.is_object() {
         let peers: Vec<&str> = echoed.json["tls"]["peerCertificates"]
             .as_array()
             .into_iter()
@@ -389,5 +391,31 @@ mod tests {
         // A 504 passes where a 408 is expected.
         let timeout = serde_json::json!({"status_codes": [408]});
         assert!(compare(&timeout, &response(504, None), "/", "http", None).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_from_a_secret_must_be_among_the_backend_peer_certificates() {
+        let eff = serde_json::json!({
+            "status_codes": [200],
+            "expected_backend_request": {"path": "/", "client_certificate_presented":
+                {"fromSecret": {"kind": "Secret", "namespace": "ns", "name": "c", "key": "tls.crt"}}},
+        });
+        let echo = |peers: &[&str]| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("content-type", "application/json".parse().expect("header"));
+            let body = serde_json::json!({"path": "/", "tls": {"peerCertificates": peers}});
+            HttpResponse {
+                status: 200,
+                version: "HTTP/1.1",
+                headers,
+                body: bytes::Bytes::from(body.to_string()),
+            }
+        };
+        let wanted = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let other = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
+        let check = |peers: &[&str]| compare(&eff, &echo(peers), "/", "http", Some(wanted));
+        assert!(check(&[wanted]).is_ok());
+        assert!(check(&[other]).is_err());
+        assert!(check(&[]).is_err());
     }
 }
