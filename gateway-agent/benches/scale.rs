@@ -38,6 +38,7 @@ fn settings() -> Settings {
     Settings {
         controller_name: gateway_agent::DEFAULT_CONTROLLER_NAME.into(),
         node_addresses: vec![Ipv4Addr::LOCALHOST],
+        usable_addresses: None,
     }
 }
 

@@ -326,6 +326,7 @@ pub(crate) fn translate_dir(
     let settings = Settings {
         controller_name: controller_name.to_string(),
         node_addresses,
+        usable_addresses: netif::local_addresses().ok(),
     };
     let output = translate::translate(&snapshot, &settings);
     (snapshot, output, errors)

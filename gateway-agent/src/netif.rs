@@ -43,6 +43,23 @@ pub fn ipv4_addresses(interfaces: &[String]) -> std::io::Result<Vec<Ipv4Addr>> {
     Ok(out.into_iter().collect())
 }
 
+/// Every address (IPv4 and IPv6) of every interface of this node: the static
+/// Gateway addresses it can serve.
+pub fn local_addresses() -> std::io::Result<Vec<std::net::IpAddr>> {
+    let mut out = BTreeSet::new();
+    for ifaddr in getifaddrs()? {
+        let Some(address) = ifaddr.address.as_ref() else {
+            continue;
+        };
+        if let Some(v4) = address.as_sockaddr_in() {
+            out.insert(std::net::IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            out.insert(std::net::IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// Interfaces of the default routes in `/proc/net/route` (a header line, then
 /// `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`, hex fields).
 fn ipv4_default_route_interfaces(table: &str) -> Vec<String> {

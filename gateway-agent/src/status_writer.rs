@@ -504,6 +504,7 @@ status:
         let settings = Settings {
             controller_name: "example.dev/agent".into(),
             node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            usable_addresses: None,
         };
         let output = translate::translate(snapshot, &settings);
         status_updates(

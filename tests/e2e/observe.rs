@@ -469,6 +469,7 @@ fn explain_agrees_with_the_conformance_cases() {
     let settings = gateway_agent::translate::Settings {
         controller_name: names.controller.clone(),
         node_addresses: Vec::new(),
+        usable_addresses: None,
     };
     let (mut agreed, mut undecided, mut disagreed) = (0, 0, Vec::new());
     for test in tests.as_array().expect("a list of tests") {

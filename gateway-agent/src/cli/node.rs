@@ -48,6 +48,7 @@ impl Node {
         let settings = Settings {
             controller_name: args.controller_name.clone(),
             node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
+            usable_addresses: Some(netif::local_addresses().context("listing addresses")?),
         };
         let proxy_metrics = Arc::new(ProxyMetrics::default());
         let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));

@@ -272,10 +272,12 @@ mod tests {
             .expect("server config");
         let mut client_roots = RootCertStore::empty();
         client_roots.add(ca.der().clone()).expect("ca");
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(client_roots.into(), provider.clone())
-                .build()
-                .expect("client verifier");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            client_roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
         let requires_client_certificate = builder()
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, server_key())
@@ -308,9 +310,8 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
-            pki.requires_client_certificate.clone(),
-        ));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(pki.requires_client_certificate.clone()));
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
             let mut tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;

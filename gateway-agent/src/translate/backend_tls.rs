@@ -382,7 +382,11 @@ spec:
         let policies = BackendTlsPolicies::resolve(&snapshot);
         let on = |port| {
             policies
-                .for_backend(&backend("svc", port), &ObjectKey::new("ns", "gw"), &snapshot)
+                .for_backend(
+                    &backend("svc", port),
+                    &ObjectKey::new("ns", "gw"),
+                    &snapshot,
+                )
                 .expect("valid")
                 .expect("tls")
                 .server_name
@@ -453,8 +457,8 @@ spec:
     /// (absent unless `with_ca`), and `gw-a` naming `client_ref` (namespace,
     /// name) as its backend client certificate.
     fn two_gateways(with_ca: bool, client_ref: &str) -> String {
-        let client = rcgen::generate_simple_self_signed(vec!["client.example".into()])
-            .expect("rcgen");
+        let client =
+            rcgen::generate_simple_self_signed(vec!["client.example".into()]).expect("rcgen");
         let json = |s: &str| serde_json::to_string(s).expect("json");
         let mut yaml = format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\n\
@@ -473,7 +477,11 @@ spec:
             yaml.push_str(&ca_map("ca", &ca_pem()));
         }
         for (gateway, port, backend_tls) in [
-            ("gw-a", 80, format!("  tls: {{backend: {{clientCertificateRef: {client_ref}}}}}\n")),
+            (
+                "gw-a",
+                80,
+                format!("  tls: {{backend: {{clientCertificateRef: {client_ref}}}}}\n"),
+            ),
             ("gw-b", 81, String::new()),
         ] {
             yaml.push_str(&format!(
@@ -495,11 +503,16 @@ spec:
             &super::super::Settings {
                 controller_name: "test/controller".into(),
                 node_addresses: vec![std::net::Ipv4Addr::new(198, 51, 100, 1)],
+                usable_addresses: None,
             },
         )
     }
 
-    fn conditions(out: &super::super::Output, kind: &str, name: &str) -> Vec<(String, bool, String)> {
+    fn conditions(
+        out: &super::super::Output,
+        kind: &str,
+        name: &str,
+    ) -> Vec<(String, bool, String)> {
         out.statuses
             .iter()
             .filter(|s| s.kind == kind && s.key.name == name && s.section.is_none())
@@ -510,7 +523,12 @@ spec:
 
     /// The TLS settings of the one backend served on `port`.
     fn backend_tls(out: &super::super::Output, port: u16) -> Option<BackendTls> {
-        let socket = out.config.http.iter().find(|l| l.bind.port() == port).expect("socket");
+        let socket = out
+            .config
+            .http
+            .iter()
+            .find(|l| l.bind.port() == port)
+            .expect("socket");
         socket.rules[0].backends[0].tls.clone()
     }
 
@@ -524,20 +542,31 @@ spec:
         assert!(presented.cert_chain_pem.contains("BEGIN CERTIFICATE"));
         assert!(presented.key_pem.contains("PRIVATE KEY"));
         assert_eq!(backend_tls(&out, 81).expect("tls").client_certificate, None);
-        assert!(
-            conditions(&out, "Gateway", "gw-a")
-                .contains(&("ResolvedRefs".into(), true, "ResolvedRefs".into()))
-        );
+        assert!(conditions(&out, "Gateway", "gw-a").contains(&(
+            "ResolvedRefs".into(),
+            true,
+            "ResolvedRefs".into()
+        )));
         // A Gateway without backend TLS settings gets no such condition.
-        assert!(conditions(&out, "Gateway", "gw-b").iter().all(|c| c.0 != "ResolvedRefs"));
+        assert!(
+            conditions(&out, "Gateway", "gw-b")
+                .iter()
+                .all(|c| c.0 != "ResolvedRefs")
+        );
     }
 
     #[test]
     fn an_unusable_client_certificate_ref_is_resolved_refs_false_on_the_gateway() {
         for (reference, reason) in [
             ("{name: absent}", "InvalidClientCertificateRef"),
-            ("{name: client, kind: ConfigMap}", "InvalidClientCertificateRef"),
-            ("{name: client, group: example.com}", "InvalidClientCertificateRef"),
+            (
+                "{name: client, kind: ConfigMap}",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "{name: client, group: example.com}",
+                "InvalidClientCertificateRef",
+            ),
             ("{name: client, namespace: elsewhere}", "RefNotPermitted"),
         ] {
             let out = translate_yaml(&two_gateways(true, reference));
@@ -546,7 +575,10 @@ spec:
                 gateway.contains(&("ResolvedRefs".into(), false, reason.into())),
                 "{reference}: {gateway:?}"
             );
-            assert!(gateway.contains(&("Accepted".into(), true, "Accepted".into())), "{gateway:?}");
+            assert!(
+                gateway.contains(&("Accepted".into(), true, "Accepted".into())),
+                "{gateway:?}"
+            );
             // Still TLS to the backend, without a certificate to present.
             assert_eq!(backend_tls(&out, 80).expect("tls").client_certificate, None);
         }
@@ -558,19 +590,34 @@ spec:
         // requests for the backend fail with a 5xx; routes have no condition
         // for it, so their references stay resolved.
         let out = translate_yaml(&two_gateways(false, "{name: client}"));
-        let socket = out.config.http.iter().find(|l| l.bind.port() == 80).expect("socket");
+        let socket = out
+            .config
+            .http
+            .iter()
+            .find(|l| l.bind.port() == 80)
+            .expect("socket");
         assert!(socket.rules[0].backends.is_empty());
         assert_eq!(socket.rules[0].invalid_weight, 1);
         let route = conditions(&out, "HTTPRoute", "to-gw-a");
-        assert!(route.contains(&("Accepted".into(), true, "Accepted".into())), "{route:?}");
-        assert!(route.contains(&("ResolvedRefs".into(), true, "ResolvedRefs".into())), "{route:?}");
+        assert!(
+            route.contains(&("Accepted".into(), true, "Accepted".into())),
+            "{route:?}"
+        );
+        assert!(
+            route.contains(&("ResolvedRefs".into(), true, "ResolvedRefs".into())),
+            "{route:?}"
+        );
         let policy = conditions(&out, "BackendTLSPolicy", "p");
         assert!(
             policy.contains(&("Accepted".into(), false, "NoValidCACertificate".into())),
             "{policy:?}"
         );
         assert!(
-            policy.contains(&("ResolvedRefs".into(), false, "InvalidCACertificateRef".into())),
+            policy.contains(&(
+                "ResolvedRefs".into(),
+                false,
+                "InvalidCACertificateRef".into()
+            )),
             "{policy:?}"
         );
     }

@@ -98,7 +98,14 @@ pub fn backend_client_certificate(
     gateway: &gateway_api::gateways::Gateway,
     snapshot: &Snapshot,
 ) -> Option<Result<ClientCertificate, CertificateProblem>> {
-    let r = gateway.spec.tls.as_ref()?.backend.as_ref()?.client_certificate_ref.as_ref()?;
+    let r = gateway
+        .spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
     let reference = CertificateRef {
         group: r.group.clone().unwrap_or_default(),
         kind: r.kind.clone().unwrap_or_else(|| "Secret".into()),

@@ -42,7 +42,26 @@ struct Fixture {
     mutate: Vec<Value>,
     #[serde(default)]
     after: Vec<Value>,
+    /// Further updates, each followed by its checks (the Go test's later Patches).
+    #[serde(default)]
+    then: Vec<Step>,
+    /// Text the Go suite substitutes in the test's manifests from its flags
+    /// (e.g. `PLACEHOLDER_USABLE_ADDRS` → an address of this node).
+    #[serde(default)]
+    placeholders: std::collections::BTreeMap<String, String>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    mutate: Vec<Value>,
+    after: Vec<Value>,
+}
+
+/// The node the fixtures are translated for: Gateways without spec.addresses
+/// are served (and reported) on NODE_ADDRESS, the one static address it has
+/// besides loopback.
+const NODE_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 1);
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translate/fixtures/conformance")
@@ -68,8 +87,8 @@ fn load(snapshot: &mut Snapshot, name: &str, text: &str) {
 fn objects(snapshot: &Snapshot) -> Vec<Value> {
     let settings = Settings {
         controller_name: CONTROLLER.into(),
-        // Gateways without spec.addresses are served (and reported) here.
-        node_addresses: vec![std::net::Ipv4Addr::new(198, 18, 0, 1)],
+        node_addresses: vec![NODE_ADDRESS],
+        usable_addresses: Some(vec![std::net::IpAddr::V4(NODE_ADDRESS)]),
     };
     let output = translate(snapshot, &settings);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -284,6 +303,18 @@ fn check(objects: &[Value], expectations: &[Value]) -> Result<(), String> {
         }
         check_conditions(&status["conditions"], &want["conditions"], &at)?;
         check_listeners(status, want, &at)?;
+        if let Some(expected) = want.get("addresses") {
+            let got: Vec<&Value> = status["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| &a["value"])
+                .collect();
+            let expected: Vec<&Value> = expected.as_array().into_iter().flatten().collect();
+            if got != expected {
+                return Err(format!("{at}: status.addresses {got:?}, want {expected:?}"));
+            }
+        }
         if want["addressesAssigned"] == Value::Bool(true)
             && status["addresses"].as_array().is_none_or(Vec::is_empty)
         {
@@ -405,8 +436,11 @@ fn run(fixture: &Fixture) -> Result<(), String> {
         &suite_config_maps(),
     );
     for name in &fixture.manifests {
-        let text = std::fs::read_to_string(dir.join("tests").join(name))
+        let mut text = std::fs::read_to_string(dir.join("tests").join(name))
             .unwrap_or_else(|e| panic!("{}: {name}: {e}", fixture.test));
+        for (placeholder, value) in &fixture.placeholders {
+            text = text.replace(placeholder, value);
+        }
         load(&mut snapshot, name, &text);
     }
     let before = objects(&snapshot);
@@ -421,7 +455,17 @@ fn run(fixture: &Fixture) -> Result<(), String> {
     }
     let after = objects(&snapshot);
     check_invariants(&after)?;
-    check(&after, &fixture.after).map_err(|e| format!("after the update: {e}"))
+    check(&after, &fixture.after).map_err(|e| format!("after the update: {e}"))?;
+    for (index, step) in fixture.then.iter().enumerate() {
+        for object in &step.mutate {
+            let text = serde_yaml::to_string(object).expect("mutation serialises");
+            load(&mut snapshot, "mutation.yaml", &text);
+        }
+        let after = objects(&snapshot);
+        check_invariants(&after)?;
+        check(&after, &step.after).map_err(|e| format!("after update {}: {e}", index + 2))?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -299,6 +299,7 @@ mod tests {
             &Settings {
                 controller_name: "test/controller".into(),
                 node_addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+                usable_addresses: None,
             },
         )
     }

@@ -1,11 +1,63 @@
 //! Conditions of GatewayClasses and Gateways, and the status entries of the
 //! validated listeners.
 
+use std::net::IpAddr;
+
 use super::certificates::CertificateProblem;
 use super::listeners::Listener;
 use super::status::{Condition, ListenerFacts, ObjectStatus};
 use crate::model::ClientCertificate;
 use crate::store::ObjectKey;
+
+/// A Gateway's `spec.addresses`, sorted by what this node can do with them.
+#[derive(Debug, Default)]
+pub struct GatewayAddresses {
+    /// IP addresses served here (empty: none asked for, the node's serve).
+    pub usable: Vec<IpAddr>,
+    /// IP addresses this node does not have (`Programmed=False/AddressNotUsable`).
+    pub unusable: Vec<String>,
+    /// Other types, or values that are not IP addresses
+    /// (`Accepted=False/UnsupportedAddress`).
+    pub unsupported: Vec<String>,
+}
+
+impl GatewayAddresses {
+    /// `usable_on_node`: the addresses this node has (None: not known, every
+    /// IP address is taken as usable). Loopback addresses are always usable.
+    pub fn of(gateway: &gateway_api::gateways::Gateway, usable_on_node: Option<&[IpAddr]>) -> Self {
+        let mut out = Self::default();
+        for a in gateway.spec.addresses.iter().flatten() {
+            let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
+            let value = a.value.as_deref().filter(|v| !v.is_empty());
+            match value.map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) if is_ip => {
+                    let usable =
+                        ip.is_loopback() || usable_on_node.is_none_or(|node| node.contains(&ip));
+                    if usable {
+                        out.usable.push(ip);
+                    } else {
+                        out.unusable.push(ip.to_string());
+                    }
+                }
+                // An IPAddress without value asks for one to be assigned: the node's.
+                None if is_ip => {}
+                _ => out.unsupported.push(format!(
+                    "{} {:?}",
+                    a.r#type.as_deref().unwrap_or("IPAddress"),
+                    value.unwrap_or_default()
+                )),
+            }
+        }
+        out
+    }
+
+    /// Whether the data planes serve the Gateway: not when an address is
+    /// unsupported (not accepted), nor when it asked only for addresses this
+    /// node does not have (rather than serve it on the node's).
+    pub fn served(&self) -> bool {
+        self.unsupported.is_empty() && (self.unusable.is_empty() || !self.usable.is_empty())
+    }
+}
 
 /// `Accepted` and `Programmed` of a Gateway: accepted when at least one of
 /// its own listeners is valid, `ListenersNotValid` naming the others.
@@ -13,7 +65,7 @@ pub fn gateway_status(
     key: &ObjectKey,
     gateway: &gateway_api::gateways::Gateway,
     listeners: &[Listener],
-    unusable_addresses: &[String],
+    addresses: &GatewayAddresses,
 ) -> ObjectStatus {
     let mut status = ObjectStatus::new("Gateway", key.clone());
     status.generation = gateway.metadata.generation.unwrap_or(1);
@@ -31,7 +83,16 @@ pub fn gateway_status(
         .infrastructure
         .as_ref()
         .and_then(|i| i.parameters_ref.as_ref());
-    let accepted = if let Some(p) = parameters {
+    let accepted = if !addresses.unsupported.is_empty() {
+        Condition::no(
+            "Accepted",
+            "UnsupportedAddress",
+            &format!(
+                "unsupported addresses (only IPAddress): {}",
+                addresses.unsupported.join(", ")
+            ),
+        )
+    } else if let Some(p) = parameters {
         // No parameters kind is supported: any reference is invalid.
         Condition::no(
             "Accepted",
@@ -58,11 +119,14 @@ pub fn gateway_status(
     };
     let programmed = if !accepted.status {
         Condition::no("Programmed", "Invalid", "the Gateway is not accepted")
-    } else if !unusable_addresses.is_empty() {
+    } else if !addresses.unusable.is_empty() {
         Condition::no(
             "Programmed",
             "AddressNotUsable",
-            &format!("unusable addresses: {}", unusable_addresses.join(", ")),
+            &format!(
+                "addresses not on this node: {}",
+                addresses.unusable.join(", ")
+            ),
         )
     } else {
         Condition::yes("Programmed", "Programmed", "programmed on this node")
@@ -157,4 +221,52 @@ pub fn gateway_class_status(
         }
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(addresses: &str) -> gateway_api::gateways::Gateway {
+        serde_yaml::from_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: n}}\n\
+             spec: {{gatewayClassName: c, addresses: {addresses}, listeners: []}}\n"
+        ))
+        .expect("gateway")
+    }
+
+    #[test]
+    fn static_addresses_are_usable_when_the_node_has_them_or_they_are_loopback() {
+        let node = [
+            "198.18.0.1".parse().expect("ip"),
+            "fd00::1".parse().expect("ip"),
+        ];
+        let sorted = GatewayAddresses::of(
+            &gateway(
+                "[{value: 198.18.0.1}, {value: '127.9.0.1'}, {value: 'fd00::1'}, {value: 203.0.113.7}]",
+            ),
+            Some(&node),
+        );
+        let usable: Vec<String> = sorted.usable.iter().map(IpAddr::to_string).collect();
+        assert_eq!(usable, ["198.18.0.1", "127.9.0.1", "fd00::1"]);
+        assert_eq!(sorted.unusable, ["203.0.113.7"]);
+        assert!(sorted.served(), "served on its usable addresses");
+        // Only addresses the node does not have: not served anywhere.
+        let none_usable = GatewayAddresses::of(&gateway("[{value: 203.0.113.7}]"), Some(&node));
+        assert!(!none_usable.served());
+        // Unknown node addresses: every IP address is taken as usable.
+        assert!(
+            GatewayAddresses::of(&gateway("[{value: 203.0.113.7}]"), None)
+                .unusable
+                .is_empty()
+        );
+        // Other types and non-IP values are unsupported; no value asks for the node's.
+        let odd = GatewayAddresses::of(
+            &gateway("[{type: Hostname, value: a.example}, {value: not-an-ip}, {type: IPAddress}]"),
+            Some(&node),
+        );
+        assert_eq!(odd.unsupported.len(), 2);
+        assert!(odd.usable.is_empty() && odd.unusable.is_empty());
+        assert!(!odd.served());
+    }
 }

@@ -39,7 +39,13 @@ pub(super) fn listener_rules(
                 // The spec: a rule with nothing to forward to answers 500.
                 (Vec::new(), 1)
             } else {
-                http_backends(route, &rule.backend_refs, listener.gateway, snapshot, policies)
+                http_backends(
+                    route,
+                    &rule.backend_refs,
+                    listener.gateway,
+                    snapshot,
+                    policies,
+                )
             };
             // A rule that cannot be served as written only answers 500.
             let filters = if rule.unsupported.is_some() {

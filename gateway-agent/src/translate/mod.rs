@@ -36,6 +36,10 @@ pub struct Settings {
     pub controller_name: String,
     /// Where a Gateway without `spec.addresses` is served (L4: programmed per address).
     pub node_addresses: Vec<Ipv4Addr>,
+    /// Every address of this node's interfaces: a Gateway's static
+    /// `spec.addresses` outside them (and loopback) are `AddressNotUsable`.
+    /// None: not known, every IP address is taken as usable.
+    pub usable_addresses: Option<Vec<IpAddr>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,36 +70,21 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     }
 
     // Addresses of each of our Gateways, and the ones we cannot use.
-    let mut gateway_addresses: BTreeMap<&ObjectKey, (Vec<IpAddr>, Vec<String>)> = BTreeMap::new();
+    let mut gateway_addresses: BTreeMap<&ObjectKey, gateways::GatewayAddresses> = BTreeMap::new();
     for (key, gateway) in &snapshot.gateways {
         if !our_classes.contains(&gateway.spec.gateway_class_name.as_str()) {
             continue;
         }
-        let mut addresses = Vec::new();
-        let mut bad = Vec::new();
-        for a in gateway.spec.addresses.iter().flatten() {
-            let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
-            match a
-                .value
-                .as_deref()
-                .filter(|v| !v.is_empty())
-                .map(str::parse::<IpAddr>)
-            {
-                Some(Ok(ip)) if is_ip => addresses.push(ip),
-                // An IPAddress without value asks for one to be assigned: the node's.
-                None if is_ip => {}
-                _ => bad.push(a.value.clone().unwrap_or_default()),
-            }
-        }
-        gateway_addresses.insert(key, (addresses, bad));
+        let usable = settings.usable_addresses.as_deref();
+        gateway_addresses.insert(key, gateways::GatewayAddresses::of(gateway, usable));
     }
 
     let mut listeners: Vec<Listener> = Vec::new();
     let mut ranges = Vec::new();
     let mut listener_sets = Vec::new();
-    for (key, (addresses, _)) in &gateway_addresses {
+    for (key, addresses) in &gateway_addresses {
         let gateway = &snapshot.gateways[*key];
-        let merged = listeners::gateway_listeners(key, gateway, addresses, snapshot);
+        let merged = listeners::gateway_listeners(key, gateway, &addresses.usable, snapshot);
         let first = listeners.len();
         listeners.extend(merged.listeners);
         ranges.push((*key, first..listeners.len()));
@@ -113,16 +102,17 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     let mut client_certificates = BTreeMap::new();
     for (key, range) in ranges {
         let gateway = &snapshot.gateways[key];
-        let bad = &gateway_addresses[key].1;
-        let mut status = gateways::gateway_status(key, gateway, &listeners[range.clone()], bad);
+        let addresses = &gateway_addresses[key];
+        let mut status =
+            gateways::gateway_status(key, gateway, &listeners[range.clone()], addresses);
         if let Some(resolved) = certificates::backend_client_certificate(key, gateway, snapshot) {
             status.push(gateways::backend_client_certificate_condition(&resolved));
             if let Ok(certificate) = resolved {
                 client_certificates.insert(key.clone(), certificate);
             }
         }
-        status.addresses = match &gateway_addresses[key].0 {
-            none if none.is_empty() => settings
+        status.addresses = match &addresses.usable {
+            none if none.is_empty() && addresses.unusable.is_empty() => settings
                 .node_addresses
                 .iter()
                 .map(|a| IpAddr::V4(*a))
@@ -220,6 +210,9 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     for ((listener, attached), validation) in
         listeners.iter().zip(&attachments).zip(&client_validations)
     {
+        if !gateway_addresses[listener.gateway].served() {
+            continue;
+        }
         if !listener.serves() {
             // An HTTPS listener whose client CAs do not resolve keeps its port
             // and refuses every handshake, rather than go dark (or serve

@@ -172,6 +172,7 @@ spec:
         let settings = Settings {
             controller_name: "test/controller".into(),
             node_addresses: Vec::new(),
+            usable_addresses: None,
         };
         let output = translate(&snapshot, &settings);
         // The Terminate listener has no certificate: it serves nothing.
@@ -229,6 +230,7 @@ spec:
         let settings = Settings {
             controller_name: "test/controller".into(),
             node_addresses: Vec::new(),
+            usable_addresses: None,
         };
         let output = translate(&snapshot, &settings);
         let terminate = output

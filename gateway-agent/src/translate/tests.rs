@@ -70,6 +70,7 @@ fn run(yaml: &str) -> Output {
         &Settings {
             controller_name: "test/controller".into(),
             node_addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            usable_addresses: None,
         },
     )
 }
@@ -668,6 +669,7 @@ fn the_typed_status_carries_generation_parent_refs_as_written_and_our_controller
         &Settings {
             controller_name: "test/controller".into(),
             node_addresses: Vec::new(),
+            usable_addresses: None,
         },
     );
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -721,6 +723,7 @@ fn gateway_classes_report_the_crd_versions_they_support() {
     let settings = Settings {
         controller_name: "test/controller".into(),
         node_addresses: Vec::new(),
+        usable_addresses: None,
     };
     for (version, supported) in [
         ("v1.5.1", true),

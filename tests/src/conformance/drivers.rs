@@ -294,18 +294,17 @@ async fn http_response(ctx: &Ctx, case: &Value) -> Result<Outcome, String> {
     let expected_path = s(&eff["expected_backend_request"]["path"]).to_string();
     // The certificate the backend must have seen: the client's own (frontend
     // mTLS), or the Secret the Gateway presents to backends (`fromSecret`).
-    let client_cert = match eff["expected_backend_request"]["client_certificate_presented"]
-        .get("fromSecret")
-    {
-        Some(secret) => Some(
-            ctx.pem(secret)
-                .ok_or_else(|| format!("no synthesised certificate for {secret}"))?,
-        ),
-        None => template
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert.as_ref().map(|c| c.0.clone())),
-    };
+    let client_cert =
+        match eff["expected_backend_request"]["client_certificate_presented"].get("fromSecret") {
+            Some(secret) => Some(
+                ctx.pem(secret)
+                    .ok_or_else(|| format!("no synthesised certificate for {secret}"))?,
+            ),
+            None => template
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert.as_ref().map(|c| c.0.clone())),
+        };
     let mut last_path = String::new();
     let outcome = eventually(ctx.timeout, CONSECUTIVE_SUCCESSES, || {
         let id = uuid();

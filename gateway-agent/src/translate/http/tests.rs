@@ -50,6 +50,7 @@ fn run(routes: &str) -> Output {
         &Settings {
             controller_name: "test/controller".into(),
             node_addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            usable_addresses: None,
         },
     )
 }
