@@ -9,7 +9,6 @@
 //! (409) and is redone from the newer object rather than lost.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -77,13 +76,12 @@ fn object_json(snapshot: &Snapshot, kind: &str, key: &ObjectKey) -> Option<Value
 
 /// The one conversion from translate's report to Kubernetes status objects.
 /// `now` stamps conditions whose status changed (unchanged ones keep their
-/// `lastTransitionTime`); `node_addresses` are where a Gateway without
-/// `spec.addresses` is served.
+/// `lastTransitionTime`). A Gateway's `status.addresses` are the ones
+/// translate decided it is served on.
 pub fn status_updates(
     snapshot: &Snapshot,
     statuses: &[ObjectStatus],
     controller_name: &str,
-    node_addresses: &[Ipv4Addr],
     now: Timestamp,
 ) -> Vec<StatusUpdate> {
     // Group translate's entries by object.
@@ -111,7 +109,7 @@ pub fn status_updates(
                     "conditions": conditions(&own, generation, &current["conditions"], &now),
                 });
                 if *kind == "Gateway" {
-                    status["addresses"] = gateway_addresses(&object, node_addresses);
+                    status["addresses"] = gateway_addresses(&own);
                     status["listeners"] =
                         listener_statuses(&object, entries, key, generation, &now);
                 }
@@ -206,20 +204,12 @@ fn conditions(entries: &[&ObjectStatus], generation: i64, previous: &Value, now:
     Value::Array(out)
 }
 
-fn gateway_addresses(gateway: &Value, node_addresses: &[Ipv4Addr]) -> Value {
-    let spec: Vec<Value> = gateway["spec"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["type"].as_str().is_none_or(|t| t == "IPAddress"))
-        .filter_map(|a| a["value"].as_str())
-        .map(|v| json!({"type": "IPAddress", "value": v}))
-        .collect();
-    if !spec.is_empty() {
-        return Value::Array(spec);
-    }
-    node_addresses
-        .iter()
+/// The addresses translate serves the Gateway on (its usable `spec.addresses`,
+/// or the node's when it asks for none). Written even when empty, so that a
+/// merge patch clears addresses no longer served.
+fn gateway_addresses(own: &[&ObjectStatus]) -> Value {
+    own.iter()
+        .flat_map(|s| &s.addresses)
         .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
         .collect()
 }
@@ -457,6 +447,8 @@ impl StatusWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
     use crate::translate::{self, Settings};
 
@@ -504,14 +496,17 @@ status:
         let settings = Settings {
             controller_name: "example.dev/agent".into(),
             node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            usable_addresses: None,
+            // The node also has 192.0.2.2, on an interface that is not its default.
+            usable_addresses: Some(vec![
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+            ]),
         };
         let output = translate::translate(snapshot, &settings);
         status_updates(
             snapshot,
             &output.statuses,
             &settings.controller_name,
-            &settings.node_addresses,
             Timestamp::from_second(1_700_000_000).expect("time"),
         )
     }
@@ -553,6 +548,36 @@ status:
             .expect("ResolvedRefs");
         assert_eq!(resolved["status"], "False");
         assert_eq!(resolved["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn gateway_addresses_are_the_usable_ones_translate_decided() {
+        let mut snapshot = snapshot();
+        let gateway = snapshot.gateways.values_mut().next().expect("gateway");
+        let mut spec = serde_json::to_value(&gateway.spec).expect("spec");
+        spec["addresses"] = json!([
+            {"type": "IPAddress", "value": "192.0.2.2"},
+            {"type": "IPAddress", "value": "203.0.113.9"},
+        ]);
+        gateway.spec = serde_json::from_value(spec).expect("spec");
+        let updates = updates(&snapshot);
+        let gateway = updates
+            .iter()
+            .find(|u| u.kind == "Gateway")
+            .expect("a Gateway update");
+        // 203.0.113.9 is on no interface of the node: not served, not listed.
+        assert_eq!(
+            gateway.status["addresses"],
+            json!([{"type": "IPAddress", "value": "192.0.2.2"}])
+        );
+        let programmed = gateway.status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .expect("Programmed");
+        assert_eq!(programmed["status"], "False");
+        assert_eq!(programmed["reason"], "AddressNotUsable");
     }
 
     #[test]

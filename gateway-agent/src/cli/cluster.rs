@@ -178,7 +178,6 @@ async fn write_statuses(
             snapshot,
             statuses,
             &settings.controller_name,
-            &settings.node_addresses,
             k8s_openapi::jiff::Timestamp::now(),
         );
         let (_, errors) = writer.write(updates).await;
