@@ -361,6 +361,37 @@ fn cluster_mode_serves_writes_status_and_follows_the_api_server() {
     let class = fake.get("GatewayClass", "", "gwt").expect("class");
     check_condition(&class["status"]["conditions"], "Accepted", 1).expect("class status");
 
+    // A Gateway asking for one usable address (loopback) and one this node
+    // does not have: status.addresses lists only the usable one.
+    fake.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: static, namespace: default}}
+spec:
+  gatewayClassName: gwt
+  addresses:
+  - {{type: IPAddress, value: 127.0.0.1}}
+  - {{type: IPAddress, value: 198.19.213.7}}
+  listeners: [{{name: web, protocol: HTTP, port: {}}}]
+"#,
+        GATEWAY_PORT + 1
+    ));
+    eventually("static Gateway status", Duration::from_secs(20), || {
+        let gateway = fake
+            .get("Gateway", "default", "static")
+            .ok_or("no gateway")?;
+        let programmed = condition(&gateway["status"]["conditions"], "Programmed")
+            .ok_or_else(|| format!("no Programmed: {}", gateway["status"]))?;
+        if programmed["reason"] != "AddressNotUsable" {
+            return Err(format!("Programmed: {programmed}"));
+        }
+        let want = serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}]);
+        if gateway["status"]["addresses"] != want {
+            return Err(format!("addresses: {}", gateway["status"]["addresses"]));
+        }
+        Ok(())
+    });
+
     // Edit → re-applied, and the status follows the new generation.
     fake.apply(&route("/v2"));
     eventually("the edited route", Duration::from_secs(20), || {
