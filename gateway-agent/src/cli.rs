@@ -2,7 +2,7 @@
 //! In the library so that the end-to-end tests run exactly this code.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::dataplane::loader::AttachMode;
 use crate::passthrough::SpliceMode;
@@ -145,6 +145,9 @@ struct RunArgs {
     /// Log one line per proxied HTTP/gRPC request (target `access_log`).
     #[arg(long)]
     access_log: bool,
+    /// On SIGTERM, in-flight HTTP requests get this long to finish (both modes).
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -168,9 +171,6 @@ struct ClusterArgs {
     /// A status writer that has not renewed its Lease for this long is replaced.
     #[arg(long, default_value_t = 10)]
     lease_duration_seconds: u64,
-    /// On SIGTERM, in-flight HTTP requests get this long to finish.
-    #[arg(long, default_value_t = 5)]
-    drain_seconds: u64,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -273,7 +273,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = &mut shutdown => break,
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no longer accepting, draining HTTP");
+    node.drain(tokio::time::Instant::now() + Duration::from_secs(args.drain_seconds))
+        .await;
+    tracing::info!("stopped");
     if args.detach_on_exit {
         node.l4.lock().expect("L4 dataplane lock").detach();
     }

@@ -137,6 +137,8 @@ pub struct RequestMirror {
     pub backends: Vec<WeightedEndpoint>,
     pub numerator: u32,
     pub denominator: u32,
+    /// Set when a BackendTLSPolicy targets the mirror's Service: copies go over TLS.
+    pub tls: Option<BackendTls>,
 }
 
 /// The CORS filter: which cross-origin requests the route allows. Lists hold

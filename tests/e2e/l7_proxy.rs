@@ -481,3 +481,85 @@ spec:
         agent.log()
     );
 }
+
+/// Standalone mode drains like cluster mode: on SIGTERM the request in
+/// flight is answered, and the agent exits as soon as it is, well before
+/// `--drain-seconds`.
+#[test]
+fn standalone_sigterm_drains_the_request_in_flight_then_exits() {
+    if !require_root("standalone_sigterm_drains") {
+        return;
+    }
+    const DELAY_MS: u64 = 1500;
+    const DRAIN_SECONDS: u64 = 30;
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&[
+        "http-echo-delayed",
+        &format!("{BACKEND_ADDR}:8080"),
+        "web-1",
+        &DELAY_MS.to_string(),
+    ]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("web", 8080, 8080) + &http_gateway_and_route("/app")),
+    );
+    let mut agent = Agent::start_with(
+        &topology,
+        manifests,
+        &["--drain-seconds", &DRAIN_SECONDS.to_string()],
+    );
+    let gateway = format!("{GATEWAY_ADDR}:80");
+    let get = || topology.client_run(&["http-get", &gateway, "/app/slow", "app.example"]);
+    eventually("HTTP through the gateway", Duration::from_secs(30), || {
+        get().and_then(|r| {
+            if r.starts_with("HTTP/1.1 200") {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        })
+    });
+
+    let (response, exited) = std::thread::scope(|scope| {
+        let request = scope.spawn(get);
+        // The request reaches the backend, which holds it for DELAY_MS.
+        std::thread::sleep(Duration::from_millis(400));
+        agent.process.signal(libc::SIGTERM);
+        let signalled = std::time::Instant::now();
+        let response = request.join().expect("request thread");
+        let mut exited = None;
+        while signalled.elapsed() < Duration::from_secs(DRAIN_SECONDS + 10) {
+            if let Some(status) = agent.process.0.try_wait().expect("try_wait") {
+                exited = Some((status, signalled.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (response, exited)
+    });
+    let response =
+        response.unwrap_or_else(|e| panic!("request in flight at SIGTERM: {e}\n{}", agent.log()));
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.contains("backend=web-1"),
+        "request in flight at SIGTERM: {response}\n{}",
+        agent.log()
+    );
+    let (status, after) = exited.unwrap_or_else(|| panic!("agent still running\n{}", agent.log()));
+    eprintln!("agent exited {after:?} after SIGTERM ({status})");
+    assert!(status.success(), "exit status {status}\n{}", agent.log());
+    // It waited for the request (about 1.1 s left of it), not for the deadline.
+    assert!(
+        after >= Duration::from_millis(500),
+        "exited {after:?} after SIGTERM: did not wait for the request\n{}",
+        agent.log()
+    );
+    assert!(
+        after < Duration::from_secs(DRAIN_SECONDS / 2),
+        "exited {after:?} after SIGTERM: waited for the deadline\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("draining HTTP"), "{}", agent.log());
+    // Nothing accepts any more: a new request finds no listener.
+    assert!(get().is_err(), "the gateway still answers after exiting");
+}

@@ -2,7 +2,6 @@
 //! standalone mode; the Lease holder writes status.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -115,16 +114,10 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: no longer accepting, draining HTTP");
-    node.admin.ready.store(false, Ordering::Relaxed);
     status_task.abort();
     let _ = stop_election.send(());
-    // Stop accepting; in-flight HTTP requests get until the drain deadline,
-    // and the agent exits as soon as they are done.
-    node.passthrough.apply(&[]).await;
-    let drain_end = tokio::time::Instant::now() + Duration::from_secs(cluster.drain_seconds);
-    if !node.proxy.drain(drain_end).await {
-        tracing::warn!("HTTP requests still in flight at the drain deadline");
-    }
+    let drain_end = tokio::time::Instant::now() + Duration::from_secs(args.drain_seconds);
+    node.drain(drain_end).await;
     let _ = tokio::time::timeout_at(drain_end, election).await;
     tracing::info!("stopped");
     Ok(())

@@ -107,4 +107,15 @@ impl Node {
             .set(started.elapsed().as_secs_f64());
         self.admin.ready.store(true, Ordering::Relaxed);
     }
+
+    /// Shutdown, in both run modes: not ready any more, no new TLS
+    /// passthrough or HTTP connections, and the HTTP requests in flight get
+    /// until `deadline` (returns as soon as they are done).
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        self.passthrough.apply(&[]).await;
+        if !self.proxy.drain(deadline).await {
+            tracing::warn!("HTTP requests still in flight at the drain deadline");
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! ignored. The body reaches the mirrors as it streams to the real backend
 //! (`TeeBody`), never buffered whole: a mirror that cannot keep up loses the
 //! rest of the body (its copy fails) rather than slowing the real request.
+//! A mirror a BackendTLSPolicy governs gets its copies over TLS, through the
+//! same pooled clients as backends under that policy.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,10 +13,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::{Client, connect::Connect};
 use tokio::sync::mpsc;
 
 use super::{ProxyBody, Upstream, empty_body};
-use crate::model::RequestMirror;
+use crate::model::{BackendProtocol, RequestMirror};
 
 /// A mirrored copy is abandoned after this long; nobody waits for it.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +48,22 @@ pub(super) fn start(
         }) else {
             continue;
         };
-        let Ok(uri) = format!("http://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
+        let tls_client = match &mirror.tls {
+            None => None,
+            Some(tls) => match upstream.tls.client(tls, BackendProtocol::Http1) {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    tracing::debug!(addr = %endpoint.addr, error = %e, "no TLS client for the mirror");
+                    continue;
+                }
+            },
+        };
+        let scheme = if tls_client.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let Ok(uri) = format!("{scheme}://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
         else {
             continue;
         };
@@ -60,20 +78,29 @@ pub(super) fn start(
         *request.method_mut() = head.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = head.headers.clone();
-        let client = upstream.http1.clone();
         let addr = endpoint.addr;
-        tokio::spawn(async move {
-            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
-                Ok(Ok(response)) => {
-                    // Read to the end so the connection goes back to the pool.
-                    let _ = response.into_body().collect().await;
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
-                Err(_) => tracing::debug!(%addr, "mirror request timed out"),
-            }
-        });
+        match tls_client {
+            None => tokio::spawn(send_copy(upstream.http1.clone(), request, addr)),
+            Some(client) => tokio::spawn(send_copy(client, request, addr)),
+        };
     }
     copies
+}
+
+/// Sends one copy and reads its response to the end (so the connection goes
+/// back to the pool); the outcome only reaches the debug log.
+async fn send_copy<C: Connect + Clone + Send + Sync + 'static>(
+    client: Client<C, ProxyBody>,
+    request: Request<ProxyBody>,
+    addr: std::net::SocketAddr,
+) {
+    match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let _ = response.into_body().collect().await;
+        }
+        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
+        Err(_) => tracing::debug!(%addr, "mirror request timed out"),
+    }
 }
 
 /// A request body that hands a copy of each data chunk to the mirrors as it
@@ -186,5 +213,97 @@ mod tests {
             None,
             "cut off after its buffer filled"
         );
+    }
+
+    /// An HTTPS server on loopback with a certificate for `name`, signed by a
+    /// CA of its own (returned as PEM); the path and query of each request,
+    /// with the SNI it came with, arrive on the returned channel.
+    async fn tls_backend(
+        name: &str,
+    ) -> (
+        std::net::SocketAddr,
+        String,
+        mpsc::Receiver<(String, Option<String>)>,
+    ) {
+        use std::sync::Arc;
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("ca");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("leaf");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+        )
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (seen_tx, seen_rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    continue;
+                };
+                let sni = stream.get_ref().1.server_name().map(str::to_string);
+                let seen = seen_tx.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (seen, sni) = (seen.clone(), sni.clone());
+                        async move {
+                            let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+                            let _ = seen.send((path.to_string(), sni)).await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"mirror"),
+                            )))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, ca.pem(), seen_rx)
+    }
+
+    #[tokio::test]
+    async fn a_mirror_under_a_backend_tls_policy_gets_its_copy_over_tls() {
+        use crate::model::{BackendTls, TrustAnchors, WeightedEndpoint};
+        let (addr, ca_pem, mut seen) = tls_backend("mirror.example").await;
+        let mirror = RequestMirror {
+            backends: vec![WeightedEndpoint { addr, weight: 1 }],
+            numerator: 1,
+            denominator: 1,
+            tls: Some(BackendTls {
+                server_name: "mirror.example".into(),
+                trust: TrustAnchors::Pem(ca_pem),
+                subject_alt_names: Vec::new(),
+            }),
+        };
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.headers
+            .insert(hyper::header::HOST, "app.example".parse().expect("host"));
+        let copies = start(&[mirror], &head, "/copy?n=1", false, &Upstream::new());
+        assert!(copies.is_empty(), "no body, so nothing to tee");
+        // The server speaks only TLS: a plain-text copy would never arrive.
+        let (path, sni) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("the copy arrives in time")
+            .expect("a copy");
+        assert_eq!(path, "/copy?n=1");
+        assert_eq!(sni.as_deref(), Some("mirror.example"));
     }
 }

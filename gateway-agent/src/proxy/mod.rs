@@ -374,6 +374,20 @@ fn choose_backend(rule: &HttpRule) -> Result<&HttpBackend, StatusCode> {
     Err(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+/// Where a retry of a request sent to `chosen` may go, with the weights: the
+/// rule's endpoints that differ from it only by address (those of its
+/// backendRef, and of any other backendRef with the same protocol, TLS and
+/// filters), so that the request built for `chosen` fits them unchanged.
+fn endpoints_like(rule: &HttpRule, chosen: &HttpBackend) -> Vec<(SocketAddr, u64)> {
+    rule.backends
+        .iter()
+        .filter(|b| {
+            b.protocol == chosen.protocol && b.tls == chosen.tls && b.filters == chosen.filters
+        })
+        .map(|b| (b.addr, b.weight))
+        .collect()
+}
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
 /// `te: trailers` survives towards an HTTP/2 backend: gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
@@ -749,7 +763,14 @@ async fn forward<'t>(
     };
     // `backendRequest` bounds each attempt, `request` all of them together.
     let backend_timeout = rule.timeouts.backend_request;
-    let replay = replay.as_ref().map(|(policy, replay)| (*policy, replay));
+    // Retries may go to the other endpoints of the chosen backendRef.
+    let mut endpoints = replay
+        .as_ref()
+        .map(|_| retry::Endpoints::new(backend.addr, endpoints_like(rule, backend)));
+    let replay = replay
+        .as_ref()
+        .zip(endpoints.as_mut())
+        .map(|((policy, replay), endpoints)| (*policy, replay, endpoints));
     let sent = async {
         match &tls_client {
             None => {
@@ -766,6 +787,9 @@ async fn forward<'t>(
         },
         None => sent.await,
     };
+    if let Some(endpoints) = &endpoints {
+        outcome.backend = Some(endpoints.last());
+    }
     match result {
         Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let Some((_, downstream)) = upgrade else {

@@ -3,7 +3,10 @@
 //! sent again, up to the rule's attempts, waiting the backoff in between.
 //! Only requests that can be replayed are retried: no body, or a small one
 //! with a known length that is buffered; everything else is streamed once.
+//! A retry goes to another endpoint of the same backendRef when there is one
+//! not tried yet, so that a dead or failing pod is not asked twice.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,14 +75,17 @@ impl Replayable {
         self.body.clone()
     }
 
-    fn request(&self) -> Request<ProxyBody> {
+    /// The request again, addressed to `endpoint`.
+    fn request(&self, endpoint: SocketAddr) -> Request<ProxyBody> {
         let mut request = Request::new(
             Full::new(self.body.clone())
                 .map_err(|never| match never {})
                 .boxed(),
         );
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        let mut uri = self.uri.clone().into_parts();
+        uri.authority = endpoint.to_string().parse().ok();
+        *request.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| self.uri.clone());
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers.clone();
         request
@@ -104,6 +110,73 @@ pub(super) async fn buffer_if_small(body: Incoming) -> Result<Result<Bytes, Inco
     }
 }
 
+/// The endpoints attempts may go to, with their weights: those the request
+/// built for the first attempt fits (same protocol, TLS and filters).
+pub(super) struct Endpoints {
+    candidates: Vec<(SocketAddr, u64)>,
+    tried: Vec<SocketAddr>,
+}
+
+impl Endpoints {
+    /// `first` is the endpoint of the first attempt, already chosen.
+    pub(super) fn new(first: SocketAddr, candidates: Vec<(SocketAddr, u64)>) -> Self {
+        Self {
+            candidates,
+            tried: vec![first],
+        }
+    }
+
+    /// The endpoint of the latest attempt.
+    pub(super) fn last(&self) -> SocketAddr {
+        *self
+            .tried
+            .last()
+            .expect("the first endpoint is always there")
+    }
+
+    /// Chooses the endpoint of the next attempt: by weight among those not
+    /// tried yet; once every one has been tried, by weight among all.
+    fn next(&mut self) -> SocketAddr {
+        let untried = |addr: &SocketAddr| !self.tried.contains(addr);
+        let fresh: u64 = self
+            .candidates
+            .iter()
+            .filter(|(addr, _)| untried(addr))
+            .map(|(_, weight)| weight)
+            .sum();
+        let chosen = if fresh > 0 {
+            pick(
+                self.candidates.iter().filter(|(addr, _)| untried(addr)),
+                fresh,
+            )
+        } else {
+            let total = self.candidates.iter().map(|(_, weight)| weight).sum();
+            pick(self.candidates.iter(), total)
+        };
+        let chosen = chosen.unwrap_or_else(|| self.last());
+        self.tried.push(chosen);
+        chosen
+    }
+}
+
+/// A weighted choice among `candidates` whose weights add up to `total`.
+fn pick<'a>(
+    candidates: impl Iterator<Item = &'a (SocketAddr, u64)>,
+    total: u64,
+) -> Option<SocketAddr> {
+    if total == 0 {
+        return None;
+    }
+    let mut point = fastrand::u64(0..total);
+    for (addr, weight) in candidates {
+        if point < *weight {
+            return Some(*addr);
+        }
+        point -= weight;
+    }
+    None
+}
+
 /// Whether `result` of an attempt is a failure the policy retries.
 fn retriable(retry: &HttpRetry, result: &Result<Response<Incoming>, Failure>) -> bool {
     match result {
@@ -126,13 +199,13 @@ pub(super) fn backoff(retry: &HttpRetry, retry_index: u32) -> Duration {
 /// rule has one, else sent once.
 pub(super) async fn send<C: Connect + Clone + Send + Sync + 'static>(
     client: &Client<C, ProxyBody>,
-    replay: Option<(&HttpRetry, &Replayable)>,
+    replay: Option<(&HttpRetry, &Replayable, &mut Endpoints)>,
     request: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
 ) -> Result<Response<Incoming>, Failure> {
     match replay {
-        Some((policy, replay)) => {
-            with_retries(client, policy, replay, request, backend_timeout).await
+        Some((policy, replay, endpoints)) => {
+            with_retries(client, policy, replay, endpoints, request, backend_timeout).await
         }
         None => attempt(client, request, backend_timeout).await,
     }
@@ -168,13 +241,15 @@ pub(super) async fn attempt<C: Connect + Clone + Send + Sync + 'static>(
 }
 
 /// Sends `request` and, while the policy allows, sends it again after a
-/// retriable failure. `first` is the first attempt's request (it may carry
-/// the mirrors' tee of the body); later ones are rebuilt from `request`.
-/// The last attempt's result is returned whatever it is.
+/// retriable failure, each time to the endpoint `endpoints` chooses next.
+/// `first` is the first attempt's request (it may carry the mirrors' tee of
+/// the body); later ones are rebuilt from `request`. The last attempt's
+/// result is returned whatever it is.
 pub(super) async fn with_retries<C: Connect + Clone + Send + Sync + 'static>(
     client: &Client<C, ProxyBody>,
     retry: &HttpRetry,
     request: &Replayable,
+    endpoints: &mut Endpoints,
     first: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
 ) -> Result<Response<Incoming>, Failure> {
@@ -191,7 +266,8 @@ pub(super) async fn with_retries<C: Connect + Clone + Send + Sync + 'static>(
         // The failed response is dropped, which closes or returns its connection.
         drop(result);
         tokio::time::sleep(backoff(retry, retry_index)).await;
-        result = attempt(client, request.request(), backend_timeout).await;
+        let endpoint = endpoints.next();
+        result = attempt(client, request.request(endpoint), backend_timeout).await;
     }
     result
 }
@@ -284,9 +360,17 @@ mod tests {
         head.method = Method::POST;
         head.uri = format!("http://{addr}/").parse().expect("uri");
         let request = Replayable::new(&head, Bytes::from_static(b"payload"));
-        with_retries(&client, retry, &request, request.request(), None)
-            .await
-            .map(|r| r.status())
+        let mut endpoints = Endpoints::new(addr, vec![(addr, 1)]);
+        with_retries(
+            &client,
+            retry,
+            &request,
+            &mut endpoints,
+            request.request(addr),
+            None,
+        )
+        .await
+        .map(|r| r.status())
     }
 
     #[tokio::test]
@@ -322,6 +406,76 @@ mod tests {
 
         let (addr, _) = flaky_backend(9, None).await;
         assert_eq!(send(addr, &policy(1, &[])).await, Err(Failure::Reset));
+    }
+
+    /// A loopback address where nothing listens (bound, read, released).
+    fn dead_endpoint() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    }
+
+    /// Sends a request whose first attempt goes to `first`, retried among `all`.
+    async fn send_among(
+        first: SocketAddr,
+        all: &[SocketAddr],
+        retry: &HttpRetry,
+    ) -> (Result<StatusCode, Failure>, SocketAddr) {
+        let client: UpstreamClient =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = Method::POST;
+        head.uri = format!("http://{first}/").parse().expect("uri");
+        let request = Replayable::new(&head, Bytes::from_static(b"payload"));
+        let mut endpoints = Endpoints::new(first, all.iter().map(|a| (*a, 1)).collect());
+        let result = with_retries(
+            &client,
+            retry,
+            &request,
+            &mut endpoints,
+            request.request(first),
+            None,
+        )
+        .await
+        .map(|r| r.status());
+        (result, endpoints.last())
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_another_endpoint_than_the_one_that_failed() {
+        let dead = dead_endpoint();
+        let (live, seen) = flaky_backend(0, None).await;
+        // One retry only: it must go to the live endpoint, not the dead one again.
+        for _ in 0..10 {
+            let (result, last) = send_among(dead, &[dead, live], &policy(1, &[])).await;
+            assert_eq!(result, Ok(StatusCode::OK));
+            assert_eq!(last, live);
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 10);
+
+        // The same for a listed status: the failing pod is not asked twice.
+        let (failing, failed) = flaky_backend(u32::MAX, Some(500)).await;
+        for _ in 0..10 {
+            let (result, last) = send_among(failing, &[live, failing], &policy(1, &[500])).await;
+            assert_eq!(result, Ok(StatusCode::OK));
+            assert_eq!(last, live);
+        }
+        assert_eq!(failed.load(Ordering::SeqCst), 10);
+    }
+
+    #[test]
+    fn once_every_endpoint_was_tried_retries_choose_among_all_by_weight() {
+        let (a, b) = (dead_endpoint(), SocketAddr::from(([127, 0, 0, 2], 9)));
+        let mut endpoints = Endpoints::new(a, vec![(a, 0), (b, 3)]);
+        assert_eq!(endpoints.next(), b, "the untried one first");
+        // Both tried now: weights decide, and a has none.
+        for _ in 0..20 {
+            assert_eq!(endpoints.next(), b);
+        }
+        // A lone endpoint is retried as itself.
+        let mut lone = Endpoints::new(a, vec![(a, 1)]);
+        assert_eq!(lone.next(), a);
+        assert_eq!(lone.last(), a);
     }
 
     #[tokio::test]

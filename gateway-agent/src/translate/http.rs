@@ -51,7 +51,7 @@ pub(super) fn listener_rules(
             let filters = if rule.unsupported.is_some() {
                 HttpFilters::default()
             } else {
-                http_filters(route, &rule.filters, snapshot)
+                http_filters(route, &rule.filters, snapshot, policies)
             };
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
@@ -105,7 +105,7 @@ fn http_backends(
         } else {
             BackendProtocol::Http1
         };
-        let filters = http_filters(route, &backend_ref.filters, snapshot);
+        let filters = http_filters(route, &backend_ref.filters, snapshot, policies);
         backends.extend(endpoints.into_iter().map(|e| HttpBackend {
             addr: e.addr,
             weight: e.weight,
@@ -134,8 +134,14 @@ fn is_h2c(backend: &BackendRef, snapshot: &Snapshot) -> bool {
 }
 
 /// Our filters in the proxy's shape; mirror backends are resolved here (a
-/// mirror whose Service has no ready endpoint copies nothing).
-fn http_filters(route: &Route, filters: &[Filter], snapshot: &Snapshot) -> HttpFilters {
+/// mirror whose Service has no ready endpoint, or whose BackendTLSPolicy
+/// cannot be used, copies nothing: never in plain text to a TLS backend).
+fn http_filters(
+    route: &Route,
+    filters: &[Filter],
+    snapshot: &Snapshot,
+    policies: &BackendTlsPolicies,
+) -> HttpFilters {
     let mut out = HttpFilters::default();
     for filter in filters {
         match filter {
@@ -149,6 +155,9 @@ fn http_filters(route: &Route, filters: &[Filter], snapshot: &Snapshot) -> HttpF
                 numerator,
                 denominator,
             } => {
+                let Ok(tls) = policies.for_backend(backend, snapshot) else {
+                    continue;
+                };
                 let (backends, _) =
                     resolve_backends(route, std::slice::from_ref(backend), snapshot);
                 if !backends.is_empty() && *numerator > 0 {
@@ -156,6 +165,7 @@ fn http_filters(route: &Route, filters: &[Filter], snapshot: &Snapshot) -> HttpF
                         backends,
                         numerator: *numerator,
                         denominator: *denominator,
+                        tls,
                     });
                 }
             }
