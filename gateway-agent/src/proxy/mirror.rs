@@ -291,6 +291,7 @@ mod tests {
                 server_name: "mirror.example".into(),
                 trust: TrustAnchors::Pem(ca_pem),
                 subject_alt_names: Vec::new(),
+                client_certificate: None,
             }),
         };
         let (mut head, ()) = Request::new(()).into_parts();

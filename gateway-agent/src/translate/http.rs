@@ -51,7 +51,7 @@ pub(super) fn listener_rules(
             let filters = if rule.unsupported.is_some() {
                 HttpFilters::default()
             } else {
-                http_filters(route, &rule.filters, snapshot, policies)
+                http_filters(route, &rule.filters, listener.gateway, snapshot, policies)
             };
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
@@ -105,7 +105,7 @@ fn http_backends(
         } else {
             BackendProtocol::Http1
         };
-        let filters = http_filters(route, &backend_ref.filters, snapshot, policies);
+        let filters = http_filters(route, &backend_ref.filters, gateway, snapshot, policies);
         backends.extend(endpoints.into_iter().map(|e| HttpBackend {
             addr: e.addr,
             weight: e.weight,
@@ -139,6 +139,7 @@ fn is_h2c(backend: &BackendRef, snapshot: &Snapshot) -> bool {
 fn http_filters(
     route: &Route,
     filters: &[Filter],
+    gateway: &ObjectKey,
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
 ) -> HttpFilters {
@@ -155,7 +156,7 @@ fn http_filters(
                 numerator,
                 denominator,
             } => {
-                let Ok(tls) = policies.for_backend(backend, snapshot) else {
+                let Ok(tls) = policies.for_backend(backend, gateway, snapshot) else {
                     continue;
                 };
                 let (backends, _) =
