@@ -170,6 +170,11 @@ impl L4Dataplane {
             .override_global("TCP_IDLE_NS", &timeouts.tcp_idle_ns, true)
             .override_global("TCP_CLOSING_NS", &timeouts.tcp_closing_ns, true)
             .override_global("UDP_IDLE_NS", &timeouts.udp_idle_ns, true);
+        // The splice program's maps belong to its own instance (passthrough's
+        // kernel_splice, which pins them): this one's copies stay tiny and unpinned.
+        for name in gateway_common::splice::MAPS {
+            loader.map_max_entries(name, 1);
+        }
         let mut adopted = true;
         for name in names::ADOPTED {
             let path = pin_dir.join(name);
@@ -181,6 +186,12 @@ impl L4Dataplane {
         for (name, map) in ebpf.maps() {
             // Adopted maps are pinned already; `.rodata` and the like are per program.
             if names::ADOPTED.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            if gateway_common::splice::MAPS.contains(&name) {
+                // A previous agent's splice counters: the splice pins new ones
+                // (none in copy mode, so no stale figures are left to read).
+                let _ = std::fs::remove_file(pin_dir.join(name));
                 continue;
             }
             let path = pin_dir.join(name);
