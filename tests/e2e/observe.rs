@@ -3,7 +3,7 @@
 //! then each route's counters must agree between the kernel's maps (bpftool),
 //! `/metrics` (read with a Prometheus text-format parser) and
 //! `gateway-agent inspect --output json`. After the agent exits, `inspect`
-//! still reads the pinned L4 state.
+//! still reads the pinned L4 state and the splice's pinned TLS counters.
 
 use std::process::Command;
 use std::time::Duration;
@@ -158,44 +158,15 @@ fn find_route<'a>(value: &'a Json, pointer: &str, name: &str) -> &'a Json {
 }
 
 /// Per-CPU `TLS_ROUTE_STATS[id]` of the agent's splice program summed, as
-/// bpftool reads it: the splice program's map is not pinned, so it is found
-/// among the maps the agent's process holds (their ids are in its fds'
-/// fdinfo), other than the idle copy the XDP object pins under its name.
+/// bpftool reads it from the pin (by field name, thanks to the map's BTF).
 fn splice_bytes(agent: &Agent, id: u32) -> (u64, u64) {
-    let fdinfo = format!("/proc/{}/fdinfo", agent.process.0.id());
-    let held: Vec<u64> = std::fs::read_dir(&fdinfo)
-        .expect("agent fdinfo")
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    let pinned = must(
-        Command::new("bpftool")
-            .args(["--json", "map", "show", "pinned"])
-            .arg(agent.pin_dir().join("TLS_ROUTE_STATS")),
-    );
-    let pinned: Json = serde_json::from_slice(&pinned.stdout).expect("bpftool JSON");
-    let out = must(Command::new("bpftool").args(["--json", "map", "show"]));
-    let maps: Json = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    let map_id = maps
-        .as_array()
-        .expect("map list")
-        .iter()
-        .find(|m| {
-            m["name"] == "TLS_ROUTE_STATS"
-                && m["id"] != pinned["id"]
-                && m["id"].as_u64().is_some_and(|id| held.contains(&id))
-        })
-        .and_then(|m| m["id"].as_u64())
-        .expect("the agent's TLS_ROUTE_STATS map");
+    let pinned = agent.pin_dir().join("TLS_ROUTE_STATS");
     let key = id.to_le_bytes().map(|b| b.to_string());
     let out = must(
         Command::new("bpftool")
-            .args(["--json", "map", "lookup", "id", &map_id.to_string(), "key"])
+            .args(["--json", "map", "lookup", "pinned"])
+            .arg(&pinned)
+            .arg("key")
             .args(key),
     );
     let value: Json = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
@@ -348,6 +319,18 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             let passthrough = find_route(&inspected, "/agent/tls_passthrough/0/routes", "pass");
             let tls_id = u64_at(passthrough, "/id") as u32;
             let spliced = splice_bytes(&agent, tls_id);
+            let pinned = find_route(&inspected, "/tls_routes", "pass");
+            let pinned = (
+                u64_at(pinned, "/id") as u32,
+                u64_at(pinned, "/spliced_bytes_to_backend"),
+                u64_at(pinned, "/spliced_bytes_to_client"),
+            );
+            if pinned != (tls_id, spliced.0, spliced.1) {
+                return Err(format!(
+                    "TLS (id, spliced to backend, to client): bpftool {:?}, inspect's pinned read {pinned:?}",
+                    (tls_id, spliced.0, spliced.1)
+                ));
+            }
             let direction = |d: &str| {
                 let mut labels = tls.to_vec();
                 labels.push(("direction", d));
@@ -385,7 +368,7 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             if exported != HTTP_REQUESTS || shown != exported {
                 return Err(format!("HTTP 2xx: /metrics {exported}, inspect {shown}"));
             }
-            Ok((id, kernel))
+            Ok((id, kernel, (tls_id, spliced)))
         },
     );
 
@@ -418,7 +401,7 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             .ok_or_else(|| "running".to_string())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let (id, kernel) = report;
+    let (id, kernel, (tls_id, spliced)) = report;
     let manifests = agent.manifests.0.to_str().expect("utf-8").to_string();
     let after = inspect(&topology, &agent, &["--manifests", &manifests]);
     let route = find_route(&after, "/routes", "l4");
@@ -429,6 +412,17 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         route.pointer("/backends/0/slots").and_then(Json::as_u64),
         Some(u64::from(gateway_common::MAGLEV_TABLE_SIZE))
     );
+    // The splice's counters stay pinned too, named from the manifests.
+    let passthrough = find_route(&after, "/tls_routes", "pass");
+    assert_eq!(u64_at(passthrough, "/id") as u32, tls_id);
+    assert_eq!(
+        (
+            u64_at(passthrough, "/spliced_bytes_to_backend"),
+            u64_at(passthrough, "/spliced_bytes_to_client")
+        ),
+        spliced
+    );
+    assert_eq!(splice_bytes(&agent, tls_id), spliced);
     assert!(after["agent"].is_null(), "{after}");
     assert!(
         after["agent_unavailable"]
