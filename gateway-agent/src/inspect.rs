@@ -148,6 +148,9 @@ fn path_text(path: &PathMatch) -> String {
 /// form, without certificates or filters) and the counters read when asked.
 pub struct StateSource {
     configured: Mutex<AgentState>,
+    /// The last applied translate output (one generation), which `/explain`
+    /// decides from exactly as `explain --manifests` does from a directory.
+    translated: Mutex<Option<Arc<crate::translate::Output>>>,
     proxy_metrics: Arc<ProxyMetrics>,
     passthrough: Arc<Passthrough>,
 }
@@ -158,6 +161,7 @@ impl StateSource {
     pub fn new(proxy_metrics: Arc<ProxyMetrics>, passthrough: Arc<Passthrough>) -> Self {
         Self {
             configured: Mutex::default(),
+            translated: Mutex::default(),
             proxy_metrics,
             passthrough,
         }
@@ -222,6 +226,26 @@ impl StateSource {
             tls_passthrough,
             tls_splice: String::new(),
         };
+    }
+
+    /// Keeps the translate output just applied for `/explain`, in place of
+    /// the previous generation's.
+    pub fn translated(&self, output: crate::translate::Output) {
+        *self.translated.lock().expect("state lock") = Some(Arc::new(output));
+    }
+
+    /// `explain` of `request` (with `headers`, `name: value`) against what
+    /// the agent serves; `None` before the first configuration is applied.
+    pub fn explain(
+        &self,
+        request: &str,
+        headers: &[String],
+    ) -> Option<anyhow::Result<crate::explain::Explanation>> {
+        let output = self.translated.lock().expect("state lock").clone()?;
+        Some(
+            crate::explain::Target::parse(request, headers)
+                .map(|target| crate::explain::explain(&output, &target, request)),
+        )
     }
 
     /// The configuration with the counters as they are now.
@@ -552,22 +576,32 @@ fn read_pinned_tls(
 
 /// Asks a running agent for its state (`GET /state` on its admin listener).
 pub async fn fetch_state(admin: SocketAddr) -> anyhow::Result<AgentState> {
+    fetch_json(admin, "/state").await
+}
+
+/// `GET path_and_query` on a running agent's admin listener, answered in JSON.
+pub async fn fetch_json<T: serde::de::DeserializeOwned>(
+    admin: SocketAddr,
+    path_and_query: &str,
+) -> anyhow::Result<T> {
     use http_body_util::{BodyExt as _, Empty};
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = hyper::Request::get("/state")
+        let request = hyper::Request::get(path_and_query)
             .header(hyper::header::HOST, admin.to_string())
             .body(Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "/state answered {}",
-            response.status()
-        );
+        let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "{} answered {status}: {}",
+            path_and_query.split('?').next().unwrap_or_default(),
+            String::from_utf8_lossy(&body).trim()
+        );
         Ok(serde_json::from_slice(&body)?)
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), fetch)

@@ -437,6 +437,139 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
     );
 }
 
+/// `explain` output, as JSON, of one request: against `--manifests DIR` or
+/// `--admin-address` (the running agent's configuration).
+fn explain_json(topology: &Topology, source: &[&str], request: &str, headers: &[&str]) -> Json {
+    let mut command = topology
+        .node
+        .command_in_netns_only(&Topology::bin("agent-under-test"));
+    command.args(["explain", "--output", "json"]).args(source).arg(request);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let out = must(&mut command);
+    serde_json::from_slice(&out.stdout).expect("explain JSON")
+}
+
+/// `explain --admin-address` asks the running agent, which decides from the
+/// configuration it applied: for the same requests it must answer exactly as
+/// `explain --manifests` does on the agent's directory, and the proxy must
+/// do what it says (the chosen backend answers; no rule means 404).
+#[test]
+fn explain_against_the_agent_agrees_with_manifests_and_the_proxy() {
+    if !require_root("observe-explain") {
+        return;
+    }
+    let api_port = HTTP_PORT + 1;
+    let topology = Topology::new();
+    let _web = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:{HTTP_PORT}"), "w"]);
+    let _api = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:{api_port}"), "a"]);
+    let dir = TempDir::new();
+    dir.write(
+        "all.yaml",
+        &format!(
+            r#"{base}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: [observe.example]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    backendRefs: [{{name: api, port: {api_port}}}]
+{api}"#,
+            base = manifests(),
+            api = service("api", api_port),
+        ),
+    );
+    let agent = Agent::start(&topology, dir);
+    let admin = format!("{GATEWAY_ADDR}:9470");
+    eventually("agent ready", Duration::from_secs(20), || {
+        let r = topology.client_run(&["http-get", &admin, "/readyz", "node"])?;
+        if r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let manifests = agent.manifests.0.to_str().expect("utf-8").to_string();
+    let http = format!("http://{GATEWAY_ADDR}:{HTTP_PORT}");
+    let requests: [(String, &[&str]); 4] = [
+        (format!("GET {http}/api/x"), &["Host: observe.example"]),
+        (format!("GET {http}/x"), &["Host: other.example"]),
+        (format!("tcp://{GATEWAY_ADDR}:{TCP_PORT}"), &[]),
+        (format!("tls://pass.example:{TLS_PORT}"), &[]),
+    ];
+    let mut answers = Vec::new();
+    for (request, headers) in &requests {
+        let from_agent = explain_json(&topology, &["--admin-address", &admin], request, headers);
+        let from_dir = explain_json(&topology, &["--manifests", &manifests], request, headers);
+        assert_eq!(from_agent, from_dir, "{request}: agent and manifests disagree");
+        assert!(from_agent["listener"].is_string(), "{request}: {from_agent}");
+        answers.push(from_agent);
+    }
+    // Explain chose the /api rule over the catch-all one (precedence)...
+    assert_eq!(
+        answers[0].pointer("/chosen/route/name").and_then(Json::as_str),
+        Some("api"),
+        "{}",
+        answers[0]
+    );
+    assert_eq!(
+        answers[0]
+            .pointer("/chosen/backends/0/addr")
+            .and_then(Json::as_str),
+        Some(format!("{BACKEND_ADDR}:{api_port}").as_str())
+    );
+    assert!(
+        answers[0]["others"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|l| l["route"]["name"] == "web")),
+        "{}",
+        answers[0]
+    );
+    // ... and the proxy sends that request to the api backend.
+    let reply = topology
+        .client_run(&[
+            "http-get",
+            &format!("{GATEWAY_ADDR}:{HTTP_PORT}"),
+            "/api/x",
+            "observe.example",
+        ])
+        .expect("HTTP through the proxy");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("backend=a\n"),
+        "{reply}"
+    );
+    // No rule for another host: explain says 404, and so does the proxy.
+    assert!(answers[1]["chosen"].is_null(), "{}", answers[1]);
+    assert!(
+        answers[1]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("404")),
+        "{}",
+        answers[1]
+    );
+    let reply = topology
+        .client_run(&[
+            "http-get",
+            &format!("{GATEWAY_ADDR}:{HTTP_PORT}"),
+            "/x",
+            "other.example",
+        ])
+        .expect("HTTP through the proxy");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert_eq!(
+        answers[2].pointer("/chosen/route/name").and_then(Json::as_str),
+        Some("l4")
+    );
+    assert_eq!(
+        answers[3].pointer("/chosen/route/name").and_then(Json::as_str),
+        Some("pass")
+    );
+}
+
 /// `explain` against the conformance suite: for every HTTP(S) case that the
 /// proxy passes today (tests/conformance/expected-pass.txt), `explain` on the
 /// same manifests must choose the backend the expectation names, no rule
