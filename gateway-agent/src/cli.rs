@@ -151,6 +151,10 @@ struct RunArgs {
     /// Log one line per proxied HTTP/gRPC request (target `access_log`).
     #[arg(long)]
     access_log: bool,
+    /// Log the XDP program's aya-log messages (new and refused L4 flows;
+    /// target `gateway_agent::ebpf`). Off: the program carries no logging code.
+    #[arg(long)]
+    ebpf_log: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }

@@ -13,7 +13,8 @@ use serde_json::Value as Json;
 
 use gateway_tests::tls::TestCertificate;
 use gateway_tests::{
-    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, eventually, must, require_root,
+    Agent, BACKEND_ADDR, CLIENT_ADDR, GATEWAY_ADDR, TempDir, Topology, eventually, must,
+    require_root,
 };
 
 const TCP_PORT: u16 = 7100;
@@ -372,6 +373,14 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         },
     );
 
+    // Without --ebpf-log the program logs nothing (its log calls are compiled
+    // out by the verifier), although flows were opened.
+    assert!(
+        !agent.log().contains("gateway_agent::ebpf"),
+        "{}",
+        agent.log()
+    );
+
     // The table form names the route and shows its single backend's whole share.
     let table = must(
         topology
@@ -435,6 +444,45 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         Some(format!("{GATEWAY_ADDR}:{TCP_PORT}").as_str()),
         "{after}"
     );
+}
+
+/// `--ebpf-log`: a new flow through the TCPRoute shows in the agent's log
+/// as the XDP program's aya-log message, with client, listener and backend.
+#[test]
+fn ebpf_log_flag_logs_new_flows() {
+    if !require_root("observe-ebpf-log") {
+        return;
+    }
+    let topology = Topology::new();
+    let _tcp = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:{TCP_PORT}")]);
+    let dir = TempDir::new();
+    dir.write("all.yaml", &manifests());
+    let agent = Agent::start_with(&topology, dir, &["--ebpf-log"]);
+    let addr = format!("{BACKEND_ADDR}:{TCP_PORT}").parse().expect("addr");
+    eventually("backend listening", Duration::from_secs(10), || {
+        topology
+            .backend
+            .connect_tcp(addr)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    eventually("TCP through XDP", Duration::from_secs(20), || {
+        topology.client_run(&["tcp-send", &format!("{GATEWAY_ADDR}:{TCP_PORT}"), "hi"])
+    });
+    let expected = format!("-> {GATEWAY_ADDR}:{TCP_PORT} to backend {BACKEND_ADDR}:{TCP_PORT}");
+    let line = eventually("the new flow logged", Duration::from_secs(10), || {
+        let log = agent.log();
+        log.lines()
+            .find(|l| {
+                l.contains("gateway_agent::ebpf")
+                    && l.contains("new flow: route 0 proto 6")
+                    && l.contains(&format!("{CLIENT_ADDR}:"))
+                    && l.contains(&expected)
+            })
+            .map(str::to_string)
+            .ok_or_else(|| log.clone())
+    });
+    eprintln!("{line}");
 }
 
 /// `explain` output, as JSON, of one request: against `--manifests DIR` or

@@ -39,6 +39,8 @@ pub enum Error {
     },
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
+    #[error("eBPF log ring buffer: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
@@ -94,6 +96,9 @@ pub struct L4Dataplane {
     ids: RouteIds,
     tables_cache: TableCache,
     adopted: bool,
+    /// With `--ebpf-log`: the reader of the program's aya-log ring buffer,
+    /// until `take_ebpf_logger` hands it to its draining task.
+    ebpf_logger: Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>>,
 }
 
 /// Key size, value size and capacity each adopted map must have: a pin left by
@@ -155,6 +160,18 @@ impl L4Dataplane {
         pin_dir: &Path,
         timeouts: FlowTimeouts,
     ) -> Result<Self, Error> {
+        Self::load_with_log(interfaces, mode, pin_dir, timeouts, false)
+    }
+
+    /// `load_with`; `ebpf_log` turns the program's aya-log messages on (else
+    /// their level global is 0 and the verifier drops them from the program).
+    pub fn load_with_log(
+        interfaces: &[String],
+        mode: AttachMode,
+        pin_dir: &Path,
+        timeouts: FlowTimeouts,
+        ebpf_log: bool,
+    ) -> Result<Self, Error> {
         let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
             path: pin_dir.to_path_buf(),
             message: e.to_string(),
@@ -170,6 +187,12 @@ impl L4Dataplane {
             .override_global("TCP_IDLE_NS", &timeouts.tcp_idle_ns, true)
             .override_global("TCP_CLOSING_NS", &timeouts.tcp_closing_ns, true)
             .override_global("UDP_IDLE_NS", &timeouts.udp_idle_ns, true);
+        let log_level = if ebpf_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         // The splice program's maps belong to its own instance (passthrough's
         // kernel_splice, which pins them): this one's copies stay tiny and unpinned.
         for name in gateway_common::splice::MAPS {
@@ -183,9 +206,18 @@ impl L4Dataplane {
             loader.map_pin_path(name, path);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+        // Before the program loads: it refers to the ring buffer this takes.
+        let ebpf_logger = if ebpf_log {
+            Some(aya_log::EbpfLogger::init_with_logger(
+                &mut ebpf,
+                super::ebpf_log::TracingLog,
+            )?)
+        } else {
+            None
+        };
         for (name, map) in ebpf.maps() {
             // Adopted maps are pinned already; `.rodata` and the like are per program.
-            if names::ADOPTED.contains(&name) || name.starts_with('.') {
+            if names::ADOPTED.contains(&name) || name.starts_with('.') || name == "AYA_LOGS" {
                 continue;
             }
             if gateway_common::splice::MAPS.contains(&name) {
@@ -253,6 +285,7 @@ impl L4Dataplane {
             ids: RouteIds::default(),
             tables_cache: TableCache::default(),
             adopted,
+            ebpf_logger,
         };
         if adopted {
             dataplane.read_pinned_state()?;
@@ -264,6 +297,13 @@ impl L4Dataplane {
             );
         }
         Ok(dataplane)
+    }
+
+    /// The aya-log reader (with `--ebpf-log`), for the caller to drain.
+    pub fn take_ebpf_logger(
+        &mut self,
+    ) -> Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>> {
+        self.ebpf_logger.take()
     }
 
     /// True when the maps were adopted from a previous agent's pins.
