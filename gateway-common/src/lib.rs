@@ -311,7 +311,12 @@ pub mod splice {
 
     /// The splice program's maps. Only its own instance uses them: the XDP
     /// instance of the same object shrinks them and does not pin them.
-    pub const MAPS: [&str; 4] = [SPLICE_SOCKETS, SPLICE_PEERS, TLS_ROUTE_STATS, TLS_ROUTE_NAMES];
+    pub const MAPS: [&str; 4] = [
+        SPLICE_SOCKETS,
+        SPLICE_PEERS,
+        TLS_ROUTE_STATS,
+        TLS_ROUTE_NAMES,
+    ];
     /// The splice maps pinned under the agent's bpffs directory (counters and
     /// the names of their route ids), so bpftool and `inspect` read them.
     pub const PINNED: [&str; 2] = [TLS_ROUTE_STATS, TLS_ROUTE_NAMES];

@@ -491,7 +491,10 @@ fn explain_json(topology: &Topology, source: &[&str], request: &str, headers: &[
     let mut command = topology
         .node
         .command_in_netns_only(&Topology::bin("agent-under-test"));
-    command.args(["explain", "--output", "json"]).args(source).arg(request);
+    command
+        .args(["explain", "--output", "json"])
+        .args(source)
+        .arg(request);
     for header in headers {
         command.args(["-H", header]);
     }
@@ -553,13 +556,21 @@ spec:
     for (request, headers) in &requests {
         let from_agent = explain_json(&topology, &["--admin-address", &admin], request, headers);
         let from_dir = explain_json(&topology, &["--manifests", &manifests], request, headers);
-        assert_eq!(from_agent, from_dir, "{request}: agent and manifests disagree");
-        assert!(from_agent["listener"].is_string(), "{request}: {from_agent}");
+        assert_eq!(
+            from_agent, from_dir,
+            "{request}: agent and manifests disagree"
+        );
+        assert!(
+            from_agent["listener"].is_string(),
+            "{request}: {from_agent}"
+        );
         answers.push(from_agent);
     }
     // Explain chose the /api rule over the catch-all one (precedence)...
     assert_eq!(
-        answers[0].pointer("/chosen/route/name").and_then(Json::as_str),
+        answers[0]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
         Some("api"),
         "{}",
         answers[0]
@@ -609,11 +620,15 @@ spec:
         .expect("HTTP through the proxy");
     assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
     assert_eq!(
-        answers[2].pointer("/chosen/route/name").and_then(Json::as_str),
+        answers[2]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
         Some("l4")
     );
     assert_eq!(
-        answers[3].pointer("/chosen/route/name").and_then(Json::as_str),
+        answers[3]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
         Some("pass")
     );
 }

@@ -58,10 +58,7 @@ impl Node {
         };
         let proxy_metrics = Arc::new(ProxyMetrics::default());
         let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
-        let passthrough = Arc::new(Passthrough::new(
-            args.tls_passthrough_splice,
-            &pin_dir,
-        )?);
+        let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice, &pin_dir)?);
         let agent_metrics = AgentMetrics::default();
         let admin = Arc::new(AdminState {
             registry: {

@@ -300,9 +300,7 @@ impl L4Dataplane {
     }
 
     /// The aya-log reader (with `--ebpf-log`), for the caller to drain.
-    pub fn take_ebpf_logger(
-        &mut self,
-    ) -> Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>> {
+    pub fn take_ebpf_logger(&mut self) -> Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>> {
         self.ebpf_logger.take()
     }
 
