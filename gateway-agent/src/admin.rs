@@ -188,4 +188,45 @@ mod tests {
         assert_eq!(get(&state, "/metrics"), StatusCode::OK);
         assert_eq!(get(&state, "/other"), StatusCode::NOT_FOUND);
     }
+
+    #[test]
+    fn explain_answers_from_the_last_applied_output() {
+        let passthrough = crate::passthrough::Passthrough::new(
+            crate::passthrough::SpliceMode::Copy,
+            std::path::Path::new("/nonexistent"),
+        )
+        .expect("copy mode needs no kernel support");
+        let source = Arc::new(crate::inspect::StateSource::new(
+            Arc::default(),
+            Arc::new(passthrough),
+        ));
+        let state = AdminState {
+            registry: Registry::default(),
+            ready: AtomicBool::new(false),
+            degraded: Mutex::default(),
+            state: std::sync::OnceLock::new(),
+        };
+        let _ = state.state.set(source.clone());
+        let path =
+            "/explain?request=GET%20http%3A%2F%2F127.0.0.1%3A8080%2Fa&header=Host%3A%20a.example";
+        assert_eq!(get(&state, path), StatusCode::SERVICE_UNAVAILABLE);
+        source.translated(crate::translate::Output::default());
+        let response = handle(&Request::get(path).body(()).expect("request"), &state);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body =
+            futures::executor::block_on(http_body_util::BodyExt::collect(response.into_body()))
+                .expect("body")
+                .to_bytes();
+        let explanation: crate::explain::Explanation =
+            serde_json::from_slice(&body).expect("an Explanation in JSON");
+        assert_eq!(explanation.request, "GET http://127.0.0.1:8080/a");
+        assert_eq!(
+            explanation.outcome,
+            "no HTTP listener serves port 8080: the connection is refused"
+        );
+        assert_eq!(
+            get(&state, "/explain?request=ftp%3A%2F%2Fx%3A1"),
+            StatusCode::BAD_REQUEST
+        );
+    }
 }
