@@ -906,6 +906,49 @@ mod tests {
     }
 
     #[test]
+    fn pinned_tls_counters_get_their_own_table_even_without_the_agent() {
+        let inspection = Inspection {
+            pin_dir: "/sys/fs/bpf/x".into(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            tls_routes: vec![
+                TlsRouteRow {
+                    id: 0,
+                    route: Some(RouteName {
+                        kind: "TLSRoute".into(),
+                        namespace: "default".into(),
+                        name: "pass".into(),
+                        rule: 0,
+                    }),
+                    name_hash: "00000000000000aa".into(),
+                    spliced_bytes_to_backend: 214,
+                    spliced_bytes_to_client: 1812,
+                },
+                TlsRouteRow {
+                    id: 1,
+                    route: None,
+                    name_hash: "00000000000000bb".into(),
+                    spliced_bytes_to_backend: 0,
+                    spliced_bytes_to_client: 7,
+                },
+            ],
+            conntrack: Conntrack::default(),
+            packet_events: BTreeMap::new(),
+            agent: None,
+            agent_unavailable: Some("agent not answering".into()),
+        };
+        let text = render(&inspection);
+        assert!(
+            text.contains(
+                "TLS ROUTE ID  ROUTE                             SPLICED TO BACKEND  SPLICED TO CLIENT\n\
+                 0             TLSRoute/default/pass/rule0       214                 1812\n\
+                 1             (unnamed, hash 00000000000000bb)  0                   7\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn tables_align_columns() {
         let text = table(&[row(["A", "BB"]), row(["CCC", "D"])]);
         assert_eq!(text, "A    BB\nCCC  D\n");
