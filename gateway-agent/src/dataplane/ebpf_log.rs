@@ -8,6 +8,17 @@ use aya_log::EbpfLogger;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+/// aya-log's ring buffer in the eBPF object (128 KiB as declared).
+pub const RING: &str = "AYA_LOGS";
+
+/// The smallest ring buffer the kernel takes (one page): the size given to
+/// `RING` in instances that never log, instead of the declared 128 KiB.
+pub fn idle_ring_bytes() -> u32 {
+    // SAFETY: sysconf reads a system constant; no pointers involved.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(page).unwrap_or(4096)
+}
+
 /// Hands aya-log's records to tracing.
 pub struct TracingLog;
 

@@ -193,6 +193,9 @@ impl L4Dataplane {
             0
         };
         loader.override_global(aya_log::LEVEL, &log_level, true);
+        if !ebpf_log {
+            loader.map_max_entries(super::ebpf_log::RING, super::ebpf_log::idle_ring_bytes());
+        }
         // The splice program's maps belong to its own instance (passthrough's
         // kernel_splice, which pins them): this one's copies stay tiny and unpinned.
         for name in gateway_common::splice::MAPS {
@@ -217,7 +220,10 @@ impl L4Dataplane {
         };
         for (name, map) in ebpf.maps() {
             // Adopted maps are pinned already; `.rodata` and the like are per program.
-            if names::ADOPTED.contains(&name) || name.starts_with('.') || name == "AYA_LOGS" {
+            if names::ADOPTED.contains(&name)
+                || name.starts_with('.')
+                || name == super::ebpf_log::RING
+            {
                 continue;
             }
             if gateway_common::splice::MAPS.contains(&name) {

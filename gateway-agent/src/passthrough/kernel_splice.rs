@@ -113,6 +113,11 @@ impl KernelSplice {
         ] {
             loader.map_max_entries(unused, 1);
         }
+        // The verdict program does not log.
+        loader.map_max_entries(
+            crate::dataplane::ebpf_log::RING,
+            crate::dataplane::ebpf_log::idle_ring_bytes(),
+        );
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in PINNED {
             let path = pin_dir.join(name);
