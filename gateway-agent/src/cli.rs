@@ -44,14 +44,20 @@ enum Command {
     /// running agent's state.
     Inspect(InspectArgs),
     /// Say which listener, route rule and backends a request would take, and
-    /// why the other rules lost, for a manifests directory (no root needed).
+    /// why the other rules lost, for a manifests directory (no root needed)
+    /// or a running agent.
     Explain(ExplainArgs),
 }
 
 #[derive(clap::Args)]
 struct ExplainArgs {
-    #[arg(long)]
-    manifests: PathBuf,
+    /// Translate this manifests directory as `run` would.
+    #[arg(long, required_unless_present = "admin_address")]
+    manifests: Option<PathBuf>,
+    /// Ask the agent whose admin listener is here: it explains from the
+    /// configuration it serves.
+    #[arg(long, conflicts_with = "manifests")]
+    admin_address: Option<std::net::SocketAddr>,
     /// `[METHOD] http(s)://host[:port]/path?query`, `tcp://addr:port`,
     /// `udp://addr:port` or `tls://server-name:port`.
     request: String,
@@ -148,6 +154,10 @@ struct RunArgs {
     /// On SIGTERM, in-flight HTTP requests get this long to finish (both modes).
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Log the XDP program's aya-log messages (new and refused L4 flows;
+    /// target `gateway_agent::ebpf`). Off: the program carries no logging code.
+    #[arg(long)]
+    ebpf_log: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -189,7 +199,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Status(args) => status(&args),
         Command::Inspect(args) => runtime.block_on(inspect(args)),
-        Command::Explain(args) => explain(&args),
+        Command::Explain(args) => runtime.block_on(explain(&args)),
     }
 }
 
@@ -260,10 +270,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"
         );
-        // The proxies and maps hold what they serve: the translated config
-        // and statuses are garbage now. Hand the freed pages back to the
-        // kernel too (glibc keeps them otherwise), off the runtime.
-        drop(output);
+        // The proxies and maps hold what they serve; `/explain` keeps this
+        // generation's translate output, so the previous one is garbage now.
+        // Hand the freed pages back to the kernel too (glibc keeps them
+        // otherwise), off the runtime.
+        node.state.translated(output);
         tokio::task::spawn_blocking(release_free_memory);
 
         tokio::select! {
@@ -297,13 +308,26 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+async fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let target = crate::explain::Target::parse(&args.request, &args.headers)?;
-    let (_, output, errors) = translate_dir(&args.manifests, &args.controller_name);
-    for error in &errors {
-        eprintln!("invalid manifest: {error}");
-    }
-    let explanation = crate::explain::explain(&output, &target, &args.request);
+    let explanation: crate::explain::Explanation = match (&args.manifests, args.admin_address) {
+        (_, Some(admin)) => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("request", &args.request);
+            for header in &args.headers {
+                query.append_pair("header", header);
+            }
+            crate::inspect::fetch_json(admin, &format!("/explain?{}", query.finish())).await?
+        }
+        (Some(dir), None) => {
+            let (_, output, errors) = translate_dir(dir, &args.controller_name);
+            for error in &errors {
+                eprintln!("invalid manifest: {error}");
+            }
+            crate::explain::explain(&output, &target, &args.request)
+        }
+        (None, None) => anyhow::bail!("give --manifests DIR or --admin-address ADDR"),
+    };
     match args.output {
         InspectOutput::Table => print!("{}", crate::explain::render(&explanation)),
         InspectOutput::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),

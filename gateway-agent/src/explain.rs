@@ -2,13 +2,15 @@
 //! would take, and why the other rules lost. It runs the same translate the
 //! agent runs and asks the data planes' own lookups (the proxy's
 //! `RouteTable`, the passthrough `SniTable`), so it cannot disagree with them.
+//! Against a running agent the agent itself explains, from the translate
+//! output it applied last (its admin `/explain`), with this same code.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context as _;
 use hyper::HeaderMap;
 use hyper::header::{HeaderName, HeaderValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inspect::{Endpoint, RouteName};
 use crate::model::{DataplaneConfig, HttpMatch, HttpRule, L4Protocol, PathMatch, ValueMatch};
@@ -101,7 +103,7 @@ impl Target {
 }
 
 /// The rule a request takes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Choice {
     pub route: RouteName,
     /// The match that held (HTTP), or the hostnames (TLS).
@@ -112,7 +114,7 @@ pub struct Choice {
     pub backends: Vec<Share>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Share {
     #[serde(flatten)]
     pub endpoint: Endpoint,
@@ -120,7 +122,7 @@ pub struct Share {
 }
 
 /// A rule that did not serve the request, and why.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Loser {
     pub route: RouteName,
     pub matched: String,
@@ -128,7 +130,7 @@ pub struct Loser {
 }
 
 /// A route not programmed where the request goes, as translate decided it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotAttached {
     pub kind: String,
     pub route: String,
@@ -139,7 +141,7 @@ pub struct NotAttached {
     pub message: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Explanation {
     pub request: String,
     /// The socket the request arrives on (`addr:port`), if any serves it.

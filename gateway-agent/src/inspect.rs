@@ -1,9 +1,10 @@
 //! `gateway-agent inspect`: what this node has programmed and what went
 //! through it. The L4 state (listeners, routes, backends and their Maglev
-//! shares, conntrack, counters) is read from the pinned maps, so it works
-//! while the agent runs and after it exited. Route names, L7 routes and TLS
-//! passthrough live in the agent's memory: they come from its admin `/state`
-//! endpoint when it runs (else from `--manifests`, for the L4 names only).
+//! shares, conntrack, counters) and the TLS passthrough splice's per-route
+//! byte counters are read from the pinned maps, so they show while the agent
+//! runs and after it exited. Route names, L7 routes and TLS connection counts
+//! live in the agent's memory: they come from its admin `/state` endpoint
+//! when it runs (else from `--manifests`, for the pinned routes' names only).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,6 +17,7 @@ use gateway_common::{
     BackendValue, FLOW_CLOSING, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, ListenerValue,
     MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, MaglevTable, PROTO_TCP, PROTO_UDP,
     PacketEvent, RouteName as PinnedRouteName, RouteStats, RouteValue, maps as names,
+    splice::{MAX_TLS_ROUTES, TLS_ROUTE_NAMES, TLS_ROUTE_STATS, TlsRouteStats},
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +148,9 @@ fn path_text(path: &PathMatch) -> String {
 /// form, without certificates or filters) and the counters read when asked.
 pub struct StateSource {
     configured: Mutex<AgentState>,
+    /// The last applied translate output (one generation), which `/explain`
+    /// decides from exactly as `explain --manifests` does from a directory.
+    translated: Mutex<Option<Arc<crate::translate::Output>>>,
     proxy_metrics: Arc<ProxyMetrics>,
     passthrough: Arc<Passthrough>,
 }
@@ -156,6 +161,7 @@ impl StateSource {
     pub fn new(proxy_metrics: Arc<ProxyMetrics>, passthrough: Arc<Passthrough>) -> Self {
         Self {
             configured: Mutex::default(),
+            translated: Mutex::default(),
             proxy_metrics,
             passthrough,
         }
@@ -220,6 +226,26 @@ impl StateSource {
             tls_passthrough,
             tls_splice: String::new(),
         };
+    }
+
+    /// Keeps the translate output just applied for `/explain`, in place of
+    /// the previous generation's.
+    pub fn translated(&self, output: crate::translate::Output) {
+        *self.translated.lock().expect("state lock") = Some(Arc::new(output));
+    }
+
+    /// `explain` of `request` (with `headers`, `name: value`) against what
+    /// the agent serves; `None` before the first configuration is applied.
+    pub fn explain(
+        &self,
+        request: &str,
+        headers: &[String],
+    ) -> Option<anyhow::Result<crate::explain::Explanation>> {
+        let output = self.translated.lock().expect("state lock").clone()?;
+        Some(
+            crate::explain::Target::parse(request, headers)
+                .map(|target| crate::explain::explain(&output, &target, request)),
+        )
     }
 
     /// The configuration with the counters as they are now.
@@ -333,12 +359,26 @@ pub struct Conntrack {
     pub closing_flows: u64,
 }
 
+/// A TLS route's bytes moved by the kernel splice (pinned `TLS_ROUTE_STATS`);
+/// bytes the agent copied itself (the ClientHello) are not in them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsRouteRow {
+    pub id: u32,
+    pub route: Option<RouteName>,
+    pub name_hash: String,
+    /// Summed over CPUs.
+    pub spliced_bytes_to_backend: u64,
+    pub spliced_bytes_to_client: u64,
+}
+
 /// `inspect --output json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Inspection {
     pub pin_dir: String,
     pub listeners: Vec<ListenerRow>,
     pub routes: Vec<RouteRow>,
+    /// Empty when nothing is spliced in the kernel (copy mode).
+    pub tls_routes: Vec<TlsRouteRow>,
     pub conntrack: Conntrack,
     pub packet_events: BTreeMap<String, u64>,
     /// The running agent's state, when its admin endpoint answered.
@@ -493,6 +533,7 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
         pin_dir: pin_dir.display().to_string(),
         listeners: listener_rows,
         routes: route_rows,
+        tls_routes: read_pinned_tls(pin_dir, &by_hash)?,
         conntrack,
         packet_events,
         agent: None,
@@ -500,24 +541,67 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
     })
 }
 
+/// The splice's pinned per-route counters, named through `by_hash`; none
+/// when the splice has not pinned them (copy mode).
+fn read_pinned_tls(
+    pin_dir: &Path,
+    by_hash: &BTreeMap<u64, &RouteName>,
+) -> anyhow::Result<Vec<TlsRouteRow>> {
+    if !pin_dir.join(TLS_ROUTE_STATS).exists() {
+        return Ok(Vec::new());
+    }
+    let route_names: Array<MapData, PinnedRouteName> =
+        open(pin_dir, TLS_ROUTE_NAMES)?.try_into()?;
+    let stats: PerCpuArray<MapData, TlsRouteStats> = open(pin_dir, TLS_ROUTE_STATS)?.try_into()?;
+    let mut rows = Vec::new();
+    // Ids are given out from 0 in order: the first unnamed one ends the list.
+    for id in 0..MAX_TLS_ROUTES {
+        let hash = route_names.get(&id, 0)?.hash;
+        if hash == 0 {
+            break;
+        }
+        let (to_backend, to_client) = stats.get(&id, 0)?.iter().fold((0, 0), |(b, c), s| {
+            (b + s.bytes_to_backend, c + s.bytes_to_client)
+        });
+        rows.push(TlsRouteRow {
+            id,
+            route: by_hash.get(&hash).map(|n| (*n).clone()),
+            name_hash: format!("{hash:016x}"),
+            spliced_bytes_to_backend: to_backend,
+            spliced_bytes_to_client: to_client,
+        });
+    }
+    Ok(rows)
+}
+
 /// Asks a running agent for its state (`GET /state` on its admin listener).
 pub async fn fetch_state(admin: SocketAddr) -> anyhow::Result<AgentState> {
+    fetch_json(admin, "/state").await
+}
+
+/// `GET path_and_query` on a running agent's admin listener, answered in JSON.
+pub async fn fetch_json<T: serde::de::DeserializeOwned>(
+    admin: SocketAddr,
+    path_and_query: &str,
+) -> anyhow::Result<T> {
     use http_body_util::{BodyExt as _, Empty};
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = hyper::Request::get("/state")
+        let request = hyper::Request::get(path_and_query)
             .header(hyper::header::HOST, admin.to_string())
             .body(Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "/state answered {}",
-            response.status()
-        );
+        let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "{} answered {status}: {}",
+            path_and_query.split('?').next().unwrap_or_default(),
+            String::from_utf8_lossy(&body).trim()
+        );
         Ok(serde_json::from_slice(&body)?)
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
@@ -640,6 +724,25 @@ pub fn render(inspection: &Inspection) -> String {
         .collect();
     out += &format!("XDP packet events: {}\n", events.join(" "));
 
+    if !inspection.tls_routes.is_empty() {
+        out += "\n";
+        let mut rows = vec![row([
+            "TLS ROUTE ID",
+            "ROUTE",
+            "SPLICED TO BACKEND",
+            "SPLICED TO CLIENT",
+        ])];
+        for r in &inspection.tls_routes {
+            rows.push(vec![
+                r.id.to_string(),
+                route_text(&r.route, &r.name_hash),
+                r.spliced_bytes_to_backend.to_string(),
+                r.spliced_bytes_to_client.to_string(),
+            ]);
+        }
+        out += &table(&rows);
+    }
+
     let Some(agent) = &inspection.agent else {
         out += &format!(
             "\nHTTP and TLS passthrough routes: not shown, the agent's state is unavailable ({})\n",
@@ -746,7 +849,17 @@ pub async fn inspect(
         Err(e) => (None, Some(format!("agent not answering on {admin}: {e:#}"))),
     };
     let names = match &agent {
-        Some(state) => state.l4_routes.clone(),
+        Some(state) => state
+            .l4_routes
+            .iter()
+            .cloned()
+            .chain(
+                state
+                    .tls_passthrough
+                    .iter()
+                    .flat_map(|l| l.routes.iter().map(|r| r.route.clone())),
+            )
+            .collect(),
         None => manifest_routes(),
     };
     let mut inspection = read_pinned(&pin_dir, &names).with_context(|| {
@@ -760,11 +873,17 @@ pub async fn inspect(
     Ok(inspection)
 }
 
-/// The L4 routes a manifests directory translates to: names for the pinned
-/// ids when the agent is not running.
+/// The L4 and TLS routes a manifests directory translates to: names for the
+/// pinned ids when the agent is not running.
 pub fn manifest_routes(dir: &Path, controller_name: &str) -> Vec<RouteName> {
     let (_, output, _errors) = crate::cli::translate_dir(dir, controller_name);
-    output.config.l4.iter().map(|l| (&l.route).into()).collect()
+    let l4 = output.config.l4.iter().map(|l| (&l.route).into());
+    let tls = output
+        .config
+        .tls_passthrough
+        .iter()
+        .flat_map(|l| l.routes.iter().map(|r| (&r.route).into()));
+    l4.chain(tls).collect()
 }
 
 #[cfg(test)]
@@ -783,6 +902,49 @@ mod tests {
         assert_eq!(
             RouteName::from(&route).to_string(),
             "TCPRoute/default/echo/rule2"
+        );
+    }
+
+    #[test]
+    fn pinned_tls_counters_get_their_own_table_even_without_the_agent() {
+        let inspection = Inspection {
+            pin_dir: "/sys/fs/bpf/x".into(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            tls_routes: vec![
+                TlsRouteRow {
+                    id: 0,
+                    route: Some(RouteName {
+                        kind: "TLSRoute".into(),
+                        namespace: "default".into(),
+                        name: "pass".into(),
+                        rule: 0,
+                    }),
+                    name_hash: "00000000000000aa".into(),
+                    spliced_bytes_to_backend: 214,
+                    spliced_bytes_to_client: 1812,
+                },
+                TlsRouteRow {
+                    id: 1,
+                    route: None,
+                    name_hash: "00000000000000bb".into(),
+                    spliced_bytes_to_backend: 0,
+                    spliced_bytes_to_client: 7,
+                },
+            ],
+            conntrack: Conntrack::default(),
+            packet_events: BTreeMap::new(),
+            agent: None,
+            agent_unavailable: Some("agent not answering".into()),
+        };
+        let text = render(&inspection);
+        assert!(
+            text.contains(
+                "TLS ROUTE ID  ROUTE                             SPLICED TO BACKEND  SPLICED TO CLIENT\n\
+                 0             TLSRoute/default/pass/rule0       214                 1812\n\
+                 1             (unnamed, hash 00000000000000bb)  0                   7\n"
+            ),
+            "{text}"
         );
     }
 

@@ -307,6 +307,19 @@ pub mod splice {
     pub const SPLICE_SOCKETS: &str = "SPLICE_SOCKETS";
     pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
     pub const TLS_ROUTE_STATS: &str = "TLS_ROUTE_STATS";
+    pub const TLS_ROUTE_NAMES: &str = "TLS_ROUTE_NAMES";
+
+    /// The splice program's maps. Only its own instance uses them: the XDP
+    /// instance of the same object shrinks them and does not pin them.
+    pub const MAPS: [&str; 4] = [
+        SPLICE_SOCKETS,
+        SPLICE_PEERS,
+        TLS_ROUTE_STATS,
+        TLS_ROUTE_NAMES,
+    ];
+    /// The splice maps pinned under the agent's bpffs directory (counters and
+    /// the names of their route ids), so bpftool and `inspect` read them.
+    pub const PINNED: [&str; 2] = [TLS_ROUTE_STATS, TLS_ROUTE_NAMES];
 
     /// Spliced connections at once: two sockets each.
     pub const MAX_SPLICED_CONNECTIONS: u32 = 65536;

@@ -19,7 +19,7 @@ use gateway_common::{
     NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
 };
 
-use crate::{config, csum, icmp, maps, packet::*};
+use crate::{config, csum, debug_log, icmp, maps, packet::*};
 
 const AF_INET: u8 = 2;
 #[inline(always)]
@@ -179,9 +179,11 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 
     let Some(flow) = open_flow(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
+        debug_log::flow_dropped(ctx, &key, route_id);
         return Ok(xdp_action::XDP_DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
+    debug_log::new_flow(ctx, &key, &flow);
     rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
     Ok(send::<L3>(ctx, &key, &flow))
 }

@@ -5,6 +5,7 @@
 
 mod config;
 mod csum;
+mod debug_log;
 mod forward;
 mod icmp;
 mod maps;

@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     bindings::sk_action,
-    btf_maps::{HashMap, PerCpuArray, SockHash},
+    btf_maps::{Array, HashMap, PerCpuArray, SockHash},
     macros::btf_map,
     programs::SkBuffContext,
 };
+use gateway_common::RouteName;
 use gateway_common::splice::{
     MAX_SPLICED_CONNECTIONS, MAX_TLS_ROUTES, SPLICE_TO_BACKEND, SpliceKey, SpliceValue,
     TlsRouteStats,
@@ -23,9 +24,15 @@ pub static SPLICE_SOCKETS: SockHash<SpliceKey, MAX_SOCKETS> = SockHash::new();
 #[btf_map]
 pub static SPLICE_PEERS: HashMap<SpliceKey, SpliceValue, MAX_SOCKETS> = HashMap::new();
 
+/// Per TLS route id: bytes spliced each way (pinned, so bpftool reads them).
 #[btf_map]
 pub static TLS_ROUTE_STATS: PerCpuArray<TlsRouteStats, { MAX_TLS_ROUTES as usize }> =
     PerCpuArray::new();
+
+/// Written and read by the agent only (TLS route id → name hash); declared
+/// here so that it is created and pinned next to the counters it names.
+#[btf_map]
+pub static TLS_ROUTE_NAMES: Array<RouteName, { MAX_TLS_ROUTES as usize }> = Array::new();
 
 #[inline(always)]
 pub fn verdict(ctx: &SkBuffContext) -> u32 {

@@ -3,7 +3,7 @@
 //! then each route's counters must agree between the kernel's maps (bpftool),
 //! `/metrics` (read with a Prometheus text-format parser) and
 //! `gateway-agent inspect --output json`. After the agent exits, `inspect`
-//! still reads the pinned L4 state.
+//! still reads the pinned L4 state and the splice's pinned TLS counters.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use serde_json::Value as Json;
 
 use gateway_tests::tls::TestCertificate;
 use gateway_tests::{
-    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, eventually, must, require_root,
+    Agent, BACKEND_ADDR, CLIENT_ADDR, GATEWAY_ADDR, TempDir, Topology, eventually, must,
+    require_root,
 };
 
 const TCP_PORT: u16 = 7100;
@@ -158,44 +159,15 @@ fn find_route<'a>(value: &'a Json, pointer: &str, name: &str) -> &'a Json {
 }
 
 /// Per-CPU `TLS_ROUTE_STATS[id]` of the agent's splice program summed, as
-/// bpftool reads it: the splice program's map is not pinned, so it is found
-/// among the maps the agent's process holds (their ids are in its fds'
-/// fdinfo), other than the idle copy the XDP object pins under its name.
+/// bpftool reads it from the pin (by field name, thanks to the map's BTF).
 fn splice_bytes(agent: &Agent, id: u32) -> (u64, u64) {
-    let fdinfo = format!("/proc/{}/fdinfo", agent.process.0.id());
-    let held: Vec<u64> = std::fs::read_dir(&fdinfo)
-        .expect("agent fdinfo")
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    let pinned = must(
-        Command::new("bpftool")
-            .args(["--json", "map", "show", "pinned"])
-            .arg(agent.pin_dir().join("TLS_ROUTE_STATS")),
-    );
-    let pinned: Json = serde_json::from_slice(&pinned.stdout).expect("bpftool JSON");
-    let out = must(Command::new("bpftool").args(["--json", "map", "show"]));
-    let maps: Json = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    let map_id = maps
-        .as_array()
-        .expect("map list")
-        .iter()
-        .find(|m| {
-            m["name"] == "TLS_ROUTE_STATS"
-                && m["id"] != pinned["id"]
-                && m["id"].as_u64().is_some_and(|id| held.contains(&id))
-        })
-        .and_then(|m| m["id"].as_u64())
-        .expect("the agent's TLS_ROUTE_STATS map");
+    let pinned = agent.pin_dir().join("TLS_ROUTE_STATS");
     let key = id.to_le_bytes().map(|b| b.to_string());
     let out = must(
         Command::new("bpftool")
-            .args(["--json", "map", "lookup", "id", &map_id.to_string(), "key"])
+            .args(["--json", "map", "lookup", "pinned"])
+            .arg(&pinned)
+            .arg("key")
             .args(key),
     );
     let value: Json = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
@@ -348,6 +320,18 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             let passthrough = find_route(&inspected, "/agent/tls_passthrough/0/routes", "pass");
             let tls_id = u64_at(passthrough, "/id") as u32;
             let spliced = splice_bytes(&agent, tls_id);
+            let pinned = find_route(&inspected, "/tls_routes", "pass");
+            let pinned = (
+                u64_at(pinned, "/id") as u32,
+                u64_at(pinned, "/spliced_bytes_to_backend"),
+                u64_at(pinned, "/spliced_bytes_to_client"),
+            );
+            if pinned != (tls_id, spliced.0, spliced.1) {
+                return Err(format!(
+                    "TLS (id, spliced to backend, to client): bpftool {:?}, inspect's pinned read {pinned:?}",
+                    (tls_id, spliced.0, spliced.1)
+                ));
+            }
             let direction = |d: &str| {
                 let mut labels = tls.to_vec();
                 labels.push(("direction", d));
@@ -385,8 +369,16 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             if exported != HTTP_REQUESTS || shown != exported {
                 return Err(format!("HTTP 2xx: /metrics {exported}, inspect {shown}"));
             }
-            Ok((id, kernel))
+            Ok((id, kernel, (tls_id, spliced)))
         },
+    );
+
+    // Without --ebpf-log the program logs nothing (its log calls are compiled
+    // out by the verifier), although flows were opened.
+    assert!(
+        !agent.log().contains("gateway_agent::ebpf"),
+        "{}",
+        agent.log()
     );
 
     // The table form names the route and shows its single backend's whole share.
@@ -418,7 +410,7 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
             .ok_or_else(|| "running".to_string())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let (id, kernel) = report;
+    let (id, kernel, (tls_id, spliced)) = report;
     let manifests = agent.manifests.0.to_str().expect("utf-8").to_string();
     let after = inspect(&topology, &agent, &["--manifests", &manifests]);
     let route = find_route(&after, "/routes", "l4");
@@ -429,6 +421,17 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         route.pointer("/backends/0/slots").and_then(Json::as_u64),
         Some(u64::from(gateway_common::MAGLEV_TABLE_SIZE))
     );
+    // The splice's counters stay pinned too, named from the manifests.
+    let passthrough = find_route(&after, "/tls_routes", "pass");
+    assert_eq!(u64_at(passthrough, "/id") as u32, tls_id);
+    assert_eq!(
+        (
+            u64_at(passthrough, "/spliced_bytes_to_backend"),
+            u64_at(passthrough, "/spliced_bytes_to_client")
+        ),
+        spliced
+    );
+    assert_eq!(splice_bytes(&agent, tls_id), spliced);
     assert!(after["agent"].is_null(), "{after}");
     assert!(
         after["agent_unavailable"]
@@ -440,6 +443,193 @@ fn counters_agree_in_bpftool_metrics_and_inspect() {
         after.pointer("/listeners/0/address").and_then(Json::as_str),
         Some(format!("{GATEWAY_ADDR}:{TCP_PORT}").as_str()),
         "{after}"
+    );
+}
+
+/// `--ebpf-log`: a new flow through the TCPRoute shows in the agent's log
+/// as the XDP program's aya-log message, with client, listener and backend.
+#[test]
+fn ebpf_log_flag_logs_new_flows() {
+    if !require_root("observe-ebpf-log") {
+        return;
+    }
+    let topology = Topology::new();
+    let _tcp = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:{TCP_PORT}")]);
+    let dir = TempDir::new();
+    dir.write("all.yaml", &manifests());
+    let agent = Agent::start_with(&topology, dir, &["--ebpf-log"]);
+    let addr = format!("{BACKEND_ADDR}:{TCP_PORT}").parse().expect("addr");
+    eventually("backend listening", Duration::from_secs(10), || {
+        topology
+            .backend
+            .connect_tcp(addr)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    eventually("TCP through XDP", Duration::from_secs(20), || {
+        topology.client_run(&["tcp-send", &format!("{GATEWAY_ADDR}:{TCP_PORT}"), "hi"])
+    });
+    let expected = format!("-> {GATEWAY_ADDR}:{TCP_PORT} to backend {BACKEND_ADDR}:{TCP_PORT}");
+    let line = eventually("the new flow logged", Duration::from_secs(10), || {
+        let log = agent.log();
+        log.lines()
+            .find(|l| {
+                l.contains("gateway_agent::ebpf")
+                    && l.contains("new flow: route 0 proto 6")
+                    && l.contains(&format!("{CLIENT_ADDR}:"))
+                    && l.contains(&expected)
+            })
+            .map(str::to_string)
+            .ok_or_else(|| log.clone())
+    });
+    eprintln!("{line}");
+}
+
+/// `explain` output, as JSON, of one request: against `--manifests DIR` or
+/// `--admin-address` (the running agent's configuration).
+fn explain_json(topology: &Topology, source: &[&str], request: &str, headers: &[&str]) -> Json {
+    let mut command = topology
+        .node
+        .command_in_netns_only(&Topology::bin("agent-under-test"));
+    command
+        .args(["explain", "--output", "json"])
+        .args(source)
+        .arg(request);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let out = must(&mut command);
+    serde_json::from_slice(&out.stdout).expect("explain JSON")
+}
+
+/// `explain --admin-address` asks the running agent, which decides from the
+/// configuration it applied: for the same requests it must answer exactly as
+/// `explain --manifests` does on the agent's directory, and the proxy must
+/// do what it says (the chosen backend answers; no rule means 404).
+#[test]
+fn explain_against_the_agent_agrees_with_manifests_and_the_proxy() {
+    if !require_root("observe-explain") {
+        return;
+    }
+    let api_port = HTTP_PORT + 1;
+    let topology = Topology::new();
+    let _web = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:{HTTP_PORT}"), "w"]);
+    let _api = topology.backend_spawn(&["http-echo", &format!("{BACKEND_ADDR}:{api_port}"), "a"]);
+    let dir = TempDir::new();
+    dir.write(
+        "all.yaml",
+        &format!(
+            r#"{base}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  hostnames: [observe.example]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    backendRefs: [{{name: api, port: {api_port}}}]
+{api}"#,
+            base = manifests(),
+            api = service("api", api_port),
+        ),
+    );
+    let agent = Agent::start(&topology, dir);
+    let admin = format!("{GATEWAY_ADDR}:9470");
+    eventually("agent ready", Duration::from_secs(20), || {
+        let r = topology.client_run(&["http-get", &admin, "/readyz", "node"])?;
+        if r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let manifests = agent.manifests.0.to_str().expect("utf-8").to_string();
+    let http = format!("http://{GATEWAY_ADDR}:{HTTP_PORT}");
+    let requests: [(String, &[&str]); 4] = [
+        (format!("GET {http}/api/x"), &["Host: observe.example"]),
+        (format!("GET {http}/x"), &["Host: other.example"]),
+        (format!("tcp://{GATEWAY_ADDR}:{TCP_PORT}"), &[]),
+        (format!("tls://pass.example:{TLS_PORT}"), &[]),
+    ];
+    let mut answers = Vec::new();
+    for (request, headers) in &requests {
+        let from_agent = explain_json(&topology, &["--admin-address", &admin], request, headers);
+        let from_dir = explain_json(&topology, &["--manifests", &manifests], request, headers);
+        assert_eq!(
+            from_agent, from_dir,
+            "{request}: agent and manifests disagree"
+        );
+        assert!(
+            from_agent["listener"].is_string(),
+            "{request}: {from_agent}"
+        );
+        answers.push(from_agent);
+    }
+    // Explain chose the /api rule over the catch-all one (precedence)...
+    assert_eq!(
+        answers[0]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
+        Some("api"),
+        "{}",
+        answers[0]
+    );
+    assert_eq!(
+        answers[0]
+            .pointer("/chosen/backends/0/addr")
+            .and_then(Json::as_str),
+        Some(format!("{BACKEND_ADDR}:{api_port}").as_str())
+    );
+    assert!(
+        answers[0]["others"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|l| l["route"]["name"] == "web")),
+        "{}",
+        answers[0]
+    );
+    // ... and the proxy sends that request to the api backend.
+    let reply = topology
+        .client_run(&[
+            "http-get",
+            &format!("{GATEWAY_ADDR}:{HTTP_PORT}"),
+            "/api/x",
+            "observe.example",
+        ])
+        .expect("HTTP through the proxy");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("backend=a\n"),
+        "{reply}"
+    );
+    // No rule for another host: explain says 404, and so does the proxy.
+    assert!(answers[1]["chosen"].is_null(), "{}", answers[1]);
+    assert!(
+        answers[1]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("404")),
+        "{}",
+        answers[1]
+    );
+    let reply = topology
+        .client_run(&[
+            "http-get",
+            &format!("{GATEWAY_ADDR}:{HTTP_PORT}"),
+            "/x",
+            "other.example",
+        ])
+        .expect("HTTP through the proxy");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert_eq!(
+        answers[2]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
+        Some("l4")
+    );
+    assert_eq!(
+        answers[3]
+            .pointer("/chosen/route/name")
+            .and_then(Json::as_str),
+        Some("pass")
     );
 }
 

@@ -104,7 +104,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "config applied"
             );
-            decided_tx.send_replace(Some(Arc::new((snapshot, output.statuses))));
+            decided_tx.send_replace(Some(Arc::new((snapshot, output.statuses.clone()))));
+            node.state.translated(output);
         }
 
         tokio::select! {

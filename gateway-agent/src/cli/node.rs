@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::RunArgs;
 use crate::admin::{self, AdminState};
-use crate::dataplane::loader::L4Dataplane;
+use crate::dataplane::loader::{FlowTimeouts, L4Dataplane};
 use crate::metrics::{self, AgentMetrics, ProxyMetrics};
 use crate::model::DataplaneConfig;
 use crate::netif;
@@ -40,11 +40,18 @@ impl Node {
             args.interfaces.clone()
         };
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
-        let l4 = Arc::new(Mutex::new(L4Dataplane::load(
+        let mut l4 = L4Dataplane::load_with_log(
             &interfaces,
             args.xdp_mode,
             &pin_dir,
-        )?));
+            FlowTimeouts::default(),
+            args.ebpf_log,
+        )?;
+        if let Some(logger) = l4.take_ebpf_logger() {
+            crate::dataplane::ebpf_log::drain(logger).context("reading the eBPF log")?;
+            tracing::info!("eBPF logging on: new and refused L4 flows are logged");
+        }
+        let l4 = Arc::new(Mutex::new(l4));
         let settings = Settings {
             controller_name: args.controller_name.clone(),
             node_addresses: netif::ipv4_addresses(&interfaces).context("listing addresses")?,
@@ -52,7 +59,7 @@ impl Node {
         };
         let proxy_metrics = Arc::new(ProxyMetrics::default());
         let proxy = Arc::new(Proxy::new(proxy_metrics.clone(), args.access_log));
-        let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice)?);
+        let passthrough = Arc::new(Passthrough::new(args.tls_passthrough_splice, &pin_dir)?);
         let agent_metrics = AgentMetrics::default();
         let admin = Arc::new(AdminState {
             registry: {

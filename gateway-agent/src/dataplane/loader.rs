@@ -39,6 +39,8 @@ pub enum Error {
     },
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
+    #[error("eBPF log ring buffer: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
@@ -94,6 +96,9 @@ pub struct L4Dataplane {
     ids: RouteIds,
     tables_cache: TableCache,
     adopted: bool,
+    /// With `--ebpf-log`: the reader of the program's aya-log ring buffer,
+    /// until `take_ebpf_logger` hands it to its draining task.
+    ebpf_logger: Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>>,
 }
 
 /// Key size, value size and capacity each adopted map must have: a pin left by
@@ -155,6 +160,18 @@ impl L4Dataplane {
         pin_dir: &Path,
         timeouts: FlowTimeouts,
     ) -> Result<Self, Error> {
+        Self::load_with_log(interfaces, mode, pin_dir, timeouts, false)
+    }
+
+    /// `load_with`; `ebpf_log` turns the program's aya-log messages on (else
+    /// their level global is 0 and the verifier drops them from the program).
+    pub fn load_with_log(
+        interfaces: &[String],
+        mode: AttachMode,
+        pin_dir: &Path,
+        timeouts: FlowTimeouts,
+        ebpf_log: bool,
+    ) -> Result<Self, Error> {
         let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
             path: pin_dir.to_path_buf(),
             message: e.to_string(),
@@ -170,6 +187,20 @@ impl L4Dataplane {
             .override_global("TCP_IDLE_NS", &timeouts.tcp_idle_ns, true)
             .override_global("TCP_CLOSING_NS", &timeouts.tcp_closing_ns, true)
             .override_global("UDP_IDLE_NS", &timeouts.udp_idle_ns, true);
+        let log_level = if ebpf_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
+        if !ebpf_log {
+            loader.map_max_entries(super::ebpf_log::RING, super::ebpf_log::idle_ring_bytes());
+        }
+        // The splice program's maps belong to its own instance (passthrough's
+        // kernel_splice, which pins them): this one's copies stay tiny and unpinned.
+        for name in gateway_common::splice::MAPS {
+            loader.map_max_entries(name, 1);
+        }
         let mut adopted = true;
         for name in names::ADOPTED {
             let path = pin_dir.join(name);
@@ -178,9 +209,27 @@ impl L4Dataplane {
             loader.map_pin_path(name, path);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+        // Before the program loads: it refers to the ring buffer this takes.
+        let ebpf_logger = if ebpf_log {
+            Some(aya_log::EbpfLogger::init_with_logger(
+                &mut ebpf,
+                super::ebpf_log::TracingLog,
+            )?)
+        } else {
+            None
+        };
         for (name, map) in ebpf.maps() {
             // Adopted maps are pinned already; `.rodata` and the like are per program.
-            if names::ADOPTED.contains(&name) || name.starts_with('.') {
+            if names::ADOPTED.contains(&name)
+                || name.starts_with('.')
+                || name == super::ebpf_log::RING
+            {
+                continue;
+            }
+            if gateway_common::splice::MAPS.contains(&name) {
+                // A previous agent's splice counters: the splice pins new ones
+                // (none in copy mode, so no stale figures are left to read).
+                let _ = std::fs::remove_file(pin_dir.join(name));
                 continue;
             }
             let path = pin_dir.join(name);
@@ -242,6 +291,7 @@ impl L4Dataplane {
             ids: RouteIds::default(),
             tables_cache: TableCache::default(),
             adopted,
+            ebpf_logger,
         };
         if adopted {
             dataplane.read_pinned_state()?;
@@ -253,6 +303,11 @@ impl L4Dataplane {
             );
         }
         Ok(dataplane)
+    }
+
+    /// The aya-log reader (with `--ebpf-log`), for the caller to drain.
+    pub fn take_ebpf_logger(&mut self) -> Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>> {
+        self.ebpf_logger.take()
     }
 
     /// True when the maps were adopted from a previous agent's pins.

@@ -1,19 +1,21 @@
 //! The in-kernel splice: loads the `sk_skb` stream verdict program, attaches
 //! it to the SOCKHASH, and puts each chosen client/backend pair in it. The
-//! only aya user of the passthrough data plane.
+//! only aya user of the passthrough data plane. Its per-route counters and
+//! the names of their ids are pinned under the agent's bpffs directory.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockHash};
 use aya::programs::SkSkb;
 use aya::{Ebpf, EbpfLoader};
-use gateway_common::maps as l4_maps;
 use gateway_common::splice::{
-    SPLICE_PEERS, SPLICE_SOCKETS, SPLICE_TO_BACKEND, SPLICE_TO_CLIENT, SpliceKey, SpliceValue,
-    TLS_ROUTE_STATS, TlsRouteStats,
+    PINNED, SPLICE_PEERS, SPLICE_SOCKETS, SPLICE_TO_BACKEND, SPLICE_TO_CLIENT, SpliceKey,
+    SpliceValue, TLS_ROUTE_NAMES, TLS_ROUTE_STATS, TlsRouteStats,
 };
+use gateway_common::{RouteName, maps as l4_maps};
 use tokio::net::TcpStream;
 
 /// The same object the L4 loader embeds (built by build.rs from gateway-ebpf).
@@ -35,12 +37,15 @@ pub enum Error {
     NotIpv4,
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error("pinning {path}: {message}")]
+    Pin { path: String, message: String },
 }
 
 pub struct KernelSplice {
     sockets: Mutex<SockHash<MapData, SpliceKey>>,
     peers: Mutex<HashMap<MapData, SpliceKey, SpliceValue>>,
     stats: PerCpuArray<MapData, TlsRouteStats>,
+    names: Mutex<Array<MapData, RouteName>>,
     /// Keeps the program loaded and attached.
     _ebpf: Ebpf,
 }
@@ -92,7 +97,10 @@ fn socket_key(stream: &TcpStream) -> Result<SpliceKey, Error> {
 impl KernelSplice {
     /// Loads and attaches the verdict program; fails where the kernel lacks
     /// sockmap (or we lack the capabilities), and the caller falls back to copying.
-    pub fn load() -> Result<Self, Error> {
+    /// The counters are pinned afresh under `pin_dir` (route ids are this
+    /// agent's: a previous agent's counters would be misattributed); the pins
+    /// stay after the agent exits, for bpftool and `inspect`.
+    pub fn load(pin_dir: &Path) -> Result<Self, Error> {
         let mut loader = EbpfLoader::new();
         // The object also holds the L4 maps; this instance uses none of them.
         for unused in [
@@ -105,7 +113,25 @@ impl KernelSplice {
         ] {
             loader.map_max_entries(unused, 1);
         }
+        // The verdict program does not log.
+        loader.map_max_entries(
+            crate::dataplane::ebpf_log::RING,
+            crate::dataplane::ebpf_log::idle_ring_bytes(),
+        );
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in PINNED {
+            let path = pin_dir.join(name);
+            let pin_error = |message: String| Error::Pin {
+                path: path.display().to_string(),
+                message,
+            };
+            std::fs::create_dir_all(pin_dir).map_err(|e| pin_error(e.to_string()))?;
+            let _ = std::fs::remove_file(&path);
+            ebpf.map(name)
+                .ok_or(Error::Missing(name))?
+                .pin(&path)
+                .map_err(|e| pin_error(e.to_string()))?;
+        }
         let sockets: SockHash<MapData, SpliceKey> = ebpf
             .take_map(SPLICE_SOCKETS)
             .ok_or(Error::Missing(SPLICE_SOCKETS))?
@@ -124,10 +150,15 @@ impl KernelSplice {
             .take_map(TLS_ROUTE_STATS)
             .ok_or(Error::Missing(TLS_ROUTE_STATS))?
             .try_into()?;
+        let names = ebpf
+            .take_map(TLS_ROUTE_NAMES)
+            .ok_or(Error::Missing(TLS_ROUTE_NAMES))?
+            .try_into()?;
         Ok(Self {
             sockets: Mutex::new(sockets),
             peers: Mutex::new(peers),
             stats,
+            names: Mutex::new(names),
             _ebpf: ebpf,
         })
     }
@@ -174,6 +205,14 @@ impl KernelSplice {
         sockets.insert(client_key, backend.as_raw_fd(), 0)?;
         sockets.insert(backend_key, client.as_raw_fd(), 0)?;
         Ok(spliced)
+    }
+
+    /// Records which route `route_id` counts (`name_hash` of its name), so
+    /// that readers of the pins can name it.
+    pub fn name_route(&self, route_id: u32, name_hash: u64) -> Result<(), Error> {
+        let mut names = self.names.lock().expect("splice names lock");
+        names.set(route_id, RouteName { hash: name_hash }, 0)?;
+        Ok(())
     }
 
     /// A route's bytes (to backend, to client), summed over CPUs.

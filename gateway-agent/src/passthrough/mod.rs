@@ -83,12 +83,13 @@ struct Stats {
 }
 
 impl Passthrough {
-    /// Chooses how to move bytes, once for the agent's life.
-    pub fn new(mode: SpliceMode) -> Result<Self, kernel_splice::Error> {
+    /// Chooses how to move bytes, once for the agent's life; the kernel
+    /// splice pins its counters under `pin_dir`.
+    pub fn new(mode: SpliceMode, pin_dir: &std::path::Path) -> Result<Self, kernel_splice::Error> {
         let splice = match mode {
             SpliceMode::Copy => None,
-            SpliceMode::Kernel => Some(KernelSplice::load()?),
-            SpliceMode::Auto => match KernelSplice::load() {
+            SpliceMode::Kernel => Some(KernelSplice::load(pin_dir)?),
+            SpliceMode::Auto => match KernelSplice::load(pin_dir) {
                 Ok(splice) => Some(splice),
                 Err(error) => {
                     tracing::warn!(%error, "no sockmap splice: TLS passthrough copies in userspace");
@@ -212,8 +213,14 @@ impl Passthrough {
         let mut stats = self.shared.stats.lock().expect("stats lock");
         for route in routes {
             let next = stats.route_ids.len() as u32;
-            if next < MAX_TLS_ROUTES {
-                stats.route_ids.entry(route.route.clone()).or_insert(next);
+            if next < MAX_TLS_ROUTES && !stats.route_ids.contains_key(&route.route) {
+                stats.route_ids.insert(route.route.clone(), next);
+                if let Some((splice, _)) = &self.shared.splice {
+                    let hash = crate::dataplane::l4_plan::name_hash(&route.route);
+                    if let Err(error) = splice.name_route(next, hash) {
+                        tracing::warn!(%error, route = %route.route, "cannot record the TLS route's name in the pinned map");
+                    }
+                }
             }
         }
     }
