@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use gateway_common::{FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
 
-use crate::{csum, forward, maps, packet::*};
+use crate::{csum, family::V4, forward, maps, packet::*};
 
 const IP: usize = ETH_HDR_LEN;
 const ICMP: usize = IP + IPV4_HDR_LEN;
@@ -233,5 +233,5 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         proto: PROTO_ICMP,
         ..FlowKey::default()
     };
-    Ok(forward::send::<L3>(ctx, &key, &route))
+    Ok(forward::send::<L3, V4>(ctx, &key, &route))
 }

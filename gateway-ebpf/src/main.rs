@@ -5,6 +5,7 @@
 
 mod config;
 mod csum;
+mod family;
 mod forward;
 mod icmp;
 mod maps;
