@@ -255,7 +255,9 @@ impl Family for V6 {
     ) {
         params.family = AF_INET6;
         params.__bindgen_anon_1.tot_len = read::<u16>(ctx, L3 + IPV6_PAYLOAD_LEN)
-            .map_or(0, |len| u16::from_be(len).saturating_add(IPV6_HDR_LEN as u16));
+            .map_or(0, |len| {
+                u16::from_be(len).saturating_add(IPV6_HDR_LEN as u16)
+            });
         params.__bindgen_anon_3.ipv6_src = flow.new_src_addr_be;
         params.__bindgen_anon_4.ipv6_dst = flow.new_dst_addr_be;
     }

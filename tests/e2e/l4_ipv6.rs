@@ -32,7 +32,16 @@ fn add_ipv6(topology: &Topology) {
         .node
         .run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let add = |ns: &gateway_tests::Netns, addr: &str, dev: &str| {
-        ns.run(&["ip", "-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
+        ns.run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
     };
     add(&topology.client, CLIENT6, "eth0");
     topology
@@ -43,9 +52,15 @@ fn add_ipv6(topology: &Topology) {
     for (_, addr) in BACKENDS6 {
         add(&topology.backend, addr, "eth0");
     }
-    topology
-        .backend
-        .run(&["ip", "-6", "route", "add", "default", "via", NODE_BACKEND_SIDE6]);
+    topology.backend.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        NODE_BACKEND_SIDE6,
+    ]);
 }
 
 /// GatewayClass, Gateway `gw` on GATEWAY6 with a TCP listener (9000) and a
@@ -205,9 +220,11 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     let files = TempDir::new();
     files.write("all.yaml", &manifests());
     let mut agent = Agent::start(&topology, files);
-    eventually("TCP over IPv6 through the gateway", Duration::from_secs(20), || {
-        new_flow(&topology)
-    });
+    eventually(
+        "TCP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || new_flow(&topology),
+    );
     let long_lived = topology
         .client
         .connect_tcp(tcp_target())
@@ -239,19 +256,28 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     // Killed, the agent is no longer needed: the kernel keeps forwarding.
     agent.process.signal(libc::SIGKILL);
     agent.process.0.wait().expect("reap agent");
-    assert_eq!(ask(&long_lived).as_deref(), Ok(first.as_str()), "with no agent");
+    assert_eq!(
+        ask(&long_lived).as_deref(),
+        Ok(first.as_str()),
+        "with no agent"
+    );
     assert!(new_flow(&topology).is_ok(), "a new flow with no agent");
 
     agent.restart(&topology);
     eventually("the new agent adopts", Duration::from_secs(20), || {
         let log = agent.log();
-        if log.contains("adopted the pinned L4 state") && log.matches("config applied").count() >= 2 {
+        if log.contains("adopted the pinned L4 state") && log.matches("config applied").count() >= 2
+        {
             Ok(())
         } else {
             Err(log)
         }
     });
-    assert_eq!(ask(&long_lived).as_deref(), Ok(first.as_str()), "after the restart");
+    assert_eq!(
+        ask(&long_lived).as_deref(),
+        Ok(first.as_str()),
+        "after the restart"
+    );
     assert!(new_flow(&topology).is_ok(), "a new flow after the restart");
 }
 
@@ -269,15 +295,19 @@ fn udp_over_ipv6_is_forwarded_and_replies_come_from_the_gateway_address() {
     let target = format!("[{GATEWAY6}]:9001");
     // udp-send connects its socket: only an answer from the gateway address
     // and port (the reply translated back) reaches it.
-    let reply = eventually("UDP over IPv6 through the gateway", Duration::from_secs(20), || {
-        topology.client_run(&["udp-send", &target, "datagram"])
-    });
+    let reply = eventually(
+        "UDP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["udp-send", &target, "datagram"]),
+    );
     assert_eq!(reply, "datagram", "agent log:\n{}", agent.log());
     let redirected_before = agent.packet_events(PacketEvent::Redirected);
     for i in 0..20 {
         let message = format!("datagram {i}");
         assert_eq!(
-            topology.client_run(&["udp-send", &target, &message]).as_deref(),
+            topology
+                .client_run(&["udp-send", &target, &message])
+                .as_deref(),
             Ok(message.as_str())
         );
     }

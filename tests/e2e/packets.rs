@@ -787,7 +787,11 @@ fn l4_checksum6(p: &[u8]) -> u16 {
     pseudo.extend_from_slice(&[0, 0, 0, proto]);
     let csum = fold(sum16(&l4, sum16(&pseudo, 0)));
     // UDP over IPv6 sends a computed 0 as 0xffff (0 is "no checksum", not allowed).
-    if proto == UDP && csum == 0 { 0xffff } else { csum }
+    if proto == UDP && csum == 0 {
+        0xffff
+    } else {
+        csum
+    }
 }
 
 fn checksum6_valid(p: &[u8]) -> bool {
@@ -822,7 +826,11 @@ fn an_ipv6_syn_is_rewritten_and_its_reply_translated_back() {
         "source port from the NAT range: {nat_port}"
     );
     assert!(checksum6_valid(&out), "checksum after rewrite: {out:x?}");
-    assert_eq!(&out[14..22], &syn[14..22], "version, length, next header, hop limit kept");
+    assert_eq!(
+        &out[14..22],
+        &syn[14..22],
+        "version, length, next header, hop limit kept"
+    );
 
     let reply = packet6(TCP, (BACKEND6, 7000), (snat_addr, nat_port), SYN | ACK, b"");
     let (action, back) = loaded.run(&reply);
@@ -841,7 +849,11 @@ fn an_ipv6_syn_is_rewritten_and_its_reply_translated_back() {
 
     let tcp6 = loaded.stats("tcp6");
     assert_eq!((tcp6.packets, tcp6.new_flows), (3, 1));
-    assert_eq!(loaded.stats("tcp").packets, 0, "the IPv4 route is another id");
+    assert_eq!(
+        loaded.stats("tcp").packets,
+        0,
+        "the IPv4 route is another id"
+    );
 
     // The client's RST ends the flow in both directions.
     let (_, out) = loaded.run(&packet6(TCP, client, (LISTENER6, 9000), RST | ACK, b""));
@@ -859,7 +871,13 @@ fn ipv6_udp_keeps_checksums_valid_and_a_zero_checksum_is_the_kernels() {
     let mut nat = None;
     // Many payloads: the rewritten checksum covers every value, 0xffff included.
     for i in 0..300u16 {
-        let datagram = packet6(UDP, (CLIENT6, 5000 + i), (LISTENER6, 9000), 0, &i.to_be_bytes());
+        let datagram = packet6(
+            UDP,
+            (CLIENT6, 5000 + i),
+            (LISTENER6, 9000),
+            0,
+            &i.to_be_bytes(),
+        );
         let (_, out) = loaded.run(&datagram);
         assert_eq!(dst6(&out), (BACKEND6, 7000));
         assert!(checksum6_valid(&out), "datagram {i}: {out:x?}");
@@ -869,14 +887,20 @@ fn ipv6_udp_keeps_checksums_valid_and_a_zero_checksum_is_the_kernels() {
     let nat = nat.unwrap();
     let answer = packet6(UDP, (BACKEND6, 7000), nat, 0, b"answer");
     let (_, back) = loaded.run(&answer);
-    assert_eq!((src6(&back), dst6(&back)), ((LISTENER6, 9000), (CLIENT6, 5000)));
+    assert_eq!(
+        (src6(&back), dst6(&back)),
+        ((LISTENER6, 9000), (CLIENT6, 5000))
+    );
     assert!(checksum6_valid(&back));
     assert_eq!(loaded.stats("udp6").new_flows, 300);
 
     let mut unchecked = packet6(UDP, (CLIENT6, 6000), (LISTENER6, 9000), 0, b"query");
     unchecked[60] = 0;
     unchecked[61] = 0;
-    assert!(untouched(&loaded, &unchecked), "zero UDP checksum over IPv6");
+    assert!(
+        untouched(&loaded, &unchecked),
+        "zero UDP checksum over IPv6"
+    );
     assert_eq!(loaded.stats("udp6").new_flows, 300);
 }
 
@@ -972,7 +996,10 @@ fn a_vlan_tagged_ipv6_flow_is_rewritten_behind_its_tag() {
     let loaded = load();
     let client = (CLIENT6, 40300);
     let (action, out) = loaded.run(&tagged(&packet6(TCP, client, (LISTENER6, 9000), SYN, b"")));
-    assert_eq!(action, XDP_PASS, "tagged: rewritten, the kernel forwards it");
+    assert_eq!(
+        action, XDP_PASS,
+        "tagged: rewritten, the kernel forwards it"
+    );
     assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 100], "the tag is kept");
     let out = untagged(&out);
     assert_eq!(dst6(&out), (BACKEND6, 7000));

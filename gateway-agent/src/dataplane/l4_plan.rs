@@ -31,7 +31,9 @@ impl Family {
 /// An IPv6 address as the maps hold it (`gateway_common::Addr6`).
 pub fn addr6_be(addr: Ipv6Addr) -> Addr6 {
     let o = addr.octets();
-    core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// The IPv6 address in a map's `Addr6`.
@@ -378,7 +380,10 @@ mod tests {
             &mut TableCache::default(),
             &|x| x,
         );
-        assert_eq!((ids.get(&a.route, Family::V4), ids.get(&b.route, Family::V4)), (Some(0), Some(1)));
+        assert_eq!(
+            (ids.get(&a.route, Family::V4), ids.get(&b.route, Family::V4)),
+            (Some(0), Some(1))
+        );
         let c = listener("c", 3, &[]);
         plan(
             &[b.clone(), c.clone()],
@@ -387,7 +392,11 @@ mod tests {
             &|x| x,
         );
         assert_eq!(ids.get(&b.route, Family::V4), Some(1), "b keeps its id");
-        assert_eq!(ids.get(&c.route, Family::V4), Some(0), "c reuses a's freed id");
+        assert_eq!(
+            ids.get(&c.route, Family::V4),
+            Some(0),
+            "c reuses a's freed id"
+        );
         assert_eq!(ids.get(&a.route, Family::V4), None);
     }
 
@@ -416,9 +425,18 @@ mod tests {
             &mut TableCache::default(),
             &|x| x,
         );
-        assert_eq!(after.get(&b.route, Family::V4), before.get(&b.route, Family::V4));
-        assert_eq!(after.get(&c.route, Family::V4), before.get(&c.route, Family::V4));
-        assert_eq!(after.get(&d.route, Family::V4), before.get(&a.route, Family::V4));
+        assert_eq!(
+            after.get(&b.route, Family::V4),
+            before.get(&b.route, Family::V4)
+        );
+        assert_eq!(
+            after.get(&c.route, Family::V4),
+            before.get(&c.route, Family::V4)
+        );
+        assert_eq!(
+            after.get(&d.route, Family::V4),
+            before.get(&a.route, Family::V4)
+        );
     }
 
     #[test]
@@ -427,7 +445,11 @@ mod tests {
         let v4 = listener(
             "r",
             9000,
-            &[("198.18.1.2:7000", 1), ("[fd00::1:2]:7000", 1), ("[fd00::1:3]:7000", 3)],
+            &[
+                ("198.18.1.2:7000", 1),
+                ("[fd00::1:2]:7000", 1),
+                ("[fd00::1:3]:7000", 3),
+            ],
         );
         let v6 = L4Listener {
             addr: "fd00::1".parse().unwrap(),
@@ -451,20 +473,30 @@ mod tests {
         assert_ne!(maps.names[&id4], maps.names[&id6]);
         assert_eq!(maps.listeners.values().collect::<Vec<_>>(), [&id4]);
         let key6 = maps.listeners6.keys().next().unwrap();
-        assert_eq!(ipv6_of(key6.addr_be), "fd00::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            ipv6_of(key6.addr_be),
+            "fd00::1".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(u16::from_be(key6.port_be), 9000);
         let (t4, t6) = (&maps.routes[&id4], &maps.routes[&id6]);
         assert_eq!((t4.backends.len(), t4.backends6.len()), (1, 0));
         assert_eq!((t6.backends.len(), t6.backends6.len()), (0, 2));
-        assert!(t6.backends6.iter().all(|b| ipv6_of(b.snat_addr_be)
-            == "fd00::1:1".parse::<Ipv6Addr>().unwrap()));
+        assert!(
+            t6.backends6
+                .iter()
+                .all(|b| ipv6_of(b.snat_addr_be) == "fd00::1:1".parse::<Ipv6Addr>().unwrap())
+        );
         // Weights 1:3 over the IPv6 backends, within one slot.
         let heavy = t6
             .backends6
             .iter()
             .position(|b| ipv6_of(b.addr_be) == "fd00::1:3".parse::<Ipv6Addr>().unwrap())
             .unwrap();
-        let slots = t6.slots.iter().filter(|i| usize::from(**i) == heavy).count();
+        let slots = t6
+            .slots
+            .iter()
+            .filter(|i| usize::from(**i) == heavy)
+            .count();
         assert!((3069..=3070).contains(&slots), "{slots}");
     }
 

@@ -780,7 +780,10 @@ fn enable_forwarding(interface: &str) {
     }
     set_sysctl(&format!("{ipv6}/forwarding"), "1");
     for (knob, value) in [("forwarding", "1"), ("accept_local", "1")] {
-        set_sysctl(&format!("/proc/sys/net/ipv4/conf/{interface}/{knob}"), value);
+        set_sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{interface}/{knob}"),
+            value,
+        );
     }
 }
 

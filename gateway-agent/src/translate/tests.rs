@@ -272,8 +272,10 @@ fn tcp_routes_become_l4_listeners_on_the_gateway_addresses() {
 
 #[test]
 fn an_ipv6_gateway_address_gets_an_ipv6_l4_listener_with_the_ipv6_endpoints() {
-    let gateway = gateway("gw", "ours", "  - {name: udp, protocol: UDP, port: 5353}")
-        .replace("[{value: 192.0.2.1}]", "[{value: 192.0.2.1}, {value: \"2001:db8::1\"}]");
+    let gateway = gateway("gw", "ours", "  - {name: udp, protocol: UDP, port: 5353}").replace(
+        "[{value: 192.0.2.1}]",
+        "[{value: 192.0.2.1}, {value: \"2001:db8::1\"}]",
+    );
     let route = "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: UDPRoute\nmetadata: {name: u, namespace: default}\n\
                  spec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n";
     let slice6 = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-2\n  namespace: default\n\
