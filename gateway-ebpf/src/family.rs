@@ -262,13 +262,9 @@ impl Family for V6 {
         params.__bindgen_anon_4.ipv6_dst = flow.new_dst_addr_be;
     }
 
-    /// No "packet too big" from the program yet: the kernel gets the packet.
+    /// IPv6 routers never fragment: always answered with "packet too big".
     #[inline(always)]
-    fn too_big<const L3: usize>(
-        _ctx: &XdpContext,
-        _key: &FlowKeyOf<Addr6>,
-        _mtu: u16,
-    ) -> Option<u32> {
-        None
+    fn too_big<const L3: usize>(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, mtu: u16) -> Option<u32> {
+        Some(icmp::packet_too_big(ctx, key, mtu))
     }
 }

@@ -62,8 +62,9 @@ fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 }
 
 /// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
-/// `L3`: where the IP header starts.
-#[inline(always)]
+/// `L3`: where the IP header starts. Each copy is its own BPF function: their
+/// stacks together would pass the 512-byte limit, one at a time they do not.
+#[inline(never)]
 fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let proto = F::l4_proto::<L3>(ctx)?;
     if proto == PROTO_ICMP {

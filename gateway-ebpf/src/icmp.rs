@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use gateway_common::{FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
+use gateway_common::{FlowKey, FlowKey6, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
 
 use crate::{csum, family::V4, forward, maps, packet::*};
 
@@ -104,6 +104,96 @@ fn build(ctx: &XdpContext, key: &FlowKey, mtu: u16) -> Option<()> {
     let icmp = checksum(sum::<{ (TOTAL - ICMP) / 2 }>(ctx, ICMP)?);
     write(ctx, ICMP + 2, icmp)?;
     Some(())
+}
+
+const IP6: usize = ETH_HDR_LEN;
+const ICMP6: usize = IP6 + IPV6_HDR_LEN;
+const INNER_IP6: usize = ICMP6 + ICMP_HDR_LEN;
+const INNER_L4_6: usize = INNER_IP6 + IPV6_HDR_LEN;
+const TOTAL6: usize = INNER_L4_6 + 8;
+const PROTO_ICMPV6: u8 = 58;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
+/// The IPv6 `frag_needed`: the packet turned into an ICMPv6 "packet too big"
+/// to its sender, quoting its IPv6 header and first 8 bytes of L4 as sent.
+/// Its own BPF function (rare, and the forwarding path's stack is near the
+/// 512-byte limit).
+#[inline(never)]
+pub fn packet_too_big(ctx: &XdpContext, key: &FlowKey6, mtu: u16) -> u32 {
+    match build6(ctx, key, mtu) {
+        Some(()) => {
+            maps::count_event(PacketEvent::IcmpFragNeededSent);
+            xdp_action::XDP_PASS
+        }
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn build6(ctx: &XdpContext, key: &FlowKey6, mtu: u16) -> Option<()> {
+    let mac_header: [u8; 12] = read(ctx, 0)?;
+    let grow = (IPV6_HDR_LEN + ICMP_HDR_LEN) as i32;
+    // SAFETY: plain helper call on our context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return None;
+    }
+    let payload = usize::from(u16::from_be(read::<u16>(
+        ctx,
+        INNER_IP6 + IPV6_PAYLOAD_LEN,
+    )?));
+    let inner_len = IPV6_HDR_LEN + payload;
+    if inner_len < TOTAL6 - INNER_IP6 {
+        return None;
+    }
+    let shrink = (INNER_IP6 + inner_len - TOTAL6) as i32;
+    // SAFETY: plain helper call; shrinks the frame to the ICMPv6 message.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -shrink) } != 0 {
+        return None;
+    }
+
+    write(ctx, 0, mac_header)?;
+    write(ctx, 12, ETH_P_IPV6.to_be())?;
+
+    // The quote as the sender sent it (no IPv6 header checksum to fix).
+    write(ctx, INNER_IP6 + IPV6_SRC, key.src_addr_be)?;
+    write(ctx, INNER_IP6 + IPV6_DST, key.dst_addr_be)?;
+    write(ctx, INNER_L4_6 + L4_SRC_PORT, key.src_port_be)?;
+    write(ctx, INNER_L4_6 + L4_DST_PORT, key.dst_port_be)?;
+
+    // From the gateway address the sender talks to, back to the sender.
+    let icmp_len = (TOTAL6 - ICMP6) as u16;
+    let header: [u8; 8] = [0x60, 0, 0, 0, 0, icmp_len as u8, PROTO_ICMPV6, 64];
+    write(ctx, IP6, header)?;
+    write(ctx, IP6 + IPV6_SRC, key.dst_addr_be)?;
+    write(ctx, IP6 + IPV6_DST, key.src_addr_be)?;
+    let kind = [ICMPV6_PACKET_TOO_BIG, 0];
+    write(ctx, ICMP6, kind)?;
+    write(ctx, ICMP6 + 2, 0u16)?;
+    let mtu_be = u32::from(mtu).to_be();
+    write(ctx, ICMP6 + 4, mtu_be)?;
+    // The checksum covers a pseudo-header (both addresses, length, next
+    // header) and the message. Summed from the values written where they
+    // are known, reading only the quote's other bytes: the stack is tight.
+    let addresses = words_sum(&key.src_addr_be) + words_sum(&key.dst_addr_be);
+    let mut total = 2 * addresses
+        + u32::from(icmp_len.to_be())
+        + u32::from(u16::from(PROTO_ICMPV6).to_be())
+        + u32::from(u16::from_ne_bytes(kind))
+        + words_sum(&[mtu_be]);
+    total += sum::<4>(ctx, INNER_IP6)?;
+    total += u32::from(key.src_port_be) + u32::from(key.dst_port_be);
+    total += sum::<2>(ctx, INNER_L4_6 + 4)?;
+    write(ctx, ICMP6 + 2, checksum(total))
+}
+
+/// One's-complement sum of the 16-bit halves of `words`.
+#[inline(always)]
+fn words_sum(words: &[u32]) -> u32 {
+    let mut total = 0;
+    for word in words {
+        total += (word & 0xffff) + (word >> 16);
+    }
+    total
 }
 
 /// One's-complement sum of `WORDS` 16-bit words from `offset` (byte order

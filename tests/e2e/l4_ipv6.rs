@@ -161,9 +161,14 @@ endpoints:
 
 /// One HTTP/1.1 request on `stream` to an `http-echo` backend; returns its name.
 fn ask(stream: &TcpStream) -> Result<String, String> {
+    exchange(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+}
+
+/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
+fn exchange(stream: &TcpStream, request: &[u8]) -> Result<String, String> {
     let mut writer = stream;
     writer
-        .write_all(b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+        .write_all(request)
         .map_err(|e| format!("send: {e}"))?;
     let mut reader = BufReader::new(stream);
     let mut content_length = 0usize;
@@ -313,4 +318,59 @@ fn udp_over_ipv6_is_forwarded_and_replies_come_from_the_gateway_address() {
     }
     let redirected = agent.packet_events(PacketEvent::Redirected) - redirected_before;
     assert!(redirected >= 40, "both directions redirected: {redirected}");
+}
+
+#[test]
+fn path_mtu_discovery_over_ipv6_works_through_a_smaller_backend_link() {
+    if !require_root("path_mtu_discovery_over_ipv6") {
+        return;
+    }
+    let topology = Topology::new();
+    add_ipv6(&topology);
+    // The node's link towards the backends carries at most 1280 bytes (the
+    // IPv6 minimum); the client and the backend both think 1500 is fine.
+    topology
+        .node
+        .run(&["ip", "link", "set", "b0", "mtu", "1280"]);
+    let (name, addr) = BACKENDS6[0];
+    let _backend = topology.backend_spawn(&["http-echo", &format!("[{addr}]:7000"), name]);
+    let files = TempDir::new();
+    files.write("all.yaml", &manifests());
+    let agent = Agent::start(&topology, files);
+    // Until the route answers; then connections that reach backend a.
+    eventually(
+        "TCP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || new_flow(&topology).and_then(|b| if b == name { Ok(()) } else { Err(b) }),
+    );
+    let stream = eventually("a connection to backend a", Duration::from_secs(20), || {
+        let stream = topology
+            .client
+            .connect_tcp(tcp_target())
+            .map_err(|e| e.to_string())?;
+        match ask(&stream) {
+            Ok(b) if b == name => Ok(stream),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // 200 KB upstream: full-size segments must shrink to the link's MTU,
+    // which only happens if the client hears "packet too big".
+    let body = vec![b'x'; 200_000];
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: l4\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    assert_eq!(
+        exchange(&stream, &request).as_deref(),
+        Ok(name),
+        "the upload through a 1280-byte link; agent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.packet_events(PacketEvent::IcmpFragNeededSent) >= 1,
+        "the program answered an oversized segment"
+    );
 }
