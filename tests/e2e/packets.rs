@@ -1036,3 +1036,65 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
     assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
     assert_eq!(loaded.stats("tcp6").new_flows, u64::from(flows) + 1);
 }
+
+#[test]
+fn an_ipv6_backend_removed_and_added_back_moves_only_its_own_flows() {
+    if !require_root("an_ipv6_backend_removed") {
+        return;
+    }
+    let backend_b = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 3);
+    let with = |backends: &[Ipv6Addr]| L4Listener {
+        backends: backends
+            .iter()
+            .map(|addr| WeightedEndpoint {
+                addr: (*addr, 7000).into(),
+                weight: 1,
+            })
+            .collect(),
+        ..listener6(L4Protocol::Tcp, "tcp6")
+    };
+    let mut loaded = load_with(&[with(&[BACKEND6, backend_b])], FlowTimeouts::default());
+    let syn = |port: u16| packet6(TCP, (CLIENT6, port), (LISTENER6, 9000), SYN, b"");
+    let data = |port: u16| packet6(TCP, (CLIENT6, port), (LISTENER6, 9000), ACK, b"x");
+    let before: Vec<Ipv6Addr> = (0..200)
+        .map(|i| dst6(&loaded.run(&syn(30_000 + i)).1).0)
+        .collect();
+    let on_b = before.iter().filter(|a| **a == backend_b).count();
+    assert!(
+        (60..=140).contains(&on_b),
+        "two equal backends: {on_b} of 200 on B"
+    );
+
+    loaded
+        .dataplane
+        .apply(&[with(&[BACKEND6])])
+        .expect("remove backend B");
+    for (i, backend) in before.iter().enumerate() {
+        let packet = data(30_000 + i as u16);
+        if *backend == backend_b {
+            assert!(untouched(&loaded, &packet), "flow {i} to B is gone");
+        } else {
+            assert_eq!(dst6(&loaded.run(&packet).1).0, BACKEND6, "flow {i} keeps A");
+        }
+    }
+    for i in 0..50 {
+        assert_eq!(
+            dst6(&loaded.run(&syn(40_000 + i)).1).0,
+            BACKEND6,
+            "new flows on A only"
+        );
+    }
+
+    // B back: written into the other half of the route's tables.
+    loaded
+        .dataplane
+        .apply(&[with(&[BACKEND6, backend_b])])
+        .expect("add backend B back");
+    let again = (0..200)
+        .filter(|i| dst6(&loaded.run(&syn(50_000 + i)).1).0 == backend_b)
+        .count();
+    assert!(
+        (60..=140).contains(&again),
+        "{again} of 200 new flows on B again"
+    );
+}
