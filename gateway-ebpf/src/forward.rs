@@ -47,18 +47,28 @@ fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
     match ether_type {
         ETH_P_IPV4 => try_handle::<ETH_HDR_LEN, V4>(ctx),
-        ETH_P_IPV6 => try_handle::<ETH_HDR_LEN, V6>(ctx),
+        ETH_P_IPV6 => handle_v6::<ETH_HDR_LEN>(ctx),
         ETH_P_8021Q | ETH_P_8021AD => {
             let inner =
                 u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
             match inner {
                 ETH_P_IPV4 => try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4>(ctx),
-                ETH_P_IPV6 => try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V6>(ctx),
+                ETH_P_IPV6 => handle_v6::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx),
                 _ => Err(PacketEvent::PassedNotOurs),
             }
         }
         _ => Err(PacketEvent::PassedNotOurs),
     }
+}
+
+/// ICMPv6 goes its own way, so that the forwarding path's stack and the
+/// error translation's are never on the stack together.
+#[inline(always)]
+fn handle_v6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    if read::<u8>(ctx, L3 + IPV6_NEXT_HEADER) == Some(PROTO_ICMPV6) {
+        return icmp::translate_error6::<L3>(ctx);
+    }
+    try_handle::<L3, V6>(ctx)
 }
 
 /// `Err` means "not ours: pass to the kernel untouched", with the reason counted.

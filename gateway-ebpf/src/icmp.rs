@@ -111,7 +111,6 @@ const ICMP6: usize = IP6 + IPV6_HDR_LEN;
 const INNER_IP6: usize = ICMP6 + ICMP_HDR_LEN;
 const INNER_L4_6: usize = INNER_IP6 + IPV6_HDR_LEN;
 const TOTAL6: usize = INNER_L4_6 + 8;
-const PROTO_ICMPV6: u8 = 58;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 
 /// The IPv6 `frag_needed`: the packet turned into an ICMPv6 "packet too big"
@@ -324,4 +323,85 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         ..FlowKey::default()
     };
     Ok(forward::send::<L3, V4>(ctx, &key, &route))
+}
+
+/// The IPv6 `translate_error`: an ICMPv6 error (destination unreachable,
+/// packet too big, time exceeded) quoting a tracked flow's packet goes to
+/// that packet's original sender, the quote turned back into what it sent.
+/// The ICMPv6 checksum covers a pseudo-header, so the outer destination's
+/// change is folded in too. Informational ICMPv6 (neighbour discovery, echo)
+/// passes untouched. A BPF function of its own, and the translated error is
+/// left to the kernel to route: errors are rare, and the forwarding path's
+/// stack would not hold this one's too.
+#[inline(never)]
+pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let icmp = L3 + IPV6_HDR_LEN;
+    let inner = icmp + ICMP_HDR_LEN;
+    let inner_l4 = inner + IPV6_HDR_LEN;
+    let not_ours = PacketEvent::PassedNotOurs;
+    let outer_version = read::<u8>(ctx, L3).ok_or(not_ours)?;
+    let kind = read::<u8>(ctx, icmp).ok_or(not_ours)?;
+    if outer_version >> 4 != 6 || kind == 0 || kind > ICMPV6_ERROR_MAX {
+        return Err(not_ours);
+    }
+    let version = read::<u8>(ctx, inner).ok_or(not_ours)?;
+    let proto = read::<u8>(ctx, inner + IPV6_NEXT_HEADER).ok_or(not_ours)?;
+    if version >> 4 != 6 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Err(not_ours);
+    }
+    let quoted = FlowKey6 {
+        src_addr_be: read(ctx, inner + IPV6_SRC).ok_or(not_ours)?,
+        dst_addr_be: read(ctx, inner + IPV6_DST).ok_or(not_ours)?,
+        src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
+        dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
+        proto,
+        _pad: [0; 3],
+    };
+    let reversed = FlowKey6 {
+        src_addr_be: quoted.dst_addr_be,
+        dst_addr_be: quoted.src_addr_be,
+        src_port_be: quoted.dst_port_be,
+        dst_port_be: quoted.src_port_be,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = maps::FLOWS6.get_ptr(reversed) else {
+        return Err(not_ours);
+    };
+    // SAFETY: copied out at once.
+    let flow = unsafe { *entry };
+    let (src, dst) = (flow.new_dst_addr_be, flow.new_src_addr_be);
+    let (sport, dport) = (flow.new_dst_port_be, flow.new_src_port_be);
+    let mut icmp_csum: u16 = read(ctx, icmp + 2).ok_or(not_ours)?;
+    if proto == PROTO_UDP {
+        let old: u16 = read(ctx, inner_l4 + UDP_CSUM).ok_or(not_ours)?;
+        let mut udp = csum::replace_addr(old, &quoted.src_addr_be, &src);
+        udp = csum::replace_addr(udp, &quoted.dst_addr_be, &dst);
+        udp = csum::replace_u16(udp, quoted.src_port_be, sport);
+        udp = csum::replace_u16(udp, quoted.dst_port_be, dport);
+        if udp == 0 {
+            udp = 0xffff;
+        }
+        write(ctx, inner_l4 + UDP_CSUM, udp).ok_or(not_ours)?;
+        icmp_csum = csum::replace_u16(icmp_csum, old, udp);
+    }
+    write(ctx, inner_l4 + L4_SRC_PORT, sport).ok_or(not_ours)?;
+    write(ctx, inner_l4 + L4_DST_PORT, dport).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.src_port_be, sport);
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.dst_port_be, dport);
+    write(ctx, inner + IPV6_SRC, src).ok_or(not_ours)?;
+    write(ctx, inner + IPV6_DST, dst).ok_or(not_ours)?;
+    icmp_csum = csum::replace_addr(icmp_csum, &quoted.src_addr_be, &src);
+    icmp_csum = csum::replace_addr(icmp_csum, &quoted.dst_addr_be, &dst);
+
+    // The outer header now goes to the original sender.
+    let outer_dst: [u32; 4] = read(ctx, L3 + IPV6_DST).ok_or(not_ours)?;
+    write(ctx, L3 + IPV6_DST, src).ok_or(not_ours)?;
+    icmp_csum = csum::replace_addr(icmp_csum, &outer_dst, &src);
+    write(ctx, icmp + 2, icmp_csum).ok_or(not_ours)?;
+
+    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_event(PacketEvent::IcmpErrorTranslated);
+    Ok(xdp_action::XDP_PASS)
 }

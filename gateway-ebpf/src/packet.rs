@@ -31,6 +31,10 @@ pub const IPV6_HOP_BY_HOP: u8 = 0;
 pub const IPV6_ROUTING: u8 = 43;
 pub const IPV6_FRAGMENT: u8 = 44;
 pub const IPV6_DEST_OPTIONS: u8 = 60;
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 errors (destination unreachable, packet too big, time exceeded):
+/// types 1 to 3. Informational messages (neighbour discovery...) are 128 and up.
+pub const ICMPV6_ERROR_MAX: u8 = 3;
 /// Offsets inside the TCP and UDP headers.
 pub const L4_SRC_PORT: usize = 0;
 pub const L4_DST_PORT: usize = 2;

@@ -1098,3 +1098,94 @@ fn an_ipv6_backend_removed_and_added_back_moves_only_its_own_flows() {
         "{again} of 200 new flows on B again"
     );
 }
+
+/// An ICMPv6 error from `from` to `to` quoting all of `quoted`'s IPv6 packet
+/// (an Ethernet frame built by `packet6`), its checksum over the pseudo-header.
+fn icmp6_error(from: Ipv6Addr, to: Ipv6Addr, kind: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280 for packet too big
+    icmp.extend_from_slice(&quoted[14..]);
+    let mut p = packet6(UDP, (from, 0), (to, 0), 0, &vec![0; icmp.len() - 8]);
+    p[20] = 58;
+    p[54..].copy_from_slice(&icmp);
+    let csum = icmp6_checksum(&p);
+    p[56..58].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// The ICMPv6 checksum `p` should carry (computed with its field zeroed).
+fn icmp6_checksum(p: &[u8]) -> u16 {
+    let mut icmp = p[54..].to_vec();
+    icmp[2] = 0;
+    icmp[3] = 0;
+    let mut pseudo = p[22..54].to_vec();
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    fold(sum16(&icmp, sum16(&pseudo, 0)))
+}
+
+#[test]
+fn icmpv6_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
+    if !require_root("icmpv6_errors_about_a_tracked_flow") {
+        return;
+    }
+    let loaded = load();
+    let router = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 9);
+    for (proto, client) in [(TCP, (CLIENT6, 40500)), (UDP, (CLIENT6, 5500))] {
+        let first = packet6(proto, client, (LISTENER6, 9000), SYN, b"data");
+        let (_, sent) = loaded.run(&first);
+        let nat = src6(&sent);
+        // A router towards the backend: "packet too big" to the NAT address.
+        let (action, out) = loaded.run(&icmp6_error(router, nat.0, 2, &sent));
+        assert_eq!(action, XDP_PASS, "translated, for the kernel to route");
+        assert_eq!(
+            &out[22..38],
+            &router.octets(),
+            "the router stays the sender"
+        );
+        assert_eq!(&out[38..54], &CLIENT6.octets(), "to the client");
+        let csum = u16::from_be_bytes([out[56], out[57]]);
+        assert_eq!(csum, icmp6_checksum(&out), "{proto}: ICMPv6 checksum");
+        let quote = &out[62..];
+        assert_eq!(
+            quote[..44],
+            first[14..58],
+            "{proto}: the client's own header and ports"
+        );
+        if proto == UDP {
+            assert_eq!(quote[46..48], first[60..62], "quoted UDP checksum");
+        }
+        // And from the client's side: a router there tells the backend.
+        let (_, reply) = loaded.run(&packet6(proto, (BACKEND6, 7000), nat, SYN | ACK, b"r"));
+        let (_, out) = loaded.run(&icmp6_error(router, LISTENER6, 3, &reply));
+        assert_eq!(&out[38..54], &BACKEND6.octets(), "to the backend");
+        assert_eq!(u16::from_be_bytes([out[56], out[57]]), icmp6_checksum(&out));
+        // The quote: what the backend sent, to the NAT address and port.
+        assert_eq!(&out[70..86], &BACKEND6.octets());
+        assert_eq!(&out[86..102], &nat.0.octets());
+        let ports = [7000u16.to_be_bytes(), nat.1.to_be_bytes()].concat();
+        assert_eq!(&out[102..106], &ports[..]);
+    }
+    assert_eq!(
+        loaded.events(gateway_common::PacketEvent::IcmpErrorTranslated),
+        4
+    );
+    // Errors about no tracked flow, ICMPv6 that is no error, and truncated
+    // errors pass untouched.
+    let stranger = packet6(TCP, (CLIENT6, 1), (BACKEND6, 7000), SYN, b"");
+    assert!(untouched(
+        &loaded,
+        &icmp6_error(router, CLIENT6, 1, &stranger)
+    ));
+    assert!(untouched(
+        &loaded,
+        &icmp6_error(router, LISTENER6, 128, &stranger)
+    ));
+    let (_, sent) = loaded.run(&packet6(TCP, (CLIENT6, 40600), (LISTENER6, 9000), SYN, b""));
+    let error = icmp6_error(router, src6(&sent).0, 1, &sent);
+    for len in 14..106 {
+        assert!(
+            untouched(&loaded, &error[..len]),
+            "truncated error, {len} bytes"
+        );
+    }
+}
