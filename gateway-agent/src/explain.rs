@@ -450,7 +450,7 @@ fn explain_l4(
         .l4
         .iter()
         .filter(|l| l.protocol == protocol && l.port == port)
-        .filter(|l| addr.is_none_or(|a| a == IpAddr::V4(l.addr)));
+        .filter(|l| addr.is_none_or(|a| a == l.addr));
     let Some(listener) = listeners.next() else {
         explanation.outcome = format!(
             "no {protocol:?} listener on port {port}: the XDP program passes the packets to the kernel"

@@ -43,7 +43,7 @@ pub enum L4Protocol {
 /// A TCP or UDP listener address with the one route the kernel forwards it to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct L4Listener {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: L4Protocol,
     pub route: RouteRef,

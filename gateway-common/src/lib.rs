@@ -17,9 +17,14 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     pub const ROUTE_STATS: &str = "ROUTE_STATS";
     pub const XDP_STATS: &str = "XDP_STATS";
+    /// The IPv6 counterparts of `LISTENERS`, `BACKENDS` and `FLOWS`; routes,
+    /// tables and counters are shared (an IPv6 listener's route has its own id).
+    pub const LISTENERS6: &str = "LISTENERS6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const FLOWS6: &str = "FLOWS6";
 
     /// The maps a restarted agent adopts from their pins (the forwarding state).
-    pub const ADOPTED: [&str; 8] = [
+    pub const ADOPTED: [&str; 11] = [
         LISTENERS,
         ROUTES,
         MAGLEV_TABLES,
@@ -28,6 +33,9 @@ pub mod maps {
         FLOWS,
         ROUTE_STATS,
         XDP_STATS,
+        LISTENERS6,
+        BACKENDS6,
+        FLOWS6,
     ];
 }
 
@@ -35,6 +43,11 @@ pub mod maps {
 pub const MAX_ROUTES: u32 = 1024;
 pub const MAX_LISTENERS: u32 = 4096;
 pub const MAX_FLOWS: u32 = 262_144;
+/// IPv6 flows take 96 bytes of key and value instead of 48: a smaller map.
+pub const MAX_FLOWS6: u32 = 65_536;
+/// IPv6 backends of all tables together (`BACKENDS6` is a hash map keyed like
+/// `BACKENDS`, so that the address family nobody uses costs no memory).
+pub const MAX_BACKENDS6: u32 = 16_384;
 /// Slots of a route's Maglev lookup table: prime (Maglev's permutations need it).
 /// 4093 slots keep every backend of up to 40 within 1% of its weighted share
 /// (one slot is 0.025% of traffic) at 8 KiB a table; see docs/l4-dataplane.md.
@@ -58,15 +71,41 @@ pub const NAT_PORT_PROBES: u32 = 32;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// An IPv6 address as four 32-bit words in network byte order (the raw
+/// header bytes read as native integers, like the IPv4 `u32`s).
+pub type Addr6 = [u32; 4];
+
+/// What the L4 types are generic over: an IPv4 (`u32`) or IPv6 (`Addr6`) address.
+pub trait Address: Copy + Default + Eq + Ord + core::hash::Hash + core::fmt::Debug {
+    /// The address's 32-bit words, for checksums and hashing.
+    fn words(&self) -> &[u32];
+}
+
+impl Address for u32 {
+    #[inline(always)]
+    fn words(&self) -> &[u32] {
+        core::slice::from_ref(self)
+    }
+}
+
+impl Address for Addr6 {
+    #[inline(always)]
+    fn words(&self) -> &[u32] {
+        self
+    }
+}
+
 /// A Gateway listener as the kernel sees it: destination address, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ListenerKey {
-    pub addr_be: u32,
+pub struct ListenerKeyOf<A> {
+    pub addr_be: A,
     pub port_be: u16,
     pub proto: u8,
     pub _pad: u8,
 }
+pub type ListenerKey = ListenerKeyOf<u32>;
+pub type ListenerKey6 = ListenerKeyOf<Addr6>;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,32 +151,36 @@ pub struct RouteName {
 /// One backend endpoint, and the node address used as the source towards it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendValue {
-    pub addr_be: u32,
-    pub snat_addr_be: u32,
+pub struct BackendOf<A> {
+    pub addr_be: A,
+    pub snat_addr_be: A,
     pub port_be: u16,
     pub _pad: u16,
 }
+pub type BackendValue = BackendOf<u32>;
+pub type BackendValue6 = BackendOf<Addr6>;
 
 /// A directional 5-tuple, as read from a packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlowKey {
-    pub src_addr_be: u32,
-    pub dst_addr_be: u32,
+pub struct FlowKeyOf<A> {
+    pub src_addr_be: A,
+    pub dst_addr_be: A,
     pub src_port_be: u16,
     pub dst_port_be: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
+pub type FlowKey = FlowKeyOf<u32>;
+pub type FlowKey6 = FlowKeyOf<Addr6>;
 
 /// How to rewrite a packet of a tracked flow. Each flow has two entries: the
 /// client → listener direction and the backend → node (reply) direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowValue {
-    pub new_src_addr_be: u32,
-    pub new_dst_addr_be: u32,
+pub struct FlowValueOf<A> {
+    pub new_src_addr_be: A,
+    pub new_dst_addr_be: A,
     pub new_src_port_be: u16,
     pub new_dst_port_be: u16,
     pub route_id: u32,
@@ -148,6 +191,8 @@ pub struct FlowValue {
     /// to within `FLOW_TOUCH_NS`, so that busy flows do not write per packet).
     pub last_seen_ns: u64,
 }
+pub type FlowValue = FlowValueOf<u32>;
+pub type FlowValue6 = FlowValueOf<Addr6>;
 
 /// Set on the entry of the client → backend direction.
 pub const FLOW_ORIGINAL: u32 = 1;
@@ -194,7 +239,8 @@ pub struct RouteStats {
 pub enum PacketEvent {
     /// Too short to parse, or a protocol we do not handle: passed to the kernel.
     PassedNotOurs = 0,
-    /// IPv4 fragment or options: passed to the kernel.
+    /// IPv4 fragment or options, IPv6 extension header (fragment, hop-by-hop,
+    /// routing, destination options): passed to the kernel.
     PassedFragmentOrOptions = 1,
     /// Destination is a listener but the packet starts no flow (e.g. a TCP
     /// segment without SYN for an unknown flow): passed to the kernel.
@@ -256,10 +302,15 @@ impl PacketEvent {
 /// The flow hash that picks a backend slot and the first NAT port to try.
 /// Shared so that host tests can predict the kernel's choice.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
+pub fn flow_hash<A: Address>(key: &FlowKeyOf<A>) -> u32 {
     let ports = ((key.src_port_be as u32) << 16) | key.dst_port_be as u32;
-    let mut h = mix(key.src_addr_be ^ 0x9e37_79b9);
-    h = mix(h ^ key.dst_addr_be);
+    let mut h = 0x9e37_79b9;
+    for word in key.src_addr_be.words() {
+        h = mix(h ^ word);
+    }
+    for word in key.dst_addr_be.words() {
+        h = mix(h ^ word);
+    }
     h = mix(h ^ ports);
     mix(h ^ key.proto as u32)
 }
@@ -283,6 +334,10 @@ const _: () = assert!(size_of::<BackendValue>() == 12);
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowValue>() == 32);
 const _: () = assert!(size_of::<RouteStats>() == 32);
+const _: () = assert!(size_of::<ListenerKey6>() == 20);
+const _: () = assert!(size_of::<BackendValue6>() == 36);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<FlowValue6>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -298,6 +353,10 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for RouteStats {}
+    unsafe impl aya::Pod for ListenerKey6 {}
+    unsafe impl aya::Pod for BackendValue6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for FlowValue6 {}
 }
 
 /// TLS passthrough splice: the `sk_skb` stream verdict program and its maps.

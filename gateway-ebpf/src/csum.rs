@@ -3,6 +3,8 @@
 //! Values are the raw header bytes read as native integers; one's-complement
 //! addition does not depend on byte order, so no swapping is needed.
 
+use gateway_common::Address;
+
 #[inline(always)]
 fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
@@ -25,5 +27,16 @@ pub fn replace_u32(csum: u16, old: u32, new: u32) -> u16 {
 #[inline(always)]
 pub fn replace_u16(csum: u16, old: u16, new: u16) -> u16 {
     let sum = (!csum) as u32 + (!old) as u32 + new as u32;
+    !fold(sum)
+}
+
+/// Checksum after an address (one word for IPv4, four for IPv6) changed.
+#[inline(always)]
+pub fn replace_addr<A: Address>(csum: u16, old: &A, new: &A) -> u16 {
+    let mut sum = (!csum) as u32;
+    for (old, new) in old.words().iter().zip(new.words()) {
+        sum += (!(*old as u16)) as u32 + (!((*old >> 16) as u16)) as u32;
+        sum += (*new & 0xffff) + (*new >> 16);
+    }
     !fold(sum)
 }

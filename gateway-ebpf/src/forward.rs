@@ -1,8 +1,10 @@
 //! L4 forwarding: match a tracked flow or a listener, pick a backend, rewrite
 //! addresses and ports (DNAT + SNAT), and send the packet on with a FIB lookup.
+//! IPv4 and IPv6 share this code through `Family`.
 //!
-//! What this program does not own (non-IPv4, fragments, IP options, other
-//! protocols, non-listener traffic) is passed to the kernel untouched.
+//! What this program does not own (other EtherTypes, IPv4 fragments and
+//! options, IPv6 extension headers and ICMPv6, other protocols, non-listener
+//! traffic) is passed to the kernel untouched.
 
 use aya_ebpf::{
     bindings::{
@@ -13,15 +15,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BackendValue, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE, FLOW_CLOSING, FLOW_FIN_ORIGINAL,
-    FLOW_FIN_REPLY, FLOW_FINISHED, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKey, FlowValue, ListenerKey,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN,
-    NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+    Address, BackendOf, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE, FLOW_CLOSING,
+    FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY, FLOW_FINISHED, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKeyOf,
+    FlowValueOf, ListenerKeyOf, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_TABLES,
+    NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
 };
 
-use crate::{config, csum, debug_log, icmp, maps, packet::*};
+use crate::{
+    config, csum,
+    debug_log::LogAddress as _,
+    family::{Family, V4, V6},
+    icmp, maps,
+    packet::*,
+};
 
-const AF_INET: u8 = 2;
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     match dispatch(ctx) {
@@ -33,48 +40,48 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// IPv4 straight after the Ethernet header, or after one VLAN tag. Each case
-/// is its own copy of the code with constant offsets, which the verifier
-/// follows more easily than a variable one.
+/// IPv4 or IPv6 straight after the Ethernet header, or after one VLAN tag.
+/// Each case is its own copy of the code with constant offsets, which the
+/// verifier follows more easily than a variable one.
 #[inline(always)]
 fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
     match ether_type {
-        ETH_P_IPV4 => try_handle::<ETH_HDR_LEN>(ctx),
+        ETH_P_IPV4 => try_handle::<ETH_HDR_LEN, V4>(ctx),
+        ETH_P_IPV6 => handle_v6::<ETH_HDR_LEN>(ctx),
         ETH_P_8021Q | ETH_P_8021AD => {
             let inner =
                 u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
-            if inner != ETH_P_IPV4 {
-                return Err(PacketEvent::PassedNotOurs);
+            match inner {
+                ETH_P_IPV4 => try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4>(ctx),
+                ETH_P_IPV6 => handle_v6::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx),
+                _ => Err(PacketEvent::PassedNotOurs),
             }
-            try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx)
         }
         _ => Err(PacketEvent::PassedNotOurs),
     }
 }
 
-/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
-/// `L3`: where the IPv4 header starts.
+/// ICMPv6 goes its own way, so that the forwarding path's stack and the
+/// error translation's are never on the stack together.
 #[inline(always)]
-fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
-    let l4 = L3 + IPV4_HDR_LEN;
-    let ver_ihl = read::<u8>(ctx, L3).ok_or(PacketEvent::PassedNotOurs)?;
-    if ver_ihl >> 4 != 4 {
-        return Err(PacketEvent::PassedNotOurs);
+fn handle_v6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    if read::<u8>(ctx, L3 + IPV6_NEXT_HEADER) == Some(PROTO_ICMPV6) {
+        return icmp::translate_error6::<L3>(ctx);
     }
-    let proto = read::<u8>(ctx, L3 + IPV4_PROTO).ok_or(PacketEvent::PassedNotOurs)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
-        return Err(PacketEvent::PassedNotOurs);
-    }
-    let frag =
-        u16::from_be(read::<u16>(ctx, L3 + IPV4_FRAG_OFF).ok_or(PacketEvent::PassedNotOurs)?);
-    // Options shift the L4 header; fragments after the first have no ports.
-    if ver_ihl & 0x0f != 5 || frag & 0x3fff != 0 {
-        return Err(PacketEvent::PassedFragmentOrOptions);
-    }
+    try_handle::<L3, V6>(ctx)
+}
+
+/// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
+/// `L3`: where the IP header starts. Each copy is its own BPF function: their
+/// stacks together would pass the 512-byte limit, one at a time they do not.
+#[inline(never)]
+fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let proto = F::l4_proto::<L3>(ctx)?;
     if proto == PROTO_ICMP {
         return icmp::translate_error::<L3>(ctx);
     }
+    let l4 = L3 + F::HDR_LEN;
     let l4_len = if proto == PROTO_TCP {
         TCP_HDR_MIN
     } else {
@@ -84,9 +91,9 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         return Err(PacketEvent::PassedNotOurs);
     }
 
-    let key = FlowKey {
-        src_addr_be: read(ctx, L3 + IPV4_SRC).ok_or(PacketEvent::PassedNotOurs)?,
-        dst_addr_be: read(ctx, L3 + IPV4_DST).ok_or(PacketEvent::PassedNotOurs)?,
+    let key = FlowKeyOf::<F::Addr> {
+        src_addr_be: F::src::<L3>(ctx).ok_or(PacketEvent::PassedNotOurs)?,
+        dst_addr_be: F::dst::<L3>(ctx).ok_or(PacketEvent::PassedNotOurs)?,
         src_port_be: read(ctx, l4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         dst_port_be: read(ctx, l4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         proto,
@@ -97,12 +104,12 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // A tracked flow, in either direction: rewrite as recorded.
-    if let Some(entry) = maps::FLOWS.get_ptr_mut(key) {
+    if let Some(entry) = F::flow(&key) {
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
         let flow = unsafe { *entry };
         if expired(proto, &flow, now) {
             // Handled below as a packet without a flow.
-            remove_pair(&key, &flow);
+            remove_pair::<F>(&key, &flow);
             maps::count_event(PacketEvent::FlowExpired);
         } else {
             let tcp_flags = if proto == PROTO_TCP {
@@ -111,14 +118,14 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
                 0
             };
             maps::count_route(flow.route_id, packet_len, false, false);
-            rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+            rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
             if tcp_flags & TCP_FLAG_RST != 0 {
                 if tcp_flags & TCP_FLAG_ACK == 0 && flow.flags & FLOW_ORIGINAL != 0 {
                     // A client in SYN-SENT resets the ACK a backend TIME_WAIT
                     // answered its SYN with (that kills the TIME_WAIT), then
                     // retransmits the SYN: keep the NAT port for it, now clean
                     // (closing: if no SYN comes, the port is free in 10 s).
-                    touch(
+                    touch::<F>(
                         &key,
                         entry,
                         &flow,
@@ -128,7 +135,7 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
                     );
                 } else {
                     // Both ends are done: free the entries (and the NAT port) now.
-                    remove_pair(&key, &flow);
+                    remove_pair::<F>(&key, &flow);
                 }
                 maps::count_event(PacketEvent::FlowReset);
             } else if tcp_flags & TCP_FLAG_FIN != 0 {
@@ -142,7 +149,7 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
                     if fin == FLOW_FIN_REPLY && flow.flags & FLOW_FIN_ORIGINAL == 0 {
                         add |= FLOW_BACKEND_CLOSED_FIRST;
                     }
-                    touch(&key, entry, &flow, now, add, 0);
+                    touch::<F>(&key, entry, &flow, now, add, 0);
                 }
             } else if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
                 && flow.flags & FLOW_CLOSE_STATE != 0
@@ -150,24 +157,22 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
                 // The client opens a new connection on the same 5-tuple: it
                 // keeps the flow's NAT port (the backend's TIME_WAIT accepts
                 // a SYN of the same client connection tuple), and is live again.
-                touch(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE);
+                touch::<F>(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE);
             } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
-                touch(&key, entry, &flow, now, 0, 0);
+                touch::<F>(&key, entry, &flow, now, 0, 0);
             }
-            return Ok(send::<L3>(ctx, &key, &flow));
+            return Ok(send::<L3, F>(ctx, &key, &flow));
         }
     }
 
-    let listener_key = ListenerKey {
+    let listener_key = ListenerKeyOf::<F::Addr> {
         addr_be: key.dst_addr_be,
         port_be: key.dst_port_be,
         proto,
         _pad: 0,
     };
-    let route_id = match maps::LISTENERS.get_ptr(listener_key) {
-        // SAFETY: plain copy of a u32 field.
-        Some(listener) => unsafe { (*listener).route_id },
-        None => return Err(PacketEvent::PassedNotOurs),
+    let Some(route_id) = F::listener(&listener_key) else {
+        return Err(PacketEvent::PassedNotOurs);
     };
     if proto == PROTO_TCP {
         let flags = read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
@@ -177,20 +182,24 @@ fn try_handle<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
         }
     }
 
-    let Some(flow) = open_flow(&key, route_id, now) else {
+    let Some(flow) = open_flow::<F>(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
-        debug_log::flow_dropped(ctx, &key, route_id);
+        F::Addr::flow_dropped(ctx, &key, route_id);
         return Ok(xdp_action::XDP_DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
-    debug_log::new_flow(ctx, &key, &flow);
-    rewrite::<L3>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send::<L3>(ctx, &key, &flow))
+    F::Addr::new_flow(ctx, &key, &flow);
+    rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+    Ok(send::<L3, F>(ctx, &key, &flow))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
 #[inline(always)]
-fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
+fn open_flow<F: Family>(
+    key: &FlowKeyOf<F::Addr>,
+    route_id: u32,
+    now: u64,
+) -> Option<FlowValueOf<F::Addr>> {
     // SAFETY: plain copy of a repr(C) value.
     let route = unsafe { *maps::ROUTES.get_ptr(route_id)? };
     if route.backend_count == 0
@@ -217,16 +226,14 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     }
-    let Some(backend) = maps::BACKENDS.get_ptr(route.table * MAX_BACKENDS_PER_ROUTE + index) else {
+    let Some(backend) = F::backend(route.table * MAX_BACKENDS_PER_ROUTE + index) else {
         maps::count_event(PacketEvent::DroppedNoBackend);
         return None;
     };
-    // SAFETY: copied out at once.
-    let backend = unsafe { *backend };
 
     // The reply direction's key must be unique: probe NAT ports until an insert
     // with BPF_NOEXIST succeeds.
-    let reply = FlowValue {
+    let reply = FlowValueOf::<F::Addr> {
         new_src_addr_be: key.dst_addr_be,
         new_dst_addr_be: key.src_addr_be,
         new_src_port_be: key.dst_port_be,
@@ -239,7 +246,7 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
     let start = hash >> 8;
     // Odd and below NAT_PORT_COUNT: successive probes land far apart.
     let stride = ((hash >> 3) % (NAT_PORT_COUNT as u32 / 2)) | 1;
-    let mut reply_key = FlowKey {
+    let mut reply_key = FlowKeyOf::<F::Addr> {
         src_addr_be: backend.addr_be,
         dst_addr_be: backend.snat_addr_be,
         src_port_be: backend.port_be,
@@ -254,8 +261,10 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
         let port = NAT_PORT_MIN
             + (start.wrapping_add(probe.wrapping_mul(stride)) % NAT_PORT_COUNT as u32) as u16;
         reply_key.dst_port_be = port.to_be();
-        match claim(&reply_key, &reply, now, false) {
-            Claim::Claimed => return record_original(key, &reply_key, route_id, &backend, now),
+        match claim::<F>(&reply_key, &reply, now, false) {
+            Claim::Claimed => {
+                return record_original::<F>(key, &reply_key, route_id, &backend, now);
+            }
             Claim::TimeWait if time_wait_port == 0 => time_wait_port = port,
             _ => {}
         }
@@ -267,8 +276,8 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
     // retransmit for sure.
     if time_wait_port != 0 {
         reply_key.dst_port_be = time_wait_port.to_be();
-        if claim(&reply_key, &reply, now, true) == Claim::Claimed {
-            return record_original(key, &reply_key, route_id, &backend, now);
+        if claim::<F>(&reply_key, &reply, now, true) == Claim::Claimed {
+            return record_original::<F>(key, &reply_key, route_id, &backend, now);
         }
     }
     maps::count_event(PacketEvent::DroppedNatPortsExhausted);
@@ -277,14 +286,14 @@ fn open_flow(key: &FlowKey, route_id: u32, now: u64) -> Option<FlowValue> {
 
 /// Writes the client → backend entry of a flow whose reply entry is claimed.
 #[inline(always)]
-fn record_original(
-    key: &FlowKey,
-    reply_key: &FlowKey,
+fn record_original<F: Family>(
+    key: &FlowKeyOf<F::Addr>,
+    reply_key: &FlowKeyOf<F::Addr>,
     route_id: u32,
-    backend: &BackendValue,
+    backend: &BackendOf<F::Addr>,
     now: u64,
-) -> Option<FlowValue> {
-    let original = FlowValue {
+) -> Option<FlowValueOf<F::Addr>> {
+    let original = FlowValueOf::<F::Addr> {
         new_src_addr_be: backend.snat_addr_be,
         new_dst_addr_be: backend.addr_be,
         new_src_port_be: reply_key.dst_port_be,
@@ -294,8 +303,8 @@ fn record_original(
         _pad: 0,
         last_seen_ns: now,
     };
-    if maps::FLOWS.insert(key, original, BPF_ANY as u64).is_err() {
-        let _ = maps::FLOWS.remove(*reply_key);
+    if !F::insert_flow(key, &original, BPF_ANY) {
+        F::remove_flow(reply_key);
         return None;
     }
     Some(original)
@@ -317,14 +326,16 @@ enum Claim {
 /// connection on that tuple gets its SYN accepted only if its sequence number
 /// or timestamp is above the old one's, a coin toss with another client port.
 #[inline(always)]
-fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64, take_time_wait: bool) -> Claim {
-    if maps::FLOWS
-        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+fn claim<F: Family>(
+    reply_key: &FlowKeyOf<F::Addr>,
+    reply: &FlowValueOf<F::Addr>,
+    now: u64,
+    take_time_wait: bool,
+) -> Claim {
+    if F::insert_flow(reply_key, reply, BPF_NOEXIST) {
         return Claim::Claimed;
     }
-    let Some(occupant) = maps::FLOWS.get_ptr(*reply_key) else {
+    let Some(occupant) = F::flow(reply_key) else {
         return Claim::Busy;
     };
     // SAFETY: copied out at once.
@@ -336,11 +347,8 @@ fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64, take_time_wait: bool)
     } else if occupant.flags & FLOW_BACKEND_CLOSED_FIRST != 0 && !take_time_wait {
         return Claim::TimeWait;
     }
-    remove_pair(reply_key, &occupant);
-    if maps::FLOWS
-        .insert(*reply_key, *reply, BPF_NOEXIST as u64)
-        .is_ok()
-    {
+    remove_pair::<F>(reply_key, &occupant);
+    if F::insert_flow(reply_key, reply, BPF_NOEXIST) {
         Claim::Claimed
     } else {
         Claim::Busy
@@ -348,7 +356,7 @@ fn claim(reply_key: &FlowKey, reply: &FlowValue, now: u64, take_time_wait: bool)
 }
 
 #[inline(always)]
-fn expired(proto: u8, flow: &FlowValue, now: u64) -> bool {
+fn expired<A>(proto: u8, flow: &FlowValueOf<A>, now: u64) -> bool {
     let timeout = if flow.flags & FLOW_CLOSING != 0 {
         config::tcp_closing_ns()
     } else if proto == PROTO_UDP {
@@ -362,8 +370,8 @@ fn expired(proto: u8, flow: &FlowValue, now: u64) -> bool {
 /// The key of the other direction of the flow whose entry `flow` is: the
 /// rewritten packet's tuple, reversed.
 #[inline(always)]
-pub fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
-    FlowKey {
+fn partner_key<A: Address>(key: &FlowKeyOf<A>, flow: &FlowValueOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf {
         src_addr_be: flow.new_dst_addr_be,
         dst_addr_be: flow.new_src_addr_be,
         src_port_be: flow.new_dst_port_be,
@@ -376,7 +384,7 @@ pub fn partner_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
 /// Whether `other`, found at `key`'s partner key, points back at `key`: the
 /// other half of the same flow, not a newer flow that reused a NAT port.
 #[inline(always)]
-fn is_partner(key: &FlowKey, other: &FlowValue) -> bool {
+fn is_partner<A: Address>(key: &FlowKeyOf<A>, other: &FlowValueOf<A>) -> bool {
     other.new_src_addr_be == key.dst_addr_be
         && other.new_dst_addr_be == key.src_addr_be
         && other.new_src_port_be == key.dst_port_be
@@ -385,25 +393,25 @@ fn is_partner(key: &FlowKey, other: &FlowValue) -> bool {
 
 /// Removes both directions of a flow.
 #[inline(always)]
-fn remove_pair(key: &FlowKey, flow: &FlowValue) {
+fn remove_pair<F: Family>(key: &FlowKeyOf<F::Addr>, flow: &FlowValueOf<F::Addr>) {
     let partner = partner_key(key, flow);
-    if let Some(other) = maps::FLOWS.get_ptr(partner) {
+    if let Some(other) = F::flow(&partner) {
         // SAFETY: copied out at once.
         let other = unsafe { *other };
         if is_partner(key, &other) {
-            let _ = maps::FLOWS.remove(partner);
+            F::remove_flow(&partner);
         }
     }
-    let _ = maps::FLOWS.remove(*key);
+    F::remove_flow(key);
 }
 
 /// Records activity (and sets `add_flags`, clears `clear_flags`) in both
 /// directions' entries.
 #[inline(always)]
-fn touch(
-    key: &FlowKey,
-    entry: *mut FlowValue,
-    flow: &FlowValue,
+fn touch<F: Family>(
+    key: &FlowKeyOf<F::Addr>,
+    entry: *mut FlowValueOf<F::Addr>,
+    flow: &FlowValueOf<F::Addr>,
     now: u64,
     add_flags: u32,
     clear_flags: u32,
@@ -413,7 +421,7 @@ fn touch(
         (*entry).last_seen_ns = now;
         (*entry).flags = ((*entry).flags & !clear_flags) | add_flags;
     }
-    if let Some(other) = maps::FLOWS.get_ptr_mut(partner_key(key, flow)) {
+    if let Some(other) = F::flow(&partner_key(key, flow)) {
         // SAFETY: a live map value; plain stores.
         unsafe {
             if is_partner(key, &*other) {
@@ -424,27 +432,24 @@ fn touch(
     }
 }
 
-/// Rewrites addresses and ports, updating the IPv4 and L4 checksums incrementally.
+/// Rewrites addresses and ports, updating the checksums incrementally.
 #[inline(always)]
-fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> Option<()> {
-    let ip_csum_off = L3 + IPV4_CSUM;
-    let mut ip_csum: u16 = read(ctx, ip_csum_off)?;
-    ip_csum = csum::replace_u32(ip_csum, key.src_addr_be, flow.new_src_addr_be);
-    ip_csum = csum::replace_u32(ip_csum, key.dst_addr_be, flow.new_dst_addr_be);
-    write(ctx, ip_csum_off, ip_csum)?;
-    write(ctx, L3 + IPV4_SRC, flow.new_src_addr_be)?;
-    write(ctx, L3 + IPV4_DST, flow.new_dst_addr_be)?;
-
+fn rewrite<const L3: usize, F: Family>(
+    ctx: &XdpContext,
+    key: &FlowKeyOf<F::Addr>,
+    flow: &FlowValueOf<F::Addr>,
+) -> Option<()> {
+    F::rewrite_addresses::<L3>(ctx, key, flow)?;
     let l4_csum_off = if key.proto == PROTO_TCP {
-        (L3 + IPV4_HDR_LEN) + TCP_CSUM
+        (L3 + F::HDR_LEN) + TCP_CSUM
     } else {
-        (L3 + IPV4_HDR_LEN) + UDP_CSUM
+        (L3 + F::HDR_LEN) + UDP_CSUM
     };
     let old: u16 = read(ctx, l4_csum_off)?;
-    // A zero UDP checksum means "none": leave it so.
+    // A zero UDP checksum means "none" (IPv4 only): leave it so.
     if key.proto == PROTO_TCP || old != 0 {
-        let mut l4 = csum::replace_u32(old, key.src_addr_be, flow.new_src_addr_be);
-        l4 = csum::replace_u32(l4, key.dst_addr_be, flow.new_dst_addr_be);
+        let mut l4 = csum::replace_addr(old, &key.src_addr_be, &flow.new_src_addr_be);
+        l4 = csum::replace_addr(l4, &key.dst_addr_be, &flow.new_dst_addr_be);
         l4 = csum::replace_u16(l4, key.src_port_be, flow.new_src_port_be);
         l4 = csum::replace_u16(l4, key.dst_port_be, flow.new_dst_port_be);
         if key.proto == PROTO_UDP && l4 == 0 {
@@ -452,8 +457,8 @@ fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -
         }
         write(ctx, l4_csum_off, l4)?;
     }
-    write(ctx, (L3 + IPV4_HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
-    write(ctx, (L3 + IPV4_HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
+    write(ctx, (L3 + F::HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
+    write(ctx, (L3 + F::HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
     Some(())
 }
 
@@ -461,8 +466,11 @@ fn rewrite<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -
 /// knows the next hop, else back to the kernel to route (local destination, or
 /// a neighbour not yet resolved).
 #[inline(always)]
-pub fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) -> u32 {
-    let proto = key.proto;
+pub fn send<const L3: usize, F: Family>(
+    ctx: &XdpContext,
+    key: &FlowKeyOf<F::Addr>,
+    flow: &FlowValueOf<F::Addr>,
+) -> u32 {
     if L3 != ETH_HDR_LEN {
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
         // redirect to; the kernel forwards the rewritten packet.
@@ -471,14 +479,11 @@ pub fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) 
     }
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = proto;
+    F::fib_query::<L3>(ctx, &mut params, flow);
+    params.l4_protocol = key.proto;
     params.sport = flow.new_src_port_be;
     params.dport = flow.new_dst_port_be;
-    params.__bindgen_anon_1.tot_len = read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be);
     params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_3.ipv4_src = flow.new_src_addr_be;
-    params.__bindgen_anon_4.ipv4_dst = flow.new_dst_addr_be;
 
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
     let rc = unsafe {
@@ -490,13 +495,11 @@ pub fn send<const L3: usize>(ctx: &XdpContext, key: &FlowKey, flow: &FlowValue) 
         )
     };
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        let frag = read::<u16>(ctx, L3 + IPV4_FRAG_OFF).map_or(0, u16::from_be);
-        if frag & IPV4_DONT_FRAGMENT != 0 {
-            // SAFETY: the FIB wrote mtu_result for this return code.
-            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-            return icmp::frag_needed(ctx, key, mtu);
+        // SAFETY: the FIB wrote mtu_result for this return code.
+        let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        if let Some(action) = F::too_big::<L3>(ctx, key, mtu) {
+            return action;
         }
-        // The kernel may fragment it.
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         maps::count_event(PacketEvent::RewrittenPassed);

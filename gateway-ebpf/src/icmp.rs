@@ -9,9 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use gateway_common::{FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
+use gateway_common::{FlowKey, FlowKey6, FlowValue, PROTO_TCP, PROTO_UDP, PacketEvent};
 
-use crate::{csum, forward, maps, packet::*};
+use crate::{csum, family::V4, forward, maps, packet::*};
 
 const IP: usize = ETH_HDR_LEN;
 const ICMP: usize = IP + IPV4_HDR_LEN;
@@ -104,6 +104,95 @@ fn build(ctx: &XdpContext, key: &FlowKey, mtu: u16) -> Option<()> {
     let icmp = checksum(sum::<{ (TOTAL - ICMP) / 2 }>(ctx, ICMP)?);
     write(ctx, ICMP + 2, icmp)?;
     Some(())
+}
+
+const IP6: usize = ETH_HDR_LEN;
+const ICMP6: usize = IP6 + IPV6_HDR_LEN;
+const INNER_IP6: usize = ICMP6 + ICMP_HDR_LEN;
+const INNER_L4_6: usize = INNER_IP6 + IPV6_HDR_LEN;
+const TOTAL6: usize = INNER_L4_6 + 8;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
+/// The IPv6 `frag_needed`: the packet turned into an ICMPv6 "packet too big"
+/// to its sender, quoting its IPv6 header and first 8 bytes of L4 as sent.
+/// Its own BPF function (rare, and the forwarding path's stack is near the
+/// 512-byte limit).
+#[inline(never)]
+pub fn packet_too_big(ctx: &XdpContext, key: &FlowKey6, mtu: u16) -> u32 {
+    match build6(ctx, key, mtu) {
+        Some(()) => {
+            maps::count_event(PacketEvent::IcmpFragNeededSent);
+            xdp_action::XDP_PASS
+        }
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn build6(ctx: &XdpContext, key: &FlowKey6, mtu: u16) -> Option<()> {
+    let mac_header: [u8; 12] = read(ctx, 0)?;
+    let grow = (IPV6_HDR_LEN + ICMP_HDR_LEN) as i32;
+    // SAFETY: plain helper call on our context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return None;
+    }
+    let payload = usize::from(u16::from_be(read::<u16>(
+        ctx,
+        INNER_IP6 + IPV6_PAYLOAD_LEN,
+    )?));
+    let inner_len = IPV6_HDR_LEN + payload;
+    if inner_len < TOTAL6 - INNER_IP6 {
+        return None;
+    }
+    let shrink = (INNER_IP6 + inner_len - TOTAL6) as i32;
+    // SAFETY: plain helper call; shrinks the frame to the ICMPv6 message.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -shrink) } != 0 {
+        return None;
+    }
+
+    write(ctx, 0, mac_header)?;
+    write(ctx, 12, ETH_P_IPV6.to_be())?;
+
+    // The quote as the sender sent it (no IPv6 header checksum to fix).
+    write(ctx, INNER_IP6 + IPV6_SRC, key.src_addr_be)?;
+    write(ctx, INNER_IP6 + IPV6_DST, key.dst_addr_be)?;
+    write(ctx, INNER_L4_6 + L4_SRC_PORT, key.src_port_be)?;
+    write(ctx, INNER_L4_6 + L4_DST_PORT, key.dst_port_be)?;
+
+    // From the gateway address the sender talks to, back to the sender.
+    let icmp_len = (TOTAL6 - ICMP6) as u16;
+    let header: [u8; 8] = [0x60, 0, 0, 0, 0, icmp_len as u8, PROTO_ICMPV6, 64];
+    write(ctx, IP6, header)?;
+    write(ctx, IP6 + IPV6_SRC, key.dst_addr_be)?;
+    write(ctx, IP6 + IPV6_DST, key.src_addr_be)?;
+    let kind = [ICMPV6_PACKET_TOO_BIG, 0];
+    write(ctx, ICMP6, kind)?;
+    write(ctx, ICMP6 + 2, 0u16)?;
+    let mtu_be = u32::from(mtu).to_be();
+    write(ctx, ICMP6 + 4, mtu_be)?;
+    // The checksum covers a pseudo-header (both addresses, length, next
+    // header) and the message. Summed from the values written where they
+    // are known, reading only the quote's other bytes: the stack is tight.
+    let addresses = words_sum(&key.src_addr_be) + words_sum(&key.dst_addr_be);
+    let mut total = 2 * addresses
+        + u32::from(icmp_len.to_be())
+        + u32::from(u16::from(PROTO_ICMPV6).to_be())
+        + u32::from(u16::from_ne_bytes(kind))
+        + words_sum(&[mtu_be]);
+    total += sum::<4>(ctx, INNER_IP6)?;
+    total += u32::from(key.src_port_be) + u32::from(key.dst_port_be);
+    total += sum::<2>(ctx, INNER_L4_6 + 4)?;
+    write(ctx, ICMP6 + 2, checksum(total))
+}
+
+/// One's-complement sum of the 16-bit halves of `words`.
+#[inline(always)]
+fn words_sum(words: &[u32]) -> u32 {
+    let mut total = 0;
+    for word in words {
+        total += (word & 0xffff) + (word >> 16);
+    }
+    total
 }
 
 /// One's-complement sum of `WORDS` 16-bit words from `offset` (byte order
@@ -233,5 +322,86 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         proto: PROTO_ICMP,
         ..FlowKey::default()
     };
-    Ok(forward::send::<L3>(ctx, &key, &route))
+    Ok(forward::send::<L3, V4>(ctx, &key, &route))
+}
+
+/// The IPv6 `translate_error`: an ICMPv6 error (destination unreachable,
+/// packet too big, time exceeded) quoting a tracked flow's packet goes to
+/// that packet's original sender, the quote turned back into what it sent.
+/// The ICMPv6 checksum covers a pseudo-header, so the outer destination's
+/// change is folded in too. Informational ICMPv6 (neighbour discovery, echo)
+/// passes untouched. A BPF function of its own, and the translated error is
+/// left to the kernel to route: errors are rare, and the forwarding path's
+/// stack would not hold this one's too.
+#[inline(never)]
+pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+    let icmp = L3 + IPV6_HDR_LEN;
+    let inner = icmp + ICMP_HDR_LEN;
+    let inner_l4 = inner + IPV6_HDR_LEN;
+    let not_ours = PacketEvent::PassedNotOurs;
+    let outer_version = read::<u8>(ctx, L3).ok_or(not_ours)?;
+    let kind = read::<u8>(ctx, icmp).ok_or(not_ours)?;
+    if outer_version >> 4 != 6 || kind == 0 || kind > ICMPV6_ERROR_MAX {
+        return Err(not_ours);
+    }
+    let version = read::<u8>(ctx, inner).ok_or(not_ours)?;
+    let proto = read::<u8>(ctx, inner + IPV6_NEXT_HEADER).ok_or(not_ours)?;
+    if version >> 4 != 6 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Err(not_ours);
+    }
+    let quoted = FlowKey6 {
+        src_addr_be: read(ctx, inner + IPV6_SRC).ok_or(not_ours)?,
+        dst_addr_be: read(ctx, inner + IPV6_DST).ok_or(not_ours)?,
+        src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
+        dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
+        proto,
+        _pad: [0; 3],
+    };
+    let reversed = FlowKey6 {
+        src_addr_be: quoted.dst_addr_be,
+        dst_addr_be: quoted.src_addr_be,
+        src_port_be: quoted.dst_port_be,
+        dst_port_be: quoted.src_port_be,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = maps::FLOWS6.get_ptr(reversed) else {
+        return Err(not_ours);
+    };
+    // SAFETY: copied out at once.
+    let flow = unsafe { *entry };
+    let (src, dst) = (flow.new_dst_addr_be, flow.new_src_addr_be);
+    let (sport, dport) = (flow.new_dst_port_be, flow.new_src_port_be);
+    let mut icmp_csum: u16 = read(ctx, icmp + 2).ok_or(not_ours)?;
+    if proto == PROTO_UDP {
+        let old: u16 = read(ctx, inner_l4 + UDP_CSUM).ok_or(not_ours)?;
+        let mut udp = csum::replace_addr(old, &quoted.src_addr_be, &src);
+        udp = csum::replace_addr(udp, &quoted.dst_addr_be, &dst);
+        udp = csum::replace_u16(udp, quoted.src_port_be, sport);
+        udp = csum::replace_u16(udp, quoted.dst_port_be, dport);
+        if udp == 0 {
+            udp = 0xffff;
+        }
+        write(ctx, inner_l4 + UDP_CSUM, udp).ok_or(not_ours)?;
+        icmp_csum = csum::replace_u16(icmp_csum, old, udp);
+    }
+    write(ctx, inner_l4 + L4_SRC_PORT, sport).ok_or(not_ours)?;
+    write(ctx, inner_l4 + L4_DST_PORT, dport).ok_or(not_ours)?;
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.src_port_be, sport);
+    icmp_csum = csum::replace_u16(icmp_csum, quoted.dst_port_be, dport);
+    write(ctx, inner + IPV6_SRC, src).ok_or(not_ours)?;
+    write(ctx, inner + IPV6_DST, dst).ok_or(not_ours)?;
+    icmp_csum = csum::replace_addr(icmp_csum, &quoted.src_addr_be, &src);
+    icmp_csum = csum::replace_addr(icmp_csum, &quoted.dst_addr_be, &dst);
+
+    // The outer header now goes to the original sender.
+    let outer_dst: [u32; 4] = read(ctx, L3 + IPV6_DST).ok_or(not_ours)?;
+    write(ctx, L3 + IPV6_DST, src).ok_or(not_ours)?;
+    icmp_csum = csum::replace_addr(icmp_csum, &outer_dst, &src);
+    write(ctx, icmp + 2, icmp_csum).ok_or(not_ours)?;
+
+    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_event(PacketEvent::IcmpErrorTranslated);
+    Ok(xdp_action::XDP_PASS)
 }

@@ -6,6 +6,7 @@
 mod config;
 mod csum;
 mod debug_log;
+mod family;
 mod forward;
 mod icmp;
 mod maps;

@@ -5,9 +5,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    BackendValue, FlowKey, FlowValue, ListenerKey, ListenerValue, MAX_BACKENDS_PER_ROUTE,
-    MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable, PACKET_EVENT_COUNT, PacketEvent,
-    RouteName, RouteStats, RouteValue,
+    BackendValue, BackendValue6, FlowKey, FlowKey6, FlowValue, FlowValue6, ListenerKey,
+    ListenerKey6, ListenerValue, MAX_BACKENDS_PER_ROUTE, MAX_BACKENDS6, MAX_FLOWS, MAX_FLOWS6,
+    MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable, PACKET_EVENT_COUNT, PacketEvent, RouteName,
+    RouteStats, RouteValue,
 };
 
 #[btf_map]
@@ -31,6 +32,17 @@ pub static ROUTE_NAMES: Array<RouteName, { MAX_ROUTES as usize }> = Array::new()
 
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static LISTENERS6: HashMap<ListenerKey6, ListenerValue, { MAX_LISTENERS as usize }> =
+    HashMap::new();
+
+/// Keyed by the index the same backend would have in `BACKENDS`.
+#[btf_map]
+pub static BACKENDS6: HashMap<u32, BackendValue6, { MAX_BACKENDS6 as usize }> = HashMap::new();
+
+#[btf_map]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowValue6, { MAX_FLOWS6 as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static ROUTE_STATS: PerCpuArray<RouteStats, { MAX_ROUTES as usize }> = PerCpuArray::new();

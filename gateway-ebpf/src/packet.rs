@@ -5,6 +5,7 @@ use aya_ebpf::programs::XdpContext;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 /// One VLAN tag: TCI and the inner EtherType.
@@ -18,6 +19,22 @@ pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;
 pub const IPV4_TOT_LEN: usize = 2;
 pub const IPV4_DONT_FRAGMENT: u16 = 0x4000;
+pub const IPV6_HDR_LEN: usize = 40;
+/// Offsets inside the IPv6 header.
+pub const IPV6_PAYLOAD_LEN: usize = 4;
+pub const IPV6_NEXT_HEADER: usize = 6;
+pub const IPV6_SRC: usize = 8;
+pub const IPV6_DST: usize = 24;
+/// IPv6 extension headers the program leaves to the kernel (so it never
+/// walks a chain of them).
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTIONS: u8 = 60;
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 errors (destination unreachable, packet too big, time exceeded):
+/// types 1 to 3. Informational messages (neighbour discovery...) are 128 and up.
+pub const ICMPV6_ERROR_MAX: u8 = 3;
 /// Offsets inside the TCP and UDP headers.
 pub const L4_SRC_PORT: usize = 0;
 pub const L4_DST_PORT: usize = 2;

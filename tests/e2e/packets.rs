@@ -1,7 +1,7 @@
 //! The XDP program on raw packets (BPF_PROG_TEST_RUN), against maps programmed
 //! by the agent's own loader: what it must rewrite, and what it must leave alone.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use gateway_agent::dataplane::loader::{AttachMode, FlowTimeouts, L4Dataplane};
@@ -15,6 +15,9 @@ const XDP_PASS: u32 = 2;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const LISTENER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 2);
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const FIN: u8 = 0x01;
@@ -128,7 +131,7 @@ fn route(name: &str) -> RouteRef {
 /// A listener on LISTENER:9000 to weighted `backends`.
 fn listener(protocol: L4Protocol, name: &str, backends: &[(Ipv4Addr, u64)]) -> L4Listener {
     L4Listener {
-        addr: LISTENER,
+        addr: LISTENER.into(),
         port: 9000,
         protocol,
         route: route(name),
@@ -151,12 +154,30 @@ fn load_with(listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
     Loaded { dataplane, pin_dir }
 }
 
-/// The program with one TCP and one UDP listener on LISTENER:9000, both to BACKEND:7000.
+/// A listener on LISTENER6:9000 to BACKEND6:7000.
+fn listener6(protocol: L4Protocol, name: &str) -> L4Listener {
+    L4Listener {
+        addr: LISTENER6.into(),
+        port: 9000,
+        protocol,
+        route: route(name),
+        backends: vec![WeightedEndpoint {
+            addr: (BACKEND6, 7000).into(),
+            weight: 1,
+        }],
+    }
+}
+
+/// The program with one TCP and one UDP listener on LISTENER:9000, both to
+/// BACKEND:7000, and the same on LISTENER6:9000 to BACKEND6:7000 (routes
+/// `tcp6` and `udp6`).
 fn load() -> Loaded {
     load_with(
         &[
             listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
             listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+            listener6(L4Protocol::Tcp, "tcp6"),
+            listener6(L4Protocol::Udp, "udp6"),
         ],
         FlowTimeouts::default(),
     )
@@ -315,6 +336,9 @@ fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
         packet(TCP, (CLIENT, 40003), (LISTENER, 9000), SYN, b"payload"),
         packet(UDP, (CLIENT, 5003), (LISTENER, 9000), 0, b"query"),
         packet(TCP, (BACKEND, 7000), (LISTENER, 61000), SYN | ACK, b""),
+        packet6(TCP, (CLIENT6, 40003), (LISTENER6, 9000), SYN, b"payload"),
+        packet6(UDP, (CLIENT6, 5003), (LISTENER6, 9000), 0, b"query"),
+        packet6(TCP, (BACKEND6, 7000), (LISTENER6, 61000), SYN | ACK, b""),
     ];
     // xorshift: deterministic, so a failure reproduces.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -327,10 +351,10 @@ fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
     let started = std::time::Instant::now();
     let mut foreign = 0u32;
     for round in 0..1_000_000u32 {
-        let mut input = if round % 4 == 3 {
+        let mut input = if round % 7 == 6 {
             (0..(next() % 128)).map(|_| next() as u8).collect()
         } else {
-            let mut p = bases[(round % 4) as usize].clone();
+            let mut p = bases[(round % 7) as usize].clone();
             for _ in 0..(next() % 6 + 1) {
                 let i = (next() as usize) % p.len();
                 p[i] = next() as u8;
@@ -346,10 +370,14 @@ fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
             matches!(action, 1..=4),
             "round {round}: action {action} for {input:x?}"
         );
-        // Neither to a listener address nor from a backend: no listener or
-        // tracked flow can match it, so it must come out as it went in.
-        let not_ours = input.len() < 34
+        // Neither to a listener address nor from a backend (at the IPv4 and
+        // at the IPv6 offsets): no listener or tracked flow can match it, so
+        // it must come out as it went in.
+        let not_ours4 = input.len() < 34
             || (input[30..34] != LISTENER.octets() && input[26..30] != BACKEND.octets());
+        let not_ours6 = input.len() < 54
+            || (input[38..54] != LISTENER6.octets() && input[22..38] != BACKEND6.octets());
+        let not_ours = not_ours4 && not_ours6;
         if not_ours {
             foreign += 1;
             assert!(
@@ -714,4 +742,450 @@ fn icmp_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
     let mut echo = icmp_error(router, LISTENER, 8, 0, &stranger);
     echo[34] = 8;
     assert!(untouched(&loaded, &echo));
+}
+
+/// Ethernet + IPv6 + TCP/UDP with a correct checksum.
+fn packet6(
+    proto: u8,
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    tcp_flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let v4 = packet(
+        proto,
+        (Ipv4Addr::UNSPECIFIED, src.1),
+        (Ipv4Addr::UNSPECIFIED, dst.1),
+        tcp_flags,
+        payload,
+    );
+    let l4 = &v4[34..];
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[proto, 64]);
+    p.extend_from_slice(&src.0.octets());
+    p.extend_from_slice(&dst.0.octets());
+    p.extend_from_slice(l4);
+    let csum = l4_checksum6(&p);
+    let at = 54 + if proto == TCP { 16 } else { 6 };
+    p[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// The L4 checksum an untagged IPv6 frame should carry: over the IPv6
+/// pseudo-header (both addresses, length, next header) and the L4 bytes.
+fn l4_checksum6(p: &[u8]) -> u16 {
+    let proto = p[20];
+    let mut l4 = p[54..].to_vec();
+    let at = if proto == TCP { 16 } else { 6 };
+    l4[at] = 0;
+    l4[at + 1] = 0;
+    let mut pseudo = p[22..54].to_vec();
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    let csum = fold(sum16(&l4, sum16(&pseudo, 0)));
+    // UDP over IPv6 sends a computed 0 as 0xffff (0 is "no checksum", not allowed).
+    if proto == UDP && csum == 0 {
+        0xffff
+    } else {
+        csum
+    }
+}
+
+fn checksum6_valid(p: &[u8]) -> bool {
+    let at = 54 + if p[20] == TCP { 16 } else { 6 };
+    u16::from_be_bytes([p[at], p[at + 1]]) == l4_checksum6(p)
+}
+
+fn src6(p: &[u8]) -> (Ipv6Addr, u16) {
+    let ip: [u8; 16] = p[22..38].try_into().unwrap();
+    (ip.into(), u16::from_be_bytes([p[54], p[55]]))
+}
+
+fn dst6(p: &[u8]) -> (Ipv6Addr, u16) {
+    let ip: [u8; 16] = p[38..54].try_into().unwrap();
+    (ip.into(), u16::from_be_bytes([p[56], p[57]]))
+}
+
+#[test]
+fn an_ipv6_syn_is_rewritten_and_its_reply_translated_back() {
+    if !require_root("an_ipv6_syn_is_rewritten") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT6, 40000);
+    let syn = packet6(TCP, client, (LISTENER6, 9000), SYN, b"");
+    let (action, out) = loaded.run(&syn);
+    assert!(matches!(action, XDP_PASS | 3 | 4), "action {action}");
+    assert_eq!(dst6(&out), (BACKEND6, 7000), "destination NAT");
+    let (snat_addr, nat_port) = src6(&out);
+    assert!(
+        (61000..=65535).contains(&nat_port),
+        "source port from the NAT range: {nat_port}"
+    );
+    assert!(checksum6_valid(&out), "checksum after rewrite: {out:x?}");
+    assert_eq!(
+        &out[14..22],
+        &syn[14..22],
+        "version, length, next header, hop limit kept"
+    );
+
+    let reply = packet6(TCP, (BACKEND6, 7000), (snat_addr, nat_port), SYN | ACK, b"");
+    let (action, back) = loaded.run(&reply);
+    assert_ne!(action, XDP_DROP);
+    assert_eq!((src6(&back), dst6(&back)), ((LISTENER6, 9000), client));
+    assert!(checksum6_valid(&back));
+
+    let data = packet6(TCP, client, (LISTENER6, 9000), ACK, b"hello");
+    let (_, out2) = loaded.run(&data);
+    assert_eq!(
+        (src6(&out2), dst6(&out2)),
+        ((snat_addr, nat_port), (BACKEND6, 7000))
+    );
+    assert!(checksum6_valid(&out2));
+    assert_eq!(&out2[74..], b"hello", "payload untouched");
+
+    let tcp6 = loaded.stats("tcp6");
+    assert_eq!((tcp6.packets, tcp6.new_flows), (3, 1));
+    assert_eq!(
+        loaded.stats("tcp").packets,
+        0,
+        "the IPv4 route is another id"
+    );
+
+    // The client's RST ends the flow in both directions.
+    let (_, out) = loaded.run(&packet6(TCP, client, (LISTENER6, 9000), RST | ACK, b""));
+    assert_eq!(dst6(&out), (BACKEND6, 7000), "the RST itself is forwarded");
+    assert!(untouched(&loaded, &reply), "the reply direction is gone");
+    assert!(untouched(&loaded, &data), "the client direction is gone");
+}
+
+#[test]
+fn ipv6_udp_keeps_checksums_valid_and_a_zero_checksum_is_the_kernels() {
+    if !require_root("ipv6_udp_keeps_checksums_valid") {
+        return;
+    }
+    let loaded = load();
+    let mut nat = None;
+    // Many payloads: the rewritten checksum covers every value, 0xffff included.
+    for i in 0..300u16 {
+        let datagram = packet6(
+            UDP,
+            (CLIENT6, 5000 + i),
+            (LISTENER6, 9000),
+            0,
+            &i.to_be_bytes(),
+        );
+        let (_, out) = loaded.run(&datagram);
+        assert_eq!(dst6(&out), (BACKEND6, 7000));
+        assert!(checksum6_valid(&out), "datagram {i}: {out:x?}");
+        assert_ne!(&out[60..62], &[0, 0], "never a zero checksum");
+        nat.get_or_insert(src6(&out));
+    }
+    let nat = nat.unwrap();
+    let answer = packet6(UDP, (BACKEND6, 7000), nat, 0, b"answer");
+    let (_, back) = loaded.run(&answer);
+    assert_eq!(
+        (src6(&back), dst6(&back)),
+        ((LISTENER6, 9000), (CLIENT6, 5000))
+    );
+    assert!(checksum6_valid(&back));
+    assert_eq!(loaded.stats("udp6").new_flows, 300);
+
+    let mut unchecked = packet6(UDP, (CLIENT6, 6000), (LISTENER6, 9000), 0, b"query");
+    unchecked[60] = 0;
+    unchecked[61] = 0;
+    assert!(
+        untouched(&loaded, &unchecked),
+        "zero UDP checksum over IPv6"
+    );
+    assert_eq!(loaded.stats("udp6").new_flows, 300);
+}
+
+/// An ICMPv6 neighbour solicitation for `target`, from `from`.
+fn neighbour_solicitation(from: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut p = packet6(UDP, (from, 0), (target, 0), 0, &[0; 24]);
+    p[20] = 58; // ICMPv6
+    p[21] = 255;
+    let icmp = &mut p[54..];
+    icmp.fill(0);
+    icmp[0] = 135;
+    icmp[8..24].copy_from_slice(&target.octets());
+    p
+}
+
+#[test]
+fn ipv6_the_program_does_not_own_passes_untouched() {
+    if !require_root("ipv6_the_program_does_not_own_passes_untouched") {
+        return;
+    }
+    let loaded = load();
+    let syn = packet6(TCP, (CLIENT6, 40001), (LISTENER6, 9000), SYN, b"");
+    let datagram = packet6(UDP, (CLIENT6, 5001), (LISTENER6, 9000), 0, b"query");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not a listener port",
+            packet6(TCP, (CLIENT6, 40001), (LISTENER6, 9001), SYN, b""),
+        ),
+        (
+            "not a listener address",
+            packet6(TCP, (CLIENT6, 40001), (BACKEND6, 9000), SYN, b""),
+        ),
+        (
+            "TCP without SYN and no flow",
+            packet6(TCP, (CLIENT6, 40002), (LISTENER6, 9000), ACK, b"x"),
+        ),
+        (
+            "the IPv4 listener's port over IPv6 to another address",
+            packet6(UDP, (CLIENT6, 5001), (BACKEND6, 9000), 0, b"query"),
+        ),
+        (
+            "ICMPv6 neighbour solicitation for the listener address",
+            neighbour_solicitation(CLIENT6, LISTENER6),
+        ),
+    ];
+    let mut version = syn.clone();
+    version[14] = 0x40;
+    cases.push(("IPv6 EtherType, IPv4 version", version));
+    // Extension headers before TCP: hop-by-hop (0), routing (43), fragment
+    // (44), destination options (60), each 8 bytes, in front of the TCP header.
+    for (what, kind) in [
+        ("hop-by-hop options", 0u8),
+        ("routing header", 43),
+        ("fragment header", 44),
+        ("destination options", 60),
+    ] {
+        let mut p = syn[..54].to_vec();
+        p[20] = kind;
+        let payload_len = u16::from_be_bytes([p[18], p[19]]) + 8;
+        p[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        p.extend_from_slice(&[TCP, 0, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&syn[54..]);
+        cases.push((what, p));
+    }
+    for len in 14..syn.len() {
+        cases.push(("truncated SYN", syn[..len].to_vec()));
+    }
+    for len in 14..62 {
+        cases.push(("truncated datagram", datagram[..len].to_vec()));
+    }
+    let mut tagged_ns = tagged(&neighbour_solicitation(CLIENT6, LISTENER6));
+    cases.push(("tagged neighbour solicitation", tagged_ns.clone()));
+    tagged_ns.truncate(60);
+    cases.push(("tagged, truncated", tagged_ns));
+    for (what, input) in cases {
+        let (action, out) = loaded.run(&input);
+        assert_eq!(action, XDP_PASS, "{what} (len {})", input.len());
+        assert_eq!(out, input, "{what} must not be modified");
+    }
+    let stats = loaded.dataplane.route_stats();
+    assert!(
+        stats.iter().all(|(_, s)| s.new_flows == 0),
+        "no flow was opened: {stats:?}"
+    );
+    assert!(loaded.events(gateway_common::PacketEvent::PassedFragmentOrOptions) >= 4);
+}
+
+#[test]
+fn a_vlan_tagged_ipv6_flow_is_rewritten_behind_its_tag() {
+    if !require_root("a_vlan_tagged_ipv6_flow") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT6, 40300);
+    let (action, out) = loaded.run(&tagged(&packet6(TCP, client, (LISTENER6, 9000), SYN, b"")));
+    assert_eq!(
+        action, XDP_PASS,
+        "tagged: rewritten, the kernel forwards it"
+    );
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 100], "the tag is kept");
+    let out = untagged(&out);
+    assert_eq!(dst6(&out), (BACKEND6, 7000));
+    assert!(checksum6_valid(&out));
+    let reply = tagged(&packet6(TCP, (BACKEND6, 7000), src6(&out), SYN | ACK, b""));
+    let back = untagged(&loaded.run(&reply).1);
+    assert_eq!((src6(&back), dst6(&back)), ((LISTENER6, 9000), client));
+    assert!(checksum6_valid(&back));
+}
+
+#[test]
+fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
+    if !require_root("the_programs_own_time_per_ipv6_packet") {
+        return;
+    }
+    let loaded = load();
+    let client = (CLIENT6, 40400);
+    loaded.run(&packet6(TCP, client, (LISTENER6, 9000), SYN, b""));
+    let tracked = packet6(TCP, client, (LISTENER6, 9000), ACK, &[0; 64]);
+    let per_tracked = loaded
+        .dataplane
+        .time_run(&tracked, 100_000)
+        .expect("timed run");
+    let flows = 2000u16;
+    let mut total = std::time::Duration::ZERO;
+    for i in 0..flows {
+        let syn = packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"");
+        total += loaded.dataplane.time_run(&syn, 1).expect("timed run");
+    }
+    let per_new = total / u32::from(flows);
+    eprintln!("IPv6 program time per packet: tracked flow {per_tracked:?}, new flow {per_new:?}");
+    // The IPv4 test's regression bounds.
+    assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
+    assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
+    assert_eq!(loaded.stats("tcp6").new_flows, u64::from(flows) + 1);
+}
+
+#[test]
+fn an_ipv6_backend_removed_and_added_back_moves_only_its_own_flows() {
+    if !require_root("an_ipv6_backend_removed") {
+        return;
+    }
+    let backend_b = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 3);
+    let with = |backends: &[Ipv6Addr]| L4Listener {
+        backends: backends
+            .iter()
+            .map(|addr| WeightedEndpoint {
+                addr: (*addr, 7000).into(),
+                weight: 1,
+            })
+            .collect(),
+        ..listener6(L4Protocol::Tcp, "tcp6")
+    };
+    let mut loaded = load_with(&[with(&[BACKEND6, backend_b])], FlowTimeouts::default());
+    let syn = |port: u16| packet6(TCP, (CLIENT6, port), (LISTENER6, 9000), SYN, b"");
+    let data = |port: u16| packet6(TCP, (CLIENT6, port), (LISTENER6, 9000), ACK, b"x");
+    let before: Vec<Ipv6Addr> = (0..200)
+        .map(|i| dst6(&loaded.run(&syn(30_000 + i)).1).0)
+        .collect();
+    let on_b = before.iter().filter(|a| **a == backend_b).count();
+    assert!(
+        (60..=140).contains(&on_b),
+        "two equal backends: {on_b} of 200 on B"
+    );
+
+    loaded
+        .dataplane
+        .apply(&[with(&[BACKEND6])])
+        .expect("remove backend B");
+    for (i, backend) in before.iter().enumerate() {
+        let packet = data(30_000 + i as u16);
+        if *backend == backend_b {
+            assert!(untouched(&loaded, &packet), "flow {i} to B is gone");
+        } else {
+            assert_eq!(dst6(&loaded.run(&packet).1).0, BACKEND6, "flow {i} keeps A");
+        }
+    }
+    for i in 0..50 {
+        assert_eq!(
+            dst6(&loaded.run(&syn(40_000 + i)).1).0,
+            BACKEND6,
+            "new flows on A only"
+        );
+    }
+
+    // B back: written into the other half of the route's tables.
+    loaded
+        .dataplane
+        .apply(&[with(&[BACKEND6, backend_b])])
+        .expect("add backend B back");
+    let again = (0..200)
+        .filter(|i| dst6(&loaded.run(&syn(50_000 + i)).1).0 == backend_b)
+        .count();
+    assert!(
+        (60..=140).contains(&again),
+        "{again} of 200 new flows on B again"
+    );
+}
+
+/// An ICMPv6 error from `from` to `to` quoting all of `quoted`'s IPv6 packet
+/// (an Ethernet frame built by `packet6`), its checksum over the pseudo-header.
+fn icmp6_error(from: Ipv6Addr, to: Ipv6Addr, kind: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280 for packet too big
+    icmp.extend_from_slice(&quoted[14..]);
+    let mut p = packet6(UDP, (from, 0), (to, 0), 0, &vec![0; icmp.len() - 8]);
+    p[20] = 58;
+    p[54..].copy_from_slice(&icmp);
+    let csum = icmp6_checksum(&p);
+    p[56..58].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// The ICMPv6 checksum `p` should carry (computed with its field zeroed).
+fn icmp6_checksum(p: &[u8]) -> u16 {
+    let mut icmp = p[54..].to_vec();
+    icmp[2] = 0;
+    icmp[3] = 0;
+    let mut pseudo = p[22..54].to_vec();
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    fold(sum16(&icmp, sum16(&pseudo, 0)))
+}
+
+#[test]
+fn icmpv6_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
+    if !require_root("icmpv6_errors_about_a_tracked_flow") {
+        return;
+    }
+    let loaded = load();
+    let router = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 9);
+    for (proto, client) in [(TCP, (CLIENT6, 40500)), (UDP, (CLIENT6, 5500))] {
+        let first = packet6(proto, client, (LISTENER6, 9000), SYN, b"data");
+        let (_, sent) = loaded.run(&first);
+        let nat = src6(&sent);
+        // A router towards the backend: "packet too big" to the NAT address.
+        let (action, out) = loaded.run(&icmp6_error(router, nat.0, 2, &sent));
+        assert_eq!(action, XDP_PASS, "translated, for the kernel to route");
+        assert_eq!(
+            &out[22..38],
+            &router.octets(),
+            "the router stays the sender"
+        );
+        assert_eq!(&out[38..54], &CLIENT6.octets(), "to the client");
+        let csum = u16::from_be_bytes([out[56], out[57]]);
+        assert_eq!(csum, icmp6_checksum(&out), "{proto}: ICMPv6 checksum");
+        let quote = &out[62..];
+        assert_eq!(
+            quote[..44],
+            first[14..58],
+            "{proto}: the client's own header and ports"
+        );
+        if proto == UDP {
+            assert_eq!(quote[46..48], first[60..62], "quoted UDP checksum");
+        }
+        // And from the client's side: a router there tells the backend.
+        let (_, reply) = loaded.run(&packet6(proto, (BACKEND6, 7000), nat, SYN | ACK, b"r"));
+        let (_, out) = loaded.run(&icmp6_error(router, LISTENER6, 3, &reply));
+        assert_eq!(&out[38..54], &BACKEND6.octets(), "to the backend");
+        assert_eq!(u16::from_be_bytes([out[56], out[57]]), icmp6_checksum(&out));
+        // The quote: what the backend sent, to the NAT address and port.
+        assert_eq!(&out[70..86], &BACKEND6.octets());
+        assert_eq!(&out[86..102], &nat.0.octets());
+        let ports = [7000u16.to_be_bytes(), nat.1.to_be_bytes()].concat();
+        assert_eq!(&out[102..106], &ports[..]);
+    }
+    assert_eq!(
+        loaded.events(gateway_common::PacketEvent::IcmpErrorTranslated),
+        4
+    );
+    // Errors about no tracked flow, ICMPv6 that is no error, and truncated
+    // errors pass untouched.
+    let stranger = packet6(TCP, (CLIENT6, 1), (BACKEND6, 7000), SYN, b"");
+    assert!(untouched(
+        &loaded,
+        &icmp6_error(router, CLIENT6, 1, &stranger)
+    ));
+    assert!(untouched(
+        &loaded,
+        &icmp6_error(router, LISTENER6, 128, &stranger)
+    ));
+    let (_, sent) = loaded.run(&packet6(TCP, (CLIENT6, 40600), (LISTENER6, 9000), SYN, b""));
+    let error = icmp6_error(router, src6(&sent).0, 1, &sent);
+    for len in 14..106 {
+        assert!(
+            untouched(&loaded, &error[..len]),
+            "truncated error, {len} bytes"
+        );
+    }
 }

@@ -1,33 +1,68 @@
 //! The L4 maps as they should be for a config: pure, so it is tested without a kernel.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use gateway_common::{
-    BackendValue, ListenerKey, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, PROTO_TCP,
-    PROTO_UDP,
+    Addr6, BackendValue, BackendValue6, ListenerKey, ListenerKey6, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, PROTO_TCP, PROTO_UDP,
 };
 
 use super::maglev::{self, Weighted};
 use crate::model::{L4Listener, L4Protocol, RouteRef, WeightedEndpoint};
+
+/// The address family of a listener. A route served on IPv4 and IPv6
+/// addresses has one route id (table, counters) per family: its backends differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// An IPv6 address as the maps hold it (`gateway_common::Addr6`).
+pub fn addr6_be(addr: Ipv6Addr) -> Addr6 {
+    let o = addr.octets();
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The IPv6 address in a map's `Addr6`.
+pub fn ipv6_of(addr: Addr6) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (i, word) in addr.iter().enumerate() {
+        octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
+}
 
 /// Stable small ids for routes: counters live at `ROUTE_STATS[id]`, so an id
 /// stays with its route for as long as the route exists, across agent restarts
 /// too (`adopt` takes back the ids recorded in the pinned `ROUTE_NAMES`).
 #[derive(Debug, Default)]
 pub struct RouteIds {
-    ids: BTreeMap<RouteRef, u32>,
+    ids: BTreeMap<(RouteRef, Family), u32>,
     /// name hash → id, recorded by a previous agent and not yet claimed.
     adopted: BTreeMap<u64, u32>,
 }
 
 impl RouteIds {
-    pub fn get(&self, route: &RouteRef) -> Option<u32> {
-        self.ids.get(route).copied()
+    pub fn get(&self, route: &RouteRef, family: Family) -> Option<u32> {
+        self.ids.get(&(route.clone(), family)).copied()
     }
 
+    /// Every route id with its route (a route on both families appears twice).
     pub fn names(&self) -> impl Iterator<Item = (&RouteRef, u32)> {
-        self.ids.iter().map(|(r, id)| (r, *id))
+        self.ids.iter().map(|((r, _), id)| (r, *id))
     }
 
     /// Ids a previous agent gave to routes (by name hash), to be reused for
@@ -39,28 +74,28 @@ impl RouteIds {
     /// Keeps the ids of `live` routes, frees the others, and gives new routes
     /// their adopted id or else the lowest free one. Routes beyond `MAX_ROUTES`
     /// get none (and are not programmed).
-    fn assign(&mut self, live: &[&RouteRef]) {
-        self.ids.retain(|r, _| live.contains(&r));
+    fn assign(&mut self, live: &[(RouteRef, Family)]) {
+        self.ids.retain(|r, _| live.contains(r));
         let mut used: std::collections::BTreeSet<u32> = self.ids.values().copied().collect();
         for route in live {
-            if self.ids.contains_key(*route) {
+            if self.ids.contains_key(route) {
                 continue;
             }
-            if let Some(id) = self.adopted.remove(&name_hash(route))
+            if let Some(id) = self.adopted.remove(&family_name_hash(&route.0, route.1))
                 && used.insert(id)
             {
-                self.ids.insert((*route).clone(), id);
+                self.ids.insert(route.clone(), id);
             }
         }
         // Ids recorded for routes that are gone become free.
         self.adopted.clear();
         for route in live {
-            if self.ids.contains_key(*route) {
+            if self.ids.contains_key(route) {
                 continue;
             }
             if let Some(id) = (0..MAX_ROUTES).find(|id| !used.contains(id)) {
                 used.insert(id);
-                self.ids.insert((*route).clone(), id);
+                self.ids.insert(route.clone(), id);
             }
         }
     }
@@ -69,26 +104,44 @@ impl RouteIds {
 /// What `ROUTE_NAMES` records for a route: a fixed hash of its name (FNV-1a),
 /// never 0 (0 marks a free id).
 pub fn name_hash(route: &RouteRef) -> u64 {
+    family_name_hash(route, Family::V4)
+}
+
+/// `name_hash` of a route's id for `family`: an IPv6 id hashes the name with a suffix.
+pub fn family_name_hash(route: &RouteRef, family: Family) -> u64 {
+    let mut name = route.to_string();
+    if family == Family::V6 {
+        name.push_str(" ipv6");
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in route.to_string().bytes() {
+    for byte in name.bytes() {
         h ^= u64::from(byte);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h.max(1)
 }
 
-/// A route's backends and its Maglev table (slot → index into `backends`).
-/// Both empty when the route has no usable backend.
+/// A route's backends and its Maglev table (slot → index into `backends`,
+/// or `backends6` for an IPv6 route id). All empty when the route has no
+/// usable backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
     pub backends: Vec<BackendValue>,
+    pub backends6: Vec<BackendValue6>,
     pub slots: Vec<u16>,
+}
+
+impl RouteTable {
+    pub fn backend_count(&self) -> usize {
+        self.backends.len() + self.backends6.len()
+    }
 }
 
 /// Every entry the L4 maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct L4Maps {
     pub listeners: BTreeMap<ListenerKey, u32>,
+    pub listeners6: BTreeMap<ListenerKey6, u32>,
     /// route id → its lookup table.
     pub routes: BTreeMap<u32, RouteTable>,
     /// route id → name hash (`ROUTE_NAMES`).
@@ -125,31 +178,51 @@ pub fn plan(
     listeners: &[L4Listener],
     ids: &mut RouteIds,
     cache: &mut TableCache,
-    source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
+    source_for: &dyn Fn(IpAddr) -> IpAddr,
 ) -> L4Maps {
     let mut used = BTreeMap::new();
-    let live: Vec<&RouteRef> = listeners.iter().map(|l| &l.route).collect();
+    let live: Vec<(RouteRef, Family)> = listeners
+        .iter()
+        .map(|l| (l.route.clone(), Family::of(l.addr)))
+        .collect();
     ids.assign(&live);
     let mut maps = L4Maps::default();
     for listener in listeners {
-        let Some(route_id) = ids.get(&listener.route) else {
+        let family = Family::of(listener.addr);
+        let Some(route_id) = ids.get(&listener.route, family) else {
             continue;
         };
-        let key = ListenerKey {
-            addr_be: u32::from(listener.addr).to_be(),
-            port_be: listener.port.to_be(),
-            proto: match listener.protocol {
-                L4Protocol::Tcp => PROTO_TCP,
-                L4Protocol::Udp => PROTO_UDP,
-            },
-            _pad: 0,
+        let port_be = listener.port.to_be();
+        let proto = match listener.protocol {
+            L4Protocol::Tcp => PROTO_TCP,
+            L4Protocol::Udp => PROTO_UDP,
         };
-        maps.listeners.insert(key, route_id);
+        match listener.addr {
+            IpAddr::V4(addr) => {
+                let key = ListenerKey {
+                    addr_be: u32::from(addr).to_be(),
+                    port_be,
+                    proto,
+                    _pad: 0,
+                };
+                maps.listeners.insert(key, route_id);
+            }
+            IpAddr::V6(addr) => {
+                let key = ListenerKey6 {
+                    addr_be: addr6_be(addr),
+                    port_be,
+                    proto,
+                    _pad: 0,
+                };
+                maps.listeners6.insert(key, route_id);
+            }
+        }
         if maps.routes.contains_key(&route_id) {
             continue; // Same route on another address: one table serves both.
         }
-        maps.names.insert(route_id, name_hash(&listener.route));
-        let table = route_table(&listener.backends, source_for, |w| {
+        maps.names
+            .insert(route_id, family_name_hash(&listener.route, family));
+        let table = route_table(&listener.backends, family, source_for, |w| {
             cache.build(w, &mut used)
         });
         maps.routes.insert(route_id, table);
@@ -158,19 +231,18 @@ pub fn plan(
     maps
 }
 
-/// The backends (IPv4, weight > 0, at most `MAX_BACKENDS_PER_ROUTE`, the same
-/// address:port merged) and their Maglev table.
+/// The backends (of the listener's family, weight > 0, at most
+/// `MAX_BACKENDS_PER_ROUTE`, the same address:port merged) and their Maglev table.
 fn route_table(
     endpoints: &[WeightedEndpoint],
-    source_for: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
+    family: Family,
+    source_for: &dyn Fn(IpAddr) -> IpAddr,
     mut build: impl FnMut(&[Weighted]) -> Vec<u16>,
 ) -> RouteTable {
-    let mut merged: BTreeMap<(Ipv4Addr, u16), u64> = BTreeMap::new();
+    let mut merged: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
     for e in endpoints {
-        if let IpAddr::V4(addr) = e.addr.ip()
-            && e.weight > 0
-        {
-            *merged.entry((addr, e.addr.port())).or_default() += e.weight;
+        if Family::of(e.addr.ip()) == family && e.weight > 0 {
+            *merged.entry((e.addr.ip(), e.addr.port())).or_default() += e.weight;
         }
     }
     if merged.len() > MAX_BACKENDS_PER_ROUTE as usize {
@@ -180,14 +252,14 @@ fn route_table(
             "route has more endpoints than its table holds; using the first ones"
         );
     }
-    let chosen: Vec<((Ipv4Addr, u16), u64)> = merged
+    let chosen: Vec<((IpAddr, u16), u64)> = merged
         .into_iter()
         .take(MAX_BACKENDS_PER_ROUTE as usize)
         .collect();
     let weighted: Vec<Weighted> = chosen
         .iter()
         .map(|((addr, port), weight)| Weighted {
-            identity: (u64::from(u32::from(*addr)) << 16) | u64::from(*port),
+            identity: identity(*addr, *port),
             weight: *weight,
         })
         .collect();
@@ -195,26 +267,50 @@ fn route_table(
     if slots.is_empty() {
         return RouteTable::default();
     }
-    let backends = chosen
-        .iter()
-        .map(|((addr, port), _)| BackendValue {
-            addr_be: u32::from(*addr).to_be(),
-            snat_addr_be: u32::from(source_for(*addr)).to_be(),
-            port_be: port.to_be(),
-            _pad: 0,
-        })
-        .collect();
-    RouteTable { backends, slots }
+    let mut table = RouteTable {
+        slots,
+        ..RouteTable::default()
+    };
+    for ((addr, port), _) in chosen {
+        match (addr, source_for(addr)) {
+            (IpAddr::V4(addr), IpAddr::V4(source)) => table.backends.push(BackendValue {
+                addr_be: u32::from(addr).to_be(),
+                snat_addr_be: u32::from(source).to_be(),
+                port_be: port.to_be(),
+                _pad: 0,
+            }),
+            (IpAddr::V6(addr), IpAddr::V6(source)) => table.backends6.push(BackendValue6 {
+                addr_be: addr6_be(addr),
+                snat_addr_be: addr6_be(source),
+                port_be: port.to_be(),
+                _pad: 0,
+            }),
+            // `source_for` answers in the backend's family.
+            _ => unreachable!("source address of another family than {addr}"),
+        }
+    }
+    table
+}
+
+/// A backend's Maglev identity: its permutation, stable across plans.
+fn identity(addr: IpAddr, port: u16) -> u64 {
+    match addr {
+        IpAddr::V4(addr) => (u64::from(u32::from(addr)) << 16) | u64::from(port),
+        IpAddr::V6(addr) => {
+            let bits = u128::from(addr);
+            ((bits >> 64) as u64 ^ bits as u64).rotate_left(16) ^ u64::from(port)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, SocketAddr};
 
     fn listener(name: &str, port: u16, backends: &[(&str, u64)]) -> L4Listener {
         L4Listener {
-            addr: Ipv4Addr::new(198, 18, 0, 1),
+            addr: Ipv4Addr::new(198, 18, 0, 1).into(),
             port,
             protocol: L4Protocol::Tcp,
             route: RouteRef {
@@ -238,7 +334,7 @@ mod tests {
         let mut ids = RouteIds::default();
         let l = listener("r", 9000, &[("198.18.1.2:7000", 3), ("198.18.1.3:7000", 1)]);
         let maps = plan(&[l], &mut ids, &mut TableCache::default(), &|_| {
-            Ipv4Addr::new(198, 18, 1, 1)
+            Ipv4Addr::new(198, 18, 1, 1).into()
         });
         let table = &maps.routes[&0];
         assert_eq!(table.slots.len(), MAGLEV_TABLE_SIZE as usize);
@@ -284,7 +380,10 @@ mod tests {
             &mut TableCache::default(),
             &|x| x,
         );
-        assert_eq!((ids.get(&a.route), ids.get(&b.route)), (Some(0), Some(1)));
+        assert_eq!(
+            (ids.get(&a.route, Family::V4), ids.get(&b.route, Family::V4)),
+            (Some(0), Some(1))
+        );
         let c = listener("c", 3, &[]);
         plan(
             &[b.clone(), c.clone()],
@@ -292,9 +391,13 @@ mod tests {
             &mut TableCache::default(),
             &|x| x,
         );
-        assert_eq!(ids.get(&b.route), Some(1), "b keeps its id");
-        assert_eq!(ids.get(&c.route), Some(0), "c reuses a's freed id");
-        assert_eq!(ids.get(&a.route), None);
+        assert_eq!(ids.get(&b.route, Family::V4), Some(1), "b keeps its id");
+        assert_eq!(
+            ids.get(&c.route, Family::V4),
+            Some(0),
+            "c reuses a's freed id"
+        );
+        assert_eq!(ids.get(&a.route, Family::V4), None);
     }
 
     #[test]
@@ -322,9 +425,79 @@ mod tests {
             &mut TableCache::default(),
             &|x| x,
         );
-        assert_eq!(after.get(&b.route), before.get(&b.route));
-        assert_eq!(after.get(&c.route), before.get(&c.route));
-        assert_eq!(after.get(&d.route), before.get(&a.route));
+        assert_eq!(
+            after.get(&b.route, Family::V4),
+            before.get(&b.route, Family::V4)
+        );
+        assert_eq!(
+            after.get(&c.route, Family::V4),
+            before.get(&c.route, Family::V4)
+        );
+        assert_eq!(
+            after.get(&d.route, Family::V4),
+            before.get(&a.route, Family::V4)
+        );
+    }
+
+    #[test]
+    fn a_route_on_both_families_gets_one_id_and_table_per_family() {
+        let mut ids = RouteIds::default();
+        let v4 = listener(
+            "r",
+            9000,
+            &[
+                ("198.18.1.2:7000", 1),
+                ("[fd00::1:2]:7000", 1),
+                ("[fd00::1:3]:7000", 3),
+            ],
+        );
+        let v6 = L4Listener {
+            addr: "fd00::1".parse().unwrap(),
+            ..v4.clone()
+        };
+        let source = |a: IpAddr| -> IpAddr {
+            match a {
+                IpAddr::V4(_) => Ipv4Addr::new(198, 18, 1, 1).into(),
+                IpAddr::V6(_) => "fd00::1:1".parse().unwrap(),
+            }
+        };
+        let maps = plan(
+            &[v4.clone(), v6.clone()],
+            &mut ids,
+            &mut TableCache::default(),
+            &source,
+        );
+        let id4 = ids.get(&v4.route, Family::V4).unwrap();
+        let id6 = ids.get(&v4.route, Family::V6).unwrap();
+        assert_ne!(id4, id6);
+        assert_ne!(maps.names[&id4], maps.names[&id6]);
+        assert_eq!(maps.listeners.values().collect::<Vec<_>>(), [&id4]);
+        let key6 = maps.listeners6.keys().next().unwrap();
+        assert_eq!(
+            ipv6_of(key6.addr_be),
+            "fd00::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(u16::from_be(key6.port_be), 9000);
+        let (t4, t6) = (&maps.routes[&id4], &maps.routes[&id6]);
+        assert_eq!((t4.backends.len(), t4.backends6.len()), (1, 0));
+        assert_eq!((t6.backends.len(), t6.backends6.len()), (0, 2));
+        assert!(
+            t6.backends6
+                .iter()
+                .all(|b| ipv6_of(b.snat_addr_be) == "fd00::1:1".parse::<Ipv6Addr>().unwrap())
+        );
+        // Weights 1:3 over the IPv6 backends, within one slot.
+        let heavy = t6
+            .backends6
+            .iter()
+            .position(|b| ipv6_of(b.addr_be) == "fd00::1:3".parse::<Ipv6Addr>().unwrap())
+            .unwrap();
+        let slots = t6
+            .slots
+            .iter()
+            .filter(|i| usize::from(**i) == heavy)
+            .count();
+        assert!((3069..=3070).contains(&slots), "{slots}");
     }
 
     #[test]

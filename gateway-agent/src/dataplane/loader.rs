@@ -2,7 +2,7 @@
 //! maps, attaches XDP to the node's interfaces and writes the L4 maps.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, MapInfo, PerCpuArray};
@@ -10,8 +10,9 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::{
-    BackendValue, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, ListenerValue,
-    MAX_BACKENDS_PER_ROUTE, MAX_FLOWS, MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable,
+    Address, BackendValue, BackendValue6, FLOW_ORIGINAL, FlowKey, FlowKey6, FlowKeyOf, FlowValue,
+    FlowValue6, FlowValueOf, ListenerKey, ListenerKey6, ListenerValue, MAX_BACKENDS_PER_ROUTE,
+    MAX_BACKENDS6, MAX_FLOWS, MAX_FLOWS6, MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable,
     PACKET_EVENT_COUNT, PacketEvent, RouteName, RouteStats, RouteValue, maps as names,
 };
 
@@ -88,6 +89,12 @@ pub struct L4Dataplane {
     backends: Array<MapData, BackendValue>,
     route_names: Array<MapData, RouteName>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    listeners6: HashMap<MapData, ListenerKey6, ListenerValue>,
+    backends6: HashMap<MapData, u32, BackendValue6>,
+    flows6: HashMap<MapData, FlowKey6, FlowValue6>,
+    /// The keys `BACKENDS6` holds, so that a table written over an idle half
+    /// removes what that half held before.
+    backends6_keys: BTreeSet<u32>,
     route_stats: PerCpuArray<MapData, RouteStats>,
     xdp_stats: PerCpuArray<MapData, u64>,
     applied: L4Maps,
@@ -122,6 +129,13 @@ fn expected_shape(name: &str) -> Option<(usize, usize, u32)> {
         names::FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), MAX_FLOWS),
         names::ROUTE_STATS => (4, size_of::<RouteStats>(), MAX_ROUTES),
         names::XDP_STATS => (4, size_of::<u64>(), PACKET_EVENT_COUNT),
+        names::LISTENERS6 => (
+            size_of::<ListenerKey6>(),
+            size_of::<ListenerValue>(),
+            MAX_LISTENERS,
+        ),
+        names::BACKENDS6 => (4, size_of::<BackendValue6>(), MAX_BACKENDS6),
+        names::FLOWS6 => (size_of::<FlowKey6>(), size_of::<FlowValue6>(), MAX_FLOWS6),
         _ => return None,
     })
 }
@@ -270,6 +284,11 @@ impl L4Dataplane {
         let route_names =
             Array::try_from(take(names::ROUTE_NAMES)?).map_err(map_err(names::ROUTE_NAMES))?;
         let flows = HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?;
+        let listeners6 =
+            HashMap::try_from(take(names::LISTENERS6)?).map_err(map_err(names::LISTENERS6))?;
+        let backends6 =
+            HashMap::try_from(take(names::BACKENDS6)?).map_err(map_err(names::BACKENDS6))?;
+        let flows6 = HashMap::try_from(take(names::FLOWS6)?).map_err(map_err(names::FLOWS6))?;
         let route_stats = PerCpuArray::try_from(take(names::ROUTE_STATS)?)
             .map_err(map_err(names::ROUTE_STATS))?;
         let xdp_stats =
@@ -284,6 +303,10 @@ impl L4Dataplane {
             backends,
             route_names,
             flows,
+            listeners6,
+            backends6,
+            flows6,
+            backends6_keys: BTreeSet::new(),
             route_stats,
             xdp_stats,
             applied: L4Maps::default(),
@@ -322,6 +345,16 @@ impl L4Dataplane {
             let (key, value) = entry.map_err(map_err(names::LISTENERS))?;
             self.applied.listeners.insert(key, value.route_id);
         }
+        for entry in self.listeners6.iter() {
+            let (key, value) = entry.map_err(map_err(names::LISTENERS6))?;
+            self.applied.listeners6.insert(key, value.route_id);
+        }
+        let backends6: BTreeMap<u32, BackendValue6> = self
+            .backends6
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::BACKENDS6))?;
+        self.backends6_keys = backends6.keys().copied().collect();
         let routes: Vec<(u32, RouteValue)> = self
             .routes
             .iter()
@@ -330,13 +363,21 @@ impl L4Dataplane {
         for (id, route) in routes {
             let mut table = RouteTable::default();
             if route.backend_count > 0 && route.table < MAX_TABLES {
+                // A table's half holds IPv6 entries only if it is an IPv6 route's.
+                let ipv6 = backends6.contains_key(&(route.table * MAX_BACKENDS_PER_ROUTE));
                 for i in 0..route.backend_count.min(MAX_BACKENDS_PER_ROUTE) {
                     let at = route.table * MAX_BACKENDS_PER_ROUTE + i;
-                    table.backends.push(
-                        self.backends
-                            .get(&at, 0)
-                            .map_err(map_err(names::BACKENDS))?,
-                    );
+                    if ipv6 {
+                        if let Some(backend) = backends6.get(&at) {
+                            table.backends6.push(*backend);
+                        }
+                    } else {
+                        table.backends.push(
+                            self.backends
+                                .get(&at, 0)
+                                .map_err(map_err(names::BACKENDS))?,
+                        );
+                    }
                 }
                 let slots = self
                     .tables
@@ -397,6 +438,14 @@ impl L4Dataplane {
                     .map_err(map_err(names::LISTENERS))?;
             }
         }
+        for (key, id) in &desired.listeners6 {
+            if old.listeners6.get(key) != Some(id) {
+                let value = ListenerValue { route_id: *id };
+                self.listeners6
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::LISTENERS6))?;
+            }
+        }
         for key in old
             .listeners
             .keys()
@@ -406,6 +455,15 @@ impl L4Dataplane {
                 .remove(key)
                 .map_err(map_err(names::LISTENERS))?;
         }
+        for key in old
+            .listeners6
+            .keys()
+            .filter(|k| !desired.listeners6.contains_key(k))
+        {
+            self.listeners6
+                .remove(key)
+                .map_err(map_err(names::LISTENERS6))?;
+        }
         for id in old
             .routes
             .keys()
@@ -413,18 +471,25 @@ impl L4Dataplane {
         {
             self.routes.remove(id).map_err(map_err(names::ROUTES))?;
             self.live_tables.remove(id);
+            // Unreachable now: free the IPv6 entries of both its halves.
+            self.clear_backends6(2 * id, 0)?;
+            self.clear_backends6(2 * id + 1, 0)?;
         }
         for id in old.names.keys().filter(|k| !desired.names.contains_key(k)) {
             self.route_names
                 .set(*id, RouteName::default(), 0)
                 .map_err(map_err(names::ROUTE_NAMES))?;
         }
-        let gone = backends_gone(&old, &desired);
+        let gone = backends_gone(&old, &desired, |t| &t.backends);
+        let gone6 = backends_gone(&old, &desired, |t| &t.backends6);
         self.applied = desired;
-        if !gone.is_empty() {
-            let removed = self.remove_flows_to(&gone)?;
+        if !gone.is_empty() || !gone6.is_empty() {
+            let gone_flows = gone.iter().map(|(id, b)| (*id, b.addr_be, b.port_be));
+            let removed = remove_flows_to(&mut self.flows, gone_flows.collect());
+            let gone_flows6 = gone6.iter().map(|(id, b)| (*id, b.addr_be, b.port_be));
+            let removed = removed + remove_flows_to(&mut self.flows6, gone_flows6.collect());
             tracing::info!(
-                backends = gone.len(),
+                backends = gone.len() + gone6.len(),
                 flows = removed,
                 "removed the tracked flows of backends that are gone"
             );
@@ -445,6 +510,15 @@ impl L4Dataplane {
                 .set(target * MAX_BACKENDS_PER_ROUTE + i as u32, backend, 0)
                 .map_err(map_err(names::BACKENDS))?;
         }
+        // The idle half: what it held for IPv6 beyond the new table goes.
+        self.clear_backends6(target, table.backends6.len() as u32)?;
+        for (i, backend) in table.backends6.iter().enumerate() {
+            let at = target * MAX_BACKENDS_PER_ROUTE + i as u32;
+            self.backends6
+                .insert(at, backend, 0)
+                .map_err(map_err(names::BACKENDS6))?;
+            self.backends6_keys.insert(at);
+        }
         if !table.slots.is_empty() {
             let mut slots = MaglevTable::default();
             slots.backend.copy_from_slice(&table.slots);
@@ -453,7 +527,7 @@ impl L4Dataplane {
                 .map_err(map_err(names::MAGLEV_TABLES))?;
         }
         let value = RouteValue {
-            backend_count: table.backends.len() as u32,
+            backend_count: table.backend_count() as u32,
             table: target,
         };
         self.routes
@@ -463,36 +537,22 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Removes both directions of every tracked flow whose (route, backend) is
-    /// in `gone`. Returns how many flows were removed.
-    fn remove_flows_to(&mut self, gone: &BTreeSet<(u32, BackendValue)>) -> Result<usize, Error> {
-        let gone: BTreeSet<(u32, u32, u16)> = gone
-            .iter()
-            .map(|(id, b)| (*id, b.addr_be, b.port_be))
+    /// Removes the `BACKENDS6` entries of table half `table` from index `from` on.
+    fn clear_backends6(&mut self, table: u32, from: u32) -> Result<(), Error> {
+        let first = table * MAX_BACKENDS_PER_ROUTE;
+        let stale: Vec<u32> = self
+            .backends6_keys
+            .range(first + from..first + MAX_BACKENDS_PER_ROUTE)
+            .copied()
             .collect();
-        let mut doomed = Vec::new();
-        for entry in self.flows.iter() {
-            let Ok((key, flow)) = entry else {
-                continue; // evicted while we walked: nothing to remove
-            };
-            if flow.flags & FLOW_ORIGINAL != 0
-                && gone.contains(&(flow.route_id, flow.new_dst_addr_be, flow.new_dst_port_be))
-            {
-                doomed.push((key, flow));
+        for key in stale {
+            match self.backends6.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::BACKENDS6)(e)),
             }
+            self.backends6_keys.remove(&key);
         }
-        for (key, flow) in &doomed {
-            // The reply entry only if it is still this flow's, not a newer
-            // flow's that took over the NAT port after this one went idle.
-            let reply = reply_key(key, flow);
-            if let Ok(other) = self.flows.get(&reply, 0)
-                && reply_key(&reply, &other) == *key
-            {
-                let _ = self.flows.remove(&reply);
-            }
-            let _ = self.flows.remove(key);
-        }
-        Ok(doomed.len())
+        Ok(())
     }
 
     /// Detaches XDP from every interface and removes the pinned maps: what a
@@ -539,22 +599,22 @@ impl L4Dataplane {
         Ok(program.test_run(opts)?.duration)
     }
 
-    /// Per-route counters summed over CPUs.
+    /// Per-route counters summed over CPUs (and over a route's IPv4 and IPv6 ids).
     pub fn route_stats(&self) -> Vec<(RouteRef, RouteStats)> {
-        self.ids
-            .names()
-            .filter_map(|(route, id)| {
-                let per_cpu = self.route_stats.get(&id, 0).ok()?;
-                let mut total = RouteStats::default();
-                for s in per_cpu.iter() {
-                    total.packets += s.packets;
-                    total.bytes += s.bytes;
-                    total.new_flows += s.new_flows;
-                    total.drops += s.drops;
-                }
-                Some((route.clone(), total))
-            })
-            .collect()
+        let mut totals: BTreeMap<RouteRef, RouteStats> = BTreeMap::new();
+        for (route, id) in self.ids.names() {
+            let Ok(per_cpu) = self.route_stats.get(&id, 0) else {
+                continue;
+            };
+            let total = totals.entry(route.clone()).or_default();
+            for s in per_cpu.iter() {
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.new_flows += s.new_flows;
+                total.drops += s.drops;
+            }
+        }
+        totals.into_iter().collect()
     }
 
     /// Packets the program did not forward, by reason, summed over CPUs.
@@ -576,8 +636,8 @@ impl L4Dataplane {
 /// The key of the other direction of the flow whose entry at `key` is `flow`:
 /// the rewritten tuple reversed (for the original direction, the backend
 /// answering the source-NAT address and port).
-pub fn reply_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
-    FlowKey {
+pub fn reply_key<A: Address>(key: &FlowKeyOf<A>, flow: &FlowValueOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf {
         src_addr_be: flow.new_dst_addr_be,
         dst_addr_be: flow.new_src_addr_be,
         src_port_be: flow.new_dst_port_be,
@@ -587,18 +647,59 @@ pub fn reply_key(key: &FlowKey, flow: &FlowValue) -> FlowKey {
     }
 }
 
-/// (route id, backend) pairs programmed in `old` and absent from `new`.
-fn backends_gone(old: &L4Maps, new: &L4Maps) -> BTreeSet<(u32, BackendValue)> {
+/// (route id, backend) pairs programmed in `old` and absent from `new`;
+/// `backends` picks a table's IPv4 or IPv6 list.
+fn backends_gone<B: Ord + Copy>(
+    old: &L4Maps,
+    new: &L4Maps,
+    backends: impl Fn(&RouteTable) -> &Vec<B>,
+) -> BTreeSet<(u32, B)> {
     let mut gone = BTreeSet::new();
     for (id, table) in &old.routes {
         let kept = new.routes.get(id);
-        for backend in &table.backends {
-            if !kept.is_some_and(|t| t.backends.contains(backend)) {
+        for backend in backends(table) {
+            if !kept.is_some_and(|t| backends(t).contains(backend)) {
                 gone.insert((*id, *backend));
             }
         }
     }
     gone
+}
+
+/// Removes both directions of every tracked flow whose (route id, backend
+/// address, port) is in `gone`. Returns how many flows were removed.
+fn remove_flows_to<A>(
+    flows: &mut HashMap<MapData, FlowKeyOf<A>, FlowValueOf<A>>,
+    gone: BTreeSet<(u32, A, u16)>,
+) -> usize
+where
+    A: Address,
+    FlowKeyOf<A>: aya::Pod,
+    FlowValueOf<A>: aya::Pod,
+{
+    let mut doomed = Vec::new();
+    for entry in flows.iter() {
+        let Ok((key, flow)) = entry else {
+            continue; // evicted while we walked: nothing to remove
+        };
+        if flow.flags & FLOW_ORIGINAL != 0
+            && gone.contains(&(flow.route_id, flow.new_dst_addr_be, flow.new_dst_port_be))
+        {
+            doomed.push((key, flow));
+        }
+    }
+    for (key, flow) in &doomed {
+        // The reply entry only if it is still this flow's, not a newer
+        // flow's that took over the NAT port after this one went idle.
+        let reply = reply_key(key, flow);
+        if let Ok(other) = flows.get(&reply, 0)
+            && reply_key(&reply, &other) == *key
+        {
+            let _ = flows.remove(&reply);
+        }
+        let _ = flows.remove(key);
+    }
+    doomed.len()
 }
 
 /// Attaches `program` to `interface` through a pinned XDP link: an existing
@@ -679,12 +780,17 @@ fn ensure_bpffs(dir: &Path) -> nix::Result<()> {
 /// The address the kernel would use as source towards `backend`: the source-NAT
 /// address, so replies come back through this node. Found without sending
 /// anything, by connecting a UDP socket and asking for its local address.
-fn source_address_for(backend: Ipv4Addr) -> Ipv4Addr {
-    let local = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+fn source_address_for(backend: IpAddr) -> IpAddr {
+    let unspecified: IpAddr = match backend {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let local = UdpSocket::bind((unspecified, 0))
         .and_then(|s| s.connect((backend, 9)).map(|()| s))
         .and_then(|s| s.local_addr());
     match local {
-        Ok(SocketAddr::V4(a)) => *a.ip(),
+        Ok(SocketAddr::V4(a)) if backend.is_ipv4() => IpAddr::V4(*a.ip()),
+        Ok(SocketAddr::V6(a)) if backend.is_ipv6() => IpAddr::V6(*a.ip()),
         _ => {
             tracing::warn!(%backend, "no route to backend; using it as its own source address");
             backend
@@ -717,14 +823,27 @@ fn reserve_nat_ports() {
     }
 }
 
-/// bpf_fib_lookup answers only on interfaces with IPv4 forwarding on; and packets
+/// bpf_fib_lookup answers only on interfaces with forwarding on; and packets
 /// the program rewrites but leaves to the kernel (next hop not yet resolved)
 /// carry a node address as source, which the kernel drops unless accept_local.
+/// IPv6 forwarding on an interface stops it taking router advertisements
+/// unless accept_ra is 2: a node configured by them keeps them.
 fn enable_forwarding(interface: &str) {
+    let ipv6 = format!("/proc/sys/net/ipv6/conf/{interface}");
+    if std::fs::read_to_string(format!("{ipv6}/accept_ra")).is_ok_and(|v| v.trim() == "1") {
+        set_sysctl(&format!("{ipv6}/accept_ra"), "2");
+    }
+    set_sysctl(&format!("{ipv6}/forwarding"), "1");
     for (knob, value) in [("forwarding", "1"), ("accept_local", "1")] {
-        let path = format!("/proc/sys/net/ipv4/conf/{interface}/{knob}");
-        if let Err(e) = std::fs::write(&path, value) {
-            tracing::warn!(%path, error = %e, "cannot set sysctl; forwarding may fall back to the kernel");
-        }
+        set_sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{interface}/{knob}"),
+            value,
+        );
+    }
+}
+
+fn set_sysctl(path: &str, value: &str) {
+    if let Err(e) = std::fs::write(path, value) {
+        tracing::warn!(%path, error = %e, "cannot set sysctl; forwarding may fall back to the kernel");
     }
 }

@@ -251,17 +251,14 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     continue;
                 };
                 let (backends, _) = resolve_backends(first.route, &rule.backend_refs, snapshot);
-                let addrs: Vec<Ipv4Addr> = if listener.addresses.is_empty() {
-                    settings.node_addresses.clone()
-                } else {
-                    listener
-                        .addresses
+                let addrs: Vec<IpAddr> = if listener.addresses.is_empty() {
+                    settings
+                        .node_addresses
                         .iter()
-                        .filter_map(|a| match a {
-                            IpAddr::V4(v4) => Some(*v4),
-                            IpAddr::V6(_) => None,
-                        })
+                        .map(|a| IpAddr::V4(*a))
                         .collect()
+                } else {
+                    listener.addresses.to_vec()
                 };
                 for addr in addrs {
                     config.l4.push(L4Listener {

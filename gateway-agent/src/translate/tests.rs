@@ -1,6 +1,6 @@
 //! Translate from YAML fixtures: each test states one rule of the spec.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use super::*;
@@ -261,13 +261,42 @@ fn tcp_routes_become_l4_listeners_on_the_gateway_addresses() {
     assert_eq!(l4.len(), 1);
     assert_eq!(
         (l4[0].addr, l4[0].port, l4[0].protocol),
-        (Ipv4Addr::new(192, 0, 2, 1), 9000, L4Protocol::Tcp)
+        (Ipv4Addr::new(192, 0, 2, 1).into(), 9000, L4Protocol::Tcp)
     );
     assert_eq!(l4[0].route.to_string(), "TCPRoute/default/t/rule0");
     assert_eq!(l4[0].backends.len(), 1);
     assert_eq!(
         l4[0].backends[0].addr,
         "10.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
+}
+
+#[test]
+fn an_ipv6_gateway_address_gets_an_ipv6_l4_listener_with_the_ipv6_endpoints() {
+    let gateway = gateway("gw", "ours", "  - {name: udp, protocol: UDP, port: 5353}").replace(
+        "[{value: 192.0.2.1}]",
+        "[{value: 192.0.2.1}, {value: \"2001:db8::1\"}]",
+    );
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: UDPRoute\nmetadata: {name: u, namespace: default}\n\
+                 spec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n";
+    let slice6 = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-2\n  namespace: default\n\
+                  \x20 labels: {kubernetes.io/service-name: web}\naddressType: IPv6\nports: [{name: http, port: 8080}]\n\
+                  endpoints:\n- addresses: [\"2001:db8::10\"]\n";
+    let out = run(&format!("{BASE}{slice6}{gateway}{route}"));
+    let addrs: Vec<IpAddr> = out.config.l4.iter().map(|l| l.addr).collect();
+    assert_eq!(
+        addrs,
+        [
+            IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)),
+            "2001:db8::1".parse().unwrap()
+        ]
+    );
+    // Both get every endpoint; the data plane keeps those of the listener's family.
+    assert!(
+        out.config.l4[1]
+            .backends
+            .iter()
+            .any(|b| b.addr == "[2001:db8::10]:8080".parse::<SocketAddr>().unwrap())
     );
 }
 

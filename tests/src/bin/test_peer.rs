@@ -319,7 +319,13 @@ fn udp_echo(addr: &str) -> Result<(), String> {
 }
 
 fn udp_send(addr: &str, message: &str) -> Result<(), String> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    let target: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
     socket
         .set_read_timeout(Some(Duration::from_secs(1)))
         .map_err(|e| e.to_string())?;
