@@ -1,18 +1,100 @@
 //! aya-log debug messages, on rare paths only (a new flow, a refused one).
 //! Off unless the agent runs with `--ebpf-log`: the loader sets aya-log's
 //! read-only `AYA_LOG_LEVEL` global to 0, a constant to the verifier, which
-//! then removes the disabled calls, so the programs cost what they cost
+//! then removes the disabled code, so the programs cost what they cost
 //! without them.
+//!
+//! The forwarding path (`try_handle`) only notes what happened in a per-CPU
+//! slot; `flush` logs it after `try_handle` has returned. A message formatted
+//! inside `try_handle` would put its stack on top of the forwarding path's,
+//! past the verifier's 512 bytes.
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use aya_ebpf::programs::XdpContext;
-use aya_log_ebpf::debug;
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
+use aya_log_ebpf::{
+    debug,
+    macro_support::{Level, level_enabled},
+};
 use gateway_common::{Addr6, FlowKeyOf, FlowValueOf};
+
+const NOTHING: u32 = 0;
+const NEW_FLOW: u32 = 1;
+const DROPPED: u32 = 2;
+
+/// What `try_handle` noted for `flush`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Noted<A> {
+    what: u32,
+    route_id: u32,
+    key: FlowKeyOf<A>,
+    flow: FlowValueOf<A>,
+}
+
+#[btf_map]
+static LOG_NOTED4: PerCpuArray<Noted<u32>, 1> = PerCpuArray::new();
+#[btf_map]
+static LOG_NOTED6: PerCpuArray<Noted<Addr6>, 1> = PerCpuArray::new();
+
+/// Whether `--ebpf-log` is on: a load-time constant the verifier folds.
+#[inline(always)]
+pub fn enabled() -> bool {
+    level_enabled(Level::Debug)
+}
+
+/// Notes a new flow for `flush` (nothing when logging is off).
+#[inline(always)]
+pub fn note_new_flow<A: LogAddress>(key: &FlowKeyOf<A>, flow: &FlowValueOf<A>) {
+    if enabled()
+        && let Some(noted) = A::noted()
+    {
+        // SAFETY: this CPU's slot, written and read by this program run only.
+        unsafe {
+            (*noted).what = NEW_FLOW;
+            (*noted).key = *key;
+            (*noted).flow = *flow;
+        }
+    }
+}
+
+/// Notes a refused new flow for `flush` (nothing when logging is off).
+#[inline(always)]
+pub fn note_dropped<A: LogAddress>(key: &FlowKeyOf<A>, route_id: u32) {
+    if enabled()
+        && let Some(noted) = A::noted()
+    {
+        // SAFETY: as in `note_new_flow`.
+        unsafe {
+            (*noted).what = DROPPED;
+            (*noted).route_id = route_id;
+            (*noted).key = *key;
+        }
+    }
+}
+
+/// Logs what `try_handle` noted, on a stack of its own. Call only when
+/// `enabled()`, so that without `--ebpf-log` not even the call remains.
+#[inline(never)]
+pub fn flush<A: LogAddress>(ctx: &XdpContext) {
+    let Some(noted) = A::noted() else {
+        return;
+    };
+    // SAFETY: as in `note_new_flow`.
+    let noted = unsafe { &mut *noted };
+    match noted.what {
+        NEW_FLOW => A::new_flow(ctx, &noted.key, &noted.flow),
+        DROPPED => A::flow_dropped(ctx, &noted.key, noted.route_id),
+        _ => return,
+    }
+    noted.what = NOTHING;
+}
 
 /// An address family's messages: aya-log formats IPv4 and IPv6 addresses
 /// with different types, so each family spells its own calls.
-pub trait LogAddress: Sized {
+pub trait LogAddress: Copy + Sized {
+    /// This CPU's slot for `Noted<Self>`.
+    fn noted() -> Option<*mut Noted<Self>>;
     /// A flow opened on its route: client, listener and the chosen backend.
     fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<Self>, flow: &FlowValueOf<Self>);
     /// A new flow refused on `route_id` (no usable backend, or no free NAT port).
@@ -32,6 +114,11 @@ fn ip6(words_be: Addr6) -> Ipv6Addr {
 }
 
 impl LogAddress for u32 {
+    #[inline(always)]
+    fn noted() -> Option<*mut Noted<u32>> {
+        LOG_NOTED4.get_ptr_mut(0)
+    }
+
     #[inline(always)]
     fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<u32>, flow: &FlowValueOf<u32>) {
         debug!(
@@ -64,6 +151,11 @@ impl LogAddress for u32 {
 }
 
 impl LogAddress for Addr6 {
+    #[inline(always)]
+    fn noted() -> Option<*mut Noted<Addr6>> {
+        LOG_NOTED6.get_ptr_mut(0)
+    }
+
     #[inline(always)]
     fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, flow: &FlowValueOf<Addr6>) {
         debug!(

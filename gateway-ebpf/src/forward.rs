@@ -22,8 +22,7 @@ use gateway_common::{
 };
 
 use crate::{
-    config, csum,
-    debug_log::LogAddress as _,
+    config, csum, debug_log,
     family::{Family, V4, V6},
     icmp, maps,
     packet::*,
@@ -31,13 +30,20 @@ use crate::{
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
-    match dispatch(ctx) {
+    let action = match dispatch(ctx) {
         Ok(action) => action,
         Err(event) => {
             maps::count_event(event);
             xdp_action::XDP_PASS
         }
+    };
+    // With `--ebpf-log`: what the forwarding path noted, logged outside its
+    // stack frame.
+    if debug_log::enabled() {
+        debug_log::flush::<u32>(ctx);
+        debug_log::flush::<gateway_common::Addr6>(ctx);
     }
+    action
 }
 
 /// IPv4 or IPv6 straight after the Ethernet header, or after one VLAN tag.
@@ -47,13 +53,13 @@ pub fn handle(ctx: &XdpContext) -> u32 {
 fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
     match ether_type {
-        ETH_P_IPV4 => try_handle::<ETH_HDR_LEN, V4>(ctx),
+        ETH_P_IPV4 => Ok(handle_copy::<ETH_HDR_LEN, V4>(ctx)),
         ETH_P_IPV6 => handle_v6::<ETH_HDR_LEN>(ctx),
         ETH_P_8021Q | ETH_P_8021AD => {
             let inner =
                 u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
             match inner {
-                ETH_P_IPV4 => try_handle::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4>(ctx),
+                ETH_P_IPV4 => Ok(handle_copy::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4>(ctx)),
                 ETH_P_IPV6 => handle_v6::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx),
                 _ => Err(PacketEvent::PassedNotOurs),
             }
@@ -69,13 +75,28 @@ fn handle_v6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     if read::<u8>(ctx, L3 + IPV6_NEXT_HEADER) == Some(PROTO_ICMPV6) {
         return icmp::translate_error6::<L3>(ctx);
     }
-    try_handle::<L3, V6>(ctx)
+    Ok(handle_copy::<L3, V6>(ctx))
+}
+
+/// One copy of the forwarding path as its own BPF function: their stacks
+/// together would pass the 512-byte limit, one at a time they do not. It
+/// returns the action as a scalar: a `Result` would come back through a
+/// pointer into the caller's stack, which leaves a stack pointer in r0 at
+/// exit, and the verifier refuses that.
+#[inline(never)]
+fn handle_copy<const L3: usize, F: Family>(ctx: &XdpContext) -> u32 {
+    match try_handle::<L3, F>(ctx) {
+        Ok(action) => action,
+        Err(event) => {
+            maps::count_event(event);
+            xdp_action::XDP_PASS
+        }
+    }
 }
 
 /// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
-/// `L3`: where the IP header starts. Each copy is its own BPF function: their
-/// stacks together would pass the 512-byte limit, one at a time they do not.
-#[inline(never)]
+/// `L3`: where the IP header starts.
+#[inline(always)]
 fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
     let proto = F::l4_proto::<L3>(ctx)?;
     if proto == PROTO_ICMP {
@@ -184,11 +205,11 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
 
     let Some(flow) = open_flow::<F>(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
-        F::Addr::flow_dropped(ctx, &key, route_id);
+        debug_log::note_dropped(&key, route_id);
         return Ok(xdp_action::XDP_DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
-    F::Addr::new_flow(ctx, &key, &flow);
+    debug_log::note_new_flow(&key, &flow);
     rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
     Ok(send::<L3, F>(ctx, &key, &flow))
 }
