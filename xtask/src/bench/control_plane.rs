@@ -259,7 +259,11 @@ fn measure(
     // Long enough to cover every edit (each took up to ~1 s in earlier runs).
     let load_seconds = (edits as u32) + 10;
     let url = format!("http://127.0.0.1:{}/s0/steady", manifests::http_port(0));
-    let args = oha_args(load_seconds, rate, 50, &manifests::route_host(0), &url);
+    let mut args = oha_args(load_seconds, rate, 50, &manifests::route_host(0), &url);
+    // At its deadline oha aborts the HTTP/1 requests still in flight and
+    // counts them as failed ("aborted due to deadline"): wait for them
+    // instead, so that what is counted is what the agent answered.
+    args.insert(1, "--wait-ongoing-requests-after-deadline".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let load = ns
         .command(Some(CLIENT_CPU), &args)
