@@ -321,7 +321,8 @@ fn measure(
         "\n### Change to serving ({edits} edits, 5,000 HTTPRoutes present)\n\n\
          Each edit rewrites one file (`edit.yaml`: one HTTPRoute, a new hostname each time); the clock runs from the write \
          until that hostname first answers 200 (polled on new connections). Meanwhile oha sends {rate:.0} req/s (open loop, \
-         50 connections) to another route for {load_seconds} s (the edits took {:.1} s).\n\n\
+         50 connections) to another route for {load_seconds} s (the edits took {:.1} s); requests in flight when that time is up are \
+         waited for, not aborted.\n\n\
          | figure | value |\n|---|---|\n\
          | change to serving p50 | {:.1} ms |\n| change to serving p99 | {:.1} ms |\n| min–max | {:.1}–{:.1} ms |\n\
          | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
