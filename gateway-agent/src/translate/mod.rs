@@ -71,12 +71,15 @@ pub struct Memo {
 /// routes changes (listeners, Services, grants... are what it was decided on).
 struct RouteMemo {
     route: Route,
-    /// One per parentRef of ours: its status, and the listeners it attached
-    /// to (index into the listeners, hostnames served there).
-    parents: Vec<(ObjectStatus, Vec<(usize, Vec<String>)>)>,
+    /// One per parentRef of ours: its status, and the listeners it attached to.
+    parents: Vec<(ObjectStatus, Vec<Hit>)>,
     /// The sockets of those listeners.
     binds: BTreeSet<SocketAddr>,
 }
+
+/// A listener accepting a route: its index into the listeners, and the
+/// hostnames the route serves there.
+type Hit = (usize, Vec<String>);
 
 /// What changed in the snapshot since the translate that filled the memo:
 /// every object (`None`, e.g. the first translate), or these objects (added,
