@@ -214,6 +214,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ManifestWatcher::new(&dir).with_context(|| format!("watching {}", dir.display()))?;
 
     let mut source = FileSource::default();
+    // What the last translate leaves for the next: a route edit translates
+    // that route and the sockets it is on, not everything.
+    let mut memo = translate::Memo::default();
     let settings = node.settings.clone();
     let mut generation = 0u64;
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -224,13 +227,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // requests in flight are not stalled by a reload.
         let dir_now = dir.clone();
         let settings_now = settings.clone();
-        let (returned, output, errors, read_took, translate_took) =
+        let (returned, returned_memo, output, errors, read_took, translate_took) =
             tokio::task::spawn_blocking(move || {
-                let (snapshot, errors) = source.load(&dir_now);
+                let (_, errors) = source.load(&dir_now);
+                let changes = source.take_changes();
                 let read_took = started.elapsed();
-                let output = translate::translate(snapshot, &settings_now);
+                let output = translate::translate_incremental(
+                    source.snapshot(),
+                    &settings_now,
+                    Some(&changes),
+                    &mut memo,
+                );
                 (
                     source,
+                    memo,
                     output,
                     errors,
                     read_took,
@@ -240,6 +250,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("the reload thread panicked")?;
         source = returned;
+        memo = returned_memo;
         for error in &errors {
             tracing::error!(%error, "invalid manifest");
         }

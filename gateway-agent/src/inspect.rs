@@ -147,10 +147,12 @@ fn path_text(path: &PathMatch) -> String {
 /// Builds `/state`'s answer: the last applied configuration (kept in summary
 /// form, without certificates or filters) and the counters read when asked.
 pub struct StateSource {
-    configured: Mutex<AgentState>,
     /// The last applied translate output (one generation), which `/explain`
     /// decides from exactly as `explain --manifests` does from a directory.
     translated: Mutex<Option<Arc<crate::translate::Output>>>,
+    /// The last applied config (its HTTP rules shared with the proxy's
+    /// tables) and its generation: summarized when asked, not per apply.
+    configured: Mutex<(DataplaneConfig, u64)>,
     proxy_metrics: Arc<ProxyMetrics>,
     passthrough: Arc<Passthrough>,
 }
@@ -169,6 +171,11 @@ impl StateSource {
 
     /// Records what was applied in `generation`.
     pub fn applied(&self, config: &DataplaneConfig, generation: u64) {
+        *self.configured.lock().expect("state lock") = (config.clone(), generation);
+    }
+
+    /// The summary of an applied config, counters zero.
+    fn summary(config: &DataplaneConfig, generation: u64) -> AgentState {
         let mut l4_routes: Vec<RouteName> = config.l4.iter().map(|l| (&l.route).into()).collect();
         l4_routes.sort();
         l4_routes.dedup();
@@ -219,13 +226,13 @@ impl StateSource {
                     .collect(),
             })
             .collect();
-        *self.configured.lock().expect("state lock") = AgentState {
+        AgentState {
             generation,
             l4_routes,
             http,
             tls_passthrough,
             tls_splice: String::new(),
-        };
+        }
     }
 
     /// Keeps the translate output just applied for `/explain`, in place of
@@ -250,7 +257,10 @@ impl StateSource {
 
     /// The configuration with the counters as they are now.
     pub fn state(&self) -> AgentState {
-        let mut state = self.configured.lock().expect("state lock").clone();
+        let mut state = {
+            let configured = self.configured.lock().expect("state lock");
+            Self::summary(&configured.0, configured.1)
+        };
         state.tls_splice = if self.passthrough.spliced_in_kernel() {
             "kernel"
         } else {

@@ -1,6 +1,7 @@
 //! What the data planes serve: translate's output, free of Kubernetes types.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -279,13 +280,23 @@ pub struct HttpRule {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpListener {
     pub bind: SocketAddr,
-    pub rules: Vec<HttpRule>,
+    /// Shared: translate keeps it for the next change, and the proxy keeps
+    /// the table it built from it (the same Arc again means unchanged).
+    #[serde(serialize_with = "serialize_shared")]
+    pub rules: Arc<Vec<HttpRule>>,
     /// Empty: plain HTTP. Otherwise HTTPS: TLS ends here, the certificate is
     /// chosen by SNI among those of the listeners sharing this socket.
     pub certificates: Vec<ServerCertificate>,
     /// HTTPS only: client certificates are checked against these CAs
     /// (the Gateway's `spec.tls.frontend` for this port).
     pub client_validation: Option<ClientValidation>,
+}
+
+fn serialize_shared<S: serde::Serializer, T: Serialize>(
+    value: &Arc<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_ref().serialize(serializer)
 }
 
 /// Client certificate validation on an HTTPS socket (Gateway `tls.frontend`).

@@ -87,6 +87,18 @@ struct Bound {
     /// Set on HTTPS sockets: the TLS acceptor with the listeners' certificates.
     tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     accept: JoinHandle<()>,
+    /// What the table and acceptor were built from: a listener with the same
+    /// rules (the same Arc: translate reuses it when they did not change),
+    /// certificates and client validation keeps them.
+    served: HttpListener,
+}
+
+impl Bound {
+    fn serves(&self, listener: &HttpListener) -> bool {
+        Arc::ptr_eq(&self.served.rules, &listener.rules)
+            && self.served.certificates == listener.certificates
+            && self.served.client_validation == listener.client_validation
+    }
 }
 
 /// What every connection of every listener shares.
@@ -133,6 +145,15 @@ impl Proxy {
         let mut failures = Vec::new();
         let mut fresh = Vec::new();
         for listener in listeners {
+            let unchanged = self
+                .bound
+                .lock()
+                .expect("lock")
+                .get(&listener.bind)
+                .is_some_and(|b| b.serves(listener));
+            if unchanged {
+                continue;
+            }
             let table = RouteTable::new(listener.rules.clone()).with_listener_hostnames(
                 listener
                     .certificates
@@ -159,6 +180,9 @@ impl Proxy {
                 Some((current, current_tls)) => {
                     current.store(Arc::new(table));
                     current_tls.store(acceptor);
+                    if let Some(bound) = self.bound.lock().expect("lock").get_mut(&listener.bind) {
+                        bound.served = listener.clone();
+                    }
                 }
                 None => match bind(listener.bind).await {
                     Ok(socket) => {
@@ -170,7 +194,15 @@ impl Proxy {
                             tls.clone(),
                             self.shared.clone(),
                         ));
-                        fresh.push((listener.bind, Bound { table, tls, accept }));
+                        fresh.push((
+                            listener.bind,
+                            Bound {
+                                table,
+                                tls,
+                                accept,
+                                served: listener.clone(),
+                            },
+                        ));
                     }
                     Err(e) => failures.push((listener.bind, e)),
                 },
@@ -934,7 +966,7 @@ mod tests {
         }];
         HttpListener {
             bind,
-            rules: vec![r],
+            rules: vec![r].into(),
             certificates: Vec::new(),
             client_validation: None,
         }

@@ -4,6 +4,7 @@
 //! precedence order (translate sorted them): the first whose match holds wins.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use hyper::HeaderMap;
 use regex::Regex;
@@ -55,9 +56,9 @@ fn full_match_regex(pattern: &str) -> Option<Regex> {
     }
 }
 
+/// The matchers of one rule (the rule itself stays in the table's shared list).
 #[derive(Debug)]
 struct CompiledRule {
-    rule: HttpRule,
     /// None for a path regex that does not compile (never matches).
     path: Option<PathMatcher>,
     headers: Vec<(String, Option<Matcher>)>,
@@ -72,7 +73,7 @@ enum PathMatcher {
 }
 
 impl CompiledRule {
-    fn new(rule: HttpRule) -> Self {
+    fn new(rule: &HttpRule) -> Self {
         let compile = |list: &[NameValueMatch]| -> Vec<(String, Option<Matcher>)> {
             list.iter()
                 .map(|m| (m.name.clone(), Matcher::new(&m.value)))
@@ -92,19 +93,18 @@ impl CompiledRule {
         let headers = compile(headers);
         let query_params = compile(query_params);
         Self {
-            rule,
             path,
             headers,
             query_params,
         }
     }
 
-    fn matches(&self, request: &RequestView) -> bool {
-        self.mismatch(request).is_none()
+    fn matches(&self, rule: &HttpRule, request: &RequestView) -> bool {
+        self.mismatch(rule, request).is_none()
     }
 
     /// The first condition of this rule's match that `request` fails, if any.
-    fn mismatch(&self, request: &RequestView) -> Option<Mismatch> {
+    fn mismatch(&self, rule: &HttpRule, request: &RequestView) -> Option<Mismatch> {
         let path_ok = match &self.path {
             Some(PathMatcher::Exact(p)) => p == request.path,
             Some(PathMatcher::Prefix(p)) => prefix_matches(p, request.path),
@@ -114,7 +114,7 @@ impl CompiledRule {
         if !path_ok {
             return Some(Mismatch::Path);
         }
-        if let Some(method) = &self.rule.matched.method
+        if let Some(method) = &rule.matched.method
             && method != request.method
         {
             return Some(Mismatch::Method);
@@ -178,6 +178,8 @@ pub enum Verdict {
 
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// Translate's rules, shared with the config they came from.
+    source: Arc<Vec<HttpRule>>,
     rules: Vec<CompiledRule>,
     exact: HashMap<String, Vec<usize>>,
     /// (".example.com", rules), longest suffix first.
@@ -190,7 +192,8 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(rules: Vec<HttpRule>) -> Self {
+    pub fn new(rules: impl Into<Arc<Vec<HttpRule>>>) -> Self {
+        let rules = rules.into();
         let mut table = RouteTable::default();
         let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, rule) in rules.iter().enumerate() {
@@ -205,7 +208,7 @@ impl RouteTable {
                 }
             }
         }
-        for rule in &rules {
+        for rule in rules.iter() {
             match rule
                 .listener_hostname
                 .as_deref()
@@ -226,7 +229,8 @@ impl RouteTable {
         table
             .wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-        table.rules = rules.into_iter().map(CompiledRule::new).collect();
+        table.rules = rules.iter().map(CompiledRule::new).collect();
+        table.source = rules;
         table
     }
 
@@ -240,10 +244,10 @@ impl RouteTable {
     pub fn find(&self, request: &RequestView) -> Option<&HttpRule> {
         let (host, listener) = self.serving_listener(request);
         self.in_precedence_order(&host)
-            .map(|i| &self.rules[i])
-            .filter(|compiled| compiled.rule.listener_hostname == listener)
-            .find(|rule| rule.matches(request))
-            .map(|compiled| &compiled.rule)
+            .map(|i| (&self.source[i], &self.rules[i]))
+            .filter(|(rule, _)| rule.listener_hostname == listener)
+            .find(|(rule, compiled)| compiled.matches(rule, request))
+            .map(|(rule, _)| rule)
     }
 
     /// The request's host (lower-cased, without port) and the hostname of the
@@ -282,11 +286,11 @@ impl RouteTable {
             if !seen.insert(i) {
                 continue;
             }
-            let compiled = &self.rules[i];
-            let verdict = if compiled.rule.listener_hostname != listener {
+            let (rule, compiled) = (&self.source[i], &self.rules[i]);
+            let verdict = if rule.listener_hostname != listener {
                 Verdict::OtherListener
             } else {
-                match compiled.mismatch(request) {
+                match compiled.mismatch(rule, request) {
                     Some(mismatch) => Verdict::NoMatch(mismatch),
                     None if chosen => Verdict::LostOnPrecedence,
                     None => {
@@ -295,11 +299,11 @@ impl RouteTable {
                     }
                 }
             };
-            verdicts.push((&compiled.rule, verdict));
+            verdicts.push((rule, verdict));
         }
-        for (i, compiled) in self.rules.iter().enumerate() {
+        for (i, rule) in self.source.iter().enumerate() {
             if !seen.contains(&i) {
-                verdicts.push((&compiled.rule, Verdict::OtherHostname));
+                verdicts.push((rule, Verdict::OtherHostname));
             }
         }
         verdicts

@@ -46,6 +46,9 @@ pub struct FileSource {
     shadowed: BTreeMap<(Kind, ObjectKey), BTreeMap<Arc<Path>, Object>>,
     /// Which file the snapshot's version of each object came from.
     served_by: BTreeMap<(Kind, ObjectKey), Arc<Path>>,
+    /// Objects of the snapshot added, replaced or removed since the last
+    /// `take_changes` (what an incremental translate recomputes).
+    changed: BTreeSet<(Kind, ObjectKey)>,
 }
 
 struct FileState {
@@ -69,6 +72,12 @@ impl FileSource {
     /// The merged snapshot as of the last `load`.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The objects added, replaced or removed by the loads since the last
+    /// call (every object after the first load).
+    pub fn take_changes(&mut self) -> BTreeSet<(Kind, ObjectKey)> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Brings the snapshot up to date with `dir` and returns it with every
@@ -214,6 +223,13 @@ impl FileSource {
 
     fn claim(&mut self, path: &Arc<Path>, key: ObjectKey, object: Object) {
         let entry = (object.kind(), key);
+        if self
+            .served_by
+            .get(&entry)
+            .is_none_or(|current| current <= path)
+        {
+            self.changed.insert(entry.clone());
+        }
         match self.served_by.get(&entry) {
             Some(current) if current > path => {
                 self.shadowed
@@ -252,6 +268,7 @@ impl FileSource {
             }
             self.snapshot.remove(entry.0, &entry.1);
             self.served_by.remove(entry);
+            self.changed.insert(entry.clone());
             // The next file in path order that defines it takes over.
             let Some(versions) = self.shadowed.get_mut(entry) else {
                 continue;

@@ -101,6 +101,10 @@ impl<'a> BackendTlsPolicies<'a> {
     /// The index of the policy governing `backend` (a Service port), if any: a
     /// policy naming the port (by name) wins over one for the whole Service.
     fn governing(&self, backend: &BackendRef, snapshot: &Snapshot) -> Option<usize> {
+        // Asked for every backendRef of every route: no allocation when no policy governs.
+        if self.governing.is_empty() {
+            return None;
+        }
         let service = ObjectKey::new(&backend.namespace, &backend.name);
         let port_name = snapshot.services.get(&service).and_then(|s| {
             s.spec

@@ -56,7 +56,7 @@ pub(super) fn listener_rules(
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
                     route: route_ref(route, index as u32),
-                    hostnames: attachment.hostnames.clone(),
+                    hostnames: attachment.hostnames.to_vec(),
                     listener_hostname: listener.hostname.map(str::to_ascii_lowercase),
                     matched: m.clone(),
                     filters: filters.clone(),

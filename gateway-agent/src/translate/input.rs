@@ -484,180 +484,18 @@ fn retry(
     })
 }
 
-/// Every route of the snapshot, whatever its kind, in one shape.
-pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
-    let mut routes = Vec::new();
-    for (key, route) in &snapshot.http_routes {
+/// TCPRoute and UDPRoute (same schema, distinct generated types).
+macro_rules! l4_route {
+    ($route:expr, $key:expr, $kind:expr) => {{
+        let (route, key) = ($route, $key);
         let ns = &key.namespace;
         let (generation, created) = meta_facts(&route.metadata);
-        let rules = route.spec.rules.clone().unwrap_or_default();
-        routes.push(Route {
-            kind: RouteKind::Http,
+        Route {
+            kind: $kind,
             key: key.clone(),
             generation,
             created,
-            hostnames: route.spec.hostnames.clone().unwrap_or_default(),
-            parent_refs: route
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| parent_ref!(p, ns))
-                .collect(),
-            rules: rules
-                .iter()
-                .map(|r| {
-                    let matches = match &r.matches {
-                        Some(ms) if !ms.is_empty() => ms.iter().map(http_match).collect(),
-                        _ => vec![HttpMatch::any()],
-                    };
-                    let mut unsupported = None;
-                    let mut backend_refs = Vec::new();
-                    for b in r.backend_refs.iter().flatten() {
-                        let mut backend = backend_ref!(b, ns);
-                        match filters(b.filters.as_deref().unwrap_or_default(), ns) {
-                            Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
-                                unsupported =
-                                    Some("CORS is a rule filter, not a backendRef's".into());
-                            }
-                            Ok(f) => backend.filters = f,
-                            Err(e) => unsupported = Some(e),
-                        }
-                        backend_refs.push(backend);
-                    }
-                    let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                        .unwrap_or_else(|e| {
-                            unsupported = Some(e);
-                            Vec::new()
-                        });
-                    let rule_timeouts = timeouts(r.timeouts.as_ref()).unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        HttpTimeouts::default()
-                    });
-                    let rule_retry = r.retry.as_ref().map(retry).transpose().unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        None
-                    });
-                    let mut rule = Rule {
-                        grpc_precedence: Vec::new(),
-                        matches,
-                        backend_refs,
-                        filters: rule_filters,
-                        timeouts: rule_timeouts,
-                        retry: rule_retry,
-                        unsupported,
-                    };
-                    rule.check_regexes();
-                    rule
-                })
-                .collect(),
-        });
-    }
-    for (key, route) in &snapshot.grpc_routes {
-        let ns = &key.namespace;
-        let (generation, created) = meta_facts(&route.metadata);
-        let rules = route.spec.rules.clone().unwrap_or_default();
-        routes.push(Route {
-            kind: RouteKind::Grpc,
-            key: key.clone(),
-            generation,
-            created,
-            hostnames: route.spec.hostnames.clone().unwrap_or_default(),
-            parent_refs: route
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| parent_ref!(p, ns))
-                .collect(),
-            rules: rules
-                .iter()
-                .map(|r| {
-                    let (matches, grpc_precedence) = match &r.matches {
-                        Some(ms) if !ms.is_empty() => ms.iter().map(grpc_match).unzip(),
-                        _ => (vec![HttpMatch::any()], vec![(0, 0)]),
-                    };
-                    let mut unsupported = None;
-                    let mut backend_refs = Vec::new();
-                    for b in r.backend_refs.iter().flatten() {
-                        let mut backend = backend_ref!(b, ns);
-                        match filters(b.filters.as_deref().unwrap_or_default(), ns) {
-                            Ok(f) => backend.filters = f,
-                            Err(e) => unsupported = Some(e),
-                        }
-                        backend_refs.push(backend);
-                    }
-                    let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                        .unwrap_or_else(|e| {
-                            unsupported = Some(e);
-                            Vec::new()
-                        });
-                    let mut rule = Rule {
-                        matches,
-                        grpc_precedence,
-                        backend_refs,
-                        filters: rule_filters,
-                        timeouts: HttpTimeouts::default(),
-                        retry: None,
-                        unsupported,
-                    };
-                    rule.check_regexes();
-                    rule
-                })
-                .collect(),
-        });
-    }
-    macro_rules! l4_routes {
-        ($map:expr, $kind:expr) => {
-            for (key, route) in &$map {
-                let ns = &key.namespace;
-                let (generation, created) = meta_facts(&route.metadata);
-                routes.push(Route {
-                    kind: $kind,
-                    key: key.clone(),
-                    generation,
-                    created,
-                    hostnames: Vec::new(),
-                    parent_refs: route
-                        .spec
-                        .parent_refs
-                        .iter()
-                        .flatten()
-                        .map(|p| parent_ref!(p, ns))
-                        .collect(),
-                    rules: route
-                        .spec
-                        .rules
-                        .iter()
-                        .map(|r| Rule {
-                            matches: Vec::new(),
-                            grpc_precedence: Vec::new(),
-                            filters: Vec::new(),
-                            timeouts: HttpTimeouts::default(),
-                            retry: None,
-                            backend_refs: r
-                                .backend_refs
-                                .iter()
-                                .map(|b| backend_ref!(b, ns))
-                                .collect(),
-                            unsupported: None,
-                        })
-                        .collect(),
-                });
-            }
-        };
-    }
-    l4_routes!(snapshot.tcp_routes, RouteKind::Tcp);
-    l4_routes!(snapshot.udp_routes, RouteKind::Udp);
-    for (key, route) in &snapshot.tls_routes {
-        let ns = &key.namespace;
-        let (generation, created) = meta_facts(&route.metadata);
-        routes.push(Route {
-            kind: RouteKind::Tls,
-            key: key.clone(),
-            generation,
-            created,
-            hostnames: route.spec.hostnames.clone(),
+            hostnames: Vec::new(),
             parent_refs: route
                 .spec
                 .parent_refs
@@ -679,7 +517,195 @@ pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
                     unsupported: None,
                 })
                 .collect(),
-        });
+        }
+    }};
+}
+
+/// Every route of the snapshot, whatever its kind, in one shape: kind by
+/// kind, each kind in key order.
+pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
+    route_ids(snapshot)
+        .filter_map(|(kind, key)| route(snapshot, kind, key))
+        .collect()
+}
+
+/// The identities of every route of the snapshot, in `routes`' order.
+pub fn route_ids(snapshot: &Snapshot) -> impl Iterator<Item = (RouteKind, &ObjectKey)> {
+    let tag = |kind| move |key| (kind, key);
+    (snapshot.http_routes.keys().map(tag(RouteKind::Http)))
+        .chain(snapshot.grpc_routes.keys().map(tag(RouteKind::Grpc)))
+        .chain(snapshot.tcp_routes.keys().map(tag(RouteKind::Tcp)))
+        .chain(snapshot.udp_routes.keys().map(tag(RouteKind::Udp)))
+        .chain(snapshot.tls_routes.keys().map(tag(RouteKind::Tls)))
+}
+
+/// One route of the snapshot in translate's view, if the snapshot has it.
+pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Route> {
+    Some(match kind {
+        RouteKind::Http => http_route(key, snapshot.http_routes.get(key)?),
+        RouteKind::Grpc => grpc_route(key, snapshot.grpc_routes.get(key)?),
+        RouteKind::Tcp => {
+            let route = snapshot.tcp_routes.get(key)?;
+            l4_route!(route, key, RouteKind::Tcp)
+        }
+        RouteKind::Udp => {
+            let route = snapshot.udp_routes.get(key)?;
+            l4_route!(route, key, RouteKind::Udp)
+        }
+        RouteKind::Tls => tls_route(key, snapshot.tls_routes.get(key)?),
+    })
+}
+
+fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::HttpRoute) -> Route {
+    let ns = &key.namespace;
+    let (generation, created) = meta_facts(&route.metadata);
+    let rules = route.spec.rules.clone().unwrap_or_default();
+    Route {
+        kind: RouteKind::Http,
+        key: key.clone(),
+        generation,
+        created,
+        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| parent_ref!(p, ns))
+            .collect(),
+        rules: rules
+            .iter()
+            .map(|r| {
+                let matches = match &r.matches {
+                    Some(ms) if !ms.is_empty() => ms.iter().map(http_match).collect(),
+                    _ => vec![HttpMatch::any()],
+                };
+                let mut unsupported = None;
+                let mut backend_refs = Vec::new();
+                for b in r.backend_refs.iter().flatten() {
+                    let mut backend = backend_ref!(b, ns);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                        Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
+                            unsupported = Some("CORS is a rule filter, not a backendRef's".into());
+                        }
+                        Ok(f) => backend.filters = f,
+                        Err(e) => unsupported = Some(e),
+                    }
+                    backend_refs.push(backend);
+                }
+                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
+                    .unwrap_or_else(|e| {
+                        unsupported = Some(e);
+                        Vec::new()
+                    });
+                let rule_timeouts = timeouts(r.timeouts.as_ref()).unwrap_or_else(|e| {
+                    unsupported = Some(e);
+                    HttpTimeouts::default()
+                });
+                let rule_retry = r.retry.as_ref().map(retry).transpose().unwrap_or_else(|e| {
+                    unsupported = Some(e);
+                    None
+                });
+                let mut rule = Rule {
+                    grpc_precedence: Vec::new(),
+                    matches,
+                    backend_refs,
+                    filters: rule_filters,
+                    timeouts: rule_timeouts,
+                    retry: rule_retry,
+                    unsupported,
+                };
+                rule.check_regexes();
+                rule
+            })
+            .collect(),
     }
-    routes
+}
+
+fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Route {
+    let ns = &key.namespace;
+    let (generation, created) = meta_facts(&route.metadata);
+    let rules = route.spec.rules.clone().unwrap_or_default();
+    Route {
+        kind: RouteKind::Grpc,
+        key: key.clone(),
+        generation,
+        created,
+        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| parent_ref!(p, ns))
+            .collect(),
+        rules: rules
+            .iter()
+            .map(|r| {
+                let (matches, grpc_precedence) = match &r.matches {
+                    Some(ms) if !ms.is_empty() => ms.iter().map(grpc_match).unzip(),
+                    _ => (vec![HttpMatch::any()], vec![(0, 0)]),
+                };
+                let mut unsupported = None;
+                let mut backend_refs = Vec::new();
+                for b in r.backend_refs.iter().flatten() {
+                    let mut backend = backend_ref!(b, ns);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                        Ok(f) => backend.filters = f,
+                        Err(e) => unsupported = Some(e),
+                    }
+                    backend_refs.push(backend);
+                }
+                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
+                    .unwrap_or_else(|e| {
+                        unsupported = Some(e);
+                        Vec::new()
+                    });
+                let mut rule = Rule {
+                    matches,
+                    grpc_precedence,
+                    backend_refs,
+                    filters: rule_filters,
+                    timeouts: HttpTimeouts::default(),
+                    retry: None,
+                    unsupported,
+                };
+                rule.check_regexes();
+                rule
+            })
+            .collect(),
+    }
+}
+
+fn tls_route(key: &ObjectKey, route: &gateway_api::tlsroutes::TlsRoute) -> Route {
+    let ns = &key.namespace;
+    let (generation, created) = meta_facts(&route.metadata);
+    Route {
+        kind: RouteKind::Tls,
+        key: key.clone(),
+        generation,
+        created,
+        hostnames: route.spec.hostnames.clone(),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| parent_ref!(p, ns))
+            .collect(),
+        rules: route
+            .spec
+            .rules
+            .iter()
+            .map(|r| Rule {
+                matches: Vec::new(),
+                grpc_precedence: Vec::new(),
+                filters: Vec::new(),
+                timeouts: HttpTimeouts::default(),
+                retry: None,
+                backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                unsupported: None,
+            })
+            .collect(),
+    }
 }

@@ -10,13 +10,16 @@ mod gateways;
 mod http;
 pub mod input;
 pub mod listeners;
+#[cfg(test)]
+mod memo_tests;
 mod passthrough;
 mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 
@@ -24,13 +27,13 @@ use crate::model::{
     ANY_V4, ClientValidation, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule,
     L4Listener, L4Protocol, RouteRef, ServerCertificate, WeightedEndpoint,
 };
-use crate::store::{ObjectKey, Snapshot};
+use crate::store::{Kind, ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
 use listeners::Listener;
 pub use status::{ApiObject, Condition, ListenerFacts, ObjectStatus, api_objects};
 
 /// What translate needs to know about the node it runs for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// GatewayClasses naming this controller are ours; everything else is ignored.
     pub controller_name: String,
@@ -51,10 +54,82 @@ pub struct Output {
 /// A route's acceptance on one listener, with the hostnames it serves there.
 struct Attachment<'a> {
     route: &'a Route,
-    hostnames: Vec<String>,
+    hostnames: &'a [String],
+}
+
+/// What one translate leaves for the next, so that a change to a few routes
+/// recomputes only those routes and the sockets they are (or were) served
+/// on. The caller holds it between calls and says what changed; translate
+/// stays a function of the snapshot (`translate` and `translate_incremental`
+/// return the same output for the same snapshot).
+#[derive(Default)]
+pub struct Memo {
+    /// The settings the memo was computed for; other settings start over.
+    settings: Option<Settings>,
+    routes: BTreeMap<(RouteKind, ObjectKey), RouteMemo>,
+    /// Each socket's rules, in precedence order, as last assembled.
+    http_rules: BTreeMap<SocketAddr, Arc<Vec<HttpRule>>>,
+}
+
+/// One route's own share of a translate: valid while no object other than
+/// routes changes (listeners, Services, grants... are what it was decided on).
+struct RouteMemo {
+    route: Route,
+    /// One per parentRef of ours: its status, and the listeners it attached to.
+    parents: Vec<(ObjectStatus, Vec<Hit>)>,
+    /// The sockets of those listeners.
+    binds: BTreeSet<SocketAddr>,
+}
+
+/// A listener accepting a route: its index into the listeners, and the
+/// hostnames the route serves there.
+type Hit = (usize, Vec<String>);
+
+/// What changed in the snapshot since the translate that filled the memo:
+/// every object (`None`, e.g. the first translate), or these objects (added,
+/// changed or removed).
+pub type Changes<'a> = Option<&'a BTreeSet<(Kind, ObjectKey)>>;
+
+const ROUTE_KINDS: [Kind; 5] = [
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::TcpRoute,
+    Kind::UdpRoute,
+    Kind::TlsRoute,
+];
+
+fn route_kind(kind: Kind) -> Option<RouteKind> {
+    Some(match kind {
+        Kind::HttpRoute => RouteKind::Http,
+        Kind::GrpcRoute => RouteKind::Grpc,
+        Kind::TcpRoute => RouteKind::Tcp,
+        Kind::UdpRoute => RouteKind::Udp,
+        Kind::TlsRoute => RouteKind::Tls,
+        _ => return None,
+    })
 }
 
 pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
+    translate_incremental(snapshot, settings, None, &mut Memo::default())
+}
+
+/// `translate`, reusing what `memo` kept of the previous translate: when only
+/// routes changed, only the changed routes are translated again and only the
+/// sockets they were or are attached to get their rules assembled anew.
+/// Any other change (a Gateway, a Service, a Secret...) translates everything.
+pub fn translate_incremental(
+    snapshot: &Snapshot,
+    settings: &Settings,
+    changes: Changes,
+    memo: &mut Memo,
+) -> Output {
+    let routes_only = memo.settings.as_ref() == Some(settings)
+        && changes.is_some_and(|c| c.iter().all(|(kind, _)| ROUTE_KINDS.contains(kind)));
+    if !routes_only {
+        memo.settings = Some(settings.clone());
+        memo.routes.clear();
+        memo.http_rules.clear();
+    }
     let mut statuses = Vec::new();
     let our_classes: Vec<&str> = snapshot
         .gateway_classes
@@ -128,12 +203,11 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
         statuses.push(set);
     }
 
-    let our_listener_sets: std::collections::BTreeSet<ObjectKey> = statuses
+    let our_listener_sets: BTreeSet<ObjectKey> = statuses
         .iter()
         .filter(|s| s.kind == "ListenerSet")
         .map(|s| s.key.clone())
         .collect();
-    let routes = input::routes(snapshot);
     // Each parent's listeners, so that attaching a route does not scan every listener.
     let mut listeners_of: BTreeMap<(&str, &ObjectKey), Vec<usize>> = BTreeMap::new();
     for (index, listener) in listeners.iter().enumerate() {
@@ -142,39 +216,51 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
             .or_default()
             .push(index);
     }
+
+    // The routes: the changed ones (all, unless only routes changed) are
+    // translated again; the sockets they were and are served on are dirty.
+    let mut dirty_binds: BTreeSet<SocketAddr> = BTreeSet::new();
+    for (kind, key) in changes.into_iter().flatten() {
+        let Some(kind) = route_kind(*kind) else {
+            continue;
+        };
+        if let Some(old) = memo.routes.remove(&(kind, key.clone())) {
+            dirty_binds.extend(old.binds);
+        }
+    }
+    let to_translate: Vec<(RouteKind, &ObjectKey)> = match changes {
+        Some(changed) if routes_only => changed
+            .iter()
+            .filter_map(|(kind, key)| Some((route_kind(*kind)?, key)))
+            .collect(),
+        _ => input::route_ids(snapshot).collect(),
+    };
+    for (kind, key) in to_translate {
+        let Some(route) = input::route(snapshot, kind, key) else {
+            continue; // Removed.
+        };
+        let decided = route_memo(
+            route,
+            &gateway_addresses,
+            &our_listener_sets,
+            &listeners_of,
+            &listeners,
+            snapshot,
+        );
+        dirty_binds.extend(decided.binds.iter().copied());
+        memo.routes.insert((kind, key.clone()), decided);
+    }
     let mut attachments: Vec<Vec<Attachment>> = listeners.iter().map(|_| Vec::new()).collect();
-    for route in &routes {
-        for parent in &route.parent_refs {
-            if parent.group != GATEWAY_GROUP {
-                continue;
+    // The memo's order (kind, then namespace/name) is `input::route_ids`'.
+    for decided in memo.routes.values() {
+        for (status, hits) in &decided.parents {
+            statuses.push(status.clone());
+            for (index, hostnames) in hits {
+                attachments[*index].push(Attachment {
+                    route: &decided.route,
+                    hostnames,
+                });
             }
-            let parent_key = ObjectKey::new(&parent.namespace, &parent.name);
-            let owner_kind = match parent.kind.as_str() {
-                "Gateway" if gateway_addresses.contains_key(&parent_key) => "Gateway",
-                // A ListenerSet is ours when it names one of our Gateways.
-                "ListenerSet" if our_listener_sets.contains(&parent_key) => "ListenerSet",
-                _ => continue, // Not a parent of ours: its controller writes this status.
-            };
-            let mut status = ObjectStatus::new(route.kind.name(), route.key.clone());
-            status.generation = route.generation;
-            status.parent = Some(parent_key.clone());
-            status.section = parent.section_name.clone();
-            status.parent_ref = Some(parent.clone());
-            let own = listeners_of
-                .get(&(owner_kind, &parent_key))
-                .map_or(&[][..], Vec::as_slice);
-            let accepted = attach(route, parent, own, &listeners, snapshot);
-            match accepted {
-                Ok(hits) => {
-                    status.push(Condition::yes("Accepted", "Accepted", "accepted"));
-                    for (index, hostnames) in hits {
-                        attachments[index].push(Attachment { route, hostnames });
-                    }
-                }
-                Err((reason, message)) => status.push(Condition::no("Accepted", reason, &message)),
-            }
-            status.push(resolved_refs_condition(route, snapshot));
-            statuses.push(status);
         }
     }
 
@@ -207,6 +293,12 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
     let mut https_validation: BTreeMap<SocketAddr, ClientValidation> = BTreeMap::new();
     let mut tls_sockets = BTreeMap::new();
+    // A socket's rules are assembled again when a route on it changed, or
+    // when the memo has none for it (a full translate).
+    let http_rules = &mut memo.http_rules;
+    let bind_dirty =
+        |bind: &SocketAddr| dirty_binds.contains(bind) || !http_rules.contains_key(bind);
+    let is_dirty = |listener: &Listener| listener_binds(listener).iter().any(bind_dirty);
     for ((listener, attached), validation) in
         listeners.iter().zip(&attachments).zip(&client_validations)
     {
@@ -270,9 +362,22 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
                     });
                 }
             }
-            "HTTP" => http::listener_rules(listener, attached, snapshot, &policies, &mut http),
+            "HTTP" if is_dirty(listener) => {
+                http::listener_rules(listener, attached, snapshot, &policies, &mut http)
+            }
+            "HTTP" => {
+                for bind in listener_binds(listener) {
+                    http.entry(bind).or_default();
+                }
+            }
             "HTTPS" => {
-                http::listener_rules(listener, attached, snapshot, &policies, &mut http);
+                if is_dirty(listener) {
+                    http::listener_rules(listener, attached, snapshot, &policies, &mut http);
+                } else {
+                    for bind in listener_binds(listener) {
+                        http.entry(bind).or_default();
+                    }
+                }
                 for bind in listener_binds(listener) {
                     https_certificates
                         .entry(bind)
@@ -296,17 +401,80 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     config
         .l4
         .dedup_by(|a, b| (a.addr, a.port, a.protocol) == (b.addr, b.port, b.protocol));
+    let mut assembled = BTreeMap::new();
     for (bind, mut rules) in http {
-        rules.sort_by(|a, b| a.0.cmp(&b.0));
+        let rules = match http_rules.get(&bind) {
+            Some(kept) if !dirty_binds.contains(&bind) => kept.clone(),
+            _ => {
+                rules.sort_by(|a, b| a.0.cmp(&b.0));
+                Arc::new(rules.into_iter().map(|(_, r)| r).collect())
+            }
+        };
+        assembled.insert(bind, rules.clone());
         config.http.push(HttpListener {
             bind,
-            rules: rules.into_iter().map(|(_, r)| r).collect(),
+            rules,
             certificates: https_certificates.remove(&bind).unwrap_or_default(),
             client_validation: https_validation.remove(&bind),
         });
     }
+    *http_rules = assembled;
     config.tls_passthrough = passthrough::finish(tls_sockets);
     Output { config, statuses }
+}
+
+/// Translates one route on its own: its status per parentRef of ours and
+/// the listeners that accept it.
+fn route_memo(
+    route: Route,
+    gateway_addresses: &BTreeMap<&ObjectKey, gateways::GatewayAddresses>,
+    our_listener_sets: &BTreeSet<ObjectKey>,
+    listeners_of: &BTreeMap<(&str, &ObjectKey), Vec<usize>>,
+    listeners: &[Listener],
+    snapshot: &Snapshot,
+) -> RouteMemo {
+    let mut parents = Vec::new();
+    let mut binds = BTreeSet::new();
+    for parent in &route.parent_refs {
+        if parent.group != GATEWAY_GROUP {
+            continue;
+        }
+        let parent_key = ObjectKey::new(&parent.namespace, &parent.name);
+        let owner_kind = match parent.kind.as_str() {
+            "Gateway" if gateway_addresses.contains_key(&parent_key) => "Gateway",
+            // A ListenerSet is ours when it names one of our Gateways.
+            "ListenerSet" if our_listener_sets.contains(&parent_key) => "ListenerSet",
+            _ => continue, // Not a parent of ours: its controller writes this status.
+        };
+        let mut status = ObjectStatus::new(route.kind.name(), route.key.clone());
+        status.generation = route.generation;
+        status.parent = Some(parent_key.clone());
+        status.section = parent.section_name.clone();
+        status.parent_ref = Some(parent.clone());
+        let own = listeners_of
+            .get(&(owner_kind, &parent_key))
+            .map_or(&[][..], Vec::as_slice);
+        let hits = match attach(&route, parent, own, listeners, snapshot) {
+            Ok(hits) => {
+                status.push(Condition::yes("Accepted", "Accepted", "accepted"));
+                for (index, _) in &hits {
+                    binds.extend(listener_binds(&listeners[*index]));
+                }
+                hits
+            }
+            Err((reason, message)) => {
+                status.push(Condition::no("Accepted", reason, &message));
+                Vec::new()
+            }
+        };
+        status.push(resolved_refs_condition(&route, snapshot));
+        parents.push((status, hits));
+    }
+    RouteMemo {
+        route,
+        parents,
+        binds,
+    }
 }
 
 /// The sockets a listener is served on: its Gateway's addresses, or every address.

@@ -75,7 +75,7 @@ pub fn add_listener(
                 order,
                 TlsPassthroughRoute {
                     route: route_ref(route, 0),
-                    hostnames: attachment.hostnames.clone(),
+                    hostnames: attachment.hostnames.to_vec(),
                     backends,
                     terminate,
                     backend_tls,
