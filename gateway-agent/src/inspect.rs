@@ -6,7 +6,7 @@
 //! live in the agent's memory: they come from its admin `/state` endpoint
 //! when it runs (else from `--manifests`, for the pinned routes' names only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use gateway_common::{
-    BackendValue, FLOW_CLOSING, FLOW_ORIGINAL, FlowKey, FlowValue, ListenerKey, ListenerValue,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, MaglevTable, PROTO_TCP, PROTO_UDP,
-    PacketEvent, RouteName as PinnedRouteName, RouteStats, RouteValue, maps as names,
+    BackendValue, BackendValue6, FLOW_CLOSING, FLOW_ORIGINAL, FlowKey, FlowKey6, FlowValue,
+    FlowValue6, ListenerKey, ListenerKey6, ListenerValue, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_ROUTE, MAX_ROUTES, MaglevTable, PROTO_TCP, PROTO_UDP, PacketEvent,
+    RouteName as PinnedRouteName, RouteStats, RouteValue, maps as names,
     splice::{MAX_TLS_ROUTES, TLS_ROUTE_NAMES, TLS_ROUTE_STATS, TlsRouteStats},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::l4_plan::name_hash;
+use crate::dataplane::l4_plan::{Family, family_name_hash, ipv6_of};
 use crate::metrics::{ProxyMetrics, RequestLabels, RouteLabels};
 use crate::model::{DataplaneConfig, PathMatch, RouteRef, WeightedEndpoint};
 use crate::passthrough::Passthrough;
@@ -57,14 +58,20 @@ impl std::fmt::Display for RouteName {
 }
 
 impl RouteName {
-    /// The hash `ROUTE_NAMES` records for this route.
+    /// The hash `ROUTE_NAMES` records for this route's IPv4 id.
     fn hash(&self) -> u64 {
-        name_hash(&RouteRef {
+        self.hash_for(Family::V4)
+    }
+
+    /// The hash `ROUTE_NAMES` records for this route's id of `family`.
+    fn hash_for(&self, family: Family) -> u64 {
+        let route = RouteRef {
             kind: static_kind(&self.kind),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             rule: self.rule,
-        })
+        };
+        family_name_hash(&route, family)
     }
 }
 
@@ -345,6 +352,8 @@ pub struct RouteRow {
     /// Known from the agent's state (or `--manifests`); else only the hash is.
     pub route: Option<RouteName>,
     pub name_hash: String,
+    /// The route's id for IPv6 listeners (backends in `BACKENDS6`).
+    pub ipv6: bool,
     /// Which of the route's two `MAGLEV_TABLES` entries is live.
     pub table: u32,
     pub backends: Vec<BackendRow>,
@@ -419,7 +428,11 @@ fn protocol_name(proto: u8) -> String {
 /// Reads the pinned L4 state under `pin_dir`; `names` gives route names by
 /// their `ROUTE_NAMES` hash.
 pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspection> {
-    let by_hash: BTreeMap<u64, &RouteName> = names.iter().map(|n| (n.hash(), n)).collect();
+    // A route served on both families has one id (and name hash) per family.
+    let by_hash: BTreeMap<u64, &RouteName> = names
+        .iter()
+        .flat_map(|n| [(n.hash(), n), (n.hash_for(Family::V6), n)])
+        .collect();
     let route_names: Array<MapData, PinnedRouteName> =
         open(pin_dir, names::ROUTE_NAMES)?.try_into()?;
     let routes: HashMap<MapData, u32, RouteValue> = open(pin_dir, names::ROUTES)?.try_into()?;
@@ -428,28 +441,46 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
     let tables: Array<MapData, MaglevTable> = open(pin_dir, names::MAGLEV_TABLES)?.try_into()?;
     let backends: Array<MapData, BackendValue> = open(pin_dir, names::BACKENDS)?.try_into()?;
     let flows: HashMap<MapData, FlowKey, FlowValue> = open(pin_dir, names::FLOWS)?.try_into()?;
+    let listeners6: HashMap<MapData, ListenerKey6, ListenerValue> =
+        open(pin_dir, names::LISTENERS6)?.try_into()?;
+    let backends6: HashMap<MapData, u32, BackendValue6> =
+        open(pin_dir, names::BACKENDS6)?.try_into()?;
+    let flows6: HashMap<MapData, FlowKey6, FlowValue6> =
+        open(pin_dir, names::FLOWS6)?.try_into()?;
     let route_stats: PerCpuArray<MapData, RouteStats> =
         open(pin_dir, names::ROUTE_STATS)?.try_into()?;
     let xdp_stats: PerCpuArray<MapData, u64> = open(pin_dir, names::XDP_STATS)?.try_into()?;
 
     let mut conntrack = Conntrack::default();
     let mut flows_by_route: BTreeMap<u32, u64> = BTreeMap::new();
-    // Entries can vanish while we walk (expiry, resets): those are skipped.
-    for (key, flow) in flows.iter().flatten() {
+    let mut count_flow = |proto: u8, flags: u32, route_id: u32| {
         conntrack.entries += 1;
-        if flow.flags & FLOW_ORIGINAL != 0 {
+        if flags & FLOW_ORIGINAL != 0 {
             conntrack.flows += 1;
-            match key.proto {
+            match proto {
                 PROTO_TCP => conntrack.tcp_flows += 1,
                 PROTO_UDP => conntrack.udp_flows += 1,
                 _ => {}
             }
-            if flow.flags & FLOW_CLOSING != 0 {
+            if flags & FLOW_CLOSING != 0 {
                 conntrack.closing_flows += 1;
             }
-            *flows_by_route.entry(flow.route_id).or_default() += 1;
+            *flows_by_route.entry(route_id).or_default() += 1;
         }
+    };
+    // Entries can vanish while we walk (expiry, resets): those are skipped.
+    for (key, flow) in flows.iter().flatten() {
+        count_flow(key.proto, flow.flags, flow.route_id);
     }
+    for (key, flow) in flows6.iter().flatten() {
+        count_flow(key.proto, flow.flags, flow.route_id);
+    }
+    // A route id is IPv6 when an IPv6 listener leads to it.
+    let ipv6_routes: BTreeSet<u32> = listeners6
+        .iter()
+        .flatten()
+        .map(|(_, value)| value.route_id)
+        .collect();
 
     let mut hashes = BTreeMap::new();
     for id in 0..MAX_ROUTES {
@@ -478,15 +509,25 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
                 }
             }
             for (i, count) in counts.into_iter().enumerate() {
-                let backend =
-                    backends.get(&(route.table * MAX_BACKENDS_PER_ROUTE + i as u32), 0)?;
+                let index = route.table * MAX_BACKENDS_PER_ROUTE + i as u32;
+                let (address, snat_address) = if ipv6_routes.contains(&id) {
+                    let backend = backends6.get(&index, 0)?;
+                    let port = u16::from_be(backend.port_be);
+                    (
+                        SocketAddr::from((ipv6_of(backend.addr_be), port)),
+                        ipv6_of(backend.snat_addr_be).to_string(),
+                    )
+                } else {
+                    let backend = backends.get(&index, 0)?;
+                    let port = u16::from_be(backend.port_be);
+                    (
+                        SocketAddr::from((ipv4(backend.addr_be), port)),
+                        ipv4(backend.snat_addr_be).to_string(),
+                    )
+                };
                 rows.push(BackendRow {
-                    address: SocketAddr::from((
-                        ipv4(backend.addr_be),
-                        u16::from_be(backend.port_be),
-                    ))
-                    .to_string(),
-                    snat_address: ipv4(backend.snat_addr_be).to_string(),
+                    address: address.to_string(),
+                    snat_address,
                     slots: count,
                     share_percent: f64::from(count) * 100.0 / f64::from(MAGLEV_TABLE_SIZE),
                 });
@@ -505,6 +546,7 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
             name_hash: hashes
                 .get(&id)
                 .map_or_else(String::new, |h| format!("{h:016x}")),
+            ipv6: ipv6_routes.contains(&id),
             table: route.table,
             backends: rows,
             packets: total.packets,
@@ -516,16 +558,24 @@ pub fn read_pinned(pin_dir: &Path, names: &[RouteName]) -> anyhow::Result<Inspec
     }
     route_rows.sort_by_key(|r| r.id);
 
+    let listener_row = |address: SocketAddr, proto: u8, route_id: u32| ListenerRow {
+        address: address.to_string(),
+        protocol: protocol_name(proto),
+        route_id,
+        route: name_of(route_id).map(|n| n.to_string()),
+    };
     let mut listener_rows: Vec<ListenerRow> = listeners
         .iter()
-        .filter_map(Result::ok)
-        .map(|(key, value)| ListenerRow {
-            address: SocketAddr::from((ipv4(key.addr_be), u16::from_be(key.port_be))).to_string(),
-            protocol: protocol_name(key.proto),
-            route_id: value.route_id,
-            route: name_of(value.route_id).map(|n| n.to_string()),
+        .flatten()
+        .map(|(key, value)| {
+            let address = SocketAddr::from((ipv4(key.addr_be), u16::from_be(key.port_be)));
+            listener_row(address, key.proto, value.route_id)
         })
         .collect();
+    listener_rows.extend(listeners6.iter().flatten().map(|(key, value)| {
+        let address = SocketAddr::from((ipv6_of(key.addr_be), u16::from_be(key.port_be)));
+        listener_row(address, key.proto, value.route_id)
+    }));
     listener_rows.sort_by(|a, b| (&a.address, &a.protocol).cmp(&(&b.address, &b.protocol)));
 
     let packet_events = PacketEvent::ALL
@@ -908,7 +958,13 @@ mod tests {
             name: "echo".into(),
             rule: 2,
         };
-        assert_eq!(RouteName::from(&route).hash(), name_hash(&route));
+        let name = RouteName::from(&route);
+        assert_eq!(name.hash(), crate::dataplane::l4_plan::name_hash(&route));
+        assert_eq!(
+            name.hash_for(Family::V6),
+            family_name_hash(&route, Family::V6)
+        );
+        assert_ne!(name.hash(), name.hash_for(Family::V6));
         assert_eq!(
             RouteName::from(&route).to_string(),
             "TCPRoute/default/echo/rule2"

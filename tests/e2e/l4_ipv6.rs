@@ -15,6 +15,51 @@ use std::time::Duration;
 use gateway_common::PacketEvent;
 use gateway_tests::{Agent, TempDir, Topology, eventually, require_root};
 
+/// `inspect --output json` (pinned maps, names from the agent's `/state`)
+/// shows the IPv6 listener, its route's three IPv6 backends with their
+/// Maglev shares (70/20/10 within a point), and the route's new flows.
+fn inspect_shows_the_ipv6_route(topology: &Topology, agent: &Agent, flows: u32) {
+    let out = topology
+        .node
+        .command_in_netns_only(&Topology::bin("agent-under-test"))
+        .args(["inspect", "--output", "json", "--name", &agent.name])
+        .output()
+        .expect("run inspect");
+    assert!(out.status.success(), "inspect: {out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    let listener = shown["listeners"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter()
+                .find(|l| l["address"] == format!("[{GATEWAY6}]:9000").as_str())
+        })
+        .unwrap_or_else(|| panic!("no IPv6 listener in {shown}"));
+    assert_eq!(listener["protocol"], "TCP", "{listener}");
+    let route_id = listener["route_id"].as_u64().expect("route id");
+    let route = shown["routes"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["id"].as_u64() == Some(route_id)))
+        .unwrap_or_else(|| panic!("no route {route_id} in {shown}"));
+    assert_eq!(route["ipv6"], true, "{route}");
+    assert_eq!(route["route"]["name"], "echo", "{route}");
+    assert!(
+        route["new_flows"].as_u64().unwrap_or(0) >= u64::from(flows),
+        "{route}"
+    );
+    for ((_, addr), weight) in BACKENDS6.iter().zip([70.0, 20.0, 10.0]) {
+        let backend = route["backends"]
+            .as_array()
+            .and_then(|bs| {
+                bs.iter()
+                    .find(|b| b["address"] == format!("[{addr}]:7000").as_str())
+            })
+            .unwrap_or_else(|| panic!("no backend {addr} in {route}"));
+        let share = backend["share_percent"].as_f64().expect("share");
+        assert!((share - weight).abs() <= 1.0, "{backend}");
+        assert_eq!(backend["snat_address"], NODE_BACKEND_SIDE6, "{backend}");
+    }
+}
+
 const GATEWAY6: &str = "fd00:18::1";
 const CLIENT6: &str = "fd00:18::2";
 const NODE_BACKEND_SIDE6: &str = "fd00:18:1::1";
@@ -249,6 +294,8 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     assert!((share("a") - 0.7).abs() <= 0.10, "{counts:?}");
     assert!((share("b") - 0.2).abs() <= 0.08, "{counts:?}");
     assert!((share("c") - 0.1).abs() <= 0.06, "{counts:?}");
+    inspect_shows_the_ipv6_route(&topology, &agent, flows);
+
     // The fast path: most packets redirected by the program (a connection is
     // at least 8 packets across both directions).
     let redirected = agent.packet_events(PacketEvent::Redirected) - redirected_before;
