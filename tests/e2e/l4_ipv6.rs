@@ -8,12 +8,14 @@
 //!  client fd00:18::2 ── c0 fd00:18::1 | node | b0 fd00:18:1::1 ── backend fd00:18:1::2, ::3, ::4
 //! ```
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use gateway_common::PacketEvent;
-use gateway_tests::{Agent, TempDir, Topology, eventually, require_root};
+use gateway_tests::{
+    Agent, TempDir, Topology, ask_echo_backend, eventually, exchange_with_echo_backend,
+    require_root,
+};
 
 /// `inspect --output json` (pinned maps, names from the agent's `/state`)
 /// shows the IPv6 listener, its route's three IPv6 backends with their
@@ -204,45 +206,6 @@ endpoints:
     yaml
 }
 
-/// One HTTP/1.1 request on `stream` to an `http-echo` backend; returns its name.
-fn ask(stream: &TcpStream) -> Result<String, String> {
-    exchange(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
-}
-
-/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
-fn exchange(stream: &TcpStream, request: &[u8]) -> Result<String, String> {
-    let mut writer = stream;
-    writer
-        .write_all(request)
-        .map_err(|e| format!("send: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err("connection closed".into()),
-            Err(e) => return Err(format!("receive: {e}")),
-            Ok(_) => {}
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("content-length:") {
-            content_length = v.trim().parse().map_err(|_| "bad content-length")?;
-        }
-    }
-    let mut body = vec![0; content_length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("body: {e}"))?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("backend="))
-        .map(str::to_string)
-        .ok_or_else(|| "no backend= in the answer".to_string())
-}
-
 fn tcp_target() -> SocketAddr {
     format!("[{GATEWAY6}]:9000").parse().expect("address")
 }
@@ -253,7 +216,7 @@ fn new_flow(topology: &Topology) -> Result<String, String> {
         .client
         .connect_tcp(tcp_target())
         .map_err(|e| format!("connect: {e}"))?;
-    ask(&stream)
+    ask_echo_backend(&stream)
 }
 
 #[test]
@@ -279,7 +242,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         .client
         .connect_tcp(tcp_target())
         .expect("connect through the gateway");
-    let first = ask(&long_lived).expect("a request on the long-lived connection");
+    let first = ask_echo_backend(&long_lived).expect("a request on the long-lived connection");
 
     let redirected_before = agent.packet_events(PacketEvent::Redirected);
     let flows: u32 = 300;
@@ -309,7 +272,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     agent.process.signal(libc::SIGKILL);
     agent.process.0.wait().expect("reap agent");
     assert_eq!(
-        ask(&long_lived).as_deref(),
+        ask_echo_backend(&long_lived).as_deref(),
         Ok(first.as_str()),
         "with no agent"
     );
@@ -326,7 +289,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         }
     });
     assert_eq!(
-        ask(&long_lived).as_deref(),
+        ask_echo_backend(&long_lived).as_deref(),
         Ok(first.as_str()),
         "after the restart"
     );
@@ -395,7 +358,7 @@ fn path_mtu_discovery_over_ipv6_works_through_a_smaller_backend_link() {
             .client
             .connect_tcp(tcp_target())
             .map_err(|e| e.to_string())?;
-        match ask(&stream) {
+        match ask_echo_backend(&stream) {
             Ok(b) if b == name => Ok(stream),
             other => Err(format!("{other:?}")),
         }
@@ -411,7 +374,7 @@ fn path_mtu_discovery_over_ipv6_works_through_a_smaller_backend_link() {
     .into_bytes();
     request.extend_from_slice(&body);
     assert_eq!(
-        exchange(&stream, &request).as_deref(),
+        exchange_with_echo_backend(&stream, &request).as_deref(),
         Ok(name),
         "the upload through a 1280-byte link; agent log:\n{}",
         agent.log()

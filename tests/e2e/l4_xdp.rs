@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use gateway_common::PacketEvent;
 use gateway_tests::{
-    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
-    gateway_with, require_root,
+    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, ask_echo_backend, class_and_service,
+    eventually, exchange_with_echo_backend, gateway_with, require_root,
 };
 
 /// A Gateway listener on port 9000 and an L4 route of `kind` to Service
@@ -182,53 +182,13 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
     agent.process.signal(libc::SIGCONT);
 }
 
-/// One HTTP/1.1 request on a kept-alive connection to an `http-echo`
-/// backend; returns the backend's name.
-fn ask(stream: &TcpStream) -> Result<String, String> {
-    exchange(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
-}
-
-/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
-fn exchange(stream: &TcpStream, request: &[u8]) -> Result<String, String> {
-    let mut writer = stream;
-    writer
-        .write_all(request)
-        .map_err(|e| format!("send: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err("connection closed".into()),
-            Err(e) => return Err(format!("receive: {e}")),
-            Ok(_) => {}
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("content-length:") {
-            content_length = v.trim().parse().map_err(|_| "bad content-length")?;
-        }
-    }
-    let mut body = vec![0; content_length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("body: {e}"))?;
-    let body = String::from_utf8_lossy(&body);
-    body.lines()
-        .find_map(|l| l.strip_prefix("backend="))
-        .map(str::to_string)
-        .ok_or_else(|| format!("no backend= in {body:?}"))
-}
-
 /// The backend a new connection through `gateway` reaches (one request).
 fn new_flow(topology: &Topology, gateway: &str) -> Result<String, String> {
     let stream = topology
         .client
         .connect_tcp(gateway.parse().expect("address"))
         .map_err(|e| format!("connect: {e}"))?;
-    ask(&stream)
+    ask_echo_backend(&stream)
 }
 
 /// Requests on one connection, in a loop, until stopped (at most 60 s and
@@ -250,7 +210,7 @@ impl Traffic {
                 if halt.load(Ordering::Relaxed) || Instant::now() > deadline {
                     return Ok(i);
                 }
-                ask(&stream).map_err(|e| format!("request {i}: {e}"))?;
+                ask_echo_backend(&stream).map_err(|e| format!("request {i}: {e}"))?;
                 count.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -433,7 +393,7 @@ fn a_removed_backend_loses_only_its_own_flows_and_they_are_reset() {
             .client
             .connect_tcp(gateway.parse().expect("address"))
             .expect("connect");
-        let backend = ask(&stream).expect("first answer");
+        let backend = ask_echo_backend(&stream).expect("first answer");
         connections.push((stream, backend));
     }
     let on_b = connections.iter().filter(|(_, b)| b == "b").count();
@@ -453,7 +413,7 @@ fn a_removed_backend_loses_only_its_own_flows_and_they_are_reset() {
     });
     for (stream, backend) in &connections {
         let started = Instant::now();
-        let answer = ask(stream);
+        let answer = ask_echo_backend(stream);
         if backend == "a" {
             assert_eq!(answer.as_deref(), Ok("a"), "a's flows keep their backend");
         } else {
@@ -508,7 +468,7 @@ fn path_mtu_discovery_works_through_a_smaller_backend_link() {
         .connect_tcp(gateway.parse().expect("address"))
         .expect("connect");
     assert_eq!(
-        exchange(&stream, &request).as_deref(),
+        exchange_with_echo_backend(&stream, &request).as_deref(),
         Ok("a"),
         "the upload through a 1280-byte link; agent log:\n{}",
         agent.log()

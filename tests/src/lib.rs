@@ -483,6 +483,50 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Resul
     }
 }
 
+/// One HTTP/1.1 request on a kept-alive connection to an `http-echo`
+/// backend; returns the backend's name.
+pub fn ask_echo_backend(stream: &std::net::TcpStream) -> Result<String, String> {
+    exchange_with_echo_backend(stream, b"GET / HTTP/1.1\r\nHost: l4\r\n\r\n")
+}
+
+/// Sends `request` (an HTTP/1.1 request) and returns the answering backend's name.
+pub fn exchange_with_echo_backend(
+    stream: &std::net::TcpStream,
+    request: &[u8],
+) -> Result<String, String> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut writer = stream;
+    writer
+        .write_all(request)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("connection closed".into()),
+            Err(e) => return Err(format!("receive: {e}")),
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            content_length = v.trim().parse().map_err(|_| "bad content-length")?;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
+    let body = String::from_utf8_lossy(&body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no backend= in {body:?}"))
+}
+
 /// Gateway API manifests the tests share: our GatewayClass and a Service with
 /// one endpoint on the backend namespace's address.
 pub fn class_and_service(service: &str, port: u16, target_port: u16) -> String {

@@ -484,9 +484,10 @@ fn retry(
     })
 }
 
-/// TCPRoute and UDPRoute (same schema, distinct generated types).
-macro_rules! l4_route {
-    ($route:expr, $key:expr, $kind:expr) => {{
+/// TCPRoute, UDPRoute and TLSRoute: rules of backendRefs only (distinct
+/// generated types of the same shape; only TLSRoute has hostnames).
+macro_rules! backend_only_route {
+    ($route:expr, $key:expr, $kind:expr, $hostnames:expr) => {{
         let (route, key) = ($route, $key);
         let ns = &key.namespace;
         let (generation, created) = meta_facts(&route.metadata);
@@ -495,7 +496,7 @@ macro_rules! l4_route {
             key: key.clone(),
             generation,
             created,
-            hostnames: Vec::new(),
+            hostnames: $hostnames,
             parent_refs: route
                 .spec
                 .parent_refs
@@ -546,13 +547,16 @@ pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Ro
         RouteKind::Grpc => grpc_route(key, snapshot.grpc_routes.get(key)?),
         RouteKind::Tcp => {
             let route = snapshot.tcp_routes.get(key)?;
-            l4_route!(route, key, RouteKind::Tcp)
+            backend_only_route!(route, key, RouteKind::Tcp, Vec::new())
         }
         RouteKind::Udp => {
             let route = snapshot.udp_routes.get(key)?;
-            l4_route!(route, key, RouteKind::Udp)
+            backend_only_route!(route, key, RouteKind::Udp, Vec::new())
         }
-        RouteKind::Tls => tls_route(key, snapshot.tls_routes.get(key)?),
+        RouteKind::Tls => {
+            let route = snapshot.tls_routes.get(key)?;
+            backend_only_route!(route, key, RouteKind::Tls, route.spec.hostnames.clone())
+        }
     })
 }
 
@@ -672,39 +676,6 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
                 };
                 rule.check_regexes();
                 rule
-            })
-            .collect(),
-    }
-}
-
-fn tls_route(key: &ObjectKey, route: &gateway_api::tlsroutes::TlsRoute) -> Route {
-    let ns = &key.namespace;
-    let (generation, created) = meta_facts(&route.metadata);
-    Route {
-        kind: RouteKind::Tls,
-        key: key.clone(),
-        generation,
-        created,
-        hostnames: route.spec.hostnames.clone(),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| parent_ref!(p, ns))
-            .collect(),
-        rules: route
-            .spec
-            .rules
-            .iter()
-            .map(|r| Rule {
-                matches: Vec::new(),
-                grpc_precedence: Vec::new(),
-                filters: Vec::new(),
-                timeouts: HttpTimeouts::default(),
-                retry: None,
-                backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
-                unsupported: None,
             })
             .collect(),
     }
