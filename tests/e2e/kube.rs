@@ -558,24 +558,12 @@ fn sigterm_drains_the_request_in_flight_then_exits() {
         expect_status(&ns, "/app/x", "HTTP/1.1 200")
     });
 
-    let in_flight = std::thread::scope(|scope| {
-        let request = scope.spawn(|| gateway_get(&ns, "/app/slow"));
-        // The request reaches the backend, which holds it for DELAY_MS.
-        std::thread::sleep(Duration::from_millis(400));
-        agent.process.signal(libc::SIGTERM);
-        let signalled = Instant::now();
-        let response = request.join().expect("request thread");
-        let mut exited = None;
-        while signalled.elapsed() < Duration::from_secs(DRAIN_SECONDS + 10) {
-            if let Some(status) = agent.process.0.try_wait().expect("try_wait") {
-                exited = Some((status, signalled.elapsed()));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (response, exited)
-    });
-    let (response, exited) = in_flight;
+    // The request reaches the backend, which holds it for DELAY_MS.
+    let (response, exited) = agent
+        .process
+        .sigterm_during(Duration::from_secs(DRAIN_SECONDS + 10), || {
+            gateway_get(&ns, "/app/slow")
+        });
     let response =
         response.unwrap_or_else(|e| panic!("request in flight at SIGTERM: {e}\n{}", agent.log()));
     assert!(

@@ -521,23 +521,10 @@ fn standalone_sigterm_drains_the_request_in_flight_then_exits() {
         })
     });
 
-    let (response, exited) = std::thread::scope(|scope| {
-        let request = scope.spawn(get);
-        // The request reaches the backend, which holds it for DELAY_MS.
-        std::thread::sleep(Duration::from_millis(400));
-        agent.process.signal(libc::SIGTERM);
-        let signalled = std::time::Instant::now();
-        let response = request.join().expect("request thread");
-        let mut exited = None;
-        while signalled.elapsed() < Duration::from_secs(DRAIN_SECONDS + 10) {
-            if let Some(status) = agent.process.0.try_wait().expect("try_wait") {
-                exited = Some((status, signalled.elapsed()));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (response, exited)
-    });
+    // The request reaches the backend, which holds it for DELAY_MS.
+    let (response, exited) = agent
+        .process
+        .sigterm_during(Duration::from_secs(DRAIN_SECONDS + 10), get);
     let response =
         response.unwrap_or_else(|e| panic!("request in flight at SIGTERM: {e}\n{}", agent.log()));
     assert!(

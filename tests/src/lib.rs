@@ -174,6 +174,33 @@ impl Process {
         let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill({signal}) failed");
     }
+
+    /// Runs `request` on a thread and sends SIGTERM 400 ms later, while the
+    /// request is in flight (its backend holds it longer); then waits up to
+    /// `limit` for the process to exit. Returns the request's result and,
+    /// if it exited, its status and the time from the signal.
+    pub fn sigterm_during<T: Send>(
+        &mut self,
+        limit: Duration,
+        request: impl FnOnce() -> T + Send,
+    ) -> (T, Option<(std::process::ExitStatus, Duration)>) {
+        std::thread::scope(|scope| {
+            let request = scope.spawn(request);
+            std::thread::sleep(Duration::from_millis(400));
+            self.signal(libc::SIGTERM);
+            let signalled = Instant::now();
+            let response = request.join().expect("request thread");
+            let mut exited = None;
+            while signalled.elapsed() < limit {
+                if let Some(status) = self.0.try_wait().expect("try_wait") {
+                    exited = Some((status, signalled.elapsed()));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (response, exited)
+        })
+    }
 }
 
 impl Drop for Process {
