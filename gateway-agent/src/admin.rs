@@ -210,7 +210,7 @@ mod tests {
         let path =
             "/explain?request=GET%20http%3A%2F%2F127.0.0.1%3A8080%2Fa&header=Host%3A%20a.example";
         assert_eq!(get(&state, path), StatusCode::SERVICE_UNAVAILABLE);
-        source.translated(crate::translate::Output::default());
+        source.applied(crate::translate::Output::default(), 1);
         let response = handle(&Request::get(path).body(()).expect("request"), &state);
         assert_eq!(response.status(), StatusCode::OK);
         let body =

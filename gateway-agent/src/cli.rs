@@ -281,11 +281,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"
         );
-        // The proxies and maps hold what they serve; `/explain` keeps this
+        // The proxies and maps hold what they serve; `/state` and `/explain` keep this
         // generation's translate output, so the previous one is garbage now.
         // Hand the freed pages back to the kernel too (glibc keeps them
         // otherwise), off the runtime.
-        node.state.translated(output);
+        node.state.applied(output, generation);
         tokio::task::spawn_blocking(release_free_memory);
 
         tokio::select! {

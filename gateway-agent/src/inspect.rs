@@ -154,12 +154,11 @@ fn path_text(path: &PathMatch) -> String {
 /// Builds `/state`'s answer: the last applied configuration (kept in summary
 /// form, without certificates or filters) and the counters read when asked.
 pub struct StateSource {
-    /// The last applied translate output (one generation), which `/explain`
-    /// decides from exactly as `explain --manifests` does from a directory.
-    translated: Mutex<Option<Arc<crate::translate::Output>>>,
-    /// The last applied config (its HTTP rules shared with the proxy's
-    /// tables) and its generation: summarized when asked, not per apply.
-    configured: Mutex<(DataplaneConfig, u64)>,
+    /// The last applied translate output (its HTTP rules shared with the
+    /// proxy's tables) and its generation: `/state` summarizes its config
+    /// when asked, not per apply; `/explain` decides from it exactly as
+    /// `explain --manifests` does from a directory.
+    applied: Mutex<Option<(Arc<crate::translate::Output>, u64)>>,
     proxy_metrics: Arc<ProxyMetrics>,
     passthrough: Arc<Passthrough>,
 }
@@ -169,16 +168,16 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 impl StateSource {
     pub fn new(proxy_metrics: Arc<ProxyMetrics>, passthrough: Arc<Passthrough>) -> Self {
         Self {
-            configured: Mutex::default(),
-            translated: Mutex::default(),
+            applied: Mutex::default(),
             proxy_metrics,
             passthrough,
         }
     }
 
-    /// Records what was applied in `generation`.
-    pub fn applied(&self, config: &DataplaneConfig, generation: u64) {
-        *self.configured.lock().expect("state lock") = (config.clone(), generation);
+    /// Keeps the translate output applied in `generation`, in place of the
+    /// previous generation's.
+    pub fn applied(&self, output: crate::translate::Output, generation: u64) {
+        *self.applied.lock().expect("state lock") = Some((Arc::new(output), generation));
     }
 
     /// The summary of an applied config, counters zero.
@@ -242,12 +241,6 @@ impl StateSource {
         }
     }
 
-    /// Keeps the translate output just applied for `/explain`, in place of
-    /// the previous generation's.
-    pub fn translated(&self, output: crate::translate::Output) {
-        *self.translated.lock().expect("state lock") = Some(Arc::new(output));
-    }
-
     /// `explain` of `request` (with `headers`, `name: value`) against what
     /// the agent serves; `None` before the first configuration is applied.
     pub fn explain(
@@ -255,7 +248,7 @@ impl StateSource {
         request: &str,
         headers: &[String],
     ) -> Option<anyhow::Result<crate::explain::Explanation>> {
-        let output = self.translated.lock().expect("state lock").clone()?;
+        let (output, _) = self.applied.lock().expect("state lock").clone()?;
         Some(
             crate::explain::Target::parse(request, headers)
                 .map(|target| crate::explain::explain(&output, &target, request)),
@@ -264,9 +257,10 @@ impl StateSource {
 
     /// The configuration with the counters as they are now.
     pub fn state(&self) -> AgentState {
-        let mut state = {
-            let configured = self.configured.lock().expect("state lock");
-            Self::summary(&configured.0, configured.1)
+        let applied = self.applied.lock().expect("state lock").clone();
+        let mut state = match &applied {
+            Some((output, generation)) => Self::summary(&output.config, *generation),
+            None => Self::summary(&DataplaneConfig::default(), 0),
         };
         state.tls_splice = if self.passthrough.spliced_in_kernel() {
             "kernel"

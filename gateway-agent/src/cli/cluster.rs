@@ -105,7 +105,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "config applied"
             );
             decided_tx.send_replace(Some(Arc::new((snapshot, output.statuses.clone()))));
-            node.state.translated(output);
+            node.state.applied(output, generation);
         }
 
         tokio::select! {

@@ -107,7 +107,6 @@ impl Node {
             self.metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
         }
-        self.state.applied(config, generation);
         self.metrics.config_generation.set(generation);
         self.metrics
             .last_apply_seconds
