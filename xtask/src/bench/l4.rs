@@ -1,12 +1,18 @@
-//! L4: TCP forwarding through a node namespace three ways, interleaved in
-//! one run: the agent's XDP program (TCPRoute), iptables DNAT (+ SNAT) in the
-//! kernel's forwarding path, and a userspace TCP proxy (HAProxy `mode tcp`,
-//! one thread). Topology, all private network namespaces on 198.18.0.0/15:
+//! L4: forwarding through a node namespace three ways, interleaved in one
+//! run: the agent's XDP program (TCPRoute, UDPRoute), iptables DNAT (+ SNAT,
+//! conntrack) in the kernel's forwarding path, and a userspace proxy (HAProxy
+//! `mode tcp`, one thread; for UDP, which HAProxy lacks, `socat`). Figures:
+//! HTTP through TCP (keep-alive, new connections, latency), small-UDP maximum
+//! rate and node CPU per datagram (`l4_udp`), bulk TCP (iperf3). Topology,
+//! all private network namespaces on 198.18.0.0/15:
 //!
 //! ```text
 //!  client ns            node ns                              backend ns
-//!  eth0 198.18.0.2 ── c0 198.18.0.1 | b0 198.18.1.1 ── eth0 198.18.1.2 (nginx, 1 KB)
-//!                       :80 XDP   :81 HAProxy   :82 iptables DNAT
+//!  eth0 198.18.0.2 ── c0 198.18.0.1 | b0 198.18.1.1 ── eth0 198.18.1.2
+//!                   XDP   HAProxy/socat  iptables DNAT        nginx :8080 (1 KB)
+//!   HTTP            :80   :81            :82                  UDP sink :9999
+//!   UDP             :90   :91            :92                  iperf3 -s :5201
+//!   iperf3          :5201 :5203          :5202
 //! ```
 
 use std::path::Path;
@@ -15,21 +21,24 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::l4_udp::{self, UdpPath};
 use super::Budget;
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::netns::{Daemon, Netns, http_status, wait_until};
 use super::report::{Section, bar_chart};
 use super::stats::Summary;
 
-const GATEWAY: &str = "198.18.0.1";
-const BACKEND: &str = "198.18.1.2";
+pub const GATEWAY: &str = "198.18.0.1";
+pub const CLIENT: &str = "198.18.0.2";
+pub const BACKEND: &str = "198.18.1.2";
 const BACKEND_PORT: u16 = 8080;
+const IPERF_PORT: u16 = 5201;
 const HOST: &str = super::l7::HOST;
 
-struct Topology {
-    client: Netns,
-    node: Netns,
-    backend: Netns,
+pub struct Topology {
+    pub client: Netns,
+    pub node: Netns,
+    pub backend: Netns,
 }
 
 impl Topology {
@@ -39,7 +48,7 @@ impl Topology {
             node: Netns::new("l4n")?,
             backend: Netns::new("l4b")?,
         };
-        t.link(&t.client, "c0", GATEWAY, "198.18.0.2")?;
+        t.link(&t.client, "c0", GATEWAY, CLIENT)?;
         t.link(&t.backend, "b0", "198.18.1.1", BACKEND)?;
         t.node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         Ok(t)
@@ -95,12 +104,17 @@ impl Topology {
 fn start_agent(node: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon> {
     let manifests_dir = dir.join("manifests");
     std::fs::create_dir_all(&manifests_dir)?;
+    let sink_port = l4_udp::SINK_PORT;
     let text = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: bench\nspec:\n  controllerName: gateway-agent.dev/node-agent\n\
-         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: bench\n  addresses:\n  - value: {GATEWAY}\n  listeners:\n  - name: tcp\n    protocol: TCP\n    port: 80\n\
-         ---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata:\n  name: web\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n  rules:\n  - backendRefs:\n    - name: web\n      port: 80\n\
-         ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  ports:\n  - name: p\n    port: 80\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nports:\n- name: p\n  port: {BACKEND_PORT}\nendpoints:\n- addresses: [\"{BACKEND}\"]\n"
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: bench\n  addresses:\n  - value: {GATEWAY}\n  listeners:\n  - name: tcp\n    protocol: TCP\n    port: 80\n  - name: udp\n    protocol: UDP\n    port: 90\n  - name: iperf\n    protocol: TCP\n    port: {IPERF_PORT}\n\
+         {tcp_route}{udp_route}{iperf_route}{web}{sink}{iperf}",
+        tcp_route = route("TCPRoute", "web", "tcp", "web"),
+        udp_route = route("UDPRoute", "sink", "udp", "sink"),
+        iperf_route = route("TCPRoute", "iperf", "iperf", "iperf"),
+        web = service("web", BACKEND_PORT),
+        sink = service("sink", sink_port),
+        iperf = service("iperf", IPERF_PORT),
     );
     std::fs::write(manifests_dir.join("l4.yaml"), text)?;
     node.spawn(
@@ -123,10 +137,26 @@ fn start_agent(node: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon>
     )
 }
 
+/// An L4 route of `kind` on listener `section` of Gateway `gw` to Service `service` port 80.
+fn route(kind: &str, name: &str, section: &str, service: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n    sectionName: {section}\n  rules:\n  - backendRefs:\n    - name: {service}\n      port: 80\n"
+    )
+}
+
+/// Service `name` (port 80) with one endpoint: the backend namespace's `port`.
+fn service(name: &str, port: u16) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ports:\n  - name: p\n    port: 80\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: p\n  port: {port}\nendpoints:\n- addresses: [\"{BACKEND}\"]\n"
+    )
+}
+
 fn start_haproxy(node: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-         listen l4\n  bind {GATEWAY}:81\n  server s1 {BACKEND}:{BACKEND_PORT}\n"
+         listen l4\n  bind {GATEWAY}:81\n  server s1 {BACKEND}:{BACKEND_PORT}\n\
+         listen bulk\n  bind {GATEWAY}:5203\n  server s1 {BACKEND}:{IPERF_PORT}\n"
     );
     let path = dir.join("haproxy-tcp.cfg");
     std::fs::write(&path, conf)?;
@@ -137,41 +167,63 @@ fn start_haproxy(node: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
     )
 }
 
+/// DNAT of the iptables ports to the backend, and SNAT (masquerade) of
+/// what leaves towards it: conntrack tracks every flow.
 fn iptables_dnat(node: &Netns) -> anyhow::Result<()> {
-    let to = format!("{BACKEND}:{BACKEND_PORT}");
-    node.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-d",
-        GATEWAY,
-        "-p",
-        "tcp",
-        "--dport",
-        "82",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to,
-    ])?;
-    node.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-o",
-        "b0",
-        "-p",
-        "tcp",
-        "-d",
-        BACKEND,
-        "-j",
-        "MASQUERADE",
-    ])?;
+    let sink = l4_udp::SINK_PORT;
+    for (protocol, port, to) in [
+        ("tcp", "82", BACKEND_PORT),
+        ("udp", "92", sink),
+        ("tcp", "5202", IPERF_PORT),
+    ] {
+        let to = format!("{BACKEND}:{to}");
+        node.run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            GATEWAY,
+            "-p",
+            protocol,
+            "--dport",
+            port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ])?;
+    }
+    for protocol in ["tcp", "udp"] {
+        node.run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "b0",
+            "-p",
+            protocol,
+            "-d",
+            BACKEND,
+            "-j",
+            "MASQUERADE",
+        ])?;
+    }
     Ok(())
+}
+
+/// The userspace UDP relay: socat, one child process per client address.
+fn start_socat(node: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
+    let listen = format!("UDP4-LISTEN:91,bind={GATEWAY},fork,reuseaddr");
+    let to = format!("UDP4:{BACKEND}:{}", l4_udp::SINK_PORT);
+    node.spawn(
+        Some(0),
+        &["socat", "-T", "60", &listen, &to],
+        &dir.join("socat.log"),
+    )
 }
 
 /// (requests/s, socket errors + non-2xx) from wrk's output.
@@ -215,8 +267,14 @@ fn measure(
     stamp: &str,
 ) -> anyhow::Result<Section> {
     let _backend = backend_nginx(&t.backend, dir, &format!("{BACKEND}:{BACKEND_PORT}"), 1)?;
-    let _agent = start_agent(&t.node, dir, agent)?;
+    let agent = start_agent(&t.node, dir, agent)?;
     let _haproxy = start_haproxy(&t.node, dir)?;
+    let socat = start_socat(&t.node, dir)?;
+    let _iperf = t.backend.spawn(
+        Some(0),
+        &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+        &dir.join("iperf3.log"),
+    )?;
     iptables_dnat(&t.node)?;
     let modes = [
         ("XDP (gateway-agent)", 80u16),
@@ -337,8 +395,147 @@ fn measure(
         "ms",
         &bars(&p99s),
     ));
+    println!("==> bench l4: small UDP, maximum rate and node CPU per datagram");
+    let udp_paths = [
+        UdpPath {
+            name: "XDP (gateway-agent)",
+            port: 90,
+            process: Some(agent.pid()),
+        },
+        UdpPath {
+            name: "iptables DNAT",
+            port: 92,
+            process: None,
+        },
+        UdpPath {
+            name: "socat (userspace relay)",
+            port: 91,
+            process: Some(socat.pid()),
+        },
+    ];
+    let udp = l4_udp::measure(t, &udp_paths, budget, out_dir, stamp)?;
+    md.push_str("\n### Small UDP: maximum rate and node CPU per datagram\n\n");
+    md.push_str(&udp.markdown);
+    println!("==> bench l4: bulk TCP (iperf3)");
+    let bulk_modes = [
+        ("XDP (gateway-agent)", IPERF_PORT),
+        ("iptables DNAT", 5202),
+        ("HAProxy mode tcp", 5203),
+    ];
+    let bulk = bulk_tcp(t, &bulk_modes, budget)?;
+    md.push_str(&bulk.markdown);
+    md.push_str(&bar_chart(
+        out_dir,
+        &format!("{stamp}-l4-bulk"),
+        "L4 bulk TCP through the node (iperf3, one stream)",
+        "Gbit/s",
+        &names.iter().cloned().zip(bulk.gbits.iter().copied()).collect::<Vec<_>>(),
+    ));
+    md.push_str(&goals(&pc, &udp, &bulk.gbits));
     Ok(Section {
         title: "L4: XDP vs iptables DNAT vs userspace TCP proxy".into(),
         markdown: md,
     })
+}
+
+struct Bulk {
+    markdown: String,
+    gbits: Vec<Summary>,
+}
+
+/// One iperf3 stream (client on CPU 1, server on CPU 0) through each path.
+/// XDP stays attached throughout: native XDP on a veth without multi-buffer
+/// support turns GSO off on its peer, so every path carries MTU-sized
+/// segments from the client; the report shows the client link's offloads.
+fn bulk_tcp(t: &Topology, modes: &[(&str, u16)], budget: Budget) -> anyhow::Result<Bulk> {
+    let n = modes.len();
+    let (mut gbits, mut retransmits) = (vec![vec![]; n], vec![0u64; n]);
+    let secs = budget.seconds.to_string();
+    for repeat in 0..budget.repeats {
+        for (i, (name, port)) in modes.iter().enumerate() {
+            let out = t.client.run_pinned(
+                1,
+                &["iperf3", "-c", GATEWAY, "-p", &port.to_string(), "-t", &secs, "-J"],
+            )?;
+            let (rate, retrans) = iperf3_result(&out)?;
+            println!(
+                "    repeat {repeat}: {name}: {:.2} Gbit/s, {retrans} retransmits",
+                rate / 1e9
+            );
+            gbits[i].push(rate / 1e9);
+            retransmits[i] += retrans;
+        }
+    }
+    let gbits: Vec<Summary> = gbits.iter().map(|v| Summary::of(v)).collect();
+    let offloads = t
+        .client
+        .run(&["ethtool", "-k", "eth0"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            ["tcp-segmentation-offload:", "generic-segmentation-offload:"]
+                .iter()
+                .any(|k| l.trim_start().starts_with(k))
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mtu = t
+        .client
+        .run(&["cat", "/sys/class/net/eth0/mtu"])
+        .unwrap_or_default();
+    let mut md = format!(
+        "\n### Bulk TCP (iperf3)\n\n{}: one stream for {} s, client on CPU 1, `iperf3 -s` in the backend namespace on CPU 0; \
+         the rate the receiver reports. The client's link with the XDP program attached on the node's side: MTU {}, {}.\n\n\
+         | path | Gbit/s | × iptables | retransmits (all repeats) |\n|---|---|---|---|\n",
+        super::tools::version("iperf3", "--version"),
+        budget.seconds,
+        mtu.trim(),
+        if offloads.is_empty() { "offloads unknown" } else { &offloads },
+    );
+    for (i, (name, _)) in modes.iter().enumerate() {
+        md.push_str(&format!(
+            "| {name} | {} | {:.2} | {} |\n",
+            gbits[i].show(2),
+            gbits[i].median / gbits[1].median,
+            retransmits[i]
+        ));
+    }
+    md.push('\n');
+    Ok(Bulk {
+        markdown: md,
+        gbits,
+    })
+}
+
+/// (bits/s received, retransmits) from `iperf3 -J`.
+fn iperf3_result(out: &str) -> anyhow::Result<(f64, u64)> {
+    let json: serde_json::Value =
+        serde_json::from_str(out).with_context(|| format!("iperf3 JSON:\n{out}"))?;
+    if let Some(error) = json["error"].as_str() {
+        anyhow::bail!("iperf3: {error}");
+    }
+    let end = &json["end"];
+    let rate = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received in iperf3 output:\n{out}"))?;
+    Ok((rate, end["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+}
+
+/// Issue 5's goals against iptables (index 1), met or missed.
+fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary]) -> String {
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    let cpu = udp.ns_per_packet[0].median / udp.ns_per_packet[1].median;
+    let max = udp.max_rate[0].median / udp.max_rate[1].median;
+    let cps = per_conn[0].median / per_conn[1].median;
+    let bulk = bulk[0].median / bulk[1].median;
+    format!(
+        "Goals (issue 5), XDP against iptables DNAT: node CPU per datagram at a fixed rate ≤ 0.5×: {} ({cpu:.2}×); \
+         maximum small-UDP rate ≥ 1.5×: {} ({max:.2}×); new connections/s ≥ 1.5×: {} ({cps:.2}×); \
+         bulk TCP ≥ 0.95×: {} ({bulk:.2}×).\n",
+        verdict(cpu <= 0.5),
+        verdict(max >= 1.5),
+        verdict(cps >= 1.5),
+        verdict(bulk >= 0.95),
+    )
 }

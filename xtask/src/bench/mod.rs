@@ -5,12 +5,14 @@
 
 mod control_plane;
 mod l4;
+mod l4_udp;
 mod l7;
 pub mod manifests;
 mod netns;
 mod report;
 mod stats;
 mod tools;
+mod udp_load;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -15,6 +15,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("gnuplot", "gnuplot-nox"),
     ("taskset", "util-linux"),
+    ("iperf3", "iperf3"),
+    ("socat", "socat"),
 ];
 
 fn present(command: &str) -> bool {

@@ -1,0 +1,296 @@
+//! Small-UDP load for the L4 benchmark: a generator (sendmmsg, batches of 64
+//! datagrams over several source ports, so that they are several flows) and
+//! a sink (recvmmsg) counting what arrives. Each runs on a thread of this
+//! process that has entered a benchmark namespace and is pinned to one CPU.
+//! Also the CPU time accounting around a run (/proc/stat, /proc/<pid>/stat).
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Datagrams per sendmmsg/recvmmsg call.
+pub const BATCH: usize = 64;
+/// UDP payload: 22 bytes make a 64-byte Ethernet frame (14 + 20 + 8 + 22).
+const PAYLOAD: usize = 22;
+
+/// Moves the calling thread into namespace `ns` and onto CPU `cpu`.
+fn enter(ns: &str, cpu: usize) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| path.clone())?;
+    // SAFETY: setns on a valid namespace fd; it changes this thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Counts the datagrams arriving at one address until stopped.
+pub struct Sink {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sink {
+    pub fn start(ns: &str, addr: SocketAddrV4, cpu: usize) -> anyhow::Result<Sink> {
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (received.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ns = ns.to_string();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let socket = enter(&ns, cpu).and_then(|()| {
+                let socket = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+                socket.set_nonblocking(true)?;
+                // A deep queue, so that the sink's own scheduling never drops.
+                set_int_option(&socket, libc::SO_RCVBUFFORCE, 32 << 20)?;
+                Ok(socket)
+            });
+            let socket = match socket {
+                Ok(socket) => {
+                    let _ = ready_tx.send(Ok(()));
+                    socket
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(format!("{error:#}")));
+                    return Err(error);
+                }
+            };
+            let mut buffers = vec![[0u8; 2048]; BATCH];
+            let mut iovecs: Vec<libc::iovec> = buffers
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            let mut headers = headers_for(&mut iovecs);
+            // Bounded: the bench stops it; one hour at most.
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
+                // SAFETY: `headers` point at `iovecs`, which point at `buffers`,
+                // all alive for the call.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        socket.as_raw_fd(),
+                        headers.as_mut_ptr(),
+                        BATCH as u32,
+                        0,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    // Polled, never woken: a datagram finding a sleeping
+                    // reader would cost the sender's CPU a cross-CPU wakeup
+                    // (an IPI, dear in a VM) and count as forwarding cost.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Sink {
+                received,
+                stop,
+                thread,
+            }),
+            Ok(Err(error)) => bail!("UDP sink on {addr}: {error}"),
+            Err(_) => bail!("UDP sink on {addr} did not start"),
+        }
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("UDP sink thread panicked"))?
+    }
+}
+
+fn headers_for(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero msghdr is valid (no name, no control data).
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
+}
+
+fn set_int_option(socket: &UdpSocket, option: libc::c_int, value: i32) -> anyhow::Result<()> {
+    // SAFETY: a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!("setsockopt {option}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One generator run.
+pub struct Load<'a> {
+    pub ns: &'a str,
+    pub cpu: usize,
+    /// The generator's own address; source ports `first_port ..` one per flow.
+    pub source: std::net::Ipv4Addr,
+    pub first_port: u16,
+    pub flows: u16,
+    pub target: SocketAddrV4,
+    /// Datagrams per second; None: as fast as the generator goes.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+}
+
+impl Load<'_> {
+    /// Sends for `duration` on a thread; returns how many datagrams were sent.
+    pub fn run(&self) -> anyhow::Result<u64> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.send())
+                .join()
+                .map_err(|_| anyhow::anyhow!("UDP generator thread panicked"))?
+        })
+    }
+
+    fn send(&self) -> anyhow::Result<u64> {
+        enter(self.ns, self.cpu)?;
+        let sockets = (0..self.flows)
+            .map(|i| {
+                let from = SocketAddrV4::new(self.source, self.first_port + i);
+                let socket = UdpSocket::bind(from).with_context(|| format!("bind {from}"))?;
+                socket.connect(self.target)?;
+                Ok(socket)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut payloads = vec![[0x5au8; PAYLOAD]; BATCH];
+        let mut iovecs: Vec<libc::iovec> = payloads
+            .iter_mut()
+            .map(|p| libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut headers = headers_for(&mut iovecs);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut next = 0usize;
+        loop {
+            let elapsed = started.elapsed();
+            if elapsed >= self.duration {
+                break;
+            }
+            if let Some(rate) = self.rate {
+                let due = (rate * elapsed.as_secs_f64()) as u64;
+                if sent >= due {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+            }
+            let socket = &sockets[next % sockets.len()];
+            next += 1;
+            // SAFETY: `headers` point at `iovecs` and `payloads`, alive here;
+            // connected sockets need no destination in the headers.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    BATCH as u32,
+                    0,
+                )
+            };
+            if n < 0 {
+                let error = std::io::Error::last_os_error();
+                // A refused datagram (ICMP unreachable before the path was
+                // up) or a full queue: count nothing and go on.
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ECONNREFUSED | libc::ENOBUFS | libc::EAGAIN)
+                ) {
+                    continue;
+                }
+                bail!("sendmmsg to {}: {error}", self.target);
+            }
+            sent += n as u64;
+        }
+        Ok(sent)
+    }
+}
+
+/// Clock ticks (USER_HZ) per second, the unit of /proc/stat and /proc/<pid>/stat.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// Time CPU `cpu` spent in hardware and software interrupts (softirq: where
+/// veth delivery, XDP, netfilter and the receive path run), in ticks.
+pub fn interrupt_ticks(cpu: usize) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let label = format!("cpu{cpu}");
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix(&label)?.strip_prefix(' '))
+        .with_context(|| format!("no {label} in /proc/stat"))?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq …
+    Ok(fields.get(5).copied().unwrap_or(0) + fields.get(6).copied().unwrap_or(0))
+}
+
+/// User + system ticks of process `pid` and of its children, living
+/// (socat's per-peer children) and reaped (cutime, cstime).
+pub fn process_tree_ticks(pid: u32) -> u64 {
+    let own = |pid: u32, with_reaped: bool| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0;
+        };
+        // Fields after the parenthesised command name: state is field 3.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return 0;
+        };
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // utime, stime, cutime, cstime are fields 14–17 (indexes 11–14 here).
+        let take = if with_reaped { 4 } else { 2 };
+        fields.iter().skip(11).take(take).sum()
+    };
+    own(pid, true)
+        + super::netns::children(pid)
+            .into_iter()
+            .map(|child| own(child, true))
+            .sum::<u64>()
+}
