@@ -16,6 +16,11 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
+    // Real peers of the L4 end-to-end tests: iperf3 over a TCPRoute,
+    // dnsmasq (the binary, no system service) queried with dig over a UDPRoute.
+    ("iperf3", "iperf3"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
 ];
 
 pub fn is_root() -> bool {

@@ -49,6 +49,7 @@ pub struct UdpFigures {
     pub markdown: String,
     /// Per path: maximum delivered datagrams/s, node CPU ns per datagram.
     pub max_rate: Vec<Summary>,
+    pub max_per_cpu_second: Vec<Summary>,
     pub ns_per_packet: Vec<Summary>,
 }
 
@@ -77,12 +78,12 @@ fn load<'a>(
     }
 }
 
-/// (sent, delivered) of one generator run.
-fn run_once(sink: &Sink, load: &Load) -> anyhow::Result<(u64, u64)> {
+/// (sent, delivered, the generator thread's CPU seconds) of one run.
+fn run_once(sink: &Sink, load: &Load) -> anyhow::Result<(u64, u64, f64)> {
     let before = sink.received();
-    let sent = load.run()?;
+    let (sent, cpu) = load.run()?;
     std::thread::sleep(DRAIN);
-    Ok((sent, sink.received() - before))
+    Ok((sent, sink.received() - before, cpu))
 }
 
 pub fn measure(
@@ -125,21 +126,27 @@ fn measure_with(
     }
     let seconds = f64::from(budget.seconds);
     let n = paths.len();
-    let (mut max_rate, mut max_delivery) = (vec![vec![]; n], vec![vec![]; n]);
+    let (mut max_rate, mut per_cpu_second, mut max_delivery) =
+        (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
-            let (sent, delivered) = run_once(sink, &load(t, i, path, None, seconds))?;
+            let (sent, delivered, cpu) = run_once(sink, &load(t, i, path, None, seconds))?;
             let rate = delivered as f64 / seconds;
             max_rate[i].push(rate);
+            per_cpu_second[i].push(delivered as f64 / cpu.max(1e-3));
             max_delivery[i].push(100.0 * delivered as f64 / sent.max(1) as f64);
             println!(
-                "    repeat {repeat}: {}: UDP max {rate:.0} datagrams/s delivered ({:.0}/s sent)",
+                "    repeat {repeat}: {}: UDP max {rate:.0} datagrams/s delivered ({:.0}/s sent), \
+                 {:.0} per second of the generator's CPU ({:.0}% of CPU {GENERATOR_CPU})",
                 path.name,
-                sent as f64 / seconds
+                sent as f64 / seconds,
+                delivered as f64 / cpu.max(1e-3),
+                100.0 * cpu / seconds
             );
         }
     }
     let max: Vec<Summary> = max_rate.iter().map(|v| Summary::of(v)).collect();
+    let max_per_cpu: Vec<Summary> = per_cpu_second.iter().map(|v| Summary::of(v)).collect();
     let max_delivered: Vec<Summary> = max_delivery.iter().map(|v| Summary::of(v)).collect();
     // Half of iptables' maximum, rounded down to a thousand.
     let rate = ((max[1].median / 2.0) / 1000.0).floor().max(1.0) * 1000.0;
@@ -158,7 +165,8 @@ fn measure_with(
         for (i, path) in paths.iter().enumerate() {
             let process_before = path.process.map_or(0, process_tree_ticks);
             let irq_before = interrupt_ticks(GENERATOR_CPU)?;
-            let (sent, delivered) = run_once(sink, &load(t, i, path, Some(rate), cpu_seconds))?;
+            let (sent, delivered, _) =
+                run_once(sink, &load(t, i, path, Some(rate), cpu_seconds))?;
             let irq = (interrupt_ticks(GENERATOR_CPU)? - irq_before) as f64 - baseline;
             let process = (path.process.map_or(0, process_tree_ticks) - process_before) as f64;
             let ns = (irq + process) / hz * 1e9 / delivered.max(1) as f64;
@@ -179,15 +187,18 @@ fn measure_with(
         "Small UDP (22-byte payload, 64-byte frames) from one generator thread in the client namespace (sendmmsg, batches of \
          {batch}, {FLOWS} source ports = {FLOWS} flows, CPU {GENERATOR_CPU}) to a sink thread in the backend namespace \
          (recvmmsg, CPU {SINK_CPU}, polling every millisecond so that no datagram pays for waking it) counting what arrives. Userspace relay: `socat UDP4-LISTEN,fork` ({socat}; one process per \
-         peer) on CPU 0. Maximum: the generator unthrottled for {secs} s; delivered datagrams/s at the sink. Node CPU \
+         peer) on CPU 0. Maximum: the generator unthrottled for {secs} s; delivered datagrams/s at the sink, and the same \
+         per second of the generator thread's own CPU time (its exact runtime, which includes the forwarding and the \
+         backend's receive that veth runs in its context): the rate a whole CPU would reach, insensitive to other \
+         work sharing CPU {GENERATOR_CPU}. Node CPU \
          per datagram: {cpu_secs} s at a fixed {rate:.0} datagrams/s (half of iptables' maximum), CPU {GENERATOR_CPU}'s irq + \
          softirq time from /proc/stat (where veth runs the node's forwarding and the backend's receive) minus an idle \
          window of the same length (median {idle_pct:.2}% of that CPU), plus the CPU time of the path's node \
          process (the agent; the relay with its children), divided by the datagrams delivered. Tick-sampled \
          ({hz:.0} Hz accounting, no IRQ_TIME_ACCOUNTING in this kernel): a few percent of noise per run. The \
          backend's own receive is included in every path alike, so ratios understate the node's difference.\n\n\
-         | path | max datagrams/s delivered | × iptables | delivered at max | node CPU ns per datagram at {rate:.0}/s | × iptables | of which node process | delivered at {rate:.0}/s |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | path | max datagrams/s delivered | × iptables | per generator CPU-second | × iptables | delivered at max | node CPU ns per datagram at {rate:.0}/s | × iptables | of which node process | delivered at {rate:.0}/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         batch = super::udp_load::BATCH,
         socat = socat_version(),
         secs = budget.seconds,
@@ -196,10 +207,12 @@ fn measure_with(
     );
     for (i, path) in paths.iter().enumerate() {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.1}% | {} | {:.2} | {:.0} ns | {:.2}% |\n",
+            "| {} | {} | {:.2} | {} | {:.2} | {:.1}% | {} | {:.2} | {:.0} ns | {:.2}% |\n",
             path.name,
             max[i].show(0),
             max[i].median / max[1].median,
+            max_per_cpu[i].show(0),
+            max_per_cpu[i].median / max_per_cpu[1].median,
             max_delivered[i].median,
             cost[i].show(0),
             cost[i].median / cost[1].median,
@@ -232,6 +245,7 @@ fn measure_with(
     Ok(UdpFigures {
         markdown: md,
         max_rate: max,
+        max_per_cpu_second: max_per_cpu,
         ns_per_packet: cost,
     })
 }

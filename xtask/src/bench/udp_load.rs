@@ -171,8 +171,9 @@ pub struct Load<'a> {
 }
 
 impl Load<'_> {
-    /// Sends for `duration` on a thread; returns how many datagrams were sent.
-    pub fn run(&self) -> anyhow::Result<u64> {
+    /// Sends for `duration` on a thread; returns how many datagrams were
+    /// sent and the thread's CPU time in seconds.
+    pub fn run(&self) -> anyhow::Result<(u64, f64)> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| self.send())
@@ -181,7 +182,7 @@ impl Load<'_> {
         })
     }
 
-    fn send(&self) -> anyhow::Result<u64> {
+    fn send(&self) -> anyhow::Result<(u64, f64)> {
         enter(self.ns, self.cpu)?;
         let sockets = (0..self.flows)
             .map(|i| {
@@ -200,6 +201,7 @@ impl Load<'_> {
             })
             .collect();
         let mut headers = headers_for(&mut iovecs);
+        let cpu_before = thread_cpu_seconds();
         let started = Instant::now();
         let mut sent = 0u64;
         let mut next = 0usize;
@@ -241,8 +243,18 @@ impl Load<'_> {
             }
             sent += n as u64;
         }
-        Ok(sent)
+        Ok((sent, thread_cpu_seconds() - cpu_before))
     }
+}
+
+/// CPU time of the calling thread (the scheduler's exact runtime; on this
+/// kernel it includes the softirq work run in the thread's context).
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: a zeroed timespec is valid; clock_gettime only writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Clock ticks (USER_HZ) per second, the unit of /proc/stat and /proc/<pid>/stat.
