@@ -2,7 +2,7 @@
 //! datagrams over several source ports, so that they are several flows) and
 //! a sink (recvmmsg) counting what arrives. Each runs on a thread of this
 //! process that has entered a benchmark namespace and is pinned to one CPU.
-//! Also the CPU time accounting around a run (/proc/stat, /proc/<pid>/stat).
+//! Also the CPU time accounting around a run (exact runtimes from schedstat).
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd as _;
@@ -211,9 +211,11 @@ impl Load<'_> {
                 break;
             }
             if let Some(rate) = self.rate {
-                let due = (rate * elapsed.as_secs_f64()) as u64;
-                if sent >= due {
-                    std::thread::sleep(Duration::from_micros(100));
+                // One sleep until the next batch is due: every wakeup costs
+                // this CPU time that would count as the path's.
+                let due = Duration::from_secs_f64(sent as f64 / rate);
+                if due > elapsed {
+                    std::thread::sleep(due - elapsed);
                     continue;
                 }
             }
@@ -257,52 +259,35 @@ fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Clock ticks (USER_HZ) per second, the unit of /proc/stat and /proc/<pid>/stat.
-pub fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
+/// Exact CPU time (the scheduler's runtime, /proc/<pid>/task/*/schedstat)
+/// of every thread of `pid` and of its children (socat's per-peer
+/// processes), in seconds. On this kernel (no IRQ_TIME_ACCOUNTING) it
+/// includes the softirq work run in those threads' context.
+pub fn process_tree_cpu_seconds(pid: u32) -> f64 {
+    std::iter::once(pid)
+        .chain(super::netns::children(pid))
+        .map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+                .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum::<u64>() as f64
+        / 1e9
 }
 
-/// Time CPU `cpu` spent in hardware and software interrupts (softirq: where
-/// veth delivery, XDP, netfilter and the receive path run), in ticks.
-pub fn interrupt_ticks(cpu: usize) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let label = format!("cpu{cpu}");
-    let fields: Vec<u64> = stat
-        .lines()
-        .find_map(|l| l.strip_prefix(&label)?.strip_prefix(' '))
-        .with_context(|| format!("no {label} in /proc/stat"))?
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq …
-    Ok(fields.get(5).copied().unwrap_or(0) + fields.get(6).copied().unwrap_or(0))
-}
-
-/// User + system ticks of process `pid` and of its children, living
-/// (socat's per-peer children) and reaped (cutime, cstime).
-pub fn process_tree_ticks(pid: u32) -> u64 {
-    let own = |pid: u32, with_reaped: bool| -> u64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0;
-        };
-        // Fields after the parenthesised command name: state is field 3.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return 0;
-        };
-        let fields: Vec<u64> = rest
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        // utime, stime, cutime, cstime are fields 14–17 (indexes 11–14 here).
-        let take = if with_reaped { 4 } else { 2 };
-        fields.iter().skip(11).take(take).sum()
-    };
-    own(pid, true)
-        + super::netns::children(pid)
-            .into_iter()
-            .map(|child| own(child, true))
-            .sum::<u64>()
+/// The pid of `ksoftirqd/<cpu>`, which runs the softirq work that the
+/// kernel defers from the CPU's running thread when there is too much.
+pub fn ksoftirqd(cpu: usize) -> anyhow::Result<u32> {
+    let name = format!("ksoftirqd/{cpu}");
+    std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .with_context(|| format!("no {name}"))
 }
