@@ -650,7 +650,9 @@ fn require_tool(test: &str, tool: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {tool} is missing (cargo xtask setup installs it) and CI=true forbids skipping");
+        panic!(
+            "{test}: {tool} is missing (cargo xtask setup installs it) and CI=true forbids skipping"
+        );
     }
     eprintln!("SKIPPED {test}: {tool} is missing (cargo xtask setup installs it)");
     false
@@ -663,7 +665,9 @@ fn iperf3_transfers_through_a_tcp_route_in_xdp() {
         return;
     }
     let topology = Topology::new();
-    let _server = topology.backend.spawn(&["iperf3", "-s", "-p", "7201", "-B", BACKEND_ADDR]);
+    let _server = topology
+        .backend
+        .spawn(&["iperf3", "-s", "-p", "7201", "-B", BACKEND_ADDR]);
     let manifests = TempDir::new();
     manifests.write(
         "all.yaml",
@@ -671,22 +675,29 @@ fn iperf3_transfers_through_a_tcp_route_in_xdp() {
     );
     let agent = Agent::start(&topology, manifests);
     // The first runs may meet the agent before it has applied the route.
-    let report = eventually("iperf3 through the gateway", Duration::from_secs(30), || {
-        let out = topology
-            .client
-            .command("iperf3")
-            .args(["-c", GATEWAY_ADDR, "-p", "9000", "-t", "2", "-J"])
-            .args(["--connect-timeout", "1000"])
-            .output()
-            .map_err(|e| format!("run iperf3: {e}"))?;
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("iperf3 JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
-        match report["error"].as_str() {
-            Some(error) => Err(format!("iperf3: {error}")),
-            None => Ok(report),
-        }
-    });
-    let sent = report["end"]["sum_sent"]["bytes"].as_u64().expect("bytes sent");
+    let report = eventually(
+        "iperf3 through the gateway",
+        Duration::from_secs(30),
+        || {
+            let out = topology
+                .client
+                .command("iperf3")
+                .args(["-c", GATEWAY_ADDR, "-p", "9000", "-t", "2", "-J"])
+                .args(["--connect-timeout", "1000"])
+                .output()
+                .map_err(|e| format!("run iperf3: {e}"))?;
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+                format!("iperf3 JSON: {e}: {}", String::from_utf8_lossy(&out.stdout))
+            })?;
+            match report["error"].as_str() {
+                Some(error) => Err(format!("iperf3: {error}")),
+                None => Ok(report),
+            }
+        },
+    );
+    let sent = report["end"]["sum_sent"]["bytes"]
+        .as_u64()
+        .expect("bytes sent");
     let received = report["end"]["sum_received"]["bytes"]
         .as_u64()
         .expect("bytes received");
@@ -758,7 +769,10 @@ fn dig_gets_the_a_record_dnsmasq_serves_through_a_udp_route() {
         if out.status.success() && !answer.is_empty() && !answer.starts_with(';') {
             Ok(answer)
         } else {
-            Err(format!("dig {name}: {answer} {}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "dig {name}: {answer} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     };
     let answer = eventually("dig through the gateway", Duration::from_secs(30), || {

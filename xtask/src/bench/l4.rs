@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::l4_udp::{self, UdpPath};
 use super::Budget;
+use super::l4_udp::{self, UdpPath};
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::netns::{Daemon, Netns, http_status, wait_until};
 use super::report::{Section, bar_chart};
@@ -58,8 +58,18 @@ impl Topology {
         t.link(&t.client, ("eth0", CLIENT), ("c0", GATEWAY), true)?;
         t.link(&t.backend, ("eth0", BACKEND), ("b0", "198.18.1.1"), true)?;
         // Links without XDP for iptables alone (the agent attaches to c0 and b0).
-        t.link(&t.client, ("eth1", PLAIN_CLIENT), ("c1", PLAIN_GATEWAY), false)?;
-        t.link(&t.backend, ("eth1", PLAIN_BACKEND), ("b1", "198.18.4.1"), false)?;
+        t.link(
+            &t.client,
+            ("eth1", PLAIN_CLIENT),
+            ("c1", PLAIN_GATEWAY),
+            false,
+        )?;
+        t.link(
+            &t.backend,
+            ("eth1", PLAIN_BACKEND),
+            ("b1", "198.18.4.1"),
+            false,
+        )?;
         t.node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         t.direct_link()?;
         Ok(t)
@@ -83,7 +93,10 @@ impl Topology {
             "netns",
             &self.backend.name,
         ]))?;
-        for (ns, addr) in [(&self.client, DIRECT_CLIENT), (&self.backend, DIRECT_BACKEND)] {
+        for (ns, addr) in [
+            (&self.client, DIRECT_CLIENT),
+            (&self.backend, DIRECT_BACKEND),
+        ] {
             ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "direct"])?;
             ns.run(&["ip", "link", "set", "direct", "up"])?;
             // As the node's links' peers: full checksums, GRO (NAPI delivery).
@@ -567,7 +580,11 @@ fn bulk_tcp(t: &Topology, modes: &[(&str, &str, u16)], budget: Budget) -> anyhow
         super::tools::version("iperf3", "--version"),
         budget.seconds,
         mtu.trim(),
-        if offloads.is_empty() { "offloads unknown" } else { &offloads },
+        if offloads.is_empty() {
+            "offloads unknown"
+        } else {
+            &offloads
+        },
     );
     for (i, (name, ..)) in modes.iter().enumerate() {
         md.push_str(&format!(

@@ -104,7 +104,11 @@ impl Run {
 
 fn run_once(sink: &Sink, load: &Load, path: &UdpPath, softirqd: u32) -> anyhow::Result<Run> {
     let process = || path.process.map_or(0.0, process_tree_cpu_seconds);
-    let (received, softirq, node) = (sink.received(), process_tree_cpu_seconds(softirqd), process());
+    let (received, softirq, node) = (
+        sink.received(),
+        process_tree_cpu_seconds(softirqd),
+        process(),
+    );
     let (sent, cpu) = load.run()?;
     std::thread::sleep(DRAIN);
     Ok(Run {
@@ -295,7 +299,11 @@ fn measure_with(
         let node = if i == reference {
             "— | —".to_string()
         } else {
-            format!("{} | {:.2}", node_ns[i].show(0), node_ns[i].median / node_ns[1].median)
+            format!(
+                "{} | {:.2}",
+                node_ns[i].show(0),
+                node_ns[i].median / node_ns[1].median
+            )
         };
         md.push_str(&format!(
             "| {} | {} | {node} | {:.0} ns | {:.2}% |\n",

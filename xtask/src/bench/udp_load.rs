@@ -31,7 +31,10 @@ fn enter(ns: &str, cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity {cpu}: {}", std::io::Error::last_os_error());
+            bail!(
+                "sched_setaffinity {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -224,12 +227,7 @@ impl Load<'_> {
             // SAFETY: `headers` point at `iovecs` and `payloads`, alive here;
             // connected sockets need no destination in the headers.
             let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    headers.as_mut_ptr(),
-                    BATCH as u32,
-                    0,
-                )
+                libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0)
             };
             if n < 0 {
                 let error = std::io::Error::last_os_error();
