@@ -106,7 +106,9 @@ impl Topology {
     }
 
     /// A veth pair between `peer` (`peer_if`, `peer_addr`) and the node
-    /// (`node_if`, `node_addr`), /24; `via_node`: the peer's default route.
+    /// (`node_if`, `node_addr`), /24; `via_node`: the peer's default route
+    /// (the links the agent's XDP program is attached to); the others keep
+    /// the kernel's default offloads.
     fn link(
         &self,
         peer: &Netns,
@@ -151,7 +153,9 @@ impl Topology {
         self.node.run(&["ip", "link", "set", node_if, "up"])?;
         // As the e2e harness: full checksums from the peers (native XDP sees
         // raw frames), GRO so that veth accepts XDP-redirected frames.
-        peer.run(&["ethtool", "-K", peer_if, "tx", "off", "gro", "on"])?;
+        if via_node {
+            peer.run(&["ethtool", "-K", peer_if, "tx", "off", "gro", "on"])?;
+        }
         Ok(())
     }
 }
@@ -556,35 +560,35 @@ fn bulk_tcp(t: &Topology, modes: &[(&str, &str, u16)], budget: Budget) -> anyhow
         }
     }
     let gbits: Vec<Summary> = gbits.iter().map(|v| Summary::of(v)).collect();
-    let offloads = t
-        .client
-        .run(&["ethtool", "-k", "eth0"])
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            ["tcp-segmentation-offload:", "generic-segmentation-offload:"]
-                .iter()
-                .any(|k| l.trim_start().starts_with(k))
-        })
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mtu = t
-        .client
-        .run(&["cat", "/sys/class/net/eth0/mtu"])
-        .unwrap_or_default();
+    let link = |interface: &str| -> String {
+        let offloads = t
+            .client
+            .run(&["ethtool", "-k", interface])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                ["tcp-segmentation-offload:", "generic-segmentation-offload:"]
+                    .iter()
+                    .any(|k| l.trim_start().starts_with(k))
+            })
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mtu = t
+            .client
+            .run(&["cat", &format!("/sys/class/net/{interface}/mtu")])
+            .unwrap_or_default();
+        format!("MTU {}, {offloads}", mtu.trim())
+    };
     let mut md = format!(
         "\n### Bulk TCP (iperf3)\n\n{}: one stream for {} s, client on CPU 1, `iperf3 -s` in the backend namespace on CPU 0; \
-         the rate the receiver reports. The client's link with the XDP program attached on the node's side: MTU {}, {}.\n\n\
+         the rate the receiver reports. The client's side of XDP's links (TX checksum offload off, as native XDP needs \
+         full checksums; the program attached on the node's side): {}; of iptables' own links (kernel defaults): {}.\n\n\
          | path | Gbit/s | × iptables | retransmits (all repeats) |\n|---|---|---|---|\n",
         super::tools::version("iperf3", "--version"),
         budget.seconds,
-        mtu.trim(),
-        if offloads.is_empty() {
-            "offloads unknown"
-        } else {
-            &offloads
-        },
+        link("eth0"),
+        link("eth1"),
     );
     for (i, (name, ..)) in modes.iter().enumerate() {
         md.push_str(&format!(

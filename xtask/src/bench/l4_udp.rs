@@ -253,7 +253,10 @@ fn measure_with(
          backend namespace (recvmmsg, CPU {SINK_CPU}, polling every millisecond so that no datagram pays for waking \
          it) counting what arrives. Userspace relay: `socat UDP4-LISTEN,fork` ({socat}; one process per peer) on \
          CPU 0. Reference: the same generator and sink over a veth pair straight from the client to the backend \
-         namespace, no node.\n\n\
+         namespace, no node (offloads as on XDP's links: TX checksum offload off). iptables runs twice: on links \
+         of its own without XDP (kernel default offloads, so its client's send is slightly cheaper than the \
+         reference's), the figure the ratios use, and on XDP's links, where the attached program makes veth copy \
+         every packet into a page of its own before netfilter sees it.\n\n\
          CPU per datagram: the exact runtime (schedstat) of the generator thread and ksoftirqd/{GENERATOR_CPU} (veth \
          runs the node's forwarding and the backend's receive in softirq in the sender's context, and without \
          IRQ_TIME_ACCOUNTING, as in this kernel, a thread's runtime includes that) plus the path's node process (the \
