@@ -19,7 +19,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (nightly rust-src, bpf-linker,
-    /// iproute2, bpftool, ethtool). Idempotent: seconds when nothing is missing.
+    /// iproute2, bpftool, ethtool, iperf3, dnsmasq, dig). Idempotent: seconds
+    /// when nothing is missing.
     Setup,
     /// Run every check: fmt, clippy, unit tests and the end-to-end tests (root).
     Test {
