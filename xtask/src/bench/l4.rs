@@ -13,6 +13,11 @@
 //!   HTTP            :80   :81            :82                  UDP sink :9999
 //!   UDP             :90   :91            :92                  iperf3 -s :5201
 //!   iperf3          :5201 :5203          :5202
+//!
+//!  eth1 198.18.3.2 ── c1 198.18.3.1 | b1 198.18.4.1 ── eth1 198.18.4.2
+//!                   iptables DNAT alone (no XDP on these links): UDP :92, iperf3 :5202
+//!  direct 198.18.2.1 ────────────────────────────────── direct 198.18.2.2
+//!                   the UDP reference: no node at all
 //! ```
 
 use std::path::Path;
