@@ -24,7 +24,7 @@ use gateway_common::{
 use crate::{
     config, csum, debug_log,
     family::{Family, V4, V6},
-    icmp, maps,
+    icmp, maps, next_hop,
     packet::*,
 };
 
@@ -182,7 +182,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
             } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
                 touch::<F>(&key, entry, &flow, now, 0, 0);
             }
-            return Ok(send::<L3, F>(ctx, &key, &flow));
+            return Ok(send::<L3, F>(ctx, &key, &flow, now));
         }
     }
 
@@ -211,7 +211,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
     maps::count_route(route_id, packet_len, true, false);
     debug_log::note_new_flow(&key, &flow);
     rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send::<L3, F>(ctx, &key, &flow))
+    Ok(send::<L3, F>(ctx, &key, &flow, now))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
@@ -485,12 +485,14 @@ fn rewrite<const L3: usize, F: Family>(
 
 /// Sends a rewritten packet: straight out of the egress interface when the FIB
 /// knows the next hop, else back to the kernel to route (local destination, or
-/// a neighbour not yet resolved).
+/// a neighbour not yet resolved). A next hop resolved less than
+/// `NEXT_HOP_TTL_NS` ago on this CPU is taken from `next_hop`'s cache.
 #[inline(always)]
 pub fn send<const L3: usize, F: Family>(
     ctx: &XdpContext,
     key: &FlowKeyOf<F::Addr>,
     flow: &FlowValueOf<F::Addr>,
+    now: u64,
 ) -> u32 {
     if L3 != ETH_HDR_LEN {
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
@@ -498,13 +500,26 @@ pub fn send<const L3: usize, F: Family>(
         maps::count_event(PacketEvent::RewrittenPassed);
         return xdp_action::XDP_PASS;
     }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let tot_len = F::tot_len::<L3>(ctx);
+    let (src, dst) = (&flow.new_src_addr_be, &flow.new_dst_addr_be);
+    let cached = next_hop::slot(src, dst, ingress);
+    if let Some(entry) = cached
+        && next_hop::fresh(entry, src, dst, ingress, tot_len, now)
+    {
+        // SAFETY: a live per-CPU map value, read by this CPU only.
+        let hop = unsafe { &*entry };
+        return redirect(ctx, hop.dmac, hop.smac, hop.ifindex_out, ingress);
+    }
+
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    F::fib_query::<L3>(ctx, &mut params, flow);
+    F::fib_query(&mut params, flow);
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.l4_protocol = key.proto;
     params.sport = flow.new_src_port_be;
     params.dport = flow.new_dst_port_be;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ingress;
 
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
     let rc = unsafe {
@@ -526,13 +541,25 @@ pub fn send<const L3: usize, F: Family>(
         maps::count_event(PacketEvent::RewrittenPassed);
         return xdp_action::XDP_PASS;
     }
-    if write(ctx, 0, params.dmac).is_none() || write(ctx, 6, params.smac).is_none() {
+    if let Some(entry) = cached {
+        // SAFETY: the FIB wrote mtu_result (the egress MTU) on success.
+        let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        next_hop::remember(entry, src, dst, ingress, &params, mtu, now);
+    }
+    redirect(ctx, params.dmac, params.smac, params.ifindex, ingress)
+}
+
+/// Sets the MACs and sends the packet out of `egress` (back out of the
+/// ingress interface with XDP_TX).
+#[inline(always)]
+fn redirect(ctx: &XdpContext, dmac: [u8; 6], smac: [u8; 6], egress: u32, ingress: u32) -> u32 {
+    if write(ctx, 0, dmac).is_none() || write(ctx, 6, smac).is_none() {
         return xdp_action::XDP_PASS;
     }
     maps::count_event(PacketEvent::Redirected);
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
+    if egress == ingress {
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.
-    unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+    unsafe { bpf_redirect(egress, 0) as u32 }
 }

@@ -322,7 +322,9 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         proto: PROTO_ICMP,
         ..FlowKey::default()
     };
-    Ok(forward::send::<L3, V4>(ctx, &key, &route))
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    Ok(forward::send::<L3, V4>(ctx, &key, &route, now))
 }
 
 /// The IPv6 `translate_error`: an ICMPv6 error (destination unreachable,

@@ -10,6 +10,7 @@ mod family;
 mod forward;
 mod icmp;
 mod maps;
+mod next_hop;
 mod packet;
 mod splice;
 
