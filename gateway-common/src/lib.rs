@@ -169,7 +169,10 @@ pub struct FlowKeyOf<A> {
     pub src_port_be: u16,
     pub dst_port_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalars: the eBPF build zeroes an array with a call to a
+    /// byte-by-byte `memset` subprogram, on every key it builds.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 pub type FlowKey = FlowKeyOf<u32>;
 pub type FlowKey6 = FlowKeyOf<Addr6>;

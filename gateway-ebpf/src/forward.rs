@@ -11,7 +11,7 @@ use aya_ebpf::{
         BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
         bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -118,12 +118,16 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
         src_port_be: read(ctx, l4 + L4_SRC_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         dst_port_be: read(ctx, l4 + L4_DST_PORT).ok_or(PacketEvent::PassedNotOurs)?,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let packet_len = (ctx.data_end() - ctx.data()) as u64;
 
+    // The coarse clock (CLOCK_MONOTONIC at tick resolution, like
+    // `bpf_ktime_get_ns` but without reading the TSC): flow timeouts and the
+    // next-hop cache need no finer time.
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // A tracked flow, in either direction: rewrite as recorded.
     if let Some(entry) = F::flow(&key) {
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
@@ -273,7 +277,8 @@ fn open_flow<F: Family>(
         src_port_be: backend.port_be,
         dst_port_be: 0,
         proto: key.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // A finished flow whose backend holds TIME_WAIT: its port is the last resort.
     let mut time_wait_port = 0u16;
@@ -398,7 +403,8 @@ fn partner_key<A: Address>(key: &FlowKeyOf<A>, flow: &FlowValueOf<A>) -> FlowKey
         src_port_be: flow.new_dst_port_be,
         dst_port_be: flow.new_src_port_be,
         proto: key.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

@@ -243,7 +243,8 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
         dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let reversed = FlowKey {
         src_addr_be: quoted.dst_addr_be,
@@ -251,7 +252,8 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         src_port_be: quoted.dst_port_be,
         dst_port_be: quoted.src_port_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(entry) = maps::FLOWS.get_ptr(reversed) else {
         return Err(not_ours);
@@ -323,7 +325,7 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         ..FlowKey::default()
     };
     // SAFETY: plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     Ok(forward::send::<L3, V4>(ctx, &key, &route, now))
 }
 
@@ -357,7 +359,8 @@ pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, Packet
         src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
         dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let reversed = FlowKey6 {
         src_addr_be: quoted.dst_addr_be,
@@ -365,7 +368,8 @@ pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, Packet
         src_port_be: quoted.dst_port_be,
         dst_port_be: quoted.src_port_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(entry) = maps::FLOWS6.get_ptr(reversed) else {
         return Err(not_ours);

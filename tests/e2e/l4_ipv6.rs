@@ -1,6 +1,7 @@
 //! TCPRoute and UDPRoute on an IPv6 Gateway address, forwarded by the XDP
 //! program across network namespaces: weights, replies translated back, and
-//! a flow that outlives an agent restart.
+//! a flow that outlives an agent restart, forwarding while the agent is
+//! stopped.
 //!
 //! The usual topology (`gateway_tests::Topology`) with IPv6 addresses added:
 //!
@@ -382,5 +383,71 @@ fn path_mtu_discovery_over_ipv6_works_through_a_smaller_backend_link() {
     assert!(
         agent.packet_events(PacketEvent::IcmpFragNeededSent) >= 1,
         "the program answered an oversized segment"
+    );
+}
+
+/// The proof that IPv6 forwarding is the kernel's: with the agent frozen
+/// (SIGSTOP), new TCP connections, a long-lived one and UDP datagrams all go
+/// through, and the program's own counters show it redirected them.
+#[test]
+fn tcp_and_udp_over_ipv6_are_forwarded_while_the_agent_is_stopped() {
+    if !require_root("ipv6_while_the_agent_is_stopped") {
+        return;
+    }
+    let topology = Topology::new();
+    add_ipv6(&topology);
+    let _backends: Vec<_> = BACKENDS6
+        .iter()
+        .map(|(name, addr)| topology.backend_spawn(&["http-echo", &format!("[{addr}]:7000"), name]))
+        .collect();
+    let _udp_backend = topology.backend_spawn(&["udp-echo", &format!("[{}]:5353", BACKENDS6[0].1)]);
+    let files = TempDir::new();
+    files.write("all.yaml", &manifests());
+    let agent = Agent::start(&topology, files);
+    let udp_target = format!("[{GATEWAY6}]:9001");
+    eventually(
+        "TCP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || new_flow(&topology),
+    );
+    eventually(
+        "UDP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["udp-send", &udp_target, "datagram"]),
+    );
+    let long_lived = topology
+        .client
+        .connect_tcp(tcp_target())
+        .expect("connect through the gateway");
+    let first = ask_echo_backend(&long_lived).expect("a request on the long-lived connection");
+
+    agent.process.signal(libc::SIGSTOP);
+    let redirected_before = agent.packet_events(PacketEvent::Redirected);
+    let rounds = 5;
+    for i in 0..rounds {
+        if let Err(e) = new_flow(&topology) {
+            panic!("new TCP connection {i} with the agent stopped: {e}");
+        }
+        assert_eq!(
+            ask_echo_backend(&long_lived).as_deref(),
+            Ok(first.as_str()),
+            "the long-lived connection, request {i} with the agent stopped"
+        );
+        let message = format!("datagram {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &udp_target, &message])
+                .as_deref(),
+            Ok(message.as_str()),
+            "UDP exchange {i} with the agent stopped"
+        );
+    }
+    let redirected = agent.packet_events(PacketEvent::Redirected) - redirected_before;
+    agent.process.signal(libc::SIGCONT);
+    // A connection is at least 8 packets across both directions, a request
+    // and its answer 2, a datagram and its reply 2.
+    assert!(
+        redirected >= rounds * (8 + 2 + 2),
+        "redirected {redirected} packets with the agent stopped"
     );
 }

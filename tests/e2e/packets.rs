@@ -1430,3 +1430,58 @@ fn median_ns(mut times: Vec<std::time::Duration>) -> u64 {
     times.sort();
     times[times.len() / 2].as_nanos() as u64
 }
+
+/// An IPv6 SYN from client address/port number `i` (distinct for every i < 65,536).
+fn syn6_from(i: u32) -> Vec<u8> {
+    let client = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 1 + (i % 200) as u16);
+    let port = 20_000 + (i / 200) as u16 * 100 + (i % 100) as u16;
+    packet6(TCP, (client, port), (LISTENER6, 9000), SYN, b"")
+}
+
+#[test]
+fn ipv6_weights_70_20_10_hold_over_3000_new_flows() {
+    if !require_root("ipv6_weights_70_20_10_hold") {
+        return;
+    }
+    let weighted = [
+        (BACKEND6, 70),
+        (Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 3), 20),
+        (Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 4), 10),
+    ];
+    let listener = L4Listener {
+        backends: weighted
+            .iter()
+            .map(|(addr, weight)| WeightedEndpoint {
+                addr: (*addr, 7000).into(),
+                weight: *weight,
+            })
+            .collect(),
+        ..listener6(L4Protocol::Tcp, "w6")
+    };
+    let loaded = load_with(&[listener], FlowTimeouts::default());
+    let flows = 3000u32;
+    let picked: Vec<Ipv6Addr> = (0..flows)
+        .map(|i| {
+            let (action, out) = loaded.run(&syn6_from(i));
+            assert_ne!(action, XDP_DROP, "flow {i}");
+            assert!(checksum6_valid(&out), "flow {i}");
+            dst6(&out).0
+        })
+        .collect();
+    for (backend, weight) in weighted {
+        let share = picked.iter().filter(|b| **b == backend).count() as f64 / f64::from(flows);
+        let want = weight as f64 / 100.0;
+        eprintln!("{backend}: {share:.3} of new IPv6 flows, weight {want}");
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{backend}: {share:.3} of new flows, weight {want}"
+        );
+    }
+    let stats = loaded.stats("w6");
+    assert_eq!((stats.new_flows, stats.packets), (3000, 3000));
+    // Tracked: a retransmitted SYN keeps its backend.
+    for i in (0..flows).step_by(7) {
+        assert_eq!(dst6(&loaded.run(&syn6_from(i)).1).0, picked[i as usize]);
+    }
+    assert_eq!(loaded.stats("w6").new_flows, 3000);
+}
