@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gateway_common::PacketEvent;
 use gateway_tests::{
-    Agent, TempDir, Topology, ask_echo_backend, eventually, exchange_with_echo_backend,
+    Agent, Process, TempDir, Topology, ask_echo_backend, eventually, exchange_with_echo_backend,
     require_root,
 };
 
@@ -220,25 +220,46 @@ fn new_flow(topology: &Topology) -> Result<String, String> {
     ask_echo_backend(&stream)
 }
 
-#[test]
-fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
-    if !require_root("tcp_over_ipv6") {
-        return;
-    }
+/// The topology with IPv6, the three HTTP echo backends (and `more` backend
+/// processes), and the agent on `manifests()`, once a new TCP connection
+/// through the gateway reaches a backend. Fields drop in order: the agent,
+/// the backends, then the namespaces.
+struct ServingTcp {
+    agent: Agent,
+    _backends: Vec<Process>,
+    topology: Topology,
+}
+
+fn serving_tcp(more: impl Fn(&Topology) -> Vec<Process>) -> ServingTcp {
     let topology = Topology::new();
     add_ipv6(&topology);
-    let _backends: Vec<_> = BACKENDS6
+    let mut backends: Vec<_> = BACKENDS6
         .iter()
         .map(|(name, addr)| topology.backend_spawn(&["http-echo", &format!("[{addr}]:7000"), name]))
         .collect();
+    backends.extend(more(&topology));
     let files = TempDir::new();
     files.write("all.yaml", &manifests());
-    let mut agent = Agent::start(&topology, files);
+    let agent = Agent::start(&topology, files);
     eventually(
         "TCP over IPv6 through the gateway",
         Duration::from_secs(20),
         || new_flow(&topology),
     );
+    ServingTcp {
+        agent,
+        _backends: backends,
+        topology,
+    }
+}
+
+#[test]
+fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
+    if !require_root("tcp_over_ipv6") {
+        return;
+    }
+    let mut serving = serving_tcp(|_| Vec::new());
+    let (agent, topology) = (&mut serving.agent, &serving.topology);
     let long_lived = topology
         .client
         .connect_tcp(tcp_target())
@@ -249,7 +270,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     let flows: u32 = 300;
     let mut counts = std::collections::BTreeMap::<String, u32>::new();
     for i in 0..flows {
-        let backend = new_flow(&topology).unwrap_or_else(|e| panic!("flow {i}: {e}"));
+        let backend = new_flow(topology).unwrap_or_else(|e| panic!("flow {i}: {e}"));
         *counts.entry(backend).or_default() += 1;
     }
     let share = |name: &str| f64::from(counts.get(name).copied().unwrap_or(0)) / f64::from(flows);
@@ -258,7 +279,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     assert!((share("a") - 0.7).abs() <= 0.10, "{counts:?}");
     assert!((share("b") - 0.2).abs() <= 0.08, "{counts:?}");
     assert!((share("c") - 0.1).abs() <= 0.06, "{counts:?}");
-    inspect_shows_the_ipv6_route(&topology, &agent, flows);
+    inspect_shows_the_ipv6_route(topology, agent, flows);
 
     // The fast path: most packets redirected by the program (a connection is
     // at least 8 packets across both directions).
@@ -277,9 +298,9 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         Ok(first.as_str()),
         "with no agent"
     );
-    assert!(new_flow(&topology).is_ok(), "a new flow with no agent");
+    assert!(new_flow(topology).is_ok(), "a new flow with no agent");
 
-    agent.restart(&topology);
+    agent.restart(topology);
     eventually("the new agent adopts", Duration::from_secs(20), || {
         let log = agent.log();
         if log.contains("adopted the pinned L4 state") && log.matches("config applied").count() >= 2
@@ -294,7 +315,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         Ok(first.as_str()),
         "after the restart"
     );
-    assert!(new_flow(&topology).is_ok(), "a new flow after the restart");
+    assert!(new_flow(topology).is_ok(), "a new flow after the restart");
 }
 
 #[test]
@@ -394,22 +415,11 @@ fn tcp_and_udp_over_ipv6_are_forwarded_while_the_agent_is_stopped() {
     if !require_root("ipv6_while_the_agent_is_stopped") {
         return;
     }
-    let topology = Topology::new();
-    add_ipv6(&topology);
-    let _backends: Vec<_> = BACKENDS6
-        .iter()
-        .map(|(name, addr)| topology.backend_spawn(&["http-echo", &format!("[{addr}]:7000"), name]))
-        .collect();
-    let _udp_backend = topology.backend_spawn(&["udp-echo", &format!("[{}]:5353", BACKENDS6[0].1)]);
-    let files = TempDir::new();
-    files.write("all.yaml", &manifests());
-    let agent = Agent::start(&topology, files);
+    let serving = serving_tcp(|topology| {
+        vec![topology.backend_spawn(&["udp-echo", &format!("[{}]:5353", BACKENDS6[0].1)])]
+    });
+    let (agent, topology) = (&serving.agent, &serving.topology);
     let udp_target = format!("[{GATEWAY6}]:9001");
-    eventually(
-        "TCP over IPv6 through the gateway",
-        Duration::from_secs(20),
-        || new_flow(&topology),
-    );
     eventually(
         "UDP over IPv6 through the gateway",
         Duration::from_secs(20),
@@ -425,7 +435,7 @@ fn tcp_and_udp_over_ipv6_are_forwarded_while_the_agent_is_stopped() {
     let redirected_before = agent.packet_events(PacketEvent::Redirected);
     let rounds = 5;
     for i in 0..rounds {
-        if let Err(e) = new_flow(&topology) {
+        if let Err(e) = new_flow(topology) {
             panic!("new TCP connection {i} with the agent stopped: {e}");
         }
         assert_eq!(

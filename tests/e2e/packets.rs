@@ -136,14 +136,19 @@ fn listener(protocol: L4Protocol, name: &str, backends: &[(Ipv4Addr, u64)]) -> L
         port: 9000,
         protocol,
         route: route(name),
-        backends: backends
-            .iter()
-            .map(|(addr, weight)| WeightedEndpoint {
-                addr: (*addr, 7000).into(),
-                weight: *weight,
-            })
-            .collect(),
+        backends: endpoints(backends),
     }
+}
+
+/// `backends` with their weights, on port 7000.
+fn endpoints<A: Copy + Into<std::net::IpAddr>>(backends: &[(A, u64)]) -> Vec<WeightedEndpoint> {
+    backends
+        .iter()
+        .map(|(addr, weight)| WeightedEndpoint {
+            addr: ((*addr).into(), 7000).into(),
+            weight: *weight,
+        })
+        .collect()
 }
 
 /// The program (attached nowhere) with `listeners` programmed.
@@ -1449,13 +1454,7 @@ fn ipv6_weights_70_20_10_hold_over_3000_new_flows() {
         (Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 4), 10),
     ];
     let listener = L4Listener {
-        backends: weighted
-            .iter()
-            .map(|(addr, weight)| WeightedEndpoint {
-                addr: (*addr, 7000).into(),
-                weight: *weight,
-            })
-            .collect(),
+        backends: endpoints(&weighted),
         ..listener6(L4Protocol::Tcp, "w6")
     };
     let loaded = load_with(&[listener], FlowTimeouts::default());
