@@ -194,12 +194,12 @@ impl Family for V6 {
 
     #[inline(always)]
     fn src<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
-        read(ctx, L3 + IPV6_SRC)
+        read_addr6(ctx, L3 + IPV6_SRC)
     }
 
     #[inline(always)]
     fn dst<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
-        read(ctx, L3 + IPV6_DST)
+        read_addr6(ctx, L3 + IPV6_DST)
     }
 
     #[inline(always)]
@@ -264,4 +264,16 @@ impl Family for V6 {
     fn too_big<const L3: usize>(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, mtu: u16) -> Option<u32> {
         Some(icmp::packet_too_big(ctx, key, mtu))
     }
+}
+
+/// An IPv6 address read word by word: read whole, its 16 unaligned bytes
+/// were copied with a call to a byte-by-byte `memmove` subprogram.
+#[inline(always)]
+fn read_addr6(ctx: &XdpContext, at: usize) -> Option<Addr6> {
+    Some([
+        read(ctx, at)?,
+        read(ctx, at + 4)?,
+        read(ctx, at + 8)?,
+        read(ctx, at + 12)?,
+    ])
 }
