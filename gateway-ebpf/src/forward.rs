@@ -11,7 +11,7 @@ use aya_ebpf::{
         BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
         bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -22,7 +22,7 @@ use gateway_common::{
 };
 
 use crate::{
-    config, csum, debug_log,
+    clock, config, csum, debug_log,
     family::{Family, V4, V6},
     icmp, maps, next_hop,
     packet::*,
@@ -123,13 +123,10 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
     };
     let packet_len = (ctx.data_end() - ctx.data()) as u64;
 
-    // The coarse clock (CLOCK_MONOTONIC at tick resolution, like
-    // `bpf_ktime_get_ns` but without reading the TSC): flow timeouts and the
-    // next-hop cache need no finer time.
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // A tracked flow, in either direction: rewrite as recorded.
     if let Some(entry) = F::flow(&key) {
+        // Read only for packets the program owns: foreign traffic pays no clock.
+        let now = clock::now_ns();
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
         let flow = unsafe { *entry };
         if expired(proto, &flow, now) {
@@ -207,6 +204,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
         }
     }
 
+    let now = clock::now_ns();
     let Some(flow) = open_flow::<F>(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
         debug_log::note_dropped(&key, route_id);

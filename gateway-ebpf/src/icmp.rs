@@ -324,8 +324,7 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         proto: PROTO_ICMP,
         ..FlowKey::default()
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now_ns();
     Ok(forward::send::<L3, V4>(ctx, &key, &route, now))
 }
 

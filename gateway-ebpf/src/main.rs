@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod config;
 mod csum;
 mod debug_log;
