@@ -190,8 +190,10 @@ pub struct FlowValueOf<A> {
     /// `FLOW_*` bits.
     pub flags: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` when either direction last carried a packet (kept
-    /// to within `FLOW_TOUCH_NS`, so that busy flows do not write per packet).
+    /// When either direction last carried a packet: CLOCK_MONOTONIC in ns
+    /// at tick resolution (`bpf_ktime_get_coarse_ns`; the same clock as the
+    /// `bpf_ktime_get_ns` of older programs), kept to within `FLOW_TOUCH_NS`
+    /// so that busy flows do not write per packet.
     pub last_seen_ns: u64,
 }
 pub type FlowValue = FlowValueOf<u32>;

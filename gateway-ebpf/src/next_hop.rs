@@ -32,7 +32,7 @@ pub struct NextHopOf<A> {
     /// answers "fragmentation needed").
     pub mtu: u16,
     pub _pad: u16,
-    /// When the FIB answered (`bpf_ktime_get_ns`); 0: never.
+    /// When the FIB answered (`clock::now_ns`); 0: never.
     pub resolved_ns: u64,
 }
 
