@@ -180,7 +180,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
                 // keeps the flow's NAT port (the backend's TIME_WAIT accepts
                 // a SYN of the same client connection tuple), and is live again.
                 touch::<F>(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE);
-            } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+            } else if now.saturating_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
                 touch::<F>(&key, entry, &flow, now, 0, 0);
             }
             return Ok(send::<L3, F>(ctx, &key, &flow, now));
@@ -395,7 +395,11 @@ fn expired<A>(proto: u8, flow: &FlowValueOf<A>, now: u64) -> bool {
     } else {
         config::tcp_idle_ns()
     };
-    now.wrapping_sub(flow.last_seen_ns) > timeout
+    // Saturating: another CPU may have stamped the flow with a later reading
+    // than this CPU's (`clock` keeps one per tick and CPU, and even without
+    // it a reading can be overtaken between the clock and the lookup); a
+    // wrapped difference would expire a live flow.
+    now.saturating_sub(flow.last_seen_ns) > timeout
 }
 
 /// The key of the other direction of the flow whose entry `flow` is: the
