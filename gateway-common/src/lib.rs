@@ -169,7 +169,10 @@ pub struct FlowKeyOf<A> {
     pub src_port_be: u16,
     pub dst_port_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalars: the eBPF build zeroes an array with a call to a
+    /// byte-by-byte `memset` subprogram, on every key it builds.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 pub type FlowKey = FlowKeyOf<u32>;
 pub type FlowKey6 = FlowKeyOf<Addr6>;
@@ -187,8 +190,10 @@ pub struct FlowValueOf<A> {
     /// `FLOW_*` bits.
     pub flags: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` when either direction last carried a packet (kept
-    /// to within `FLOW_TOUCH_NS`, so that busy flows do not write per packet).
+    /// When either direction last carried a packet: CLOCK_MONOTONIC in ns
+    /// at tick resolution (`bpf_ktime_get_coarse_ns`; the same clock as the
+    /// `bpf_ktime_get_ns` of older programs), kept to within `FLOW_TOUCH_NS`
+    /// so that busy flows do not write per packet.
     pub last_seen_ns: u64,
 }
 pub type FlowValue = FlowValueOf<u32>;

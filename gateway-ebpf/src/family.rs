@@ -14,7 +14,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 pub trait Family {
-    type Addr: Address + crate::debug_log::LogAddress;
+    type Addr: Address + crate::debug_log::LogAddress + crate::next_hop::NextHopCache;
     /// The IP header's length (IPv4 without options).
     const HDR_LEN: usize;
 
@@ -42,12 +42,11 @@ pub trait Family {
         key: &FlowKeyOf<Self::Addr>,
         flow: &FlowValueOf<Self::Addr>,
     ) -> Option<()>;
-    /// The family, addresses and length of the FIB query for a rewritten packet.
-    fn fib_query<const L3: usize>(
-        ctx: &XdpContext,
-        params: &mut FibParams,
-        flow: &FlowValueOf<Self::Addr>,
-    );
+    /// The packet's length from its IP header (what the FIB checks against
+    /// the egress MTU).
+    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16;
+    /// The family and addresses of the FIB query for a rewritten packet.
+    fn fib_query(params: &mut FibParams, flow: &FlowValueOf<Self::Addr>);
     /// A rewritten packet too big for the egress link's `mtu`: `Some(action)`
     /// when the program answers it itself, `None` to let the kernel have it.
     fn too_big<const L3: usize>(
@@ -137,14 +136,13 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn fib_query<const L3: usize>(
-        ctx: &XdpContext,
-        params: &mut FibParams,
-        flow: &FlowValueOf<u32>,
-    ) {
+    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16 {
+        read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be)
+    }
+
+    #[inline(always)]
+    fn fib_query(params: &mut FibParams, flow: &FlowValueOf<u32>) {
         params.family = AF_INET;
-        params.__bindgen_anon_1.tot_len =
-            read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be);
         params.__bindgen_anon_3.ipv4_src = flow.new_src_addr_be;
         params.__bindgen_anon_4.ipv4_dst = flow.new_dst_addr_be;
     }
@@ -196,12 +194,12 @@ impl Family for V6 {
 
     #[inline(always)]
     fn src<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
-        read(ctx, L3 + IPV6_SRC)
+        read_addr6(ctx, L3 + IPV6_SRC)
     }
 
     #[inline(always)]
     fn dst<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
-        read(ctx, L3 + IPV6_DST)
+        read_addr6(ctx, L3 + IPV6_DST)
     }
 
     #[inline(always)]
@@ -248,16 +246,15 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn fib_query<const L3: usize>(
-        ctx: &XdpContext,
-        params: &mut FibParams,
-        flow: &FlowValueOf<Addr6>,
-    ) {
+    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16 {
+        read::<u16>(ctx, L3 + IPV6_PAYLOAD_LEN).map_or(0, |len| {
+            u16::from_be(len).saturating_add(IPV6_HDR_LEN as u16)
+        })
+    }
+
+    #[inline(always)]
+    fn fib_query(params: &mut FibParams, flow: &FlowValueOf<Addr6>) {
         params.family = AF_INET6;
-        params.__bindgen_anon_1.tot_len = read::<u16>(ctx, L3 + IPV6_PAYLOAD_LEN)
-            .map_or(0, |len| {
-                u16::from_be(len).saturating_add(IPV6_HDR_LEN as u16)
-            });
         params.__bindgen_anon_3.ipv6_src = flow.new_src_addr_be;
         params.__bindgen_anon_4.ipv6_dst = flow.new_dst_addr_be;
     }
@@ -267,4 +264,16 @@ impl Family for V6 {
     fn too_big<const L3: usize>(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, mtu: u16) -> Option<u32> {
         Some(icmp::packet_too_big(ctx, key, mtu))
     }
+}
+
+/// An IPv6 address read word by word: read whole, its 16 unaligned bytes
+/// were copied with a call to a byte-by-byte `memmove` subprogram.
+#[inline(always)]
+fn read_addr6(ctx: &XdpContext, at: usize) -> Option<Addr6> {
+    Some([
+        read(ctx, at)?,
+        read(ctx, at + 4)?,
+        read(ctx, at + 8)?,
+        read(ctx, at + 12)?,
+    ])
 }

@@ -243,7 +243,8 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
         dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let reversed = FlowKey {
         src_addr_be: quoted.dst_addr_be,
@@ -251,7 +252,8 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         src_port_be: quoted.dst_port_be,
         dst_port_be: quoted.src_port_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(entry) = maps::FLOWS.get_ptr(reversed) else {
         return Err(not_ours);
@@ -322,7 +324,8 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         proto: PROTO_ICMP,
         ..FlowKey::default()
     };
-    Ok(forward::send::<L3, V4>(ctx, &key, &route))
+    let now = crate::clock::now_ns();
+    Ok(forward::send::<L3, V4>(ctx, &key, &route, now))
 }
 
 /// The IPv6 `translate_error`: an ICMPv6 error (destination unreachable,
@@ -355,7 +358,8 @@ pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, Packet
         src_port_be: read(ctx, inner_l4 + L4_SRC_PORT).ok_or(not_ours)?,
         dst_port_be: read(ctx, inner_l4 + L4_DST_PORT).ok_or(not_ours)?,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let reversed = FlowKey6 {
         src_addr_be: quoted.dst_addr_be,
@@ -363,7 +367,8 @@ pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, Packet
         src_port_be: quoted.dst_port_be,
         dst_port_be: quoted.src_port_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(entry) = maps::FLOWS6.get_ptr(reversed) else {
         return Err(not_ours);

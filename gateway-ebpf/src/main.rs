@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod config;
 mod csum;
 mod debug_log;
@@ -10,6 +11,7 @@ mod family;
 mod forward;
 mod icmp;
 mod maps;
+mod next_hop;
 mod packet;
 mod splice;
 

@@ -1,6 +1,7 @@
 //! TCPRoute and UDPRoute on an IPv6 Gateway address, forwarded by the XDP
 //! program across network namespaces: weights, replies translated back, and
-//! a flow that outlives an agent restart.
+//! a flow that outlives an agent restart, forwarding while the agent is
+//! stopped.
 //!
 //! The usual topology (`gateway_tests::Topology`) with IPv6 addresses added:
 //!
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use gateway_common::PacketEvent;
 use gateway_tests::{
-    Agent, TempDir, Topology, ask_echo_backend, eventually, exchange_with_echo_backend,
+    Agent, Process, TempDir, Topology, ask_echo_backend, eventually, exchange_with_echo_backend,
     require_root,
 };
 
@@ -219,25 +220,46 @@ fn new_flow(topology: &Topology) -> Result<String, String> {
     ask_echo_backend(&stream)
 }
 
-#[test]
-fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
-    if !require_root("tcp_over_ipv6") {
-        return;
-    }
+/// The topology with IPv6, the three HTTP echo backends (and `more` backend
+/// processes), and the agent on `manifests()`, once a new TCP connection
+/// through the gateway reaches a backend. Fields drop in order: the agent,
+/// the backends, then the namespaces.
+struct ServingTcp {
+    agent: Agent,
+    _backends: Vec<Process>,
+    topology: Topology,
+}
+
+fn serving_tcp(more: impl Fn(&Topology) -> Vec<Process>) -> ServingTcp {
     let topology = Topology::new();
     add_ipv6(&topology);
-    let _backends: Vec<_> = BACKENDS6
+    let mut backends: Vec<_> = BACKENDS6
         .iter()
         .map(|(name, addr)| topology.backend_spawn(&["http-echo", &format!("[{addr}]:7000"), name]))
         .collect();
+    backends.extend(more(&topology));
     let files = TempDir::new();
     files.write("all.yaml", &manifests());
-    let mut agent = Agent::start(&topology, files);
+    let agent = Agent::start(&topology, files);
     eventually(
         "TCP over IPv6 through the gateway",
         Duration::from_secs(20),
         || new_flow(&topology),
     );
+    ServingTcp {
+        agent,
+        _backends: backends,
+        topology,
+    }
+}
+
+#[test]
+fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
+    if !require_root("tcp_over_ipv6") {
+        return;
+    }
+    let mut serving = serving_tcp(|_| Vec::new());
+    let (agent, topology) = (&mut serving.agent, &serving.topology);
     let long_lived = topology
         .client
         .connect_tcp(tcp_target())
@@ -248,7 +270,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     let flows: u32 = 300;
     let mut counts = std::collections::BTreeMap::<String, u32>::new();
     for i in 0..flows {
-        let backend = new_flow(&topology).unwrap_or_else(|e| panic!("flow {i}: {e}"));
+        let backend = new_flow(topology).unwrap_or_else(|e| panic!("flow {i}: {e}"));
         *counts.entry(backend).or_default() += 1;
     }
     let share = |name: &str| f64::from(counts.get(name).copied().unwrap_or(0)) / f64::from(flows);
@@ -257,7 +279,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
     assert!((share("a") - 0.7).abs() <= 0.10, "{counts:?}");
     assert!((share("b") - 0.2).abs() <= 0.08, "{counts:?}");
     assert!((share("c") - 0.1).abs() <= 0.06, "{counts:?}");
-    inspect_shows_the_ipv6_route(&topology, &agent, flows);
+    inspect_shows_the_ipv6_route(topology, agent, flows);
 
     // The fast path: most packets redirected by the program (a connection is
     // at least 8 packets across both directions).
@@ -276,9 +298,9 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         Ok(first.as_str()),
         "with no agent"
     );
-    assert!(new_flow(&topology).is_ok(), "a new flow with no agent");
+    assert!(new_flow(topology).is_ok(), "a new flow with no agent");
 
-    agent.restart(&topology);
+    agent.restart(topology);
     eventually("the new agent adopts", Duration::from_secs(20), || {
         let log = agent.log();
         if log.contains("adopted the pinned L4 state") && log.matches("config applied").count() >= 2
@@ -293,7 +315,7 @@ fn tcp_over_ipv6_spreads_by_weight_and_a_flow_survives_an_agent_restart() {
         Ok(first.as_str()),
         "after the restart"
     );
-    assert!(new_flow(&topology).is_ok(), "a new flow after the restart");
+    assert!(new_flow(topology).is_ok(), "a new flow after the restart");
 }
 
 #[test]
@@ -382,5 +404,60 @@ fn path_mtu_discovery_over_ipv6_works_through_a_smaller_backend_link() {
     assert!(
         agent.packet_events(PacketEvent::IcmpFragNeededSent) >= 1,
         "the program answered an oversized segment"
+    );
+}
+
+/// The proof that IPv6 forwarding is the kernel's: with the agent frozen
+/// (SIGSTOP), new TCP connections, a long-lived one and UDP datagrams all go
+/// through, and the program's own counters show it redirected them.
+#[test]
+fn tcp_and_udp_over_ipv6_are_forwarded_while_the_agent_is_stopped() {
+    if !require_root("ipv6_while_the_agent_is_stopped") {
+        return;
+    }
+    let serving = serving_tcp(|topology| {
+        vec![topology.backend_spawn(&["udp-echo", &format!("[{}]:5353", BACKENDS6[0].1)])]
+    });
+    let (agent, topology) = (&serving.agent, &serving.topology);
+    let udp_target = format!("[{GATEWAY6}]:9001");
+    eventually(
+        "UDP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["udp-send", &udp_target, "datagram"]),
+    );
+    let long_lived = topology
+        .client
+        .connect_tcp(tcp_target())
+        .expect("connect through the gateway");
+    let first = ask_echo_backend(&long_lived).expect("a request on the long-lived connection");
+
+    agent.process.signal(libc::SIGSTOP);
+    let redirected_before = agent.packet_events(PacketEvent::Redirected);
+    let rounds = 5;
+    for i in 0..rounds {
+        if let Err(e) = new_flow(topology) {
+            panic!("new TCP connection {i} with the agent stopped: {e}");
+        }
+        assert_eq!(
+            ask_echo_backend(&long_lived).as_deref(),
+            Ok(first.as_str()),
+            "the long-lived connection, request {i} with the agent stopped"
+        );
+        let message = format!("datagram {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &udp_target, &message])
+                .as_deref(),
+            Ok(message.as_str()),
+            "UDP exchange {i} with the agent stopped"
+        );
+    }
+    let redirected = agent.packet_events(PacketEvent::Redirected) - redirected_before;
+    agent.process.signal(libc::SIGCONT);
+    // A connection is at least 8 packets across both directions, a request
+    // and its answer 2, a datagram and its reply 2.
+    assert!(
+        redirected >= rounds * (8 + 2 + 2),
+        "redirected {redirected} packets with the agent stopped"
     );
 }

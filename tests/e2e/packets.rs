@@ -1,12 +1,13 @@
 //! The XDP program on raw packets (BPF_PROG_TEST_RUN), against maps programmed
 //! by the agent's own loader: what it must rewrite, and what it must leave alone.
 
+use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use gateway_agent::dataplane::loader::{AttachMode, FlowTimeouts, L4Dataplane};
 use gateway_agent::model::{L4Listener, L4Protocol, RouteRef, WeightedEndpoint};
-use gateway_tests::{require_root, unique};
+use gateway_tests::{Netns, require_root, unique};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -135,14 +136,19 @@ fn listener(protocol: L4Protocol, name: &str, backends: &[(Ipv4Addr, u64)]) -> L
         port: 9000,
         protocol,
         route: route(name),
-        backends: backends
-            .iter()
-            .map(|(addr, weight)| WeightedEndpoint {
-                addr: (*addr, 7000).into(),
-                weight: *weight,
-            })
-            .collect(),
+        backends: endpoints(backends),
     }
+}
+
+/// `backends` with their weights, on port 7000.
+fn endpoints<A: Copy + Into<std::net::IpAddr>>(backends: &[(A, u64)]) -> Vec<WeightedEndpoint> {
+    backends
+        .iter()
+        .map(|(addr, weight)| WeightedEndpoint {
+            addr: ((*addr).into(), 7000).into(),
+            weight: *weight,
+        })
+        .collect()
 }
 
 /// The program (attached nowhere) with `listeners` programmed.
@@ -627,38 +633,175 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
     if !require_root("the_programs_own_time_per_packet") {
         return;
     }
+    let _netns = enter_routed_netns("cost4");
     let loaded = load();
     let client = (CLIENT, 40400);
     loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
     let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
-    let per_tracked = loaded
-        .dataplane
-        .time_run(&tracked, 100_000)
-        .expect("timed run");
-    // Each new flow is its own run (a repeated SYN would be tracked after
-    // the first); the kernel reports each run's time.
-    let flows = 2000u32;
-    let mut total = std::time::Duration::ZERO;
-    for i in 0..flows {
-        total += loaded
-            .dataplane
-            .time_run(&syn_from(30_000 + i), 1)
-            .expect("timed run");
-    }
-    let per_new = total / flows;
-    // What one run costs beyond the program: the same tracked packet, one run at a time.
-    let mut single = std::time::Duration::ZERO;
-    for _ in 0..flows {
-        single += loaded.dataplane.time_run(&tracked, 1).expect("timed run");
-    }
-    let per_single = single / flows;
-    eprintln!(
-        "program time per packet: tracked flow {per_tracked:?} (one run at a time {per_single:?}), new flow {per_new:?}"
+    let foreign = packet(TCP, client, (LISTENER, 9999), ACK, &[0; 64]);
+    let cost = ProgramCost::measure(
+        &loaded,
+        "tcp",
+        &tracked,
+        (0..COST_RUNS).map(|i| syn_from(30_000 + i)),
+        &foreign,
     );
-    // Regression bounds, not the issue's goals (100 ns tracked, 250 ns new),
-    // which this program does not meet yet (see docs/l4-dataplane.md).
-    assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
-    assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
+    eprintln!("IPv4 {cost}");
+    cost.check();
+}
+
+/// Moves this test's thread into a new network namespace where the FIB
+/// resolves the clients and backends (IPv4 and IPv6) to a neighbour: timed
+/// packets then take the whole forwarding path (FIB answer, MACs, redirect)
+/// whatever the host's own routes are. Load the program after this: the
+/// source-NAT addresses come from the namespace's routes.
+fn enter_routed_netns(prefix: &str) -> Netns {
+    let netns = Netns::new(prefix);
+    let (client_side, backend_side) = (unique("gwc"), unique("gwb"));
+    for (dev, addr4, addr6, peer4, peer6) in [
+        (&client_side, "198.18.0.1/24", "fd00::1/64", CLIENT, CLIENT6),
+        (
+            &backend_side,
+            "198.18.1.1/24",
+            "fd00:0:0:1::1/64",
+            BACKEND,
+            BACKEND6,
+        ),
+    ] {
+        netns.run(&[
+            "ip",
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{dev}p"),
+        ]);
+        netns.run(&["ip", "addr", "add", addr4, "dev", dev]);
+        netns.run(&["ip", "addr", "add", addr6, "dev", dev, "nodad"]);
+        netns.run(&["ip", "link", "set", dev, "up"]);
+        netns.run(&["ip", "link", "set", &format!("{dev}p"), "up"]);
+        for peer in [peer4.to_string(), peer6.to_string()] {
+            netns.run(&[
+                "ip",
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+    netns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    netns.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    netns.enter().expect("enter the namespace");
+    netns
+}
+
+/// Timed runs per figure of `ProgramCost`.
+const COST_RUNS: u32 = 2000;
+
+/// The forwarding program's time per packet from BPF_PROG_TEST_RUN, raw and
+/// net of what the test run costs around an empty program (`EmptyXdp`).
+///
+/// A run rewrites its packet in place and the kernel does not restore it
+/// between repetitions: with `repeat` > 1 a tracked packet is tracked only
+/// the first time (then it is the rewritten packet, to no listener), and a
+/// SYN opens a flow only the first time. So tracked and new flows are timed
+/// one run at a time (the kernel copies the packet in afresh for each), as
+/// the median of `COST_RUNS` runs; only a packet the program passes untouched
+/// is timed with `repeat`.
+struct ProgramCost {
+    /// Medians of single runs: a tracked flow's packet, a new flow's first
+    /// packet, and the empty program on the same tracked packet.
+    tracked: u64,
+    new_flow: u64,
+    empty_single: u64,
+    /// Per run over `COST_RUNS * 50` repetitions: a packet to no listener,
+    /// and the empty program.
+    foreign: u64,
+    empty_repeat: u64,
+}
+
+impl ProgramCost {
+    fn measure(
+        loaded: &Loaded,
+        route: &str,
+        tracked: &[u8],
+        new_flows: impl Iterator<Item = Vec<u8>>,
+        foreign: &[u8],
+    ) -> Self {
+        let empty = EmptyXdp::load();
+        let before = loaded.stats(route);
+        let forwarded = |l: &Loaded| l.events(gateway_common::PacketEvent::Redirected);
+        let forwarded_before = forwarded(loaded);
+        // Interleaved, so that both see the same machine load.
+        let (mut tracked_times, mut empty_times, mut new_times) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for new_flow in new_flows {
+            let time = |p: &[u8]| loaded.dataplane.time_run(p, 1).expect("timed run");
+            tracked_times.push(time(tracked));
+            empty_times.push(empty.time_run(tracked, 1));
+            new_times.push(time(&new_flow));
+        }
+        let runs = tracked_times.len() as u64;
+        let after = loaded.stats(route);
+        // Every timed run forwarded its packet (FIB, MACs, redirect): a
+        // tracked one, or a new flow.
+        assert_eq!(after.new_flows - before.new_flows, runs, "new flows");
+        assert_eq!(after.packets - before.packets, 2 * runs, "packets");
+        assert_eq!(forwarded(loaded) - forwarded_before, 2 * runs);
+
+        let repeat = COST_RUNS * 50;
+        let foreign_time = loaded
+            .dataplane
+            .time_run(foreign, repeat)
+            .expect("timed run");
+        assert!(untouched(loaded, foreign), "the foreign packet is not ours");
+        ProgramCost {
+            tracked: median_ns(tracked_times),
+            new_flow: median_ns(new_times),
+            empty_single: median_ns(empty_times),
+            foreign: foreign_time.as_nanos() as u64,
+            empty_repeat: empty.time_run(foreign, repeat).as_nanos() as u64,
+        }
+    }
+
+    /// Regression bounds on the net figures, far above what this machine
+    /// measures even when loaded (the goals are in README "Performance").
+    fn check(&self) {
+        let net = |raw: u64, empty: u64| raw.saturating_sub(empty);
+        assert!(net(self.tracked, self.empty_single) <= 1000, "{self}");
+        assert!(net(self.new_flow, self.empty_single) <= 5000, "{self}");
+        assert!(net(self.foreign, self.empty_repeat) <= 500, "{self}");
+    }
+}
+
+impl std::fmt::Display for ProgramCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let net = |raw: u64, empty: u64| raw.saturating_sub(empty);
+        write!(
+            f,
+            "program time per packet, raw / net of the empty program's ns: \
+             tracked flow {} / {}, new flow {} / {} (medians of {COST_RUNS} single runs; \
+             empty {}), to no listener {} / {} (repeat {}; empty {})",
+            self.tracked,
+            net(self.tracked, self.empty_single),
+            self.new_flow,
+            net(self.new_flow, self.empty_single),
+            self.empty_single,
+            self.foreign,
+            net(self.foreign, self.empty_repeat),
+            COST_RUNS * 50,
+            self.empty_repeat,
+        )
+    }
 }
 
 /// An ICMP error from `from` to `to` quoting the first 28 bytes of `quoted`'s
@@ -1015,26 +1158,22 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
     if !require_root("the_programs_own_time_per_ipv6_packet") {
         return;
     }
+    let _netns = enter_routed_netns("cost6");
     let loaded = load();
     let client = (CLIENT6, 40400);
     loaded.run(&packet6(TCP, client, (LISTENER6, 9000), SYN, b""));
     let tracked = packet6(TCP, client, (LISTENER6, 9000), ACK, &[0; 64]);
-    let per_tracked = loaded
-        .dataplane
-        .time_run(&tracked, 100_000)
-        .expect("timed run");
-    let flows = 2000u16;
-    let mut total = std::time::Duration::ZERO;
-    for i in 0..flows {
-        let syn = packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"");
-        total += loaded.dataplane.time_run(&syn, 1).expect("timed run");
-    }
-    let per_new = total / u32::from(flows);
-    eprintln!("IPv6 program time per packet: tracked flow {per_tracked:?}, new flow {per_new:?}");
-    // The IPv4 test's regression bounds.
-    assert!(per_tracked.as_nanos() <= 250, "tracked: {per_tracked:?}");
-    assert!(per_new.as_nanos() <= 2500, "new: {per_new:?}");
-    assert_eq!(loaded.stats("tcp6").new_flows, u64::from(flows) + 1);
+    let foreign = packet6(TCP, client, (LISTENER6, 9999), ACK, &[0; 64]);
+    let cost = ProgramCost::measure(
+        &loaded,
+        "tcp6",
+        &tracked,
+        (0..COST_RUNS as u16)
+            .map(|i| packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"")),
+        &foreign,
+    );
+    eprintln!("IPv6 {cost}");
+    cost.check();
 }
 
 #[test]
@@ -1188,4 +1327,199 @@ fn icmpv6_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
             "truncated error, {len} bytes"
         );
     }
+}
+
+/// An XDP program that only returns XDP_PASS, loaded straight through the
+/// bpf() syscall (two instructions; aya loads only object files): timed like
+/// the forwarding program, it gives what BPF_PROG_TEST_RUN costs around any
+/// program, so that the forwarding program's own time is the difference.
+struct EmptyXdp(libc::c_int);
+
+/// `struct bpf_attr` for BPF_PROG_LOAD, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// `struct bpf_attr` for BPF_PROG_TEST_RUN, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+impl EmptyXdp {
+    fn load() -> Self {
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_PROG_TYPE_XDP: u32 = 6;
+        // r0 = XDP_PASS; exit
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, XDP_PASS as u8, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = c"GPL";
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_XDP,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: attr points at live buffers for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                size_of::<ProgLoadAttr>(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "load the empty XDP program: {}",
+            std::io::Error::last_os_error()
+        );
+        EmptyXdp(fd as libc::c_int)
+    }
+
+    /// The kernel's time per run over `packet`, run `repeat` times.
+    fn time_run(&self, packet: &[u8], repeat: u32) -> std::time::Duration {
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut attr = TestRunAttr {
+            prog_fd: self.0 as u32,
+            data_size_in: packet.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            repeat,
+            ..Default::default()
+        };
+        // SAFETY: attr points at live buffers for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                size_of::<TestRunAttr>(),
+            )
+        };
+        assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
+        assert_eq!(attr.retval, XDP_PASS);
+        std::time::Duration::from_nanos(u64::from(attr.duration))
+    }
+}
+
+impl Drop for EmptyXdp {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// The median of `times`, in nanoseconds.
+fn median_ns(mut times: Vec<std::time::Duration>) -> u64 {
+    times.sort();
+    times[times.len() / 2].as_nanos() as u64
+}
+
+/// An IPv6 SYN from client address/port number `i` (distinct for every i < 65,536).
+fn syn6_from(i: u32) -> Vec<u8> {
+    let client = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 1 + (i % 200) as u16);
+    let port = 20_000 + (i / 200) as u16 * 100 + (i % 100) as u16;
+    packet6(TCP, (client, port), (LISTENER6, 9000), SYN, b"")
+}
+
+#[test]
+fn ipv6_weights_70_20_10_hold_over_3000_new_flows() {
+    if !require_root("ipv6_weights_70_20_10_hold") {
+        return;
+    }
+    let weighted = [
+        (BACKEND6, 70),
+        (Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 3), 20),
+        (Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 4), 10),
+    ];
+    let listener = L4Listener {
+        backends: endpoints(&weighted),
+        ..listener6(L4Protocol::Tcp, "w6")
+    };
+    let loaded = load_with(&[listener], FlowTimeouts::default());
+    let flows = 3000u32;
+    let picked: Vec<Ipv6Addr> = (0..flows)
+        .map(|i| {
+            let (action, out) = loaded.run(&syn6_from(i));
+            assert_ne!(action, XDP_DROP, "flow {i}");
+            assert!(checksum6_valid(&out), "flow {i}");
+            dst6(&out).0
+        })
+        .collect();
+    for (backend, weight) in weighted {
+        let share = picked.iter().filter(|b| **b == backend).count() as f64 / f64::from(flows);
+        let want = weight as f64 / 100.0;
+        eprintln!("{backend}: {share:.3} of new IPv6 flows, weight {want}");
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{backend}: {share:.3} of new flows, weight {want}"
+        );
+    }
+    let stats = loaded.stats("w6");
+    assert_eq!((stats.new_flows, stats.packets), (3000, 3000));
+    // Tracked: a retransmitted SYN keeps its backend.
+    for i in (0..flows).step_by(7) {
+        assert_eq!(dst6(&loaded.run(&syn6_from(i)).1).0, picked[i as usize]);
+    }
+    assert_eq!(loaded.stats("w6").new_flows, 3000);
+}
+
+/// One backend's NAT ports (4,536 per backend and source-NAT address) taken
+/// one by one: new flows beyond them are dropped and counted, and a new flow
+/// costs more as the ports fill up (more probes), but a refused one stays
+/// within a few microseconds (32 probes, lookups after the first insert).
+#[test]
+fn new_flows_past_a_backends_nat_ports_are_dropped_after_bounded_probing() {
+    if !require_root("new_flows_past_a_backends_nat_ports") {
+        return;
+    }
+    let _netns = enter_routed_netns("natfull");
+    let loaded = load();
+    let flows = 5200u32;
+    let (mut few_taken, mut most_taken, mut all_taken) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..flows {
+        let time = loaded
+            .dataplane
+            .time_run(&syn_from(i), 1)
+            .expect("timed run");
+        match i {
+            0..500 => few_taken.push(time),
+            3000..3500 => most_taken.push(time),
+            4800.. => all_taken.push(time),
+            _ => {}
+        }
+    }
+    let dropped = loaded.events(gateway_common::PacketEvent::DroppedNatPortsExhausted);
+    let opened = loaded.stats("tcp").new_flows;
+    assert_eq!(opened + dropped, u64::from(flows));
+    // Probing finds nearly every free port before giving up.
+    assert!((4500..=4536).contains(&opened), "{opened} flows got a port");
+    let all_taken = median_ns(all_taken);
+    eprintln!(
+        "new flow, raw ns (medians of 500 single runs): ports under 11% taken {}, 66-77% taken {}, all taken (dropped) {all_taken}",
+        median_ns(few_taken),
+        median_ns(most_taken),
+    );
+    assert!(all_taken <= 20_000, "a refused new flow: {all_taken} ns");
 }

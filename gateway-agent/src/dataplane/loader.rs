@@ -643,7 +643,8 @@ pub fn reply_key<A: Address>(key: &FlowKeyOf<A>, flow: &FlowValueOf<A>) -> FlowK
         src_port_be: flow.new_dst_port_be,
         dst_port_be: flow.new_src_port_be,
         proto: key.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
