@@ -232,8 +232,12 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let listener_port = stream.local_addr().map_or(0, |a| a.port());
         let acceptor = tls.load_full();
+        let Ok(peer_ip) = HeaderValue::from_str(&peer.ip().to_string()) else {
+            continue;
+        };
         let connection = Connection {
             peer,
+            peer_ip,
             listener_port,
             scheme: if acceptor.is_some() { "https" } else { "http" },
             sni: None,
@@ -300,6 +304,8 @@ fn graceful_watcher(shared: &Shared) -> Option<hyper_util::server::graceful::Wat
 #[derive(Clone)]
 struct Connection {
     peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, made once.
+    peer_ip: HeaderValue,
     /// The port the client connected to, the default port of redirects.
     listener_port: u16,
     /// "http" or "https", as the client sees this listener.
@@ -651,6 +657,7 @@ async fn forward<'t>(
     for set in [&rule.filters, &backend.filters] {
         rewrite(set, rule, &mut path, &mut upstream_host);
     }
+    let path_unchanged = path == request_path;
     let path_and_query = match &query {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -673,16 +680,23 @@ async fn forward<'t>(
         headers.insert(header::UPGRADE, protocol.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if let Ok(value) = HeaderValue::from_str(&upstream_host)
+    // The client's Host header, unless it was missing (HTTP/2 carries the
+    // authority instead) or rewritten: then the host the request goes with.
+    let host_header = headers
+        .get(header::HOST)
+        .filter(|v| v.as_bytes() == host.as_bytes())
+        .cloned();
+    if (host_header.is_none() || upstream_host != host)
+        && let Ok(value) = HeaderValue::from_str(&upstream_host)
         && !upstream_host.is_empty()
     {
         headers.insert(header::HOST, value);
     }
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", connection.peer.ip()),
-        None => connection.peer.ip().to_string(),
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", connection.peer.ip())),
+        None => Ok(connection.peer_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Ok(value) = forwarded_for {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert(
@@ -690,8 +704,8 @@ async fn forward<'t>(
         HeaderValue::from_static(connection.scheme),
     );
     if !headers.contains_key("x-forwarded-host")
-        && let Ok(value) = HeaderValue::from_str(&host)
         && !host.is_empty()
+        && let Some(value) = host_header.or_else(|| HeaderValue::from_str(&host).ok())
     {
         headers.insert("x-forwarded-host", value);
     }
@@ -700,15 +714,22 @@ async fn forward<'t>(
             filters::modify_headers(headers, modifier);
         }
     }
-    // Origin-form: each backend client addresses it to its endpoint.
-    let Ok(uri) = hyper::Uri::try_from(if path_and_query.is_empty() {
-        "/"
-    } else {
-        path_and_query.as_str()
-    }) else {
-        return Err(StatusCode::BAD_REQUEST);
+    // Origin-form: each backend client addresses it to its endpoint. The
+    // client's own path-and-query when no filter rewrote it.
+    let unchanged = path_unchanged
+        .then(|| head.uri.path_and_query().cloned())
+        .flatten();
+    head.uri = match unchanged {
+        Some(original) => hyper::Uri::from(original),
+        None => match hyper::Uri::try_from(if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query.as_str()
+        }) {
+            Ok(uri) => uri,
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        },
     };
-    head.uri = uri;
     head.version = if h2 {
         hyper::Version::HTTP_2
     } else {
