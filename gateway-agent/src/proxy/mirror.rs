@@ -5,6 +5,7 @@
 //! A mirror a BackendTLSPolicy governs gets its copies over TLS, through the
 //! same pooled clients as backends under that policy.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,10 +14,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::{Client, connect::Connect};
 use tokio::sync::mpsc;
 
-use super::{ProxyBody, Upstream, empty_body};
+use super::upstream::{BackendClient, Upstream};
+use super::{ProxyBody, empty_body};
 use crate::model::{BackendProtocol, RequestMirror};
 
 /// A mirrored copy is abandoned after this long; nobody waits for it.
@@ -48,23 +49,14 @@ pub(super) fn start(
         }) else {
             continue;
         };
-        let tls_client = match &mirror.tls {
-            None => None,
-            Some(tls) => match upstream.tls.client(tls, BackendProtocol::Http1) {
-                Ok(client) => Some(client),
-                Err(e) => {
-                    tracing::debug!(addr = %endpoint.addr, error = %e, "no TLS client for the mirror");
-                    continue;
-                }
-            },
+        let client = match upstream.client(BackendProtocol::Http1, mirror.tls.as_ref()) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(addr = %endpoint.addr, error = %e, "no TLS client for the mirror");
+                continue;
+            }
         };
-        let scheme = if tls_client.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let Ok(uri) = format!("{scheme}://{}{path_and_query}", endpoint.addr).parse::<hyper::Uri>()
-        else {
+        let Ok(uri) = path_and_query.parse::<hyper::Uri>() else {
             continue;
         };
         let body = if has_body {
@@ -78,27 +70,19 @@ pub(super) fn start(
         *request.method_mut() = head.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = head.headers.clone();
-        let addr = endpoint.addr;
-        match tls_client {
-            None => tokio::spawn(send_copy(upstream.http1.clone(), request, addr)),
-            Some(client) => tokio::spawn(send_copy(client, request, addr)),
-        };
+        tokio::spawn(send_copy(client, request, endpoint.addr));
     }
     copies
 }
 
 /// Sends one copy and reads its response to the end (so the connection goes
 /// back to the pool); the outcome only reaches the debug log.
-async fn send_copy<C: Connect + Clone + Send + Sync + 'static>(
-    client: Client<C, ProxyBody>,
-    request: Request<ProxyBody>,
-    addr: std::net::SocketAddr,
-) {
-    match tokio::time::timeout(MIRROR_TIMEOUT, client.request(request)).await {
+async fn send_copy(client: BackendClient, request: Request<ProxyBody>, addr: SocketAddr) {
+    match tokio::time::timeout(MIRROR_TIMEOUT, client.request(addr, request)).await {
         Ok(Ok(response)) => {
             let _ = response.into_body().collect().await;
         }
-        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "mirror request failed"),
+        Ok(Err(failure)) => tracing::debug!(%addr, ?failure, "mirror request failed"),
         Err(_) => tracing::debug!(%addr, "mirror request timed out"),
     }
 }

@@ -6,11 +6,14 @@
 //! timeouts; response header filters on the way back.
 
 mod filters;
+mod http1_pool;
 mod mirror;
 mod retry;
 pub(crate) mod route_table;
 pub(crate) mod tls;
+mod upstream;
 pub(crate) mod upstream_tls;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,19 +26,19 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use workers::Workers;
 
 use crate::metrics::{ProxyMetrics, RequestLabels, RouteLabels, status_class};
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
 pub use route_table::{RequestView, RouteTable};
+use upstream::Upstream;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Slow clients must send their request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,48 +48,12 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
-/// Pooled connections to backends: HTTP/1.1, and HTTP/2 with prior knowledge
-/// (h2c); over TLS for backends a BackendTLSPolicy governs.
-#[derive(Clone)]
-struct Upstream {
-    http1: UpstreamClient,
-    h2c: UpstreamClient,
-    tls: Arc<upstream_tls::TlsUpstreams>,
-}
-
-impl Upstream {
-    fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            http1,
-            h2c,
-            tls: Arc::default(),
-        }
-    }
-
-    fn client(&self, protocol: BackendProtocol) -> &UpstreamClient {
-        match protocol {
-            BackendProtocol::Http1 => &self.http1,
-            BackendProtocol::H2c => &self.h2c,
-        }
-    }
-}
-
 struct Bound {
     table: Arc<ArcSwap<RouteTable>>,
     /// Set on HTTPS sockets: the TLS acceptor with the listeners' certificates.
     tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
-    accept: JoinHandle<()>,
+    /// The accept loop of each worker.
+    accept: Vec<JoinHandle<()>>,
     /// What the table and acceptor were built from: a listener with the same
     /// rules (the same Arc: translate reuses it when they did not change),
     /// certificates and client validation keeps them.
@@ -103,7 +70,6 @@ impl Bound {
 
 /// What every connection of every listener shares.
 struct Shared {
-    upstream: Upstream,
     /// Watches every served connection, so that a drain can ask them all to
     /// finish (idle keep-alive connections close at once, busy ones after
     /// their in-flight requests). None once draining has begun.
@@ -116,6 +82,7 @@ struct Shared {
 pub struct Proxy {
     bound: Mutex<HashMap<SocketAddr, Bound>>,
     shared: Arc<Shared>,
+    workers: Workers,
 }
 
 impl Default for Proxy {
@@ -130,11 +97,11 @@ impl Proxy {
         Self {
             bound: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
-                upstream: Upstream::new(),
                 graceful: Mutex::new(Some(Default::default())),
                 metrics,
                 access_log,
             }),
+            workers: Workers::start(),
         }
     }
 
@@ -184,16 +151,23 @@ impl Proxy {
                         bound.served = listener.clone();
                     }
                 }
-                None => match bind(listener.bind).await {
-                    Ok(socket) => {
+                None => match self.workers.bind(listener.bind) {
+                    Ok(sockets) => {
                         let table = Arc::new(ArcSwap::from_pointee(table));
                         let tls = Arc::new(ArcSwapOption::new(acceptor));
-                        let accept = tokio::spawn(accept_loop(
-                            socket,
-                            table.clone(),
-                            tls.clone(),
-                            self.shared.clone(),
-                        ));
+                        let accept = sockets
+                            .into_iter()
+                            .zip(&self.workers.all)
+                            .map(|(socket, worker)| {
+                                worker.runtime.spawn(accept_loop(
+                                    socket,
+                                    table.clone(),
+                                    tls.clone(),
+                                    self.shared.clone(),
+                                    worker.upstream.clone(),
+                                ))
+                            })
+                            .collect();
                         fresh.push((
                             listener.bind,
                             Bound {
@@ -213,7 +187,7 @@ impl Proxy {
         bound.retain(|addr, b| {
             let keep = listeners.iter().any(|l| l.bind == *addr);
             if !keep {
-                b.accept.abort();
+                b.accept.iter().for_each(JoinHandle::abort);
                 tracing::info!(%addr, "HTTP listener removed");
             }
             keep
@@ -239,23 +213,12 @@ impl Proxy {
     }
 }
 
-async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(1024)?;
-    tracing::info!(%addr, "HTTP listener bound");
-    Ok(listener)
-}
-
 async fn accept_loop(
     socket: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     shared: Arc<Shared>,
+    upstream: Arc<Upstream>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -269,14 +232,19 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let listener_port = stream.local_addr().map_or(0, |a| a.port());
         let acceptor = tls.load_full();
+        let Ok(peer_ip) = HeaderValue::from_str(&peer.ip().to_string()) else {
+            continue;
+        };
         let connection = Connection {
             peer,
+            peer_ip,
             listener_port,
             scheme: if acceptor.is_some() { "https" } else { "http" },
             sni: None,
         };
         let table = table.clone();
         let shared = shared.clone();
+        let upstream = upstream.clone();
         tokio::spawn(async move {
             let metrics = shared.metrics.clone();
             let Some((stream, sni)) = tls::accept(acceptor, stream).await else {
@@ -289,10 +257,11 @@ async fn accept_loop(
                 // Each request takes the table current when it starts.
                 let table = table.load_full();
                 let shared = shared.clone();
+                let upstream = upstream.clone();
                 let connection = connection.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        handle(req, &table, &shared, connection).await,
+                        handle(req, &table, &shared, &upstream, connection).await,
                     )
                 }
             });
@@ -335,6 +304,8 @@ fn graceful_watcher(shared: &Shared) -> Option<hyper_util::server::graceful::Wat
 #[derive(Clone)]
 struct Connection {
     peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, made once.
+    peer_ip: HeaderValue,
     /// The port the client connected to, the default port of redirects.
     listener_port: u16,
     /// "http" or "https", as the client sees this listener.
@@ -539,6 +510,7 @@ async fn handle(
     req: Request<Incoming>,
     table: &RouteTable,
     shared: &Shared,
+    upstream: &Upstream,
     connection: Connection,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -556,7 +528,7 @@ async fn handle(
         version: req.version(),
     });
     let mut outcome = Outcome::default();
-    let response = match forward(req, table, &shared.upstream, &connection, &mut outcome).await {
+    let response = match forward(req, table, upstream, &connection, &mut outcome).await {
         Ok(response) => response,
         Err(code) if grpc => grpc_status(code),
         Err(code) => status(code),
@@ -685,6 +657,7 @@ async fn forward<'t>(
     for set in [&rule.filters, &backend.filters] {
         rewrite(set, rule, &mut path, &mut upstream_host);
     }
+    let path_unchanged = path == request_path;
     let path_and_query = match &query {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -707,16 +680,23 @@ async fn forward<'t>(
         headers.insert(header::UPGRADE, protocol.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if let Ok(value) = HeaderValue::from_str(&upstream_host)
+    // The client's Host header, unless it was missing (HTTP/2 carries the
+    // authority instead) or rewritten: then the host the request goes with.
+    let host_header = headers
+        .get(header::HOST)
+        .filter(|v| v.as_bytes() == host.as_bytes())
+        .cloned();
+    if (host_header.is_none() || upstream_host != host)
+        && let Ok(value) = HeaderValue::from_str(&upstream_host)
         && !upstream_host.is_empty()
     {
         headers.insert(header::HOST, value);
     }
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", connection.peer.ip()),
-        None => connection.peer.ip().to_string(),
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", connection.peer.ip())),
+        None => Ok(connection.peer_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Ok(value) = forwarded_for {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert(
@@ -724,8 +704,8 @@ async fn forward<'t>(
         HeaderValue::from_static(connection.scheme),
     );
     if !headers.contains_key("x-forwarded-host")
-        && let Ok(value) = HeaderValue::from_str(&host)
         && !host.is_empty()
+        && let Some(value) = host_header.or_else(|| HeaderValue::from_str(&host).ok())
     {
         headers.insert("x-forwarded-host", value);
     }
@@ -734,15 +714,22 @@ async fn forward<'t>(
             filters::modify_headers(headers, modifier);
         }
     }
-    let scheme = if backend.tls.is_some() {
-        "https"
-    } else {
-        "http"
+    // Origin-form: each backend client addresses it to its endpoint. The
+    // client's own path-and-query when no filter rewrote it.
+    let unchanged = path_unchanged
+        .then(|| head.uri.path_and_query().cloned())
+        .flatten();
+    head.uri = match unchanged {
+        Some(original) => hyper::Uri::from(original),
+        None => match hyper::Uri::try_from(if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query.as_str()
+        }) {
+            Ok(uri) => uri,
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        },
     };
-    let Ok(uri) = format!("{scheme}://{}{path_and_query}", backend.addr).parse() else {
-        return Err(StatusCode::BAD_REQUEST);
-    };
-    head.uri = uri;
     head.version = if h2 {
         hyper::Version::HTTP_2
     } else {
@@ -783,15 +770,12 @@ async fn forward<'t>(
     };
     let request = Request::from_parts(head, body);
     // A backend a BackendTLSPolicy governs is reached through its TLS client.
-    let tls_client = match &backend.tls {
-        None => None,
-        Some(tls) => match upstream.tls.client(tls, backend.protocol) {
-            Ok(client) => Some(client),
-            Err(e) => {
-                tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
-                return Err(StatusCode::BAD_GATEWAY);
-            }
-        },
+    let client = match upstream.client(backend.protocol, backend.tls.as_ref()) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
+            return Err(StatusCode::BAD_GATEWAY);
+        }
     };
     // `backendRequest` bounds each attempt, `request` all of them together.
     let backend_timeout = rule.timeouts.backend_request;
@@ -803,15 +787,7 @@ async fn forward<'t>(
         .as_ref()
         .zip(endpoints.as_mut())
         .map(|((policy, replay), endpoints)| (*policy, replay, endpoints));
-    let sent = async {
-        match &tls_client {
-            None => {
-                let client = upstream.client(backend.protocol);
-                retry::send(client, replay, request, backend_timeout).await
-            }
-            Some(client) => retry::send(client, replay, request, backend_timeout).await,
-        }
-    };
+    let sent = retry::send(&client, backend.addr, replay, request, backend_timeout);
     let result = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result,
@@ -829,8 +805,7 @@ async fn forward<'t>(
             };
             let upstream_io = hyper::upgrade::on(&mut response);
             tokio::spawn(splice_upgraded(downstream, upstream_io));
-            let (parts, body) = response.into_parts();
-            Ok(Response::from_parts(parts, body.boxed()))
+            Ok(response)
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -843,7 +818,7 @@ async fn forward<'t>(
             if let Some((cors, origin)) = &cors {
                 filters::cors_response_headers(cors, origin, &mut parts.headers);
             }
-            Ok(Response::from_parts(parts, body.boxed()))
+            Ok(Response::from_parts(parts, body))
         }
         Err(failure) => {
             outcome.connect_error = failure == retry::Failure::Connect;

@@ -16,8 +16,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::ProxyBody;
+use super::upstream::BackendClient;
 use crate::model::HttpRetry;
-use hyper_util::client::legacy::{Client, connect::Connect};
 
 /// Largest request body kept in memory so that it can be sent again.
 pub(super) const MAX_REPLAY_BODY: u64 = 64 * 1024;
@@ -75,17 +75,15 @@ impl Replayable {
         self.body.clone()
     }
 
-    /// The request again, addressed to `endpoint`.
-    fn request(&self, endpoint: SocketAddr) -> Request<ProxyBody> {
+    /// The request again.
+    fn request(&self) -> Request<ProxyBody> {
         let mut request = Request::new(
             Full::new(self.body.clone())
                 .map_err(|never| match never {})
                 .boxed(),
         );
         *request.method_mut() = self.method.clone();
-        let mut uri = self.uri.clone().into_parts();
-        uri.authority = endpoint.to_string().parse().ok();
-        *request.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| self.uri.clone());
+        *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers.clone();
         request
@@ -178,7 +176,7 @@ fn pick<'a>(
 }
 
 /// Whether `result` of an attempt is a failure the policy retries.
-fn retriable(retry: &HttpRetry, result: &Result<Response<Incoming>, Failure>) -> bool {
+fn retriable(retry: &HttpRetry, result: &Result<Response<ProxyBody>, Failure>) -> bool {
     match result {
         Ok(response) => retry.codes.contains(&response.status().as_u16()),
         Err(_) => true,
@@ -195,65 +193,53 @@ pub(super) fn backoff(retry: &HttpRetry, retry_index: u32) -> Duration {
     grown + grown.mul_f64(fastrand::f64() * 0.25)
 }
 
-/// The request to the backend: retried under `replay`'s policy when the
-/// rule has one, else sent once.
-pub(super) async fn send<C: Connect + Clone + Send + Sync + 'static>(
-    client: &Client<C, ProxyBody>,
+/// The request to the backend `endpoint`: retried under `replay`'s policy
+/// when the rule has one, else sent once.
+pub(super) async fn send(
+    client: &BackendClient,
+    endpoint: SocketAddr,
     replay: Option<(&HttpRetry, &Replayable, &mut Endpoints)>,
     request: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<ProxyBody>, Failure> {
     match replay {
         Some((policy, replay, endpoints)) => {
             with_retries(client, policy, replay, endpoints, request, backend_timeout).await
         }
-        None => attempt(client, request, backend_timeout).await,
+        None => attempt(client, endpoint, request, backend_timeout).await,
     }
 }
 
 /// One request to the backend, bounded by `backend_timeout`.
-pub(super) async fn attempt<C: Connect + Clone + Send + Sync + 'static>(
-    client: &Client<C, ProxyBody>,
+pub(super) async fn attempt(
+    client: &BackendClient,
+    endpoint: SocketAddr,
     request: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
-) -> Result<Response<Incoming>, Failure> {
-    let sent = client.request(request);
-    let result = match backend_timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result,
-            Err(_) => return Err(Failure::Timeout),
-        },
+) -> Result<Response<ProxyBody>, Failure> {
+    let sent = client.request(endpoint, request);
+    match backend_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
         None => sent.await,
-    };
-    result.map_err(|e| {
-        tracing::debug!(error = %e, "upstream request failed");
-        if e.is_connect() {
-            Failure::Connect
-        } else if std::error::Error::source(&e)
-            .and_then(|cause| cause.downcast_ref::<hyper::Error>())
-            .is_some_and(hyper::Error::is_parse)
-        {
-            Failure::Invalid
-        } else {
-            Failure::Reset
-        }
-    })
+    }
 }
 
 /// Sends `request` and, while the policy allows, sends it again after a
 /// retriable failure, each time to the endpoint `endpoints` chooses next.
 /// `first` is the first attempt's request (it may carry the mirrors' tee of
-/// the body); later ones are rebuilt from `request`. The last attempt's
-/// result is returned whatever it is.
-pub(super) async fn with_retries<C: Connect + Clone + Send + Sync + 'static>(
-    client: &Client<C, ProxyBody>,
+/// the body), sent to the endpoint `endpoints` started with; later ones are
+/// rebuilt from `request`. The last attempt's result is returned whatever it is.
+pub(super) async fn with_retries(
+    client: &BackendClient,
     retry: &HttpRetry,
     request: &Replayable,
     endpoints: &mut Endpoints,
     first: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
-) -> Result<Response<Incoming>, Failure> {
-    let mut result = attempt(client, first, backend_timeout).await;
+) -> Result<Response<ProxyBody>, Failure> {
+    let mut result = attempt(client, endpoints.last(), first, backend_timeout).await;
     for retry_index in 0..retry.attempts {
         if !retriable(retry, &result) {
             break;
@@ -267,7 +253,7 @@ pub(super) async fn with_retries<C: Connect + Clone + Send + Sync + 'static>(
         drop(result);
         tokio::time::sleep(backoff(retry, retry_index)).await;
         let endpoint = endpoints.next();
-        result = attempt(client, request.request(endpoint), backend_timeout).await;
+        result = attempt(client, endpoint, request.request(), backend_timeout).await;
     }
     result
 }
@@ -275,7 +261,8 @@ pub(super) async fn with_retries<C: Connect + Clone + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::UpstreamClient;
+    use crate::model::BackendProtocol;
+    use crate::proxy::upstream::Upstream;
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -354,11 +341,13 @@ mod tests {
     }
 
     async fn send(addr: SocketAddr, retry: &HttpRetry) -> Result<StatusCode, Failure> {
-        let client: UpstreamClient =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let upstream = Upstream::new();
+        let client = upstream
+            .client(BackendProtocol::Http1, None)
+            .expect("client");
         let (mut head, ()) = Request::new(()).into_parts();
         head.method = Method::POST;
-        head.uri = format!("http://{addr}/").parse().expect("uri");
+        head.uri = "/".parse().expect("uri");
         let request = Replayable::new(&head, Bytes::from_static(b"payload"));
         let mut endpoints = Endpoints::new(addr, vec![(addr, 1)]);
         with_retries(
@@ -366,7 +355,7 @@ mod tests {
             retry,
             &request,
             &mut endpoints,
-            request.request(addr),
+            request.request(),
             None,
         )
         .await
@@ -421,11 +410,13 @@ mod tests {
         all: &[SocketAddr],
         retry: &HttpRetry,
     ) -> (Result<StatusCode, Failure>, SocketAddr) {
-        let client: UpstreamClient =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let upstream = Upstream::new();
+        let client = upstream
+            .client(BackendProtocol::Http1, None)
+            .expect("client");
         let (mut head, ()) = Request::new(()).into_parts();
         head.method = Method::POST;
-        head.uri = format!("http://{first}/").parse().expect("uri");
+        head.uri = "/".parse().expect("uri");
         let request = Replayable::new(&head, Bytes::from_static(b"payload"));
         let mut endpoints = Endpoints::new(first, all.iter().map(|a| (*a, 1)).collect());
         let result = with_retries(
@@ -433,7 +424,7 @@ mod tests {
             retry,
             &request,
             &mut endpoints,
-            request.request(first),
+            request.request(),
             None,
         )
         .await
