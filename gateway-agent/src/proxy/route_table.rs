@@ -200,7 +200,7 @@ impl RouteTable {
             if rule.hostnames.is_empty() {
                 table.any_host.push(index);
             }
-            for host in &rule.hostnames {
+            for host in rule.hostnames.iter() {
                 let host = host.to_ascii_lowercase();
                 match host.strip_prefix('*') {
                     Some(suffix) => wildcard.entry(suffix.to_string()).or_default().push(index),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use super::backend_tls::BackendTlsPolicies;
 use super::input::{BackendRef, Filter, Route, RouteKind};
+use super::intern::Interner;
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
     BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
@@ -24,10 +25,13 @@ pub(super) fn listener_rules(
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
     http: &mut BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>>,
+    shared: &mut Interner,
 ) {
     let binds = super::listener_binds(listener);
+    let listener_hostname = listener.hostname.map(str::to_ascii_lowercase);
     for attachment in attached {
         let route = attachment.route;
+        let hostnames: std::sync::Arc<[String]> = attachment.hostnames.into();
         for (index, rule) in route.rules.iter().enumerate() {
             let redirects = rule
                 .filters
@@ -45,19 +49,21 @@ pub(super) fn listener_rules(
                     listener.gateway,
                     snapshot,
                     policies,
+                    shared,
                 )
             };
+            let backends = shared.backends(backends);
             // A rule that cannot be served as written only answers 500.
-            let filters = if rule.unsupported.is_some() {
+            let filters = shared.filters(if rule.unsupported.is_some() {
                 HttpFilters::default()
             } else {
                 http_filters(route, &rule.filters, listener.gateway, snapshot, policies)
-            };
+            });
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
                     route: route_ref(route, index as u32),
-                    hostnames: attachment.hostnames.to_vec(),
-                    listener_hostname: listener.hostname.map(str::to_ascii_lowercase),
+                    hostnames: hostnames.clone(),
+                    listener_hostname: listener_hostname.clone(),
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
@@ -89,6 +95,7 @@ fn http_backends(
     gateway: &ObjectKey,
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
+    shared: &mut Interner,
 ) -> (Vec<HttpBackend>, u32) {
     let mut backends = Vec::new();
     let mut invalid_weight = 0u32;
@@ -105,7 +112,13 @@ fn http_backends(
         } else {
             BackendProtocol::Http1
         };
-        let filters = http_filters(route, &backend_ref.filters, gateway, snapshot, policies);
+        let filters = shared.filters(http_filters(
+            route,
+            &backend_ref.filters,
+            gateway,
+            snapshot,
+            policies,
+        ));
         backends.extend(endpoints.into_iter().map(|e| HttpBackend {
             addr: e.addr,
             weight: e.weight,

@@ -9,6 +9,7 @@ mod frontend_tls;
 mod gateways;
 mod http;
 pub mod input;
+mod intern;
 pub mod listeners;
 #[cfg(test)]
 mod memo_tests;
@@ -293,6 +294,7 @@ pub fn translate_incremental(
     let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
     let mut https_validation: BTreeMap<SocketAddr, ClientValidation> = BTreeMap::new();
     let mut tls_sockets = BTreeMap::new();
+    let mut shared = intern::Interner::default();
     // A socket's rules are assembled again when a route on it changed, or
     // when the memo has none for it (a full translate).
     let http_rules = &mut memo.http_rules;
@@ -362,9 +364,14 @@ pub fn translate_incremental(
                     });
                 }
             }
-            "HTTP" if is_dirty(listener) => {
-                http::listener_rules(listener, attached, snapshot, &policies, &mut http)
-            }
+            "HTTP" if is_dirty(listener) => http::listener_rules(
+                listener,
+                attached,
+                snapshot,
+                &policies,
+                &mut http,
+                &mut shared,
+            ),
             "HTTP" => {
                 for bind in listener_binds(listener) {
                     http.entry(bind).or_default();
@@ -372,7 +379,14 @@ pub fn translate_incremental(
             }
             "HTTPS" => {
                 if is_dirty(listener) {
-                    http::listener_rules(listener, attached, snapshot, &policies, &mut http);
+                    http::listener_rules(
+                        listener,
+                        attached,
+                        snapshot,
+                        &policies,
+                        &mut http,
+                        &mut shared,
+                    );
                 } else {
                     for bind in listener_binds(listener) {
                         http.entry(bind).or_default();

@@ -1,7 +1,7 @@
 use hyper::header::HeaderValue;
 
 use super::*;
-use crate::model::{HttpFilters, HttpTimeouts, RouteRef};
+use crate::model::{HttpTimeouts, RouteRef};
 
 fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
     HttpRule {
@@ -14,10 +14,10 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         hostnames: hosts.iter().map(|h| h.to_string()).collect(),
         listener_hostname: None,
         matched,
-        filters: HttpFilters::default(),
+        filters: Arc::default(),
         timeouts: HttpTimeouts::default(),
         retry: None,
-        backends: Vec::new(),
+        backends: Arc::new([]),
         invalid_weight: 0,
     }
 }
