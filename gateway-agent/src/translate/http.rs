@@ -67,7 +67,7 @@ pub(super) fn listener_rules(
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
-                    retry: rule.retry.clone(),
+                    retry: rule.retry.as_deref().cloned(),
                     backends: backends.clone(),
                     invalid_weight,
                 };

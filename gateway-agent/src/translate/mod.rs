@@ -78,8 +78,8 @@ struct RouteMemo {
     route: Route,
     /// One per parentRef of ours: its status, and the listeners it attached to.
     parents: Vec<(ObjectStatus, Vec<Hit>)>,
-    /// The sockets of those listeners.
-    binds: BTreeSet<SocketAddr>,
+    /// The sockets of those listeners, sorted.
+    binds: Box<[SocketAddr]>,
 }
 
 /// A listener accepting a route: its index into the listeners, and the
@@ -484,10 +484,12 @@ fn route_memo(
         status.push(resolved_refs_condition(&route, snapshot));
         parents.push((status, hits));
     }
+    // Kept until the route changes: no spare capacity.
+    parents.shrink_to_fit();
     RouteMemo {
         route,
         parents,
-        binds,
+        binds: binds.into_iter().collect(),
     }
 }
 
@@ -574,6 +576,7 @@ fn attach(
             "no listener hostname intersects the route's hostnames".into(),
         ));
     }
+    hits.shrink_to_fit();
     Ok(hits)
 }
 
