@@ -421,7 +421,11 @@ pub fn translate_incremental(
             Some(kept) if !dirty_binds.contains(&bind) => kept.clone(),
             _ => {
                 rules.sort_by(|a, b| a.0.cmp(&b.0));
-                Arc::new(rules.into_iter().map(|(_, r)| r).collect())
+                // Kept until the socket's rules change: sized exactly (a
+                // collect in place would keep the sort keys' room).
+                let mut kept = Vec::with_capacity(rules.len());
+                kept.extend(rules.into_iter().map(|(_, r)| r));
+                Arc::new(kept)
             }
         };
         assembled.insert(bind, rules.clone());
