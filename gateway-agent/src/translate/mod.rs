@@ -438,6 +438,8 @@ pub fn translate_incremental(
     }
     *http_rules = assembled;
     config.tls_passthrough = passthrough::finish(tls_sockets);
+    // Kept with the applied config (for `/explain`): no spare room.
+    statuses.shrink_to_fit();
     Output { config, statuses }
 }
 
