@@ -19,12 +19,12 @@ use crate::store::{ObjectKey, Snapshot};
 const APP_PROTOCOL_H2C: &str = "kubernetes.io/h2c";
 
 /// Adds the rules of the routes attached to `listener` to its sockets in `http`.
-pub(super) fn listener_rules(
+pub(super) fn listener_rules<'a>(
     listener: &Listener,
-    attached: &[Attachment],
+    attached: &[Attachment<'a>],
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
-    http: &mut BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>>,
+    http: &mut BTreeMap<SocketAddr, Vec<(SortKey<'a>, HttpRule)>>,
     shared: &mut Interner,
 ) {
     let binds = super::listener_binds(listener);
@@ -193,18 +193,20 @@ fn http_filters(
 /// the longest prefix; then a method match, most header matches, most query
 /// parameter matches. GRPCRoute: longest service, longest method, most header
 /// matches. Then, for both, the oldest route, namespace/name, rule and match order.
+/// Borrows from the route: one key per rule match and socket while a
+/// socket's rules are sorted.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct SortKey {
+pub(super) struct SortKey<'a> {
     specificity: [Reverse<usize>; 5],
-    created: String,
-    route: ObjectKey,
+    created: &'a str,
+    route: &'a ObjectKey,
     rule: usize,
     matched: usize,
 }
 
-impl SortKey {
+impl<'a> SortKey<'a> {
     fn new(
-        route: &Route,
+        route: &'a Route,
         m: &HttpMatch,
         grpc: Option<(usize, usize)>,
         rule: usize,
@@ -235,8 +237,8 @@ impl SortKey {
         };
         Self {
             specificity,
-            created: route.created.clone(),
-            route: route.key.clone(),
+            created: &route.created,
+            route: &route.key,
             rule,
             matched,
         }
