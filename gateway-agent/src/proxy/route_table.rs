@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hyper::HeaderMap;
 use regex::Regex;
 
-use crate::model::{HttpMatch, HttpRule, NameValueMatch, PathMatch, ValueMatch};
+use crate::model::{HttpMatch, HttpRule, PathMatch, ValueMatch};
 
 /// What of a request the matches look at.
 pub struct RequestView<'a> {

@@ -1,7 +1,7 @@
 use hyper::header::HeaderValue;
 
 use super::*;
-use crate::model::{HttpTimeouts, RouteRef};
+use crate::model::{HttpTimeouts, NameValueMatch, RouteRef};
 
 fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
     HttpRule {
