@@ -163,6 +163,23 @@ impl Object {
                 list.shrink_to_fit();
             }
         }
+        // HTTPRoute and GRPCRoute: rules of matches (with these lists), filters and backendRefs.
+        macro_rules! with_matches {
+            ($route:expr, $($list:ident),+) => {{
+                let spec = &mut $route.spec;
+                fit(&mut spec.hostnames);
+                fit(&mut spec.parent_refs);
+                for rule in spec.rules.iter_mut().flatten() {
+                    for m in rule.matches.iter_mut().flatten() {
+                        $(fit(&mut m.$list);)+
+                    }
+                    fit(&mut rule.matches);
+                    fit(&mut rule.filters);
+                    fit(&mut rule.backend_refs);
+                }
+                fit(&mut spec.rules);
+            }};
+        }
         // TCPRoute, UDPRoute, TLSRoute: distinct types of the same shape.
         macro_rules! backend_only {
             ($route:expr) => {{
@@ -174,35 +191,8 @@ impl Object {
             }};
         }
         match self {
-            Object::HttpRoute(route) => {
-                let spec = &mut route.spec;
-                fit(&mut spec.hostnames);
-                fit(&mut spec.parent_refs);
-                for rule in spec.rules.iter_mut().flatten() {
-                    for m in rule.matches.iter_mut().flatten() {
-                        fit(&mut m.headers);
-                        fit(&mut m.query_params);
-                    }
-                    fit(&mut rule.matches);
-                    fit(&mut rule.filters);
-                    fit(&mut rule.backend_refs);
-                }
-                fit(&mut spec.rules);
-            }
-            Object::GrpcRoute(route) => {
-                let spec = &mut route.spec;
-                fit(&mut spec.hostnames);
-                fit(&mut spec.parent_refs);
-                for rule in spec.rules.iter_mut().flatten() {
-                    for m in rule.matches.iter_mut().flatten() {
-                        fit(&mut m.headers);
-                    }
-                    fit(&mut rule.matches);
-                    fit(&mut rule.filters);
-                    fit(&mut rule.backend_refs);
-                }
-                fit(&mut spec.rules);
-            }
+            Object::HttpRoute(route) => with_matches!(route, headers, query_params),
+            Object::GrpcRoute(route) => with_matches!(route, headers),
             Object::TcpRoute(route) => backend_only!(route),
             Object::UdpRoute(route) => backend_only!(route),
             Object::TlsRoute(route) => {
@@ -260,6 +250,38 @@ impl Snapshot {
                 .remove(key)
                 .map(Object::BackendTlsPolicy),
             Kind::ConfigMap => self.config_maps.remove(key).map(Object::ConfigMap),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parsed_route_keeps_no_spare_room_in_its_lists() {
+        let mut yaml = String::from(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n\
+             spec:\n  parentRefs: [{name: g}]\n  hostnames: [a.example]\n  rules:\n",
+        );
+        for i in 0..5 {
+            yaml.push_str(&format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /s{i}}}}}]\n    \
+                 backendRefs: [{{name: web, port: 80}}]\n"
+            ));
+        }
+        let mut object = Object::HttpRoute(serde_yaml::from_str(&yaml).expect("HTTPRoute"));
+        object.shrink_to_fit();
+        let Object::HttpRoute(route) = object else {
+            unreachable!()
+        };
+        let rules = route.spec.rules.as_ref().expect("rules");
+        assert_eq!((rules.len(), rules.capacity()), (5, 5));
+        for rule in rules {
+            let refs = rule.backend_refs.as_ref().expect("backendRefs");
+            let matches = rule.matches.as_ref().expect("matches");
+            assert_eq!((refs.len(), refs.capacity()), (1, 1));
+            assert_eq!((matches.len(), matches.capacity()), (1, 1));
         }
     }
 }
