@@ -364,20 +364,7 @@ pub fn translate_incremental(
                     });
                 }
             }
-            "HTTP" if is_dirty(listener) => http::listener_rules(
-                listener,
-                attached,
-                snapshot,
-                &policies,
-                &mut http,
-                &mut shared,
-            ),
-            "HTTP" => {
-                for bind in listener_binds(listener) {
-                    http.entry(bind).or_default();
-                }
-            }
-            "HTTPS" => {
+            "HTTP" | "HTTPS" => {
                 if is_dirty(listener) {
                     http::listener_rules(
                         listener,
@@ -392,7 +379,12 @@ pub fn translate_incremental(
                         http.entry(bind).or_default();
                     }
                 }
-                for bind in listener_binds(listener) {
+                // HTTPS: the socket's certificates and client validation.
+                let tls_binds = match listener.protocol {
+                    "HTTPS" => listener_binds(listener),
+                    _ => Vec::new(),
+                };
+                for bind in tls_binds {
                     https_certificates
                         .entry(bind)
                         .or_default()
