@@ -196,7 +196,7 @@ impl StateSource {
                     .iter()
                     .map(|rule| HttpRuleState {
                         route: (&rule.route).into(),
-                        hostnames: rule.hostnames.clone(),
+                        hostnames: rule.hostnames.to_vec(),
                         path: path_text(&rule.matched.path),
                         backends: rule
                             .backends

@@ -29,7 +29,7 @@ impl std::fmt::Display for RouteRef {
 pub const ENDPOINT_WEIGHT_SCALE: u64 = 720_720;
 
 /// A ready endpoint with its share of traffic (see `ENDPOINT_WEIGHT_SCALE`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct WeightedEndpoint {
     pub addr: SocketAddr,
     pub weight: u64,
@@ -100,7 +100,7 @@ impl HttpMatch {
 }
 
 /// Sets, appends and removes headers (names lower-case).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct HeaderModifier {
     pub set: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
@@ -108,14 +108,14 @@ pub struct HeaderModifier {
 }
 
 /// How a redirect or rewrite changes the path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum PathModifier {
     ReplaceFullPath(String),
     /// Replaces the part of the path the rule's PathPrefix matched.
     ReplacePrefixMatch(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestRedirect {
     /// "http" or "https"; None keeps the request's scheme.
     pub scheme: Option<String>,
@@ -125,7 +125,7 @@ pub struct RequestRedirect {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct UrlRewrite {
     pub hostname: Option<String>,
     pub path: Option<PathModifier>,
@@ -133,7 +133,7 @@ pub struct UrlRewrite {
 
 /// A copy of each request goes to one of `backends`, for `numerator /
 /// denominator` of requests; its response is ignored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestMirror {
     pub backends: Vec<WeightedEndpoint>,
     pub numerator: u32,
@@ -144,7 +144,7 @@ pub struct RequestMirror {
 
 /// The CORS filter: which cross-origin requests the route allows. Lists hold
 /// values as written; `"*"` allows any.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Cors {
     /// `scheme://host[:port]`; the host may start with `*.`.
     pub allow_origins: Vec<String>,
@@ -159,7 +159,7 @@ pub struct Cors {
 /// CORS preflight and redirect (both answer at once), rewrite, request
 /// headers; response headers (and CORS headers) on the way back. Mirrors see
 /// the request as modified.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct HttpFilters {
     /// Rule filters only: the spec has no CORS on backendRefs.
     pub cors: Option<Cors>,
@@ -181,13 +181,15 @@ pub enum BackendProtocol {
 }
 
 /// One endpoint of a backendRef, with that backendRef's filters and protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct HttpBackend {
     pub addr: SocketAddr,
     /// Share of traffic, scaled as in `WeightedEndpoint`.
     pub weight: u64,
     pub protocol: BackendProtocol,
-    pub filters: HttpFilters,
+    /// Shared: most backends (and rules) have the same filters, usually none.
+    #[serde(serialize_with = "serialize_shared")]
+    pub filters: Arc<HttpFilters>,
     /// Set when a BackendTLSPolicy targets the backend: the proxy speaks TLS to it.
     pub tls: Option<BackendTls>,
 }
@@ -255,22 +257,28 @@ pub struct HttpRetry {
 }
 
 /// One match of an HTTPRoute or GRPCRoute rule, as the proxy evaluates it.
+/// Thousands of these live as long as their config: what several of them
+/// hold alike (hostnames, filters, backends) is one shared `Arc`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpRule {
     pub route: RouteRef,
     /// Hostnames the rule answers for (already intersected with the listener's);
-    /// empty means any host.
-    pub hostnames: Vec<String>,
+    /// empty means any host. Shared by the route's rules on one listener.
+    #[serde(serialize_with = "serialize_shared")]
+    pub hostnames: Arc<[String]>,
     /// The hostname of the listener the route attached through (None: any).
     /// A request is served by the listener whose hostname matches it most
     /// specifically, and only by that listener's rules.
     pub listener_hostname: Option<String>,
     /// One match of the rule; a rule with several matches gives several entries.
     pub matched: HttpMatch,
-    pub filters: HttpFilters,
+    #[serde(serialize_with = "serialize_shared")]
+    pub filters: Arc<HttpFilters>,
     pub timeouts: HttpTimeouts,
     pub retry: Option<HttpRetry>,
-    pub backends: Vec<HttpBackend>,
+    /// Shared by every rule with the same backends (translate interns them).
+    #[serde(serialize_with = "serialize_shared")]
+    pub backends: Arc<[HttpBackend]>,
     /// Weight of backendRefs that could not be resolved (or of the whole rule
     /// when it cannot be served as written): that share of requests gets 500.
     pub invalid_weight: u32,
@@ -292,7 +300,7 @@ pub struct HttpListener {
     pub client_validation: Option<ClientValidation>,
 }
 
-fn serialize_shared<S: serde::Serializer, T: Serialize>(
+fn serialize_shared<S: serde::Serializer, T: Serialize + ?Sized>(
     value: &Arc<T>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

@@ -152,6 +152,58 @@ impl Object {
     }
 }
 
+impl Object {
+    /// Frees the spare room that reading leaves in a route's lists (a list
+    /// read item by item grows by doubling: 5 rules get room for 8, one
+    /// backendRef room for 4). Routes are what a snapshot holds by the
+    /// thousand, for as long as they are not edited.
+    pub fn shrink_to_fit(&mut self) {
+        fn fit<T>(list: &mut Option<Vec<T>>) {
+            if let Some(list) = list {
+                list.shrink_to_fit();
+            }
+        }
+        // HTTPRoute and GRPCRoute: rules of matches (with these lists), filters and backendRefs.
+        macro_rules! with_matches {
+            ($route:expr, $($list:ident),+) => {{
+                let spec = &mut $route.spec;
+                fit(&mut spec.hostnames);
+                fit(&mut spec.parent_refs);
+                for rule in spec.rules.iter_mut().flatten() {
+                    for m in rule.matches.iter_mut().flatten() {
+                        $(fit(&mut m.$list);)+
+                    }
+                    fit(&mut rule.matches);
+                    fit(&mut rule.filters);
+                    fit(&mut rule.backend_refs);
+                }
+                fit(&mut spec.rules);
+            }};
+        }
+        // TCPRoute, UDPRoute, TLSRoute: distinct types of the same shape.
+        macro_rules! backend_only {
+            ($route:expr) => {{
+                fit(&mut $route.spec.parent_refs);
+                for rule in &mut $route.spec.rules {
+                    rule.backend_refs.shrink_to_fit();
+                }
+                $route.spec.rules.shrink_to_fit();
+            }};
+        }
+        match self {
+            Object::HttpRoute(route) => with_matches!(route, headers, query_params),
+            Object::GrpcRoute(route) => with_matches!(route, headers),
+            Object::TcpRoute(route) => backend_only!(route),
+            Object::UdpRoute(route) => backend_only!(route),
+            Object::TlsRoute(route) => {
+                route.spec.hostnames.shrink_to_fit();
+                backend_only!(route);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Snapshot {
     /// Adds or replaces one object.
     pub fn insert(&mut self, key: ObjectKey, object: Object) {
@@ -198,6 +250,38 @@ impl Snapshot {
                 .remove(key)
                 .map(Object::BackendTlsPolicy),
             Kind::ConfigMap => self.config_maps.remove(key).map(Object::ConfigMap),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parsed_route_keeps_no_spare_room_in_its_lists() {
+        let mut yaml = String::from(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n\
+             spec:\n  parentRefs: [{name: g}]\n  hostnames: [a.example]\n  rules:\n",
+        );
+        for i in 0..5 {
+            yaml.push_str(&format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /s{i}}}}}]\n    \
+                 backendRefs: [{{name: web, port: 80}}]\n"
+            ));
+        }
+        let mut object = Object::HttpRoute(serde_yaml::from_str(&yaml).expect("HTTPRoute"));
+        object.shrink_to_fit();
+        let Object::HttpRoute(route) = object else {
+            unreachable!()
+        };
+        let rules = route.spec.rules.as_ref().expect("rules");
+        assert_eq!((rules.len(), rules.capacity()), (5, 5));
+        for rule in rules {
+            let refs = rule.backend_refs.as_ref().expect("backendRefs");
+            let matches = rule.matches.as_ref().expect("matches");
+            assert_eq!((refs.len(), refs.capacity()), (1, 1));
+            assert_eq!((matches.len(), matches.capacity()), (1, 1));
         }
     }
 }

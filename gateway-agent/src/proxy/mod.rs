@@ -368,7 +368,7 @@ fn choose_backend(rule: &HttpRule) -> Result<&HttpBackend, StatusCode> {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
     let mut pick = fastrand::u64(0..total);
-    for backend in &rule.backends {
+    for backend in rule.backends.iter() {
         if pick < backend.weight {
             return Ok(backend);
         }
@@ -842,10 +842,10 @@ mod tests {
                 name: "r".into(),
                 rule: 0,
             },
-            hostnames: Vec::new(),
+            hostnames: Arc::new([]),
             listener_hostname: None,
             matched: HttpMatch::any(),
-            filters: HttpFilters::default(),
+            filters: Arc::default(),
             timeouts: HttpTimeouts::default(),
             retry: None,
             backends: backends
@@ -855,7 +855,7 @@ mod tests {
                     weight: *weight,
                     protocol: BackendProtocol::Http1,
                     tls: None,
-                    filters: HttpFilters::default(),
+                    filters: Arc::default(),
                 })
                 .collect(),
             invalid_weight,
@@ -932,13 +932,13 @@ mod tests {
 
     fn listener(bind: SocketAddr, backend: SocketAddr) -> HttpListener {
         let mut r = rule(&[], 0);
-        r.backends = vec![HttpBackend {
+        r.backends = Arc::new([HttpBackend {
             addr: backend,
             weight: ENDPOINT_WEIGHT_SCALE,
             protocol: BackendProtocol::Http1,
             tls: None,
-            filters: HttpFilters::default(),
-        }];
+            filters: Arc::default(),
+        }]);
         HttpListener {
             bind,
             rules: vec![r].into(),

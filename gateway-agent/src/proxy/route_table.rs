@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hyper::HeaderMap;
 use regex::Regex;
 
-use crate::model::{HttpMatch, HttpRule, NameValueMatch, PathMatch, ValueMatch};
+use crate::model::{HttpMatch, HttpRule, PathMatch, ValueMatch};
 
 /// What of a request the matches look at.
 pub struct RequestView<'a> {
@@ -19,30 +19,6 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub method: &'a str,
     pub headers: &'a HeaderMap,
-}
-
-/// A value condition ready to evaluate: regular expressions compiled once per table.
-#[derive(Debug)]
-enum Matcher {
-    Exact(String),
-    Regex(Regex),
-}
-
-impl Matcher {
-    /// None when the regular expression does not compile: the match can never hold.
-    fn new(value: &ValueMatch) -> Option<Self> {
-        match value {
-            ValueMatch::Exact(v) => Some(Self::Exact(v.clone())),
-            ValueMatch::RegularExpression(r) => full_match_regex(r).map(Self::Regex),
-        }
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Self::Exact(v) => v == value,
-            Self::Regex(r) => r.is_match(value),
-        }
-    }
 }
 
 /// Gateway API regular expressions must match the whole value.
@@ -56,29 +32,18 @@ fn full_match_regex(pattern: &str) -> Option<Regex> {
     }
 }
 
-/// The matchers of one rule (the rule itself stays in the table's shared list).
+/// The regular expressions of one rule's match, compiled once per table;
+/// everything else (exact values, prefixes, names) is read from the rule in
+/// the table's shared list. Most matches have none: nothing is allocated.
 #[derive(Debug)]
 struct CompiledRule {
-    /// None for a path regex that does not compile (never matches).
-    path: Option<PathMatcher>,
-    headers: Vec<(String, Option<Matcher>)>,
-    query_params: Vec<(String, Option<Matcher>)>,
-}
-
-#[derive(Debug)]
-enum PathMatcher {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
+    /// In the order the match is evaluated: path, headers, query parameters.
+    /// None for one that does not compile (its condition never holds).
+    regexes: Box<[Option<Regex>]>,
 }
 
 impl CompiledRule {
     fn new(rule: &HttpRule) -> Self {
-        let compile = |list: &[NameValueMatch]| -> Vec<(String, Option<Matcher>)> {
-            list.iter()
-                .map(|m| (m.name.clone(), Matcher::new(&m.value)))
-                .collect()
-        };
         let HttpMatch {
             path,
             headers,
@@ -86,16 +51,22 @@ impl CompiledRule {
             ..
         } = &rule.matched;
         let path = match path {
-            PathMatch::Exact(p) => Some(PathMatcher::Exact(p.clone())),
-            PathMatch::Prefix(p) => Some(PathMatcher::Prefix(p.clone())),
-            PathMatch::RegularExpression(r) => full_match_regex(r).map(PathMatcher::Regex),
+            PathMatch::RegularExpression(r) => Some(r),
+            PathMatch::Exact(_) | PathMatch::Prefix(_) => None,
         };
-        let headers = compile(headers);
-        let query_params = compile(query_params);
+        let values = headers
+            .iter()
+            .chain(query_params)
+            .filter_map(|m| match &m.value {
+                ValueMatch::RegularExpression(r) => Some(r),
+                ValueMatch::Exact(_) => None,
+            });
         Self {
-            path,
-            headers,
-            query_params,
+            regexes: path
+                .into_iter()
+                .chain(values)
+                .map(|r| full_match_regex(r))
+                .collect(),
         }
     }
 
@@ -105,49 +76,59 @@ impl CompiledRule {
 
     /// The first condition of this rule's match that `request` fails, if any.
     fn mismatch(&self, rule: &HttpRule, request: &RequestView) -> Option<Mismatch> {
-        let path_ok = match &self.path {
-            Some(PathMatcher::Exact(p)) => p == request.path,
-            Some(PathMatcher::Prefix(p)) => prefix_matches(p, request.path),
-            Some(PathMatcher::Regex(r)) => r.is_match(request.path),
-            None => false,
+        // Each regular expression condition, in order, takes the next compiled one.
+        let mut regexes = self.regexes.iter();
+        let mut regex_holds = |actual: &str| {
+            regexes
+                .next()
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.is_match(actual))
+        };
+        let matched = &rule.matched;
+        let path_ok = match &matched.path {
+            PathMatch::Exact(p) => p == request.path,
+            PathMatch::Prefix(p) => prefix_matches(p, request.path),
+            PathMatch::RegularExpression(_) => regex_holds(request.path),
+        };
+        let mut holds = |value: &ValueMatch, actual: &str| match value {
+            ValueMatch::Exact(v) => v == actual,
+            ValueMatch::RegularExpression(_) => regex_holds(actual),
         };
         if !path_ok {
             return Some(Mismatch::Path);
         }
-        if let Some(method) = &rule.matched.method
+        if let Some(method) = &matched.method
             && method != request.method
         {
             return Some(Mismatch::Method);
         }
-        let header = self.headers.iter().find(|(name, matcher)| {
+        let header = matched.headers.iter().find(|m| {
             // Repeated headers compare on their values joined by ",", as the
             // spec says a proxy may treat them (RFC 9110 5.3).
             let values: Vec<&str> = request
                 .headers
-                .get_all(name.as_str())
+                .get_all(m.name.as_str())
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            values.is_empty()
-                || !matcher
-                    .as_ref()
-                    .is_some_and(|m| m.matches(&values.join(",")))
+            values.is_empty() || !holds(&m.value, &values.join(","))
         });
-        if let Some((name, _)) = header {
-            return Some(Mismatch::Header(name.clone()));
+        if let Some(m) = header {
+            return Some(Mismatch::Header(m.name.clone()));
         }
-        self.query_params
+        matched
+            .query_params
             .iter()
-            .find(|(name, matcher)| {
+            .find(|m| {
                 // The first occurrence of a repeated parameter is the one that counts.
                 let value = request.query.and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == name)
+                        .find(|(k, _)| *k == m.name)
                         .map(|(_, v)| v)
                 });
-                !value.is_some_and(|v| matcher.as_ref().is_some_and(|m| m.matches(&v)))
+                !value.is_some_and(|v| holds(&m.value, &v))
             })
-            .map(|(name, _)| Mismatch::QueryParam(name.clone()))
+            .map(|m| Mismatch::QueryParam(m.name.clone()))
     }
 }
 
@@ -200,7 +181,7 @@ impl RouteTable {
             if rule.hostnames.is_empty() {
                 table.any_host.push(index);
             }
-            for host in &rule.hostnames {
+            for host in rule.hostnames.iter() {
                 let host = host.to_ascii_lowercase();
                 match host.strip_prefix('*') {
                     Some(suffix) => wildcard.entry(suffix.to_string()).or_default().push(index),
@@ -229,6 +210,11 @@ impl RouteTable {
         table
             .wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        // Kept while the socket's rules do not change: no spare room.
+        for indexes in table.exact.values_mut() {
+            indexes.shrink_to_fit();
+        }
+        table.exact.shrink_to_fit();
         table.rules = rules.iter().map(CompiledRule::new).collect();
         table.source = rules;
         table

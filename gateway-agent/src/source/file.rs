@@ -458,7 +458,10 @@ fn parse_file(
 ) {
     for doc in split_documents(text) {
         match parse_document(&doc) {
-            Ok(Some(object)) => objects.push(object),
+            Ok(Some((key, mut object))) => {
+                object.shrink_to_fit();
+                objects.push((key, object));
+            }
             Ok(None) => {}
             Err(e) => errors.push(ManifestError {
                 file: file.to_path_buf(),

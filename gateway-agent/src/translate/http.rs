@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use super::backend_tls::BackendTlsPolicies;
 use super::input::{BackendRef, Filter, Route, RouteKind};
+use super::intern::Interner;
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
     BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
@@ -18,16 +19,19 @@ use crate::store::{ObjectKey, Snapshot};
 const APP_PROTOCOL_H2C: &str = "kubernetes.io/h2c";
 
 /// Adds the rules of the routes attached to `listener` to its sockets in `http`.
-pub(super) fn listener_rules(
+pub(super) fn listener_rules<'a>(
     listener: &Listener,
-    attached: &[Attachment],
+    attached: &[Attachment<'a>],
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
-    http: &mut BTreeMap<SocketAddr, Vec<(SortKey, HttpRule)>>,
+    http: &mut BTreeMap<SocketAddr, Vec<(SortKey<'a>, HttpRule)>>,
+    shared: &mut Interner,
 ) {
     let binds = super::listener_binds(listener);
+    let listener_hostname = listener.hostname.map(str::to_ascii_lowercase);
     for attachment in attached {
         let route = attachment.route;
+        let hostnames: std::sync::Arc<[String]> = attachment.hostnames.into();
         for (index, rule) in route.rules.iter().enumerate() {
             let redirects = rule
                 .filters
@@ -45,23 +49,25 @@ pub(super) fn listener_rules(
                     listener.gateway,
                     snapshot,
                     policies,
+                    shared,
                 )
             };
+            let backends = shared.backends(backends);
             // A rule that cannot be served as written only answers 500.
-            let filters = if rule.unsupported.is_some() {
+            let filters = shared.filters(if rule.unsupported.is_some() {
                 HttpFilters::default()
             } else {
                 http_filters(route, &rule.filters, listener.gateway, snapshot, policies)
-            };
+            });
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
                     route: route_ref(route, index as u32),
-                    hostnames: attachment.hostnames.to_vec(),
-                    listener_hostname: listener.hostname.map(str::to_ascii_lowercase),
+                    hostnames: hostnames.clone(),
+                    listener_hostname: listener_hostname.clone(),
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
-                    retry: rule.retry.clone(),
+                    retry: rule.retry.as_deref().cloned(),
                     backends: backends.clone(),
                     invalid_weight,
                 };
@@ -89,6 +95,7 @@ fn http_backends(
     gateway: &ObjectKey,
     snapshot: &Snapshot,
     policies: &BackendTlsPolicies,
+    shared: &mut Interner,
 ) -> (Vec<HttpBackend>, u32) {
     let mut backends = Vec::new();
     let mut invalid_weight = 0u32;
@@ -105,7 +112,13 @@ fn http_backends(
         } else {
             BackendProtocol::Http1
         };
-        let filters = http_filters(route, &backend_ref.filters, gateway, snapshot, policies);
+        let filters = shared.filters(http_filters(
+            route,
+            &backend_ref.filters,
+            gateway,
+            snapshot,
+            policies,
+        ));
         backends.extend(endpoints.into_iter().map(|e| HttpBackend {
             addr: e.addr,
             weight: e.weight,
@@ -180,18 +193,20 @@ fn http_filters(
 /// the longest prefix; then a method match, most header matches, most query
 /// parameter matches. GRPCRoute: longest service, longest method, most header
 /// matches. Then, for both, the oldest route, namespace/name, rule and match order.
+/// Borrows from the route: one key per rule match and socket while a
+/// socket's rules are sorted.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct SortKey {
+pub(super) struct SortKey<'a> {
     specificity: [Reverse<usize>; 5],
-    created: String,
-    route: ObjectKey,
+    created: &'a str,
+    route: &'a ObjectKey,
     rule: usize,
     matched: usize,
 }
 
-impl SortKey {
+impl<'a> SortKey<'a> {
     fn new(
-        route: &Route,
+        route: &'a Route,
         m: &HttpMatch,
         grpc: Option<(usize, usize)>,
         rule: usize,
@@ -222,8 +237,8 @@ impl SortKey {
         };
         Self {
             specificity,
-            created: route.created.clone(),
-            route: route.key.clone(),
+            created: &route.created,
+            route: &route.key,
             rule,
             matched,
         }

@@ -83,8 +83,9 @@ pub struct Rule {
     pub backend_refs: Vec<BackendRef>,
     pub filters: Vec<Filter>,
     pub timeouts: HttpTimeouts,
-    /// HTTPRoute `retry`; None for other kinds.
-    pub retry: Option<HttpRetry>,
+    /// HTTPRoute `retry`; None for other kinds (and most rules: boxed, the
+    /// memo keeps every rule).
+    pub retry: Option<Box<HttpRetry>>,
     /// Why the rule cannot be served as written (e.g. an unsupported match), if so.
     pub unsupported: Option<String>,
 }
@@ -563,7 +564,7 @@ pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Ro
 fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::HttpRoute) -> Route {
     let ns = &key.namespace;
     let (generation, created) = meta_facts(&route.metadata);
-    let rules = route.spec.rules.clone().unwrap_or_default();
+    let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
         kind: RouteKind::Http,
         key: key.clone(),
@@ -585,7 +586,8 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
                     _ => vec![HttpMatch::any()],
                 };
                 let mut unsupported = None;
-                let mut backend_refs = Vec::new();
+                let mut backend_refs =
+                    Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
                     let mut backend = backend_ref!(b, ns);
                     match filters(b.filters.as_deref().unwrap_or_default(), ns) {
@@ -610,6 +612,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
                     unsupported = Some(e);
                     None
                 });
+                let rule_retry = rule_retry.map(Box::new);
                 let mut rule = Rule {
                     grpc_precedence: Vec::new(),
                     matches,
@@ -629,7 +632,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
 fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Route {
     let ns = &key.namespace;
     let (generation, created) = meta_facts(&route.metadata);
-    let rules = route.spec.rules.clone().unwrap_or_default();
+    let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
         kind: RouteKind::Grpc,
         key: key.clone(),
@@ -651,7 +654,8 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
                     _ => (vec![HttpMatch::any()], vec![(0, 0)]),
                 };
                 let mut unsupported = None;
-                let mut backend_refs = Vec::new();
+                let mut backend_refs =
+                    Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
                     let mut backend = backend_ref!(b, ns);
                     match filters(b.filters.as_deref().unwrap_or_default(), ns) {

@@ -9,6 +9,7 @@ mod frontend_tls;
 mod gateways;
 mod http;
 pub mod input;
+mod intern;
 pub mod listeners;
 #[cfg(test)]
 mod memo_tests;
@@ -77,8 +78,8 @@ struct RouteMemo {
     route: Route,
     /// One per parentRef of ours: its status, and the listeners it attached to.
     parents: Vec<(ObjectStatus, Vec<Hit>)>,
-    /// The sockets of those listeners.
-    binds: BTreeSet<SocketAddr>,
+    /// The sockets of those listeners, sorted.
+    binds: Box<[SocketAddr]>,
 }
 
 /// A listener accepting a route: its index into the listeners, and the
@@ -293,6 +294,7 @@ pub fn translate_incremental(
     let mut https_certificates: BTreeMap<SocketAddr, Vec<ServerCertificate>> = BTreeMap::new();
     let mut https_validation: BTreeMap<SocketAddr, ClientValidation> = BTreeMap::new();
     let mut tls_sockets = BTreeMap::new();
+    let mut shared = intern::Interner::default();
     // A socket's rules are assembled again when a route on it changed, or
     // when the memo has none for it (a full translate).
     let http_rules = &mut memo.http_rules;
@@ -362,23 +364,27 @@ pub fn translate_incremental(
                     });
                 }
             }
-            "HTTP" if is_dirty(listener) => {
-                http::listener_rules(listener, attached, snapshot, &policies, &mut http)
-            }
-            "HTTP" => {
-                for bind in listener_binds(listener) {
-                    http.entry(bind).or_default();
-                }
-            }
-            "HTTPS" => {
+            "HTTP" | "HTTPS" => {
                 if is_dirty(listener) {
-                    http::listener_rules(listener, attached, snapshot, &policies, &mut http);
+                    http::listener_rules(
+                        listener,
+                        attached,
+                        snapshot,
+                        &policies,
+                        &mut http,
+                        &mut shared,
+                    );
                 } else {
                     for bind in listener_binds(listener) {
                         http.entry(bind).or_default();
                     }
                 }
-                for bind in listener_binds(listener) {
+                // HTTPS: the socket's certificates and client validation.
+                let tls_binds = match listener.protocol {
+                    "HTTPS" => listener_binds(listener),
+                    _ => Vec::new(),
+                };
+                for bind in tls_binds {
                     https_certificates
                         .entry(bind)
                         .or_default()
@@ -407,7 +413,11 @@ pub fn translate_incremental(
             Some(kept) if !dirty_binds.contains(&bind) => kept.clone(),
             _ => {
                 rules.sort_by(|a, b| a.0.cmp(&b.0));
-                Arc::new(rules.into_iter().map(|(_, r)| r).collect())
+                // Kept until the socket's rules change: sized exactly (a
+                // collect in place would keep the sort keys' room).
+                let mut kept = Vec::with_capacity(rules.len());
+                kept.extend(rules.into_iter().map(|(_, r)| r));
+                Arc::new(kept)
             }
         };
         assembled.insert(bind, rules.clone());
@@ -420,6 +430,8 @@ pub fn translate_incremental(
     }
     *http_rules = assembled;
     config.tls_passthrough = passthrough::finish(tls_sockets);
+    // Kept with the applied config (for `/explain`): no spare room.
+    statuses.shrink_to_fit();
     Output { config, statuses }
 }
 
@@ -470,10 +482,12 @@ fn route_memo(
         status.push(resolved_refs_condition(&route, snapshot));
         parents.push((status, hits));
     }
+    // Kept until the route changes: no spare capacity.
+    parents.shrink_to_fit();
     RouteMemo {
         route,
         parents,
-        binds,
+        binds: binds.into_iter().collect(),
     }
 }
 
@@ -560,6 +574,7 @@ fn attach(
             "no listener hostname intersects the route's hostnames".into(),
         ));
     }
+    hits.shrink_to_fit();
     Ok(hits)
 }
 

@@ -241,7 +241,7 @@ fn hostnames_intersect_with_the_listener() {
         rules(&out)
             .iter()
             .find(|r| r.route.name == name)
-            .map(|r| r.hostnames.clone())
+            .map(|r| r.hostnames.to_vec())
             .unwrap()
     };
     assert_eq!(hosts("narrow"), ["a.example.com"]);
@@ -673,7 +673,7 @@ fn a_listener_set_listener_loses_to_the_gateway_and_routes_attach_by_parent_kind
             .attached_routes,
         1
     );
-    let hosts: Vec<&[String]> = rules(&out).iter().map(|r| r.hostnames.as_slice()).collect();
+    let hosts: Vec<&[String]> = rules(&out).iter().map(|r| &r.hostnames[..]).collect();
     assert!(
         hosts.contains(&&["gw.example".to_string()][..]),
         "{hosts:?}"

@@ -1,7 +1,7 @@
 use hyper::header::HeaderValue;
 
 use super::*;
-use crate::model::{HttpFilters, HttpTimeouts, RouteRef};
+use crate::model::{HttpTimeouts, NameValueMatch, RouteRef};
 
 fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
     HttpRule {
@@ -14,10 +14,10 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         hostnames: hosts.iter().map(|h| h.to_string()).collect(),
         listener_hostname: None,
         matched,
-        filters: HttpFilters::default(),
+        filters: Arc::default(),
         timeouts: HttpTimeouts::default(),
         retry: None,
-        backends: Vec::new(),
+        backends: Arc::new([]),
         invalid_weight: 0,
     }
 }
@@ -352,4 +352,34 @@ fn a_host_of_another_listener_than_the_sni_is_misdirected() {
     ] {
         assert_eq!(table.misdirected(sni, host), misdirected, "{sni} {host}");
     }
+}
+
+#[test]
+fn each_regular_expression_of_a_match_is_checked_against_its_own_condition() {
+    // Path, header and query regular expressions in one match, around exact
+    // conditions: each condition must use its own compiled expression.
+    let matched = HttpMatch {
+        path: PathMatch::RegularExpression("/api/[a-z]+".into()),
+        headers: vec![exact("x-env", "prod"), regex("x-id", "[0-9]+")],
+        query_params: vec![regex("page", "[a-c]"), exact("lang", "en")],
+        ..HttpMatch::any()
+    };
+    let table = RouteTable::new(vec![rule("all", &[], matched)]);
+    let headers = [("x-env", "prod"), ("x-id", "42")];
+    let pick_with =
+        |target: &str, headers: &[(&str, &str)]| pick(&table, "GET", "h", target, headers);
+    assert_eq!(
+        pick_with("/api/items?page=b&lang=en", &headers).as_deref(),
+        Some("all")
+    );
+    assert_eq!(pick_with("/api/42?page=b&lang=en", &headers), None);
+    assert_eq!(
+        pick_with(
+            "/api/items?page=b&lang=en",
+            &[("x-env", "prod"), ("x-id", "a")]
+        ),
+        None
+    );
+    assert_eq!(pick_with("/api/items?page=42&lang=en", &headers), None);
+    assert_eq!(pick_with("/api/items?page=b&lang=fr", &headers), None);
 }

@@ -262,7 +262,7 @@ fn grpc_routes_match_on_the_method_path_in_grpc_precedence() {
     assert!(
         rules(&out)
             .iter()
-            .flat_map(|r| &r.backends)
+            .flat_map(|r| r.backends.iter())
             .all(|b| b.protocol == BackendProtocol::H2c)
     );
     let accepted = out
@@ -290,7 +290,7 @@ fn invalid_regexes_and_unresolvable_mirrors_are_reported() {
          \x20   filters: [{type: RequestRedirect, requestRedirect: {hostname: x.example}}]\n",
     ));
     // Its other filters do not run either: the rule only answers 500.
-    assert_eq!(rules(&out_redirect)[0].filters, HttpFilters::default());
+    assert_eq!(*rules(&out_redirect)[0].filters, HttpFilters::default());
     assert_eq!(rules(&out_redirect)[0].invalid_weight, 1);
     let condition = |out: &Output| {
         out.statuses
