@@ -15,7 +15,8 @@ use crate::status_writer::{StatusWriter, status_updates};
 use crate::store::Snapshot;
 use crate::translate::{self, ObjectStatus, Settings};
 
-/// A lone change (an edit) is applied once nothing else came for this long...
+/// A lone change (one `QUIET` after the previous) is applied once nothing
+/// else came for this long...
 const SETTLE: Duration = Duration::from_millis(1);
 /// ...while a burst of changes is applied once it has been quiet this long...
 const QUIET: Duration = Duration::from_millis(100);
@@ -90,6 +91,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // it touches.
     let mut served = Arc::new(Snapshot::default());
     let mut memo = translate::Memo::default();
+    let mut last_change = tokio::time::Instant::now();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let failing = source.failing();
@@ -142,7 +144,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
 
         tokio::select! {
-            () = debounced(&source) => {}
+            () = debounced(&source, &mut last_change) => {}
             () = &mut shutdown => break,
         }
     }
@@ -157,22 +159,30 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves after a change: at once for a lone change; for a burst, once
+/// Resolves after a change: at once (`SETTLE`) for a lone change, one that
+/// came `QUIET` after the previous (`last_change`); within a burst, once
 /// things have been quiet for `QUIET`, or after `MAX_DELAY` of continuous
-/// change, so that a burst becomes one apply.
-async fn debounced(source: &KubeSource) {
+/// change, so that a burst becomes a few applies.
+async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) {
     source.changed().await;
-    let deadline = tokio::time::Instant::now() + MAX_DELAY;
-    if tokio::time::timeout(SETTLE, source.changed())
-        .await
-        .is_err()
-    {
-        return;
+    let now = tokio::time::Instant::now();
+    let lone = now.duration_since(*last_change) >= QUIET;
+    *last_change = now;
+    let deadline = now + MAX_DELAY;
+    if lone {
+        if tokio::time::timeout(SETTLE, source.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        *last_change = tokio::time::Instant::now();
     }
     loop {
         tokio::select! {
             () = source.changed() => {
-                if tokio::time::Instant::now() >= deadline {
+                *last_change = tokio::time::Instant::now();
+                if *last_change >= deadline {
                     return;
                 }
             }
