@@ -401,7 +401,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 /// One row per condition, in the manner of `kubectl get`.
-fn status_table(statuses: &[translate::ObjectStatus]) -> String {
+fn status_table(statuses: &[std::sync::Arc<translate::ObjectStatus>]) -> String {
     let mut rows = vec![[
         "KIND".to_string(),
         "NAME".into(),

@@ -6,6 +6,7 @@
 //! output it applied last (its admin `/explain`), with this same code.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use hyper::HeaderMap;
@@ -281,7 +282,7 @@ pub fn explain(output: &Output, target: &Target, request: &str) -> Explanation {
     explanation
 }
 
-fn not_attached(statuses: &[ObjectStatus], kinds: &[&str]) -> Vec<NotAttached> {
+fn not_attached(statuses: &[Arc<ObjectStatus>], kinds: &[&str]) -> Vec<NotAttached> {
     statuses
         .iter()
         .filter(|s| kinds.contains(&s.kind))
@@ -304,7 +305,7 @@ fn not_attached(statuses: &[ObjectStatus], kinds: &[&str]) -> Vec<NotAttached> {
         .collect()
 }
 
-fn accepted_on(statuses: &[ObjectStatus], route: &RouteName) -> Vec<String> {
+fn accepted_on(statuses: &[Arc<ObjectStatus>], route: &RouteName) -> Vec<String> {
     statuses
         .iter()
         .filter(|s| {

@@ -9,6 +9,7 @@
 //! (409) and is redone from the newer object rather than lost.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -80,7 +81,7 @@ fn object_json(snapshot: &Snapshot, kind: &str, key: &ObjectKey) -> Option<Value
 /// translate decided it is served on.
 pub fn status_updates(
     snapshot: &Snapshot,
-    statuses: &[ObjectStatus],
+    statuses: &[Arc<ObjectStatus>],
     controller_name: &str,
     now: Timestamp,
 ) -> Vec<StatusUpdate> {

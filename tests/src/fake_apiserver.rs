@@ -849,6 +849,7 @@ fn watch(
             store.resource_version,
         )
     };
+    let shared = shared.clone();
     tokio::spawn(async move {
         if expired {
             let _ = tx.send(event_line("ERROR", &gone)).await;
@@ -869,10 +870,32 @@ fn watch(
         loop {
             tokio::select! {
                 message = changes.recv() => match message {
-                    Ok(Broadcast::Change(c)) => {
-                        last = last.max(c.resource_version);
+                    // (Not again what a catch-up after a lag sent.)
+                    Ok(Broadcast::Change(c)) if c.resource_version > last => {
+                        last = c.resource_version;
                         if wanted(&c) && tx.send(event_line(c.type_, &c.object)).await.is_err() {
                             return;
+                        }
+                    }
+                    Ok(Broadcast::Change(_)) => {}
+                    // Fell behind a burst (thousands of status writes):
+                    // the missed changes are in the log, as a real API
+                    // server's watch cache would have them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let missed: Vec<Change> = {
+                            let store = shared.store.lock().expect("store");
+                            store
+                                .log
+                                .iter()
+                                .filter(|c| c.resource_version > last && wanted(c))
+                                .cloned()
+                                .collect()
+                        };
+                        for change in missed {
+                            last = last.max(change.resource_version);
+                            if tx.send(event_line(change.type_, &change.object)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(Broadcast::Expire) | Err(_) => {

@@ -10,12 +10,15 @@ use tokio::sync::watch;
 use super::node::Node;
 use super::{RunArgs, shutdown_signal};
 use crate::leader::{LeaderElector, LeaseConfig};
-use crate::source::kube::KubeSource;
+use crate::source::kube::{KubeSource, Update};
 use crate::status_writer::{StatusWriter, status_updates};
 use crate::store::Snapshot;
 use crate::translate::{self, ObjectStatus, Settings};
 
-/// A burst of changes is applied once it has been quiet this long...
+/// A lone change (one `QUIET` after the previous) is applied once nothing
+/// else came for this long...
+const SETTLE: Duration = Duration::from_millis(1);
+/// ...while a burst of changes is applied once it has been quiet this long...
 const QUIET: Duration = Duration::from_millis(100);
 /// ...or once it has lasted this long, so a steady stream still gets applied.
 const MAX_DELAY: Duration = Duration::from_secs(1);
@@ -23,7 +26,7 @@ const MAX_DELAY: Duration = Duration::from_secs(1);
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
 const STATUS_RETRY: Duration = Duration::from_secs(2);
 
-type Decided = Arc<(Snapshot, Vec<ObjectStatus>)>;
+type Decided = Arc<(Arc<Snapshot>, Vec<Arc<ObjectStatus>>)>;
 
 pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cluster = &args.cluster;
@@ -83,6 +86,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(node = %node_name, pin_dir = %node.pin_dir.display(), "cluster mode: watching the API server");
 
     let mut generation = 0u64;
+    // The snapshot served, kept up to date object by object, and what the
+    // last translate leaves for the next: an API event re-translates what
+    // it touches.
+    let mut served = Arc::new(Snapshot::default());
+    let mut memo = translate::Memo::default();
+    let mut last_change = tokio::time::Instant::now();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let failing = source.failing();
@@ -92,24 +101,50 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
         *node.admin.degraded.lock().expect("admin lock") = degraded;
 
-        if let Some(snapshot) = source.snapshot() {
+        let started = Instant::now();
+        // The status writer shares the snapshot it was handed: take it back,
+        // so that the snapshot is updated in place rather than copied
+        // (unless a write is still computing from it).
+        decided_tx.send_replace(None);
+        let changes = match source.refresh(Arc::make_mut(&mut served)) {
+            Update::NotListed => None,
+            Update::Everything => Some(None),
+            Update::Objects(changed) => Some(Some(changed)),
+        };
+        if let Some(changes) = changes {
             generation += 1;
-            let started = Instant::now();
-            let output = translate::translate(&snapshot, &node.settings);
+            // Translating is CPU work: off the runtime, so that the requests
+            // in flight are not stalled by a reload.
+            let settings = node.settings.clone();
+            let snapshot = served.clone();
+            let (returned_memo, output, translate_took) = tokio::task::spawn_blocking(move || {
+                let translating = Instant::now();
+                let output = translate::translate_incremental(
+                    &snapshot,
+                    &settings,
+                    changes.as_ref(),
+                    &mut memo,
+                );
+                (memo, output, translating.elapsed())
+            })
+            .await
+            .context("the reload thread panicked")?;
+            memo = returned_memo;
             node.apply(&output.config, generation, started).await;
             tracing::info!(
                 generation,
                 l4_listeners = output.config.l4.len(),
                 http_listeners = output.config.http.len(),
+                translate_ms = translate_took.as_secs_f64() * 1e3,
                 took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "config applied"
             );
-            decided_tx.send_replace(Some(Arc::new((snapshot, output.statuses.clone()))));
+            decided_tx.send_replace(Some(Arc::new((served.clone(), output.statuses.clone()))));
             node.state.applied(output, generation);
         }
 
         tokio::select! {
-            () = debounced(&source) => {}
+            () = debounced(&source, &mut last_change) => {}
             () = &mut shutdown => break,
         }
     }
@@ -124,15 +159,30 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves after a change once things have been quiet for `QUIET`, or after
-/// `MAX_DELAY` of continuous change: a burst becomes one apply.
-async fn debounced(source: &KubeSource) {
+/// Resolves after a change: at once (`SETTLE`) for a lone change, one that
+/// came `QUIET` after the previous (`last_change`); within a burst, once
+/// things have been quiet for `QUIET`, or after `MAX_DELAY` of continuous
+/// change, so that a burst becomes a few applies.
+async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) {
     source.changed().await;
-    let deadline = tokio::time::Instant::now() + MAX_DELAY;
+    let now = tokio::time::Instant::now();
+    let lone = now.duration_since(*last_change) >= QUIET;
+    *last_change = now;
+    let deadline = now + MAX_DELAY;
+    if lone {
+        if tokio::time::timeout(SETTLE, source.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        *last_change = tokio::time::Instant::now();
+    }
     loop {
         tokio::select! {
             () = source.changed() => {
-                if tokio::time::Instant::now() >= deadline {
+                *last_change = tokio::time::Instant::now();
+                if *last_change >= deadline {
                     return;
                 }
             }
@@ -174,6 +224,9 @@ async fn write_statuses(
             &settings.controller_name,
             k8s_openapi::jiff::Timestamp::now(),
         );
+        // Hand the snapshot back before the writes: the reload loop updates
+        // it in place when no one else holds it.
+        drop(latest);
         let (_, errors) = writer.write(updates).await;
         for error in &errors {
             tracing::warn!(%error, "status not written; retrying");

@@ -12,7 +12,7 @@ use super::RunArgs;
 use crate::admin::{self, AdminState};
 use crate::dataplane::loader::{FlowTimeouts, L4Dataplane};
 use crate::metrics::{self, AgentMetrics, ProxyMetrics};
-use crate::model::DataplaneConfig;
+use crate::model::{DataplaneConfig, L4Listener, TlsPassthroughListener};
 use crate::netif;
 use crate::passthrough::Passthrough;
 use crate::proxy::Proxy;
@@ -28,6 +28,9 @@ pub(super) struct Node {
     pub admin: Arc<AdminState>,
     /// What `/state` (and so `inspect`) reports.
     pub state: Arc<crate::inspect::StateSource>,
+    /// The L4 and TLS passthrough parts last applied: a reload that leaves
+    /// them as they were (a route edit) does not walk their appliers.
+    applied: Mutex<Option<(Vec<L4Listener>, Vec<TlsPassthroughListener>)>>,
 }
 
 impl Node {
@@ -88,24 +91,42 @@ impl Node {
             metrics: agent_metrics,
             admin,
             state,
+            applied: Mutex::default(),
         })
     }
 
     /// Programs one translated config into the three data planes (errors are
     /// logged and counted; what could be applied serves) and marks the node ready.
     pub async fn apply(&self, config: &DataplaneConfig, generation: u64, started: Instant) {
-        let l4_result = self.l4.lock().expect("L4 dataplane lock").apply(&config.l4);
-        if let Err(e) = l4_result {
-            self.metrics.apply_errors.inc();
-            tracing::error!(error = %e, "programming the L4 maps failed");
+        let (l4_same, tls_same) = match &*self.applied.lock().expect("applied lock") {
+            Some((l4, tls)) => (*l4 == config.l4, *tls == config.tls_passthrough),
+            None => (false, false),
+        };
+        let mut l4_ok = true;
+        if !l4_same {
+            let l4_result = self.l4.lock().expect("L4 dataplane lock").apply(&config.l4);
+            if let Err(e) = l4_result {
+                l4_ok = false;
+                self.metrics.apply_errors.inc();
+                tracing::error!(error = %e, "programming the L4 maps failed");
+            }
         }
         for (addr, error) in self.proxy.apply(&config.http).await {
             self.metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve HTTP listener");
         }
-        for (addr, error) in self.passthrough.apply(&config.tls_passthrough).await {
-            self.metrics.apply_errors.inc();
-            tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
+        let mut tls_ok = true;
+        if !tls_same {
+            for (addr, error) in self.passthrough.apply(&config.tls_passthrough).await {
+                tls_ok = false;
+                self.metrics.apply_errors.inc();
+                tracing::error!(%addr, %error, "cannot serve TLS passthrough listener");
+            }
+        }
+        // What failed is tried again on the next reload, changed or not.
+        if !(l4_same && tls_same) {
+            *self.applied.lock().expect("applied lock") =
+                (l4_ok && tls_ok).then(|| (config.l4.clone(), config.tls_passthrough.clone()));
         }
         self.metrics.config_generation.set(generation);
         self.metrics

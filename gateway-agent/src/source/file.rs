@@ -290,8 +290,9 @@ pub struct ManifestWatcher {
     events: tokio::sync::mpsc::UnboundedReceiver<notify::Event>,
 }
 
-/// A burst ends when no event came for this long and every file written to
-/// was closed again (else a reload could read a file its writer just truncated).
+/// A burst ends as soon as every file written to was closed again (else a
+/// reload could read a file its writer just truncated), or, when nothing was
+/// written (a rename, a removal), once no event came for this long...
 const QUIET: Duration = Duration::from_millis(2);
 /// ... or after this long, whatever is still open.
 const MAX_BURST: Duration = Duration::from_millis(100);
@@ -324,18 +325,27 @@ impl ManifestWatcher {
         let Some(first) = self.events.recv().await else {
             return false;
         };
-        let burst = std::time::Instant::now();
+        let end = tokio::time::Instant::now() + MAX_BURST;
         let mut writing = BTreeSet::new();
-        track_writes(&first, &mut writing);
-        while burst.elapsed() < MAX_BURST {
-            tokio::time::sleep(QUIET).await;
-            let mut quiet = true;
+        let mut closed = track_writes(&first, &mut writing);
+        loop {
             while let Ok(event) = self.events.try_recv() {
-                track_writes(&event, &mut writing);
-                quiet = false;
+                closed |= track_writes(&event, &mut writing);
             }
-            if quiet && writing.is_empty() {
+            // A writer closed what it wrote: the edit is complete, read it
+            // now rather than wait out a quiet period (a save that goes on,
+            // e.g. a rename after the write, is one more reload).
+            if closed && writing.is_empty() {
                 break;
+            }
+            // Woken by the next event, not by polling, so that the close
+            // is seen as soon as it happens.
+            let wait_until = end.min(tokio::time::Instant::now() + QUIET);
+            match tokio::time::timeout_at(wait_until, self.events.recv()).await {
+                Ok(Some(event)) => closed |= track_writes(&event, &mut writing),
+                Ok(None) => return false,
+                Err(_) if writing.is_empty() || tokio::time::Instant::now() >= end => break,
+                Err(_) => {}
             }
         }
         true
@@ -347,8 +357,9 @@ fn closes_a_write(event: &notify::Event) -> bool {
     event.kind == notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
 }
 
-/// Files opened for writing and not closed yet.
-fn track_writes(event: &notify::Event, writing: &mut BTreeSet<PathBuf>) {
+/// Files opened for writing and not closed yet; true when `event` closes a
+/// written file.
+fn track_writes(event: &notify::Event, writing: &mut BTreeSet<PathBuf>) -> bool {
     use notify::EventKind;
     use notify::event::ModifyKind;
     match event.kind {
@@ -364,9 +375,11 @@ fn track_writes(event: &notify::Event, writing: &mut BTreeSet<PathBuf>) {
             for path in &event.paths {
                 writing.remove(path);
             }
+            return true;
         }
         _ => {}
     }
+    false
 }
 
 fn collect_yaml_files(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<ManifestError>) {

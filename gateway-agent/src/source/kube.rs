@@ -3,6 +3,10 @@
 //! is collected aside and swapped in whole when complete, so the objects
 //! already served stay until their replacement is known.
 //!
+//! Each change is recorded by kind and key, so that a refresh copies only
+//! the changed objects into the snapshot it serves and translates only what
+//! they touch (a relist counts as a change of everything).
+//!
 //! Secrets: one watch of the Secrets of type `kubernetes.io/tls` (a field
 //! selector), of which only those a Gateway listener references enter the
 //! snapshot. A watch per referenced name would have to be restarted whenever a
@@ -10,7 +14,7 @@
 //! advance anyway; filtering by type keeps other Secrets (tokens, passwords)
 //! from ever reaching the agent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +39,7 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::store::{ObjectKey, Snapshot};
+use crate::store::{Kind, ObjectKey, Snapshot};
 
 /// An API the cluster does not serve (a CRD not installed) is looked for again
 /// this often: rarely, since installing CRDs is an operator's deliberate act.
@@ -63,6 +67,43 @@ struct State {
     /// Every ConfigMap seen; only those a BackendTLSPolicy names are handed out.
     config_maps: BTreeMap<ObjectKey, ConfigMap>,
     kinds: BTreeMap<&'static str, KindState>,
+    /// Objects added, changed or deleted since the last `refresh`...
+    changed: BTreeSet<(Kind, ObjectKey)>,
+    /// ...or everything (a relist, a kind found not installed).
+    everything_changed: bool,
+}
+
+/// One kind's objects in the watchers' state.
+type Field<K> = fn(&mut State) -> &mut BTreeMap<ObjectKey, K>;
+
+impl State {
+    fn put<K: Resource>(&mut self, id: Kind, field: Field<K>, object: K) {
+        let key = key_of(&object);
+        field(self).insert(key.clone(), object);
+        self.changed.insert((id, key));
+    }
+
+    fn remove<K>(&mut self, id: Kind, field: Field<K>, key: &ObjectKey) {
+        field(self).remove(key);
+        self.changed.insert((id, key.clone()));
+    }
+
+    /// A relist, swapped in whole.
+    fn replace_all<K>(&mut self, field: Field<K>, objects: BTreeMap<ObjectKey, K>) {
+        *field(self) = objects;
+        self.everything_changed = true;
+    }
+}
+
+/// What `KubeSource::refresh` found.
+#[derive(Debug, PartialEq)]
+pub enum Update {
+    /// Some kind has not been listed yet: a partial view would drop routes.
+    NotListed,
+    /// Anything may have changed (the first update, a relist).
+    Everything,
+    /// These objects were added, changed or deleted (possibly none).
+    Objects(BTreeSet<(Kind, ObjectKey)>),
 }
 
 /// The watchers' shared view of the cluster. Cheap to clone.
@@ -81,43 +122,66 @@ impl KubeSource {
         };
         let all = watcher::Config::default();
         macro_rules! watch {
-            ($kind:literal, $ty:ty, $field:ident, $config:expr) => {
-                source.spawn::<$ty>($kind, Api::all(client.clone()), $config, |s: &mut State| {
-                    &mut s.snapshot.$field
-                });
+            ($kind:literal, $id:ident, $ty:ty, $field:ident, $config:expr) => {
+                source.spawn::<$ty>(
+                    ($kind, Kind::$id),
+                    Api::all(client.clone()),
+                    $config,
+                    |s: &mut State| &mut s.snapshot.$field,
+                );
             };
         }
-        watch!("GatewayClass", GatewayClass, gateway_classes, all.clone());
-        watch!("Gateway", Gateway, gateways, all.clone());
-        watch!("ListenerSet", ListenerSet, listener_sets, all.clone());
-        watch!("HTTPRoute", HttpRoute, http_routes, all.clone());
-        watch!("GRPCRoute", GrpcRoute, grpc_routes, all.clone());
-        watch!("TLSRoute", TlsRoute, tls_routes, all.clone());
-        watch!("TCPRoute", TcpRoute, tcp_routes, all.clone());
-        watch!("UDPRoute", UdpRoute, udp_routes, all.clone());
+        watch!(
+            "GatewayClass",
+            GatewayClass,
+            GatewayClass,
+            gateway_classes,
+            all.clone()
+        );
+        watch!("Gateway", Gateway, Gateway, gateways, all.clone());
+        watch!(
+            "ListenerSet",
+            ListenerSet,
+            ListenerSet,
+            listener_sets,
+            all.clone()
+        );
+        watch!("HTTPRoute", HttpRoute, HttpRoute, http_routes, all.clone());
+        watch!("GRPCRoute", GrpcRoute, GrpcRoute, grpc_routes, all.clone());
+        watch!("TLSRoute", TlsRoute, TlsRoute, tls_routes, all.clone());
+        watch!("TCPRoute", TcpRoute, TcpRoute, tcp_routes, all.clone());
+        watch!("UDPRoute", UdpRoute, UdpRoute, udp_routes, all.clone());
         watch!(
             "ReferenceGrant",
+            ReferenceGrant,
             ReferenceGrant,
             reference_grants,
             all.clone()
         );
-        watch!("Service", Service, services, all.clone());
-        watch!("EndpointSlice", EndpointSlice, endpoint_slices, all.clone());
-        watch!("Namespace", Namespace, namespaces, all.clone());
+        watch!("Service", Service, Service, services, all.clone());
+        watch!(
+            "EndpointSlice",
+            EndpointSlice,
+            EndpointSlice,
+            endpoint_slices,
+            all.clone()
+        );
+        watch!("Namespace", Namespace, Namespace, namespaces, all.clone());
         watch!(
             "BackendTLSPolicy",
+            BackendTlsPolicy,
             BackendTlsPolicy,
             backend_tls_policies,
             all.clone()
         );
         source.spawn::<ConfigMap>(
-            "ConfigMap",
+            ("ConfigMap", Kind::ConfigMap),
             Api::all(client.clone()),
             all.clone(),
             |s: &mut State| &mut s.config_maps,
         );
         source.spawn::<Secret>(
-            "Secret",
+            ("Secret", Kind::Secret),
             Api::all(client.clone()),
             all.fields("type=kubernetes.io/tls"),
             |s: &mut State| &mut s.tls_secrets,
@@ -127,10 +191,10 @@ impl KubeSource {
 
     fn spawn<K>(
         &self,
-        kind: &'static str,
+        kind: (&'static str, Kind),
         api: Api<K>,
         config: watcher::Config,
-        field: fn(&mut State) -> &mut BTreeMap<ObjectKey, K>,
+        field: Field<K>,
     ) where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
@@ -138,17 +202,17 @@ impl KubeSource {
             .lock()
             .expect("source lock")
             .kinds
-            .insert(kind, KindState::Listing);
+            .insert(kind.0, KindState::Listing);
         let source = self.clone();
         tokio::spawn(async move { source.watch(kind, api, config, field).await });
     }
 
     async fn watch<K>(
         &self,
-        kind: &'static str,
+        (kind, id): (&'static str, Kind),
         api: Api<K>,
         config: watcher::Config,
-        field: fn(&mut State) -> &mut BTreeMap<ObjectKey, K>,
+        field: Field<K>,
     ) where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
@@ -167,19 +231,15 @@ impl KubeSource {
                 Ok(Event::InitDone) => {
                     let objects = relist.take().unwrap_or_default();
                     tracing::debug!(kind, objects = objects.len(), "listed");
-                    self.update(kind, |s| *field(s) = objects);
+                    self.update(kind, |s| s.replace_all(field, objects));
                     backoff = BACKOFF_FIRST;
                 }
                 Ok(Event::Apply(object)) => {
-                    self.update(kind, |s| {
-                        field(s).insert(key_of(&object), object);
-                    });
+                    self.update(kind, |s| s.put(id, field, object));
                     backoff = BACKOFF_FIRST;
                 }
                 Ok(Event::Delete(object)) => {
-                    self.update(kind, |s| {
-                        field(s).remove(&key_of(&object));
-                    });
+                    self.update(kind, |s| s.remove(id, field, &key_of(&object)));
                 }
                 Err(error) if is_not_found(&error) => {
                     tracing::warn!(
@@ -188,7 +248,7 @@ impl KubeSource {
                         "the API server does not serve this kind (CRD not installed): skipped"
                     );
                     relist = None;
-                    self.update(kind, |s| field(s).clear());
+                    self.update(kind, |s| s.replace_all(field, BTreeMap::new()));
                     self.set_kind(kind, KindState::NotInstalled);
                     tokio::time::sleep(NOT_INSTALLED_RECHECK).await;
                     stream = watcher::watcher(api.clone(), config.clone()).boxed();
@@ -236,17 +296,29 @@ impl KubeSource {
         self.changed.notified().await;
     }
 
-    /// The current snapshot, once every kind has been listed (or found not
-    /// installed): before that, a partial view would drop routes.
-    pub fn snapshot(&self) -> Option<Snapshot> {
-        let state = self.state.lock().expect("source lock");
+    /// Brings `served` up to date with the watchers' view, once every kind
+    /// has been listed (or found not installed), and says what changed since
+    /// the last call. Only changed objects are copied, unless everything
+    /// may have changed (the first call, a relist).
+    pub fn refresh(&self, served: &mut Snapshot) -> Update {
+        let mut state = self.state.lock().expect("source lock");
         if state.kinds.values().any(|k| *k == KindState::Listing) {
-            return None;
+            return Update::NotListed;
         }
-        let mut snapshot = state.snapshot.clone();
-        snapshot.secrets = referenced_secrets(&state.snapshot, &state.tls_secrets);
-        snapshot.config_maps = referenced_config_maps(&state.snapshot, &state.config_maps);
-        Some(snapshot)
+        let changed = std::mem::take(&mut state.changed);
+        let update = if std::mem::take(&mut state.everything_changed) {
+            *served = state.snapshot.clone();
+            Update::Everything
+        } else {
+            for (kind, key) in &changed {
+                copy_object(&state.snapshot, served, *kind, key);
+            }
+            Update::Objects(changed)
+        };
+        // Few: only those a Gateway or a policy names.
+        served.secrets = referenced_secrets(&state.snapshot, &state.tls_secrets);
+        served.config_maps = referenced_config_maps(&state.snapshot, &state.config_maps);
+        update
     }
 
     /// Kinds whose watch is failing, with why: the agent serves the last
@@ -265,6 +337,43 @@ impl KubeSource {
 
     pub fn kind_states(&self) -> BTreeMap<&'static str, KindState> {
         self.state.lock().expect("source lock").kinds.clone()
+    }
+}
+
+/// Makes `to`'s version of one object `from`'s (present or absent). Secrets
+/// and ConfigMaps are handed out by reference, not copied here.
+fn copy_object(from: &Snapshot, to: &mut Snapshot, kind: Kind, key: &ObjectKey) {
+    fn copy<T: Clone>(
+        from: &BTreeMap<ObjectKey, T>,
+        to: &mut BTreeMap<ObjectKey, T>,
+        key: &ObjectKey,
+    ) {
+        match from.get(key) {
+            Some(object) => to.insert(key.clone(), object.clone()),
+            None => to.remove(key),
+        };
+    }
+    match kind {
+        Kind::GatewayClass => copy(&from.gateway_classes, &mut to.gateway_classes, key),
+        Kind::Gateway => copy(&from.gateways, &mut to.gateways, key),
+        Kind::HttpRoute => copy(&from.http_routes, &mut to.http_routes, key),
+        Kind::GrpcRoute => copy(&from.grpc_routes, &mut to.grpc_routes, key),
+        Kind::TcpRoute => copy(&from.tcp_routes, &mut to.tcp_routes, key),
+        Kind::UdpRoute => copy(&from.udp_routes, &mut to.udp_routes, key),
+        Kind::TlsRoute => copy(&from.tls_routes, &mut to.tls_routes, key),
+        Kind::ReferenceGrant => copy(&from.reference_grants, &mut to.reference_grants, key),
+        Kind::Service => copy(&from.services, &mut to.services, key),
+        Kind::EndpointSlice => copy(&from.endpoint_slices, &mut to.endpoint_slices, key),
+        Kind::Namespace => copy(&from.namespaces, &mut to.namespaces, key),
+        Kind::ListenerSet => copy(&from.listener_sets, &mut to.listener_sets, key),
+        Kind::BackendTlsPolicy => {
+            copy(
+                &from.backend_tls_policies,
+                &mut to.backend_tls_policies,
+                key,
+            );
+        }
+        Kind::Secret | Kind::ConfigMap => {}
     }
 }
 
@@ -335,6 +444,88 @@ fn referenced_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service(name: &str, port: i32) -> Service {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+        ))
+        .expect("service")
+    }
+
+    fn route(name: &str, host: &str) -> HttpRoute {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: default}}\nspec: {{hostnames: [{host}]}}\n"
+        ))
+        .expect("route")
+    }
+
+    /// Random watch events: after every refresh, the snapshot kept up to
+    /// date from the reported changes holds what a full copy holds, and a
+    /// refresh reports exactly the objects the events touched.
+    #[test]
+    fn refreshes_copy_the_changed_objects_and_report_them() {
+        let services: Field<Service> = |s| &mut s.snapshot.services;
+        let routes: Field<HttpRoute> = |s| &mut s.snapshot.http_routes;
+        let source = KubeSource {
+            state: Arc::default(),
+            changed: Arc::new(Notify::new()),
+        };
+        source.set_kind("HTTPRoute", KindState::Listing);
+        let mut served = Snapshot::default();
+        assert_eq!(source.refresh(&mut served), Update::NotListed);
+        source.update("HTTPRoute", |s| s.replace_all(routes, BTreeMap::new()));
+        assert_eq!(source.refresh(&mut served), Update::Everything);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for step in 0..200 {
+            let name = format!("o{}", rng.u8(0..5));
+            let mut touched = BTreeSet::new();
+            let relist = rng.u8(0..20) == 0;
+            for _ in 0..rng.usize(1..3) {
+                match rng.u8(0..4) {
+                    0 => {
+                        source.update("Service", |s| {
+                            s.remove(Kind::Service, services, &ObjectKey::new("default", &name));
+                        });
+                        touched.insert((Kind::Service, ObjectKey::new("default", &name)));
+                    }
+                    1 => {
+                        let port = rng.i32(1..100);
+                        source.update("Service", |s| {
+                            s.put(Kind::Service, services, service(&name, port))
+                        });
+                        touched.insert((Kind::Service, ObjectKey::new("default", &name)));
+                    }
+                    _ => {
+                        let host = format!("h{}.example", rng.u8(0..9));
+                        source.update("HTTPRoute", |s| {
+                            s.put(Kind::HttpRoute, routes, route(&name, &host))
+                        });
+                        touched.insert((Kind::HttpRoute, ObjectKey::new("default", &name)));
+                    }
+                }
+            }
+            if relist {
+                let mut objects = BTreeMap::new();
+                objects.insert(
+                    ObjectKey::new("default", "fresh"),
+                    route("fresh", "f.example"),
+                );
+                source.update("HTTPRoute", |s| s.replace_all(routes, objects));
+            }
+            let expected = if relist {
+                Update::Everything
+            } else {
+                Update::Objects(touched)
+            };
+            assert_eq!(source.refresh(&mut served), expected, "step {step}");
+            let full = source.state.lock().expect("source lock").snapshot.clone();
+            assert_eq!(
+                format!("{:?}", (&served.services, &served.http_routes)),
+                format!("{:?}", (&full.services, &full.http_routes)),
+                "step {step}"
+            );
+        }
+    }
 
     #[test]
     fn only_secrets_a_listener_references_are_handed_out() {

@@ -234,7 +234,8 @@ fn incremental_translate_equals_a_full_translate_over_random_edits() {
 
 /// A route edit re-assembles the rules of the socket the route is on, and
 /// hands back the very same rules (the same Arc, which the proxy keeps) for
-/// the other sockets; a Service change assembles everything again.
+/// the other sockets, and the other routes' very same statuses; a Service
+/// change assembles everything again.
 #[test]
 fn a_route_edit_rebuilds_only_its_own_socket() {
     let dir = TempDir::new();
@@ -270,12 +271,27 @@ fn a_route_edit_rebuilds_only_its_own_socket() {
     let load = |source: &mut FileSource, memo: &mut Memo| {
         source.load(&dir.0);
         let changes = source.take_changes();
-        translate_incremental(source.snapshot(), &settings, Some(&changes), memo).config
+        translate_incremental(source.snapshot(), &settings, Some(&changes), memo)
     };
-    let first = load(&mut source, &mut memo);
+    let route_status = |output: &super::Output, name: &str| {
+        let statuses = output.statuses.iter();
+        let mut of_route = statuses.filter(|s| s.kind == "HTTPRoute" && s.key.name == name);
+        of_route.next().expect("route status").clone()
+    };
+    let first_output = load(&mut source, &mut memo);
+    let first = first_output.config.clone();
     assert_eq!(first.http.len(), 2);
     std::fs::write(dir.0.join("a.yaml"), route("a", "g0", "/a2")).expect("write");
-    let second = load(&mut source, &mut memo);
+    let second_output = load(&mut source, &mut memo);
+    let second = second_output.config.clone();
+    assert!(Arc::ptr_eq(
+        &route_status(&first_output, "b"),
+        &route_status(&second_output, "b")
+    ));
+    assert!(!Arc::ptr_eq(
+        &route_status(&first_output, "a"),
+        &route_status(&second_output, "a")
+    ));
     assert!(!Arc::ptr_eq(&first.http[0].rules, &second.http[0].rules));
     assert_eq!(
         second.http[0].rules[0].matched.path,
@@ -287,6 +303,6 @@ fn a_route_edit_rebuilds_only_its_own_socket() {
         format!("{}---\n{}", route("a", "g0", "/a2"), service(&mut rng)),
     )
     .expect("write");
-    let third = load(&mut source, &mut memo);
+    let third = load(&mut source, &mut memo).config;
     assert!(!Arc::ptr_eq(&second.http[1].rules, &third.http[1].rules));
 }

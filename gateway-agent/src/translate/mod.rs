@@ -49,7 +49,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Default)]
 pub struct Output {
     pub config: DataplaneConfig,
-    pub statuses: Vec<ObjectStatus>,
+    /// Shared with the memo: a route edit copies pointers to the other
+    /// routes' statuses, not the statuses.
+    pub statuses: Vec<Arc<ObjectStatus>>,
 }
 
 /// A route's acceptance on one listener, with the hostnames it serves there.
@@ -77,7 +79,7 @@ pub struct Memo {
 struct RouteMemo {
     route: Route,
     /// One per parentRef of ours: its status, and the listeners it attached to.
-    parents: Vec<(ObjectStatus, Vec<Hit>)>,
+    parents: Vec<(Arc<ObjectStatus>, Vec<Hit>)>,
     /// The sockets of those listeners, sorted.
     binds: Box<[SocketAddr]>,
 }
@@ -142,7 +144,9 @@ pub fn translate_incremental(
         if class.spec.controller_name != settings.controller_name {
             continue;
         }
-        statuses.push(gateways::gateway_class_status(key, class, snapshot));
+        statuses.push(Arc::new(gateways::gateway_class_status(
+            key, class, snapshot,
+        )));
     }
 
     // Addresses of each of our Gateways, and the ones we cannot use.
@@ -201,7 +205,7 @@ pub fn translate_incremental(
         if set.conditions.is_empty() {
             listeners::listener_set_conditions(&mut set, &listeners);
         }
-        statuses.push(set);
+        statuses.push(Arc::new(set));
     }
 
     let our_listener_sets: BTreeSet<ObjectKey> = statuses
@@ -266,26 +270,34 @@ pub fn translate_incremental(
     }
 
     // BackendTLSPolicies: who governs which Service port, and their ancestors
-    // (the Gateways whose routes reach the Services they target).
+    // (the Gateways whose routes reach the Services they target). Without
+    // a policy there are none: no pass over every route's backends.
     let mut policies = backend_tls::BackendTlsPolicies::resolve(snapshot);
     policies.present_client_certificates(client_certificates);
-    let mut reached: BTreeMap<ObjectKey, Vec<&BackendRef>> = BTreeMap::new();
-    for (listener, attached) in listeners.iter().zip(&attachments) {
-        let backends = reached.entry(listener.gateway.clone()).or_default();
-        for attachment in attached {
-            backends.extend(attachment.route.rules.iter().flat_map(|r| &r.backend_refs));
+    if !snapshot.backend_tls_policies.is_empty() {
+        let mut reached: BTreeMap<ObjectKey, Vec<&BackendRef>> = BTreeMap::new();
+        for (listener, attached) in listeners.iter().zip(&attachments) {
+            let backends = reached.entry(listener.gateway.clone()).or_default();
+            for attachment in attached {
+                backends.extend(attachment.route.rules.iter().flat_map(|r| &r.backend_refs));
+            }
         }
+        statuses.extend(
+            policies
+                .statuses(&reached, snapshot)
+                .into_iter()
+                .map(Arc::new),
+        );
     }
-    statuses.extend(policies.statuses(&reached, snapshot));
 
     // Gateway and listener statuses, now that attachedRoutes is known.
     for (status, range) in gateway_statuses {
-        statuses.push(status);
+        statuses.push(Arc::new(status));
         for index in range {
-            statuses.push(gateways::listener_status(
+            statuses.push(Arc::new(gateways::listener_status(
                 &listeners[index],
                 attachments[index].len(),
-            ));
+            )));
         }
     }
 
@@ -480,7 +492,7 @@ fn route_memo(
             }
         };
         status.push(resolved_refs_condition(&route, snapshot));
-        parents.push((status, hits));
+        parents.push((Arc::new(status), hits));
     }
     // Kept until the route changes: no spare capacity.
     parents.shrink_to_fit();

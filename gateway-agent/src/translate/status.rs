@@ -125,6 +125,7 @@ use gateway_api::tlsroutes::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as ApiCondition, Time};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::input::GATEWAY_GROUP;
 use crate::store::Snapshot;
@@ -241,7 +242,7 @@ macro_rules! route_parents {
 /// previous time of a condition whose status did not change.
 pub fn api_objects(
     snapshot: &Snapshot,
-    statuses: &[ObjectStatus],
+    statuses: &[Arc<ObjectStatus>],
     controller_name: &str,
     now: &Time,
 ) -> Vec<ApiObject> {
