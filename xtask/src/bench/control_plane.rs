@@ -269,8 +269,10 @@ fn edit_under_load(
 ) -> anyhow::Result<EditRun> {
     let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
     let generations_before = apply_times_ms(&started.log).len();
-    // Long enough to cover every edit (each took up to ~1 s in earlier runs).
-    let load_seconds = (edits as u32) + 10;
+    // Long enough to cover every edit: the pause plus up to 300 ms each to
+    // serve (p99 0.4 s through the API in the 0002Z run), and 10 s to spare;
+    // the report gives how long the edits took against it.
+    let load_seconds = (edits as u64 * (EDIT_PAUSE_MS + 300)).div_ceil(1000) as u32 + 10;
     let url = format!("http://127.0.0.1:{}/s0/steady", manifests::http_port(0));
     let mut args = oha_args(load_seconds, rate, 50, &manifests::route_host(0), &url);
     // At its deadline oha aborts the HTTP/1 requests still in flight and
