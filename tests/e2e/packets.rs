@@ -1523,3 +1523,164 @@ fn new_flows_past_a_backends_nat_ports_are_dropped_after_bounded_probing() {
     );
     assert!(all_taken <= 20_000, "a refused new flow: {all_taken} ns");
 }
+
+/// Pinned FLOWS maps an older agent might have left with the same key and
+/// value sizes and capacity but of another kind (a plain hash) or with other
+/// flags (an LRU with per-CPU lists): the loader replaces them with the map
+/// the program declares instead of adopting them, and new flows work.
+#[test]
+fn a_pinned_flows_map_of_another_kind_or_flags_is_replaced_not_adopted() {
+    if !require_root("a_pinned_flows_map_of_another_kind") {
+        return;
+    }
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    const BPF_F_NO_COMMON_LRU: u32 = 2;
+    for (map_type, flags) in [
+        (BPF_MAP_TYPE_HASH, 0),
+        (BPF_MAP_TYPE_LRU_HASH, BPF_F_NO_COMMON_LRU),
+    ] {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
+        std::fs::create_dir_all(&pin_dir).expect("pin directory");
+        let flows = pin_dir.join(gateway_common::maps::FLOWS);
+        let stale = PinnedMap::create(&flows, map_type, flags);
+        assert_eq!(stale.info(), (map_type, flags));
+        let mut dataplane =
+            L4Dataplane::load_with(&[], AttachMode::Auto, &pin_dir, FlowTimeouts::default())
+                .expect("load the XDP program");
+        dataplane
+            .apply(&[listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)])])
+            .expect("program the maps");
+        let loaded = Loaded { dataplane, pin_dir };
+        let pinned = PinnedMap::open(&flows);
+        assert_eq!(
+            pinned.info(),
+            (BPF_MAP_TYPE_LRU_HASH, 0),
+            "{map_type} {flags}"
+        );
+        assert_ne!(pinned.id(), stale.id());
+        let (action, out) = loaded.run(&packet(TCP, (CLIENT, 40500), (LISTENER, 9000), SYN, b""));
+        assert_ne!(action, XDP_DROP);
+        assert_eq!(dst(&out), (BACKEND, 7000));
+        assert_eq!(loaded.stats("tcp").new_flows, 1);
+    }
+}
+
+/// A BPF map by file descriptor, for what the test must set up or check
+/// below the loader: raw `bpf(2)` calls, as `EmptyXdp`.
+struct PinnedMap(libc::c_int);
+
+/// `struct bpf_attr` for BPF_MAP_CREATE, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `struct bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `struct bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_map_info`.
+#[repr(C)]
+#[derive(Default)]
+struct MapInfoHead {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+impl PinnedMap {
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+        // SAFETY: attr is a live bpf_attr prefix for the call's duration.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
+    }
+
+    /// A map with FLOWS' key and value sizes and capacity, pinned at `path`.
+    fn create(path: &std::path::Path, map_type: u32, map_flags: u32) -> Self {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_OBJ_PIN: libc::c_long = 6;
+        let mut attr = MapCreateAttr {
+            map_type,
+            key_size: size_of::<gateway_common::FlowKey>() as u32,
+            value_size: size_of::<gateway_common::FlowValue>() as u32,
+            max_entries: gateway_common::MAX_FLOWS,
+            map_flags,
+        };
+        let fd = Self::bpf(BPF_MAP_CREATE, &mut attr);
+        assert!(fd >= 0, "create a map: {}", std::io::Error::last_os_error());
+        let map = PinnedMap(fd as libc::c_int);
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        let mut pin = ObjAttr {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: map.0 as u32,
+            ..Default::default()
+        };
+        let rc = Self::bpf(BPF_OBJ_PIN, &mut pin);
+        assert_eq!(rc, 0, "pin the map: {}", std::io::Error::last_os_error());
+        map
+    }
+
+    fn open(path: &std::path::Path) -> Self {
+        const BPF_OBJ_GET: libc::c_long = 7;
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        let mut attr = ObjAttr {
+            pathname: path.as_ptr() as u64,
+            ..Default::default()
+        };
+        let fd = Self::bpf(BPF_OBJ_GET, &mut attr);
+        assert!(fd >= 0, "open the pin: {}", std::io::Error::last_os_error());
+        PinnedMap(fd as libc::c_int)
+    }
+
+    fn head(&self) -> MapInfoHead {
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        let mut info = MapInfoHead::default();
+        let mut attr = InfoAttr {
+            bpf_fd: self.0 as u32,
+            info_len: size_of::<MapInfoHead>() as u32,
+            info: &mut info as *mut MapInfoHead as u64,
+        };
+        let rc = Self::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr);
+        assert_eq!(rc, 0, "map info: {}", std::io::Error::last_os_error());
+        info
+    }
+
+    /// Type and flags.
+    fn info(&self) -> (u32, u32) {
+        let head = self.head();
+        (head.map_type, head.map_flags)
+    }
+
+    fn id(&self) -> u32 {
+        self.head().id
+    }
+}
+
+impl Drop for PinnedMap {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(self.0) };
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
@@ -108,35 +108,74 @@ pub struct L4Dataplane {
     ebpf_logger: Option<aya_log::EbpfLogger<super::ebpf_log::TracingLog>>,
 }
 
-/// Key size, value size and capacity each adopted map must have: a pin left by
-/// an agent built with other types is replaced, not misread.
-fn expected_shape(name: &str) -> Option<(usize, usize, u32)> {
+/// What each adopted map must be: its type and flags (as `maps.rs` declares
+/// them), key size, value size and capacity. A pin left by an agent built
+/// with other types, another map kind or other flags (an LRU with per-CPU
+/// lists, say) is replaced, not misread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MapShape {
+    map_type: MapType,
+    flags: u32,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+}
+
+fn expected_shape(name: &str) -> Option<MapShape> {
     use std::mem::size_of;
-    Some(match name {
+    let (map_type, key_size, value_size, max_entries) = match name {
         names::LISTENERS => (
+            MapType::Hash,
             size_of::<ListenerKey>(),
             size_of::<ListenerValue>(),
             MAX_LISTENERS,
         ),
-        names::ROUTES => (4, size_of::<RouteValue>(), MAX_ROUTES),
-        names::MAGLEV_TABLES => (4, size_of::<MaglevTable>(), MAX_TABLES),
+        names::ROUTES => (MapType::Hash, 4, size_of::<RouteValue>(), MAX_ROUTES),
+        names::MAGLEV_TABLES => (MapType::Array, 4, size_of::<MaglevTable>(), MAX_TABLES),
         names::BACKENDS => (
+            MapType::Array,
             4,
             size_of::<BackendValue>(),
             MAX_TABLES * MAX_BACKENDS_PER_ROUTE,
         ),
-        names::ROUTE_NAMES => (4, size_of::<RouteName>(), MAX_ROUTES),
-        names::FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), MAX_FLOWS),
-        names::ROUTE_STATS => (4, size_of::<RouteStats>(), MAX_ROUTES),
-        names::XDP_STATS => (4, size_of::<u64>(), PACKET_EVENT_COUNT),
+        names::ROUTE_NAMES => (MapType::Array, 4, size_of::<RouteName>(), MAX_ROUTES),
+        names::FLOWS => (
+            MapType::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<FlowValue>(),
+            MAX_FLOWS,
+        ),
+        names::ROUTE_STATS => (MapType::PerCpuArray, 4, size_of::<RouteStats>(), MAX_ROUTES),
+        names::XDP_STATS => (
+            MapType::PerCpuArray,
+            4,
+            size_of::<u64>(),
+            PACKET_EVENT_COUNT,
+        ),
         names::LISTENERS6 => (
+            MapType::Hash,
             size_of::<ListenerKey6>(),
             size_of::<ListenerValue>(),
             MAX_LISTENERS,
         ),
-        names::BACKENDS6 => (4, size_of::<BackendValue6>(), MAX_BACKENDS6),
-        names::FLOWS6 => (size_of::<FlowKey6>(), size_of::<FlowValue6>(), MAX_FLOWS6),
+        names::BACKENDS6 => (MapType::Hash, 4, size_of::<BackendValue6>(), MAX_BACKENDS6),
+        names::FLOWS6 => (
+            MapType::LruHash,
+            size_of::<FlowKey6>(),
+            size_of::<FlowValue6>(),
+            MAX_FLOWS6,
+        ),
         _ => return None,
+    };
+    Some(MapShape {
+        map_type,
+        // No adopted map is declared with flags (FLOWS: one LRU list shared
+        // by all CPUs; per-CPU lists, BPF_F_NO_COMMON_LRU, made new flows
+        // slower, README "Performance").
+        flags: 0,
+        key_size,
+        value_size,
+        max_entries,
     })
 }
 
@@ -145,15 +184,22 @@ fn adoptable(name: &'static str, path: &Path) -> bool {
     let Ok(info) = MapInfo::from_pin(path) else {
         return false;
     };
-    let shape = (
-        info.key_size() as usize,
-        info.value_size() as usize,
-        info.max_entries(),
-    );
+    let Ok(map_type) = info.map_type() else {
+        tracing::warn!(map = name, path = %path.display(), "pinned map of a type this agent does not know: replacing it (its state is lost)");
+        let _ = std::fs::remove_file(path);
+        return false;
+    };
+    let shape = MapShape {
+        map_type,
+        flags: info.map_flags(),
+        key_size: info.key_size() as usize,
+        value_size: info.value_size() as usize,
+        max_entries: info.max_entries(),
+    };
     if Some(shape) == expected_shape(name) {
         return true;
     }
-    tracing::warn!(map = name, path = %path.display(), ?shape, "pinned map has another layout: replacing it (its state is lost)");
+    tracing::warn!(map = name, path = %path.display(), ?shape, expected = ?expected_shape(name), "pinned map has another layout: replacing it (its state is lost)");
     let _ = std::fs::remove_file(path);
     false
 }
