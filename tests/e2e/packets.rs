@@ -723,6 +723,11 @@ struct ProgramCost {
     tracked: u64,
     new_flow: u64,
     empty_single: u64,
+    /// The same runs' interquartile means: the test-run clock ticks in steps
+    /// of about 10 ns here, which a median cannot see below.
+    tracked_iqm: f64,
+    new_flow_iqm: f64,
+    empty_iqm: f64,
     /// Per run over `COST_RUNS * 50` repetitions: a packet to no listener,
     /// and the empty program.
     foreign: u64,
@@ -765,6 +770,9 @@ impl ProgramCost {
             .expect("timed run");
         assert!(untouched(loaded, foreign), "the foreign packet is not ours");
         ProgramCost {
+            tracked_iqm: interquartile_mean_ns(&tracked_times),
+            new_flow_iqm: interquartile_mean_ns(&new_times),
+            empty_iqm: interquartile_mean_ns(&empty_times),
             tracked: median_ns(tracked_times),
             new_flow: median_ns(new_times),
             empty_single: median_ns(empty_times),
@@ -790,12 +798,18 @@ impl std::fmt::Display for ProgramCost {
             f,
             "program time per packet, raw / net of the empty program's ns: \
              tracked flow {} / {}, new flow {} / {} (medians of {COST_RUNS} single runs; \
-             empty {}), to no listener {} / {} (repeat {}; empty {})",
+             empty {}; interquartile means: tracked {:.1} / {:.1}, new {:.1} / {:.1}, \
+             empty {:.1}), to no listener {} / {} (repeat {}; empty {})",
             self.tracked,
             net(self.tracked, self.empty_single),
             self.new_flow,
             net(self.new_flow, self.empty_single),
             self.empty_single,
+            self.tracked_iqm,
+            self.tracked_iqm - self.empty_iqm,
+            self.new_flow_iqm,
+            self.new_flow_iqm - self.empty_iqm,
+            self.empty_iqm,
             self.foreign,
             net(self.foreign, self.empty_repeat),
             COST_RUNS * 50,
@@ -1434,6 +1448,14 @@ impl Drop for EmptyXdp {
 fn median_ns(mut times: Vec<std::time::Duration>) -> u64 {
     times.sort();
     times[times.len() / 2].as_nanos() as u64
+}
+
+/// The mean of the middle half of `times`, in nanoseconds.
+fn interquartile_mean_ns(times: &[std::time::Duration]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let middle = &sorted[sorted.len() / 4..sorted.len() * 3 / 4];
+    middle.iter().map(|t| t.as_nanos() as f64).sum::<f64>() / middle.len() as f64
 }
 
 /// An IPv6 SYN from client address/port number `i` (distinct for every i < 65,536).
