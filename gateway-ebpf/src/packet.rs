@@ -1,7 +1,11 @@
 //! Bounds-checked access to packet headers. Every read and write goes through
-//! `ptr_at`, which the verifier can follow.
+//! `ptr_at`, which the verifier can follow. The forwarding code is generic
+//! over `Packet`, what differs between the XDP and the TC context.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{EbpfContext, bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use gateway_common::{Address, FlowKeyOf, FlowValueOf, PROTO_UDP};
+
+use crate::csum;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -49,9 +53,109 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
+/// What the forwarding code needs of the context it runs in: the packet's
+/// bounds, the verdicts, how to send it on and how to update its L4 checksum.
+pub trait Packet: EbpfContext {
+    /// Hands the packet to the kernel untouched (or as rewritten).
+    const PASS: u32;
+    const DROP: u32;
+
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length, counted in the route statistics.
+    fn len(&self) -> u64;
+    fn ingress_ifindex(&self) -> u32;
+    /// Whether the kernel segments the packet after us (GSO): its IP length
+    /// is then no measure of what goes on the wire.
+    fn is_gso(&self) -> bool;
+    /// Sends the packet out of `egress` (its MACs already set); `ingress` is
+    /// where it came in.
+    fn redirect(&self, egress: u32, ingress: u32) -> u32;
+    /// Updates the L4 checksum at `offset` for the rewrite of `key` into
+    /// `flow` (addresses, which its pseudo-header covers, and ports).
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()>;
+    /// The XDP context, for what only XDP does (answering a packet too big
+    /// for the egress link itself).
+    fn as_xdp(&self) -> Option<&XdpContext>;
+}
+
+impl Packet for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u64
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        false
+    }
+
+    /// Back out of the ingress interface with XDP_TX.
+    #[inline(always)]
+    fn redirect(&self, egress: u32, ingress: u32) -> u32 {
+        if egress == ingress {
+            return xdp_action::XDP_TX;
+        }
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+
+    /// The packet's checksum is complete (XDP sees no offload state):
+    /// updated in place (RFC 1624).
+    #[inline(always)]
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()> {
+        let old: u16 = read(self, offset)?;
+        // A zero UDP checksum means "none" (IPv4 only): leave it so.
+        if key.proto == PROTO_UDP && old == 0 {
+            return Some(());
+        }
+        let mut l4 = csum::replace_addr(old, &key.src_addr_be, &flow.new_src_addr_be);
+        l4 = csum::replace_addr(l4, &key.dst_addr_be, &flow.new_dst_addr_be);
+        l4 = csum::replace_u16(l4, key.src_port_be, flow.new_src_port_be);
+        l4 = csum::replace_u16(l4, key.dst_port_be, flow.new_dst_port_be);
+        if key.proto == PROTO_UDP && l4 == 0 {
+            l4 = 0xffff;
+        }
+        write(self, offset, l4)
+    }
+
+    #[inline(always)]
+    fn as_xdp(&self) -> Option<&XdpContext> {
+        Some(self)
+    }
+}
+
 /// A pointer to a `T` at `offset`, if the packet is long enough.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -61,13 +165,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Option<T> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
 #[inline(always)]
-pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+pub fn write<T>(ctx: &impl Packet, offset: usize, value: T) -> Option<()> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
