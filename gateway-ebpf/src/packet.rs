@@ -2,7 +2,12 @@
 //! `ptr_at`, which the verifier can follow. The forwarding code is generic
 //! over `Packet`, what differs between the XDP and the TC context.
 
-use aya_ebpf::{EbpfContext, bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_redirect,
+    programs::{TcContext, XdpContext},
+};
 use gateway_common::{Address, FlowKeyOf, FlowValueOf, PROTO_UDP};
 
 use crate::csum;
@@ -150,6 +155,117 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn as_xdp(&self) -> Option<&XdpContext> {
         Some(self)
+    }
+}
+
+/// `bpf_l4_csum_replace`: an IPv6 address change leaves a CHECKSUM_COMPLETE
+/// skb's sum as it is (kernel 6.16 and later; not in aya's bindings yet).
+const BPF_F_IPV6: u64 = 1 << 7;
+/// The most header bytes the program reads: Ethernet, a VLAN tag, IPv6,
+/// ICMPv6 and the quoted IPv6 header and ports.
+const HEADERS_MAX: u32 = (ETH_HDR_LEN + VLAN_HDR_LEN + 2 * IPV6_HDR_LEN + 8 + UDP_HDR_LEN) as u32;
+
+impl Packet for TcContext {
+    /// TCX_NEXT: the next program on the hook, else the kernel's own path.
+    const PASS: u32 = TC_ACT_UNSPEC as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        u64::from(TcContext::len(self))
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: a read of the context.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        // SAFETY: a read of the context.
+        unsafe { (*self.skb.skb).gso_size != 0 }
+    }
+
+    /// To the egress of `egress`, the ingress interface's own included.
+    #[inline(always)]
+    fn redirect(&self, egress: u32, _ingress: u32) -> u32 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+
+    /// The skb may be CHECKSUM_PARTIAL (GSO, or sent by a local socket with
+    /// checksum offload: the field then holds the pseudo-header's sum only)
+    /// or CHECKSUM_COMPLETE: the kernel's helper updates the field, and the
+    /// skb's sum, as each case needs. The addresses as one pseudo-header
+    /// difference, the ports (adjacent) as one 32-bit word.
+    #[inline(always)]
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()> {
+        // A zero UDP checksum ("none", IPv4) stays zero.
+        let mangled_0 = if key.proto == PROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        let addresses = csum::addr_diff(&key.src_addr_be, &flow.new_src_addr_be)
+            + csum::addr_diff(&key.dst_addr_be, &flow.new_dst_addr_be);
+        let diff = u64::from(csum::fold_sum(addresses));
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
+        if key.src_addr_be.words().len() == 1 {
+            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+        } else if self
+            .l4_csum_replace(offset, 0, diff, pseudo | BPF_F_IPV6)
+            .is_err()
+        {
+            // A kernel before BPF_F_IPV6.
+            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+        }
+        let ports = |src: u16, dst: u16| u64::from(u32::from(src) | (u32::from(dst) << 16));
+        // Byte order: both words are the port bytes read as one native u32.
+        let (old, new) = if cfg!(target_endian = "little") {
+            (
+                ports(key.src_port_be, key.dst_port_be),
+                ports(flow.new_src_port_be, flow.new_dst_port_be),
+            )
+        } else {
+            (
+                ports(key.dst_port_be, key.src_port_be),
+                ports(flow.new_dst_port_be, flow.new_src_port_be),
+            )
+        };
+        self.l4_csum_replace(offset, old, new, 4 | mangled_0).ok()
+    }
+
+    #[inline(always)]
+    fn as_xdp(&self) -> Option<&XdpContext> {
+        None
+    }
+}
+
+/// Makes the headers the program reads linear (a GSO or GRO skb may carry
+/// them partly in its pages): direct packet access sees the linear part only.
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
+    if linear < HEADERS_MAX && len > linear {
+        // Failure leaves the packet as it is: too short, it is passed.
+        let _ = ctx.pull_data(len.min(HEADERS_MAX));
     }
 }
 
