@@ -590,7 +590,7 @@ fn measure(
     };
     md.push_str(&goals(&pc, &udp, &bulk.gbits, &tc));
     Ok(Section {
-        title: "L4: XDP vs iptables DNAT vs userspace TCP proxy".into(),
+        title: "L4: XDP and TC vs iptables DNAT vs userspace TCP proxy".into(),
         markdown: md,
     })
 }
@@ -732,7 +732,7 @@ fn goals(
     let bulk = best(bulk, tc.bulk, false);
     format!(
         "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP and bulk: on its \
-         own links, without XDP; new connections: on XDP's links): the node's own CPU per datagram at a fixed rate \
+         own links, without XDP; new connections: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
          ≤ 0.5×: {} ({:.2}×, {}; {}); maximum small-UDP rate ≥ 1.5×: {} ({:.2}× delivered by the one generator, \
          {}; {}; the node's capacity per CPU: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: {} ({:.2}×, {}; {}); \
          bulk TCP ≥ 0.95×: {} ({:.2}×, {}; {}).\n",
