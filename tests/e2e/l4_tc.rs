@@ -10,30 +10,8 @@ use std::time::Duration;
 use gateway_common::PacketEvent;
 use gateway_tests::{
     Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
-    gateway_with, require_root,
+    l4_gateway, require_root,
 };
-
-/// A Gateway listener on port 9000 and an L4 route of `kind` to Service
-/// `echo` port `backend_port`.
-fn l4_gateway(protocol: &str, kind: &str, backend_port: u16) -> String {
-    let route = format!(
-        r#"---
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: {kind}
-metadata:
-  name: echo
-  namespace: default
-spec:
-  parentRefs:
-  - name: gw
-  rules:
-  - backendRefs:
-    - name: echo
-      port: {backend_port}
-"#
-    );
-    gateway_with(protocol, 9000, &route)
-}
 
 /// The topology with the offloads XDP needs off turned back on, on both
 /// peers: what their stacks send is CHECKSUM_PARTIAL, TCP in TSO/GSO packets.

@@ -86,7 +86,12 @@ impl Topology {
         )?;
         // And for the TC agent, with the kernel's default offloads too.
         t.link(&t.client, ("eth2", TC_CLIENT), ("c2", TC_GATEWAY), false)?;
-        t.link(&t.backend, ("eth2", TC_BACKEND), ("b2", "198.18.6.1"), false)?;
+        t.link(
+            &t.backend,
+            ("eth2", TC_BACKEND),
+            ("b2", "198.18.6.1"),
+            false,
+        )?;
         t.node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         t.direct_link()?;
         Ok(t)
@@ -708,12 +713,7 @@ struct TcRows {
 
 /// Issue 5's goals against iptables (index 1), met or missed, for the better
 /// of XDP (index 0) and TC, named.
-fn goals(
-    per_conn: &[Summary],
-    udp: &l4_udp::UdpFigures,
-    bulk: &[Summary],
-    tc: &TcRows,
-) -> String {
+fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &TcRows) -> String {
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     // (ratio to iptables) of XDP and TC, the better one first with its name.
     let best = |v: &[Summary], tc: usize, lower_is_better: bool| -> (f64, &str, String) {
