@@ -1,7 +1,7 @@
 //! `--attach tc`: the L4 forwarding program as a TC classifier at the node
 //! interfaces' ingress. The peers keep their offloads on (TX checksum, TSO,
 //! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
-//! which it must rewrite without breaking a byte; replies are translated back,
+//! which it must rewrite without breaking a byte (IPv4 and IPv6); replies are translated back,
 //! and forwarding goes on while the agent is stopped or restarted.
 
 use std::io::{Read as _, Write as _};
@@ -200,4 +200,81 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
     assert!(agent.route_counter(0, "packets") >= packets_before + 6);
     assert!(agent.packet_events(PacketEvent::Redirected) >= redirected_before + 6);
     agent.process.signal(libc::SIGCONT);
+}
+
+const GATEWAY6: &str = "fd00:18::1";
+const BACKEND6: &str = "fd00:18:1::2";
+
+/// IPv6 addresses on the topology's links (client fd00:18::2, backend
+/// BACKEND6, routed through the node), IPv6 forwarding on in the node.
+fn add_ipv6(topology: &Topology) {
+    topology
+        .node
+        .run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for (ns, addr, dev) in [
+        (&topology.client, "fd00:18::2", "eth0"),
+        (&topology.node, GATEWAY6, "c0"),
+        (&topology.node, "fd00:18:1::1", "b0"),
+        (&topology.backend, BACKEND6, "eth0"),
+    ] {
+        let addr = format!("{addr}/64");
+        ns.run(&["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"]);
+    }
+    topology
+        .client
+        .run(&["ip", "-6", "route", "add", "default", "via", GATEWAY6]);
+    topology
+        .backend
+        .run(&["ip", "-6", "route", "add", "default", "via", "fd00:18:1::1"]);
+}
+
+#[test]
+fn ipv6_tcp_bulk_and_udp_through_tc_with_offloads_on_arrive_intact() {
+    if !require_root("ipv6_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    add_ipv6(&topology);
+    let _tcp = topology.backend_spawn(&["tcp-echo", &format!("[{BACKEND6}]:7000")]);
+    let _udp = topology.backend_spawn(&["udp-echo", &format!("[{BACKEND6}]:7000")]);
+    // The IPv4 manifests with the IPv6 addresses in: one backend, a TCP
+    // and a UDP route, both to port 7000.
+    let ipv6 = |yaml: String| {
+        yaml.replace(GATEWAY_ADDR, GATEWAY6)
+            .replace(BACKEND_ADDR, BACKEND6)
+            .replace("addressType: IPv4", "addressType: IPv6")
+    };
+    let manifests = TempDir::new();
+    manifests.write(
+        "tcp.yaml",
+        &ipv6(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let gateway: std::net::SocketAddr = format!("[{GATEWAY6}]:9000").parse().expect("address");
+
+    eventually(
+        "TCP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["tcp-send", &gateway.to_string(), "ping"]),
+    );
+    let data = pattern(4 << 20);
+    let back = echo_bulk(&topology, gateway, &data);
+    assert_eq!(back.len(), data.len(), "echoed length");
+    assert!(back == data, "the echo differs from what was sent");
+    assert!(
+        agent.packet_events(PacketEvent::Redirected) >= 100,
+        "redirected by the program"
+    );
+
+    // UDP over IPv6: the checksum is mandatory, and must be right.
+    agent.manifests.write(
+        "tcp.yaml",
+        &ipv6(class_and_service("echo", 7000, 7000) + &l4_gateway("UDP", "UDPRoute", 7000)),
+    );
+    let reply = eventually(
+        "UDP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["udp-send", &gateway.to_string(), "datagram"]),
+    );
+    assert_eq!(reply, "datagram");
 }
