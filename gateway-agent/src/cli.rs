@@ -122,7 +122,7 @@ struct RunArgs {
     /// directory, re-read on every change. Without it: cluster mode.
     #[arg(long)]
     manifests: Option<PathBuf>,
-    /// Interfaces to attach the XDP program to (comma-separated). Default:
+    /// Interfaces to attach the L4 program to (comma-separated). Default:
     /// the interfaces of the node's default routes (else every non-loopback
     /// interface that is up).
     #[arg(long, value_delimiter = ',')]

@@ -1,8 +1,9 @@
 //! `--attach tc`: the L4 forwarding program as a TC classifier at the node
 //! interfaces' ingress. The peers keep their offloads on (TX checksum, TSO,
 //! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
-//! which it must rewrite without breaking a byte (IPv4 and IPv6); replies are translated back,
-//! and forwarding goes on while the agent is stopped or restarted.
+//! which it must rewrite without breaking a byte (IPv4 and IPv6); replies
+//! are translated back, and forwarding goes on while the agent is stopped or
+//! restarted.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
