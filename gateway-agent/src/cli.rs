@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::loader::AttachMode;
+use crate::dataplane::loader::{Attach, AttachMode};
 use crate::passthrough::SpliceMode;
 use crate::source::file::{self, FileSource, ManifestWatcher};
 use crate::translate::{self, Settings};
@@ -122,7 +122,7 @@ struct RunArgs {
     /// directory, re-read on every change. Without it: cluster mode.
     #[arg(long)]
     manifests: Option<PathBuf>,
-    /// Interfaces to attach the XDP program to (comma-separated). Default:
+    /// Interfaces to attach the L4 program to (comma-separated). Default:
     /// the interfaces of the node's default routes (else every non-loopback
     /// interface that is up).
     #[arg(long, value_delimiter = ',')]
@@ -130,6 +130,10 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
+    /// Where the L4 forwarding program runs: XDP, or a TC classifier at each
+    /// interface's ingress (keeps GSO packets and checksum offload on veth).
+    #[arg(long, value_enum, default_value_t = Attach::Xdp)]
+    attach: Attach,
     /// GatewayClasses with this controllerName are served.
     #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
     controller_name: String,

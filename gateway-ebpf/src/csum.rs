@@ -6,6 +6,11 @@
 use gateway_common::Address;
 
 #[inline(always)]
+pub fn fold_sum(sum: u32) -> u16 {
+    fold(sum)
+}
+
+#[inline(always)]
 fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -39,4 +44,16 @@ pub fn replace_addr<A: Address>(csum: u16, old: &A, new: &A) -> u16 {
         sum += (*new & 0xffff) + (*new >> 16);
     }
     !fold(sum)
+}
+
+/// The one's-complement difference an address change makes (unfolded), as
+/// `bpf_l4_csum_replace` takes it (`from` 0, `to` the difference).
+#[inline(always)]
+pub fn addr_diff<A: Address>(old: &A, new: &A) -> u32 {
+    let mut sum = 0u32;
+    for (old, new) in old.words().iter().zip(new.words()) {
+        sum += (!(*old as u16)) as u32 + (!((*old >> 16) as u16)) as u32;
+        sum += (*new & 0xffff) + (*new >> 16);
+    }
+    sum
 }

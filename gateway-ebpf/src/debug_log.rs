@@ -11,12 +11,14 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use aya_log_ebpf::{
     debug,
     macro_support::{Level, level_enabled},
 };
 use gateway_common::{Addr6, FlowKeyOf, FlowValueOf};
+
+use crate::packet::Packet;
 
 const NOTHING: u32 = 0;
 const NEW_FLOW: u32 = 1;
@@ -76,7 +78,7 @@ pub fn note_dropped<A: LogAddress>(key: &FlowKeyOf<A>, route_id: u32) {
 /// Logs what `try_handle` noted, on a stack of its own. Call only when
 /// `enabled()`, so that without `--ebpf-log` not even the call remains.
 #[inline(never)]
-pub fn flush<A: LogAddress>(ctx: &XdpContext) {
+pub fn flush<A: LogAddress>(ctx: &impl Packet) {
     let Some(noted) = A::noted() else {
         return;
     };
@@ -96,9 +98,9 @@ pub trait LogAddress: Copy + Sized {
     /// This CPU's slot for `Noted<Self>`.
     fn noted() -> Option<*mut Noted<Self>>;
     /// A flow opened on its route: client, listener and the chosen backend.
-    fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<Self>, flow: &FlowValueOf<Self>);
+    fn new_flow(ctx: &impl Packet, key: &FlowKeyOf<Self>, flow: &FlowValueOf<Self>);
     /// A new flow refused on `route_id` (no usable backend, or no free NAT port).
-    fn flow_dropped(ctx: &XdpContext, key: &FlowKeyOf<Self>, route_id: u32);
+    fn flow_dropped(ctx: &impl Packet, key: &FlowKeyOf<Self>, route_id: u32);
 }
 
 fn ip4(addr_be: u32) -> Ipv4Addr {
@@ -120,7 +122,7 @@ impl LogAddress for u32 {
     }
 
     #[inline(always)]
-    fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<u32>, flow: &FlowValueOf<u32>) {
+    fn new_flow(ctx: &impl Packet, key: &FlowKeyOf<u32>, flow: &FlowValueOf<u32>) {
         debug!(
             ctx,
             "new flow: route {} proto {} {:i}:{} -> {:i}:{} to backend {:i}:{}",
@@ -136,7 +138,7 @@ impl LogAddress for u32 {
     }
 
     #[inline(always)]
-    fn flow_dropped(ctx: &XdpContext, key: &FlowKeyOf<u32>, route_id: u32) {
+    fn flow_dropped(ctx: &impl Packet, key: &FlowKeyOf<u32>, route_id: u32) {
         debug!(
             ctx,
             "flow dropped: route {} proto {} {:i}:{} -> {:i}:{} (no backend or no free NAT port)",
@@ -157,7 +159,7 @@ impl LogAddress for Addr6 {
     }
 
     #[inline(always)]
-    fn new_flow(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, flow: &FlowValueOf<Addr6>) {
+    fn new_flow(ctx: &impl Packet, key: &FlowKeyOf<Addr6>, flow: &FlowValueOf<Addr6>) {
         debug!(
             ctx,
             "new flow: route {} proto {} [{:i}]:{} -> [{:i}]:{} to backend [{:i}]:{}",
@@ -173,7 +175,7 @@ impl LogAddress for Addr6 {
     }
 
     #[inline(always)]
-    fn flow_dropped(ctx: &XdpContext, key: &FlowKeyOf<Addr6>, route_id: u32) {
+    fn flow_dropped(ctx: &impl Packet, key: &FlowKeyOf<Addr6>, route_id: u32) {
         debug!(
             ctx,
             "flow dropped: route {} proto {} [{:i}]:{} -> [{:i}]:{} (no backend or no free NAT port)",

@@ -20,9 +20,9 @@ pub trait Family {
 
     /// Checks the IP header at `L3` and returns the protocol after it when
     /// the program may own the packet; `Err` passes it untouched.
-    fn l4_proto<const L3: usize>(ctx: &XdpContext) -> Result<u8, PacketEvent>;
-    fn src<const L3: usize>(ctx: &XdpContext) -> Option<Self::Addr>;
-    fn dst<const L3: usize>(ctx: &XdpContext) -> Option<Self::Addr>;
+    fn l4_proto<const L3: usize>(ctx: &impl Packet) -> Result<u8, PacketEvent>;
+    fn src<const L3: usize>(ctx: &impl Packet) -> Option<Self::Addr>;
+    fn dst<const L3: usize>(ctx: &impl Packet) -> Option<Self::Addr>;
 
     fn listener(key: &ListenerKeyOf<Self::Addr>) -> Option<u32>;
     /// The backend at `index` of the `BACKENDS` layout.
@@ -38,13 +38,13 @@ pub trait Family {
     /// Writes the flow's addresses into the IP header (and its checksum, if
     /// the family has one).
     fn rewrite_addresses<const L3: usize>(
-        ctx: &XdpContext,
+        ctx: &impl Packet,
         key: &FlowKeyOf<Self::Addr>,
         flow: &FlowValueOf<Self::Addr>,
     ) -> Option<()>;
     /// The packet's length from its IP header (what the FIB checks against
     /// the egress MTU).
-    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16;
+    fn tot_len<const L3: usize>(ctx: &impl Packet) -> u16;
     /// The family and addresses of the FIB query for a rewritten packet.
     fn fib_query(params: &mut FibParams, flow: &FlowValueOf<Self::Addr>);
     /// A rewritten packet too big for the egress link's `mtu`: `Some(action)`
@@ -63,7 +63,7 @@ impl Family for V4 {
     const HDR_LEN: usize = IPV4_HDR_LEN;
 
     #[inline(always)]
-    fn l4_proto<const L3: usize>(ctx: &XdpContext) -> Result<u8, PacketEvent> {
+    fn l4_proto<const L3: usize>(ctx: &impl Packet) -> Result<u8, PacketEvent> {
         let ver_ihl = read::<u8>(ctx, L3).ok_or(PacketEvent::PassedNotOurs)?;
         if ver_ihl >> 4 != 4 {
             return Err(PacketEvent::PassedNotOurs);
@@ -82,12 +82,12 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn src<const L3: usize>(ctx: &XdpContext) -> Option<u32> {
+    fn src<const L3: usize>(ctx: &impl Packet) -> Option<u32> {
         read(ctx, L3 + IPV4_SRC)
     }
 
     #[inline(always)]
-    fn dst<const L3: usize>(ctx: &XdpContext) -> Option<u32> {
+    fn dst<const L3: usize>(ctx: &impl Packet) -> Option<u32> {
         read(ctx, L3 + IPV4_DST)
     }
 
@@ -122,7 +122,7 @@ impl Family for V4 {
 
     #[inline(always)]
     fn rewrite_addresses<const L3: usize>(
-        ctx: &XdpContext,
+        ctx: &impl Packet,
         key: &FlowKeyOf<u32>,
         flow: &FlowValueOf<u32>,
     ) -> Option<()> {
@@ -136,7 +136,7 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16 {
+    fn tot_len<const L3: usize>(ctx: &impl Packet) -> u16 {
         read::<u16>(ctx, L3 + IPV4_TOT_LEN).map_or(0, u16::from_be)
     }
 
@@ -167,7 +167,7 @@ impl Family for V6 {
     /// TCP or UDP straight after the fixed header; anything else (ICMPv6 and
     /// neighbour discovery, extension headers, fragments) is the kernel's.
     #[inline(always)]
-    fn l4_proto<const L3: usize>(ctx: &XdpContext) -> Result<u8, PacketEvent> {
+    fn l4_proto<const L3: usize>(ctx: &impl Packet) -> Result<u8, PacketEvent> {
         let version = read::<u8>(ctx, L3).ok_or(PacketEvent::PassedNotOurs)?;
         if version >> 4 != 6 {
             return Err(PacketEvent::PassedNotOurs);
@@ -193,12 +193,12 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn src<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
+    fn src<const L3: usize>(ctx: &impl Packet) -> Option<Addr6> {
         read_addr6(ctx, L3 + IPV6_SRC)
     }
 
     #[inline(always)]
-    fn dst<const L3: usize>(ctx: &XdpContext) -> Option<Addr6> {
+    fn dst<const L3: usize>(ctx: &impl Packet) -> Option<Addr6> {
         read_addr6(ctx, L3 + IPV6_DST)
     }
 
@@ -236,7 +236,7 @@ impl Family for V6 {
 
     #[inline(always)]
     fn rewrite_addresses<const L3: usize>(
-        ctx: &XdpContext,
+        ctx: &impl Packet,
         _key: &FlowKeyOf<Addr6>,
         flow: &FlowValueOf<Addr6>,
     ) -> Option<()> {
@@ -246,7 +246,7 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn tot_len<const L3: usize>(ctx: &XdpContext) -> u16 {
+    fn tot_len<const L3: usize>(ctx: &impl Packet) -> u16 {
         read::<u16>(ctx, L3 + IPV6_PAYLOAD_LEN).map_or(0, |len| {
             u16::from_be(len).saturating_add(IPV6_HDR_LEN as u16)
         })
@@ -269,7 +269,7 @@ impl Family for V6 {
 /// An IPv6 address read word by word: read whole, its 16 unaligned bytes
 /// were copied with a call to a byte-by-byte `memmove` subprogram.
 #[inline(always)]
-fn read_addr6(ctx: &XdpContext, at: usize) -> Option<Addr6> {
+fn read_addr6(ctx: &impl Packet, at: usize) -> Option<Addr6> {
     Some([
         read(ctx, at)?,
         read(ctx, at + 4)?,

@@ -9,10 +9,9 @@
 use aya_ebpf::{
     bindings::{
         BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
-        bpf_fib_lookup as FibParams, xdp_action,
+        bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    helpers::bpf_fib_lookup,
 };
 use gateway_common::{
     Address, BackendOf, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE, FLOW_CLOSING,
@@ -22,19 +21,19 @@ use gateway_common::{
 };
 
 use crate::{
-    clock, config, csum, debug_log,
+    clock, config, debug_log,
     family::{Family, V4, V6},
     icmp, maps, next_hop,
     packet::*,
 };
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> u32 {
+pub fn handle<C: Packet>(ctx: &C) -> u32 {
     let action = match dispatch(ctx) {
         Ok(action) => action,
         Err(event) => {
             maps::count_event(event);
-            xdp_action::XDP_PASS
+            C::PASS
         }
     };
     // With `--ebpf-log`: what the forwarding path noted, logged outside its
@@ -50,17 +49,17 @@ pub fn handle(ctx: &XdpContext) -> u32 {
 /// Each case is its own copy of the code with constant offsets, which the
 /// verifier follows more easily than a variable one.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+fn dispatch<C: Packet>(ctx: &C) -> Result<u32, PacketEvent> {
     let ether_type = u16::from_be(read::<u16>(ctx, 12).ok_or(PacketEvent::PassedNotOurs)?);
     match ether_type {
-        ETH_P_IPV4 => Ok(handle_copy::<ETH_HDR_LEN, V4>(ctx)),
-        ETH_P_IPV6 => handle_v6::<ETH_HDR_LEN>(ctx),
+        ETH_P_IPV4 => Ok(handle_copy::<ETH_HDR_LEN, V4, C>(ctx)),
+        ETH_P_IPV6 => handle_v6::<ETH_HDR_LEN, C>(ctx),
         ETH_P_8021Q | ETH_P_8021AD => {
             let inner =
                 u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2).ok_or(PacketEvent::PassedNotOurs)?);
             match inner {
-                ETH_P_IPV4 => Ok(handle_copy::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4>(ctx)),
-                ETH_P_IPV6 => handle_v6::<{ ETH_HDR_LEN + VLAN_HDR_LEN }>(ctx),
+                ETH_P_IPV4 => Ok(handle_copy::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, V4, C>(ctx)),
+                ETH_P_IPV6 => handle_v6::<{ ETH_HDR_LEN + VLAN_HDR_LEN }, C>(ctx),
                 _ => Err(PacketEvent::PassedNotOurs),
             }
         }
@@ -71,11 +70,11 @@ fn dispatch(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 /// ICMPv6 goes its own way, so that the forwarding path's stack and the
 /// error translation's are never on the stack together.
 #[inline(always)]
-fn handle_v6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+fn handle_v6<const L3: usize, C: Packet>(ctx: &C) -> Result<u32, PacketEvent> {
     if read::<u8>(ctx, L3 + IPV6_NEXT_HEADER) == Some(PROTO_ICMPV6) {
-        return icmp::translate_error6::<L3>(ctx);
+        return icmp::translate_error6::<L3, C>(ctx);
     }
-    Ok(handle_copy::<L3, V6>(ctx))
+    Ok(handle_copy::<L3, V6, C>(ctx))
 }
 
 /// One copy of the forwarding path as its own BPF function: their stacks
@@ -84,12 +83,12 @@ fn handle_v6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
 /// pointer into the caller's stack, which leaves a stack pointer in r0 at
 /// exit, and the verifier refuses that.
 #[inline(never)]
-fn handle_copy<const L3: usize, F: Family>(ctx: &XdpContext) -> u32 {
-    match try_handle::<L3, F>(ctx) {
+fn handle_copy<const L3: usize, F: Family, C: Packet>(ctx: &C) -> u32 {
+    match try_handle::<L3, F, C>(ctx) {
         Ok(action) => action,
         Err(event) => {
             maps::count_event(event);
-            xdp_action::XDP_PASS
+            C::PASS
         }
     }
 }
@@ -97,10 +96,10 @@ fn handle_copy<const L3: usize, F: Family>(ctx: &XdpContext) -> u32 {
 /// `Err` means "not ours: pass to the kernel untouched", with the reason counted.
 /// `L3`: where the IP header starts.
 #[inline(always)]
-fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, PacketEvent> {
     let proto = F::l4_proto::<L3>(ctx)?;
     if proto == PROTO_ICMP {
-        return icmp::translate_error::<L3>(ctx);
+        return icmp::translate_error::<L3, C>(ctx);
     }
     let l4 = L3 + F::HDR_LEN;
     let l4_len = if proto == PROTO_TCP {
@@ -121,7 +120,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
         _pad: 0,
         _pad2: 0,
     };
-    let packet_len = (ctx.data_end() - ctx.data()) as u64;
+    let packet_len = ctx.len();
 
     // A tracked flow, in either direction: rewrite as recorded.
     if let Some(entry) = F::flow(&key) {
@@ -140,7 +139,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
                 0
             };
             maps::count_route(flow.route_id, packet_len, false, false);
-            rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+            rewrite::<L3, F, C>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
             if tcp_flags & TCP_FLAG_RST != 0 {
                 if tcp_flags & TCP_FLAG_ACK == 0 && flow.flags & FLOW_ORIGINAL != 0 {
                     // A client in SYN-SENT resets the ACK a backend TIME_WAIT
@@ -183,7 +182,7 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
             } else if now.saturating_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
                 touch::<F>(&key, entry, &flow, now, 0, 0);
             }
-            return Ok(send::<L3, F>(ctx, &key, &flow, now));
+            return Ok(send::<L3, F, C>(ctx, &key, &flow, now));
         }
     }
 
@@ -208,12 +207,12 @@ fn try_handle<const L3: usize, F: Family>(ctx: &XdpContext) -> Result<u32, Packe
     let Some(flow) = open_flow::<F>(&key, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
         debug_log::note_dropped(&key, route_id);
-        return Ok(xdp_action::XDP_DROP);
+        return Ok(C::DROP);
     };
     maps::count_route(route_id, packet_len, true, false);
     debug_log::note_new_flow(&key, &flow);
-    rewrite::<L3, F>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
-    Ok(send::<L3, F>(ctx, &key, &flow, now))
+    rewrite::<L3, F, C>(ctx, &key, &flow).ok_or(PacketEvent::PassedNotOurs)?;
+    Ok(send::<L3, F, C>(ctx, &key, &flow, now))
 }
 
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
@@ -470,8 +469,8 @@ fn touch<F: Family>(
 
 /// Rewrites addresses and ports, updating the checksums incrementally.
 #[inline(always)]
-fn rewrite<const L3: usize, F: Family>(
-    ctx: &XdpContext,
+fn rewrite<const L3: usize, F: Family, C: Packet>(
+    ctx: &C,
     key: &FlowKeyOf<F::Addr>,
     flow: &FlowValueOf<F::Addr>,
 ) -> Option<()> {
@@ -481,18 +480,7 @@ fn rewrite<const L3: usize, F: Family>(
     } else {
         (L3 + F::HDR_LEN) + UDP_CSUM
     };
-    let old: u16 = read(ctx, l4_csum_off)?;
-    // A zero UDP checksum means "none" (IPv4 only): leave it so.
-    if key.proto == PROTO_TCP || old != 0 {
-        let mut l4 = csum::replace_addr(old, &key.src_addr_be, &flow.new_src_addr_be);
-        l4 = csum::replace_addr(l4, &key.dst_addr_be, &flow.new_dst_addr_be);
-        l4 = csum::replace_u16(l4, key.src_port_be, flow.new_src_port_be);
-        l4 = csum::replace_u16(l4, key.dst_port_be, flow.new_dst_port_be);
-        if key.proto == PROTO_UDP && l4 == 0 {
-            l4 = 0xffff;
-        }
-        write(ctx, l4_csum_off, l4)?;
-    }
+    ctx.rewrite_l4_csum(l4_csum_off, key, flow)?;
     write(ctx, (L3 + F::HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
     write(ctx, (L3 + F::HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
     Some(())
@@ -503,8 +491,8 @@ fn rewrite<const L3: usize, F: Family>(
 /// a neighbour not yet resolved). A next hop resolved less than
 /// `NEXT_HOP_TTL_NS` ago on this CPU is taken from `next_hop`'s cache.
 #[inline(always)]
-pub fn send<const L3: usize, F: Family>(
-    ctx: &XdpContext,
+pub fn send<const L3: usize, F: Family, C: Packet>(
+    ctx: &C,
     key: &FlowKeyOf<F::Addr>,
     flow: &FlowValueOf<F::Addr>,
     now: u64,
@@ -513,10 +501,16 @@ pub fn send<const L3: usize, F: Family>(
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
         // redirect to; the kernel forwards the rewritten packet.
         maps::count_event(PacketEvent::RewrittenPassed);
-        return xdp_action::XDP_PASS;
+        return C::PASS;
     }
-    let ingress = ctx.ingress_ifindex() as u32;
-    let tot_len = F::tot_len::<L3>(ctx);
+    let ingress = ctx.ingress_ifindex();
+    // A GSO packet's segments are sized for the egress link by the kernel:
+    // 0 asks no MTU check of the cache, and the FIB checks the skb itself.
+    let tot_len = if ctx.is_gso() {
+        0
+    } else {
+        F::tot_len::<L3>(ctx)
+    };
     let (src, dst) = (&flow.new_src_addr_be, &flow.new_dst_addr_be);
     let cached = next_hop::slot(src, dst, ingress);
     if let Some(entry) = cached
@@ -539,22 +533,24 @@ pub fn send<const L3: usize, F: Family>(
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.ctx.cast(),
+            ctx.as_ptr().cast(),
             &mut params,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64
+        && let Some(xdp) = ctx.as_xdp()
+    {
         // SAFETY: the FIB wrote mtu_result for this return code.
         let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-        if let Some(action) = F::too_big::<L3>(ctx, key, mtu) {
+        if let Some(action) = F::too_big::<L3>(xdp, key, mtu) {
             return action;
         }
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         maps::count_event(PacketEvent::RewrittenPassed);
-        return xdp_action::XDP_PASS;
+        return C::PASS;
     }
     if let Some(entry) = cached {
         // SAFETY: the FIB wrote mtu_result (the egress MTU) on success.
@@ -567,14 +563,10 @@ pub fn send<const L3: usize, F: Family>(
 /// Sets the MACs and sends the packet out of `egress` (back out of the
 /// ingress interface with XDP_TX).
 #[inline(always)]
-fn redirect(ctx: &XdpContext, dmac: [u8; 6], smac: [u8; 6], egress: u32, ingress: u32) -> u32 {
+fn redirect<C: Packet>(ctx: &C, dmac: [u8; 6], smac: [u8; 6], egress: u32, ingress: u32) -> u32 {
     if write(ctx, 0, dmac).is_none() || write(ctx, 6, smac).is_none() {
-        return xdp_action::XDP_PASS;
+        return C::PASS;
     }
     maps::count_event(PacketEvent::Redirected);
-    if egress == ingress {
-        return xdp_action::XDP_TX;
-    }
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(egress, 0) as u32 }
+    ctx.redirect(egress, ingress)
 }

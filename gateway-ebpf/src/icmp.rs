@@ -198,7 +198,7 @@ fn words_sum(words: &[u32]) -> u32 {
 /// One's-complement sum of `WORDS` 16-bit words from `offset` (byte order
 /// does not matter to the sum; the result is written back the same way).
 #[inline(always)]
-fn sum<const WORDS: usize>(ctx: &XdpContext, offset: usize) -> Option<u32> {
+fn sum<const WORDS: usize>(ctx: &impl Packet, offset: usize) -> Option<u32> {
     // One bounds check for the whole range, then a loop over a local copy:
     // a loop over packet pointers gets compiled into arithmetic on data_end,
     // which the verifier refuses.
@@ -221,7 +221,7 @@ fn checksum(mut sum: u32) -> u16 {
 /// belongs to a tracked flow: the quote is translated back to the packet its
 /// sender sent, and the error is sent to that sender. Anything else passes.
 #[inline(always)]
-pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+pub fn translate_error<const L3: usize, C: Packet>(ctx: &C) -> Result<u32, PacketEvent> {
     let icmp = L3 + IPV4_HDR_LEN;
     let inner = icmp + ICMP_HDR_LEN;
     let inner_l4 = inner + IPV4_HDR_LEN;
@@ -307,8 +307,7 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
     )
     .ok_or(not_ours)?;
 
-    let packet_len = (ctx.data_end() - ctx.data()) as u64;
-    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_route(flow.route_id, ctx.len(), false, false);
     maps::count_event(PacketEvent::IcmpErrorTranslated);
     let route = FlowValue {
         new_src_addr_be: outer_src,
@@ -325,7 +324,7 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
         ..FlowKey::default()
     };
     let now = crate::clock::now_ns();
-    Ok(forward::send::<L3, V4>(ctx, &key, &route, now))
+    Ok(forward::send::<L3, V4, C>(ctx, &key, &route, now))
 }
 
 /// The IPv6 `translate_error`: an ICMPv6 error (destination unreachable,
@@ -337,7 +336,7 @@ pub fn translate_error<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketE
 /// left to the kernel to route: errors are rare, and the forwarding path's
 /// stack would not hold this one's too.
 #[inline(never)]
-pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, PacketEvent> {
+pub fn translate_error6<const L3: usize, C: Packet>(ctx: &C) -> Result<u32, PacketEvent> {
     let icmp = L3 + IPV6_HDR_LEN;
     let inner = icmp + ICMP_HDR_LEN;
     let inner_l4 = inner + IPV6_HDR_LEN;
@@ -405,8 +404,7 @@ pub fn translate_error6<const L3: usize>(ctx: &XdpContext) -> Result<u32, Packet
     icmp_csum = csum::replace_addr(icmp_csum, &outer_dst, &src);
     write(ctx, icmp + 2, icmp_csum).ok_or(not_ours)?;
 
-    let packet_len = (ctx.data_end() - ctx.data()) as u64;
-    maps::count_route(flow.route_id, packet_len, false, false);
+    maps::count_route(flow.route_id, ctx.len(), false, false);
     maps::count_event(PacketEvent::IcmpErrorTranslated);
-    Ok(xdp_action::XDP_PASS)
+    Ok(C::PASS)
 }

@@ -1,5 +1,6 @@
-//! The gateway's kernel data plane: an XDP program that forwards TCPRoute and
-//! UDPRoute traffic (destination and source NAT, replies translated back).
+//! The gateway's kernel data plane: an XDP program (or the same code as a TC
+//! classifier) that forwards TCPRoute and UDPRoute traffic (destination and
+//! source NAT, replies translated back).
 #![no_std]
 #![no_main]
 
@@ -16,14 +17,23 @@ mod packet;
 mod splice;
 
 use aya_ebpf::{
-    macros::{stream_verdict, xdp},
-    programs::{SkBuffContext, XdpContext},
+    macros::{classifier, stream_verdict, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 
 /// Entry point attached to each node interface.
 #[xdp]
 pub fn xdp_l4_forward(ctx: XdpContext) -> u32 {
     forward::handle(&ctx)
+}
+
+/// The same forwarding at each node interface's TC ingress (`--attach tc`):
+/// on the skb itself, so GSO packets and offloaded checksums stay as they
+/// are, and no XDP on a veth turns its peer's segmentation offload off.
+#[classifier]
+pub fn tc_l4_forward(ctx: TcContext) -> i32 {
+    packet::pull_headers(&ctx);
+    forward::handle(&ctx) as i32
 }
 
 /// Stream verdict of the TLS passthrough SOCKHASH: splices client and backend.

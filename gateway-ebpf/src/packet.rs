@@ -1,7 +1,16 @@
 //! Bounds-checked access to packet headers. Every read and write goes through
-//! `ptr_at`, which the verifier can follow.
+//! `ptr_at`, which the verifier can follow. The forwarding code is generic
+//! over `Packet`, what differs between the XDP and the TC context.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_redirect,
+    programs::{TcContext, XdpContext},
+};
+use gateway_common::{Address, FlowKeyOf, FlowValueOf, PROTO_UDP};
+
+use crate::csum;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -49,9 +58,220 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
+/// What the forwarding code needs of the context it runs in: the packet's
+/// bounds, the verdicts, how to send it on and how to update its L4 checksum.
+pub trait Packet: EbpfContext {
+    /// Hands the packet to the kernel untouched (or as rewritten).
+    const PASS: u32;
+    const DROP: u32;
+
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length, counted in the route statistics.
+    fn len(&self) -> u64;
+    fn ingress_ifindex(&self) -> u32;
+    /// Whether the kernel segments the packet after us (GSO): its IP length
+    /// is then no measure of what goes on the wire.
+    fn is_gso(&self) -> bool;
+    /// Sends the packet out of `egress` (its MACs already set); `ingress` is
+    /// where it came in.
+    fn redirect(&self, egress: u32, ingress: u32) -> u32;
+    /// Updates the L4 checksum at `offset` for the rewrite of `key` into
+    /// `flow` (addresses, which its pseudo-header covers, and ports).
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()>;
+    /// The XDP context, for what only XDP does (answering a packet too big
+    /// for the egress link itself).
+    fn as_xdp(&self) -> Option<&XdpContext>;
+}
+
+impl Packet for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u64
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        false
+    }
+
+    /// Back out of the ingress interface with XDP_TX.
+    #[inline(always)]
+    fn redirect(&self, egress: u32, ingress: u32) -> u32 {
+        if egress == ingress {
+            return xdp_action::XDP_TX;
+        }
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+
+    /// The packet's checksum is complete (XDP sees no offload state):
+    /// updated in place (RFC 1624).
+    #[inline(always)]
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()> {
+        let old: u16 = read(self, offset)?;
+        // A zero UDP checksum means "none" (IPv4 only): leave it so.
+        if key.proto == PROTO_UDP && old == 0 {
+            return Some(());
+        }
+        let mut l4 = csum::replace_addr(old, &key.src_addr_be, &flow.new_src_addr_be);
+        l4 = csum::replace_addr(l4, &key.dst_addr_be, &flow.new_dst_addr_be);
+        l4 = csum::replace_u16(l4, key.src_port_be, flow.new_src_port_be);
+        l4 = csum::replace_u16(l4, key.dst_port_be, flow.new_dst_port_be);
+        if key.proto == PROTO_UDP && l4 == 0 {
+            l4 = 0xffff;
+        }
+        write(self, offset, l4)
+    }
+
+    #[inline(always)]
+    fn as_xdp(&self) -> Option<&XdpContext> {
+        Some(self)
+    }
+}
+
+/// `bpf_l4_csum_replace`: an IPv6 address change leaves a CHECKSUM_COMPLETE
+/// skb's sum as it is (kernel 6.16 and later; not in aya's bindings yet).
+const BPF_F_IPV6: u64 = 1 << 7;
+/// The most header bytes the program reads: Ethernet, a VLAN tag, IPv6,
+/// ICMPv6 and the quoted IPv6 header and ports.
+const HEADERS_MAX: u32 = (ETH_HDR_LEN + VLAN_HDR_LEN + 2 * IPV6_HDR_LEN + 8 + UDP_HDR_LEN) as u32;
+
+impl Packet for TcContext {
+    /// TCX_NEXT: the next program on the hook, else the kernel's own path.
+    const PASS: u32 = TC_ACT_UNSPEC as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        u64::from(TcContext::len(self))
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: a read of the context.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        // SAFETY: a read of the context.
+        unsafe { (*self.skb.skb).gso_size != 0 }
+    }
+
+    /// To the egress of `egress`, the ingress interface's own included.
+    #[inline(always)]
+    fn redirect(&self, egress: u32, _ingress: u32) -> u32 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+
+    /// The skb may be CHECKSUM_PARTIAL (GSO, or sent by a local socket with
+    /// checksum offload: the field then holds the pseudo-header's sum only)
+    /// or CHECKSUM_COMPLETE: the kernel's helper updates the field, and the
+    /// skb's sum, as each case needs. The addresses as one pseudo-header
+    /// difference, the ports (adjacent) as one 32-bit word.
+    #[inline(always)]
+    fn rewrite_l4_csum<A: Address>(
+        &self,
+        offset: usize,
+        key: &FlowKeyOf<A>,
+        flow: &FlowValueOf<A>,
+    ) -> Option<()> {
+        // A zero UDP checksum ("none", IPv4) stays zero.
+        let mangled_0 = if key.proto == PROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        let addresses = csum::addr_diff(&key.src_addr_be, &flow.new_src_addr_be)
+            + csum::addr_diff(&key.dst_addr_be, &flow.new_dst_addr_be);
+        let diff = u64::from(csum::fold_sum(addresses));
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
+        if key.src_addr_be.words().len() == 1 {
+            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+        } else if self
+            .l4_csum_replace(offset, 0, diff, pseudo | BPF_F_IPV6)
+            .is_err()
+        {
+            // A kernel before BPF_F_IPV6.
+            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+        }
+        let ports = |src: u16, dst: u16| u64::from(u32::from(src) | (u32::from(dst) << 16));
+        // Byte order: both words are the port bytes read as one native u32.
+        let (old, new) = if cfg!(target_endian = "little") {
+            (
+                ports(key.src_port_be, key.dst_port_be),
+                ports(flow.new_src_port_be, flow.new_dst_port_be),
+            )
+        } else {
+            (
+                ports(key.dst_port_be, key.src_port_be),
+                ports(flow.new_dst_port_be, flow.new_src_port_be),
+            )
+        };
+        self.l4_csum_replace(offset, old, new, 4 | mangled_0).ok()
+    }
+
+    #[inline(always)]
+    fn as_xdp(&self) -> Option<&XdpContext> {
+        None
+    }
+}
+
+/// Makes the headers the program reads linear (a GSO or GRO skb may carry
+/// them partly in its pages): direct packet access sees the linear part only.
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
+    if linear < HEADERS_MAX && len > linear {
+        // Failure leaves the packet as it is: too short, it is passed.
+        let _ = ctx.pull_data(len.min(HEADERS_MAX));
+    }
+}
+
 /// A pointer to a `T` at `offset`, if the packet is long enough.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -61,13 +281,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Option<T> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
 #[inline(always)]
-pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+pub fn write<T>(ctx: &impl Packet, offset: usize, value: T) -> Option<()> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }

@@ -12,30 +12,8 @@ use std::time::{Duration, Instant};
 use gateway_common::PacketEvent;
 use gateway_tests::{
     Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, ask_echo_backend, class_and_service,
-    eventually, exchange_with_echo_backend, gateway_with, require_root,
+    eventually, exchange_with_echo_backend, gateway_with, l4_gateway, require_root,
 };
-
-/// A Gateway listener on port 9000 and an L4 route of `kind` to Service
-/// `echo` port `backend_port`.
-fn l4_gateway(protocol: &str, kind: &str, backend_port: u16) -> String {
-    let route = format!(
-        r#"---
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: {kind}
-metadata:
-  name: echo
-  namespace: default
-spec:
-  parentRefs:
-  - name: gw
-  rules:
-  - backendRefs:
-    - name: echo
-      port: {backend_port}
-"#
-    );
-    gateway_with(protocol, 9000, &route)
-}
 
 #[test]
 fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {

@@ -593,6 +593,28 @@ endpoints:
     )
 }
 
+/// A Gateway listener on port 9000 and an L4 route of `kind` to Service
+/// `echo` port `backend_port`.
+pub fn l4_gateway(protocol: &str, kind: &str, backend_port: u16) -> String {
+    let route = format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: {kind}
+metadata:
+  name: echo
+  namespace: default
+spec:
+  parentRefs:
+  - name: gw
+  rules:
+  - backendRefs:
+    - name: echo
+      port: {backend_port}
+"#
+    );
+    gateway_with(protocol, 9000, &route)
+}
+
 /// Gateway `gw` on GATEWAY_ADDR with one listener, followed by `routes`.
 pub fn gateway_with(protocol: &str, port: u16, routes: &str) -> String {
     format!(

@@ -45,7 +45,7 @@ impl Node {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&args.name);
         let mut l4 = L4Dataplane::load_with_log(
             &interfaces,
-            args.xdp_mode,
+            args.attach.mode(args.xdp_mode),
             &pin_dir,
             FlowTimeouts::default(),
             args.ebpf_log,

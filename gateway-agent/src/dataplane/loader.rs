@@ -1,13 +1,16 @@
 //! The only code that touches aya: loads the embedded eBPF object, pins its
-//! maps, attaches XDP to the node's interfaces and writes the L4 maps.
+//! maps, attaches the forwarding program to the node's interfaces (XDP, or a
+//! TC classifier at their ingress) and writes the L4 maps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray};
+use aya::programs::links::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::{
     Address, BackendValue, BackendValue6, FLOW_ORIGINAL, FlowKey, FlowKey6, FlowKeyOf, FlowValue,
@@ -57,6 +60,32 @@ pub enum AttachMode {
     Native,
     /// Generic (skb) XDP: works on every interface, slower.
     Generic,
+    /// No XDP: the same forwarding as a TC classifier at each interface's
+    /// ingress (tcx), on skbs as the kernel built them (`--attach tc`).
+    #[value(skip)]
+    Tc,
+}
+
+/// The hook the L4 program runs at (`--attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// XDP (see `--xdp-mode`): the earliest hook; on veth it needs full
+    /// checksums and turns the peer's segmentation offload off.
+    #[default]
+    Xdp,
+    /// A TC (tcx) classifier at ingress: works on the skb, GSO and checksum
+    /// offload kept.
+    Tc,
+}
+
+impl Attach {
+    /// The attach mode: `xdp_mode` for XDP.
+    pub fn mode(self, xdp_mode: AttachMode) -> AttachMode {
+        match self {
+            Attach::Xdp => xdp_mode,
+            Attach::Tc => AttachMode::Tc,
+        }
+    }
 }
 
 /// How long an idle tracked flow lives (see `gateway_common::DEFAULT_*_NS`).
@@ -80,8 +109,9 @@ impl Default for FlowTimeouts {
 pub struct L4Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    /// The XDP links, also pinned under `<pin_dir>/links/<interface>`: the pin,
-    /// not this process, keeps the program attached.
+    /// The XDP links, pinned under `<pin_dir>/links/<interface>` (TC links
+    /// under `<pin_dir>/tc-links/`): the pin, not this process, keeps the
+    /// program attached.
     links: Vec<FdLink>,
     listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     routes: HashMap<MapData, u32, RouteValue>,
@@ -240,7 +270,9 @@ impl L4Dataplane {
             ensure_bpffs(bpffs).map_err(|e| pin_error(&e))?;
         }
         let links_dir = pin_dir.join("links");
+        let tc_links_dir = pin_dir.join("tc-links");
         std::fs::create_dir_all(&links_dir).map_err(|e| pin_error(&e))?;
+        std::fs::create_dir_all(&tc_links_dir).map_err(|e| pin_error(&e))?;
 
         let mut loader = EbpfLoader::new();
         loader
@@ -300,22 +332,38 @@ impl L4Dataplane {
             })?;
         }
 
-        let program: &mut Xdp = ebpf
-            .program_mut("xdp_l4_forward")
-            .ok_or(Error::Missing("program xdp_l4_forward"))?
-            .try_into()?;
-        program.load()?;
-        let xdp_mode = match mode {
-            AttachMode::Auto => XdpMode::Default,
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Generic => XdpMode::Skb,
-        };
         let mut links = Vec::new();
-        for interface in interfaces {
-            links.push(attach(program, interface, xdp_mode, &links_dir)?);
-            enable_forwarding(interface);
+        if mode == AttachMode::Tc {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut("tc_l4_forward")
+                .ok_or(Error::Missing("program tc_l4_forward"))?
+                .try_into()?;
+            program.load()?;
+            for interface in interfaces {
+                links.push(attach_tc(program, interface, &tc_links_dir)?);
+                enable_forwarding(interface);
+            }
+            // Switched from XDP: its links go once TC forwards.
+            detach_others(&links_dir, &[]);
+            detach_others(&tc_links_dir, interfaces);
+        } else {
+            let program: &mut Xdp = ebpf
+                .program_mut("xdp_l4_forward")
+                .ok_or(Error::Missing("program xdp_l4_forward"))?
+                .try_into()?;
+            program.load()?;
+            let xdp_mode = match mode {
+                AttachMode::Native => XdpMode::Driver,
+                AttachMode::Generic => XdpMode::Skb,
+                AttachMode::Auto | AttachMode::Tc => XdpMode::Default,
+            };
+            for interface in interfaces {
+                links.push(attach(program, interface, xdp_mode, &links_dir)?);
+                enable_forwarding(interface);
+            }
+            detach_others(&tc_links_dir, &[]);
+            detach_others(&links_dir, interfaces);
         }
-        detach_others(&links_dir, interfaces);
         if !interfaces.is_empty() {
             reserve_nat_ports();
         }
@@ -601,14 +649,14 @@ impl L4Dataplane {
         Ok(())
     }
 
-    /// Detaches XDP from every interface and removes the pinned maps: what a
+    /// Detaches the program from every interface and removes the pinned maps: what a
     /// restarted agent would otherwise adopt is gone.
     pub fn detach(&mut self) {
         self.links.clear();
         if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
             tracing::warn!(pin_dir = %self.pin_dir.display(), error = %e, "cannot remove the pinned state");
         }
-        tracing::info!(pin_dir = %self.pin_dir.display(), "XDP detached and pins removed");
+        tracing::info!(pin_dir = %self.pin_dir.display(), "L4 program detached and pins removed");
     }
 
     /// Runs the XDP program once over `packet` (BPF_PROG_TEST_RUN), against the
@@ -758,38 +806,90 @@ fn attach(
     mode: XdpMode,
     links_dir: &Path,
 ) -> Result<FdLink, Error> {
-    let path = links_dir.join(interface);
-    if let Ok(pinned) = PinnedLink::from_pin(&path) {
-        let replaced = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| e.to_string())
-            .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
-        match replaced {
-            Ok(id) => {
-                let link = program.take_link(id)?;
-                tracing::info!(%interface, "XDP link adopted: new program swapped in");
-                return FdLink::try_from(link).map_err(|e| Error::Pin {
-                    path,
-                    message: e.to_string(),
-                });
+    let link = pinned_link(
+        interface,
+        "XDP",
+        &links_dir.join(interface),
+        |program, pinned| {
+            let link = XdpLink::try_from(pinned).map_err(|e| e.to_string())?;
+            let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+            program.take_link(id).map_err(|e| e.to_string())
+        },
+        |program| {
+            let id = program.attach(interface, mode)?;
+            Ok(program.take_link(id)?)
+        },
+        program,
+    )?;
+    tracing::debug!(%interface, ?mode, "XDP mode");
+    Ok(link)
+}
+
+/// `attach` for the TC classifier: a tcx link at `interface`'s ingress, pinned
+/// the same way (tcx needs kernel 6.6).
+fn attach_tc(
+    program: &mut SchedClassifier,
+    interface: &str,
+    links_dir: &Path,
+) -> Result<FdLink, Error> {
+    pinned_link(
+        interface,
+        "TC",
+        &links_dir.join(interface),
+        |program, pinned| {
+            let link = SchedClassifierLink::try_from(pinned).map_err(|e| e.to_string())?;
+            let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+            program.take_link(id).map_err(|e| e.to_string())
+        },
+        |program| {
+            let id = program.attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?;
+            Ok(program.take_link(id)?)
+        },
+        program,
+    )
+}
+
+/// The link pinned at `path` with the new program swapped in by `adopt`, or
+/// when there is none (or it is defunct: the interface was recreated) a new
+/// one from `fresh`, pinned there.
+fn pinned_link<P, L>(
+    interface: &str,
+    kind: &str,
+    path: &Path,
+    adopt: impl FnOnce(&mut P, FdLink) -> Result<L, String>,
+    fresh: impl FnOnce(&mut P) -> Result<L, Error>,
+    program: &mut P,
+) -> Result<FdLink, Error>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
+        path: path.to_path_buf(),
+        message: format!("the {kind} link cannot be pinned (kernel without BPF links?): {e}"),
+    };
+    if let Ok(pinned) = PinnedLink::from_pin(path) {
+        match adopt(program, FdLink::from(pinned)) {
+            Ok(link) => {
+                tracing::info!(%interface, "{kind} link adopted: new program swapped in");
+                return FdLink::try_from(link).map_err(|e| pin_error(&e));
             }
             Err(error) => {
-                // E.g. the interface was recreated: that link is defunct.
-                tracing::warn!(%interface, %error, "cannot reuse the pinned XDP link; attaching anew");
-                let _ = std::fs::remove_file(&path);
+                tracing::warn!(%interface, %error, "cannot reuse the pinned {kind} link; attaching anew");
+                let _ = std::fs::remove_file(path);
             }
         }
     }
-    let id = program.attach(interface, mode)?;
-    let link = program.take_link(id)?;
-    let pin_error = |e: &dyn std::fmt::Display| Error::Pin {
-        path: path.clone(),
-        message: format!("the XDP link cannot be pinned (kernel without BPF links?): {e}"),
-    };
+    let link = fresh(program)?;
     let pinned = FdLink::try_from(link)
         .map_err(|e| pin_error(&e))?
-        .pin(&path)
+        .pin(path)
         .map_err(|e| pin_error(&e))?;
-    tracing::info!(%interface, ?mode, "XDP program attached");
+    tracing::info!(%interface, "{kind} program attached");
     Ok(pinned.into())
 }
 
@@ -801,7 +901,7 @@ fn detach_others(links_dir: &Path, interfaces: &[String]) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !interfaces.contains(&name) {
-            tracing::info!(interface = %name, "detaching XDP from an interface no longer served");
+            tracing::info!(interface = %name, links = %links_dir.display(), "detaching the L4 program from an interface no longer served");
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -1,0 +1,281 @@
+//! `--attach tc`: the L4 forwarding program as a TC classifier at the node
+//! interfaces' ingress. The peers keep their offloads on (TX checksum, TSO,
+//! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
+//! which it must rewrite without breaking a byte (IPv4 and IPv6); replies
+//! are translated back, and forwarding goes on while the agent is stopped or
+//! restarted.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use gateway_common::PacketEvent;
+use gateway_tests::{
+    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
+    l4_gateway, require_root,
+};
+
+/// The topology with the offloads XDP needs off turned back on, on both
+/// peers: what their stacks send is CHECKSUM_PARTIAL, TCP in TSO/GSO packets.
+/// The node's links keep TX checksum offload off, as a NIC without it: the
+/// kernel then finishes each checksum (and segments) on the way out, and the
+/// receiving peer verifies it. Between veths with offload on all the way, a
+/// partial checksum is never computed nor checked, so a wrong one would pass.
+fn topology_with_offloads() -> Topology {
+    let topology = Topology::new();
+    for link in ["c0", "b0"] {
+        topology.node.run(&["ethtool", "-K", link, "tx", "off"]);
+    }
+    for peer in [&topology.client, &topology.backend] {
+        peer.run(&[
+            "ethtool", "-K", "eth0", "tx", "on", "tso", "on", "gso", "on",
+        ]);
+        let features =
+            String::from_utf8_lossy(&peer.run(&["ethtool", "-k", "eth0"]).stdout).into_owned();
+        assert!(
+            features.contains("tx-checksumming: on")
+                && features.contains("tcp-segmentation-offload: on"),
+            "offloads on:\n{features}"
+        );
+    }
+    topology
+}
+
+/// `len` bytes that no shifted or truncated copy matches (xorshift).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through the gateway to the echo backend and returns what
+/// came back (a writer thread, so that neither side's window stalls).
+fn echo_bulk(topology: &Topology, gateway: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
+    let stream = topology.client.connect_tcp(gateway).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = stream;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            writer.write_all(data).expect("send the bulk");
+            writer
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+        });
+        let mut back = Vec::with_capacity(data.len());
+        reader.read_to_end(&mut back).expect("read the echo");
+        back
+    })
+}
+
+#[test]
+fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_restart() {
+    if !require_root("tcp_bulk_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let mut agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+
+    let reply = eventually("TCP through the gateway", Duration::from_secs(20), || {
+        topology.client_run(&["tcp-send", &gateway, "ping"])
+    });
+    assert_eq!(reply, "ping", "agent log:\n{}", agent.log());
+    assert!(
+        agent.log().contains("TC program attached"),
+        "agent log:\n{}",
+        agent.log()
+    );
+
+    // 4 MB each way, in TSO packets whose checksums the program leaves for
+    // the segmentation to finish: every byte must come back as sent.
+    let data = pattern(4 << 20);
+    let packets_before = agent.route_counter(0, "packets");
+    let bytes_before = agent.route_counter(0, "bytes");
+    let redirected_before = agent.packet_events(PacketEvent::Redirected);
+    let back = echo_bulk(&topology, gateway.parse().expect("address"), &data);
+    assert_eq!(back.len(), data.len(), "echoed length");
+    assert!(back == data, "the echo differs from what was sent");
+    let packets = agent.route_counter(0, "packets") - packets_before;
+    let bytes = agent.route_counter(0, "bytes") - bytes_before;
+    let redirected = agent.packet_events(PacketEvent::Redirected) - redirected_before;
+    assert!(
+        bytes >= 2 * data.len() as u64,
+        "both directions counted: {bytes} bytes"
+    );
+    // Fewer packets than 1,500-byte segments would take: GSO packets went
+    // through the program whole.
+    assert!(
+        bytes / packets > 1_500,
+        "{bytes} bytes in {packets} packets: no GSO packet was forwarded"
+    );
+    assert!(
+        redirected >= packets / 2,
+        "redirected by the program: {redirected} of {packets}"
+    );
+
+    // A connection opened before the agent stops, used while it is stopped,
+    // killed and restarted (the new agent adopts the pinned tcx links).
+    let long_lived = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect");
+    let exchange = |stream: &std::net::TcpStream, message: &str| {
+        let mut stream = stream;
+        stream.write_all(message.as_bytes()).expect("send");
+        let mut back = vec![0u8; message.len()];
+        stream.read_exact(&mut back).expect("receive the echo");
+        assert_eq!(back, message.as_bytes());
+    };
+    exchange(&long_lived, "before");
+    agent.process.signal(libc::SIGSTOP);
+    let flows_before = agent.route_counter(0, "new_flows");
+    for i in 0..3 {
+        let message = format!("while stopped {i}");
+        let reply = topology.client_run(&["tcp-send", &gateway, &message]);
+        assert_eq!(reply.as_deref(), Ok(message.as_str()), "exchange {i}");
+    }
+    exchange(&long_lived, "stopped");
+    assert_eq!(agent.route_counter(0, "new_flows"), flows_before + 3);
+    agent.process.signal(libc::SIGKILL);
+    agent.process.0.wait().expect("reap agent");
+    exchange(&long_lived, "killed");
+    agent.restart(&topology);
+    eventually("the new agent adopts", Duration::from_secs(20), || {
+        if agent.log().contains("TC link adopted") {
+            Ok(())
+        } else {
+            Err(agent.log())
+        }
+    });
+    exchange(&long_lived, "restarted");
+    let reply = topology.client_run(&["tcp-send", &gateway, "new after restart"]);
+    assert_eq!(reply.as_deref(), Ok("new after restart"));
+}
+
+#[test]
+fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_stopped() {
+    if !require_root("udp_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    let _backend = topology.backend_spawn(&["udp-echo", &format!("{BACKEND_ADDR}:5353")]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
+    );
+    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let target = format!("{GATEWAY_ADDR}:9000");
+
+    let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
+        topology.client_run(&["udp-send", &target, "datagram"])
+    });
+    assert_eq!(reply, "datagram", "agent log:\n{}", agent.log());
+
+    // udp-send's socket is connected to the gateway address: only a reply
+    // the program translated back to come from there reaches it.
+    let packets_before = agent.route_counter(0, "packets");
+    let redirected_before = agent.packet_events(PacketEvent::Redirected);
+    agent.process.signal(libc::SIGSTOP);
+    for i in 0..3 {
+        let message = format!("while stopped {i}");
+        assert_eq!(
+            topology
+                .client_run(&["udp-send", &target, &message])
+                .as_deref(),
+            Ok(message.as_str()),
+            "datagram {i} with the agent stopped"
+        );
+    }
+    assert!(agent.route_counter(0, "packets") >= packets_before + 6);
+    assert!(agent.packet_events(PacketEvent::Redirected) >= redirected_before + 6);
+    agent.process.signal(libc::SIGCONT);
+}
+
+const GATEWAY6: &str = "fd00:18::1";
+const BACKEND6: &str = "fd00:18:1::2";
+
+/// IPv6 addresses on the topology's links (client fd00:18::2, backend
+/// BACKEND6, routed through the node), IPv6 forwarding on in the node.
+fn add_ipv6(topology: &Topology) {
+    topology
+        .node
+        .run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for (ns, addr, dev) in [
+        (&topology.client, "fd00:18::2", "eth0"),
+        (&topology.node, GATEWAY6, "c0"),
+        (&topology.node, "fd00:18:1::1", "b0"),
+        (&topology.backend, BACKEND6, "eth0"),
+    ] {
+        let addr = format!("{addr}/64");
+        ns.run(&["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"]);
+    }
+    topology
+        .client
+        .run(&["ip", "-6", "route", "add", "default", "via", GATEWAY6]);
+    topology
+        .backend
+        .run(&["ip", "-6", "route", "add", "default", "via", "fd00:18:1::1"]);
+}
+
+#[test]
+fn ipv6_tcp_bulk_and_udp_through_tc_with_offloads_on_arrive_intact() {
+    if !require_root("ipv6_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    add_ipv6(&topology);
+    let _tcp = topology.backend_spawn(&["tcp-echo", &format!("[{BACKEND6}]:7000")]);
+    let _udp = topology.backend_spawn(&["udp-echo", &format!("[{BACKEND6}]:7000")]);
+    // The IPv4 manifests with the IPv6 addresses in: one backend, a TCP
+    // and a UDP route, both to port 7000.
+    let ipv6 = |yaml: String| {
+        yaml.replace(GATEWAY_ADDR, GATEWAY6)
+            .replace(BACKEND_ADDR, BACKEND6)
+            .replace("addressType: IPv4", "addressType: IPv6")
+    };
+    let manifests = TempDir::new();
+    manifests.write(
+        "tcp.yaml",
+        &ipv6(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let gateway: std::net::SocketAddr = format!("[{GATEWAY6}]:9000").parse().expect("address");
+
+    eventually(
+        "TCP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["tcp-send", &gateway.to_string(), "ping"]),
+    );
+    let data = pattern(4 << 20);
+    let back = echo_bulk(&topology, gateway, &data);
+    assert_eq!(back.len(), data.len(), "echoed length");
+    assert!(back == data, "the echo differs from what was sent");
+    assert!(
+        agent.packet_events(PacketEvent::Redirected) >= 100,
+        "redirected by the program"
+    );
+
+    // UDP over IPv6: the checksum is mandatory, and must be right.
+    agent.manifests.write(
+        "tcp.yaml",
+        &ipv6(class_and_service("echo", 7000, 7000) + &l4_gateway("UDP", "UDPRoute", 7000)),
+    );
+    let reply = eventually(
+        "UDP over IPv6 through the gateway",
+        Duration::from_secs(20),
+        || topology.client_run(&["udp-send", &gateway.to_string(), "datagram"]),
+    );
+    assert_eq!(reply, "datagram");
+}
