@@ -434,7 +434,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
     // Names `Connection` lists go too; a listed `TE` is not kept for HTTP/2.
     let mut te_listed = false;
-    if present[0] {
+    // `Connection: keep-alive` or `close` (what backends send) lists nothing.
+    let lists_nothing = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    if present[0]
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(lists_nothing)
+    {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
