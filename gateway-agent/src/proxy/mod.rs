@@ -877,7 +877,7 @@ mod tests {
     use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
     use hyper::client::conn::http1;
 
-    fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
+    pub(super) fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
         HttpRule {
             route: RouteRef {
                 kind: "HTTPRoute",

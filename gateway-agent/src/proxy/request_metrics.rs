@@ -117,25 +117,12 @@ fn count_uncached(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
 
+    /// A rule of route `name` (namespace "ns"), without backends.
     fn rule(name: &str) -> HttpRule {
-        HttpRule {
-            route: RouteRef {
-                kind: "HTTPRoute",
-                namespace: "ns".into(),
-                name: name.into(),
-                rule: 0,
-            },
-            hostnames: Arc::new([]),
-            listener_hostname: None,
-            matched: HttpMatch::any(),
-            filters: Arc::default(),
-            timeouts: HttpTimeouts::default(),
-            retry: None,
-            backends: Arc::new([]),
-            invalid_weight: 0,
-        }
+        let mut rule = crate::proxy::tests::rule(&[], 0);
+        rule.route.name = name.into();
+        rule
     }
 
     /// The table's rules, in their order (all of them cover any host).
