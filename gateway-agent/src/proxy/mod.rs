@@ -8,6 +8,7 @@
 mod filters;
 mod http1_pool;
 mod mirror;
+mod request_metrics;
 mod retry;
 pub(crate) mod route_table;
 pub(crate) mod tls;
@@ -31,10 +32,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use workers::Workers;
 
-use crate::metrics::{ProxyMetrics, RequestLabels, RouteLabels, status_class};
+use crate::metrics::ProxyMetrics;
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
+use request_metrics::RequestMetrics;
 pub use route_table::{RequestView, RouteTable};
 use upstream::Upstream;
 
@@ -43,8 +45,10 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Slow clients must send their request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limits on what a client may send: more headers or a larger head than this
-/// is answered 431 (HTTP/1.1) or refused (HTTP/2), before any routing.
-const MAX_HEADERS: usize = 100;
+/// is answered 431 (HTTP/1.1) or refused (HTTP/2), before any routing. The
+/// limit of 100 headers per HTTP/1.1 request is hyper's default, left unset:
+/// setting it makes hyper allocate and fill two 100-entry arrays per request
+/// instead of using uninitialised ones on the stack.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -241,6 +245,7 @@ async fn accept_loop(
             listener_port,
             scheme: if acceptor.is_some() { "https" } else { "http" },
             sni: None,
+            metrics: RequestMetrics::default(),
         };
         let table = table.clone();
         let shared = shared.clone();
@@ -270,7 +275,6 @@ async fn accept_loop(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_headers(MAX_HEADERS)
                 .max_buf_size(MAX_HEAD_BYTES);
             builder
                 .http2()
@@ -312,6 +316,8 @@ struct Connection {
     scheme: &'static str,
     /// The server name the client sent in its TLS handshake.
     sni: Option<Arc<str>>,
+    /// The metric handles of the rule its last request matched.
+    metrics: RequestMetrics,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -391,35 +397,80 @@ fn endpoints_like(rule: &HttpRule, chosen: &HttpBackend) -> Vec<(SocketAddr, u64
         .collect()
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1),
+/// besides those `Connection` lists. `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
+
+/// Removes the hop-by-hop headers (RFC 9110 7.6.1).
 /// `te: trailers` survives towards an HTTP/2 backend: gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+    // One pass over the names finds which are present (usually none, or
+    // `Connection: keep-alive` in a response): a removal of each name
+    // costs more than comparing parsed names.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
+    // Names `Connection` lists go too; a listed `TE` is not kept for HTTP/2.
+    let mut te_listed = false;
+    // `Connection: keep-alive` or `close` (what backends send) lists nothing.
+    let lists_nothing = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    if present[0]
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(lists_nothing)
+    {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                te_listed |= name.eq_ignore_ascii_case("te");
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = present[3]
+        && !te_listed
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if keep_te_trailers && te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -508,7 +559,7 @@ struct AccessLogRequest {
 
 async fn handle(
     req: Request<Incoming>,
-    table: &RouteTable,
+    table: &Arc<RouteTable>,
     shared: &Shared,
     upstream: &Upstream,
     connection: Connection,
@@ -534,22 +585,14 @@ async fn handle(
         Err(code) => status(code),
     };
     let elapsed = started.elapsed();
-    let route = RouteLabels::of(outcome.rule.map(|r| &r.route));
-    let metrics = &shared.metrics;
-    if outcome.connect_error {
-        metrics.upstream_connect_errors.get_or_create(&route).inc();
-    }
-    metrics
-        .request_duration
-        .get_or_create(&route)
-        .observe(elapsed.as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            status_class: status_class(response.status().as_u16()),
-        })
-        .inc();
+    connection.metrics.record(
+        &shared.metrics,
+        table,
+        outcome.rule,
+        response.status().as_u16(),
+        elapsed,
+        outcome.connect_error,
+    );
     if let Some(request) = logged {
         tracing::info!(
             target: "access_log",
@@ -692,22 +735,22 @@ async fn forward<'t>(
     {
         headers.insert(header::HOST, value);
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", connection.peer.ip())),
         None => Ok(connection.peer_ip.clone()),
     };
     if let Ok(value) = forwarded_for {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(connection.scheme),
     );
-    if !headers.contains_key("x-forwarded-host")
+    if !headers.contains_key(&X_FORWARDED_HOST)
         && !host.is_empty()
         && let Some(value) = host_header.or_else(|| HeaderValue::from_str(&host).ok())
     {
-        headers.insert("x-forwarded-host", value);
+        headers.insert(X_FORWARDED_HOST, value);
     }
     for set in [&rule.filters, &backend.filters] {
         if let Some(modifier) = &set.request_headers {
@@ -834,7 +877,7 @@ mod tests {
     use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
     use hyper::client::conn::http1;
 
-    fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
+    pub(super) fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
         HttpRule {
             route: RouteRef {
                 kind: "HTTPRoute",
