@@ -270,12 +270,15 @@ pub struct HttpRule {
     /// A request is served by the listener whose hostname matches it most
     /// specifically, and only by that listener's rules.
     pub listener_hostname: Option<String>,
-    /// One match of the rule; a rule with several matches gives several entries.
-    pub matched: HttpMatch,
+    /// One match of the rule; a rule with several matches gives several
+    /// entries. Shared with translate's parsed route (and every socket).
+    #[serde(serialize_with = "serialize_shared")]
+    pub matched: Arc<HttpMatch>,
     #[serde(serialize_with = "serialize_shared")]
     pub filters: Arc<HttpFilters>,
     pub timeouts: HttpTimeouts,
-    pub retry: Option<HttpRetry>,
+    /// Boxed: most rules have none.
+    pub retry: Option<Box<HttpRetry>>,
     /// Shared by every rule with the same backends (translate interns them).
     #[serde(serialize_with = "serialize_shared")]
     pub backends: Arc<[HttpBackend]>,

@@ -67,7 +67,7 @@ pub(super) fn listener_rules<'a>(
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
-                    retry: rule.retry.as_deref().cloned(),
+                    retry: rule.retry.clone(),
                     backends: backends.clone(),
                     invalid_weight,
                 };

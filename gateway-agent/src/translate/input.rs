@@ -6,12 +6,13 @@ use crate::model::{
     Cors, HeaderModifier, HttpMatch, HttpRetry, HttpTimeouts, NameValueMatch, PathMatch,
     PathModifier, RequestRedirect, UrlRewrite, ValueMatch,
 };
-use crate::store::{ObjectKey, Snapshot};
+use crate::store::{Kind, Object, ObjectKey, Snapshot};
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme,
     HttpRouteRulesMatchesPathType,
 };
 use gateway_api::grpcroutes::{GrpcRouteRulesMatches, GrpcRouteRulesMatchesMethodType};
+use std::sync::Arc;
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
@@ -33,6 +34,29 @@ impl RouteKind {
             RouteKind::Udp => "UDPRoute",
             RouteKind::Tls => "TLSRoute",
         }
+    }
+
+    /// The snapshot's kind of these routes.
+    pub const fn object_kind(self) -> Kind {
+        match self {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+            RouteKind::Tcp => Kind::TcpRoute,
+            RouteKind::Udp => Kind::UdpRoute,
+            RouteKind::Tls => Kind::TlsRoute,
+        }
+    }
+
+    /// The route kind of a snapshot kind, if it is one.
+    pub const fn of(kind: Kind) -> Option<Self> {
+        Some(match kind {
+            Kind::HttpRoute => RouteKind::Http,
+            Kind::GrpcRoute => RouteKind::Grpc,
+            Kind::TcpRoute => RouteKind::Tcp,
+            Kind::UdpRoute => RouteKind::Udp,
+            Kind::TlsRoute => RouteKind::Tls,
+            _ => return None,
+        })
     }
 }
 
@@ -76,7 +100,8 @@ pub enum Filter {
 
 #[derive(Clone, Debug)]
 pub struct Rule {
-    pub matches: Vec<HttpMatch>,
+    /// Shared with the proxy's rules.
+    pub matches: Vec<Arc<HttpMatch>>,
     /// GRPCRoute only, one per match: characters of the service and method
     /// matched, which order gRPC rules (the spec's precedence).
     pub grpc_precedence: Vec<(usize, usize)>,
@@ -523,27 +548,41 @@ macro_rules! backend_only_route {
     }};
 }
 
-/// Every route of the snapshot, whatever its kind, in one shape: kind by
-/// kind, each kind in key order.
-pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
-    route_ids(snapshot)
-        .filter_map(|(kind, key)| route(snapshot, kind, key))
-        .collect()
-}
-
-/// The identities of every route of the snapshot, in `routes`' order.
+/// The identities of every route of the snapshot: kind by kind, each kind
+/// in key order (typed routes first where a snapshot holds both forms).
 pub fn route_ids(snapshot: &Snapshot) -> impl Iterator<Item = (RouteKind, &ObjectKey)> {
     let tag = |kind| move |key| (kind, key);
-    (snapshot.http_routes.keys().map(tag(RouteKind::Http)))
-        .chain(snapshot.grpc_routes.keys().map(tag(RouteKind::Grpc)))
-        .chain(snapshot.tcp_routes.keys().map(tag(RouteKind::Tcp)))
-        .chain(snapshot.udp_routes.keys().map(tag(RouteKind::Udp)))
-        .chain(snapshot.tls_routes.keys().map(tag(RouteKind::Tls)))
+    let kinds = [
+        RouteKind::Http,
+        RouteKind::Grpc,
+        RouteKind::Tcp,
+        RouteKind::Udp,
+        RouteKind::Tls,
+    ];
+    kinds.into_iter().flat_map(move |kind| {
+        let typed: Box<dyn Iterator<Item = &ObjectKey>> = match kind {
+            RouteKind::Http => Box::new(snapshot.http_routes.keys()),
+            RouteKind::Grpc => Box::new(snapshot.grpc_routes.keys()),
+            RouteKind::Tcp => Box::new(snapshot.tcp_routes.keys()),
+            RouteKind::Udp => Box::new(snapshot.udp_routes.keys()),
+            RouteKind::Tls => Box::new(snapshot.tls_routes.keys()),
+        };
+        let parsed = snapshot
+            .parsed_routes
+            .get(&kind)
+            .into_iter()
+            .flat_map(|m| m.keys());
+        typed.chain(parsed).map(tag(kind))
+    })
 }
 
-/// One route of the snapshot in translate's view, if the snapshot has it.
-pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Route> {
-    Some(match kind {
+/// One route of the snapshot in translate's view, if the snapshot has it:
+/// shared when the snapshot holds it parsed, else parsed from its object.
+pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Arc<Route>> {
+    if let Some(parsed) = snapshot.parsed_routes.get(&kind).and_then(|m| m.get(key)) {
+        return Some(parsed.clone());
+    }
+    let object = match kind {
         RouteKind::Http => http_route(key, snapshot.http_routes.get(key)?),
         RouteKind::Grpc => grpc_route(key, snapshot.grpc_routes.get(key)?),
         RouteKind::Tcp => {
@@ -558,6 +597,22 @@ pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Ro
             let route = snapshot.tls_routes.get(key)?;
             backend_only_route!(route, key, RouteKind::Tls, route.spec.hostnames.clone())
         }
+    };
+    Some(Arc::new(object))
+}
+
+/// A route object in translate's view (None for other kinds): what a source
+/// keeps in place of the object when nothing else reads it.
+pub fn parse(key: &ObjectKey, object: &Object) -> Option<Route> {
+    Some(match object {
+        Object::HttpRoute(route) => http_route(key, route),
+        Object::GrpcRoute(route) => grpc_route(key, route),
+        Object::TcpRoute(route) => backend_only_route!(route, key, RouteKind::Tcp, Vec::new()),
+        Object::UdpRoute(route) => backend_only_route!(route, key, RouteKind::Udp, Vec::new()),
+        Object::TlsRoute(route) => {
+            backend_only_route!(route, key, RouteKind::Tls, route.spec.hostnames.clone())
+        }
+        _ => return None,
     })
 }
 
@@ -582,8 +637,10 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
             .iter()
             .map(|r| {
                 let matches = match &r.matches {
-                    Some(ms) if !ms.is_empty() => ms.iter().map(http_match).collect(),
-                    _ => vec![HttpMatch::any()],
+                    Some(ms) if !ms.is_empty() => {
+                        ms.iter().map(|m| Arc::new(http_match(m))).collect()
+                    }
+                    _ => vec![Arc::new(HttpMatch::any())],
                 };
                 let mut unsupported = None;
                 let mut backend_refs =
@@ -650,8 +707,14 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
             .iter()
             .map(|r| {
                 let (matches, grpc_precedence) = match &r.matches {
-                    Some(ms) if !ms.is_empty() => ms.iter().map(grpc_match).unzip(),
-                    _ => (vec![HttpMatch::any()], vec![(0, 0)]),
+                    Some(ms) if !ms.is_empty() => ms
+                        .iter()
+                        .map(|m| {
+                            let (matched, precedence) = grpc_match(m);
+                            (Arc::new(matched), precedence)
+                        })
+                        .unzip(),
+                    _ => (vec![Arc::new(HttpMatch::any())], vec![(0, 0)]),
                 };
                 let mut unsupported = None;
                 let mut backend_refs =

@@ -77,7 +77,8 @@ pub struct Memo {
 /// One route's own share of a translate: valid while no object other than
 /// routes changes (listeners, Services, grants... are what it was decided on).
 struct RouteMemo {
-    route: Route,
+    /// Shared with the snapshot when it holds routes parsed.
+    route: Arc<Route>,
     /// One per parentRef of ours: its status, and the listeners it attached to.
     parents: Vec<(Arc<ObjectStatus>, Vec<Hit>)>,
     /// The sockets of those listeners, sorted.
@@ -100,17 +101,6 @@ const ROUTE_KINDS: [Kind; 5] = [
     Kind::UdpRoute,
     Kind::TlsRoute,
 ];
-
-fn route_kind(kind: Kind) -> Option<RouteKind> {
-    Some(match kind {
-        Kind::HttpRoute => RouteKind::Http,
-        Kind::GrpcRoute => RouteKind::Grpc,
-        Kind::TcpRoute => RouteKind::Tcp,
-        Kind::UdpRoute => RouteKind::Udp,
-        Kind::TlsRoute => RouteKind::Tls,
-        _ => return None,
-    })
-}
 
 pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     translate_incremental(snapshot, settings, None, &mut Memo::default())
@@ -226,7 +216,7 @@ pub fn translate_incremental(
     // translated again; the sockets they were and are served on are dirty.
     let mut dirty_binds: BTreeSet<SocketAddr> = BTreeSet::new();
     for (kind, key) in changes.into_iter().flatten() {
-        let Some(kind) = route_kind(*kind) else {
+        let Some(kind) = RouteKind::of(*kind) else {
             continue;
         };
         if let Some(old) = memo.routes.remove(&(kind, key.clone())) {
@@ -236,7 +226,7 @@ pub fn translate_incremental(
     let to_translate: Vec<(RouteKind, &ObjectKey)> = match changes {
         Some(changed) if routes_only => changed
             .iter()
-            .filter_map(|(kind, key)| Some((route_kind(*kind)?, key)))
+            .filter_map(|(kind, key)| Some((RouteKind::of(*kind)?, key)))
             .collect(),
         _ => input::route_ids(snapshot).collect(),
     };
@@ -262,7 +252,7 @@ pub fn translate_incremental(
             statuses.push(status.clone());
             for (index, hostnames) in hits {
                 attachments[*index].push(Attachment {
-                    route: &decided.route,
+                    route: decided.route.as_ref(),
                     hostnames,
                 });
             }
@@ -450,7 +440,7 @@ pub fn translate_incremental(
 /// Translates one route on its own: its status per parentRef of ours and
 /// the listeners that accept it.
 fn route_memo(
-    route: Route,
+    route: Arc<Route>,
     gateway_addresses: &BTreeMap<&ObjectKey, gateways::GatewayAddresses>,
     our_listener_sets: &BTreeSet<ObjectKey>,
     listeners_of: &BTreeMap<(&str, &ObjectKey), Vec<usize>>,
