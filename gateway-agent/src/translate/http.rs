@@ -131,10 +131,7 @@ fn http_backends(
 }
 
 fn is_h2c(backend: &BackendRef, snapshot: &Snapshot) -> bool {
-    let Some(service) = snapshot
-        .services
-        .get(&ObjectKey::new(&backend.namespace, &backend.name))
-    else {
+    let Some(service) = snapshot.services.get(&backend.object_key()) else {
         return false;
     };
     service

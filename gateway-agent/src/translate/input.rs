@@ -70,16 +70,42 @@ pub struct ParentRef {
     pub port: Option<i32>,
 }
 
+/// Kept by the memo for every rule of every route: its names are shared
+/// within the route (`Names`), its filters sized exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendRef {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: Option<i32>,
     pub weight: u32,
     /// HTTPRoute/GRPCRoute filters of this backendRef (empty for L4 routes).
-    pub filters: Vec<Filter>,
+    pub filters: Box<[Filter]>,
+}
+
+impl BackendRef {
+    /// The key of the Service (or other object) it names.
+    pub fn object_key(&self) -> ObjectKey {
+        ObjectKey::new(&*self.namespace, &*self.name)
+    }
+}
+
+/// One `Arc` per distinct name within one route: its backendRefs mostly
+/// repeat one group, kind, namespace and Service (5 rules to one Service
+/// hold one copy of each name instead of 5).
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.push(name.clone());
+        name
+    }
 }
 
 /// One HTTPRoute/GRPCRoute filter, free of the generated types.
@@ -98,21 +124,23 @@ pub enum Filter {
     },
 }
 
+/// Kept by the memo for every rule of every route: boxed slices (no spare
+/// room, two words each).
 #[derive(Clone, Debug)]
 pub struct Rule {
     /// Shared with the proxy's rules.
-    pub matches: Vec<Arc<HttpMatch>>,
+    pub matches: Box<[Arc<HttpMatch>]>,
     /// GRPCRoute only, one per match: characters of the service and method
     /// matched, which order gRPC rules (the spec's precedence).
-    pub grpc_precedence: Vec<(usize, usize)>,
-    pub backend_refs: Vec<BackendRef>,
-    pub filters: Vec<Filter>,
+    pub grpc_precedence: Box<[(usize, usize)]>,
+    pub backend_refs: Box<[BackendRef]>,
+    pub filters: Box<[Filter]>,
     pub timeouts: HttpTimeouts,
     /// HTTPRoute `retry`; None for other kinds (and most rules: boxed, the
     /// memo keeps every rule).
     pub retry: Option<Box<HttpRetry>>,
     /// Why the rule cannot be served as written (e.g. an unsupported match), if so.
-    pub unsupported: Option<String>,
+    pub unsupported: Option<Box<str>>,
 }
 
 impl Rule {
@@ -148,7 +176,7 @@ impl Rule {
         });
         for pattern in patterns {
             if let Err(e) = regex::Regex::new(pattern) {
-                self.unsupported = Some(format!("regular expression {pattern:?}: {e}"));
+                self.unsupported = Some(format!("regular expression {pattern:?}: {e}").into());
                 return;
             }
         }
@@ -163,7 +191,8 @@ pub struct Route {
     /// RFC 3339 text sorts in time order; empty when unknown.
     pub created: String,
     pub hostnames: Vec<String>,
-    pub parent_refs: Vec<ParentRef>,
+    /// Shared with the statuses that answer them.
+    pub parent_refs: Vec<Arc<ParentRef>>,
     pub rules: Vec<Rule>,
 }
 
@@ -192,15 +221,15 @@ macro_rules! parent_ref {
 }
 
 macro_rules! backend_ref {
-    ($b:expr, $ns:expr) => {
+    ($b:expr, $ns:expr, $names:expr) => {
         BackendRef {
-            group: $b.group.clone().unwrap_or_default(),
-            kind: $b.kind.clone().unwrap_or_else(|| "Service".into()),
-            namespace: $b.namespace.clone().unwrap_or_else(|| $ns.clone()),
-            name: $b.name.clone(),
+            group: $names.get($b.group.as_deref().unwrap_or_default()),
+            kind: $names.get($b.kind.as_deref().unwrap_or("Service")),
+            namespace: $names.get($b.namespace.as_deref().unwrap_or($ns)),
+            name: $names.get(&$b.name),
             port: $b.port,
             weight: $b.weight.unwrap_or(1).max(0) as u32,
-            filters: Vec::new(),
+            filters: Box::default(),
         }
     };
 }
@@ -362,7 +391,11 @@ fn path_modifier(
 /// The generated filter types of those four places share one JSON shape, so
 /// they are read through HTTPRoute's rule filter type. An unsupported filter
 /// makes the whole list unusable: `Err` says why.
-fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, String> {
+fn filters<T: serde::Serialize>(
+    list: &[T],
+    ns: &str,
+    names: &mut Names,
+) -> Result<Box<[Filter]>, String> {
     let mut out = Vec::new();
     for raw in list {
         let f: HttpRouteRulesFilters = serde_json::to_value(raw)
@@ -417,20 +450,16 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
                 (None, Some(p)) => (p, 100),
                 (None, None) => (1, 1),
             };
-            let ns = ns.to_string();
+            let backend = &m.backend_ref;
             out.push(Filter::Mirror {
                 backend: BackendRef {
-                    group: m.backend_ref.group.clone().unwrap_or_default(),
-                    kind: m
-                        .backend_ref
-                        .kind
-                        .clone()
-                        .unwrap_or_else(|| "Service".into()),
-                    namespace: m.backend_ref.namespace.clone().unwrap_or(ns),
-                    name: m.backend_ref.name.clone(),
-                    port: m.backend_ref.port,
+                    group: names.get(backend.group.as_deref().unwrap_or_default()),
+                    kind: names.get(backend.kind.as_deref().unwrap_or("Service")),
+                    namespace: names.get(backend.namespace.as_deref().unwrap_or(ns)),
+                    name: names.get(&backend.name),
+                    port: backend.port,
                     weight: 1,
-                    filters: Vec::new(),
+                    filters: Box::default(),
                 },
                 numerator: numerator.max(0) as u32,
                 denominator: denominator.max(1) as u32,
@@ -450,7 +479,7 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
             return Err("a filter without its settings".into());
         }
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 fn timeouts(
@@ -516,6 +545,7 @@ macro_rules! backend_only_route {
     ($route:expr, $key:expr, $kind:expr, $hostnames:expr) => {{
         let (route, key) = ($route, $key);
         let ns = &key.namespace;
+        let mut names = Names::default();
         let (generation, created) = meta_facts(&route.metadata);
         Route {
             kind: $kind,
@@ -528,19 +558,23 @@ macro_rules! backend_only_route {
                 .parent_refs
                 .iter()
                 .flatten()
-                .map(|p| parent_ref!(p, ns))
+                .map(|p| Arc::new(parent_ref!(p, ns)))
                 .collect(),
             rules: route
                 .spec
                 .rules
                 .iter()
                 .map(|r| Rule {
-                    matches: Vec::new(),
-                    grpc_precedence: Vec::new(),
-                    filters: Vec::new(),
+                    matches: Box::default(),
+                    grpc_precedence: Box::default(),
+                    filters: Box::default(),
                     timeouts: HttpTimeouts::default(),
                     retry: None,
-                    backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                    backend_refs: r
+                        .backend_refs
+                        .iter()
+                        .map(|b| backend_ref!(b, ns, names))
+                        .collect(),
                     unsupported: None,
                 })
                 .collect(),
@@ -618,6 +652,7 @@ pub fn parse(key: &ObjectKey, object: &Object) -> Option<Route> {
 
 fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::HttpRoute) -> Route {
     let ns = &key.namespace;
+    let mut names = Names::default();
     let (generation, created) = meta_facts(&route.metadata);
     let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
@@ -631,7 +666,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| parent_ref!(p, ns))
+            .map(|p| Arc::new(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
@@ -640,40 +675,41 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
                     Some(ms) if !ms.is_empty() => {
                         ms.iter().map(|m| Arc::new(http_match(m))).collect()
                     }
-                    _ => vec![Arc::new(HttpMatch::any())],
+                    _ => [Arc::new(HttpMatch::any())].into(),
                 };
                 let mut unsupported = None;
                 let mut backend_refs =
                     Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
-                    let mut backend = backend_ref!(b, ns);
-                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                    let mut backend = backend_ref!(b, ns, names);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns, &mut names) {
                         Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
                             unsupported = Some("CORS is a rule filter, not a backendRef's".into());
                         }
                         Ok(f) => backend.filters = f,
-                        Err(e) => unsupported = Some(e),
+                        Err(e) => unsupported = Some(e.into()),
                     }
                     backend_refs.push(backend);
                 }
-                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                    .unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        Vec::new()
-                    });
+                let rule_filters =
+                    filters(r.filters.as_deref().unwrap_or_default(), ns, &mut names)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e.into());
+                            Box::default()
+                        });
                 let rule_timeouts = timeouts(r.timeouts.as_ref()).unwrap_or_else(|e| {
-                    unsupported = Some(e);
+                    unsupported = Some(e.into());
                     HttpTimeouts::default()
                 });
                 let rule_retry = r.retry.as_ref().map(retry).transpose().unwrap_or_else(|e| {
-                    unsupported = Some(e);
+                    unsupported = Some(e.into());
                     None
                 });
                 let rule_retry = rule_retry.map(Box::new);
                 let mut rule = Rule {
-                    grpc_precedence: Vec::new(),
+                    grpc_precedence: Box::default(),
                     matches,
-                    backend_refs,
+                    backend_refs: backend_refs.into(),
                     filters: rule_filters,
                     timeouts: rule_timeouts,
                     retry: rule_retry,
@@ -688,6 +724,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
 
 fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Route {
     let ns = &key.namespace;
+    let mut names = Names::default();
     let (generation, created) = meta_facts(&route.metadata);
     let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
@@ -701,41 +738,45 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| parent_ref!(p, ns))
+            .map(|p| Arc::new(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
             .map(|r| {
                 let (matches, grpc_precedence) = match &r.matches {
-                    Some(ms) if !ms.is_empty() => ms
-                        .iter()
-                        .map(|m| {
-                            let (matched, precedence) = grpc_match(m);
-                            (Arc::new(matched), precedence)
-                        })
-                        .unzip(),
-                    _ => (vec![Arc::new(HttpMatch::any())], vec![(0, 0)]),
+                    Some(ms) if !ms.is_empty() => {
+                        let (matches, precedence): (Vec<_>, Vec<_>) = ms
+                            .iter()
+                            .map(|m| {
+                                let (matched, precedence) = grpc_match(m);
+                                (Arc::new(matched), precedence)
+                            })
+                            .unzip();
+                        (matches.into(), precedence.into())
+                    }
+                    _ => ([Arc::new(HttpMatch::any())].into(), [(0, 0)].into()),
                 };
                 let mut unsupported = None;
                 let mut backend_refs =
                     Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
-                    let mut backend = backend_ref!(b, ns);
-                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                    let mut backend = backend_ref!(b, ns, names);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns, &mut names) {
                         Ok(f) => backend.filters = f,
-                        Err(e) => unsupported = Some(e),
+                        Err(e) => unsupported = Some(e.into()),
                     }
                     backend_refs.push(backend);
                 }
-                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                    .unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        Vec::new()
-                    });
+                let rule_filters =
+                    filters(r.filters.as_deref().unwrap_or_default(), ns, &mut names)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e.into());
+                            Box::default()
+                        });
                 let mut rule = Rule {
                     matches,
                     grpc_precedence,
-                    backend_refs,
+                    backend_refs: backend_refs.into(),
                     filters: rule_filters,
                     timeouts: HttpTimeouts::default(),
                     retry: None,

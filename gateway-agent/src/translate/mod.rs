@@ -482,6 +482,8 @@ fn route_memo(
             }
         };
         status.push(resolved_refs_condition(&route, snapshot));
+        // Kept until the route changes: two conditions, not room for four.
+        status.conditions.shrink_to_fit();
         parents.push((Arc::new(status), hits));
     }
     // Kept until the route changes: no spare capacity.
@@ -618,21 +620,21 @@ fn reference_granted(
     snapshot
         .reference_grants
         .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
+        .filter(|(key, _)| *key.namespace == *to.namespace)
         .any(|(_, grant)| {
             grant.spec.from.iter().any(|f| {
                 f.group == GATEWAY_GROUP && f.kind == kind.name() && f.namespace == from_namespace
             }) && grant.spec.to.iter().any(|t| {
-                t.group == to.group
-                    && t.kind == to.kind
-                    && t.name.as_deref().is_none_or(|n| n == to.name)
+                *t.group == *to.group
+                    && *t.kind == *to.kind
+                    && t.name.as_deref().is_none_or(|n| *n == *to.name)
             })
         })
 }
 
 /// Why a backendRef cannot be used, as (reason, message).
 fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> Option<Rejection> {
-    if !(backend.group.is_empty() || backend.group == "core") || backend.kind != "Service" {
+    if !(backend.group.is_empty() || &*backend.group == "core") || &*backend.kind != "Service" {
         return Some((
             "InvalidKind",
             format!(
@@ -641,7 +643,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
             ),
         ));
     }
-    if backend.namespace != route.key.namespace
+    if *backend.namespace != *route.key.namespace
         && !reference_granted(snapshot, route.kind, &route.key.namespace, backend)
     {
         return Some((
@@ -652,10 +654,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
             ),
         ));
     }
-    if !snapshot
-        .services
-        .contains_key(&ObjectKey::new(&backend.namespace, &backend.name))
-    {
+    if !snapshot.services.contains_key(&backend.object_key()) {
         return Some((
             "BackendNotFound",
             format!("Service {}/{} not found", backend.namespace, backend.name),
@@ -692,7 +691,7 @@ fn resolve_backends(
             invalid_weight = invalid_weight.saturating_add(backend.weight);
             continue;
         }
-        let service = &snapshot.services[&ObjectKey::new(&backend.namespace, &backend.name)];
+        let service = &snapshot.services[&backend.object_key()];
         let addrs = service_endpoints(service, backend, snapshot);
         let count = addrs.len() as u64;
         for addr in addrs {
@@ -725,13 +724,13 @@ fn service_endpoints(
     };
     let mut out = Vec::new();
     let slices = snapshot.endpoint_slices.iter().filter(|(key, slice)| {
-        key.namespace == backend.namespace
+        *key.namespace == *backend.namespace
             && slice
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get("kubernetes.io/service-name"))
-                .is_some_and(|n| *n == backend.name)
+                .is_some_and(|n| **n == *backend.name)
     });
     for (_, slice) in slices {
         let target = slice
