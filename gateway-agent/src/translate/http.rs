@@ -12,6 +12,7 @@ use super::intern::Interner;
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
     BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
+    RouteRef,
 };
 use crate::store::{ObjectKey, Snapshot};
 
@@ -32,6 +33,8 @@ pub(super) fn listener_rules<'a>(
     for attachment in attached {
         let route = attachment.route;
         let hostnames: std::sync::Arc<[String]> = attachment.hostnames.into();
+        // One copy of the route's names for all its rules.
+        let names = route_ref(route, 0);
         for (index, rule) in route.rules.iter().enumerate() {
             let redirects = rule
                 .filters
@@ -61,7 +64,10 @@ pub(super) fn listener_rules<'a>(
             });
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
-                    route: route_ref(route, index as u32),
+                    route: RouteRef {
+                        rule: index as u32,
+                        ..names.clone()
+                    },
                     hostnames: hostnames.clone(),
                     listener_hostname: listener_hostname.clone(),
                     matched: m.clone(),

@@ -511,8 +511,8 @@ fn listener_binds(listener: &Listener) -> Vec<SocketAddr> {
 fn route_ref(route: &Route, rule: u32) -> RouteRef {
     RouteRef {
         kind: route.kind.name(),
-        namespace: route.key.namespace.clone(),
-        name: route.key.name.clone(),
+        namespace: route.key.namespace.as_str().into(),
+        name: route.key.name.as_str().into(),
         rule,
     }
 }

@@ -70,7 +70,7 @@ fn pick(
             method,
             headers: &map,
         })
-        .map(|r| r.route.name.clone())
+        .map(|r| r.route.name.to_string())
 }
 
 #[test]
