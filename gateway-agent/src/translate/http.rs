@@ -32,7 +32,7 @@ pub(super) fn listener_rules<'a>(
     let listener_hostname = listener.hostname.map(str::to_ascii_lowercase);
     for attachment in attached {
         let route = attachment.route;
-        let hostnames: std::sync::Arc<[String]> = attachment.hostnames.into();
+        let hostnames = attachment.hostnames;
         // One copy of the route's names for all its rules.
         let names = route_ref(route, 0);
         for (index, rule) in route.rules.iter().enumerate() {

@@ -190,7 +190,8 @@ pub struct Route {
     pub generation: i64,
     /// RFC 3339 text sorts in time order; empty when unknown.
     pub created: String,
-    pub hostnames: Vec<String>,
+    /// Shared with the proxy's rules where a listener takes them as they are.
+    pub hostnames: Arc<[String]>,
     /// Shared with the statuses that answer them.
     pub parent_refs: Vec<Arc<ParentRef>>,
     pub rules: Vec<Rule>,
@@ -552,7 +553,7 @@ macro_rules! backend_only_route {
             key: key.clone(),
             generation,
             created,
-            hostnames: $hostnames,
+            hostnames: $hostnames.into(),
             parent_refs: route
                 .spec
                 .parent_refs
@@ -660,7 +661,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
         key: key.clone(),
         generation,
         created,
-        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default().into(),
         parent_refs: route
             .spec
             .parent_refs
@@ -732,7 +733,7 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
         key: key.clone(),
         generation,
         created,
-        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default().into(),
         parent_refs: route
             .spec
             .parent_refs

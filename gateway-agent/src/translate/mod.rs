@@ -57,7 +57,7 @@ pub struct Output {
 /// A route's acceptance on one listener, with the hostnames it serves there.
 struct Attachment<'a> {
     route: &'a Route,
-    hostnames: &'a [String],
+    hostnames: &'a Arc<[String]>,
 }
 
 /// What one translate leaves for the next, so that a change to a few routes
@@ -86,8 +86,9 @@ struct RouteMemo {
 }
 
 /// A listener accepting a route: its index into the listeners, and the
-/// hostnames the route serves there.
-type Hit = (usize, Vec<String>);
+/// hostnames the route serves there (the route's own, shared, when the
+/// listener has no hostname).
+type Hit = (usize, Arc<[String]>);
 
 /// What changed in the snapshot since the translate that filled the memo:
 /// every object (`None`, e.g. the first translate), or these objects (added,
@@ -528,7 +529,7 @@ fn attach(
     own: &[usize],
     listeners: &[Listener],
     snapshot: &Snapshot,
-) -> Result<Vec<(usize, Vec<String>)>, Rejection> {
+) -> Result<Vec<Hit>, Rejection> {
     let candidates: Vec<(usize, &Listener)> = own
         .iter()
         .map(|&index| (index, &listeners[index]))
@@ -565,7 +566,7 @@ fn attach(
             route.kind,
             RouteKind::Http | RouteKind::Grpc | RouteKind::Tls
         ) {
-            hits.push((index, Vec::new()));
+            hits.push((index, Arc::default()));
             continue;
         }
         if let Some(hostnames) = intersect_hostnames(listener.hostname, &route.hostnames) {
@@ -592,22 +593,26 @@ pub fn hostname_matches(pattern: &str, host: &str) -> bool {
 
 /// The hostnames a route serves on a listener, or None when they do not intersect.
 /// Empty means "any host".
-fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+fn intersect_hostnames(listener: Option<&str>, route: &Arc<[String]>) -> Option<Arc<[String]>> {
     let Some(listener) = listener else {
-        return Some(route.to_vec());
+        return Some(route.clone());
     };
     if route.is_empty() {
-        return Some(vec![listener.to_string()]);
+        return Some([listener.to_string()].into());
     }
     let mut out = Vec::new();
-    for r in route {
+    for r in route.iter() {
         if hostname_matches(listener, r) {
             out.push(r.clone());
         } else if hostname_matches(r, listener) {
             out.push(listener.to_string());
         }
     }
-    (!out.is_empty()).then_some(out)
+    // The route's own list when the listener leaves it whole.
+    (!out.is_empty()).then(|| match *out == **route {
+        true => route.clone(),
+        false => out.into(),
+    })
 }
 
 /// True when `from_namespace`'s route of `kind` may reference `to` in another namespace.
