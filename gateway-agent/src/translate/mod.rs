@@ -609,9 +609,12 @@ fn intersect_hostnames(listener: Option<&str>, route: &Arc<[String]>) -> Option<
         }
     }
     // The route's own list when the listener leaves it whole.
-    (!out.is_empty()).then(|| match *out == **route {
-        true => route.clone(),
-        false => out.into(),
+    (!out.is_empty()).then(|| {
+        if *out == **route {
+            route.clone()
+        } else {
+            out.into()
+        }
     })
 }
 
