@@ -40,8 +40,8 @@ impl From<&RouteRef> for RouteName {
     fn from(r: &RouteRef) -> Self {
         Self {
             kind: r.kind.to_string(),
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
+            namespace: r.namespace.to_string(),
+            name: r.name.to_string(),
             rule: r.rule,
         }
     }
@@ -67,8 +67,8 @@ impl RouteName {
     fn hash_for(&self, family: Family) -> u64 {
         let route = RouteRef {
             kind: static_kind(&self.kind),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
+            namespace: self.namespace.as_str().into(),
+            name: self.name.as_str().into(),
             rule: self.rule,
         };
         family_name_hash(&route, family)

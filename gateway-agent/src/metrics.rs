@@ -42,8 +42,8 @@ impl RouteLabels {
     pub fn of(route: Option<&RouteRef>) -> Self {
         route.map_or_else(Self::default, |r| Self {
             kind: r.kind,
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
+            namespace: r.namespace.to_string(),
+            name: r.name.to_string(),
             rule: Some(r.rule),
         })
     }
@@ -200,8 +200,8 @@ impl Collector for L4Collector {
             for (route, stats) in &routes {
                 let labels = [
                     ("kind", route.kind.to_string()),
-                    ("namespace", route.namespace.clone()),
-                    ("name", route.name.clone()),
+                    ("namespace", route.namespace.to_string()),
+                    ("name", route.name.to_string()),
                     ("rule", route.rule.to_string()),
                 ];
                 ConstCounter::new(field(stats)).encode(metric.encode_family(&labels)?)?;

@@ -5,13 +5,68 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-/// Names one rule of one route, for counters, logs and `inspect`.
+/// Names one rule of one route, for counters, logs and `inspect`. Every
+/// rule of the proxy holds one: the names are shared by the route's rules.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct RouteRef {
     pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: SharedName,
+    pub name: SharedName,
     pub rule: u32,
+}
+
+/// A name many values hold alike (a route's namespace and name, in each of
+/// its rules): one shared string, compared and printed as a `str`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedName(Arc<str>);
+
+impl SharedName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SharedName {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl From<String> for SharedName {
+    fn from(name: String) -> Self {
+        Self(name.into())
+    }
+}
+
+impl PartialEq<str> for SharedName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SharedName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Display for SharedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SharedName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
 }
 
 impl std::fmt::Display for RouteRef {
@@ -270,12 +325,15 @@ pub struct HttpRule {
     /// A request is served by the listener whose hostname matches it most
     /// specifically, and only by that listener's rules.
     pub listener_hostname: Option<String>,
-    /// One match of the rule; a rule with several matches gives several entries.
-    pub matched: HttpMatch,
+    /// One match of the rule; a rule with several matches gives several
+    /// entries. Shared with translate's parsed route (and every socket).
+    #[serde(serialize_with = "serialize_shared")]
+    pub matched: Arc<HttpMatch>,
     #[serde(serialize_with = "serialize_shared")]
     pub filters: Arc<HttpFilters>,
     pub timeouts: HttpTimeouts,
-    pub retry: Option<HttpRetry>,
+    /// Boxed: most rules have none.
+    pub retry: Option<Box<HttpRetry>>,
     /// Shared by every rule with the same backends (translate interns them).
     #[serde(serialize_with = "serialize_shared")]
     pub backends: Arc<[HttpBackend]>,

@@ -2,6 +2,7 @@
 //! Sources fill it; translate reads it; nothing downstream knows which source ran.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gateway_api::{
     backendtlspolicies::BackendTlsPolicy,
@@ -17,6 +18,8 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Secret, Service},
     discovery::v1::EndpointSlice,
 };
+
+use crate::translate::input::{Route, RouteKind};
 
 /// `(namespace, name)`; cluster-scoped objects have an empty namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -66,6 +69,12 @@ pub struct Snapshot {
     /// `gateway.networking.k8s.io/bundle-version` of each Gateway API CRD the
     /// cluster serves, by CRD name; empty when unknown (standalone mode).
     pub crd_bundle_versions: BTreeMap<String, String>,
+    /// Routes held only in translate's parsed form, without their API object
+    /// (a fifth of the size): what the standalone agent's file source keeps,
+    /// since nothing else there reads a route's object. Sources whose routes
+    /// are read as objects too (the kube status writer, `status -o json`)
+    /// fill the typed maps above instead. Shared with translate's memo.
+    pub parsed_routes: BTreeMap<RouteKind, BTreeMap<ObjectKey, Arc<Route>>>,
 }
 
 impl Snapshot {
@@ -87,6 +96,9 @@ impl Snapshot {
         self.backend_tls_policies.extend(other.backend_tls_policies);
         self.config_maps.extend(other.config_maps);
         self.crd_bundle_versions.extend(other.crd_bundle_versions);
+        for (kind, routes) in other.parsed_routes {
+            self.parsed_routes.entry(kind).or_default().extend(routes);
+        }
     }
 }
 
@@ -108,6 +120,9 @@ pub enum Object {
     ListenerSet(ListenerSet),
     BackendTlsPolicy(BackendTlsPolicy),
     ConfigMap(ConfigMap),
+    /// A route of any kind in translate's parsed form only (see
+    /// `Snapshot::parsed_routes`).
+    Route(Arc<Route>),
 }
 
 /// Which map of the snapshot an object lives in.
@@ -148,6 +163,7 @@ impl Object {
             Object::ListenerSet(_) => Kind::ListenerSet,
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::Route(route) => route.kind.object_kind(),
         }
     }
 }
@@ -223,11 +239,20 @@ impl Snapshot {
             Object::ListenerSet(o) => drop(self.listener_sets.insert(key, o)),
             Object::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(key, o)),
             Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
+            Object::Route(o) => drop(self.parsed_routes.entry(o.kind).or_default().insert(key, o)),
         }
     }
 
     /// Removes one object and returns it.
     pub fn remove(&mut self, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        if let Some(route_kind) = RouteKind::of(kind)
+            && let Some(route) = self
+                .parsed_routes
+                .get_mut(&route_kind)
+                .and_then(|routes| routes.remove(key))
+        {
+            return Some(Object::Route(route));
+        }
         match kind {
             Kind::GatewayClass => self.gateway_classes.remove(key).map(Object::GatewayClass),
             Kind::Gateway => self.gateways.remove(key).map(Object::Gateway),

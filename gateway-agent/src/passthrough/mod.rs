@@ -584,8 +584,8 @@ impl std::fmt::Debug for PassthroughCollector {
 
 fn route_labels(route: &RouteRef) -> [(&'static str, String); 3] {
     [
-        ("namespace", route.namespace.clone()),
-        ("name", route.name.clone()),
+        ("namespace", route.namespace.to_string()),
+        ("name", route.name.to_string()),
         ("rule", route.rule.to_string()),
     ]
 }

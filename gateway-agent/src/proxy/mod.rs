@@ -780,7 +780,7 @@ async fn forward<'t>(
     };
     // A rule with `retry` keeps a copy of a small body to send it again;
     // upgrades and large or unsized bodies go once.
-    let (body, replay) = match &rule.retry {
+    let (body, replay) = match rule.retry.as_deref() {
         Some(policy) if upgrade.is_none() => match retry::buffer_if_small(body).await? {
             Ok(bytes) => {
                 let replay = retry::Replayable::new(&head, bytes);
@@ -887,7 +887,7 @@ mod tests {
             },
             hostnames: Arc::new([]),
             listener_hostname: None,
-            matched: HttpMatch::any(),
+            matched: Arc::new(HttpMatch::any()),
             filters: Arc::default(),
             timeouts: HttpTimeouts::default(),
             retry: None,

@@ -49,7 +49,7 @@ impl CompiledRule {
             headers,
             query_params,
             ..
-        } = &rule.matched;
+        } = &*rule.matched;
         let path = match path {
             PathMatch::RegularExpression(r) => Some(r),
             PathMatch::Exact(_) | PathMatch::Prefix(_) => None,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::store::{Kind, Object, ObjectKey, Snapshot};
+use crate::translate::input;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
@@ -23,8 +24,9 @@ pub struct ManifestError {
 }
 
 /// Reads every `.yaml`/`.yml` file under `dir` (recursively, in name order).
+/// Routes are kept as API objects (`status -o json` prints them).
 pub fn load_dir(dir: &Path) -> (Snapshot, Vec<ManifestError>) {
-    let mut source = FileSource::default();
+    let mut source = FileSource::with_route_objects();
     let errors = source.load(dir).1;
     (source.snapshot, errors)
 }
@@ -38,6 +40,9 @@ pub fn load_dir(dir: &Path) -> (Snapshot, Vec<ManifestError>) {
 /// file remembers which objects it contributed.
 #[derive(Default)]
 pub struct FileSource {
+    /// Keep each route's API object; by default only translate's parsed
+    /// form of it is kept (`Snapshot::parsed_routes`): all that serving needs.
+    route_objects: bool,
     snapshot: Snapshot,
     files: BTreeMap<Arc<Path>, FileState>,
     /// Objects defined by more than one file: the last file in path order is
@@ -69,6 +74,14 @@ struct FileState {
 const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 impl FileSource {
+    /// A source whose snapshot holds every route as its API object.
+    pub fn with_route_objects() -> Self {
+        Self {
+            route_objects: true,
+            ..Self::default()
+        }
+    }
+
     /// The merged snapshot as of the last `load`.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
@@ -159,7 +172,13 @@ impl FileSource {
         }
         let mut objects = Vec::new();
         let mut file_errors = Vec::new();
-        parse_file(path, &text, &mut objects, &mut file_errors);
+        parse_file(
+            path,
+            &text,
+            self.route_objects,
+            &mut objects,
+            &mut file_errors,
+        );
         self.update(
             path,
             len,
@@ -456,23 +475,29 @@ struct MetaNames {
 /// Parses every document of one file into `snapshot`.
 pub fn load_str(file: &Path, text: &str, snapshot: &mut Snapshot, errors: &mut Vec<ManifestError>) {
     let mut objects = Vec::new();
-    parse_file(file, text, &mut objects, errors);
+    parse_file(file, text, true, &mut objects, errors);
     for (key, object) in objects {
         snapshot.insert(key, object);
     }
 }
 
-/// Parses every document of one file, in order.
+/// Parses every document of one file, in order; routes as API objects
+/// (`route_objects`) or in translate's parsed form only.
 fn parse_file(
     file: &Path,
     text: &str,
+    route_objects: bool,
     objects: &mut Vec<(ObjectKey, Object)>,
     errors: &mut Vec<ManifestError>,
 ) {
     for doc in split_documents(text) {
         match parse_document(&doc) {
             Ok(Some((key, mut object))) => {
-                object.shrink_to_fit();
+                let parsed = (!route_objects).then(|| input::parse(&key, &object));
+                match parsed.flatten() {
+                    Some(route) => object = Object::Route(Arc::new(route)),
+                    None => object.shrink_to_fit(),
+                }
                 objects.push((key, object));
             }
             Ok(None) => {}

@@ -105,7 +105,7 @@ impl<'a> BackendTlsPolicies<'a> {
         if self.governing.is_empty() {
             return None;
         }
-        let service = ObjectKey::new(&backend.namespace, &backend.name);
+        let service = backend.object_key();
         let port_name = snapshot.services.get(&service).and_then(|s| {
             s.spec
                 .iter()
@@ -160,13 +160,13 @@ impl<'a> BackendTlsPolicies<'a> {
             }
             for (gateway, backends) in reached {
                 let targeted = backends.iter().any(|b| {
-                    b.namespace == policy.key.namespace
+                    *b.namespace == *policy.key.namespace
                         && policy
                             .object
                             .spec
                             .target_refs
                             .iter()
-                            .any(|t| t.name == b.name)
+                            .any(|t| *t.name == *b.name)
                 });
                 if targeted {
                     ancestors.entry(index).or_default().insert(gateway);
@@ -325,13 +325,13 @@ mod tests {
 
     fn backend(name: &str, port: i32) -> BackendRef {
         BackendRef {
-            group: String::new(),
+            group: "".into(),
             kind: "Service".into(),
             namespace: "ns".into(),
             name: name.into(),
             port: Some(port),
             weight: 1,
-            filters: Vec::new(),
+            filters: Box::default(),
         }
     }
 

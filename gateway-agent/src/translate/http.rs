@@ -12,6 +12,7 @@ use super::intern::Interner;
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
     BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
+    RouteRef,
 };
 use crate::store::{ObjectKey, Snapshot};
 
@@ -31,7 +32,9 @@ pub(super) fn listener_rules<'a>(
     let listener_hostname = listener.hostname.map(str::to_ascii_lowercase);
     for attachment in attached {
         let route = attachment.route;
-        let hostnames: std::sync::Arc<[String]> = attachment.hostnames.into();
+        let hostnames = attachment.hostnames;
+        // One copy of the route's names for all its rules.
+        let names = route_ref(route, 0);
         for (index, rule) in route.rules.iter().enumerate() {
             let redirects = rule
                 .filters
@@ -61,13 +64,16 @@ pub(super) fn listener_rules<'a>(
             });
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
-                    route: route_ref(route, index as u32),
+                    route: RouteRef {
+                        rule: index as u32,
+                        ..names.clone()
+                    },
                     hostnames: hostnames.clone(),
                     listener_hostname: listener_hostname.clone(),
                     matched: m.clone(),
                     filters: filters.clone(),
                     timeouts: rule.timeouts,
-                    retry: rule.retry.as_deref().cloned(),
+                    retry: rule.retry.clone(),
                     backends: backends.clone(),
                     invalid_weight,
                 };
@@ -131,10 +137,7 @@ fn http_backends(
 }
 
 fn is_h2c(backend: &BackendRef, snapshot: &Snapshot) -> bool {
-    let Some(service) = snapshot
-        .services
-        .get(&ObjectKey::new(&backend.namespace, &backend.name))
-    else {
+    let Some(service) = snapshot.services.get(&backend.object_key()) else {
         return false;
     };
     service

@@ -6,12 +6,13 @@ use crate::model::{
     Cors, HeaderModifier, HttpMatch, HttpRetry, HttpTimeouts, NameValueMatch, PathMatch,
     PathModifier, RequestRedirect, UrlRewrite, ValueMatch,
 };
-use crate::store::{ObjectKey, Snapshot};
+use crate::store::{Kind, Object, ObjectKey, Snapshot};
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as RedirectScheme,
     HttpRouteRulesMatchesPathType,
 };
 use gateway_api::grpcroutes::{GrpcRouteRulesMatches, GrpcRouteRulesMatchesMethodType};
+use std::sync::Arc;
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
@@ -34,6 +35,29 @@ impl RouteKind {
             RouteKind::Tls => "TLSRoute",
         }
     }
+
+    /// The snapshot's kind of these routes.
+    pub const fn object_kind(self) -> Kind {
+        match self {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+            RouteKind::Tcp => Kind::TcpRoute,
+            RouteKind::Udp => Kind::UdpRoute,
+            RouteKind::Tls => Kind::TlsRoute,
+        }
+    }
+
+    /// The route kind of a snapshot kind, if it is one.
+    pub const fn of(kind: Kind) -> Option<Self> {
+        Some(match kind {
+            Kind::HttpRoute => RouteKind::Http,
+            Kind::GrpcRoute => RouteKind::Grpc,
+            Kind::TcpRoute => RouteKind::Tcp,
+            Kind::UdpRoute => RouteKind::Udp,
+            Kind::TlsRoute => RouteKind::Tls,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -46,16 +70,42 @@ pub struct ParentRef {
     pub port: Option<i32>,
 }
 
+/// Kept by the memo for every rule of every route: its names are shared
+/// within the route (`Names`), its filters sized exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendRef {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: Option<i32>,
     pub weight: u32,
     /// HTTPRoute/GRPCRoute filters of this backendRef (empty for L4 routes).
-    pub filters: Vec<Filter>,
+    pub filters: Box<[Filter]>,
+}
+
+impl BackendRef {
+    /// The key of the Service (or other object) it names.
+    pub fn object_key(&self) -> ObjectKey {
+        ObjectKey::new(&*self.namespace, &*self.name)
+    }
+}
+
+/// One `Arc` per distinct name within one route: its backendRefs mostly
+/// repeat one group, kind, namespace and Service (5 rules to one Service
+/// hold one copy of each name instead of 5).
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.push(name.clone());
+        name
+    }
 }
 
 /// One HTTPRoute/GRPCRoute filter, free of the generated types.
@@ -74,20 +124,23 @@ pub enum Filter {
     },
 }
 
+/// Kept by the memo for every rule of every route: boxed slices (no spare
+/// room, two words each).
 #[derive(Clone, Debug)]
 pub struct Rule {
-    pub matches: Vec<HttpMatch>,
+    /// Shared with the proxy's rules.
+    pub matches: Box<[Arc<HttpMatch>]>,
     /// GRPCRoute only, one per match: characters of the service and method
     /// matched, which order gRPC rules (the spec's precedence).
-    pub grpc_precedence: Vec<(usize, usize)>,
-    pub backend_refs: Vec<BackendRef>,
-    pub filters: Vec<Filter>,
+    pub grpc_precedence: Box<[(usize, usize)]>,
+    pub backend_refs: Box<[BackendRef]>,
+    pub filters: Box<[Filter]>,
     pub timeouts: HttpTimeouts,
     /// HTTPRoute `retry`; None for other kinds (and most rules: boxed, the
     /// memo keeps every rule).
     pub retry: Option<Box<HttpRetry>>,
     /// Why the rule cannot be served as written (e.g. an unsupported match), if so.
-    pub unsupported: Option<String>,
+    pub unsupported: Option<Box<str>>,
 }
 
 impl Rule {
@@ -123,7 +176,7 @@ impl Rule {
         });
         for pattern in patterns {
             if let Err(e) = regex::Regex::new(pattern) {
-                self.unsupported = Some(format!("regular expression {pattern:?}: {e}"));
+                self.unsupported = Some(format!("regular expression {pattern:?}: {e}").into());
                 return;
             }
         }
@@ -137,8 +190,10 @@ pub struct Route {
     pub generation: i64,
     /// RFC 3339 text sorts in time order; empty when unknown.
     pub created: String,
-    pub hostnames: Vec<String>,
-    pub parent_refs: Vec<ParentRef>,
+    /// Shared with the proxy's rules where a listener takes them as they are.
+    pub hostnames: Arc<[String]>,
+    /// Shared with the statuses that answer them.
+    pub parent_refs: Vec<Arc<ParentRef>>,
     pub rules: Vec<Rule>,
 }
 
@@ -167,15 +222,15 @@ macro_rules! parent_ref {
 }
 
 macro_rules! backend_ref {
-    ($b:expr, $ns:expr) => {
+    ($b:expr, $ns:expr, $names:expr) => {
         BackendRef {
-            group: $b.group.clone().unwrap_or_default(),
-            kind: $b.kind.clone().unwrap_or_else(|| "Service".into()),
-            namespace: $b.namespace.clone().unwrap_or_else(|| $ns.clone()),
-            name: $b.name.clone(),
+            group: $names.get($b.group.as_deref().unwrap_or_default()),
+            kind: $names.get($b.kind.as_deref().unwrap_or("Service")),
+            namespace: $names.get($b.namespace.as_deref().unwrap_or($ns)),
+            name: $names.get(&$b.name),
             port: $b.port,
             weight: $b.weight.unwrap_or(1).max(0) as u32,
-            filters: Vec::new(),
+            filters: Box::default(),
         }
     };
 }
@@ -337,7 +392,11 @@ fn path_modifier(
 /// The generated filter types of those four places share one JSON shape, so
 /// they are read through HTTPRoute's rule filter type. An unsupported filter
 /// makes the whole list unusable: `Err` says why.
-fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, String> {
+fn filters<T: serde::Serialize>(
+    list: &[T],
+    ns: &str,
+    names: &mut Names,
+) -> Result<Box<[Filter]>, String> {
     let mut out = Vec::new();
     for raw in list {
         let f: HttpRouteRulesFilters = serde_json::to_value(raw)
@@ -392,20 +451,16 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
                 (None, Some(p)) => (p, 100),
                 (None, None) => (1, 1),
             };
-            let ns = ns.to_string();
+            let backend = &m.backend_ref;
             out.push(Filter::Mirror {
                 backend: BackendRef {
-                    group: m.backend_ref.group.clone().unwrap_or_default(),
-                    kind: m
-                        .backend_ref
-                        .kind
-                        .clone()
-                        .unwrap_or_else(|| "Service".into()),
-                    namespace: m.backend_ref.namespace.clone().unwrap_or(ns),
-                    name: m.backend_ref.name.clone(),
-                    port: m.backend_ref.port,
+                    group: names.get(backend.group.as_deref().unwrap_or_default()),
+                    kind: names.get(backend.kind.as_deref().unwrap_or("Service")),
+                    namespace: names.get(backend.namespace.as_deref().unwrap_or(ns)),
+                    name: names.get(&backend.name),
+                    port: backend.port,
                     weight: 1,
-                    filters: Vec::new(),
+                    filters: Box::default(),
                 },
                 numerator: numerator.max(0) as u32,
                 denominator: denominator.max(1) as u32,
@@ -425,7 +480,7 @@ fn filters<T: serde::Serialize>(list: &[T], ns: &str) -> Result<Vec<Filter>, Str
             return Err("a filter without its settings".into());
         }
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 fn timeouts(
@@ -491,31 +546,36 @@ macro_rules! backend_only_route {
     ($route:expr, $key:expr, $kind:expr, $hostnames:expr) => {{
         let (route, key) = ($route, $key);
         let ns = &key.namespace;
+        let mut names = Names::default();
         let (generation, created) = meta_facts(&route.metadata);
         Route {
             kind: $kind,
             key: key.clone(),
             generation,
             created,
-            hostnames: $hostnames,
+            hostnames: $hostnames.into(),
             parent_refs: route
                 .spec
                 .parent_refs
                 .iter()
                 .flatten()
-                .map(|p| parent_ref!(p, ns))
+                .map(|p| Arc::new(parent_ref!(p, ns)))
                 .collect(),
             rules: route
                 .spec
                 .rules
                 .iter()
                 .map(|r| Rule {
-                    matches: Vec::new(),
-                    grpc_precedence: Vec::new(),
-                    filters: Vec::new(),
+                    matches: Box::default(),
+                    grpc_precedence: Box::default(),
+                    filters: Box::default(),
                     timeouts: HttpTimeouts::default(),
                     retry: None,
-                    backend_refs: r.backend_refs.iter().map(|b| backend_ref!(b, ns)).collect(),
+                    backend_refs: r
+                        .backend_refs
+                        .iter()
+                        .map(|b| backend_ref!(b, ns, names))
+                        .collect(),
                     unsupported: None,
                 })
                 .collect(),
@@ -523,27 +583,41 @@ macro_rules! backend_only_route {
     }};
 }
 
-/// Every route of the snapshot, whatever its kind, in one shape: kind by
-/// kind, each kind in key order.
-pub fn routes(snapshot: &Snapshot) -> Vec<Route> {
-    route_ids(snapshot)
-        .filter_map(|(kind, key)| route(snapshot, kind, key))
-        .collect()
-}
-
-/// The identities of every route of the snapshot, in `routes`' order.
+/// The identities of every route of the snapshot: kind by kind, each kind
+/// in key order (typed routes first where a snapshot holds both forms).
 pub fn route_ids(snapshot: &Snapshot) -> impl Iterator<Item = (RouteKind, &ObjectKey)> {
     let tag = |kind| move |key| (kind, key);
-    (snapshot.http_routes.keys().map(tag(RouteKind::Http)))
-        .chain(snapshot.grpc_routes.keys().map(tag(RouteKind::Grpc)))
-        .chain(snapshot.tcp_routes.keys().map(tag(RouteKind::Tcp)))
-        .chain(snapshot.udp_routes.keys().map(tag(RouteKind::Udp)))
-        .chain(snapshot.tls_routes.keys().map(tag(RouteKind::Tls)))
+    let kinds = [
+        RouteKind::Http,
+        RouteKind::Grpc,
+        RouteKind::Tcp,
+        RouteKind::Udp,
+        RouteKind::Tls,
+    ];
+    kinds.into_iter().flat_map(move |kind| {
+        let typed: Box<dyn Iterator<Item = &ObjectKey>> = match kind {
+            RouteKind::Http => Box::new(snapshot.http_routes.keys()),
+            RouteKind::Grpc => Box::new(snapshot.grpc_routes.keys()),
+            RouteKind::Tcp => Box::new(snapshot.tcp_routes.keys()),
+            RouteKind::Udp => Box::new(snapshot.udp_routes.keys()),
+            RouteKind::Tls => Box::new(snapshot.tls_routes.keys()),
+        };
+        let parsed = snapshot
+            .parsed_routes
+            .get(&kind)
+            .into_iter()
+            .flat_map(|m| m.keys());
+        typed.chain(parsed).map(tag(kind))
+    })
 }
 
-/// One route of the snapshot in translate's view, if the snapshot has it.
-pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Route> {
-    Some(match kind {
+/// One route of the snapshot in translate's view, if the snapshot has it:
+/// shared when the snapshot holds it parsed, else parsed from its object.
+pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Arc<Route>> {
+    if let Some(parsed) = snapshot.parsed_routes.get(&kind).and_then(|m| m.get(key)) {
+        return Some(parsed.clone());
+    }
+    let object = match kind {
         RouteKind::Http => http_route(key, snapshot.http_routes.get(key)?),
         RouteKind::Grpc => grpc_route(key, snapshot.grpc_routes.get(key)?),
         RouteKind::Tcp => {
@@ -558,11 +632,28 @@ pub fn route(snapshot: &Snapshot, kind: RouteKind, key: &ObjectKey) -> Option<Ro
             let route = snapshot.tls_routes.get(key)?;
             backend_only_route!(route, key, RouteKind::Tls, route.spec.hostnames.clone())
         }
+    };
+    Some(Arc::new(object))
+}
+
+/// A route object in translate's view (None for other kinds): what a source
+/// keeps in place of the object when nothing else reads it.
+pub fn parse(key: &ObjectKey, object: &Object) -> Option<Route> {
+    Some(match object {
+        Object::HttpRoute(route) => http_route(key, route),
+        Object::GrpcRoute(route) => grpc_route(key, route),
+        Object::TcpRoute(route) => backend_only_route!(route, key, RouteKind::Tcp, Vec::new()),
+        Object::UdpRoute(route) => backend_only_route!(route, key, RouteKind::Udp, Vec::new()),
+        Object::TlsRoute(route) => {
+            backend_only_route!(route, key, RouteKind::Tls, route.spec.hostnames.clone())
+        }
+        _ => return None,
     })
 }
 
 fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::HttpRoute) -> Route {
     let ns = &key.namespace;
+    let mut names = Names::default();
     let (generation, created) = meta_facts(&route.metadata);
     let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
@@ -570,53 +661,56 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
         key: key.clone(),
         generation,
         created,
-        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default().into(),
         parent_refs: route
             .spec
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| parent_ref!(p, ns))
+            .map(|p| Arc::new(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
             .map(|r| {
                 let matches = match &r.matches {
-                    Some(ms) if !ms.is_empty() => ms.iter().map(http_match).collect(),
-                    _ => vec![HttpMatch::any()],
+                    Some(ms) if !ms.is_empty() => {
+                        ms.iter().map(|m| Arc::new(http_match(m))).collect()
+                    }
+                    _ => [Arc::new(HttpMatch::any())].into(),
                 };
                 let mut unsupported = None;
                 let mut backend_refs =
                     Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
-                    let mut backend = backend_ref!(b, ns);
-                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                    let mut backend = backend_ref!(b, ns, names);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns, &mut names) {
                         Ok(f) if f.iter().any(|f| matches!(f, Filter::Cors(_))) => {
                             unsupported = Some("CORS is a rule filter, not a backendRef's".into());
                         }
                         Ok(f) => backend.filters = f,
-                        Err(e) => unsupported = Some(e),
+                        Err(e) => unsupported = Some(e.into()),
                     }
                     backend_refs.push(backend);
                 }
-                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                    .unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        Vec::new()
-                    });
+                let rule_filters =
+                    filters(r.filters.as_deref().unwrap_or_default(), ns, &mut names)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e.into());
+                            Box::default()
+                        });
                 let rule_timeouts = timeouts(r.timeouts.as_ref()).unwrap_or_else(|e| {
-                    unsupported = Some(e);
+                    unsupported = Some(e.into());
                     HttpTimeouts::default()
                 });
                 let rule_retry = r.retry.as_ref().map(retry).transpose().unwrap_or_else(|e| {
-                    unsupported = Some(e);
+                    unsupported = Some(e.into());
                     None
                 });
                 let rule_retry = rule_retry.map(Box::new);
                 let mut rule = Rule {
-                    grpc_precedence: Vec::new(),
+                    grpc_precedence: Box::default(),
                     matches,
-                    backend_refs,
+                    backend_refs: backend_refs.into(),
                     filters: rule_filters,
                     timeouts: rule_timeouts,
                     retry: rule_retry,
@@ -631,6 +725,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
 
 fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Route {
     let ns = &key.namespace;
+    let mut names = Names::default();
     let (generation, created) = meta_facts(&route.metadata);
     let rules = route.spec.rules.as_deref().unwrap_or_default();
     Route {
@@ -638,41 +733,51 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
         key: key.clone(),
         generation,
         created,
-        hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default().into(),
         parent_refs: route
             .spec
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| parent_ref!(p, ns))
+            .map(|p| Arc::new(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
             .map(|r| {
                 let (matches, grpc_precedence) = match &r.matches {
-                    Some(ms) if !ms.is_empty() => ms.iter().map(grpc_match).unzip(),
-                    _ => (vec![HttpMatch::any()], vec![(0, 0)]),
+                    Some(ms) if !ms.is_empty() => {
+                        let (matches, precedence): (Vec<_>, Vec<_>) = ms
+                            .iter()
+                            .map(|m| {
+                                let (matched, precedence) = grpc_match(m);
+                                (Arc::new(matched), precedence)
+                            })
+                            .unzip();
+                        (matches.into(), precedence.into())
+                    }
+                    _ => ([Arc::new(HttpMatch::any())].into(), [(0, 0)].into()),
                 };
                 let mut unsupported = None;
                 let mut backend_refs =
                     Vec::with_capacity(r.backend_refs.as_ref().map_or(0, Vec::len));
                 for b in r.backend_refs.iter().flatten() {
-                    let mut backend = backend_ref!(b, ns);
-                    match filters(b.filters.as_deref().unwrap_or_default(), ns) {
+                    let mut backend = backend_ref!(b, ns, names);
+                    match filters(b.filters.as_deref().unwrap_or_default(), ns, &mut names) {
                         Ok(f) => backend.filters = f,
-                        Err(e) => unsupported = Some(e),
+                        Err(e) => unsupported = Some(e.into()),
                     }
                     backend_refs.push(backend);
                 }
-                let rule_filters = filters(r.filters.as_deref().unwrap_or_default(), ns)
-                    .unwrap_or_else(|e| {
-                        unsupported = Some(e);
-                        Vec::new()
-                    });
+                let rule_filters =
+                    filters(r.filters.as_deref().unwrap_or_default(), ns, &mut names)
+                        .unwrap_or_else(|e| {
+                            unsupported = Some(e.into());
+                            Box::default()
+                        });
                 let mut rule = Rule {
                     matches,
                     grpc_precedence,
-                    backend_refs,
+                    backend_refs: backend_refs.into(),
                     filters: rule_filters,
                     timeouts: HttpTimeouts::default(),
                     retry: None,

@@ -2,7 +2,9 @@
 //! manifest files (routes of every kind, Services, EndpointSlices, Gateways,
 //! ReferenceGrants), read by the incremental file source whose change set
 //! drives `translate_incremental`; after every step its output (config and
-//! statuses) must equal a full translate of the same snapshot.
+//! statuses) must equal a full translate of the same snapshot, and that of
+//! the same files read with their route objects kept (the two forms a
+//! snapshot holds routes in).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -195,6 +197,7 @@ fn incremental_translate_equals_a_full_translate_over_random_edits() {
         )
         .expect("write");
         let mut source = FileSource::default();
+        let mut with_objects = FileSource::with_route_objects();
         let mut memo = Memo::default();
         for step in 0..40 {
             let path = dir.0.join(format!("f{}.yaml", rng.u8(0..6)));
@@ -216,6 +219,16 @@ fn incremental_translate_equals_a_full_translate_over_random_edits() {
             assert_eq!(
                 incremental.statuses, full.statuses,
                 "seed {seed} step {step}, changes {changes:?}"
+            );
+            with_objects.load(&dir.0);
+            let (parsed, typed) = (source.snapshot(), with_objects.snapshot());
+            assert!(parsed.http_routes.is_empty() && parsed.tcp_routes.is_empty());
+            assert!(typed.parsed_routes.is_empty());
+            let from_objects = translate(typed, &settings);
+            assert_eq!(full.config, from_objects.config, "seed {seed} step {step}");
+            assert_eq!(
+                full.statuses, from_objects.statuses,
+                "seed {seed} step {step}"
             );
             if step > 0
                 && changes

@@ -57,7 +57,7 @@ pub struct Output {
 /// A route's acceptance on one listener, with the hostnames it serves there.
 struct Attachment<'a> {
     route: &'a Route,
-    hostnames: &'a [String],
+    hostnames: &'a Arc<[String]>,
 }
 
 /// What one translate leaves for the next, so that a change to a few routes
@@ -77,7 +77,8 @@ pub struct Memo {
 /// One route's own share of a translate: valid while no object other than
 /// routes changes (listeners, Services, grants... are what it was decided on).
 struct RouteMemo {
-    route: Route,
+    /// Shared with the snapshot when it holds routes parsed.
+    route: Arc<Route>,
     /// One per parentRef of ours: its status, and the listeners it attached to.
     parents: Vec<(Arc<ObjectStatus>, Vec<Hit>)>,
     /// The sockets of those listeners, sorted.
@@ -85,8 +86,9 @@ struct RouteMemo {
 }
 
 /// A listener accepting a route: its index into the listeners, and the
-/// hostnames the route serves there.
-type Hit = (usize, Vec<String>);
+/// hostnames the route serves there (the route's own, shared, when the
+/// listener has no hostname).
+type Hit = (usize, Arc<[String]>);
 
 /// What changed in the snapshot since the translate that filled the memo:
 /// every object (`None`, e.g. the first translate), or these objects (added,
@@ -100,17 +102,6 @@ const ROUTE_KINDS: [Kind; 5] = [
     Kind::UdpRoute,
     Kind::TlsRoute,
 ];
-
-fn route_kind(kind: Kind) -> Option<RouteKind> {
-    Some(match kind {
-        Kind::HttpRoute => RouteKind::Http,
-        Kind::GrpcRoute => RouteKind::Grpc,
-        Kind::TcpRoute => RouteKind::Tcp,
-        Kind::UdpRoute => RouteKind::Udp,
-        Kind::TlsRoute => RouteKind::Tls,
-        _ => return None,
-    })
-}
 
 pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Output {
     translate_incremental(snapshot, settings, None, &mut Memo::default())
@@ -226,7 +217,7 @@ pub fn translate_incremental(
     // translated again; the sockets they were and are served on are dirty.
     let mut dirty_binds: BTreeSet<SocketAddr> = BTreeSet::new();
     for (kind, key) in changes.into_iter().flatten() {
-        let Some(kind) = route_kind(*kind) else {
+        let Some(kind) = RouteKind::of(*kind) else {
             continue;
         };
         if let Some(old) = memo.routes.remove(&(kind, key.clone())) {
@@ -236,7 +227,7 @@ pub fn translate_incremental(
     let to_translate: Vec<(RouteKind, &ObjectKey)> = match changes {
         Some(changed) if routes_only => changed
             .iter()
-            .filter_map(|(kind, key)| Some((route_kind(*kind)?, key)))
+            .filter_map(|(kind, key)| Some((RouteKind::of(*kind)?, key)))
             .collect(),
         _ => input::route_ids(snapshot).collect(),
     };
@@ -262,7 +253,7 @@ pub fn translate_incremental(
             statuses.push(status.clone());
             for (index, hostnames) in hits {
                 attachments[*index].push(Attachment {
-                    route: &decided.route,
+                    route: decided.route.as_ref(),
                     hostnames,
                 });
             }
@@ -450,7 +441,7 @@ pub fn translate_incremental(
 /// Translates one route on its own: its status per parentRef of ours and
 /// the listeners that accept it.
 fn route_memo(
-    route: Route,
+    route: Arc<Route>,
     gateway_addresses: &BTreeMap<&ObjectKey, gateways::GatewayAddresses>,
     our_listener_sets: &BTreeSet<ObjectKey>,
     listeners_of: &BTreeMap<(&str, &ObjectKey), Vec<usize>>,
@@ -492,6 +483,8 @@ fn route_memo(
             }
         };
         status.push(resolved_refs_condition(&route, snapshot));
+        // Kept until the route changes: two conditions, not room for four.
+        status.conditions.shrink_to_fit();
         parents.push((Arc::new(status), hits));
     }
     // Kept until the route changes: no spare capacity.
@@ -519,8 +512,8 @@ fn listener_binds(listener: &Listener) -> Vec<SocketAddr> {
 fn route_ref(route: &Route, rule: u32) -> RouteRef {
     RouteRef {
         kind: route.kind.name(),
-        namespace: route.key.namespace.clone(),
-        name: route.key.name.clone(),
+        namespace: route.key.namespace.as_str().into(),
+        name: route.key.name.as_str().into(),
         rule,
     }
 }
@@ -536,7 +529,7 @@ fn attach(
     own: &[usize],
     listeners: &[Listener],
     snapshot: &Snapshot,
-) -> Result<Vec<(usize, Vec<String>)>, Rejection> {
+) -> Result<Vec<Hit>, Rejection> {
     let candidates: Vec<(usize, &Listener)> = own
         .iter()
         .map(|&index| (index, &listeners[index]))
@@ -573,7 +566,7 @@ fn attach(
             route.kind,
             RouteKind::Http | RouteKind::Grpc | RouteKind::Tls
         ) {
-            hits.push((index, Vec::new()));
+            hits.push((index, Arc::default()));
             continue;
         }
         if let Some(hostnames) = intersect_hostnames(listener.hostname, &route.hostnames) {
@@ -600,22 +593,29 @@ pub fn hostname_matches(pattern: &str, host: &str) -> bool {
 
 /// The hostnames a route serves on a listener, or None when they do not intersect.
 /// Empty means "any host".
-fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+fn intersect_hostnames(listener: Option<&str>, route: &Arc<[String]>) -> Option<Arc<[String]>> {
     let Some(listener) = listener else {
-        return Some(route.to_vec());
+        return Some(route.clone());
     };
     if route.is_empty() {
-        return Some(vec![listener.to_string()]);
+        return Some([listener.to_string()].into());
     }
     let mut out = Vec::new();
-    for r in route {
+    for r in route.iter() {
         if hostname_matches(listener, r) {
             out.push(r.clone());
         } else if hostname_matches(r, listener) {
             out.push(listener.to_string());
         }
     }
-    (!out.is_empty()).then_some(out)
+    // The route's own list when the listener leaves it whole.
+    (!out.is_empty()).then(|| {
+        if *out == **route {
+            route.clone()
+        } else {
+            out.into()
+        }
+    })
 }
 
 /// True when `from_namespace`'s route of `kind` may reference `to` in another namespace.
@@ -628,21 +628,21 @@ fn reference_granted(
     snapshot
         .reference_grants
         .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
+        .filter(|(key, _)| *key.namespace == *to.namespace)
         .any(|(_, grant)| {
             grant.spec.from.iter().any(|f| {
                 f.group == GATEWAY_GROUP && f.kind == kind.name() && f.namespace == from_namespace
             }) && grant.spec.to.iter().any(|t| {
-                t.group == to.group
-                    && t.kind == to.kind
-                    && t.name.as_deref().is_none_or(|n| n == to.name)
+                *t.group == *to.group
+                    && *t.kind == *to.kind
+                    && t.name.as_deref().is_none_or(|n| *n == *to.name)
             })
         })
 }
 
 /// Why a backendRef cannot be used, as (reason, message).
 fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> Option<Rejection> {
-    if !(backend.group.is_empty() || backend.group == "core") || backend.kind != "Service" {
+    if !(backend.group.is_empty() || &*backend.group == "core") || &*backend.kind != "Service" {
         return Some((
             "InvalidKind",
             format!(
@@ -651,7 +651,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
             ),
         ));
     }
-    if backend.namespace != route.key.namespace
+    if *backend.namespace != *route.key.namespace
         && !reference_granted(snapshot, route.kind, &route.key.namespace, backend)
     {
         return Some((
@@ -662,10 +662,7 @@ fn backend_problem(route: &Route, backend: &BackendRef, snapshot: &Snapshot) -> 
             ),
         ));
     }
-    if !snapshot
-        .services
-        .contains_key(&ObjectKey::new(&backend.namespace, &backend.name))
-    {
+    if !snapshot.services.contains_key(&backend.object_key()) {
         return Some((
             "BackendNotFound",
             format!("Service {}/{} not found", backend.namespace, backend.name),
@@ -702,7 +699,7 @@ fn resolve_backends(
             invalid_weight = invalid_weight.saturating_add(backend.weight);
             continue;
         }
-        let service = &snapshot.services[&ObjectKey::new(&backend.namespace, &backend.name)];
+        let service = &snapshot.services[&backend.object_key()];
         let addrs = service_endpoints(service, backend, snapshot);
         let count = addrs.len() as u64;
         for addr in addrs {
@@ -735,13 +732,13 @@ fn service_endpoints(
     };
     let mut out = Vec::new();
     let slices = snapshot.endpoint_slices.iter().filter(|(key, slice)| {
-        key.namespace == backend.namespace
+        *key.namespace == *backend.namespace
             && slice
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get("kubernetes.io/service-name"))
-                .is_some_and(|n| *n == backend.name)
+                .is_some_and(|n| **n == *backend.name)
     });
     for (_, slice) in slices {
         let target = slice

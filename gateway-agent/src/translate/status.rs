@@ -47,12 +47,21 @@ pub struct ObjectStatus {
     /// `metadata.generation` of the object these conditions were decided for
     /// (`observedGeneration` of every condition).
     pub generation: i64,
-    /// For routes: the parentRef this entry answers, defaults applied.
-    pub parent_ref: Option<ParentRef>,
+    /// For routes: the parentRef this entry answers, defaults applied
+    /// (the route's own, shared).
+    #[serde(serialize_with = "serialize_shared")]
+    pub parent_ref: Option<std::sync::Arc<ParentRef>>,
     /// For a listener's entry (kind Gateway or ListenerSet with a section).
     pub listener: Option<ListenerFacts>,
     /// For a Gateway: the addresses it is served on (`status.addresses`).
     pub addresses: Vec<std::net::IpAddr>,
+}
+
+fn serialize_shared<S: serde::Serializer>(
+    value: &Option<std::sync::Arc<ParentRef>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_deref().serialize(serializer)
 }
 
 /// What a listener's status carries besides conditions.
@@ -215,7 +224,7 @@ macro_rules! route_parents {
             };
             let Some(entry) = entries($statuses, $kind, $key)
                 .iter()
-                .find(|s| s.parent_ref.as_ref() == Some(&normalized))
+                .find(|s| s.parent_ref.as_deref() == Some(&normalized))
             else {
                 continue;
             };

@@ -13,7 +13,7 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         },
         hostnames: hosts.iter().map(|h| h.to_string()).collect(),
         listener_hostname: None,
-        matched,
+        matched: Arc::new(matched),
         filters: Arc::default(),
         timeouts: HttpTimeouts::default(),
         retry: None,
@@ -70,7 +70,7 @@ fn pick(
             method,
             headers: &map,
         })
-        .map(|r| r.route.name.clone())
+        .map(|r| r.route.name.to_string())
 }
 
 #[test]

@@ -337,11 +337,11 @@ fn retry_is_read_bounded_and_a_bad_code_makes_the_rule_answer_500() {
     };
     assert_eq!(
         by_path("/listed").retry,
-        Some(crate::model::HttpRetry {
+        Some(Box::new(crate::model::HttpRetry {
             attempts: 3,
             codes: vec![500, 503],
             backoff: Some(Duration::from_millis(100)),
-        })
+        }))
     );
     assert_eq!(
         by_path("/many").retry.as_ref().map(|r| r.attempts),
