@@ -15,10 +15,11 @@ use crate::status_writer::{self, StatusCache, StatusWriter};
 use crate::store::Snapshot;
 use crate::translate::{self, ObjectStatus, Settings};
 
-/// A lone change (one `QUIET` after the previous) is applied once nothing
-/// else came for this long...
-const SETTLE: Duration = Duration::from_millis(1);
-/// ...while a burst of changes is applied once it has been quiet this long...
+/// A lone change, one this long after the previous, is applied at once
+/// (no settle timer: tokio's timers have a 1 ms grain, so even a 1 ms settle
+/// cost 1-2 ms per change, and the events of one `kubectl apply` come a
+/// request's round trip apart anyway); a burst of changes is applied once
+/// it has been quiet this long...
 const QUIET: Duration = Duration::from_millis(100);
 /// ...or once it has lasted this long, so a steady stream still gets applied.
 const MAX_DELAY: Duration = Duration::from_secs(1);
@@ -177,12 +178,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves after a change: at once (`SETTLE`) for a lone change, one that
-/// came `QUIET` after the previous (`last_change`); within a burst, once
-/// things have been quiet for `QUIET`, or after `MAX_DELAY` of continuous
-/// change, so that a burst becomes a few applies. A change of status alone
-/// (the echo of our own status write) resolves at once and is no change
-/// here: it neither waits nor makes the next change wait.
+/// Resolves after a change: at once for a lone change, one that came
+/// `QUIET` after the previous (`last_change`); within a burst, once things
+/// have been quiet for `QUIET`, or after `MAX_DELAY` of continuous change,
+/// so that a burst becomes a few applies. A change of status alone (the echo
+/// of our own status write) resolves at once and is no change here: it
+/// neither waits nor makes the next change wait.
 async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) {
     source.changed().await;
     if !source.changes_pending() {
@@ -194,13 +195,9 @@ async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) 
     *last_change = now;
     let deadline = now + MAX_DELAY;
     if lone {
-        // Whatever else came within SETTLE joins this apply.
-        tokio::time::sleep(SETTLE).await;
-        if source.changes_seen() == seen {
-            return;
-        }
-        seen = source.changes_seen();
-        *last_change = tokio::time::Instant::now();
+        // The watcher tasks already woken record their events first.
+        tokio::task::yield_now().await;
+        return;
     }
     loop {
         tokio::select! {
