@@ -116,11 +116,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         let changes = match source.refresh(Arc::make_mut(&mut served)) {
             Update::NotListed => None,
             Update::Everything => Some(None),
-            Update::Objects(changed) => Some(Some(changed)),
-            Update::StatusOnly => {
-                // Statuses as they now are in the cluster (our own writes'
-                // echoes, mostly): the writer compares them with what was
-                // decided; nothing to translate or apply.
+            Update::Objects(changed) if !changed.is_empty() => Some(Some(changed)),
+            // Only statuses changed (our own writes' echoes, mostly), or
+            // nothing (a wake-up whose changes an earlier refresh took):
+            // nothing to translate or apply; the writer gets the objects as
+            // they now are, to compare with what was decided.
+            Update::StatusOnly | Update::Objects(_) => {
                 if let Some(statuses) = &decided_statuses {
                     decided_tx.send_replace(Some(Arc::new((served.clone(), statuses.clone()))));
                 }
