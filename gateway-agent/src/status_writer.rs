@@ -141,20 +141,9 @@ impl StatusCache {
                 tracing::debug!(kind, %key, "no status written for this kind");
                 continue;
             };
-            let id = (*kind, (*key).clone());
-            if let Some(seen) = self.computed.remove(&id)
-                && seen.matches(version, entries)
-            {
-                computed.insert(id, seen);
+            if !self.carry_over(&mut computed, (*kind, *key), version, entries) {
                 continue;
             }
-            computed.insert(
-                id,
-                Computed {
-                    version: version.to_string(),
-                    entries: entries.iter().map(|e| Arc::clone(e)).collect(),
-                },
-            );
             let Some(object) = object_json(snapshot, kind, key) else {
                 continue;
             };
@@ -203,20 +192,9 @@ impl StatusCache {
                 let Some(version) = object_version(snapshot, kind, key) else {
                     continue;
                 };
-                let id = (kind, key.clone());
-                if let Some(seen) = self.computed.remove(&id)
-                    && seen.matches(version, &[])
-                {
-                    computed.insert(id, seen);
+                if !self.carry_over(&mut computed, (kind, key), version, &[]) {
                     continue;
                 }
-                computed.insert(
-                    id,
-                    Computed {
-                        version: version.to_string(),
-                        entries: Vec::new(),
-                    },
-                );
                 let Some(route) = object_json(snapshot, kind, key) else {
                     continue;
                 };
@@ -237,6 +215,34 @@ impl StatusCache {
         // Objects gone from the snapshot (or from the report) are forgotten.
         self.computed = computed;
         updates
+    }
+
+    /// Moves what is known of `id` into `computed`, recorded as computed
+    /// from `version` and `entries`; true when that differs from the last
+    /// computation (the status must be computed).
+    fn carry_over(
+        &mut self,
+        computed: &mut HashMap<(&'static str, ObjectKey), Computed>,
+        (kind, key): (&'static str, &ObjectKey),
+        version: &str,
+        entries: &[&Arc<ObjectStatus>],
+    ) -> bool {
+        let id = (kind, key.clone());
+        if let Some(seen) = self.computed.remove(&id)
+            && seen.matches(version, entries)
+        {
+            computed.insert(id, seen);
+            return false;
+        }
+        let entries = entries.iter().map(|e| Arc::clone(e)).collect();
+        computed.insert(
+            id,
+            Computed {
+                version: version.to_string(),
+                entries,
+            },
+        );
+        true
     }
 
     /// The status of this object is computed again next time (its write failed).

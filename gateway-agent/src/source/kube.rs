@@ -588,6 +588,10 @@ mod tests {
         };
         let mut memo = crate::translate::Memo::default();
         let mut last = crate::translate::translate_incremental(&served, &settings, None, &mut memo);
+        let current_route = |key: &ObjectKey| {
+            let state = source.state.lock().expect("source lock");
+            state.snapshot.http_routes.get(key).cloned()
+        };
         let mut rng = fastrand::Rng::with_seed(7);
         let mut version = 0;
         let mut echoes = 0;
@@ -611,15 +615,7 @@ mod tests {
                         touched.insert((Kind::Service, key.clone()));
                     }
                     2 => {
-                        let current = source
-                            .state
-                            .lock()
-                            .expect("source lock")
-                            .snapshot
-                            .http_routes
-                            .get(&key)
-                            .cloned();
-                        if let Some(current) = current {
+                        if let Some(current) = current_route(&key) {
                             version += 1;
                             source.update("HTTPRoute", |s| {
                                 s.put(Kind::HttpRoute, routes, with_status(current, version))
@@ -631,16 +627,9 @@ mod tests {
                         let host = format!("h{}.example", rng.u8(0..9));
                         let new = route(&name, &host);
                         // The same spec again (a status, if any, dropped) is no change.
-                        let same = source
-                            .state
-                            .lock()
-                            .expect("source lock")
-                            .snapshot
-                            .http_routes
-                            .get(&key)
-                            .is_some_and(|old| {
-                                format!("{:?}", old.spec) == format!("{:?}", new.spec)
-                            });
+                        let same = current_route(&key).is_some_and(|old| {
+                            format!("{:?}", old.spec) == format!("{:?}", new.spec)
+                        });
                         source.update("HTTPRoute", |s| s.put(Kind::HttpRoute, routes, new));
                         if same {
                             echoed = true;
