@@ -538,20 +538,26 @@ fn start_cluster_agent(
     Ok((started, api))
 }
 
-/// Waits until the agent's configuration generation (`/metrics`) has not
-/// moved for 2 s; how long that took.
-fn wait_generation_settled(ns: &Netns, timeout: Duration) -> anyhow::Result<Duration> {
+/// Waits until neither the agent's configuration generation (`/metrics`)
+/// nor its count of status writes (`status written` lines of its log) has
+/// moved for 2 s; how long that took. (An agent that does not reload for the
+/// echoes of its own status writes shows them only in the log.)
+fn wait_generation_settled(ns: &Netns, log: &Path, timeout: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
     ns.within(|| -> anyhow::Result<Duration> {
-        let mut last = (None, Instant::now());
+        let mut last = (None, 0, Instant::now());
         loop {
             let generation = metric(
                 &http_get_body("127.0.0.1:9470", "/metrics"),
                 "gateway_config_generation",
             );
-            if generation != last.0 {
-                last = (generation, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(2) {
+            let writes = std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("status written")
+                .count();
+            if (generation, writes) != (last.0, last.1) {
+                last = (generation, writes, Instant::now());
+            } else if last.2.elapsed() > Duration::from_secs(2) {
                 return Ok(started.elapsed());
             }
             anyhow::ensure!(
@@ -725,7 +731,7 @@ fn measure(
     edits_startup.record(&started);
     // Let the first status writes (one per object) and the reloads they
     // echo settle, so that each edit below meets an idle agent.
-    let settled = wait_generation_settled(ns, Duration::from_secs(300))?;
+    let settled = wait_generation_settled(ns, &started.log, Duration::from_secs(300))?;
     println!(
         "    cluster: status writes settled after {:.1} s",
         settled.as_secs_f64()
