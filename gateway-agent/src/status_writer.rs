@@ -85,82 +85,198 @@ pub fn status_updates(
     controller_name: &str,
     now: Timestamp,
 ) -> Vec<StatusUpdate> {
-    // Group translate's entries by object.
-    let mut by_object: BTreeMap<(&'static str, &ObjectKey), Vec<&ObjectStatus>> = BTreeMap::new();
-    for s in statuses {
-        by_object.entry((s.kind, &s.key)).or_default().push(s);
+    StatusCache::default().updates(snapshot, statuses, controller_name, now)
+}
+
+/// What the statuses were last computed from, per object: translate's
+/// entries for it (shared with translate's memo, so an unchanged route's are
+/// the same pointers) and the object's `resourceVersion`. An object whose
+/// entries and version are both unchanged has had its status computed and
+/// compared already: computing it again (the object as JSON, its status
+/// built and compared) would find what it found then. So a route edit
+/// computes the status of that route and of its Gateway, not of every object.
+#[derive(Default)]
+pub struct StatusCache {
+    computed: HashMap<(&'static str, ObjectKey), Computed>,
+}
+
+struct Computed {
+    version: String,
+    entries: Vec<Arc<ObjectStatus>>,
+}
+
+impl Computed {
+    fn matches(&self, version: &str, entries: &[&Arc<ObjectStatus>]) -> bool {
+        self.version == version
+            && self.entries.len() == entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(entries)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == *b)
     }
-    let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let mut updates = Vec::new();
-    for ((kind, key), entries) in &by_object {
-        let Some(object) = object_json(snapshot, kind, key) else {
-            tracing::debug!(kind, %key, "no status written for this kind");
-            continue;
-        };
-        let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
-        let current = &object["status"];
-        let status = match *kind {
-            "GatewayClass" | "Gateway" => {
-                let own: Vec<&ObjectStatus> = entries
-                    .iter()
-                    .copied()
-                    .filter(|s| s.section.is_none())
-                    .collect();
-                let mut status = json!({
-                    "conditions": conditions(&own, generation, &current["conditions"], &now),
-                });
-                if *kind == "Gateway" {
-                    status["addresses"] = gateway_addresses(&own);
-                    status["listeners"] =
-                        listener_statuses(&object, entries, key, generation, &now);
-                }
-                status
-            }
-            "BackendTLSPolicy" => {
-                policy_status(&object, entries, controller_name, generation, &now)
-            }
-            _ => route_status(&object, entries, controller_name, key, generation, &now),
-        };
-        if normalized(current) != normalized(&status) {
-            updates.push(StatusUpdate {
-                kind,
-                key: (*key).clone(),
-                resource_version: object["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                status,
-            });
+}
+
+impl StatusCache {
+    /// The updates for the objects whose status may have changed since the
+    /// last call (all of them on the first): see `status_updates`.
+    pub fn updates(
+        &mut self,
+        snapshot: &Snapshot,
+        statuses: &[Arc<ObjectStatus>],
+        controller_name: &str,
+        now: Timestamp,
+    ) -> Vec<StatusUpdate> {
+        // Group translate's entries by object.
+        let mut by_object: BTreeMap<(&'static str, &ObjectKey), Vec<&Arc<ObjectStatus>>> =
+            BTreeMap::new();
+        for s in statuses {
+            by_object.entry((s.kind, &s.key)).or_default().push(s);
         }
-    }
-    // Routes that still carry our entry although none of our Gateways is
-    // their parent any more (parentRef edited, Gateway deleted): drop it.
-    for kind in ["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"] {
-        for key in route_keys(snapshot, kind) {
-            if by_object.contains_key(&(kind, key)) {
-                continue;
-            }
-            let Some(route) = object_json(snapshot, kind, key) else {
+        let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut updates = Vec::new();
+        let mut computed = HashMap::with_capacity(self.computed.len());
+        for ((kind, key), entries) in &by_object {
+            let Some(version) = object_version(snapshot, kind, key) else {
+                tracing::debug!(kind, %key, "no status written for this kind");
                 continue;
             };
-            let ours = route["status"]["parents"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == controller_name));
-            if !ours {
+            if !self.carry_over(&mut computed, (*kind, *key), version, entries) {
                 continue;
             }
-            updates.push(StatusUpdate {
-                kind,
-                key: key.clone(),
-                resource_version: route["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                status: route_status(&route, &[], controller_name, key, 0, &now),
-            });
+            let Some(object) = object_json(snapshot, kind, key) else {
+                continue;
+            };
+            let entries: Vec<&ObjectStatus> = entries.iter().map(|e| &***e).collect();
+            let entries = entries.as_slice();
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
+            let current = &object["status"];
+            let status = match *kind {
+                "GatewayClass" | "Gateway" => {
+                    let own: Vec<&ObjectStatus> = entries
+                        .iter()
+                        .copied()
+                        .filter(|s| s.section.is_none())
+                        .collect();
+                    let mut status = json!({
+                        "conditions": conditions(&own, generation, &current["conditions"], &now),
+                    });
+                    if *kind == "Gateway" {
+                        status["addresses"] = gateway_addresses(&own);
+                        status["listeners"] =
+                            listener_statuses(&object, entries, key, generation, &now);
+                    }
+                    status
+                }
+                "BackendTLSPolicy" => {
+                    policy_status(&object, entries, controller_name, generation, &now)
+                }
+                _ => route_status(&object, entries, controller_name, key, generation, &now),
+            };
+            if normalized(current) != normalized(&status) {
+                updates.push(StatusUpdate {
+                    kind,
+                    key: (*key).clone(),
+                    resource_version: version.to_string(),
+                    status,
+                });
+            }
         }
+        // Routes that still carry our entry although none of our Gateways is
+        // their parent any more (parentRef edited, Gateway deleted): drop it.
+        for kind in ["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"] {
+            for key in route_keys(snapshot, kind) {
+                if by_object.contains_key(&(kind, key)) {
+                    continue;
+                }
+                let Some(version) = object_version(snapshot, kind, key) else {
+                    continue;
+                };
+                if !self.carry_over(&mut computed, (kind, key), version, &[]) {
+                    continue;
+                }
+                let Some(route) = object_json(snapshot, kind, key) else {
+                    continue;
+                };
+                let ours = route["status"]["parents"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == controller_name));
+                if !ours {
+                    continue;
+                }
+                updates.push(StatusUpdate {
+                    kind,
+                    key: key.clone(),
+                    resource_version: version.to_string(),
+                    status: route_status(&route, &[], controller_name, key, 0, &now),
+                });
+            }
+        }
+        // Objects gone from the snapshot (or from the report) are forgotten.
+        self.computed = computed;
+        updates
     }
-    updates
+
+    /// Moves what is known of `id` into `computed`, recorded as computed
+    /// from `version` and `entries`; true when that differs from the last
+    /// computation (the status must be computed).
+    fn carry_over(
+        &mut self,
+        computed: &mut HashMap<(&'static str, ObjectKey), Computed>,
+        (kind, key): (&'static str, &ObjectKey),
+        version: &str,
+        entries: &[&Arc<ObjectStatus>],
+    ) -> bool {
+        let id = (kind, key.clone());
+        if let Some(seen) = self.computed.remove(&id)
+            && seen.matches(version, entries)
+        {
+            computed.insert(id, seen);
+            return false;
+        }
+        let entries = entries.iter().map(|e| Arc::clone(e)).collect();
+        computed.insert(
+            id,
+            Computed {
+                version: version.to_string(),
+                entries,
+            },
+        );
+        true
+    }
+
+    /// The status of this object is computed again next time (its write failed).
+    pub fn forget(&mut self, kind: &'static str, key: &ObjectKey) {
+        self.computed.remove(&(kind, key.clone()));
+    }
+
+    /// Everything is computed again next time.
+    pub fn clear(&mut self) {
+        self.computed.clear();
+    }
+}
+
+/// `metadata.resourceVersion` of the object `kind`/`key` of the snapshot,
+/// for the kinds whose status is written.
+fn object_version<'a>(snapshot: &'a Snapshot, kind: &str, key: &ObjectKey) -> Option<&'a str> {
+    fn version<K: kube::Resource>(object: &K) -> &str {
+        object
+            .meta()
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    }
+    Some(match kind {
+        "GatewayClass" => version(snapshot.gateway_classes.get(key)?),
+        "Gateway" => version(snapshot.gateways.get(key)?),
+        "HTTPRoute" => version(snapshot.http_routes.get(key)?),
+        "GRPCRoute" => version(snapshot.grpc_routes.get(key)?),
+        "TLSRoute" => version(snapshot.tls_routes.get(key)?),
+        "TCPRoute" => version(snapshot.tcp_routes.get(key)?),
+        "UDPRoute" => version(snapshot.udp_routes.get(key)?),
+        "BackendTLSPolicy" => version(snapshot.backend_tls_policies.get(key)?),
+        _ => return None,
+    })
 }
 
 fn route_keys<'a>(snapshot: &'a Snapshot, kind: &str) -> Vec<&'a ObjectKey> {
@@ -640,5 +756,60 @@ status:
         let again = updates(&snapshot);
         assert_eq!(again.len(), 1, "{again:#?}");
         assert_eq!(again[0].kind, "HTTPRoute");
+    }
+
+    /// The cache computes an object's status again only when its decided
+    /// entries or its resourceVersion changed, or when told its write failed.
+    #[test]
+    fn the_cache_computes_only_objects_whose_entries_or_version_changed() {
+        let mut snapshot = snapshot();
+        let settings = Settings {
+            controller_name: "example.dev/agent".into(),
+            node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            usable_addresses: None,
+        };
+        let now = Timestamp::from_second(1_700_000_000).expect("time");
+        let mut memo = translate::Memo::default();
+        let output = translate::translate_incremental(&snapshot, &settings, None, &mut memo);
+        let mut cache = StatusCache::default();
+        let kinds = |updates: &[StatusUpdate]| -> Vec<&'static str> {
+            updates.iter().map(|u| u.kind).collect()
+        };
+        let first = cache.updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        assert_eq!(kinds(&first), ["Gateway", "GatewayClass", "HTTPRoute"]);
+        // Not written yet, but already computed from these very inputs.
+        let again = cache.updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        assert_eq!(again, Vec::new());
+        // A write failed: that object is computed again.
+        let route_key = ObjectKey::new("default", "r");
+        cache.forget("HTTPRoute", &route_key);
+        let retried = cache.updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        assert_eq!(kinds(&retried), ["HTTPRoute"]);
+        // The route's new version (a status written by someone else, say).
+        let route = snapshot.http_routes.get_mut(&route_key).expect("route");
+        route.metadata.resource_version = Some("10".into());
+        let changed = cache.updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        assert_eq!(kinds(&changed), ["HTTPRoute"]);
+        assert_eq!(changed[0].resource_version, "10");
+        // A route edit: translate decides anew for it alone, and its
+        // Gateway's entries come out equal: only the route is computed.
+        let route = snapshot.http_routes.get_mut(&route_key).expect("route");
+        route.metadata.generation = Some(3);
+        route.metadata.resource_version = Some("11".into());
+        let changes = [(crate::store::Kind::HttpRoute, route_key.clone())].into();
+        let output =
+            translate::translate_incremental(&snapshot, &settings, Some(&changes), &mut memo);
+        let edited = cache.updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        assert_eq!(kinds(&edited), ["HTTPRoute"]);
+        // The same decision over a fresh cache: what the cache skipped is
+        // what it had computed before, the statuses are the same.
+        let full = status_updates(&snapshot, &output.statuses, "example.dev/agent", now);
+        let route_update = |updates: &[StatusUpdate]| {
+            updates
+                .iter()
+                .find(|u| u.kind == "HTTPRoute")
+                .map(|u| u.status.clone())
+        };
+        assert_eq!(route_update(&edited), route_update(&full));
     }
 }

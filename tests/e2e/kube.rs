@@ -393,6 +393,7 @@ spec:
     });
 
     // Edit → re-applied, and the status follows the new generation.
+    let before_edit = config_generation(&ns);
     fake.apply(&route("/v2"));
     eventually("the edited route", Duration::from_secs(20), || {
         expect_status(&ns, "/v2/x", "HTTP/1.1 200")?;
@@ -401,6 +402,15 @@ spec:
     eventually("status for generation 2", Duration::from_secs(20), || {
         check_condition(&route_conditions(&fake, "HTTPRoute", "app")?, "Accepted", 2)
     });
+    // The status written comes back as a watch event that changes nothing
+    // translate reads: the edit was applied once, its echo not at all.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        config_generation(&ns) - before_edit,
+        1,
+        "an edit and its status echo should make one apply\n{}",
+        agent.log()
+    );
 
     // Watches expire (410 Gone): the agent relists and never drops the route.
     let lists_before = fake.list_count("HTTPRoute");

@@ -186,7 +186,9 @@ struct Change {
     resource_version: u64,
     plural: &'static str,
     type_: &'static str,
-    object: Value,
+    /// Shared: every open watch receives (clones) every change, and this
+    /// server runs as a debug build, where copying a route takes a while.
+    object: Arc<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -516,7 +518,7 @@ fn publish(
         resource_version: store.resource_version,
         plural,
         type_,
-        object,
+        object: Arc::new(object),
     };
     store.log.push(change.clone());
     let _ = shared.changes.send(Broadcast::Change(change));
@@ -796,8 +798,10 @@ impl hyper::body::Body for ChannelBody {
 }
 
 fn event_line(type_: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": type_, "object": object}).to_string();
-    line.push('\n');
+    // Written around the object rather than through a `json!` copy of it.
+    let mut line = format!(r#"{{"type":{},"object":"#, json!(type_));
+    line.push_str(&object.to_string());
+    line.push_str("}\n");
     Bytes::from(line)
 }
 

@@ -11,19 +11,22 @@ use super::node::Node;
 use super::{RunArgs, shutdown_signal};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::source::kube::{KubeSource, Update};
-use crate::status_writer::{StatusWriter, status_updates};
+use crate::status_writer::{self, StatusCache, StatusWriter};
 use crate::store::Snapshot;
 use crate::translate::{self, ObjectStatus, Settings};
 
-/// A lone change (one `QUIET` after the previous) is applied once nothing
-/// else came for this long...
-const SETTLE: Duration = Duration::from_millis(1);
-/// ...while a burst of changes is applied once it has been quiet this long...
+/// A lone change, one this long after the previous, is applied at once
+/// (no settle timer: tokio's timers have a 1 ms grain, so even a 1 ms settle
+/// cost 1-2 ms per change, and the events of one `kubectl apply` come a
+/// request's round trip apart anyway); a burst of changes is applied once
+/// it has been quiet this long...
 const QUIET: Duration = Duration::from_millis(100);
 /// ...or once it has lasted this long, so a steady stream still gets applied.
 const MAX_DELAY: Duration = Duration::from_secs(1);
-/// Status is compared with the cluster again this often (and after a failure).
+/// The status writer looks again this often (objects whose version or
+/// decided status changed, and writes that failed)...
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
+/// ...or this soon after a failed write.
 const STATUS_RETRY: Duration = Duration::from_secs(2);
 
 type Decided = Arc<(Arc<Snapshot>, Vec<Arc<ObjectStatus>>)>;
@@ -91,6 +94,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // it touches.
     let mut served = Arc::new(Snapshot::default());
     let mut memo = translate::Memo::default();
+    // The statuses last decided, handed to the status writer again with the
+    // objects when only their status changed.
+    let mut decided_statuses: Option<Vec<Arc<ObjectStatus>>> = None;
     let mut last_change = tokio::time::Instant::now();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
@@ -106,10 +112,21 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         // so that the snapshot is updated in place rather than copied
         // (unless a write is still computing from it).
         decided_tx.send_replace(None);
+        let waited = source.pending_for().unwrap_or_default();
         let changes = match source.refresh(Arc::make_mut(&mut served)) {
             Update::NotListed => None,
             Update::Everything => Some(None),
-            Update::Objects(changed) => Some(Some(changed)),
+            Update::Objects(changed) if !changed.is_empty() => Some(Some(changed)),
+            // Only statuses changed (our own writes' echoes, mostly), or
+            // nothing (a wake-up whose changes an earlier refresh took):
+            // nothing to translate or apply; the writer gets the objects as
+            // they now are, to compare with what was decided.
+            Update::StatusOnly | Update::Objects(_) => {
+                if let Some(statuses) = &decided_statuses {
+                    decided_tx.send_replace(Some(Arc::new((served.clone(), statuses.clone()))));
+                }
+                None
+            }
         };
         if let Some(changes) = changes {
             generation += 1;
@@ -137,9 +154,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 http_listeners = output.config.http.len(),
                 translate_ms = translate_took.as_secs_f64() * 1e3,
                 took_ms = started.elapsed().as_secs_f64() * 1e3,
+                // From the watch event to the start of this reload (debounce).
+                waited_ms = waited.as_secs_f64() * 1e3,
                 "config applied"
             );
             decided_tx.send_replace(Some(Arc::new((served.clone(), output.statuses.clone()))));
+            decided_statuses = Some(output.statuses.clone());
             node.state.applied(output, generation);
         }
 
@@ -159,39 +179,49 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves after a change: at once (`SETTLE`) for a lone change, one that
-/// came `QUIET` after the previous (`last_change`); within a burst, once
-/// things have been quiet for `QUIET`, or after `MAX_DELAY` of continuous
-/// change, so that a burst becomes a few applies.
+/// Resolves after a change: at once for a lone change, one that came
+/// `QUIET` after the previous (`last_change`); within a burst, once things
+/// have been quiet for `QUIET`, or after `MAX_DELAY` of continuous change,
+/// so that a burst becomes a few applies. A change of status alone (the echo
+/// of our own status write) resolves at once and is no change here: it
+/// neither waits nor makes the next change wait.
 async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) {
     source.changed().await;
+    if !source.changes_pending() {
+        return;
+    }
+    let mut seen = source.changes_seen();
     let now = tokio::time::Instant::now();
     let lone = now.duration_since(*last_change) >= QUIET;
     *last_change = now;
     let deadline = now + MAX_DELAY;
     if lone {
-        if tokio::time::timeout(SETTLE, source.changed())
-            .await
-            .is_err()
-        {
-            return;
-        }
-        *last_change = tokio::time::Instant::now();
+        // The watcher tasks already woken record their events first.
+        tokio::task::yield_now().await;
+        return;
     }
     loop {
         tokio::select! {
             () = source.changed() => {
+                let counted = source.changes_seen();
+                if counted == seen {
+                    continue;
+                }
+                seen = counted;
                 *last_change = tokio::time::Instant::now();
                 if *last_change >= deadline {
                     return;
                 }
             }
-            () = tokio::time::sleep(QUIET) => return,
+            () = tokio::time::sleep_until(*last_change + QUIET) => return,
         }
     }
 }
 
-/// While leader, writes the latest decided status; otherwise idles.
+/// While leader, writes the latest decided status; otherwise idles. Only
+/// the objects whose decided status or cluster version changed are looked at
+/// (`StatusCache`), off the runtime: with thousands of routes, building
+/// every object's status would stall the watchers and the proxy.
 async fn write_statuses(
     mut writer: StatusWriter,
     mut decided: watch::Receiver<Option<Decided>>,
@@ -199,6 +229,7 @@ async fn write_statuses(
     settings: Settings,
 ) {
     let mut wait = STATUS_RESYNC;
+    let mut cache = StatusCache::default();
     loop {
         tokio::select! {
             changed = decided.changed() => if changed.is_err() { return },
@@ -207,6 +238,7 @@ async fn write_statuses(
                     return;
                 }
                 writer.reset();
+                cache.clear();
             }
             () = tokio::time::sleep(wait) => {}
         }
@@ -217,19 +249,34 @@ async fn write_statuses(
         let Some(latest) = decided.borrow().clone() else {
             continue;
         };
-        let (snapshot, statuses) = &*latest;
-        let updates = status_updates(
-            snapshot,
-            statuses,
-            &settings.controller_name,
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        // Hand the snapshot back before the writes: the reload loop updates
-        // it in place when no one else holds it.
-        drop(latest);
+        let controller_name = settings.controller_name.clone();
+        let computed = tokio::task::spawn_blocking(move || {
+            let (snapshot, statuses) = &*latest;
+            let updates = cache.updates(
+                snapshot,
+                statuses,
+                &controller_name,
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            // The snapshot is handed back before the writes: the reload
+            // loop updates it in place when no one else holds it.
+            drop(latest);
+            (cache, updates)
+        })
+        .await;
+        let updates;
+        (cache, updates) = match computed {
+            Ok(computed) => computed,
+            Err(error) => {
+                tracing::error!(%error, "computing statuses failed");
+                return;
+            }
+        };
         let (_, errors) = writer.write(updates).await;
         for error in &errors {
             tracing::warn!(%error, "status not written; retrying");
+            let status_writer::Error::Patch { kind, key, .. } = error;
+            cache.forget(kind, key);
         }
         if !errors.is_empty() {
             wait = STATUS_RETRY;

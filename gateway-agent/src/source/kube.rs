@@ -5,7 +5,10 @@
 //!
 //! Each change is recorded by kind and key, so that a refresh copies only
 //! the changed objects into the snapshot it serves and translates only what
-//! they touch (a relist counts as a change of everything).
+//! they touch (a relist counts as a change of everything). A change of an
+//! object's `status` alone (the echo of our own status write, most often) is
+//! copied too, since the status writer works from the served objects, but is
+//! not reported as a change: translate reads no status.
 //!
 //! Secrets: one watch of the Secrets of type `kubernetes.io/tls` (a field
 //! selector), of which only those a Gateway listener references enter the
@@ -36,6 +39,7 @@ use k8s_openapi::api::{
 };
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -71,28 +75,68 @@ struct State {
     changed: BTreeSet<(Kind, ObjectKey)>,
     /// ...or everything (a relist, a kind found not installed).
     everything_changed: bool,
+    /// Objects of which only `status` changed since the last `refresh`.
+    status_changed: BTreeSet<(Kind, ObjectKey)>,
+    /// Counts the changes translate must see (not status-only ones), so
+    /// that a debounce can tell them from status echoes.
+    changes_seen: u64,
+    /// When the oldest change not yet refreshed was received.
+    pending_since: Option<std::time::Instant>,
 }
 
 /// One kind's objects in the watchers' state.
 type Field<K> = fn(&mut State) -> &mut BTreeMap<ObjectKey, K>;
 
 impl State {
-    fn put<K: Resource>(&mut self, id: Kind, field: Field<K>, object: K) {
+    fn put<K: Resource + Serialize>(&mut self, id: Kind, field: Field<K>, object: K) {
         let key = key_of(&object);
+        let status_only = field(self)
+            .get(&key)
+            .is_some_and(|old| same_but_status(old, &object));
         field(self).insert(key.clone(), object);
-        self.changed.insert((id, key));
+        if status_only {
+            self.status_changed.insert((id, key));
+        } else {
+            self.changed.insert((id, key));
+            self.counted();
+        }
+    }
+
+    fn counted(&mut self) {
+        self.changes_seen += 1;
+        self.pending_since
+            .get_or_insert_with(std::time::Instant::now);
     }
 
     fn remove<K>(&mut self, id: Kind, field: Field<K>, key: &ObjectKey) {
         field(self).remove(key);
         self.changed.insert((id, key.clone()));
+        self.counted();
     }
 
     /// A relist, swapped in whole.
     fn replace_all<K>(&mut self, field: Field<K>, objects: BTreeMap<ObjectKey, K>) {
         *field(self) = objects;
         self.everything_changed = true;
+        self.counted();
     }
+}
+
+/// True when `new` differs from `old` in nothing translate reads: only in
+/// `status` and the bookkeeping a status write changes (`resourceVersion`,
+/// `managedFields`). Compared as JSON, one object per watch event.
+fn same_but_status<K: Serialize>(old: &K, new: &K) -> bool {
+    fn stripped<K: Serialize>(object: &K) -> Option<serde_json::Value> {
+        let mut value = serde_json::to_value(object).ok()?;
+        let fields = value.as_object_mut()?;
+        fields.remove("status");
+        if let Some(metadata) = fields.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            metadata.remove("resourceVersion");
+            metadata.remove("managedFields");
+        }
+        Some(value)
+    }
+    matches!((stripped(old), stripped(new)), (Some(a), Some(b)) if a == b)
 }
 
 /// What `KubeSource::refresh` found.
@@ -104,6 +148,8 @@ pub enum Update {
     Everything,
     /// These objects were added, changed or deleted (possibly none).
     Objects(BTreeSet<(Kind, ObjectKey)>),
+    /// Only objects' `status` changed (copied): nothing to translate.
+    StatusOnly,
 }
 
 /// The watchers' shared view of the cluster. Cheap to clone.
@@ -196,7 +242,7 @@ impl KubeSource {
         config: watcher::Config,
         field: Field<K>,
     ) where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
     {
         self.state
             .lock()
@@ -214,7 +260,7 @@ impl KubeSource {
         config: watcher::Config,
         field: Field<K>,
     ) where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
     {
         let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
         let mut backoff = BACKOFF_FIRST;
@@ -296,6 +342,25 @@ impl KubeSource {
         self.changed.notified().await;
     }
 
+    /// How many changes translate must see have been recorded so far (status
+    /// echoes excluded): a wake-up that leaves it unchanged was status only.
+    pub fn changes_seen(&self) -> u64 {
+        self.state.lock().expect("source lock").changes_seen
+    }
+
+    /// How long ago the oldest change the next `refresh` reports was
+    /// received (how long it waited to be applied, so far).
+    pub fn pending_for(&self) -> Option<Duration> {
+        let state = self.state.lock().expect("source lock");
+        state.pending_since.map(|since| since.elapsed())
+    }
+
+    /// True when a change translate must see awaits the next `refresh`.
+    pub fn changes_pending(&self) -> bool {
+        let state = self.state.lock().expect("source lock");
+        !state.changed.is_empty() || state.everything_changed
+    }
+
     /// Brings `served` up to date with the watchers' view, once every kind
     /// has been listed (or found not installed), and says what changed since
     /// the last call. Only changed objects are copied, unless everything
@@ -306,14 +371,20 @@ impl KubeSource {
             return Update::NotListed;
         }
         let changed = std::mem::take(&mut state.changed);
+        state.pending_since = None;
+        let status_changed = std::mem::take(&mut state.status_changed);
         let update = if std::mem::take(&mut state.everything_changed) {
             *served = state.snapshot.clone();
             Update::Everything
         } else {
-            for (kind, key) in &changed {
+            for (kind, key) in changed.iter().chain(&status_changed) {
                 copy_object(&state.snapshot, served, *kind, key);
             }
-            Update::Objects(changed)
+            if changed.is_empty() && !status_changed.is_empty() {
+                Update::StatusOnly
+            } else {
+                Update::Objects(changed)
+            }
         };
         // Few: only those a Gateway or a policy names.
         served.secrets = referenced_secrets(&state.snapshot, &state.tls_secrets);
@@ -454,18 +525,38 @@ mod tests {
 
     fn route(name: &str, host: &str) -> HttpRoute {
         serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, namespace: default}}\nspec: {{hostnames: [{host}]}}\n"
+            "metadata: {{name: {name}, namespace: default}}\n\
+             spec: {{hostnames: [{host}], parentRefs: [{{name: gw}}], rules: [{{backendRefs: [{{name: o1, port: 80}}]}}]}}\n"
         ))
         .expect("route")
     }
 
+    /// The echo of a status write: the same object with a status and a new
+    /// resourceVersion.
+    fn with_status(mut route: HttpRoute, version: u32) -> HttpRoute {
+        route.metadata.resource_version = Some(version.to_string());
+        route.status = Some(
+            serde_json::from_value(serde_json::json!({"parents": [{
+                "parentRef": {"name": "gw"},
+                "controllerName": "example.dev/agent",
+                "conditions": [],
+            }]}))
+            .expect("status"),
+        );
+        route
+    }
+
     /// Random watch events: after every refresh, the snapshot kept up to
-    /// date from the reported changes holds what a full copy holds, and a
-    /// refresh reports exactly the objects the events touched.
+    /// date from the reported changes holds what a full copy holds, a
+    /// refresh reports exactly the objects the events touched other than by
+    /// status alone, and translating only the reported changes (none after
+    /// status echoes) gives a full translate's output.
     #[test]
     fn refreshes_copy_the_changed_objects_and_report_them() {
         let services: Field<Service> = |s| &mut s.snapshot.services;
         let routes: Field<HttpRoute> = |s| &mut s.snapshot.http_routes;
+        let classes: Field<GatewayClass> = |s| &mut s.snapshot.gateway_classes;
+        let gateways: Field<Gateway> = |s| &mut s.snapshot.gateways;
         let source = KubeSource {
             state: Arc::default(),
             changed: Arc::new(Notify::new()),
@@ -473,34 +564,78 @@ mod tests {
         source.set_kind("HTTPRoute", KindState::Listing);
         let mut served = Snapshot::default();
         assert_eq!(source.refresh(&mut served), Update::NotListed);
+        let class: GatewayClass = serde_yaml::from_str(
+            "metadata: {name: c}\nspec: {controllerName: example.dev/agent}\n",
+        )
+        .expect("class");
+        let gateway: Gateway = serde_yaml::from_str(
+            "metadata: {name: gw, namespace: default}\n\
+             spec: {gatewayClassName: c, listeners: [{name: web, port: 80, protocol: HTTP}]}\n",
+        )
+        .expect("gateway");
+        source.update("GatewayClass", |s| {
+            s.replace_all(classes, [(key_of(&class), class)].into())
+        });
+        source.update("Gateway", |s| {
+            s.replace_all(gateways, [(key_of(&gateway), gateway)].into())
+        });
         source.update("HTTPRoute", |s| s.replace_all(routes, BTreeMap::new()));
         assert_eq!(source.refresh(&mut served), Update::Everything);
+        let settings = crate::translate::Settings {
+            controller_name: "example.dev/agent".into(),
+            node_addresses: vec![std::net::Ipv4Addr::new(198, 18, 0, 1)],
+            usable_addresses: None,
+        };
+        let mut memo = crate::translate::Memo::default();
+        let mut last = crate::translate::translate_incremental(&served, &settings, None, &mut memo);
+        let current_route = |key: &ObjectKey| {
+            let state = source.state.lock().expect("source lock");
+            state.snapshot.http_routes.get(key).cloned()
+        };
         let mut rng = fastrand::Rng::with_seed(7);
-        for step in 0..200 {
+        let mut version = 0;
+        let mut echoes = 0;
+        for step in 0..300 {
             let name = format!("o{}", rng.u8(0..5));
+            let key = ObjectKey::new("default", &name);
             let mut touched = BTreeSet::new();
+            let mut echoed = false;
             let relist = rng.u8(0..20) == 0;
             for _ in 0..rng.usize(1..3) {
-                match rng.u8(0..4) {
+                match rng.u8(0..5) {
                     0 => {
-                        source.update("Service", |s| {
-                            s.remove(Kind::Service, services, &ObjectKey::new("default", &name));
-                        });
-                        touched.insert((Kind::Service, ObjectKey::new("default", &name)));
+                        source.update("Service", |s| s.remove(Kind::Service, services, &key));
+                        touched.insert((Kind::Service, key.clone()));
                     }
                     1 => {
                         let port = rng.i32(1..100);
                         source.update("Service", |s| {
                             s.put(Kind::Service, services, service(&name, port))
                         });
-                        touched.insert((Kind::Service, ObjectKey::new("default", &name)));
+                        touched.insert((Kind::Service, key.clone()));
+                    }
+                    2 => {
+                        if let Some(current) = current_route(&key) {
+                            version += 1;
+                            source.update("HTTPRoute", |s| {
+                                s.put(Kind::HttpRoute, routes, with_status(current, version))
+                            });
+                            echoed = true;
+                        }
                     }
                     _ => {
                         let host = format!("h{}.example", rng.u8(0..9));
-                        source.update("HTTPRoute", |s| {
-                            s.put(Kind::HttpRoute, routes, route(&name, &host))
+                        let new = route(&name, &host);
+                        // The same spec again (a status, if any, dropped) is no change.
+                        let same = current_route(&key).is_some_and(|old| {
+                            format!("{:?}", old.spec) == format!("{:?}", new.spec)
                         });
-                        touched.insert((Kind::HttpRoute, ObjectKey::new("default", &name)));
+                        source.update("HTTPRoute", |s| s.put(Kind::HttpRoute, routes, new));
+                        if same {
+                            echoed = true;
+                        } else {
+                            touched.insert((Kind::HttpRoute, key.clone()));
+                        }
                     }
                 }
             }
@@ -514,17 +649,42 @@ mod tests {
             }
             let expected = if relist {
                 Update::Everything
+            } else if touched.is_empty() && echoed {
+                echoes += 1;
+                Update::StatusOnly
             } else {
                 Update::Objects(touched)
             };
-            assert_eq!(source.refresh(&mut served), expected, "step {step}");
+            let update = source.refresh(&mut served);
+            assert_eq!(update, expected, "step {step}");
             let full = source.state.lock().expect("source lock").snapshot.clone();
             assert_eq!(
                 format!("{:?}", (&served.services, &served.http_routes)),
                 format!("{:?}", (&full.services, &full.http_routes)),
                 "step {step}"
             );
+            let translated = crate::translate::translate(&served, &settings);
+            match update {
+                Update::StatusOnly => {}
+                Update::Everything => {
+                    last = crate::translate::translate_incremental(
+                        &served, &settings, None, &mut memo,
+                    );
+                }
+                Update::Objects(changed) => {
+                    last = crate::translate::translate_incremental(
+                        &served,
+                        &settings,
+                        Some(&changed),
+                        &mut memo,
+                    );
+                }
+                Update::NotListed => unreachable!("listed above"),
+            }
+            assert_eq!(last.config, translated.config, "step {step}");
+            assert_eq!(last.statuses, translated.statuses, "step {step}");
         }
+        assert!(echoes >= 20, "too few status-only steps: {echoes}");
     }
 
     #[test]
