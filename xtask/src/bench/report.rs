@@ -96,11 +96,12 @@ fn machine() -> String {
 }
 
 pub fn document(
-    sections: &[Section],
+    sections: &[(Section, Duration)],
     budget: Budget,
     command_line: &str,
     load: &Load,
     took: Duration,
+    build_took: Duration,
 ) -> String {
     let load_text = if load.samples.is_empty() {
         "not sampled".to_string()
@@ -121,7 +122,7 @@ pub fn document(
          - Repeats: {} per figure, interleaved A/B/C; figures are medians with the spread (min–max) \
          in parentheses. Load runs of {} s.\n\
          - Tools: {}; {}; {}; {}; {}.\n\
-         - Total time: {:.0} s.\n",
+         - Total time: {:.0} s ({}).\n",
         utc_stamp(),
         machine(),
         budget.repeats,
@@ -132,13 +133,21 @@ pub fn document(
         super::tools::version("nginx", "-v"),
         super::tools::version("haproxy", "-v"),
         took.as_secs_f64(),
+        std::iter::once(format!("agent build {:.0} s", build_took.as_secs_f64()))
+            .chain(sections.iter().map(|(section, took)| {
+                // "L7: HTTP proxy vs ..." -> "L7"
+                let short = section.title.split(':').next().unwrap_or_default();
+                format!("{short} {:.0} s", took.as_secs_f64())
+            }),)
+            .collect::<Vec<_>>()
+            .join(", "),
         quick = if budget.quick {
             " (**--quick: short runs, too few repeats for conclusions**)"
         } else {
             ""
         },
     );
-    for section in sections {
+    for (section, _) in sections {
         text.push_str(&format!("\n## {}\n\n{}\n", section.title, section.markdown));
     }
     text
@@ -167,6 +176,10 @@ pub fn bar_chart(
          plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc rgb 'black' pt 0\n",
         png = png.display(),
         data = data_path.display(),
+        // Inside gnuplot's single quotes a quote is written twice ("the
+        // node's" broke a chart before).
+        title = title.replace('\'', "''"),
+        ylabel = ylabel.replace('\'', "''"),
     );
     // A script file: `gnuplot -e` rejects multi-line programs.
     let script_path = out_dir.join(format!("{file}.gp"));
