@@ -185,22 +185,9 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
 
     // udp-send's socket is connected to the gateway address: only a reply
     // the program translated back to come from there reaches it.
-    let packets_before = agent.route_counter(0, "packets");
     let redirected_before = agent.packet_events(PacketEvent::Redirected);
-    agent.process.signal(libc::SIGSTOP);
-    for i in 0..3 {
-        let message = format!("while stopped {i}");
-        assert_eq!(
-            topology
-                .client_run(&["udp-send", &target, &message])
-                .as_deref(),
-            Ok(message.as_str()),
-            "datagram {i} with the agent stopped"
-        );
-    }
-    assert!(agent.route_counter(0, "packets") >= packets_before + 6);
+    agent.assert_udp_forwarded_while_stopped(&topology, &target);
     assert!(agent.packet_events(PacketEvent::Redirected) >= redirected_before + 6);
-    agent.process.signal(libc::SIGCONT);
 }
 
 const GATEWAY6: &str = "fd00:18::1";

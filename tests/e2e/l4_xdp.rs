@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gateway_common::PacketEvent;
 use gateway_tests::{
     Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, ask_echo_backend, class_and_service,
-    eventually, exchange_with_echo_backend, gateway_with, l4_gateway, require_root,
+    eventually, exchange_with_echo_backend, gateway_with, l4_gateway, l4_route, require_root,
 };
 
 #[test]
@@ -146,20 +146,7 @@ fn udp_datagrams_are_forwarded_and_replies_translated_back() {
     );
 
     // With the agent frozen, the kernel keeps forwarding datagrams and counting.
-    let packets_before = agent.route_counter(0, "packets");
-    agent.process.signal(libc::SIGSTOP);
-    for i in 0..3 {
-        let message = format!("while stopped {i}");
-        assert_eq!(
-            topology
-                .client_run(&["udp-send", &target, &message])
-                .as_deref(),
-            Ok(message.as_str()),
-            "datagram {i} with the agent stopped"
-        );
-    }
-    assert!(agent.route_counter(0, "packets") >= packets_before + 6);
-    agent.process.signal(libc::SIGCONT);
+    agent.assert_udp_forwarded_while_stopped(&topology, &target);
 }
 
 /// The backend a new connection through `gateway` reaches (one request).
@@ -325,27 +312,11 @@ endpoints:
 - addresses: ["{BACKEND_ADDR}"]
 "#
     );
-    let refs: String = backends
+    let refs: Vec<(&str, u16)> = backends
         .iter()
-        .map(|b| {
-            let port = if *b == "echo-a" { 7000 } else { 7001 };
-            format!("    - name: {b}\n      port: {port}\n")
-        })
+        .map(|b| (*b, if *b == "echo-a" { 7000 } else { 7001 }))
         .collect();
-    let route = format!(
-        r#"---
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
-metadata:
-  name: echo
-  namespace: default
-spec:
-  parentRefs:
-  - name: gw
-  rules:
-  - backendRefs:
-{refs}"#
-    );
+    let route = l4_route("TCPRoute", &refs);
     class_and_service("echo-a", 7000, 7000) + &echo_b + &gateway_with("TCP", 9000, &route)
 }
 

@@ -444,6 +444,27 @@ impl Agent {
         self.per_cpu_sum("XDP_STATS", event as u32, |v| v["value"].as_u64())
     }
 
+    /// The SIGSTOP proof for UDP: with the agent frozen, three datagrams to
+    /// `target` still get their echo (forwarded both ways in the kernel) and
+    /// are counted on route 0, both directions.
+    pub fn assert_udp_forwarded_while_stopped(&self, topology: &Topology, target: &str) {
+        let packets_before = self.route_counter(0, "packets");
+        self.process.signal(libc::SIGSTOP);
+        for i in 0..3 {
+            let message = format!("while stopped {i}");
+            assert_eq!(
+                topology
+                    .client_run(&["udp-send", target, &message])
+                    .as_deref(),
+                Ok(message.as_str()),
+                "datagram {i} with the agent stopped"
+            );
+        }
+        let packets = self.route_counter(0, "packets") - packets_before;
+        assert!(packets >= 6, "{packets} packets counted for 3 echoes");
+        self.process.signal(libc::SIGCONT);
+    }
+
     fn per_cpu_sum(
         &self,
         map: &str,
@@ -596,7 +617,17 @@ endpoints:
 /// A Gateway listener on port 9000 and an L4 route of `kind` to Service
 /// `echo` port `backend_port`.
 pub fn l4_gateway(protocol: &str, kind: &str, backend_port: u16) -> String {
-    let route = format!(
+    gateway_with(protocol, 9000, &l4_route(kind, &[("echo", backend_port)]))
+}
+
+/// A `kind` (TCPRoute or UDPRoute) named `echo` on Gateway `gw`, one rule
+/// with `backends` (Service name, port), equally weighted.
+pub fn l4_route(kind: &str, backends: &[(&str, u16)]) -> String {
+    let refs: String = backends
+        .iter()
+        .map(|(name, port)| format!("    - name: {name}\n      port: {port}\n"))
+        .collect();
+    format!(
         r#"---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: {kind}
@@ -608,11 +639,8 @@ spec:
   - name: gw
   rules:
   - backendRefs:
-    - name: echo
-      port: {backend_port}
-"#
-    );
-    gateway_with(protocol, 9000, &route)
+{refs}"#
+    )
 }
 
 /// Gateway `gw` on GATEWAY_ADDR with one listener, followed by `routes`.
