@@ -12,6 +12,8 @@ use gateway_tests::{Netns, require_root, unique};
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (-1): what the TC program answers for a packet it passes.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -112,6 +114,8 @@ fn dst(p: &[u8]) -> (Ipv4Addr, u16) {
 struct Loaded {
     dataplane: L4Dataplane,
     pin_dir: PathBuf,
+    /// What the loaded program answers for a packet it leaves to the kernel.
+    pass: u32,
 }
 
 impl Drop for Loaded {
@@ -151,13 +155,28 @@ fn endpoints<A: Copy + Into<std::net::IpAddr>>(backends: &[(A, u64)]) -> Vec<Wei
         .collect()
 }
 
-/// The program (attached nowhere) with `listeners` programmed.
+/// The XDP program (attached nowhere) with `listeners` programmed.
 fn load_with(listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
+    load_in(AttachMode::Auto, listeners, timeouts)
+}
+
+/// The program of `mode` (XDP, or the TC classifier), attached nowhere,
+/// with `listeners` programmed.
+fn load_in(mode: AttachMode, listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
-    let mut dataplane = L4Dataplane::load_with(&[], AttachMode::Auto, &pin_dir, timeouts)
-        .expect("load the XDP program");
+    let mut dataplane =
+        L4Dataplane::load_with(&[], mode, &pin_dir, timeouts).expect("load the program");
     dataplane.apply(listeners).expect("program the maps");
-    Loaded { dataplane, pin_dir }
+    let pass = if mode == AttachMode::Tc {
+        TC_ACT_UNSPEC
+    } else {
+        XDP_PASS
+    };
+    Loaded {
+        dataplane,
+        pin_dir,
+        pass,
+    }
 }
 
 /// A listener on LISTENER6:9000 to BACKEND6:7000.
@@ -178,7 +197,13 @@ fn listener6(protocol: L4Protocol, name: &str) -> L4Listener {
 /// BACKEND:7000, and the same on LISTENER6:9000 to BACKEND6:7000 (routes
 /// `tcp6` and `udp6`).
 fn load() -> Loaded {
-    load_with(
+    load_mode(AttachMode::Auto)
+}
+
+/// `load`, as the program of `mode`.
+fn load_mode(mode: AttachMode) -> Loaded {
+    load_in(
+        mode,
         &[
             listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
             listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
@@ -216,7 +241,7 @@ impl Loaded {
 /// Whether the program passed `input` to the kernel without touching it.
 fn untouched(loaded: &Loaded, input: &[u8]) -> bool {
     let (action, out) = loaded.run(input);
-    action == XDP_PASS && out == input
+    action == loaded.pass && out == input
 }
 
 #[test]
@@ -634,7 +659,22 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
         return;
     }
     let _netns = enter_routed_netns("cost4");
-    let loaded = load();
+    program_cost4(AttachMode::Auto, "XDP");
+}
+
+/// The same code as a TC classifier (`--attach tc`), on an skb.
+#[test]
+fn the_tc_programs_own_time_per_packet_stays_within_bounds() {
+    if !require_root("the_tc_programs_own_time_per_packet") {
+        return;
+    }
+    let _netns = enter_routed_netns("tcost4");
+    program_cost4(AttachMode::Tc, "TC");
+}
+
+/// Times the program of `mode` on IPv4 packets (in a routed namespace).
+fn program_cost4(mode: AttachMode, hook: &str) {
+    let loaded = load_mode(mode);
     let client = (CLIENT, 40400);
     loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
     let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
@@ -646,7 +686,7 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
         (0..COST_RUNS).map(|i| syn_from(30_000 + i)),
         &foreign,
     );
-    eprintln!("IPv4 {cost}");
+    eprintln!("{hook} IPv4 {cost}");
     cost.check();
 }
 
@@ -708,7 +748,8 @@ fn enter_routed_netns(prefix: &str) -> Netns {
 const COST_RUNS: u32 = 2000;
 
 /// The forwarding program's time per packet from BPF_PROG_TEST_RUN, raw and
-/// net of what the test run costs around an empty program (`EmptyXdp`).
+/// net of what the test run costs around an empty program of the same type
+/// (`EmptyProgram`).
 ///
 /// A run rewrites its packet in place and the kernel does not restore it
 /// between repetitions: with `repeat` > 1 a tracked packet is tracked only
@@ -742,7 +783,7 @@ impl ProgramCost {
         new_flows: impl Iterator<Item = Vec<u8>>,
         foreign: &[u8],
     ) -> Self {
-        let empty = EmptyXdp::load();
+        let empty = EmptyProgram::load(loaded.pass);
         let before = loaded.stats(route);
         let forwarded = |l: &Loaded| l.events(gateway_common::PacketEvent::Redirected);
         let forwarded_before = forwarded(loaded);
@@ -1173,7 +1214,21 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
         return;
     }
     let _netns = enter_routed_netns("cost6");
-    let loaded = load();
+    program_cost6(AttachMode::Auto, "XDP");
+}
+
+#[test]
+fn the_tc_programs_own_time_per_ipv6_packet_stays_within_bounds() {
+    if !require_root("the_tc_programs_own_time_per_ipv6_packet") {
+        return;
+    }
+    let _netns = enter_routed_netns("tcost6");
+    program_cost6(AttachMode::Tc, "TC");
+}
+
+/// Times the program of `mode` on IPv6 packets (in a routed namespace).
+fn program_cost6(mode: AttachMode, hook: &str) {
+    let loaded = load_mode(mode);
     let client = (CLIENT6, 40400);
     loaded.run(&packet6(TCP, client, (LISTENER6, 9000), SYN, b""));
     let tracked = packet6(TCP, client, (LISTENER6, 9000), ACK, &[0; 64]);
@@ -1186,7 +1241,7 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
             .map(|i| packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"")),
         &foreign,
     );
-    eprintln!("IPv6 {cost}");
+    eprintln!("{hook} IPv6 {cost}");
     cost.check();
 }
 
@@ -1343,11 +1398,15 @@ fn icmpv6_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
     }
 }
 
-/// An XDP program that only returns XDP_PASS, loaded straight through the
-/// bpf() syscall (two instructions; aya loads only object files): timed like
-/// the forwarding program, it gives what BPF_PROG_TEST_RUN costs around any
-/// program, so that the forwarding program's own time is the difference.
-struct EmptyXdp(libc::c_int);
+/// An XDP program that only returns XDP_PASS, or a TC classifier that only
+/// returns TC_ACT_UNSPEC, loaded straight through the bpf() syscall (two
+/// instructions; aya loads only object files): timed like the forwarding
+/// program, it gives what BPF_PROG_TEST_RUN costs around any program of its
+/// type, so that the forwarding program's own time is the difference.
+struct EmptyProgram {
+    fd: libc::c_int,
+    retval: u32,
+}
 
 /// `struct bpf_attr` for BPF_PROG_LOAD, up to the fields used.
 #[repr(C)]
@@ -1378,18 +1437,27 @@ struct TestRunAttr {
     duration: u32,
 }
 
-impl EmptyXdp {
-    fn load() -> Self {
+impl EmptyProgram {
+    /// The empty program that answers `pass` (`XDP_PASS` or `TC_ACT_UNSPEC`),
+    /// of the program type that answer belongs to.
+    fn load(pass: u32) -> Self {
         const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
         const BPF_PROG_TYPE_XDP: u32 = 6;
-        // r0 = XDP_PASS; exit
+        let prog_type = if pass == TC_ACT_UNSPEC {
+            BPF_PROG_TYPE_SCHED_CLS
+        } else {
+            BPF_PROG_TYPE_XDP
+        };
+        // r0 = pass (a 32-bit immediate, sign-extended); exit
+        let [a, b, c, d] = pass.to_le_bytes();
         let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, XDP_PASS as u8, 0, 0, 0]),
+            u64::from_le_bytes([0xb7, 0, 0, 0, a, b, c, d]),
             u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
         ];
         let license = c"GPL";
         let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
+            prog_type,
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
@@ -1406,17 +1474,20 @@ impl EmptyXdp {
         };
         assert!(
             fd >= 0,
-            "load the empty XDP program: {}",
+            "load the empty program: {}",
             std::io::Error::last_os_error()
         );
-        EmptyXdp(fd as libc::c_int)
+        EmptyProgram {
+            fd: fd as libc::c_int,
+            retval: pass,
+        }
     }
 
     /// The kernel's time per run over `packet`, run `repeat` times.
     fn time_run(&self, packet: &[u8], repeat: u32) -> std::time::Duration {
         const BPF_PROG_TEST_RUN: libc::c_long = 10;
         let mut attr = TestRunAttr {
-            prog_fd: self.0 as u32,
+            prog_fd: self.fd as u32,
             data_size_in: packet.len() as u32,
             data_in: packet.as_ptr() as u64,
             repeat,
@@ -1432,15 +1503,15 @@ impl EmptyXdp {
             )
         };
         assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
-        assert_eq!(attr.retval, XDP_PASS);
+        assert_eq!(attr.retval, self.retval);
         std::time::Duration::from_nanos(u64::from(attr.duration))
     }
 }
 
-impl Drop for EmptyXdp {
+impl Drop for EmptyProgram {
     fn drop(&mut self) {
         // SAFETY: our own descriptor, closed once.
-        unsafe { libc::close(self.0) };
+        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -1573,7 +1644,11 @@ fn a_pinned_flows_map_of_another_kind_or_flags_is_replaced_not_adopted() {
         dataplane
             .apply(&[listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)])])
             .expect("program the maps");
-        let loaded = Loaded { dataplane, pin_dir };
+        let loaded = Loaded {
+            dataplane,
+            pin_dir,
+            pass: XDP_PASS,
+        };
         let pinned = PinnedMap::open(&flows);
         assert_eq!(
             pinned.info(),
@@ -1589,7 +1664,7 @@ fn a_pinned_flows_map_of_another_kind_or_flags_is_replaced_not_adopted() {
 }
 
 /// A BPF map by file descriptor, for what the test must set up or check
-/// below the loader: raw `bpf(2)` calls, as `EmptyXdp`.
+/// below the loader: raw `bpf(2)` calls, as `EmptyProgram`.
 struct PinnedMap(libc::c_int);
 
 /// `struct bpf_attr` for BPF_MAP_CREATE, up to the fields used.
