@@ -669,13 +669,27 @@ impl L4Dataplane {
     /// `AttachMode::Tc`) once over `packet` (BPF_PROG_TEST_RUN), against the
     /// live maps: returns its action and the packet as the program left it.
     pub fn test_run(&self, packet: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        let (action, out, _) = self.test_run_repeat(packet, 1)?;
+        Ok((action, out))
+    }
+
+    /// `test_run` with the kernel running the program `repeat` times over
+    /// one buffer, which it does not restore between repetitions (each one
+    /// sees the packet as the one before left it): the last repetition's
+    /// action, the packet as it left it, and the time per repetition.
+    pub fn test_run_repeat(
+        &self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration), Error> {
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
         let result = self.run_loaded(opts)?;
         out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        Ok((result.return_value, out, result.duration))
     }
 
     /// The program's own time per run over `packet`, run `repeat` times by
