@@ -697,11 +697,14 @@ fn program_cost4(mode: AttachMode, hook: &str) {
     eprintln!("{hook} IPv4 {cost}");
     cost.check();
 
-    let client = (CLIENT, 40600);
-    loaded.run(&packet(TCP, client, (ROUTED_LISTENER, 9000), SYN, b""));
-    let tracked = packet(TCP, client, (ROUTED_LISTENER, 9000), ACK, &[0; 64]);
-    let flows = PinnedMap::open(&loaded.pin_dir.join(gateway_common::maps::FLOWS));
-    let repeat = RepeatCost::measure(&loaded, "pingpong", &tracked, &flows, flow_key4);
+    let (client, listener) = ((CLIENT, 40600), (ROUTED_LISTENER, 9000));
+    let repeat = RepeatCost::measure(
+        &loaded,
+        "pingpong",
+        [SYN, ACK].map(|flags| packet(TCP, client, listener, flags, &[0; 64])),
+        gateway_common::maps::FLOWS,
+        flow_key4,
+    );
     eprintln!("{hook} IPv4 {repeat}");
     repeat.check();
 }
@@ -943,11 +946,13 @@ struct RepeatCost {
 }
 
 impl RepeatCost {
+    /// `syn` opens the flow in `route` whose packet `tracked` is timed;
+    /// `flows` names its family's FLOWS map.
     fn measure<A: Copy + Default + PartialEq + std::fmt::Debug>(
         loaded: &Loaded,
         route: &str,
-        tracked: &[u8],
-        flows: &PinnedMap,
+        [syn, tracked]: [Vec<u8>; 2],
+        flows: &str,
         flow_key: fn(&[u8]) -> gateway_common::FlowKeyOf<A>,
     ) -> Self {
         let redirect = if loaded.pass == TC_ACT_UNSPEC {
@@ -955,6 +960,9 @@ impl RepeatCost {
         } else {
             XDP_REDIRECT
         };
+        assert_eq!(loaded.run(&syn).0, redirect, "the SYN opens a flow");
+        let tracked = &tracked[..];
+        let flows = PinnedMap::open(&loaded.pin_dir.join(flows));
         let (action, forwarded) = loaded.run(tracked);
         assert_eq!(action, redirect, "the tracked packet is forwarded");
         let (a, b) = (flow_key(tracked), flow_key(&forwarded));
@@ -1469,11 +1477,14 @@ fn program_cost6(mode: AttachMode, hook: &str) {
     eprintln!("{hook} IPv6 {cost}");
     cost.check();
 
-    let client = (CLIENT6, 40600);
-    loaded.run(&packet6(TCP, client, (ROUTED_LISTENER6, 9000), SYN, b""));
-    let tracked = packet6(TCP, client, (ROUTED_LISTENER6, 9000), ACK, &[0; 64]);
-    let flows = PinnedMap::open(&loaded.pin_dir.join(gateway_common::maps::FLOWS6));
-    let repeat = RepeatCost::measure(&loaded, "pingpong6", &tracked, &flows, flow_key6);
+    let (client, listener) = ((CLIENT6, 40600), (ROUTED_LISTENER6, 9000));
+    let repeat = RepeatCost::measure(
+        &loaded,
+        "pingpong6",
+        [SYN, ACK].map(|flags| packet6(TCP, client, listener, flags, &[0; 64])),
+        gateway_common::maps::FLOWS6,
+        flow_key6,
+    );
     eprintln!("{hook} IPv6 {repeat}");
     repeat.check();
 }
