@@ -12,6 +12,11 @@ use gateway_tests::{Netns, require_root, unique};
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+/// TC_ACT_REDIRECT: what the TC program answers for a packet it sends out.
+const TC_ACT_REDIRECT: u32 = 7;
+/// TC_ACT_UNSPEC (-1): what the TC program answers for a packet it passes.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -19,6 +24,11 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const LISTENER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 2);
+/// The cost tests' ping-pong listener (`RepeatCost`): no address of the
+/// routed namespace, which routes it to the client side, so that a packet
+/// rewritten back to it is forwarded like any other.
+const ROUTED_LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
+const ROUTED_LISTENER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 9, 0, 0, 0, 1);
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const FIN: u8 = 0x01;
@@ -112,6 +122,8 @@ fn dst(p: &[u8]) -> (Ipv4Addr, u16) {
 struct Loaded {
     dataplane: L4Dataplane,
     pin_dir: PathBuf,
+    /// What the loaded program answers for a packet it leaves to the kernel.
+    pass: u32,
 }
 
 impl Drop for Loaded {
@@ -151,13 +163,28 @@ fn endpoints<A: Copy + Into<std::net::IpAddr>>(backends: &[(A, u64)]) -> Vec<Wei
         .collect()
 }
 
-/// The program (attached nowhere) with `listeners` programmed.
+/// The XDP program (attached nowhere) with `listeners` programmed.
 fn load_with(listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
+    load_in(AttachMode::Auto, listeners, timeouts)
+}
+
+/// The program of `mode` (XDP, or the TC classifier), attached nowhere,
+/// with `listeners` programmed.
+fn load_in(mode: AttachMode, listeners: &[L4Listener], timeouts: FlowTimeouts) -> Loaded {
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwt-packets-"));
-    let mut dataplane = L4Dataplane::load_with(&[], AttachMode::Auto, &pin_dir, timeouts)
-        .expect("load the XDP program");
+    let mut dataplane =
+        L4Dataplane::load_with(&[], mode, &pin_dir, timeouts).expect("load the program");
     dataplane.apply(listeners).expect("program the maps");
-    Loaded { dataplane, pin_dir }
+    let pass = if mode == AttachMode::Tc {
+        TC_ACT_UNSPEC
+    } else {
+        XDP_PASS
+    };
+    Loaded {
+        dataplane,
+        pin_dir,
+        pass,
+    }
 }
 
 /// A listener on LISTENER6:9000 to BACKEND6:7000.
@@ -178,7 +205,13 @@ fn listener6(protocol: L4Protocol, name: &str) -> L4Listener {
 /// BACKEND:7000, and the same on LISTENER6:9000 to BACKEND6:7000 (routes
 /// `tcp6` and `udp6`).
 fn load() -> Loaded {
-    load_with(
+    load_mode(AttachMode::Auto)
+}
+
+/// `load`, as the program of `mode`.
+fn load_mode(mode: AttachMode) -> Loaded {
+    load_in(
+        mode,
         &[
             listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
             listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
@@ -216,7 +249,7 @@ impl Loaded {
 /// Whether the program passed `input` to the kernel without touching it.
 fn untouched(loaded: &Loaded, input: &[u8]) -> bool {
     let (action, out) = loaded.run(input);
-    action == XDP_PASS && out == input
+    action == loaded.pass && out == input
 }
 
 #[test]
@@ -634,7 +667,22 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
         return;
     }
     let _netns = enter_routed_netns("cost4");
-    let loaded = load();
+    program_cost4(AttachMode::Auto, "XDP");
+}
+
+/// The same code as a TC classifier (`--attach tc`), on an skb.
+#[test]
+fn the_tc_programs_own_time_per_packet_stays_within_bounds() {
+    if !require_root("the_tc_programs_own_time_per_packet") {
+        return;
+    }
+    let _netns = enter_routed_netns("tcost4");
+    program_cost4(AttachMode::Tc, "TC");
+}
+
+/// Times the program of `mode` on IPv4 packets (in a routed namespace).
+fn program_cost4(mode: AttachMode, hook: &str) {
+    let loaded = load_cost(mode);
     let client = (CLIENT, 40400);
     loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
     let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
@@ -646,8 +694,43 @@ fn the_programs_own_time_per_packet_stays_within_bounds() {
         (0..COST_RUNS).map(|i| syn_from(30_000 + i)),
         &foreign,
     );
-    eprintln!("IPv4 {cost}");
+    eprintln!("{hook} IPv4 {cost}");
     cost.check();
+
+    let (client, listener) = ((CLIENT, 40600), (ROUTED_LISTENER, 9000));
+    let repeat = RepeatCost::measure(
+        &loaded,
+        "pingpong",
+        [SYN, ACK].map(|flags| packet(TCP, client, listener, flags, &[0; 64])),
+        gateway_common::maps::FLOWS,
+        flow_key4,
+    );
+    eprintln!("{hook} IPv4 {repeat}");
+    repeat.check();
+}
+
+/// `load_mode`'s listeners and a TCP listener on ROUTED_LISTENER(6):9000 to
+/// BACKEND(6):7000 (routes `pingpong` and `pingpong6`), for `RepeatCost`.
+fn load_cost(mode: AttachMode) -> Loaded {
+    let routed = |addr: std::net::IpAddr, name: &str, backend: std::net::IpAddr| L4Listener {
+        addr,
+        port: 9000,
+        protocol: L4Protocol::Tcp,
+        route: route(name),
+        backends: endpoints(&[(backend, 1)]),
+    };
+    load_in(
+        mode,
+        &[
+            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+            listener6(L4Protocol::Tcp, "tcp6"),
+            listener6(L4Protocol::Udp, "udp6"),
+            routed(ROUTED_LISTENER.into(), "pingpong", BACKEND.into()),
+            routed(ROUTED_LISTENER6.into(), "pingpong6", BACKEND6.into()),
+        ],
+        FlowTimeouts::default(),
+    )
 }
 
 /// Moves this test's thread into a new network namespace where the FIB
@@ -698,6 +781,22 @@ fn enter_routed_netns(prefix: &str) -> Netns {
             ]);
         }
     }
+    let client_side_peer = [
+        ("198.18.9.0/24", CLIENT.to_string()),
+        ("fd00:0:0:9::/64", CLIENT6.to_string()),
+    ];
+    for (prefix, via) in client_side_peer {
+        netns.run(&[
+            "ip",
+            "route",
+            "add",
+            prefix,
+            "via",
+            &via,
+            "dev",
+            &client_side,
+        ]);
+    }
     netns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
     netns.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     netns.enter().expect("enter the namespace");
@@ -708,7 +807,8 @@ fn enter_routed_netns(prefix: &str) -> Netns {
 const COST_RUNS: u32 = 2000;
 
 /// The forwarding program's time per packet from BPF_PROG_TEST_RUN, raw and
-/// net of what the test run costs around an empty program (`EmptyXdp`).
+/// net of what the test run costs around an empty program of the same type
+/// (`EmptyProgram`).
 ///
 /// A run rewrites its packet in place and the kernel does not restore it
 /// between repetitions: with `repeat` > 1 a tracked packet is tracked only
@@ -742,7 +842,7 @@ impl ProgramCost {
         new_flows: impl Iterator<Item = Vec<u8>>,
         foreign: &[u8],
     ) -> Self {
-        let empty = EmptyXdp::load();
+        let empty = EmptyProgram::load(loaded.pass);
         let before = loaded.stats(route);
         let forwarded = |l: &Loaded| l.events(gateway_common::PacketEvent::Redirected);
         let forwarded_before = forwarded(loaded);
@@ -815,6 +915,180 @@ impl std::fmt::Display for ProgramCost {
             COST_RUNS * 50,
             self.empty_repeat,
         )
+    }
+}
+
+/// Repetitions per round of `RepeatCost`, even: the ping-pong ends on the
+/// packet it started with.
+const REPEAT: u32 = 100_000;
+/// Rounds of `RepeatCost`, each with the empty program's round after it.
+const REPEAT_ROUNDS: usize = 7;
+
+/// A tracked packet's time per repetition with `repeat`, the issue's method,
+/// in which every repetition forwards a tracked flow's packet.
+///
+/// The kernel does not restore the packet between repetitions, so a tracked
+/// packet A (client → listener), forwarded as B (source-NAT address and port
+/// → backend), comes back to the program as B. The test gives B a FLOWS entry
+/// of its own, written with the agent's map types, that rewrites B back into
+/// A (as a reply's entry rewrites a reply): A's and B's entries take turns,
+/// and each repetition does a tracked packet's whole work (FLOWS lookup,
+/// rewrite, checksums, counters, next hop from the cache, redirect), with
+/// the flow's entries, the next hops and the program warm in the cache.
+/// Every round checks that it did: the route counted `REPEAT` packets and no
+/// new flow, `REPEAT` packets were redirected and no other event moved, and
+/// the packet is A again. A new flow cannot be timed this way: from the
+/// second repetition on, its packet is tracked (`ProgramCost` times it one
+/// run at a time).
+struct RepeatCost {
+    /// Per repetition, each round: the forwarding program and the empty one.
+    rounds: Vec<(u64, u64)>,
+}
+
+impl RepeatCost {
+    /// `syn` opens the flow in `route` whose packet `tracked` is timed;
+    /// `flows` names its family's FLOWS map.
+    fn measure<A: Copy + Default + PartialEq + std::fmt::Debug>(
+        loaded: &Loaded,
+        route: &str,
+        [syn, tracked]: [Vec<u8>; 2],
+        flows: &str,
+        flow_key: fn(&[u8]) -> gateway_common::FlowKeyOf<A>,
+    ) -> Self {
+        let redirect = if loaded.pass == TC_ACT_UNSPEC {
+            TC_ACT_REDIRECT
+        } else {
+            XDP_REDIRECT
+        };
+        assert_eq!(loaded.run(&syn).0, redirect, "the SYN opens a flow");
+        let tracked = &tracked[..];
+        let flows = PinnedMap::open(&loaded.pin_dir.join(flows));
+        let (action, forwarded) = loaded.run(tracked);
+        assert_eq!(action, redirect, "the tracked packet is forwarded");
+        let (a, b) = (flow_key(tracked), flow_key(&forwarded));
+        let original: gateway_common::FlowValueOf<A> =
+            flows.lookup(&a).expect("the tracked packet's flow");
+        assert_eq!(
+            (b.src_addr_be, b.dst_addr_be, b.src_port_be, b.dst_port_be),
+            (
+                original.new_src_addr_be,
+                original.new_dst_addr_be,
+                original.new_src_port_be,
+                original.new_dst_port_be
+            ),
+            "forwarded as its flow entry says"
+        );
+        let back_to_a = gateway_common::FlowValueOf {
+            new_src_addr_be: a.src_addr_be,
+            new_dst_addr_be: a.dst_addr_be,
+            new_src_port_be: a.src_port_be,
+            new_dst_port_be: a.dst_port_be,
+            route_id: original.route_id,
+            flags: 0,
+            _pad: 0,
+            last_seen_ns: original.last_seen_ns,
+        };
+        flows.insert(&b, &back_to_a);
+        let (action, back) = loaded.run(&forwarded);
+        assert_eq!(action, redirect, "B is forwarded");
+        assert_eq!(back[14..], tracked[14..], "B is rewritten back into A");
+
+        let empty = EmptyProgram::load(loaded.pass);
+        let rounds = (0..REPEAT_ROUNDS)
+            .map(|_| {
+                let before = (loaded.stats(route), loaded.dataplane.packet_events());
+                let (action, out, time) = loaded
+                    .dataplane
+                    .test_run_repeat(tracked, REPEAT)
+                    .expect("timed run");
+                let after = (loaded.stats(route), loaded.dataplane.packet_events());
+                assert_eq!(action, redirect);
+                assert_eq!(out[14..], tracked[14..], "the ping-pong ends on A");
+                let packets = after.0.packets - before.0.packets;
+                assert_eq!(packets, u64::from(REPEAT), "route packets");
+                assert_eq!(after.0.new_flows, before.0.new_flows, "new flows");
+                assert_eq!(after.0.drops, before.0.drops, "drops");
+                for ((event, n_after), (_, n_before)) in after.1.iter().zip(&before.1) {
+                    let expected = if *event == gateway_common::PacketEvent::Redirected {
+                        u64::from(REPEAT)
+                    } else {
+                        0
+                    };
+                    assert_eq!(n_after - n_before, expected, "{event:?}");
+                }
+                let empty_time = empty.time_run(tracked, REPEAT);
+                (time.as_nanos() as u64, empty_time.as_nanos() as u64)
+            })
+            .collect();
+        RepeatCost { rounds }
+    }
+
+    fn net(&self) -> Vec<u64> {
+        let mut net: Vec<u64> = self
+            .rounds
+            .iter()
+            .map(|(raw, empty)| raw.saturating_sub(*empty))
+            .collect();
+        net.sort();
+        net
+    }
+
+    /// A regression bound, as `ProgramCost::check`'s: the goal (100 ns net)
+    /// is reported, not asserted.
+    fn check(&self) {
+        assert!(self.net()[REPEAT_ROUNDS / 2] <= 1000, "{self}");
+    }
+}
+
+impl std::fmt::Display for RepeatCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let net = self.net();
+        write!(
+            f,
+            "tracked flow (ping-pong), per repetition of {REPEAT}, net of the empty \
+             program's ns: median {} min {} max {} over {REPEAT_ROUNDS} rounds \
+             (raw / empty per round: {})",
+            net[REPEAT_ROUNDS / 2],
+            net[0],
+            net[REPEAT_ROUNDS - 1],
+            self.rounds
+                .iter()
+                .map(|(raw, empty)| format!("{raw}/{empty}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+}
+
+/// The FLOWS key of an untagged IPv4 frame's TCP or UDP 5-tuple.
+fn flow_key4(p: &[u8]) -> gateway_common::FlowKey {
+    let ne = |at: usize| u32::from_ne_bytes(p[at..at + 4].try_into().unwrap());
+    let port = |at: usize| u16::from_ne_bytes([p[at], p[at + 1]]);
+    gateway_common::FlowKey {
+        src_addr_be: ne(26),
+        dst_addr_be: ne(30),
+        src_port_be: port(34),
+        dst_port_be: port(36),
+        proto: p[23],
+        ..Default::default()
+    }
+}
+
+/// The FLOWS6 key of an untagged IPv6 frame's TCP or UDP 5-tuple.
+fn flow_key6(p: &[u8]) -> gateway_common::FlowKey6 {
+    let addr = |at: usize| -> gateway_common::Addr6 {
+        std::array::from_fn(|i| {
+            u32::from_ne_bytes(p[at + 4 * i..at + 4 * i + 4].try_into().unwrap())
+        })
+    };
+    let port = |at: usize| u16::from_ne_bytes([p[at], p[at + 1]]);
+    gateway_common::FlowKey6 {
+        src_addr_be: addr(22),
+        dst_addr_be: addr(38),
+        src_port_be: port(54),
+        dst_port_be: port(56),
+        proto: p[20],
+        ..Default::default()
     }
 }
 
@@ -1173,7 +1447,21 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
         return;
     }
     let _netns = enter_routed_netns("cost6");
-    let loaded = load();
+    program_cost6(AttachMode::Auto, "XDP");
+}
+
+#[test]
+fn the_tc_programs_own_time_per_ipv6_packet_stays_within_bounds() {
+    if !require_root("the_tc_programs_own_time_per_ipv6_packet") {
+        return;
+    }
+    let _netns = enter_routed_netns("tcost6");
+    program_cost6(AttachMode::Tc, "TC");
+}
+
+/// Times the program of `mode` on IPv6 packets (in a routed namespace).
+fn program_cost6(mode: AttachMode, hook: &str) {
+    let loaded = load_cost(mode);
     let client = (CLIENT6, 40400);
     loaded.run(&packet6(TCP, client, (LISTENER6, 9000), SYN, b""));
     let tracked = packet6(TCP, client, (LISTENER6, 9000), ACK, &[0; 64]);
@@ -1186,8 +1474,19 @@ fn the_programs_own_time_per_ipv6_packet_stays_within_bounds() {
             .map(|i| packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"")),
         &foreign,
     );
-    eprintln!("IPv6 {cost}");
+    eprintln!("{hook} IPv6 {cost}");
     cost.check();
+
+    let (client, listener) = ((CLIENT6, 40600), (ROUTED_LISTENER6, 9000));
+    let repeat = RepeatCost::measure(
+        &loaded,
+        "pingpong6",
+        [SYN, ACK].map(|flags| packet6(TCP, client, listener, flags, &[0; 64])),
+        gateway_common::maps::FLOWS6,
+        flow_key6,
+    );
+    eprintln!("{hook} IPv6 {repeat}");
+    repeat.check();
 }
 
 #[test]
@@ -1343,11 +1642,15 @@ fn icmpv6_errors_about_a_tracked_flow_reach_the_flows_other_end_translated() {
     }
 }
 
-/// An XDP program that only returns XDP_PASS, loaded straight through the
-/// bpf() syscall (two instructions; aya loads only object files): timed like
-/// the forwarding program, it gives what BPF_PROG_TEST_RUN costs around any
-/// program, so that the forwarding program's own time is the difference.
-struct EmptyXdp(libc::c_int);
+/// An XDP program that only returns XDP_PASS, or a TC classifier that only
+/// returns TC_ACT_UNSPEC, loaded straight through the bpf() syscall (two
+/// instructions; aya loads only object files): timed like the forwarding
+/// program, it gives what BPF_PROG_TEST_RUN costs around any program of its
+/// type, so that the forwarding program's own time is the difference.
+struct EmptyProgram {
+    fd: libc::c_int,
+    retval: u32,
+}
 
 /// `struct bpf_attr` for BPF_PROG_LOAD, up to the fields used.
 #[repr(C)]
@@ -1378,18 +1681,27 @@ struct TestRunAttr {
     duration: u32,
 }
 
-impl EmptyXdp {
-    fn load() -> Self {
+impl EmptyProgram {
+    /// The empty program that answers `pass` (`XDP_PASS` or `TC_ACT_UNSPEC`),
+    /// of the program type that answer belongs to.
+    fn load(pass: u32) -> Self {
         const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
         const BPF_PROG_TYPE_XDP: u32 = 6;
-        // r0 = XDP_PASS; exit
+        let prog_type = if pass == TC_ACT_UNSPEC {
+            BPF_PROG_TYPE_SCHED_CLS
+        } else {
+            BPF_PROG_TYPE_XDP
+        };
+        // r0 = pass (a 32-bit immediate, sign-extended); exit
+        let [a, b, c, d] = pass.to_le_bytes();
         let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, XDP_PASS as u8, 0, 0, 0]),
+            u64::from_le_bytes([0xb7, 0, 0, 0, a, b, c, d]),
             u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
         ];
         let license = c"GPL";
         let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
+            prog_type,
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
@@ -1406,17 +1718,20 @@ impl EmptyXdp {
         };
         assert!(
             fd >= 0,
-            "load the empty XDP program: {}",
+            "load the empty program: {}",
             std::io::Error::last_os_error()
         );
-        EmptyXdp(fd as libc::c_int)
+        EmptyProgram {
+            fd: fd as libc::c_int,
+            retval: pass,
+        }
     }
 
     /// The kernel's time per run over `packet`, run `repeat` times.
     fn time_run(&self, packet: &[u8], repeat: u32) -> std::time::Duration {
         const BPF_PROG_TEST_RUN: libc::c_long = 10;
         let mut attr = TestRunAttr {
-            prog_fd: self.0 as u32,
+            prog_fd: self.fd as u32,
             data_size_in: packet.len() as u32,
             data_in: packet.as_ptr() as u64,
             repeat,
@@ -1432,15 +1747,15 @@ impl EmptyXdp {
             )
         };
         assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
-        assert_eq!(attr.retval, XDP_PASS);
+        assert_eq!(attr.retval, self.retval);
         std::time::Duration::from_nanos(u64::from(attr.duration))
     }
 }
 
-impl Drop for EmptyXdp {
+impl Drop for EmptyProgram {
     fn drop(&mut self) {
         // SAFETY: our own descriptor, closed once.
-        unsafe { libc::close(self.0) };
+        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -1573,7 +1888,11 @@ fn a_pinned_flows_map_of_another_kind_or_flags_is_replaced_not_adopted() {
         dataplane
             .apply(&[listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)])])
             .expect("program the maps");
-        let loaded = Loaded { dataplane, pin_dir };
+        let loaded = Loaded {
+            dataplane,
+            pin_dir,
+            pass: XDP_PASS,
+        };
         let pinned = PinnedMap::open(&flows);
         assert_eq!(
             pinned.info(),
@@ -1589,7 +1908,7 @@ fn a_pinned_flows_map_of_another_kind_or_flags_is_replaced_not_adopted() {
 }
 
 /// A BPF map by file descriptor, for what the test must set up or check
-/// below the loader: raw `bpf(2)` calls, as `EmptyXdp`.
+/// below the loader: raw `bpf(2)` calls, as `EmptyProgram`.
 struct PinnedMap(libc::c_int);
 
 /// `struct bpf_attr` for BPF_MAP_CREATE, up to the fields used.
@@ -1698,6 +2017,45 @@ impl PinnedMap {
     fn id(&self) -> u32 {
         self.head().id
     }
+
+    /// The value at `key`, if any.
+    fn lookup<K, V: Default>(&self, key: &K) -> Option<V> {
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let mut value = V::default();
+        let mut attr = ElemAttr {
+            map_fd: self.0 as u32,
+            key: key as *const K as u64,
+            value: &mut value as *mut V as u64,
+            ..Default::default()
+        };
+        (Self::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) == 0).then_some(value)
+    }
+
+    /// Inserts `value` at `key`, which must be free.
+    fn insert<K, V>(&self, key: &K, value: &V) {
+        const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+        const BPF_NOEXIST: u64 = 1;
+        let mut attr = ElemAttr {
+            map_fd: self.0 as u32,
+            key: key as *const K as u64,
+            value: value as *const V as u64,
+            flags: BPF_NOEXIST,
+            ..Default::default()
+        };
+        let rc = Self::bpf(BPF_MAP_UPDATE_ELEM, &mut attr);
+        assert_eq!(rc, 0, "map insert: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// `struct bpf_attr` for BPF_MAP_LOOKUP_ELEM and BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 impl Drop for PinnedMap {

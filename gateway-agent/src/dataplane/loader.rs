@@ -10,7 +10,10 @@ use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray};
 use aya::programs::links::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, xdp::XdpLink};
+use aya::programs::{
+    SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
+    xdp::XdpLink,
+};
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::{
     Address, BackendValue, BackendValue6, FLOW_ORIGINAL, FlowKey, FlowKey6, FlowKeyOf, FlowValue,
@@ -113,6 +116,8 @@ pub struct L4Dataplane {
     /// under `<pin_dir>/tc-links/`): the pin, not this process, keeps the
     /// program attached.
     links: Vec<FdLink>,
+    /// Which program is loaded (and test-run): the TC classifier, or XDP.
+    mode: AttachMode,
     listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     routes: HashMap<MapData, u32, RouteValue>,
     tables: Array<MapData, MaglevTable>,
@@ -391,6 +396,7 @@ impl L4Dataplane {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             links,
+            mode,
             listeners,
             routes,
             tables,
@@ -659,38 +665,62 @@ impl L4Dataplane {
         tracing::info!(pin_dir = %self.pin_dir.display(), "L4 program detached and pins removed");
     }
 
-    /// Runs the XDP program once over `packet` (BPF_PROG_TEST_RUN), against the
-    /// live maps: returns the XDP action and the packet as the program left it.
+    /// Runs the loaded program (XDP, or the TC classifier when loaded with
+    /// `AttachMode::Tc`) once over `packet` (BPF_PROG_TEST_RUN), against the
+    /// live maps: returns its action and the packet as the program left it.
     pub fn test_run(&self, packet: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        use aya::programs::{TestRun as _, TestRunOptions};
-        let program: &Xdp = self
-            .ebpf
-            .program("xdp_l4_forward")
-            .ok_or(Error::Missing("program xdp_l4_forward"))?
-            .try_into()?;
+        let (action, out, _) = self.test_run_repeat(packet, 1)?;
+        Ok((action, out))
+    }
+
+    /// `test_run` with the kernel running the program `repeat` times over
+    /// one buffer, which it does not restore between repetitions (each one
+    /// sees the packet as the one before left it): the last repetition's
+    /// action, the packet as it left it, and the time per repetition.
+    pub fn test_run_repeat(
+        &self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration), Error> {
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
-        let result = program.test_run(opts)?;
+        opts.repeat = repeat;
+        let result = self.run_loaded(opts)?;
         out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        Ok((result.return_value, out, result.duration))
     }
 
     /// The program's own time per run over `packet`, run `repeat` times by
     /// the kernel (BPF_PROG_TEST_RUN): what the program costs, without any
     /// interface or traffic generator.
     pub fn time_run(&self, packet: &[u8], repeat: u32) -> Result<std::time::Duration, Error> {
-        use aya::programs::{TestRun as _, TestRunOptions};
-        let program: &Xdp = self
-            .ebpf
-            .program("xdp_l4_forward")
-            .ok_or(Error::Missing("program xdp_l4_forward"))?
-            .try_into()?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.repeat = repeat;
-        Ok(program.test_run(opts)?.duration)
+        Ok(self.run_loaded(opts)?.duration)
+    }
+
+    fn run_loaded(&self, mut opts: TestRunOptions<'_>) -> Result<TestRunResult, Error> {
+        if self.mode != AttachMode::Tc {
+            let program: &Xdp = self
+                .ebpf
+                .program("xdp_l4_forward")
+                .ok_or(Error::Missing("program xdp_l4_forward"))?
+                .try_into()?;
+            return Ok(program.test_run(opts)?);
+        }
+        let program: &SchedClassifier = self
+            .ebpf
+            .program("tc_l4_forward")
+            .ok_or(Error::Missing("program tc_l4_forward"))?
+            .try_into()?;
+        // The skb comes in on the namespace's loopback, as an XDP test run's
+        // packet does: `ingress_ifindex` is otherwise 0, no interface the FIB
+        // could route from.
+        opts.ctx_in = Some(&TC_TEST_RUN_CTX);
+        Ok(program.test_run(opts)?)
     }
 
     /// Per-route counters summed over CPUs (and over a route's IPv4 and IPv6 ids).
@@ -726,6 +756,22 @@ impl L4Dataplane {
             .collect()
     }
 }
+
+/// The head of a `struct __sk_buff` for a TC test run, up to `ifindex`
+/// (offset 40), the fields before `ingress_ifindex` (36) zero: the packet
+/// came in on, and is on, the loopback interface (index 1 in every
+/// namespace).
+const TC_TEST_RUN_CTX: [u8; 44] = {
+    let loopback = 1u32.to_ne_bytes();
+    let mut ctx = [0u8; 44];
+    let mut i = 0;
+    while i < 4 {
+        ctx[36 + i] = loopback[i];
+        ctx[40 + i] = loopback[i];
+        i += 1;
+    }
+    ctx
+};
 
 /// The key of the other direction of the flow whose entry at `key` is `flow`:
 /// the rewritten tuple reversed (for the original direction, the backend
