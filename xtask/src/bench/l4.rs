@@ -529,6 +529,7 @@ fn measure(
         UdpPath {
             name: "XDP (gateway-agent)",
             from: CLIENT,
+            client_dev: "eth0",
             to: (GATEWAY, 90),
             process: Some(agent.pid()),
             ingress: (&t.node, "c0"),
@@ -538,6 +539,7 @@ fn measure(
         UdpPath {
             name: "iptables DNAT, own links",
             from: PLAIN_CLIENT,
+            client_dev: "eth1",
             to: (PLAIN_GATEWAY, 92),
             process: None,
             ingress: (&t.node, "c1"),
@@ -547,6 +549,7 @@ fn measure(
         UdpPath {
             name: "iptables DNAT, XDP's links",
             from: CLIENT,
+            client_dev: "eth0",
             to: (GATEWAY, 92),
             process: None,
             ingress: (&t.node, "c0"),
@@ -556,6 +559,7 @@ fn measure(
         UdpPath {
             name: "socat (userspace relay)",
             from: CLIENT,
+            client_dev: "eth0",
             to: (GATEWAY, 91),
             process: Some(socat.pid()),
             ingress: (&t.node, "c0"),
@@ -565,6 +569,7 @@ fn measure(
         UdpPath {
             name: TC_NAME,
             from: TC_CLIENT,
+            client_dev: "eth2",
             to: (TC_GATEWAY, 90),
             process: Some(tc_agent.pid()),
             ingress: (&t.node, "c2"),
@@ -574,6 +579,7 @@ fn measure(
         UdpPath {
             name: "direct, no node (reference)",
             from: DIRECT_CLIENT,
+            client_dev: "direct",
             to: (DIRECT_BACKEND, l4_udp::SINK_PORT),
             process: None,
             // GRO on: NAPI delivery.

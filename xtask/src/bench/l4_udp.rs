@@ -2,8 +2,9 @@
 //! generator through each path, and the CPU time spent per forwarded packet
 //! at a fixed rate.
 //!
-//! Maximum rate: the generator alone on CPU 1, the node's forwarding and the
-//! backend's receive on CPU 0. Left alone, veth delivers on the sending CPU
+//! Maximum rate: the generator alone on CPU 1 (whole frames through a packet
+//! socket, bypassing the client's UDP/IP stack), the node's forwarding and
+//! the backend's receive on CPU 0, both at real-time priority. Left alone, veth delivers on the sending CPU
 //! (netif_rx into that CPU's backlog, or the receiving veth's NAPI scheduled
 //! there), so the node's work would run inside the generator's system calls
 //! and the generator's own cost would cap every path alike. So for this
@@ -39,7 +40,7 @@ use super::Budget;
 use super::l4::Topology;
 use super::report::bar_chart;
 use super::stats::Summary;
-use super::udp_load::{Favoured, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
+use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
 
 /// Where the UDP sink listens in the backend namespace.
 pub const SINK_PORT: u16 = 9999;
@@ -59,8 +60,9 @@ const FIXED_RATE: f64 = 50_000.0;
 
 pub struct UdpPath<'a> {
     pub name: &'static str,
-    /// The generator's address and where it sends.
+    /// The generator's address, its interface, and where it sends.
     pub from: &'static str,
+    pub client_dev: &'static str,
     pub to: (&'static str, u16),
     /// The node-side process whose CPU time (with its children's) is part
     /// of this path's cost: the agent for XDP, the relay; None for iptables.
@@ -115,6 +117,7 @@ fn load<'a>(
     path: &UdpPath<'_>,
     rate: Option<f64>,
     seconds: f64,
+    frames: Option<Link>,
 ) -> Load<'a> {
     Load {
         ns: &t.client.name,
@@ -129,6 +132,7 @@ fn load<'a>(
         duration: Duration::from_secs_f64(seconds),
         // Unthrottled: favoured like the node's forwarding (see Favoured).
         favoured: rate.is_none(),
+        frames,
     }
 }
 
@@ -193,6 +197,13 @@ pub fn measure(
     Ok(figures)
 }
 
+/// The generator thread kept its CPU busy (real-time throttling leaves it
+/// at most 95%) in the median run: it, not the node, set the rate. Below,
+/// it waited for the node (a full socket send buffer).
+fn generator_bound(busy_percent: &Summary) -> bool {
+    busy_percent.median >= 90.0
+}
+
 /// One maximum-rate run: the node's work on NODE_CPU, the sink discarding.
 struct MaxRun {
     sent: u64,
@@ -238,7 +249,7 @@ fn measure_with(
     for (i, path) in paths.iter().enumerate() {
         let mut delivered = 0;
         for _ in 0..20 {
-            let warm_up = load(t, i, path, Some(10_000.0), 0.2);
+            let warm_up = load(t, i, path, Some(10_000.0), 0.2, None);
             delivered = run_once(sink, &warm_up, path, softirqd)?.delivered;
             if delivered > 0 {
                 break;
@@ -254,6 +265,18 @@ fn measure_with(
     println!(
         "    maximum rate: the node's forwarding on CPU {NODE_CPU} (RPS, threaded NAPI), the generator on CPU {GENERATOR_CPU}"
     );
+    // The generator writes whole frames: from the client's interface to the
+    // MAC address of the path's first hop.
+    let links = paths
+        .iter()
+        .map(|p| {
+            Ok(Link {
+                dev: p.client_dev.to_string(),
+                source: t.client.mac(p.client_dev)?,
+                destination: p.ingress.0.mac(p.ingress.1)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let kthreads = steer(paths, Some(NODE_CPU))?;
     // The forwarding's threads at real-time priority, as the generator,
     // alike for every path: the NAPI kthreads, ksoftirqd/0 (where RPS's
@@ -292,7 +315,10 @@ fn measure_with(
                 ),
                 None => None,
             };
-            let run = max_run(sink, &load(t, i, path, None, seconds))?;
+            let run = max_run(
+                sink,
+                &load(t, i, path, None, seconds, Some(links[i].clone())),
+            )?;
             if let Some(mut perf) = profile {
                 perf.wait()?;
             }
@@ -326,7 +352,12 @@ fn measure_with(
         (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
-            let run = run_once(sink, &load(t, i, path, Some(rate), seconds), path, softirqd)?;
+            let run = run_once(
+                sink,
+                &load(t, i, path, Some(rate), seconds, None),
+                path,
+                softirqd,
+            )?;
             ns_per_packet[i].push(run.ns_per_datagram());
             delivery[i].push(run.delivered_percent());
             process_share[i].push(run.process * 1e9 / run.delivered.max(1) as f64);
@@ -367,8 +398,13 @@ fn measure_with(
          offload off, GRO on). iptables runs twice: on links of its own without XDP (kernel default offloads), the \
          figure the ratios use, and on XDP's links, where the attached program makes veth copy every packet into a \
          page of its own before netfilter sees it.\n\n\
-         **Maximum rate**: the generator unthrottled for {secs} s, alone on CPU {GENERATOR_CPU}; everything after its \
-         send on CPU {NODE_CPU}. veth would deliver on the sending CPU, inside the generator's system calls; instead \
+         **Maximum rate**: the generator unthrottled for {secs} s, alone on CPU {GENERATOR_CPU}, writing the same \
+         datagrams as whole Ethernet frames (valid IPv4 and UDP checksums) to a packet socket on the client's \
+         interface (PACKET_QDISC_BYPASS: no UDP/IP stack, no qdisc, about a third of a UDP socket's cost); \
+         everything after its send on CPU {NODE_CPU}. The generator, the forwarding's threads and ksoftirqd/{NODE_CPU} \
+         run at real-time priority (SCHED_FIFO 1, socat 2 so that the receive processing feeding it cannot starve \
+         it; the kernel's throttling leaves other work 5%), so that other work on a shared machine shows less in \
+         the rates and a kthread competes as softirq does. veth would deliver on the sending CPU, inside the generator's system calls; instead \
          each path's first receive is moved to CPU {NODE_CPU}: RPS (`rps_cpus`) on the veths that deliver through the \
          backlog (iptables' own links, the TC agent's links: TC ingress runs after the steering), threaded NAPI with \
          its kthread pinned to CPU {NODE_CPU} on those with NAPI (XDP's links, where the XDP program runs in that \
@@ -376,26 +412,37 @@ fn measure_with(
          veth's receive and socat follow on CPU {NODE_CPU}. The sink discards: a socket filter that keeps nothing \
          drops each datagram once the kernel has found the socket and checked its UDP checksum, counted by the \
          socket's drop counter (SO_MEMINFO), so no queueing and no read per datagram. Delivered is what reaches \
-         the sink; the rest was dropped on the way (a full veth ring or backlog). The reference path's rate is \
-         the most this generator and sink can show; the generator is not a path's limit when the path delivers \
-         well below it (and below what was sent). CPU {NODE_CPU} busy: /proc/stat over the run (ticks, every \
+         the sink; the rest was dropped on the way. A frame holds the packet socket's send buffer until the node \
+         frees it, so a generator faster than the node waits (its thread below 90% of CPU {GENERATOR_CPU}): then the \
+         node sets the rate; a generator at its 95% sets it, and the figure is a lower bound of the node's. The \
+         reference path's rate is the most this generator and sink show without a node. CPU {NODE_CPU} busy: /proc/stat over the run (ticks, every \
          process on it).\n\n\
-         | path | datagrams/s delivered | × iptables | sent/s | delivered | CPU {NODE_CPU} busy | generator thread, % of CPU {GENERATOR_CPU} |\n\
-         |---|---|---|---|---|---|---|\n",
+         | path | datagrams/s delivered | × iptables | sent/s | delivered | CPU {NODE_CPU} busy | generator thread, % of CPU {GENERATOR_CPU} | limited by |\n\
+         |---|---|---|---|---|---|---|---|\n",
         batch = super::udp_load::BATCH,
         socat = socat_version(),
         secs = budget.seconds,
     );
     for (i, path) in paths.iter().enumerate() {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {:.1}% | {:.0}% | {:.0}% |\n",
+            "| {} | {} | {}{:.2} | {} | {:.1}% | {:.0}% | {:.0}% | {} |\n",
             path.name,
             max[i].show(0),
+            if generator_bound(&generator_busy[i]) {
+                "≥ "
+            } else {
+                ""
+            },
             max[i].median / max[1].median,
             sent[i].show(0),
             max_delivered[i].median,
             node_busy[i].median,
             generator_busy[i].median,
+            if generator_bound(&generator_busy[i]) {
+                "the generator: a lower bound"
+            } else {
+                "the node"
+            },
         ));
     }
     md.push_str(&format!(

@@ -84,6 +84,20 @@ impl Netns {
             .map(drop)
     }
 
+    /// The MAC address of `dev`.
+    pub fn mac(&self, dev: &str) -> anyhow::Result<[u8; 6]> {
+        let text = self.run(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("MAC address of {dev}: {text}"))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("MAC address of {dev}: {text}"))
+    }
+
     /// Receive packet steering: what arrives on `dev` through the backlog
     /// (veth without NAPI: `netif_rx` on the sending CPU) is processed on
     /// `cpu` instead; None: where it arrives.
