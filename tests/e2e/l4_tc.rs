@@ -2,8 +2,8 @@
 //! interfaces' ingress. The peers keep their offloads on (TX checksum, TSO,
 //! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
 //! which it must rewrite without breaking a byte (IPv4 and IPv6); replies
-//! are translated back, and forwarding goes on while the agent is stopped or
-//! restarted.
+//! and ICMP errors about a flow are translated back, and forwarding goes on
+//! while the agent is stopped or restarted.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
@@ -201,6 +201,54 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
     assert!(agent.route_counter(0, "packets") >= packets_before + 6);
     assert!(agent.packet_events(PacketEvent::Redirected) >= redirected_before + 6);
     agent.process.signal(libc::SIGCONT);
+}
+
+/// A datagram to a backend port nothing listens on: the backend answers the
+/// node's NAT address with an ICMP port unreachable, which the TC program at
+/// b0's ingress translates (outer addresses, the quoted header back to the
+/// client's flow) and sends on to the client, whose socket connected to the
+/// gateway address then reports "connection refused". Untranslated, the
+/// error would quote the backend's address and the client would time out.
+#[test]
+fn icmp_port_unreachable_from_a_closed_backend_port_reaches_the_client_translated_through_tc() {
+    if !require_root("icmp_port_unreachable_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    // No backend process: port 5353 is closed.
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
+    );
+    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let target = format!("{GATEWAY_ADDR}:9000");
+    let stats = agent.pin_dir().join("XDP_STATS");
+    eventually("the agent pins its maps", Duration::from_secs(20), || {
+        if stats.exists() {
+            Ok(())
+        } else {
+            Err(agent.log())
+        }
+    });
+    // Until the route is programmed the node itself refuses the datagram:
+    // only a refusal that the program translated counts.
+    eventually(
+        "a translated port unreachable",
+        Duration::from_secs(20),
+        || {
+            let translated = agent.packet_events(PacketEvent::IcmpErrorTranslated);
+            match topology.client_run(&["udp-send", &target, "nobody listens"]) {
+                Err(error)
+                    if error.contains("Connection refused")
+                        && agent.packet_events(PacketEvent::IcmpErrorTranslated) > translated =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}; agent log:\n{}", agent.log())),
+            }
+        },
+    );
 }
 
 const GATEWAY6: &str = "fd00:18::1";
