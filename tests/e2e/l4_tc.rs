@@ -163,6 +163,17 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
     assert_eq!(reply.as_deref(), Ok("new after restart"));
 }
 
+/// An agent attached with `--attach tc`, its UDPRoute from the gateway's
+/// port 9000 to the backend's port 5353.
+fn tc_agent_with_udp_route(topology: &Topology) -> Agent {
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
+    );
+    Agent::start_with(topology, manifests, &["--attach", "tc"])
+}
+
 #[test]
 fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_stopped() {
     if !require_root("udp_through_tc") {
@@ -170,12 +181,7 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
     }
     let topology = topology_with_offloads();
     let _backend = topology.backend_spawn(&["udp-echo", &format!("{BACKEND_ADDR}:5353")]);
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
-    );
-    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let agent = tc_agent_with_udp_route(&topology);
     let target = format!("{GATEWAY_ADDR}:9000");
 
     let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
@@ -216,12 +222,7 @@ fn icmp_port_unreachable_from_a_closed_backend_port_reaches_the_client_translate
     }
     let topology = topology_with_offloads();
     // No backend process: port 5353 is closed.
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
-    );
-    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let agent = tc_agent_with_udp_route(&topology);
     let target = format!("{GATEWAY_ADDR}:9000");
     let stats = agent.pin_dir().join("XDP_STATS");
     eventually("the agent pins its maps", Duration::from_secs(20), || {
