@@ -3,7 +3,8 @@
 //! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
 //! which it must rewrite without breaking a byte (IPv4 and IPv6); replies
 //! and ICMP errors about a flow are translated back, and forwarding goes on
-//! while the agent is stopped or restarted.
+//! while the agent is stopped or restarted, also when a restart switches
+//! between XDP and TC.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
@@ -250,6 +251,132 @@ fn icmp_port_unreachable_from_a_closed_backend_port_reaches_the_client_translate
             }
         },
     );
+}
+
+/// Whether an XDP program is attached to `dev` in the node (this bpftool,
+/// 7.1, does not list tcx links: the TC side is checked through the
+/// agent's pinned links and the traffic it forwards).
+fn xdp_attached(topology: &Topology, dev: &str) -> bool {
+    let out = topology.node.run(&["ip", "-d", "link", "show", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// The interfaces whose links of one kind (`links` for XDP, `tc-links`) the
+/// agent has pinned.
+fn pinned_links(agent: &Agent, kind: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(agent.pin_dir().join(kind))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The agent restarted under the same name (so the same pinned maps) with
+/// `--attach tc`: as `Agent::restart`, which keeps the first start's
+/// arguments (none here: XDP).
+fn restart_in_tc_mode(agent: &mut Agent, topology: &Topology) {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&agent.log)
+        .expect("open log");
+    let child = topology
+        .node
+        .command_in_netns_only(&Topology::bin("agent-under-test"))
+        .args(["run", "--manifests"])
+        .arg(&agent.manifests.0)
+        .args(["--interfaces", "c0,b0", "--name", &agent.name])
+        .args(["--attach", "tc"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the agent in TC mode");
+    agent.process = gateway_tests::Process(child);
+}
+
+/// XDP → TC → XDP across restarts with the same pinned state: each start
+/// attaches its mode's programs to both links and removes the other mode's,
+/// and a TCP connection opened under XDP keeps its flow (the maps are the
+/// same) through both switches.
+#[test]
+fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connection() {
+    if !require_root("switching_attach_mode") {
+        return;
+    }
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let mut agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    let new_flow = || topology.client_run(&["tcp-send", &gateway, "ping"]);
+    assert_eq!(
+        eventually("TCP through the gateway", Duration::from_secs(20), new_flow),
+        "ping"
+    );
+    let mut stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect through the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut echo = |what: &str| {
+        stream.write_all(what.as_bytes()).expect("send");
+        let mut back = vec![0u8; what.len()];
+        stream.read_exact(&mut back).expect("read the echo");
+        assert_eq!(back, what.as_bytes(), "{what}");
+    };
+    echo("under XDP");
+    let flows_before = agent.route_counter(0, "new_flows");
+
+    let both = vec!["b0".to_string(), "c0".to_string()];
+    for mode in ["tc", "xdp"] {
+        let started = agent.log_count("config applied");
+        agent.process.signal(libc::SIGTERM);
+        agent.process.0.wait().expect("reap agent");
+        if mode == "tc" {
+            restart_in_tc_mode(&mut agent, &topology);
+        } else {
+            agent.restart(&topology);
+        }
+        let (xdp, tc) = if mode == "tc" {
+            (vec![], both.clone())
+        } else {
+            (both.clone(), vec![])
+        };
+        eventually(&format!("{mode}: links"), Duration::from_secs(20), || {
+            let state = (
+                [xdp_attached(&topology, "c0"), xdp_attached(&topology, "b0")],
+                pinned_links(&agent, "links"),
+                pinned_links(&agent, "tc-links"),
+            );
+            if agent.log_count("config applied") > started
+                && state == ([mode == "xdp"; 2], xdp.clone(), tc.clone())
+            {
+                Ok(())
+            } else {
+                Err(format!("{state:?}; agent log:\n{}", agent.log()))
+            }
+        });
+        let redirected = agent.packet_events(PacketEvent::Redirected);
+        echo(&format!("the same connection under {mode}"));
+        assert_eq!(new_flow().as_deref(), Ok("ping"), "a new flow under {mode}");
+        // With no XDP program attached, only the TC program forwards.
+        assert!(
+            agent.packet_events(PacketEvent::Redirected) >= redirected + 4,
+            "{mode}: forwarded by the agent's program"
+        );
+    }
+    // The connection was never a new flow again: one flow per tcp-send.
+    assert_eq!(agent.route_counter(0, "new_flows"), flows_before + 2);
 }
 
 const GATEWAY6: &str = "fd00:18::1";
