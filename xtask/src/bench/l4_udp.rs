@@ -303,16 +303,21 @@ fn measure_with(
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
             // BENCH_L4_PERF=<dir>: a perf profile of both CPUs during each
-            // path's first maximum-rate run, to see where it goes.
+            // path's first maximum-rate run, to see where it goes. perf runs
+            // above the run's real-time threads (else it would start, and
+            // read its buffers, only after the run) and gets a second to
+            // set up first.
             let profile = match std::env::var_os("BENCH_L4_PERF").filter(|_| repeat == 0) {
-                Some(dir) => Some(
-                    std::process::Command::new("perf")
-                        .args(["record", "-q", "-g", "-a", "-o"])
+                Some(dir) => {
+                    let perf = std::process::Command::new("chrt")
+                        .args(["-f", "3", "perf", "record", "-q", "-g", "-a", "-o"])
                         .arg(Path::new(&dir).join(format!("udp-max-{i}.perf.data")))
-                        .args(["--", "sleep", &budget.seconds.to_string()])
+                        .args(["--", "sleep", &(budget.seconds + 1).to_string()])
                         .stdout(std::process::Stdio::null())
-                        .spawn()?,
-                ),
+                        .spawn()?;
+                    std::thread::sleep(Duration::from_secs(1));
+                    Some(perf)
+                }
                 None => None,
             };
             let run = max_run(
