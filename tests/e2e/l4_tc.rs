@@ -2,8 +2,9 @@
 //! interfaces' ingress. The peers keep their offloads on (TX checksum, TSO,
 //! GSO), so the program sees CHECKSUM_PARTIAL and GSO packets of up to 64 KB,
 //! which it must rewrite without breaking a byte (IPv4 and IPv6); replies
-//! are translated back, and forwarding goes on while the agent is stopped or
-//! restarted.
+//! and ICMP errors about a flow are translated back, and forwarding goes on
+//! while the agent is stopped or restarted, also when a restart switches
+//! between XDP and TC.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
@@ -163,6 +164,17 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
     assert_eq!(reply.as_deref(), Ok("new after restart"));
 }
 
+/// An agent attached with `--attach tc`, its UDPRoute from the gateway's
+/// port 9000 to the backend's port 5353.
+fn tc_agent_with_udp_route(topology: &Topology) -> Agent {
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
+    );
+    Agent::start_with(topology, manifests, &["--attach", "tc"])
+}
+
 #[test]
 fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_stopped() {
     if !require_root("udp_through_tc") {
@@ -170,12 +182,7 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
     }
     let topology = topology_with_offloads();
     let _backend = topology.backend_spawn(&["udp-echo", &format!("{BACKEND_ADDR}:5353")]);
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 5353, 5353) + &l4_gateway("UDP", "UDPRoute", 5353)),
-    );
-    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let agent = tc_agent_with_udp_route(&topology);
     let target = format!("{GATEWAY_ADDR}:9000");
 
     let reply = eventually("UDP through the gateway", Duration::from_secs(20), || {
@@ -188,6 +195,175 @@ fn udp_through_tc_is_forwarded_and_replies_translated_back_while_the_agent_is_st
     let redirected_before = agent.packet_events(PacketEvent::Redirected);
     agent.assert_udp_forwarded_while_stopped(&topology, &target);
     assert!(agent.packet_events(PacketEvent::Redirected) >= redirected_before + 6);
+}
+
+/// A datagram to a backend port nothing listens on: the backend answers the
+/// node's NAT address with an ICMP port unreachable, which the TC program at
+/// b0's ingress translates (outer addresses, the quoted header back to the
+/// client's flow) and sends on to the client, whose socket connected to the
+/// gateway address then reports "connection refused". Untranslated, the
+/// error would quote the backend's address and the client would time out.
+#[test]
+fn icmp_port_unreachable_from_a_closed_backend_port_reaches_the_client_translated_through_tc() {
+    if !require_root("icmp_port_unreachable_through_tc") {
+        return;
+    }
+    let topology = topology_with_offloads();
+    // No backend process: port 5353 is closed.
+    let agent = tc_agent_with_udp_route(&topology);
+    let target = format!("{GATEWAY_ADDR}:9000");
+    let stats = agent.pin_dir().join("XDP_STATS");
+    eventually("the agent pins its maps", Duration::from_secs(20), || {
+        if stats.exists() {
+            Ok(())
+        } else {
+            Err(agent.log())
+        }
+    });
+    // Until the route is programmed the node itself refuses the datagram:
+    // only a refusal that the program translated counts.
+    eventually(
+        "a translated port unreachable",
+        Duration::from_secs(20),
+        || {
+            let translated = agent.packet_events(PacketEvent::IcmpErrorTranslated);
+            match topology.client_run(&["udp-send", &target, "nobody listens"]) {
+                Err(error)
+                    if error.contains("Connection refused")
+                        && agent.packet_events(PacketEvent::IcmpErrorTranslated) > translated =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}; agent log:\n{}", agent.log())),
+            }
+        },
+    );
+}
+
+/// Whether an XDP program is attached to `dev` in the node (this bpftool,
+/// 7.1, does not list tcx links: the TC side is checked through the
+/// agent's pinned links and the traffic it forwards).
+fn xdp_attached(topology: &Topology, dev: &str) -> bool {
+    let out = topology.node.run(&["ip", "-d", "link", "show", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// The interfaces whose links of one kind (`links` for XDP, `tc-links`) the
+/// agent has pinned.
+fn pinned_links(agent: &Agent, kind: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(agent.pin_dir().join(kind))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The agent restarted under the same name (so the same pinned maps) with
+/// `--attach tc`: as `Agent::restart`, which keeps the first start's
+/// arguments (none here: XDP).
+fn restart_in_tc_mode(agent: &mut Agent, topology: &Topology) {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&agent.log)
+        .expect("open log");
+    let child = topology
+        .node
+        .command_in_netns_only(&Topology::bin("agent-under-test"))
+        .args(["run", "--manifests"])
+        .arg(&agent.manifests.0)
+        .args(["--interfaces", "c0,b0", "--name", &agent.name])
+        .args(["--attach", "tc"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the agent in TC mode");
+    agent.process = gateway_tests::Process(child);
+}
+
+/// XDP → TC → XDP across restarts with the same pinned state: each start
+/// attaches its mode's programs to both links and removes the other mode's,
+/// and a TCP connection opened under XDP keeps its flow (the maps are the
+/// same) through both switches.
+#[test]
+fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connection() {
+    if !require_root("switching_attach_mode") {
+        return;
+    }
+    let topology = Topology::new();
+    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
+    let manifests = TempDir::new();
+    manifests.write(
+        "all.yaml",
+        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+    );
+    let mut agent = Agent::start(&topology, manifests);
+    let gateway = format!("{GATEWAY_ADDR}:9000");
+    let new_flow = || topology.client_run(&["tcp-send", &gateway, "ping"]);
+    assert_eq!(
+        eventually("TCP through the gateway", Duration::from_secs(20), new_flow),
+        "ping"
+    );
+    let mut stream = topology
+        .client
+        .connect_tcp(gateway.parse().expect("address"))
+        .expect("connect through the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut echo = |what: &str| {
+        stream.write_all(what.as_bytes()).expect("send");
+        let mut back = vec![0u8; what.len()];
+        stream.read_exact(&mut back).expect("read the echo");
+        assert_eq!(back, what.as_bytes(), "{what}");
+    };
+    echo("under XDP");
+    let flows_before = agent.route_counter(0, "new_flows");
+
+    let both = vec!["b0".to_string(), "c0".to_string()];
+    for mode in ["tc", "xdp"] {
+        let started = agent.log_count("config applied");
+        agent.process.signal(libc::SIGTERM);
+        agent.process.0.wait().expect("reap agent");
+        if mode == "tc" {
+            restart_in_tc_mode(&mut agent, &topology);
+        } else {
+            agent.restart(&topology);
+        }
+        let (xdp, tc) = if mode == "tc" {
+            (vec![], both.clone())
+        } else {
+            (both.clone(), vec![])
+        };
+        eventually(&format!("{mode}: links"), Duration::from_secs(20), || {
+            let state = (
+                [xdp_attached(&topology, "c0"), xdp_attached(&topology, "b0")],
+                pinned_links(&agent, "links"),
+                pinned_links(&agent, "tc-links"),
+            );
+            if agent.log_count("config applied") > started
+                && state == ([mode == "xdp"; 2], xdp.clone(), tc.clone())
+            {
+                Ok(())
+            } else {
+                Err(format!("{state:?}; agent log:\n{}", agent.log()))
+            }
+        });
+        let redirected = agent.packet_events(PacketEvent::Redirected);
+        echo(&format!("the same connection under {mode}"));
+        assert_eq!(new_flow().as_deref(), Ok("ping"), "a new flow under {mode}");
+        // With no XDP program attached, only the TC program forwards.
+        assert!(
+            agent.packet_events(PacketEvent::Redirected) >= redirected + 4,
+            "{mode}: forwarded by the agent's program"
+        );
+    }
+    // The connection was never a new flow again: one flow per tcp-send.
+    assert_eq!(agent.route_counter(0, "new_flows"), flows_before + 2);
 }
 
 const GATEWAY6: &str = "fd00:18::1";

@@ -1,21 +1,34 @@
 //! L4 small-UDP figures on the L4 topology: the maximum packet rate of one
 //! generator through each path, and the CPU time spent per forwarded packet
-//! at a fixed rate (half of iptables' maximum).
+//! at a fixed rate.
 //!
-//! Where the time goes: veth delivers on the sending CPU, in the sender's
-//! context (the softirq raised by the send runs when the send re-enables
-//! bottom halves), so the node's forwarding (the client link's NAPI poll with
-//! XDP, or netfilter and the kernel's forwarding path, or the relay socket's
-//! receive) and the backend's receive run inside the generator thread's
-//! system calls on CPU 1, or in ksoftirqd/1 when the kernel defers them. This
-//! kernel has no IRQ_TIME_ACCOUNTING, so a thread's exact runtime (schedstat)
-//! includes the softirq work run in its context. The cost of a path is the
-//! runtime of the generator thread and of ksoftirqd/1, plus that of the
-//! path's node process (the agent; the relay with its children, on CPU 0),
-//! per datagram delivered: exact, and blind to other work on the machine (no
-//! idle baseline to subtract). It includes the client's send and the
-//! backend's receive, alike in every path, so ratios understate the node's
-//! own difference.
+//! Maximum rate: the generator alone on CPU 1 (whole frames through a packet
+//! socket, bypassing the client's UDP/IP stack), the node's forwarding and
+//! the backend's receive on CPU 0, both at real-time priority. Left alone, veth delivers on the sending CPU
+//! (netif_rx into that CPU's backlog, or the receiving veth's NAPI scheduled
+//! there), so the node's work would run inside the generator's system calls
+//! and the generator's own cost would cap every path alike. So for this
+//! measurement the bench moves each path's first receive off the sender:
+//! RPS (`rps_cpus`) on a veth without NAPI (iptables' and TC's links: TC
+//! ingress runs after the steering), threaded NAPI with its kthread pinned to
+//! CPU 0 on a veth with NAPI (XDP's links: the XDP program runs in that
+//! poll; the reference's backend end, GRO on). Everything after (the
+//! forward, the backend veth's receive, socat) follows on CPU 0, where the
+//! agent and socat are pinned too. The sink costs CPU 0 as little as a
+//! socket can: a filter that keeps nothing discards each datagram once the
+//! kernel has found the socket and checked the UDP checksum, and the
+//! socket's drop counter counts it: no queueing, no read.
+//!
+//! CPU per datagram at a fixed rate: steering off, so that the whole path
+//! runs on CPU 1 in the generator thread's context (or ksoftirqd/1), and the
+//! sink reads with recvmmsg. This kernel has no IRQ_TIME_ACCOUNTING, so a
+//! thread's exact runtime (schedstat) includes the softirq work run in its
+//! context. The cost of a path is the runtime of the generator thread and
+//! of ksoftirqd/1, plus that of the path's node process (the agent; the
+//! relay with its children, on CPU 0), per datagram delivered: exact, and
+//! blind to other work on the machine (no idle baseline to subtract). It
+//! includes the client's send and the backend's receive, alike in every
+//! path; the reference path (no node) gives what to subtract.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -27,25 +40,40 @@ use super::Budget;
 use super::l4::Topology;
 use super::report::bar_chart;
 use super::stats::Summary;
-use super::udp_load::{Load, Sink, ksoftirqd, process_tree_cpu_seconds};
+use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
 
 /// Where the UDP sink listens in the backend namespace.
 pub const SINK_PORT: u16 = 9999;
 /// Source ports (flows) per path.
 const FLOWS: u16 = 8;
 const GENERATOR_CPU: usize = 1;
-const SINK_CPU: usize = 0;
+/// The sink thread, and in the maximum-rate runs the node's forwarding.
+const NODE_CPU: usize = 0;
 /// Time for datagrams in flight to arrive after the generator stops.
 const DRAIN: Duration = Duration::from_millis(300);
+/// The rate of the CPU-per-datagram runs: low enough that every path, run
+/// whole on the generator's CPU, delivers everything on a shared machine
+/// (socat, the dearest, about 14 µs per datagram). The exact runtimes per
+/// datagram barely move with the rate (TC's own 347 ns at 41,000/s in
+/// 0157Z, 300 ns at 107,000/s in 0317Z).
+const FIXED_RATE: f64 = 50_000.0;
 
-pub struct UdpPath {
+pub struct UdpPath<'a> {
     pub name: &'static str,
-    /// The generator's address and where it sends.
+    /// The generator's address, its interface, and where it sends.
     pub from: &'static str,
+    pub client_dev: &'static str,
     pub to: (&'static str, u16),
     /// The node-side process whose CPU time (with its children's) is part
     /// of this path's cost: the agent for XDP, the relay; None for iptables.
     pub process: Option<u32>,
+    /// Where the path's datagrams are first received (the node's client
+    /// link; the reference's backend end) and how that veth delivers:
+    /// `napi` (an XDP program attached, or GRO on) or the backlog.
+    pub ingress: (&'a super::netns::Netns, &'static str),
+    pub napi: bool,
+    /// `process` forwards every datagram itself (socat).
+    pub relay: bool,
 }
 
 pub struct UdpFigures {
@@ -57,19 +85,39 @@ pub struct UdpFigures {
     pub node_ns: Vec<Summary>,
 }
 
+/// Moves (`cpu` Some) or returns (None) every path's first receive to the
+/// given CPU: RPS on backlog-delivering veths, threaded NAPI on the others.
+/// Returns the NAPI kthreads.
+fn steer(paths: &[UdpPath<'_>], cpu: Option<usize>) -> anyhow::Result<Vec<u32>> {
+    let (mut done, mut kthreads): (Vec<(&str, &str)>, Vec<u32>) = (vec![], vec![]);
+    for path in paths {
+        let (ns, dev) = path.ingress;
+        if done.contains(&(ns.name.as_str(), dev)) {
+            continue;
+        }
+        done.push((ns.name.as_str(), dev));
+        ns.steer_backlog(dev, cpu)?;
+        if path.napi {
+            kthreads.extend(ns.steer_napi(dev, cpu)?);
+        }
+    }
+    Ok(kthreads)
+}
+
 /// Longest UDP load run (see measure_with).
 const UDP_RUN_SECONDS: u32 = 3;
 
-fn target(path: &UdpPath) -> SocketAddrV4 {
+fn target(path: &UdpPath<'_>) -> SocketAddrV4 {
     SocketAddrV4::new(path.to.0.parse().expect("address"), path.to.1)
 }
 
 fn load<'a>(
     t: &'a Topology,
     index: usize,
-    path: &UdpPath,
+    path: &UdpPath<'_>,
     rate: Option<f64>,
     seconds: f64,
+    frames: Option<Link>,
 ) -> Load<'a> {
     Load {
         ns: &t.client.name,
@@ -82,6 +130,9 @@ fn load<'a>(
         target: target(path),
         rate,
         duration: Duration::from_secs_f64(seconds),
+        // Unthrottled: favoured like the node's forwarding (see Favoured).
+        favoured: rate.is_none(),
+        frames,
     }
 }
 
@@ -105,7 +156,7 @@ impl Run {
     }
 }
 
-fn run_once(sink: &Sink, load: &Load, path: &UdpPath, softirqd: u32) -> anyhow::Result<Run> {
+fn run_once(sink: &Sink, load: &Load, path: &UdpPath<'_>, softirqd: u32) -> anyhow::Result<Run> {
     let process = || path.process.map_or(0.0, process_tree_cpu_seconds);
     let (received, softirq, node) = (
         sink.received(),
@@ -124,7 +175,7 @@ fn run_once(sink: &Sink, load: &Load, path: &UdpPath, softirqd: u32) -> anyhow::
 
 pub fn measure(
     t: &Topology,
-    paths: &[UdpPath],
+    paths: &[UdpPath<'_>],
     budget: Budget,
     out_dir: &Path,
     stamp: &str,
@@ -134,34 +185,71 @@ pub fn measure(
         // Every address of the backend namespace: the node's paths reach it
         // on its node link, the reference on its direct link.
         SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, SINK_PORT),
-        SINK_CPU,
+        NODE_CPU,
     )?;
     let result = measure_with(t, &sink, paths, budget, out_dir, stamp);
+    // Whatever happened: datagrams read again, every veth delivering where
+    // it is sent.
+    let restored = sink.discard(false).and(steer(paths, None));
     sink.stop()?;
-    result
+    let figures = result?;
+    restored?;
+    Ok(figures)
+}
+
+/// The generator thread kept its CPU busy (real-time throttling leaves it
+/// at most 95%) in the median run: it, not the node, set the rate. Below,
+/// it waited for the node (a full socket send buffer).
+fn generator_bound(busy_percent: &Summary) -> bool {
+    busy_percent.median >= 90.0
+}
+
+/// One maximum-rate run: the node's work on NODE_CPU, the sink discarding.
+struct MaxRun {
+    sent: u64,
+    delivered: u64,
+    /// The generator thread's runtime, share of the run.
+    generator_busy: f64,
+    /// NODE_CPU's busy share (/proc/stat, everything on it).
+    node_busy: f64,
+}
+
+fn max_run(sink: &Sink, load: &Load) -> anyhow::Result<MaxRun> {
+    let discarded = sink.discarded()?;
+    let (busy, total) = super::udp_load::cpu_ticks(NODE_CPU)?;
+    let (sent, cpu) = load.run()?;
+    let (busy_after, total_after) = super::udp_load::cpu_ticks(NODE_CPU)?;
+    std::thread::sleep(DRAIN);
+    Ok(MaxRun {
+        sent,
+        delivered: u64::from(sink.discarded()?.wrapping_sub(discarded)),
+        generator_busy: cpu / load.duration.as_secs_f64(),
+        node_busy: (busy_after - busy) as f64 / (total_after - total).max(1) as f64,
+    })
 }
 
 fn measure_with(
     t: &Topology,
     sink: &Sink,
-    paths: &[UdpPath],
+    paths: &[UdpPath<'_>],
     budget: Budget,
     out_dir: &Path,
     stamp: &str,
 ) -> anyhow::Result<UdpFigures> {
     // Runs of at most UDP_RUN_SECONDS: the figures are exact runtimes and
-    // counts, steady after a second or two, and five paths run twice per
+    // counts, steady after a second or two, and six paths run twice per
     // repeat, which would push `bench all` past its 20-minute budget.
     let budget = Budget {
         seconds: budget.seconds.min(UDP_RUN_SECONDS),
         ..budget
     };
     let softirqd = ksoftirqd(GENERATOR_CPU)?;
-    // Every path delivers (and the relay has forked its per-peer processes).
+    // Every path delivers datagrams the sink reads (and the relay has forked
+    // its per-peer processes).
     for (i, path) in paths.iter().enumerate() {
         let mut delivered = 0;
         for _ in 0..20 {
-            let warm_up = load(t, i, path, Some(10_000.0), 0.2);
+            let warm_up = load(t, i, path, Some(10_000.0), 0.2, None);
             delivered = run_once(sink, &warm_up, path, softirqd)?.delivered;
             if delivered > 0 {
                 break;
@@ -173,74 +261,108 @@ fn measure_with(
     }
     let seconds = f64::from(budget.seconds);
     let n = paths.len();
-    let (mut max_rate, mut max_cost, mut max_delivery) =
-        (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let reference = n - 1;
+    println!(
+        "    maximum rate: the node's forwarding on CPU {NODE_CPU} (RPS, threaded NAPI), the generator on CPU {GENERATOR_CPU}"
+    );
+    // The generator writes whole frames: from the client's interface to the
+    // MAC address of the path's first hop.
+    let links = paths
+        .iter()
+        .map(|p| {
+            Ok(Link {
+                dev: p.client_dev.to_string(),
+                source: t.client.mac(p.client_dev)?,
+                destination: p.ingress.0.mac(p.ingress.1)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kthreads = steer(paths, Some(NODE_CPU))?;
+    // The forwarding's threads at real-time priority, as the generator,
+    // alike for every path: the NAPI kthreads, ksoftirqd/0 (where RPS's
+    // backlog goes once softirq is deferred), socat with its children.
+    // A relay above the receive processing that feeds it: at the same
+    // priority, the NAPI kthread kept busy by the generator would never let
+    // it run (receive livelock).
+    let mut favour = kthreads;
+    favour.push(ksoftirqd(NODE_CPU)?);
+    let relays: Vec<u32> = paths
+        .iter()
+        .filter(|p| p.relay)
+        .filter_map(|p| p.process)
+        .collect();
+    let favoured = (Favoured::new(&favour, 1)?, Favoured::new(&relays, 2)?);
+    sink.discard(true)?;
+    let (mut max_rate, mut max_sent, mut max_delivery, mut generator_busy, mut node_busy) = (
+        vec![vec![]; n],
+        vec![vec![]; n],
+        vec![vec![]; n],
+        vec![vec![]; n],
+        vec![vec![]; n],
+    );
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
-            // BENCH_L4_PERF=<dir>: a perf profile of the generator's CPU
-            // during each path's first maximum-rate run, to see where it goes.
+            // BENCH_L4_PERF=<dir>: a perf profile of both CPUs during each
+            // path's first maximum-rate run, to see where it goes. perf runs
+            // above the run's real-time threads (else it would start, and
+            // read its buffers, only after the run) and gets a second to
+            // set up first.
             let profile = match std::env::var_os("BENCH_L4_PERF").filter(|_| repeat == 0) {
-                Some(dir) => Some(
-                    std::process::Command::new("perf")
-                        .args(["record", "-q", "-g", "-C", &GENERATOR_CPU.to_string(), "-o"])
+                Some(dir) => {
+                    let perf = std::process::Command::new("chrt")
+                        .args(["-f", "3", "perf", "record", "-q", "-g", "-a", "-o"])
                         .arg(Path::new(&dir).join(format!("udp-max-{i}.perf.data")))
-                        .args(["--", "sleep", &budget.seconds.to_string()])
+                        .args(["--", "sleep", &(budget.seconds + 1).to_string()])
                         .stdout(std::process::Stdio::null())
-                        .spawn()?,
-                ),
+                        .spawn()?;
+                    std::thread::sleep(Duration::from_secs(1));
+                    Some(perf)
+                }
                 None => None,
             };
-            let run = run_once(sink, &load(t, i, path, None, seconds), path, softirqd)?;
+            let run = max_run(
+                sink,
+                &load(t, i, path, None, seconds, Some(links[i].clone())),
+            )?;
             if let Some(mut perf) = profile {
                 perf.wait()?;
             }
             let rate = run.delivered as f64 / seconds;
             max_rate[i].push(rate);
-            max_cost[i].push(run.ns_per_datagram());
-            max_delivery[i].push(run.delivered_percent());
+            max_sent[i].push(run.sent as f64 / seconds);
+            max_delivery[i].push(100.0 * run.delivered as f64 / run.sent.max(1) as f64);
+            generator_busy[i].push(100.0 * run.generator_busy);
+            node_busy[i].push(100.0 * run.node_busy);
             println!(
                 "    repeat {repeat}: {}: UDP max {rate:.0} datagrams/s delivered ({:.0}/s sent), \
-                 {:.0} ns of CPU per datagram ({:.0}% of CPU {GENERATOR_CPU})",
+                 CPU {NODE_CPU} {:.0}% busy, generator thread {:.0}% of CPU {GENERATOR_CPU}",
                 path.name,
                 run.sent as f64 / seconds,
-                run.ns_per_datagram(),
-                100.0 * run.cpu / seconds
+                100.0 * run.node_busy,
+                100.0 * run.generator_busy,
             );
         }
     }
-    let reference = n - 1;
-    // The node's own share: each run minus the reference run of the same repeat.
-    let node_only = |cost: &[Vec<f64>]| -> Vec<Summary> {
-        cost.iter()
-            .map(|v| {
-                let own: Vec<f64> = v.iter().zip(&cost[reference]).map(|(c, r)| c - r).collect();
-                Summary::of(&own)
-            })
-            .collect()
-    };
-    let max: Vec<Summary> = max_rate.iter().map(|v| Summary::of(v)).collect();
-    let max_ns: Vec<Summary> = max_cost.iter().map(|v| Summary::of(v)).collect();
-    let max_node_ns = node_only(&max_cost);
-    // Datagrams per second one CPU would forward at the node's own cost.
-    let node_capacity: Vec<Summary> = max_cost
-        .iter()
-        .map(|v| {
-            let per_cpu: Vec<f64> = v
-                .iter()
-                .zip(&max_cost[reference])
-                .map(|(c, r)| 1e9 / (c - r).max(1.0))
-                .collect();
-            Summary::of(&per_cpu)
-        })
-        .collect();
-    let max_delivered: Vec<Summary> = max_delivery.iter().map(|v| Summary::of(v)).collect();
-    // Half of iptables' maximum, rounded down to a thousand.
-    let rate = ((max[1].median / 2.0) / 1000.0).floor().max(1.0) * 1000.0;
+    drop(favoured);
+    sink.discard(false)?;
+    steer(paths, None)?;
+    let summaries = |v: &[Vec<f64>]| -> Vec<Summary> { v.iter().map(|v| Summary::of(v)).collect() };
+    let max = summaries(&max_rate);
+    let sent = summaries(&max_sent);
+    let max_delivered = summaries(&max_delivery);
+    let generator_busy = summaries(&generator_busy);
+    let node_busy = summaries(&node_busy);
+    let rate = FIXED_RATE;
     let (mut ns_per_packet, mut delivery, mut process_share) =
         (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
-            let run = run_once(sink, &load(t, i, path, Some(rate), seconds), path, softirqd)?;
+            let run = run_once(
+                sink,
+                &load(t, i, path, Some(rate), seconds, None),
+                path,
+                softirqd,
+            )?;
             ns_per_packet[i].push(run.ns_per_datagram());
             delivery[i].push(run.delivered_percent());
             process_share[i].push(run.process * 1e9 / run.delivered.max(1) as f64);
@@ -253,69 +375,105 @@ fn measure_with(
             );
         }
     }
-    let cost: Vec<Summary> = ns_per_packet.iter().map(|v| Summary::of(v)).collect();
-    let node_ns = node_only(&ns_per_packet);
-    let delivered: Vec<Summary> = delivery.iter().map(|v| Summary::of(v)).collect();
-    let process: Vec<Summary> = process_share.iter().map(|v| Summary::of(v)).collect();
+    let cost = summaries(&ns_per_packet);
+    // The node's own share: each run minus the reference run of the same repeat.
+    let own: Vec<Vec<f64>> = ns_per_packet
+        .iter()
+        .map(|v| {
+            v.iter()
+                .zip(&ns_per_packet[reference])
+                .map(|(c, r)| c - r)
+                .collect()
+        })
+        .collect();
+    let node_ns = summaries(&own);
+    // Datagrams per second one CPU would forward at the node's own cost.
+    let node_capacity: Vec<Summary> = own
+        .iter()
+        .map(|v| Summary::of(&v.iter().map(|ns| 1e9 / ns.max(1.0)).collect::<Vec<_>>()))
+        .collect();
+    let delivered = summaries(&delivery);
+    let process = summaries(&process_share);
     let mut md = format!(
         "Small UDP (22-byte payload, 64-byte frames) from one generator thread in the client namespace (sendmmsg, \
-         batches of {batch}, {FLOWS} source ports = {FLOWS} flows, CPU {GENERATOR_CPU}) to a sink thread in the \
-         backend namespace (recvmmsg, CPU {SINK_CPU}, polling every millisecond so that no datagram pays for waking \
-         it) counting what arrives. Userspace relay: `socat UDP4-LISTEN,fork` ({socat}; one process per peer) on \
-         CPU 0. Reference: the same generator and sink over a veth pair straight from the client to the backend \
-         namespace, no node (offloads as on XDP's links: TX checksum offload off). iptables runs twice: on links \
-         of its own without XDP (kernel default offloads, so its client's send is slightly cheaper than the \
-         reference's), the figure the ratios use, and on XDP's links, where the attached program makes veth copy \
-         every packet into a page of its own before netfilter sees it.\n\n\
-         CPU per datagram: the exact runtime (schedstat) of the generator thread and ksoftirqd/{GENERATOR_CPU} (veth \
-         runs the node's forwarding and the backend's receive in softirq in the sender's context, and without \
-         IRQ_TIME_ACCOUNTING, as in this kernel, a thread's runtime includes that) plus the path's node process (the \
-         agent; socat with its children), per datagram delivered. Exact and blind to other work on the machine, so no \
-         idle baseline is needed. It includes the client's send and the backend's receive; the **node's own** cost is \
-         that minus the reference's, paired repeat by repeat.\n\n\
-         Maximum: the generator unthrottled for {secs} s. Datagrams/s delivered depend on the share of CPU \
-         {GENERATOR_CPU} the generator gets on a shared machine; the node's forwarding capacity per CPU \
-         (10⁹ / the node's own ns per datagram) does not.\n\n\
-         | path | datagrams/s delivered | × iptables | delivered | CPU ns per datagram | node's own ns | node's capacity per CPU, datagrams/s | × iptables |\n\
+         batches of {batch}, {FLOWS} source ports = {FLOWS} flows, CPU {GENERATOR_CPU}) to a sink socket in the \
+         backend namespace (its thread on CPU {NODE_CPU}). Userspace relay: `socat UDP4-LISTEN,fork` ({socat}; one \
+         process per peer) on CPU {NODE_CPU}, as are the agents. Reference: the same generator and sink over a veth \
+         pair straight from the client to the backend namespace, no node (offloads as on XDP's links: TX checksum \
+         offload off, GRO on). iptables runs twice: on links of its own without XDP (kernel default offloads), the \
+         figure the ratios use, and on XDP's links, where the attached program makes veth copy every packet into a \
+         page of its own before netfilter sees it.\n\n\
+         **Maximum rate**: the generator unthrottled for {secs} s, alone on CPU {GENERATOR_CPU}, writing the same \
+         datagrams as whole Ethernet frames (valid IPv4 and UDP checksums) to a packet socket on the client's \
+         interface (PACKET_QDISC_BYPASS: no UDP/IP stack, no qdisc, about a third of a UDP socket's cost); \
+         everything after its send on CPU {NODE_CPU}. The generator, the forwarding's threads and ksoftirqd/{NODE_CPU} \
+         run at real-time priority (SCHED_FIFO 1, socat 2 so that the receive processing feeding it cannot starve \
+         it; the kernel's throttling leaves other work 5%), so that other work on a shared machine shows less in \
+         the rates and a kthread competes as softirq does. veth would deliver on the sending CPU, inside the generator's system calls; instead \
+         each path's first receive is moved to CPU {NODE_CPU}: RPS (`rps_cpus`) on the veths that deliver through the \
+         backlog (iptables' own links, the TC agent's links: TC ingress runs after the steering), threaded NAPI with \
+         its kthread pinned to CPU {NODE_CPU} on those with NAPI (XDP's links, where the XDP program runs in that \
+         poll, also for iptables on XDP's links and socat; the reference's backend end). The forward, the backend \
+         veth's receive and socat follow on CPU {NODE_CPU}. The sink discards: a socket filter that keeps nothing \
+         drops each datagram once the kernel has found the socket and checked its UDP checksum, counted by the \
+         socket's drop counter (SO_MEMINFO), so no queueing and no read per datagram. Delivered is what reaches \
+         the sink; the rest was dropped on the way. A frame holds the packet socket's send buffer until the node \
+         frees it, so a generator faster than the node waits (its thread below 90% of CPU {GENERATOR_CPU}): then the \
+         node sets the rate; a generator at its 95% sets it, and the figure is a lower bound of the node's. The \
+         reference path's rate is the most this generator and sink show without a node. CPU {NODE_CPU} busy: /proc/stat over the run (ticks, every \
+         process on it).\n\n\
+         | path | datagrams/s delivered | × iptables | sent/s | delivered | CPU {NODE_CPU} busy | generator thread, % of CPU {GENERATOR_CPU} | limited by |\n\
          |---|---|---|---|---|---|---|---|\n",
         batch = super::udp_load::BATCH,
         socat = socat_version(),
         secs = budget.seconds,
     );
     for (i, path) in paths.iter().enumerate() {
-        let node = if i == reference {
-            "—".to_string()
-        } else {
-            format!(
-                "{} | {} | {:.2}",
-                max_node_ns[i].show(0),
-                node_capacity[i].show(0),
-                node_capacity[i].median / node_capacity[1].median
-            )
-        };
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.1}% | {} | {node} |\n",
+            "| {} | {} | {}{:.2} | {} | {:.1}% | {:.0}% | {:.0}% | {} |\n",
             path.name,
             max[i].show(0),
+            if generator_bound(&generator_busy[i]) {
+                "≥ "
+            } else {
+                ""
+            },
             max[i].median / max[1].median,
+            sent[i].show(0),
             max_delivered[i].median,
-            max_ns[i].show(0),
+            node_busy[i].median,
+            generator_busy[i].median,
+            if generator_bound(&generator_busy[i]) {
+                "the generator: a lower bound"
+            } else {
+                "the node"
+            },
         ));
     }
     md.push_str(&format!(
-        "\nAt a fixed {rate:.0} datagrams/s (half of iptables' maximum), {secs} s:\n\n\
-         | path | CPU ns per datagram | node's own ns per datagram | × iptables | of which node process | delivered |\n\
-         |---|---|---|---|---|---|\n",
+        "\n**CPU per datagram** at a fixed {rate:.0} datagrams/s, {secs} s, no steering: veth runs the node's \
+         forwarding and the backend's receive in softirq in the sender's context, and the sink reads with recvmmsg \
+         (polling every millisecond, so that no datagram pays for waking it). The exact runtime (schedstat) of the \
+         generator thread and ksoftirqd/{GENERATOR_CPU} (without IRQ_TIME_ACCOUNTING, as in this kernel, a \
+         thread's runtime includes the softirq work run in its context) plus the path's node process (the agent; \
+         socat with its children), per datagram delivered. Exact and blind to other work on the machine, so no \
+         idle baseline is needed. It includes the client's send and the backend's receive; the **node's own** cost \
+         is that minus the reference's, paired repeat by repeat, and the node's capacity per CPU is 10⁹ / the \
+         node's own ns.\n\n\
+         | path | CPU ns per datagram | node's own ns per datagram | × iptables | node's capacity per CPU, datagrams/s | × iptables | of which node process | delivered |\n\
+         |---|---|---|---|---|---|---|---|\n",
         secs = budget.seconds,
     ));
     for (i, path) in paths.iter().enumerate() {
         let node = if i == reference {
-            "— | —".to_string()
+            "— | — | — | —".to_string()
         } else {
             format!(
-                "{} | {:.2}",
+                "{} | {:.2} | {} | {:.2}",
                 node_ns[i].show(0),
-                node_ns[i].median / node_ns[1].median
+                node_ns[i].median / node_ns[1].median,
+                node_capacity[i].show(0),
+                node_capacity[i].median / node_capacity[1].median,
             )
         };
         md.push_str(&format!(
@@ -337,7 +495,9 @@ fn measure_with(
     md.push_str(&bar_chart(
         out_dir,
         &format!("{stamp}-l4-udp-max"),
-        "L4 small UDP, maximum rate delivered (one sendmmsg generator)",
+        &format!(
+            "L4 small UDP, maximum rate delivered (generator on CPU {GENERATOR_CPU}, node on CPU {NODE_CPU})"
+        ),
         "datagrams/s",
         &bars(&max),
     ));

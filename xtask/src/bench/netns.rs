@@ -77,6 +77,63 @@ impl Netns {
         Ok(Daemon(child))
     }
 
+    /// Writes `value` to `/sys/class/net/<path>` of this namespace (`ip
+    /// netns exec` mounts the namespace's own sysfs).
+    fn write_sysfs(&self, path: &str, value: &str) -> anyhow::Result<()> {
+        self.run(&["sh", "-c", &format!("echo {value} > /sys/class/net/{path}")])
+            .map(drop)
+    }
+
+    /// The MAC address of `dev`.
+    pub fn mac(&self, dev: &str) -> anyhow::Result<[u8; 6]> {
+        let text = self.run(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("MAC address of {dev}: {text}"))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("MAC address of {dev}: {text}"))
+    }
+
+    /// Receive packet steering: what arrives on `dev` through the backlog
+    /// (veth without NAPI: `netif_rx` on the sending CPU) is processed on
+    /// `cpu` instead; None: where it arrives.
+    pub fn steer_backlog(&self, dev: &str, cpu: Option<usize>) -> anyhow::Result<()> {
+        let mask = cpu.map_or(0u64, |c| 1 << c);
+        self.write_sysfs(&format!("{dev}/queues/rx-0/rps_cpus"), &format!("{mask:x}"))
+    }
+
+    /// Threaded NAPI on `dev` (a veth with NAPI: an XDP program attached or
+    /// GRO on), its poll kthreads pinned to `cpu`; None: back to softirq on
+    /// the CPU that schedules the poll (a veth's sender). Returns the
+    /// kthreads' pids. They are named `napi/<dev>-<id>`, and other
+    /// namespaces may have a `dev` of that name: the new ones are ours.
+    pub fn steer_napi(&self, dev: &str, cpu: Option<usize>) -> anyhow::Result<Vec<u32>> {
+        let Some(cpu) = cpu else {
+            self.write_sysfs(&format!("{dev}/threaded"), "0")?;
+            return Ok(vec![]);
+        };
+        let before = napi_threads(dev);
+        self.write_sysfs(&format!("{dev}/threaded"), "1")?;
+        let ours: Vec<u32> = napi_threads(dev)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        if ours.is_empty() {
+            bail!(
+                "threaded NAPI on {dev} in {}: no new napi/{dev}-* thread",
+                self.name
+            );
+        }
+        for &pid in &ours {
+            pin(pid, cpu)?;
+        }
+        Ok(ours)
+    }
+
     /// Runs `f` on a thread that has entered this namespace (setns affects
     /// only the calling thread), so plain std sockets reach its addresses.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
@@ -129,6 +186,38 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Moves thread `pid` onto CPU `cpu` (0: the calling thread).
+pub fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity
+    // only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(pid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "sched_setaffinity {pid} to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Pids of the kernel threads polling `dev`'s NAPI instances, in any namespace.
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let prefix = format!("napi/{dev}-");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim().starts_with(&prefix))
+        })
+        .collect()
 }
 
 /// Pids of the children of `pid` (nginx/haproxy workers).

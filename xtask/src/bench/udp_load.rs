@@ -1,8 +1,11 @@
 //! Small-UDP load for the L4 benchmark: a generator (sendmmsg, batches of 64
 //! datagrams over several source ports, so that they are several flows) and
-//! a sink (recvmmsg) counting what arrives. Each runs on a thread of this
-//! process that has entered a benchmark namespace and is pinned to one CPU.
-//! Also the CPU time accounting around a run (exact runtimes from schedstat).
+//! a sink counting what arrives: read with recvmmsg, or discarded by a
+//! socket filter and counted as the socket's drops (no queueing, no read per
+//! datagram). Each runs on a thread of this process that has entered a
+//! benchmark namespace and is pinned to one CPU. Also the CPU time
+//! accounting around a run (exact runtimes from schedstat, CPU busy time
+//! from /proc/stat).
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd as _;
@@ -26,23 +29,15 @@ fn enter(ns: &str, cpu: usize) -> anyhow::Result<()> {
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns {path}: {}", std::io::Error::last_os_error());
     }
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "sched_setaffinity {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
+    super::netns::pin(0, cpu)
 }
 
 /// Counts the datagrams arriving at one address until stopped.
 pub struct Sink {
     received: Arc<AtomicU64>,
+    /// The sink thread's socket (a duplicate descriptor), to switch the
+    /// discarding filter and read the drop count from here.
+    socket: UdpSocket,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<anyhow::Result<()>>,
 }
@@ -63,10 +58,16 @@ impl Sink {
                 Ok(socket)
             });
             let socket = match socket {
-                Ok(socket) => {
-                    let _ = ready_tx.send(Ok(()));
-                    socket
-                }
+                Ok(socket) => match socket.try_clone() {
+                    Ok(copy) => {
+                        let _ = ready_tx.send(Ok(copy));
+                        socket
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(format!("dup: {error}")));
+                        return Err(error.into());
+                    }
+                },
                 Err(error) => {
                     let _ = ready_tx.send(Err(format!("{error:#}")));
                     return Err(error);
@@ -107,8 +108,9 @@ impl Sink {
             Ok(())
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(Sink {
+            Ok(Ok(socket)) => Ok(Sink {
                 received,
+                socket,
                 stop,
                 thread,
             }),
@@ -119,6 +121,81 @@ impl Sink {
 
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// `true`: a socket filter that accepts nothing discards every datagram
+    /// once the kernel has found the socket and verified the UDP checksum,
+    /// counted in the socket's drops ([`Sink::discarded`]) and never queued
+    /// or read; `false`: datagrams are read and counted again.
+    pub fn discard(&self, on: bool) -> anyhow::Result<()> {
+        let fd = self.socket.as_raw_fd();
+        let rc = if on {
+            // Classic BPF: one instruction, "return 0" (keep 0 bytes).
+            let mut reject = [libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }];
+            let program = libc::sock_fprog {
+                len: 1,
+                filter: reject.as_mut_ptr(),
+            };
+            // SAFETY: a valid sock_fprog pointing at `reject`, alive for the call.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_FILTER,
+                    (&raw const program).cast(),
+                    size_of::<libc::sock_fprog>() as libc::socklen_t,
+                )
+            }
+        } else {
+            let none: libc::c_int = 0;
+            // SAFETY: SO_DETACH_FILTER ignores its (valid) value.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_DETACH_FILTER,
+                    (&raw const none).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        let error = std::io::Error::last_os_error();
+        // ENOENT: no filter to detach.
+        if rc != 0 && (on || error.raw_os_error() != Some(libc::ENOENT)) {
+            bail!("socket filter on the sink: {error}");
+        }
+        Ok(())
+    }
+
+    /// The socket's drop count (SO_MEMINFO): the datagrams the discarding
+    /// filter took, plus any that failed the checksum or found the queue
+    /// full (none with the filter on: nothing is queued). A 32-bit counter;
+    /// subtract with `wrapping_sub`.
+    pub fn discarded(&self) -> anyhow::Result<u32> {
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = size_of_val(&info) as libc::socklen_t;
+        // SAFETY: `info` is writable for `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "SO_MEMINFO on the sink: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(info[libc::SK_MEMINFO_DROPS as usize])
     }
 
     pub fn stop(self) -> anyhow::Result<()> {
@@ -171,6 +248,135 @@ pub struct Load<'a> {
     /// Datagrams per second; None: as fast as the generator goes.
     pub rate: Option<f64>,
     pub duration: Duration,
+    /// The generator thread at real-time priority (see [`Favoured`]).
+    pub favoured: bool,
+    /// Some: whole Ethernet frames written to this link with a packet
+    /// socket, bypassing the client's UDP/IP stack and qdisc (a third of a
+    /// UDP socket's cost per datagram); None: UDP sockets.
+    pub frames: Option<Link>,
+}
+
+/// The client's interface and the MAC addresses of a frame generator.
+#[derive(Clone)]
+pub struct Link {
+    pub dev: String,
+    pub source: [u8; 6],
+    pub destination: [u8; 6],
+}
+
+/// A 64-byte Ethernet frame: IPv4 (DF) and UDP with valid checksums, the
+/// same payload as the sockets send.
+fn frame(link: &Link, from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
+    let udp_len = (8 + PAYLOAD) as u16;
+    let mut ip = vec![
+        0x45,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        libc::IPPROTO_UDP as u8,
+        0,
+        0,
+    ];
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&from.ip().octets());
+    ip.extend_from_slice(&to.ip().octets());
+    let checksum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    let mut udp = Vec::with_capacity(udp_len.into());
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&[0x5a; PAYLOAD]);
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    // 0 means "no checksum" in UDP over IPv4: its one's complement is sent.
+    let checksum = match internet_checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = Vec::with_capacity(64);
+    frame.extend_from_slice(&link.destination);
+    frame.extend_from_slice(&link.source);
+    frame.extend_from_slice(&(libc::ETH_P_IP as u16).to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    frame
+}
+
+/// RFC 1071.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A packet socket bound to `dev` of the calling thread's namespace that
+/// hands frames straight to the driver (PACKET_QDISC_BYPASS).
+fn packet_socket(dev: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: plain system calls; the fd is owned from here on.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {dev}: {}", std::io::Error::last_os_error());
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!("PACKET_QDISC_BYPASS: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed sockaddr_ll is valid; protocol 0: sending only.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    // SAFETY: `addr` is a sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "bind packet socket to {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(fd)
 }
 
 impl Load<'_> {
@@ -187,23 +393,52 @@ impl Load<'_> {
 
     fn send(&self) -> anyhow::Result<(u64, f64)> {
         enter(self.ns, self.cpu)?;
-        let sockets = (0..self.flows)
-            .map(|i| {
-                let from = SocketAddrV4::new(self.source, self.first_port + i);
-                let socket = UdpSocket::bind(from).with_context(|| format!("bind {from}"))?;
-                socket.connect(self.target)?;
-                Ok(socket)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut payloads = vec![[0x5au8; PAYLOAD]; BATCH];
-        let mut iovecs: Vec<libc::iovec> = payloads
+        // Restored when the thread ends, before it exits.
+        let _favoured = if self.favoured {
+            Some(Favoured::new(&[0], 1)?)
+        } else {
+            None
+        };
+        // Per flow: where a batch goes, and its BATCH headers. Sockets:
+        // one connected UDP socket per flow, the same payloads; frames: one
+        // packet socket, a frame per flow.
+        let (mut fds, mut flows) = (vec![], vec![]);
+        let mut payloads: Vec<Vec<u8>> = match &self.frames {
+            None => {
+                for i in 0..self.flows {
+                    let from = SocketAddrV4::new(self.source, self.first_port + i);
+                    let socket = UdpSocket::bind(from).with_context(|| format!("bind {from}"))?;
+                    socket.connect(self.target)?;
+                    fds.push(std::os::fd::OwnedFd::from(socket));
+                }
+                vec![vec![0x5a; PAYLOAD]]
+            }
+            Some(link) => {
+                fds.push(packet_socket(&link.dev)?);
+                (0..self.flows)
+                    .map(|i| {
+                        let from = SocketAddrV4::new(self.source, self.first_port + i);
+                        frame(link, from, self.target)
+                    })
+                    .collect()
+            }
+        };
+        let mut iovecs: Vec<Vec<libc::iovec>> = payloads
             .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
+            .map(|p| {
+                let iov = libc::iovec {
+                    iov_base: p.as_mut_ptr().cast(),
+                    iov_len: p.len(),
+                };
+                vec![iov; BATCH]
             })
             .collect();
-        let mut headers = headers_for(&mut iovecs);
+        for i in 0..usize::from(self.flows) {
+            flows.push((
+                fds[i % fds.len()].as_raw_fd(),
+                headers_for(&mut iovecs[i % payloads.len()]),
+            ));
+        }
         let cpu_before = thread_cpu_seconds();
         let started = Instant::now();
         let mut sent = 0u64;
@@ -222,13 +457,11 @@ impl Load<'_> {
                     continue;
                 }
             }
-            let socket = &sockets[next % sockets.len()];
+            let (fd, headers) = &mut flows[next % usize::from(self.flows)];
             next += 1;
             // SAFETY: `headers` point at `iovecs` and `payloads`, alive here;
-            // connected sockets need no destination in the headers.
-            let n = unsafe {
-                libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0)
-            };
+            // connected and bound sockets need no destination in the headers.
+            let n = unsafe { libc::sendmmsg(*fd, headers.as_mut_ptr(), BATCH as u32, 0) };
             if n < 0 {
                 let error = std::io::Error::last_os_error();
                 // A refused datagram (ICMP unreachable before the path was
@@ -288,4 +521,130 @@ pub fn ksoftirqd(cpu: usize) -> anyhow::Result<u32> {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
         })
         .with_context(|| format!("no {name}"))
+}
+
+/// (busy, total) time of CPU `cpu` from /proc/stat, in clock ticks: busy is
+/// user, nice, system, irq, softirq and steal; total adds idle and iowait.
+/// Tick-sampled and counting every process on the machine: for "is this CPU
+/// saturated", not for per-datagram costs.
+pub fn cpu_ticks(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let fields: Vec<u64> = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..] else {
+        bail!("{name} in /proc/stat: {fields:?}");
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Ok((busy, busy + idle + iowait))
+}
+
+/// Threads given the lowest real-time priority (SCHED_FIFO 1) for the
+/// maximum-rate runs: the generator, and the node's forwarding where it runs
+/// in a thread (threaded NAPI, ksoftirqd, socat), so that it preempts other
+/// work on its CPU as softirq run on interrupt exit (RPS) does, and a shared
+/// machine's other work shows less in the rates. The kernel's real-time
+/// throttling still leaves other work 5% of each CPU. Restored on drop.
+pub struct Favoured(Vec<Saved>);
+
+/// A thread's scheduling policy, real-time priority and nice value.
+struct Saved {
+    tid: u32,
+    policy: libc::c_int,
+    priority: libc::c_int,
+    nice: libc::c_int,
+}
+
+impl Favoured {
+    /// Every thread of each pid (and of its children: socat's per-peer
+    /// processes), at real-time `priority` (1 the lowest); 0 is the calling
+    /// thread.
+    pub fn new(pids: &[u32], priority: libc::c_int) -> anyhow::Result<Favoured> {
+        let mut favoured = Favoured(vec![]);
+        let tids: Vec<u32> = pids
+            .iter()
+            .flat_map(|&pid| {
+                if pid == 0 {
+                    return vec![0];
+                }
+                std::iter::once(pid)
+                    .chain(super::netns::children(pid))
+                    .flat_map(|pid| {
+                        std::fs::read_dir(format!("/proc/{pid}/task"))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+                    })
+                    .collect()
+            })
+            .collect();
+        for tid in tids {
+            let saved = Saved::of(tid)?;
+            set_scheduler(tid, libc::SCHED_FIFO, priority)?;
+            favoured.0.push(saved);
+        }
+        Ok(favoured)
+    }
+}
+
+impl Saved {
+    fn of(tid: u32) -> anyhow::Result<Saved> {
+        let pid = tid as libc::pid_t;
+        // SAFETY: plain system calls on a thread id; `param` is writable.
+        let (policy, priority, nice) = unsafe {
+            let policy = libc::sched_getscheduler(pid);
+            let mut param: libc::sched_param = std::mem::zeroed();
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if policy < 0
+                || libc::sched_getparam(pid, &mut param) != 0
+                || *libc::__errno_location() != 0
+            {
+                bail!(
+                    "scheduling of thread {tid}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            (policy, param.sched_priority, nice)
+        };
+        Ok(Saved {
+            tid,
+            policy,
+            priority,
+            nice,
+        })
+    }
+}
+
+fn set_scheduler(tid: u32, policy: libc::c_int, priority: libc::c_int) -> anyhow::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: plain system call on a thread id with a valid param.
+    if unsafe { libc::sched_setscheduler(tid as libc::pid_t, policy, &param) } != 0 {
+        bail!(
+            "sched_setscheduler {tid} {policy} {priority}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+impl Drop for Favoured {
+    fn drop(&mut self) {
+        for saved in &self.0 {
+            // A thread that has exited needs nothing restored.
+            let _ = set_scheduler(saved.tid, saved.policy, saved.priority);
+            // SAFETY: plain system call on a thread id.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, saved.tid, saved.nice) };
+        }
+    }
 }
