@@ -25,8 +25,10 @@ use gateway_common::{
 use super::l4_plan::{self, L4Maps, RouteIds, RouteTable, TableCache};
 use crate::model::{L4Listener, RouteRef};
 
-/// The compiled eBPF object, built by build.rs from gateway-ebpf.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+/// The compiled eBPF object, built by build.rs from gateway-ebpf; the TLS
+/// passthrough splice loads its own program from this same object.
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

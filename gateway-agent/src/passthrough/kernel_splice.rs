@@ -18,8 +18,8 @@ use gateway_common::splice::{
 use gateway_common::{RouteName, maps as l4_maps};
 use tokio::net::TcpStream;
 
-/// The same object the L4 loader embeds (built by build.rs from gateway-ebpf).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+// The object the L4 loader embeds: one copy in the binary.
+use crate::dataplane::loader::EBPF_OBJECT;
 
 const PROGRAM: &str = "sk_skb_splice";
 

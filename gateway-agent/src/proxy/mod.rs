@@ -874,7 +874,7 @@ async fn forward<'t>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HttpMatch, HttpTimeouts, RouteRef};
+    use crate::model::{HttpAction, HttpMatch, HttpTimeouts, RouteRef};
     use hyper::client::conn::http1;
 
     pub(super) fn rule(backends: &[(u16, u64)], invalid_weight: u32) -> HttpRule {
@@ -888,20 +888,22 @@ mod tests {
             hostnames: Arc::new([]),
             listener_hostname: None,
             matched: Arc::new(HttpMatch::any()),
-            filters: Arc::default(),
-            timeouts: HttpTimeouts::default(),
-            retry: None,
-            backends: backends
-                .iter()
-                .map(|(port, weight)| HttpBackend {
-                    addr: SocketAddr::from(([127, 0, 0, 1], *port)),
-                    weight: *weight,
-                    protocol: BackendProtocol::Http1,
-                    tls: None,
-                    filters: Arc::default(),
-                })
-                .collect(),
-            invalid_weight,
+            action: Arc::new(HttpAction {
+                filters: Arc::default(),
+                timeouts: HttpTimeouts::default(),
+                retry: None,
+                backends: backends
+                    .iter()
+                    .map(|(port, weight)| HttpBackend {
+                        addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                        weight: *weight,
+                        protocol: BackendProtocol::Http1,
+                        tls: None,
+                        filters: Arc::default(),
+                    })
+                    .collect(),
+                invalid_weight,
+            }),
         }
     }
 
@@ -975,7 +977,7 @@ mod tests {
 
     fn listener(bind: SocketAddr, backend: SocketAddr) -> HttpListener {
         let mut r = rule(&[], 0);
-        r.backends = Arc::new([HttpBackend {
+        Arc::make_mut(&mut r.action).backends = Arc::new([HttpBackend {
             addr: backend,
             weight: ENDPOINT_WEIGHT_SCALE,
             protocol: BackendProtocol::Http1,

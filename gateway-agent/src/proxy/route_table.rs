@@ -34,7 +34,8 @@ fn full_match_regex(pattern: &str) -> Option<Regex> {
 
 /// The regular expressions of one rule's match, compiled once per table;
 /// everything else (exact values, prefixes, names) is read from the rule in
-/// the table's shared list. Most matches have none: nothing is allocated.
+/// the table's shared list. Most matches have none: the table keeps one
+/// only for the rules that have any.
 #[derive(Debug)]
 struct CompiledRule {
     /// In the order the match is evaluated: path, headers, query parameters.
@@ -70,14 +71,19 @@ impl CompiledRule {
         }
     }
 
-    fn matches(&self, rule: &HttpRule, request: &RequestView) -> bool {
-        self.mismatch(rule, request).is_none()
+    /// Whether `rule`'s match holds, with its compiled regular expressions.
+    fn matches(regexes: &[Option<Regex>], rule: &HttpRule, request: &RequestView) -> bool {
+        Self::mismatch(regexes, rule, request).is_none()
     }
 
-    /// The first condition of this rule's match that `request` fails, if any.
-    fn mismatch(&self, rule: &HttpRule, request: &RequestView) -> Option<Mismatch> {
+    /// The first condition of `rule`'s match that `request` fails, if any.
+    fn mismatch(
+        regexes: &[Option<Regex>],
+        rule: &HttpRule,
+        request: &RequestView,
+    ) -> Option<Mismatch> {
         // Each regular expression condition, in order, takes the next compiled one.
-        let mut regexes = self.regexes.iter();
+        let mut regexes = regexes.iter();
         let mut regex_holds = |actual: &str| {
             regexes
                 .next()
@@ -161,7 +167,9 @@ pub enum Verdict {
 pub struct RouteTable {
     /// Translate's rules, shared with the config they came from.
     source: Arc<Vec<HttpRule>>,
-    rules: Vec<CompiledRule>,
+    /// The compiled regular expressions of the rules that have any, by rule
+    /// index (ascending): most rules have none, and a table holds thousands.
+    compiled: Box<[(usize, CompiledRule)]>,
     exact: HashMap<String, Vec<usize>>,
     /// (".example.com", rules), longest suffix first.
     wildcard: Vec<(String, Vec<usize>)>,
@@ -215,7 +223,12 @@ impl RouteTable {
             indexes.shrink_to_fit();
         }
         table.exact.shrink_to_fit();
-        table.rules = rules.iter().map(CompiledRule::new).collect();
+        table.compiled = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| (index, CompiledRule::new(rule)))
+            .filter(|(_, compiled)| !compiled.regexes.is_empty())
+            .collect();
         table.source = rules;
         table
     }
@@ -230,10 +243,17 @@ impl RouteTable {
     pub fn find(&self, request: &RequestView) -> Option<&HttpRule> {
         let (host, listener) = self.serving_listener(request);
         self.in_precedence_order(&host)
-            .map(|i| (&self.source[i], &self.rules[i]))
+            .map(|i| (&self.source[i], self.compiled(i)))
             .filter(|(rule, _)| rule.listener_hostname == listener)
-            .find(|(rule, compiled)| compiled.matches(rule, request))
+            .find(|(rule, regexes)| CompiledRule::matches(regexes, rule, request))
             .map(|(rule, _)| rule)
+    }
+
+    /// Rule `index`'s compiled regular expressions (none for most rules).
+    fn compiled(&self, index: usize) -> &[Option<Regex>] {
+        self.compiled
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .map_or(&[], |found| &self.compiled[found].1.regexes)
     }
 
     /// The request's host (lower-cased, without port) and the hostname of the
@@ -272,11 +292,11 @@ impl RouteTable {
             if !seen.insert(i) {
                 continue;
             }
-            let (rule, compiled) = (&self.source[i], &self.rules[i]);
+            let (rule, compiled) = (&self.source[i], self.compiled(i));
             let verdict = if rule.listener_hostname != listener {
                 Verdict::OtherListener
             } else {
-                match compiled.mismatch(rule, request) {
+                match CompiledRule::mismatch(compiled, rule, request) {
                     Some(mismatch) => Verdict::NoMatch(mismatch),
                     None if chosen => Verdict::LostOnPrecedence,
                     None => {

@@ -11,8 +11,8 @@ use super::input::{BackendRef, Filter, Route, RouteKind};
 use super::intern::Interner;
 use super::{Attachment, Listener, resolve_backends, route_ref};
 use crate::model::{
-    BackendProtocol, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch, RequestMirror,
-    RouteRef,
+    BackendProtocol, HttpAction, HttpBackend, HttpFilters, HttpMatch, HttpRule, PathMatch,
+    RequestMirror, RouteRef,
 };
 use crate::store::{ObjectKey, Snapshot};
 
@@ -62,6 +62,13 @@ pub(super) fn listener_rules<'a>(
             } else {
                 http_filters(route, &rule.filters, listener.gateway, snapshot, policies)
             });
+            let action = shared.action(HttpAction {
+                filters,
+                timeouts: rule.timeouts,
+                retry: rule.retry.clone(),
+                backends,
+                invalid_weight,
+            });
             for (match_index, m) in rule.matches.iter().enumerate() {
                 let entry = HttpRule {
                     route: RouteRef {
@@ -71,11 +78,7 @@ pub(super) fn listener_rules<'a>(
                     hostnames: hostnames.clone(),
                     listener_hostname: listener_hostname.clone(),
                     matched: m.clone(),
-                    filters: filters.clone(),
-                    timeouts: rule.timeouts,
-                    retry: rule.retry.clone(),
-                    backends: backends.clone(),
-                    invalid_weight,
+                    action: action.clone(),
                 };
                 let grpc = rule.grpc_precedence.get(match_index).copied();
                 let key = SortKey::new(route, m, grpc, index, match_index);

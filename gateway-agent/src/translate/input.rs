@@ -2,6 +2,7 @@
 //! routes: parent refs, rules, matches and backend refs look the same whatever
 //! the route kind.
 
+use super::intern::{shared_parent_ref, shared_rule};
 use crate::model::{
     Cors, HeaderModifier, HttpMatch, HttpRetry, HttpTimeouts, NameValueMatch, PathMatch,
     PathModifier, RequestRedirect, UrlRewrite, ValueMatch,
@@ -60,7 +61,7 @@ impl RouteKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Hash)]
 pub struct ParentRef {
     pub group: String,
     pub kind: String,
@@ -72,7 +73,7 @@ pub struct ParentRef {
 
 /// Kept by the memo for every rule of every route: its names are shared
 /// within the route (`Names`), its filters sized exactly.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BackendRef {
     pub group: Arc<str>,
     pub kind: Arc<str>,
@@ -109,7 +110,7 @@ impl Names {
 }
 
 /// One HTTPRoute/GRPCRoute filter, free of the generated types.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Filter {
     RequestHeaders(HeaderModifier),
     ResponseHeaders(HeaderModifier),
@@ -125,8 +126,8 @@ pub enum Filter {
 }
 
 /// Kept by the memo for every rule of every route: boxed slices (no spare
-/// room, two words each).
-#[derive(Clone, Debug)]
+/// room, two words each); routes with rules alike share one (`shared_rule`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Shared with the proxy's rules.
     pub matches: Box<[Arc<HttpMatch>]>,
@@ -192,9 +193,11 @@ pub struct Route {
     pub created: String,
     /// Shared with the proxy's rules where a listener takes them as they are.
     pub hostnames: Arc<[String]>,
-    /// Shared with the statuses that answer them.
+    /// Shared with the statuses that answer them, and with other routes'
+    /// equal ones.
     pub parent_refs: Vec<Arc<ParentRef>>,
-    pub rules: Vec<Rule>,
+    /// Shared with other routes' equal rules.
+    pub rules: Vec<Arc<Rule>>,
 }
 
 fn meta_facts(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (i64, String) {
@@ -559,24 +562,26 @@ macro_rules! backend_only_route {
                 .parent_refs
                 .iter()
                 .flatten()
-                .map(|p| Arc::new(parent_ref!(p, ns)))
+                .map(|p| shared_parent_ref(parent_ref!(p, ns)))
                 .collect(),
             rules: route
                 .spec
                 .rules
                 .iter()
-                .map(|r| Rule {
-                    matches: Box::default(),
-                    grpc_precedence: Box::default(),
-                    filters: Box::default(),
-                    timeouts: HttpTimeouts::default(),
-                    retry: None,
-                    backend_refs: r
-                        .backend_refs
-                        .iter()
-                        .map(|b| backend_ref!(b, ns, names))
-                        .collect(),
-                    unsupported: None,
+                .map(|r| {
+                    shared_rule(Rule {
+                        matches: Box::default(),
+                        grpc_precedence: Box::default(),
+                        filters: Box::default(),
+                        timeouts: HttpTimeouts::default(),
+                        retry: None,
+                        backend_refs: r
+                            .backend_refs
+                            .iter()
+                            .map(|b| backend_ref!(b, ns, names))
+                            .collect(),
+                        unsupported: None,
+                    })
                 })
                 .collect(),
         }
@@ -667,7 +672,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| Arc::new(parent_ref!(p, ns)))
+            .map(|p| shared_parent_ref(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
@@ -717,7 +722,7 @@ fn http_route(key: &ObjectKey, route: &gateway_api::experimental::httproutes::Ht
                     unsupported,
                 };
                 rule.check_regexes();
-                rule
+                shared_rule(rule)
             })
             .collect(),
     }
@@ -739,7 +744,7 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
             .parent_refs
             .iter()
             .flatten()
-            .map(|p| Arc::new(parent_ref!(p, ns)))
+            .map(|p| shared_parent_ref(parent_ref!(p, ns)))
             .collect(),
         rules: rules
             .iter()
@@ -784,7 +789,7 @@ fn grpc_route(key: &ObjectKey, route: &gateway_api::grpcroutes::GrpcRoute) -> Ro
                     unsupported,
                 };
                 rule.check_regexes();
-                rule
+                shared_rule(rule)
             })
             .collect(),
     }

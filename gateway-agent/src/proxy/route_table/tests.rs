@@ -1,7 +1,7 @@
 use hyper::header::HeaderValue;
 
 use super::*;
-use crate::model::{HttpTimeouts, NameValueMatch, RouteRef};
+use crate::model::{HttpAction, HttpTimeouts, NameValueMatch, RouteRef};
 
 fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
     HttpRule {
@@ -14,11 +14,13 @@ fn rule(name: &str, hosts: &[&str], matched: HttpMatch) -> HttpRule {
         hostnames: hosts.iter().map(|h| h.to_string()).collect(),
         listener_hostname: None,
         matched: Arc::new(matched),
-        filters: Arc::default(),
-        timeouts: HttpTimeouts::default(),
-        retry: None,
-        backends: Arc::new([]),
-        invalid_weight: 0,
+        action: Arc::new(HttpAction {
+            filters: Arc::default(),
+            timeouts: HttpTimeouts::default(),
+            retry: None,
+            backends: Arc::new([]),
+            invalid_weight: 0,
+        }),
     }
 }
 
