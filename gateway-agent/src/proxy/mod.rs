@@ -8,6 +8,7 @@
 mod filters;
 mod http1_pool;
 mod mirror;
+mod owned_backend;
 mod request_metrics;
 mod retry;
 pub(crate) mod route_table;
@@ -33,6 +34,8 @@ use tokio::task::JoinHandle;
 use workers::Workers;
 
 use crate::metrics::ProxyMetrics;
+use owned_backend::OwnedBackend;
+
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
@@ -246,6 +249,7 @@ async fn accept_loop(
             scheme: if acceptor.is_some() { "https" } else { "http" },
             sni: None,
             metrics: RequestMetrics::default(),
+            backend: Arc::default(),
         };
         let table = table.clone();
         let shared = shared.clone();
@@ -256,6 +260,8 @@ async fn accept_loop(
                 return;
             };
             let connection = Connection { sni, ..connection };
+            let backend = connection.backend.clone();
+            let pool = upstream.http1.clone();
             let watcher = graceful_watcher(&shared);
             metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
@@ -282,10 +288,25 @@ async fn accept_loop(
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(MAX_HEAD_BYTES as u32);
             let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let result = match watcher {
-                Some(watcher) => watcher.watch(served).await,
-                None => served.await,
+            let served = async {
+                match watcher {
+                    Some(watcher) => watcher.watch(served).await,
+                    None => served.await,
+                }
             };
+            // The backend connection this client connection owns runs in
+            // this task too, polled after the client's side, which may just
+            // have handed it a request.
+            let mut served = std::pin::pin!(served);
+            let result = std::future::poll_fn(|cx| {
+                let polled = served.as_mut().poll(cx);
+                if polled.is_pending() {
+                    backend.poll_connection(cx);
+                }
+                polled
+            })
+            .await;
+            backend.release(&pool);
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -318,6 +339,8 @@ struct Connection {
     sni: Option<Arc<str>>,
     /// The metric handles of the rule its last request matched.
     metrics: RequestMetrics,
+    /// Its HTTP/1.1 backend connection, driven by its task.
+    backend: Arc<OwnedBackend>,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -620,6 +643,9 @@ async fn forward<'t>(
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
+    // One request at a time: it may use the backend connection the client
+    // connection owns (HTTP/2 streams run in tasks of their own).
+    let one_at_a_time = head.version <= hyper::Version::HTTP_11;
     let host = head
         .headers
         .get(header::HOST)
@@ -814,6 +840,7 @@ async fn forward<'t>(
     let request = Request::from_parts(head, body);
     // A backend a BackendTLSPolicy governs is reached through its TLS client.
     let client = match upstream.client(backend.protocol, backend.tls.as_ref()) {
+        Ok(client) if one_at_a_time && upgrade.is_none() => client.owned_by(&connection.backend),
         Ok(client) => client,
         Err(e) => {
             tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
@@ -1104,5 +1131,97 @@ mod tests {
         proxy.apply(&[]).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(tokio::net::TcpStream::connect(bind).await.is_err());
+    }
+
+    /// An HTTP/1.1 backend counting the connections it accepted; it answers
+    /// with the request's path, and closes the connection after answering
+    /// `/close`.
+    async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU32::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let mut response = Response::new(Full::new(Bytes::from(path.clone())));
+                    if path == "/close" {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// GETs each of `paths` on one new keep-alive connection to `proxy`,
+    /// returning the bodies.
+    async fn get_on_one_connection(proxy: SocketAddr, paths: &[&str]) -> Vec<String> {
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut bodies = Vec::new();
+        for path in paths {
+            let request = Request::builder()
+                .uri(*path)
+                .header(header::HOST, "any.example")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            bodies.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        bodies
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_keeps_its_backend_connection_and_hands_it_on() {
+        use std::sync::atomic::Ordering;
+        let (backend, accepted) = counting_backend().await;
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, backend)]).await.is_empty());
+        // One client connection: its requests share one backend connection.
+        let paths = ["/a", "/b", "/c"];
+        assert_eq!(get_on_one_connection(bind, &paths).await, paths);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Once it has ended, the next client connection takes the backend
+        // connection over from the pool of its worker (each proxy worker has
+        // its own pool, and the kernel picks the worker: at most one each).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..4 {
+            assert_eq!(get_on_one_connection(bind, &["/d"]).await, ["/d"]);
+        }
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let opened = accepted.load(Ordering::SeqCst) as usize;
+        assert!(opened <= workers.min(5), "{opened} backend connections");
+        // A backend closing after its answer: the next request gets a new one.
+        let before = accepted.load(Ordering::SeqCst);
+        assert_eq!(
+            get_on_one_connection(bind, &["/close", "/e", "/f"]).await,
+            ["/close", "/e", "/f"]
+        );
+        assert!(accepted.load(Ordering::SeqCst) > before, "{accepted:?}");
     }
 }
