@@ -17,6 +17,7 @@ mod upstream;
 pub(crate) mod upstream_tls;
 mod workers;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -532,16 +533,21 @@ fn redirect_response(
     }
 }
 
-/// Applies a URLRewrite to the path-and-query and Host of a request.
-fn rewrite(set: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
+/// Applies a URLRewrite to the path and Host of a request.
+fn rewrite<'a>(
+    set: &'a HttpFilters,
+    rule: &HttpRule,
+    path: &mut Cow<'a, str>,
+    host: &mut Cow<'a, str>,
+) {
     let Some(rewrite) = &set.rewrite else {
         return;
     };
     if let Some(modifier) = &rewrite.path {
-        *path = filters::modify_path(path, &rule.matched.path, modifier);
+        *path = Cow::Owned(filters::modify_path(path, &rule.matched.path, modifier));
     }
     if let Some(hostname) = &rewrite.hostname {
-        hostname.clone_into(host);
+        *host = Cow::Borrowed(hostname);
     }
 }
 
@@ -646,24 +652,27 @@ async fn forward<'t>(
     // One request at a time: it may use the backend connection the client
     // connection owns (HTTP/2 streams run in tasks of their own).
     let one_at_a_time = head.version <= hyper::Version::HTTP_11;
-    let host = head
-        .headers
-        .get(header::HOST)
+    // Copies of the URI and Host that share their bytes with the request
+    // (hyper parses both into shared buffers), so that host, path and query
+    // are borrowed, not allocated, while the head changes.
+    let uri = head.uri.clone();
+    let host_value = head.headers.get(header::HOST).cloned();
+    let host = host_value
+        .as_ref()
         .and_then(|h| h.to_str().ok())
-        .or_else(|| head.uri.authority().map(|a| a.as_str()))
-        .unwrap_or_default()
-        .to_string();
-    let request_path = head.uri.path().to_string();
-    let query = head.uri.query().map(str::to_string);
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let request_path = uri.path();
+    let query = uri.query();
     let view = RequestView {
-        host: &host,
-        path: &request_path,
-        query: query.as_deref(),
+        host,
+        path: request_path,
+        query,
         method: head.method.as_str(),
         headers: &head.headers,
     };
     if let Some(sni) = &connection.sni
-        && table.misdirected(sni, &host)
+        && table.misdirected(sni, host)
     {
         return Err(StatusCode::MISDIRECTED_REQUEST);
     }
@@ -697,14 +706,9 @@ async fn forward<'t>(
         }
         return Ok(response);
     }
-    if let Some(response) = redirect_response(
-        &rule.filters,
-        rule,
-        connection,
-        &host,
-        &request_path,
-        query.as_deref(),
-    ) {
+    if let Some(response) =
+        redirect_response(&rule.filters, rule, connection, host, request_path, query)
+    {
         return Ok(response);
     }
     let backend = choose_backend(rule)?;
@@ -713,22 +717,22 @@ async fn forward<'t>(
         &backend.filters,
         rule,
         connection,
-        &host,
-        &request_path,
-        query.as_deref(),
+        host,
+        request_path,
+        query,
     ) {
         return Ok(response);
     }
 
     // Filters of the rule, then of the backendRef.
-    let mut path = request_path.clone();
-    let mut upstream_host = host.clone();
+    let mut path = Cow::Borrowed(request_path);
+    let mut upstream_host = Cow::Borrowed(host);
     for set in [&rule.filters, &backend.filters] {
         rewrite(set, rule, &mut path, &mut upstream_host);
     }
     let path_unchanged = path == request_path;
-    let path_and_query = match &query {
-        Some(q) => format!("{path}?{q}"),
+    let path_and_query = match query {
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
         None => path,
     };
     let h2 = backend.protocol == BackendProtocol::H2c;
@@ -786,14 +790,14 @@ async fn forward<'t>(
     // Origin-form: each backend client addresses it to its endpoint. The
     // client's own path-and-query when no filter rewrote it.
     let unchanged = path_unchanged
-        .then(|| head.uri.path_and_query().cloned())
+        .then(|| uri.path_and_query().cloned())
         .flatten();
     head.uri = match unchanged {
         Some(original) => hyper::Uri::from(original),
         None => match hyper::Uri::try_from(if path_and_query.is_empty() {
             "/"
         } else {
-            path_and_query.as_str()
+            &path_and_query
         }) {
             Ok(uri) => uri,
             Err(_) => return Err(StatusCode::BAD_REQUEST),
@@ -807,7 +811,7 @@ async fn forward<'t>(
     // A rule with `retry` keeps a copy of a small body to send it again;
     // upgrades and large or unsized bodies go once.
     let (body, replay) = match rule.retry.as_deref() {
-        Some(policy) if upgrade.is_none() => match retry::buffer_if_small(body).await? {
+        Some(policy) if upgrade.is_none() => match Box::pin(retry::buffer_if_small(body)).await? {
             Ok(bytes) => {
                 let replay = retry::Replayable::new(&head, bytes);
                 (

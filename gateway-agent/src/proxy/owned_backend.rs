@@ -144,11 +144,13 @@ impl OwnedBackend {
         loop {
             let (mut lease, reused) = match self.offer(endpoint, pool) {
                 Offer::Lease(lease) => (lease, true),
-                Offer::Busy => return pool.send(endpoint, request).await,
+                // Boxed, here and below: paths off the hot one keep the
+                // request's future (moved by hyper as a whole) small.
+                Offer::Busy => return Box::pin(pool.send(endpoint, request)).await,
                 Offer::Vacant => match pool.take_idle(endpoint) {
                     // Driven by a task of its own already: used as it is.
                     Some(idle) if idle.connection.is_none() => {
-                        match pool.send_on(endpoint, idle.sender, request).await {
+                        match Box::pin(pool.send_on(endpoint, idle.sender, request)).await {
                             Ok(response) => return Ok(response),
                             Err(mut e) => match e.take_message() {
                                 Some(unsent) => {
@@ -169,7 +171,7 @@ impl OwnedBackend {
                         }
                     }
                     None => {
-                        let (sender, connection) = connect(endpoint).await?;
+                        let (sender, connection) = Box::pin(connect(endpoint)).await?;
                         (self.install(endpoint, sender, connection), false)
                     }
                 },
