@@ -4,11 +4,6 @@
 //! response body has been read to its end (its `Drop`), with no task spawned
 //! and no pool key built per request, which is what hyper-util's general
 //! client costs per request.
-//!
-//! A pooled connection either runs in a task of its own, or, when a client
-//! connection owned it last (`owned_backend`), waits undriven with its
-//! `Connection` future: the next client connection that takes it drives it,
-//! and a request through the shared path spawns it first.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +20,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
-use super::owned_backend::Lease;
 
 /// A connection idle longer than this is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,9 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// A backend that does not accept the connection in this time is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) type Sender = http1::SendRequest<ProxyBody>;
-/// The future that does a backend connection's reads and writes.
-pub(super) type Conn = http1::Connection<TokioIo<tokio::net::TcpStream>, ProxyBody>;
+type Sender = http1::SendRequest<ProxyBody>;
 
 /// Why a request brought no response.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +42,8 @@ pub(super) enum SendError {
     Http(#[source] hyper::Error),
 }
 
-pub(super) struct Idle {
-    pub(super) sender: Sender,
-    /// Set when no task drives the connection: whoever takes it must.
-    pub(super) connection: Option<Conn>,
+struct Idle {
+    sender: Sender,
     since: Instant,
 }
 
@@ -80,14 +70,20 @@ impl Http1Pool {
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        address_to(endpoint, &mut request);
+        if !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(&endpoint.to_string())
+        {
+            request.headers_mut().insert(HOST, host);
+        }
         loop {
-            let (sender, reused) = match self.checkout(endpoint) {
-                Some(idle) => (idle.sender, true),
-                None => (spawned(endpoint, connect(endpoint).await?), false),
+            let (mut sender, reused) = match self.checkout(endpoint) {
+                Some(sender) => (sender, true),
+                // Boxed: the connect future would make every request's
+                // future (which hyper moves as a whole) larger.
+                None => (Box::pin(connect(endpoint)).await?, false),
             };
-            match self.send_on(endpoint, sender, request).await {
-                Ok(response) => return Ok(response),
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.attach(endpoint, sender, response)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(SendError::Http(e.into_error())),
@@ -96,49 +92,24 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` on `sender`, a connection that runs in its own task.
-    pub(super) async fn send_on(
-        self: &Arc<Self>,
-        endpoint: SocketAddr,
-        mut sender: Sender,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
-        let response = sender.try_send_request(request).await?;
-        Ok(self.attach(endpoint, sender, response))
-    }
-
-    /// The most recently used idle connection to `endpoint` that is ready,
-    /// running in a task of its own (spawned now if it was undriven).
-    fn checkout(&self, endpoint: SocketAddr) -> Option<Idle> {
-        let mut idle = self.take_idle(endpoint)?;
-        if let Some(connection) = idle.connection.take() {
-            spawn_connection(endpoint, connection);
-        }
-        Some(idle)
-    }
-
-    /// The most recently used idle connection to `endpoint` that is ready,
-    /// as it is (driven by a task of its own or not).
-    pub(super) fn take_idle(&self, endpoint: SocketAddr) -> Option<Idle> {
+    /// The most recently used idle connection to `endpoint` that is ready.
+    fn checkout(&self, endpoint: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(&endpoint)?;
         while let Some(entry) = list.pop() {
             if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
-                return Some(entry);
+                return Some(entry.sender);
             }
         }
         None
     }
 
-    /// Keeps an idle connection; `connection` is its future when no task
-    /// drives it.
-    pub(super) fn checkin(&self, endpoint: SocketAddr, sender: Sender, connection: Option<Conn>) {
+    fn checkin(&self, endpoint: SocketAddr, sender: Sender) {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(endpoint).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 sender,
-                connection,
                 since: Instant::now(),
             });
         }
@@ -157,24 +128,13 @@ impl Http1Pool {
             ProxyBody::new(PooledBody {
                 inner: body,
                 ended: false,
-                home: keep.then(|| Home::Pool(self.clone(), endpoint, sender)),
+                home: keep.then(|| (self.clone(), endpoint, sender)),
             })
         })
     }
 }
 
-/// Gives a request without Host (HTTP/2 clients send `:authority`
-/// instead, which the proxy turns into Host when it has one) the endpoint's.
-pub(super) fn address_to(endpoint: SocketAddr, request: &mut Request<ProxyBody>) {
-    if !request.headers().contains_key(HOST)
-        && let Ok(host) = HeaderValue::from_str(&endpoint.to_string())
-    {
-        request.headers_mut().insert(HOST, host);
-    }
-}
-
-/// A new connection to `endpoint`, its future not yet driven.
-pub(super) async fn connect(endpoint: SocketAddr) -> Result<(Sender, Conn), SendError> {
+async fn connect(endpoint: SocketAddr) -> Result<Sender, SendError> {
     let stream =
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint)).await
         {
@@ -188,24 +148,15 @@ pub(super) async fn connect(endpoint: SocketAddr) -> Result<(Sender, Conn), Send
             }
         };
     let _ = stream.set_nodelay(true);
-    http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(SendError::Http)
-}
-
-/// The sender of a connection now running in a task of its own.
-fn spawned(endpoint: SocketAddr, (sender, connection): (Sender, Conn)) -> Sender {
-    spawn_connection(endpoint, connection);
-    sender
-}
-
-/// Drives `connection` in a task of its own until it closes (or upgrades).
-pub(super) fn spawn_connection(endpoint: SocketAddr, connection: Conn) {
+        .map_err(SendError::Http)?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%endpoint, error = %e, "backend connection ended with an error");
         }
     });
+    Ok(sender)
 }
 
 /// Drops idle connections that the backend closed or that idled too long,
@@ -228,18 +179,10 @@ async fn sweep(pool: Weak<Http1Pool>) {
 
 /// A backend response body; when dropped after its end, its connection
 /// goes back to the pool (hyper drops a body once it has sent all of it).
-pub(super) struct PooledBody {
-    pub(super) inner: Incoming,
-    pub(super) ended: bool,
-    pub(super) home: Option<Home>,
-}
-
-/// Where a connection goes back once its response has been read.
-pub(super) enum Home {
-    /// The worker's pool, as a connection running in a task of its own.
-    Pool(Arc<Http1Pool>, SocketAddr, Sender),
-    /// The client connection that owns and drives it.
-    Owned(Lease),
+struct PooledBody {
+    inner: Incoming,
+    ended: bool,
+    home: Option<(Arc<Http1Pool>, SocketAddr, Sender)>,
 }
 
 impl Body for PooledBody {
@@ -268,19 +211,14 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        let Some(home) = self.home.take() else {
+        let Some((pool, endpoint, sender)) = self.home.take() else {
             return;
         };
-        let read_whole = self.ended || self.inner.is_end_stream();
-        let (pool, endpoint, sender) = match home {
-            Home::Pool(pool, endpoint, sender) => (pool, endpoint, sender),
-            Home::Owned(lease) => return lease.give_back(read_whole),
-        };
-        if !read_whole {
+        if !(self.ended || self.inner.is_end_stream()) {
             return; // unread rest: the connection closes with its sender
         }
         if sender.is_ready() {
-            pool.checkin(endpoint, sender, None);
+            pool.checkin(endpoint, sender);
         } else if !sender.is_closed() {
             // Still finishing the exchange (rare: a request body still
             // being sent): back in the pool once it is ready.
@@ -288,7 +226,7 @@ impl Drop for PooledBody {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     if sender.ready().await.is_ok() {
-                        pool.checkin(endpoint, sender, None);
+                        pool.checkin(endpoint, sender);
                     }
                 });
             }

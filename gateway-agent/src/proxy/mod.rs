@@ -8,7 +8,6 @@
 mod filters;
 mod http1_pool;
 mod mirror;
-mod owned_backend;
 mod request_metrics;
 mod retry;
 pub(crate) mod route_table;
@@ -35,8 +34,6 @@ use tokio::task::JoinHandle;
 use workers::Workers;
 
 use crate::metrics::ProxyMetrics;
-use owned_backend::OwnedBackend;
-
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
@@ -250,7 +247,6 @@ async fn accept_loop(
             scheme: if acceptor.is_some() { "https" } else { "http" },
             sni: None,
             metrics: RequestMetrics::default(),
-            backend: Arc::default(),
         };
         let table = table.clone();
         let shared = shared.clone();
@@ -261,8 +257,6 @@ async fn accept_loop(
                 return;
             };
             let connection = Connection { sni, ..connection };
-            let backend = connection.backend.clone();
-            let pool = upstream.http1.clone();
             let watcher = graceful_watcher(&shared);
             metrics.active_connections.inc();
             let service = hyper::service::service_fn(move |req| {
@@ -289,25 +283,10 @@ async fn accept_loop(
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(MAX_HEAD_BYTES as u32);
             let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let served = async {
-                match watcher {
-                    Some(watcher) => watcher.watch(served).await,
-                    None => served.await,
-                }
+            let result = match watcher {
+                Some(watcher) => watcher.watch(served).await,
+                None => served.await,
             };
-            // The backend connection this client connection owns runs in
-            // this task too, polled after the client's side, which may just
-            // have handed it a request.
-            let mut served = std::pin::pin!(served);
-            let result = std::future::poll_fn(|cx| {
-                let polled = served.as_mut().poll(cx);
-                if polled.is_pending() {
-                    backend.poll_connection(cx);
-                }
-                polled
-            })
-            .await;
-            backend.release(&pool);
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -340,8 +319,6 @@ struct Connection {
     sni: Option<Arc<str>>,
     /// The metric handles of the rule its last request matched.
     metrics: RequestMetrics,
-    /// Its HTTP/1.1 backend connection, driven by its task.
-    backend: Arc<OwnedBackend>,
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
@@ -649,9 +626,6 @@ async fn forward<'t>(
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
-    // One request at a time: it may use the backend connection the client
-    // connection owns (HTTP/2 streams run in tasks of their own).
-    let one_at_a_time = head.version <= hyper::Version::HTTP_11;
     // Copies of the URI and Host that share their bytes with the request
     // (hyper parses both into shared buffers), so that host, path and query
     // are borrowed, not allocated, while the head changes.
@@ -844,7 +818,6 @@ async fn forward<'t>(
     let request = Request::from_parts(head, body);
     // A backend a BackendTLSPolicy governs is reached through its TLS client.
     let client = match upstream.client(backend.protocol, backend.tls.as_ref()) {
-        Ok(client) if one_at_a_time && upgrade.is_none() => client.owned_by(&connection.backend),
         Ok(client) => client,
         Err(e) => {
             tracing::warn!(backend = %backend.addr, error = %e, "no TLS client for the backend");
@@ -1198,7 +1171,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_connection_keeps_its_backend_connection_and_hands_it_on() {
+    async fn backend_connections_are_kept_across_requests_and_client_connections() {
         use std::sync::atomic::Ordering;
         let (backend, accepted) = counting_backend().await;
         let bind = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1206,13 +1179,13 @@ mod tests {
             .expect("free port");
         let proxy = Proxy::default();
         assert!(proxy.apply(&[listener(bind, backend)]).await.is_empty());
-        // One client connection: its requests share one backend connection.
+        // One client connection: its requests reuse one backend connection.
         let paths = ["/a", "/b", "/c"];
         assert_eq!(get_on_one_connection(bind, &paths).await, paths);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        // Once it has ended, the next client connection takes the backend
-        // connection over from the pool of its worker (each proxy worker has
-        // its own pool, and the kernel picks the worker: at most one each).
+        // Later client connections reuse it from the pool of their worker
+        // (each proxy worker has its own pool, and the kernel picks the
+        // worker: at most one connection each).
         tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..4 {
             assert_eq!(get_on_one_connection(bind, &["/d"]).await, ["/d"]);

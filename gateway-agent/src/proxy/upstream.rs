@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::ProxyBody;
 use super::http1_pool::{Http1Pool, SendError};
-use super::owned_backend::OwnedBackend;
 use super::retry::Failure;
 use super::upstream_tls::{TlsClient, TlsUpstreams};
 use crate::model::{BackendProtocol, BackendTls};
@@ -25,7 +24,7 @@ type H2cClient = Client<HttpConnector, ProxyBody>;
 /// Pooled connections to backends: HTTP/1.1, HTTP/2 with prior knowledge
 /// (h2c), and over TLS for backends a BackendTLSPolicy governs.
 pub(super) struct Upstream {
-    pub(super) http1: Arc<Http1Pool>,
+    http1: Arc<Http1Pool>,
     h2c: H2cClient,
     tls: TlsUpstreams,
 }
@@ -66,42 +65,29 @@ impl Upstream {
 /// The client one request to a backend goes through.
 pub(super) enum BackendClient {
     Http1(Arc<Http1Pool>),
-    /// Plain HTTP/1.1 on the connection the client connection owns.
-    Http1Owned(Arc<Http1Pool>, Arc<OwnedBackend>),
     H2c(H2cClient),
     Tls(TlsClient),
 }
 
 impl BackendClient {
-    /// The same client, sending plain HTTP/1.1 on the backend connection
-    /// `owned` (which the client connection's task drives).
-    pub(super) fn owned_by(self, owned: &Arc<OwnedBackend>) -> Self {
-        match self {
-            Self::Http1(pool) => Self::Http1Owned(pool, owned.clone()),
-            other => other,
-        }
-    }
-
     /// Sends `request` (origin-form) to `endpoint`.
     pub(super) async fn request(
         &self,
         endpoint: SocketAddr,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let http1 = match self {
-            Self::Http1(pool) => pool.send(endpoint, request).await,
-            Self::Http1Owned(pool, owned) => owned.send(pool, endpoint, request).await,
-            Self::H2c(client) => return pooled(client, Scheme::HTTP, endpoint, request).await,
-            Self::Tls(client) => return pooled(client, Scheme::HTTPS, endpoint, request).await,
-        };
-        http1.map_err(|e| {
-            tracing::debug!(error = %e, "upstream request failed");
-            match e {
-                SendError::Connect(_) => Failure::Connect,
-                SendError::Http(e) if e.is_parse() => Failure::Invalid,
-                SendError::Http(_) => Failure::Reset,
-            }
-        })
+        match self {
+            Self::Http1(pool) => pool.send(endpoint, request).await.map_err(|e| {
+                tracing::debug!(error = %e, "upstream request failed");
+                match e {
+                    SendError::Connect(_) => Failure::Connect,
+                    SendError::Http(e) if e.is_parse() => Failure::Invalid,
+                    SendError::Http(_) => Failure::Reset,
+                }
+            }),
+            Self::H2c(client) => pooled(client, Scheme::HTTP, endpoint, request).await,
+            Self::Tls(client) => pooled(client, Scheme::HTTPS, endpoint, request).await,
+        }
     }
 }
 
