@@ -235,7 +235,7 @@ impl Drop for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty, Full};
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -244,7 +244,7 @@ mod tests {
     /// An HTTP/1.1 backend counting the connections it accepted; it answers
     /// "ok", or closes the connection after answering when the request asks
     /// `/close`.
-    async fn backend() -> (SocketAddr, Arc<AtomicU32>) {
+    pub(in crate::proxy) async fn backend() -> (SocketAddr, Arc<AtomicU32>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicU32::new(0));
