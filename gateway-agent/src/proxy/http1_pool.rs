@@ -78,7 +78,9 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout(endpoint) {
                 Some(sender) => (sender, true),
-                None => (connect(endpoint).await?, false),
+                // Boxed: the connect future would make every request's
+                // future (which hyper moves as a whole) larger.
+                None => (Box::pin(connect(endpoint)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.attach(endpoint, sender, response)),
@@ -233,7 +235,7 @@ impl Drop for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty, Full};
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -242,7 +244,7 @@ mod tests {
     /// An HTTP/1.1 backend counting the connections it accepted; it answers
     /// "ok", or closes the connection after answering when the request asks
     /// `/close`.
-    async fn backend() -> (SocketAddr, Arc<AtomicU32>) {
+    pub(in crate::proxy) async fn backend() -> (SocketAddr, Arc<AtomicU32>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicU32::new(0));

@@ -16,6 +16,7 @@ mod upstream;
 pub(crate) mod upstream_tls;
 mod workers;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -509,16 +510,21 @@ fn redirect_response(
     }
 }
 
-/// Applies a URLRewrite to the path-and-query and Host of a request.
-fn rewrite(set: &HttpFilters, rule: &HttpRule, path: &mut String, host: &mut String) {
+/// Applies a URLRewrite to the path and Host of a request.
+fn rewrite<'a>(
+    set: &'a HttpFilters,
+    rule: &HttpRule,
+    path: &mut Cow<'a, str>,
+    host: &mut Cow<'a, str>,
+) {
     let Some(rewrite) = &set.rewrite else {
         return;
     };
     if let Some(modifier) = &rewrite.path {
-        *path = filters::modify_path(path, &rule.matched.path, modifier);
+        *path = Cow::Owned(filters::modify_path(path, &rule.matched.path, modifier));
     }
     if let Some(hostname) = &rewrite.hostname {
-        hostname.clone_into(host);
+        *host = Cow::Borrowed(hostname);
     }
 }
 
@@ -620,24 +626,27 @@ async fn forward<'t>(
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let (mut head, body) = req.into_parts();
-    let host = head
-        .headers
-        .get(header::HOST)
+    // Copies of the URI and Host that share their bytes with the request
+    // (hyper parses both into shared buffers), so that host, path and query
+    // are borrowed, not allocated, while the head changes.
+    let uri = head.uri.clone();
+    let host_value = head.headers.get(header::HOST).cloned();
+    let host = host_value
+        .as_ref()
         .and_then(|h| h.to_str().ok())
-        .or_else(|| head.uri.authority().map(|a| a.as_str()))
-        .unwrap_or_default()
-        .to_string();
-    let request_path = head.uri.path().to_string();
-    let query = head.uri.query().map(str::to_string);
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let request_path = uri.path();
+    let query = uri.query();
     let view = RequestView {
-        host: &host,
-        path: &request_path,
-        query: query.as_deref(),
+        host,
+        path: request_path,
+        query,
         method: head.method.as_str(),
         headers: &head.headers,
     };
     if let Some(sni) = &connection.sni
-        && table.misdirected(sni, &host)
+        && table.misdirected(sni, host)
     {
         return Err(StatusCode::MISDIRECTED_REQUEST);
     }
@@ -671,14 +680,9 @@ async fn forward<'t>(
         }
         return Ok(response);
     }
-    if let Some(response) = redirect_response(
-        &rule.filters,
-        rule,
-        connection,
-        &host,
-        &request_path,
-        query.as_deref(),
-    ) {
+    if let Some(response) =
+        redirect_response(&rule.filters, rule, connection, host, request_path, query)
+    {
         return Ok(response);
     }
     let backend = choose_backend(rule)?;
@@ -687,22 +691,22 @@ async fn forward<'t>(
         &backend.filters,
         rule,
         connection,
-        &host,
-        &request_path,
-        query.as_deref(),
+        host,
+        request_path,
+        query,
     ) {
         return Ok(response);
     }
 
     // Filters of the rule, then of the backendRef.
-    let mut path = request_path.clone();
-    let mut upstream_host = host.clone();
+    let mut path = Cow::Borrowed(request_path);
+    let mut upstream_host = Cow::Borrowed(host);
     for set in [&rule.filters, &backend.filters] {
         rewrite(set, rule, &mut path, &mut upstream_host);
     }
     let path_unchanged = path == request_path;
-    let path_and_query = match &query {
-        Some(q) => format!("{path}?{q}"),
+    let path_and_query = match query {
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
         None => path,
     };
     let h2 = backend.protocol == BackendProtocol::H2c;
@@ -748,7 +752,7 @@ async fn forward<'t>(
     );
     if !headers.contains_key(&X_FORWARDED_HOST)
         && !host.is_empty()
-        && let Some(value) = host_header.or_else(|| HeaderValue::from_str(&host).ok())
+        && let Some(value) = host_header.or_else(|| HeaderValue::from_str(host).ok())
     {
         headers.insert(X_FORWARDED_HOST, value);
     }
@@ -760,14 +764,14 @@ async fn forward<'t>(
     // Origin-form: each backend client addresses it to its endpoint. The
     // client's own path-and-query when no filter rewrote it.
     let unchanged = path_unchanged
-        .then(|| head.uri.path_and_query().cloned())
+        .then(|| uri.path_and_query().cloned())
         .flatten();
     head.uri = match unchanged {
         Some(original) => hyper::Uri::from(original),
         None => match hyper::Uri::try_from(if path_and_query.is_empty() {
             "/"
         } else {
-            path_and_query.as_str()
+            &path_and_query
         }) {
             Ok(uri) => uri,
             Err(_) => return Err(StatusCode::BAD_REQUEST),
@@ -781,7 +785,7 @@ async fn forward<'t>(
     // A rule with `retry` keeps a copy of a small body to send it again;
     // upgrades and large or unsized bodies go once.
     let (body, replay) = match rule.retry.as_deref() {
-        Some(policy) if upgrade.is_none() => match retry::buffer_if_small(body).await? {
+        Some(policy) if upgrade.is_none() => match Box::pin(retry::buffer_if_small(body)).await? {
             Ok(bytes) => {
                 let replay = retry::Replayable::new(&head, bytes);
                 (
@@ -1083,21 +1087,7 @@ mod tests {
             .await
             .expect("handshake");
         tokio::spawn(connection);
-        let mut get = async || {
-            let request = Request::builder()
-                .uri("/")
-                .header(header::HOST, "any.example")
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(request).await.expect("response");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            String::from_utf8_lossy(&body).into_owned()
-        };
+        let mut get = async || get_body(&mut sender, "/").await;
         assert_eq!(get().await, "backend-a");
         // The swap: same socket, new table; the open connection is not closed.
         assert!(proxy.apply(&[listener(bind, b)]).await.is_empty());
@@ -1106,5 +1096,73 @@ mod tests {
         proxy.apply(&[]).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(tokio::net::TcpStream::connect(bind).await.is_err());
+    }
+
+    /// The body of a GET of `path` (Host `any.example`) sent on `sender`.
+    async fn get_body(sender: &mut http1::SendRequest<Empty<Bytes>>, path: &str) -> String {
+        let request = Request::builder()
+            .uri(path)
+            .header(header::HOST, "any.example")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// GETs each of `paths` on one new keep-alive connection to `proxy`,
+    /// returning the bodies.
+    async fn get_on_one_connection(proxy: SocketAddr, paths: &[&str]) -> Vec<String> {
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut bodies = Vec::new();
+        for path in paths {
+            bodies.push(get_body(&mut sender, path).await);
+        }
+        bodies
+    }
+
+    #[tokio::test]
+    async fn backend_connections_are_kept_across_requests_and_client_connections() {
+        use std::sync::atomic::Ordering;
+        let (backend, accepted) = http1_pool::tests::backend().await;
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let proxy = Proxy::default();
+        assert!(proxy.apply(&[listener(bind, backend)]).await.is_empty());
+        // One client connection: its requests reuse one backend connection.
+        assert_eq!(
+            get_on_one_connection(bind, &["/a", "/b", "/c"]).await,
+            ["ok", "ok", "ok"]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Later client connections reuse it from the pool of their worker
+        // (each proxy worker has its own pool, and the kernel picks the
+        // worker: at most one connection each).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..4 {
+            assert_eq!(get_on_one_connection(bind, &["/d"]).await, ["ok"]);
+        }
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let opened = accepted.load(Ordering::SeqCst) as usize;
+        assert!(opened <= workers.min(5), "{opened} backend connections");
+        // A backend closing after its answer: the next request gets a new one.
+        let before = accepted.load(Ordering::SeqCst);
+        assert_eq!(
+            get_on_one_connection(bind, &["/close", "/e", "/f"]).await,
+            ["ok", "ok", "ok"]
+        );
+        assert!(accepted.load(Ordering::SeqCst) > before, "{accepted:?}");
     }
 }

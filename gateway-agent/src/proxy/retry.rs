@@ -203,8 +203,18 @@ pub(super) async fn send(
     backend_timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, Failure> {
     match replay {
+        // Boxed: the retry loop's state would make every request's future
+        // (which hyper moves as a whole) larger.
         Some((policy, replay, endpoints)) => {
-            with_retries(client, policy, replay, endpoints, request, backend_timeout).await
+            Box::pin(with_retries(
+                client,
+                policy,
+                replay,
+                endpoints,
+                request,
+                backend_timeout,
+            ))
+            .await
         }
         None => attempt(client, endpoint, request, backend_timeout).await,
     }

@@ -3,6 +3,7 @@
 //! number of routes on other hosts. Within a host, rules are already in
 //! precedence order (translate sorted them): the first whose match holds wins.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -258,8 +259,14 @@ impl RouteTable {
 
     /// The request's host (lower-cased, without port) and the hostname of the
     /// listener that serves it: the most specific one covering the host.
-    fn serving_listener(&self, request: &RequestView) -> (String, Option<String>) {
-        let host = strip_port(request.host).to_ascii_lowercase();
+    fn serving_listener<'r>(&self, request: &RequestView<'r>) -> (Cow<'r, str>, Option<String>) {
+        let host = strip_port(request.host);
+        // Most clients send it lower-cased already: no copy then.
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let listener = self.listener_of(&host);
         (host, listener)
     }
