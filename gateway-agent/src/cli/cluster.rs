@@ -130,32 +130,47 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         if let Some(changes) = changes {
             generation += 1;
+            let refresh_took = started.elapsed();
             // Translating is CPU work: off the runtime, so that the requests
             // in flight are not stalled by a reload.
             let settings = node.settings.clone();
             let snapshot = served.clone();
-            let (returned_memo, output, translate_took) = tokio::task::spawn_blocking(move || {
-                let translating = Instant::now();
-                let output = translate::translate_incremental(
-                    &snapshot,
-                    &settings,
-                    changes.as_ref(),
-                    &mut memo,
-                );
-                (memo, output, translating.elapsed())
-            })
-            .await
-            .context("the reload thread panicked")?;
+            let handed = Instant::now();
+            let (returned_memo, output, queued, translate_took) =
+                tokio::task::spawn_blocking(move || {
+                    let translating = Instant::now();
+                    let output = translate::translate_incremental(
+                        &snapshot,
+                        &settings,
+                        changes.as_ref(),
+                        &mut memo,
+                    );
+                    (memo, output, translating - handed, translating.elapsed())
+                })
+                .await
+                .context("the reload thread panicked")?;
             memo = returned_memo;
-            node.apply(&output.config, generation, started).await;
+            let translated = Instant::now();
+            let times = node.apply(&output.config, generation, started).await;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 generation,
                 l4_listeners = output.config.l4.len(),
                 http_listeners = output.config.http.len(),
-                translate_ms = translate_took.as_secs_f64() * 1e3,
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                // The stages of took_ms, in order: copying the changed
+                // objects into the served snapshot, waiting for the blocking
+                // thread, translate, its result back on the runtime, the
+                // three appliers.
+                refresh_ms = ms(refresh_took),
+                queued_ms = ms(queued),
+                translate_ms = ms(translate_took),
+                returned_ms = ms(translated.duration_since(handed) - queued - translate_took),
+                l4_ms = ms(times.l4),
+                proxy_ms = ms(times.proxy),
+                tls_ms = ms(times.tls),
+                took_ms = ms(started.elapsed()),
                 // From the watch event to the start of this reload (debounce).
-                waited_ms = waited.as_secs_f64() * 1e3,
+                waited_ms = ms(waited),
                 "config applied"
             );
             decided_tx.send_replace(Some(Arc::new((served.clone(), output.statuses.clone()))));
