@@ -489,7 +489,12 @@ fn http_request(
 
 /// The fake API server binary: a release build, since its time to answer a
 /// PATCH and to send the watch event is inside every API change measured.
+/// `BENCH_FAKE_APISERVER` names an already built one instead (building it
+/// alone can rebuild the agent's library with other features).
 fn build_fake_apiserver() -> anyhow::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("BENCH_FAKE_APISERVER") {
+        return Ok(std::fs::canonicalize(binary)?);
+    }
     println!("==> cargo build --release -p gateway-tests --bin fake-apiserver");
     crate::run_cmd(Command::new("cargo").args([
         "build",
@@ -747,6 +752,7 @@ fn measure(
         |line| line.contains("file event"),
     )?;
     drop(started);
+    println!("{}", standalone.table());
     md.push_str(&format!(
         "\n### Change to serving ({edits} edits, 5,000 HTTPRoutes present)\n\n\
          Each edit rewrites one file (`edit.yaml`: one HTTPRoute, a new hostname each time); the clock runs from the write \
