@@ -273,7 +273,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         node.metrics.manifest_errors.set(errors.len() as u64);
-        node.apply(&output.config, generation, started).await;
+        let times = node.apply(&output.config, generation, started).await;
         tracing::info!(
             generation,
             l4_listeners = output.config.l4.len(),
@@ -282,6 +282,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             manifest_errors = errors.len(),
             read_ms = read_took.as_secs_f64() * 1e3,
             translate_ms = translate_took.as_secs_f64() * 1e3,
+            l4_ms = times.l4.as_secs_f64() * 1e3,
+            proxy_ms = times.proxy.as_secs_f64() * 1e3,
+            tls_ms = times.tls.as_secs_f64() * 1e3,
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"
         );

@@ -113,7 +113,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         // (unless a write is still computing from it).
         decided_tx.send_replace(None);
         let waited = source.pending_for().unwrap_or_default();
-        let changes = match source.refresh(Arc::make_mut(&mut served)) {
+        // Still shared: make_mut below copies every object.
+        let copied = Arc::strong_count(&served) > 1;
+        let copying = Instant::now();
+        let snapshot = Arc::make_mut(&mut served);
+        let copy_took = copying.elapsed();
+        let changes = match source.refresh(snapshot) {
             Update::NotListed => None,
             Update::Everything => Some(None),
             Update::Objects(changed) if !changed.is_empty() => Some(Some(changed)),
@@ -130,32 +135,50 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         if let Some(changes) = changes {
             generation += 1;
+            let refresh_took = started.elapsed();
             // Translating is CPU work: off the runtime, so that the requests
             // in flight are not stalled by a reload.
             let settings = node.settings.clone();
             let snapshot = served.clone();
-            let (returned_memo, output, translate_took) = tokio::task::spawn_blocking(move || {
-                let translating = Instant::now();
-                let output = translate::translate_incremental(
-                    &snapshot,
-                    &settings,
-                    changes.as_ref(),
-                    &mut memo,
-                );
-                (memo, output, translating.elapsed())
-            })
-            .await
-            .context("the reload thread panicked")?;
+            let handed = Instant::now();
+            let (returned_memo, output, queued, translate_took) =
+                tokio::task::spawn_blocking(move || {
+                    let translating = Instant::now();
+                    let output = translate::translate_incremental(
+                        &snapshot,
+                        &settings,
+                        changes.as_ref(),
+                        &mut memo,
+                    );
+                    (memo, output, translating - handed, translating.elapsed())
+                })
+                .await
+                .context("the reload thread panicked")?;
             memo = returned_memo;
-            node.apply(&output.config, generation, started).await;
+            let translated = Instant::now();
+            let times = node.apply(&output.config, generation, started).await;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 generation,
                 l4_listeners = output.config.l4.len(),
                 http_listeners = output.config.http.len(),
-                translate_ms = translate_took.as_secs_f64() * 1e3,
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                // The stages of took_ms, in order: copying the changed
+                // objects into the served snapshot, waiting for the blocking
+                // thread, translate, its result back on the runtime, the
+                // three appliers.
+                refresh_ms = ms(refresh_took),
+                // Of which copying the snapshot (when it was still shared).
+                copied,
+                copy_ms = ms(copy_took),
+                queued_ms = ms(queued),
+                translate_ms = ms(translate_took),
+                returned_ms = ms(translated.duration_since(handed) - queued - translate_took),
+                l4_ms = ms(times.l4),
+                proxy_ms = ms(times.proxy),
+                tls_ms = ms(times.tls),
+                took_ms = ms(started.elapsed()),
                 // From the watch event to the start of this reload (debounce).
-                waited_ms = waited.as_secs_f64() * 1e3,
+                waited_ms = ms(waited),
                 "config applied"
             );
             decided_tx.send_replace(Some(Arc::new((served.clone(), output.statuses.clone()))));
@@ -228,8 +251,9 @@ async fn write_statuses(
     mut is_leader: watch::Receiver<bool>,
     settings: Settings,
 ) {
-    let mut wait = STATUS_RESYNC;
+    let mut look_again = tokio::time::Instant::now() + STATUS_RESYNC;
     let mut cache = StatusCache::default();
+    let mut leading = false;
     loop {
         tokio::select! {
             changed = decided.changed() => if changed.is_err() { return },
@@ -237,12 +261,21 @@ async fn write_statuses(
                 if changed.is_err() {
                     return;
                 }
+                // The elector reports every renewal (every few seconds):
+                // only a change of leader starts over. Starting over on
+                // each renewal recomputed every object's status, holding
+                // the snapshot, so that a reload then copied all of it.
+                let now_leading = *is_leader.borrow_and_update();
+                if now_leading == leading {
+                    continue;
+                }
+                leading = now_leading;
                 writer.reset();
                 cache.clear();
             }
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(look_again) => {}
         }
-        wait = STATUS_RESYNC;
+        look_again = tokio::time::Instant::now() + STATUS_RESYNC;
         if !*is_leader.borrow() {
             continue;
         }
@@ -279,7 +312,7 @@ async fn write_statuses(
             cache.forget(kind, key);
         }
         if !errors.is_empty() {
-            wait = STATUS_RETRY;
+            look_again = tokio::time::Instant::now() + STATUS_RETRY;
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -31,6 +31,17 @@ pub(super) struct Node {
     /// The L4 and TLS passthrough parts last applied: a reload that leaves
     /// them as they were (a route edit) does not walk their appliers.
     applied: Mutex<Option<(Vec<L4Listener>, Vec<TlsPassthroughListener>)>>,
+}
+
+/// Where a reload's apply went: for the "config applied" log line.
+#[derive(Clone, Copy, Default)]
+pub(super) struct ApplyTimes {
+    /// Comparing the L4 part with what was applied, and programming the eBPF maps.
+    pub l4: Duration,
+    /// Building the changed listeners' route tables and swapping them in.
+    pub proxy: Duration,
+    /// TLS passthrough listeners, and the bookkeeping after.
+    pub tls: Duration,
 }
 
 impl Node {
@@ -96,8 +107,16 @@ impl Node {
     }
 
     /// Programs one translated config into the three data planes (errors are
-    /// logged and counted; what could be applied serves) and marks the node ready.
-    pub async fn apply(&self, config: &DataplaneConfig, generation: u64, started: Instant) {
+    /// logged and counted; what could be applied serves) and marks the node
+    /// ready; how long each data plane took.
+    pub async fn apply(
+        &self,
+        config: &DataplaneConfig,
+        generation: u64,
+        started: Instant,
+    ) -> ApplyTimes {
+        let mut times = ApplyTimes::default();
+        let stage = Instant::now();
         let (l4_same, tls_same) = match &*self.applied.lock().expect("applied lock") {
             Some((l4, tls)) => (*l4 == config.l4, *tls == config.tls_passthrough),
             None => (false, false),
@@ -111,10 +130,14 @@ impl Node {
                 tracing::error!(error = %e, "programming the L4 maps failed");
             }
         }
+        times.l4 = stage.elapsed();
+        let stage = Instant::now();
         for (addr, error) in self.proxy.apply(&config.http).await {
             self.metrics.apply_errors.inc();
             tracing::error!(%addr, %error, "cannot serve HTTP listener");
         }
+        times.proxy = stage.elapsed();
+        let stage = Instant::now();
         let mut tls_ok = true;
         if !tls_same {
             for (addr, error) in self.passthrough.apply(&config.tls_passthrough).await {
@@ -133,6 +156,8 @@ impl Node {
             .last_apply_seconds
             .set(started.elapsed().as_secs_f64());
         self.admin.ready.store(true, Ordering::Relaxed);
+        times.tls = stage.elapsed();
+        times
     }
 
     /// Shutdown, in both run modes: not ready any more, no new TLS

@@ -344,6 +344,9 @@ impl ManifestWatcher {
         let Some(first) = self.events.recv().await else {
             return false;
         };
+        // With its time stamp, where an edit's way to serving starts in the
+        // agent (the bench reads it).
+        tracing::debug!(kind = ?first.kind, paths = ?first.paths, "file event");
         let end = tokio::time::Instant::now() + MAX_BURST;
         let mut writing = BTreeSet::new();
         let mut closed = track_writes(&first, &mut writing);

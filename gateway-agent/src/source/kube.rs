@@ -94,6 +94,9 @@ impl State {
             .get(&key)
             .is_some_and(|old| same_but_status(old, &object));
         field(self).insert(key.clone(), object);
+        // With its time stamp, where a change's way to serving starts in the
+        // agent (the bench reads it).
+        tracing::debug!(kind = ?id, object = %key, status_only, "watch event");
         if status_only {
             self.status_changed.insert((id, key));
         } else {
@@ -110,6 +113,7 @@ impl State {
 
     fn remove<K>(&mut self, id: Kind, field: Field<K>, key: &ObjectKey) {
         field(self).remove(key);
+        tracing::debug!(kind = ?id, object = %key, "watch event: deleted");
         self.changed.insert((id, key.clone()));
         self.counted();
     }

@@ -29,6 +29,9 @@ use super::manifests::{self, Scale};
 use super::netns::{Daemon, Netns, http_status, proc_status_kb, wait_until};
 use super::report::{Section, bar_chart};
 use super::stats::{Summary, percentile};
+use timeline::{Change, Timeline};
+
+mod timeline;
 
 const BACKEND: &str = "127.0.0.1:18080";
 const AGENT_CPU: u32 = 0;
@@ -58,10 +61,19 @@ fn start_agent(
     agent: &Path,
     label: &str,
     scale: &Scale,
+    log_filter: &str,
 ) -> anyhow::Result<Started> {
     let manifests_dir = write_manifests(dir, label, scale)?;
     let source = ["--manifests", manifests_dir.to_str().context("utf-8")?];
-    launch_agent(ns, dir, agent, label, scale, &manifests_dir, &source)
+    launch_agent(
+        ns,
+        dir,
+        agent,
+        (label, log_filter),
+        scale,
+        &manifests_dir,
+        &source,
+    )
 }
 
 /// The generated manifests of `scale`, written to a directory of their own.
@@ -76,12 +88,12 @@ fn write_manifests(dir: &Path, label: &str, scale: &Scale) -> anyhow::Result<Pat
 }
 
 /// Starts the agent with `source` (its `--manifests` or cluster arguments)
-/// and waits until it serves `scale`.
+/// and its log filter (`RUST_LOG`), and waits until it serves `scale`.
 fn launch_agent(
     ns: &Netns,
     dir: &Path,
     agent: &Path,
-    label: &str,
+    (label, log_filter): (&str, &str),
     scale: &Scale,
     manifests_dir: &Path,
     source: &[&str],
@@ -89,7 +101,9 @@ fn launch_agent(
     let log = dir.join(format!("agent-{label}.log"));
     let started = Instant::now();
     let name = format!("{}-{label}", ns.name);
-    let mut args = vec![agent.to_str().context("utf-8")?, "run"];
+    // `env` execs in place: the pid stays the agent's.
+    let rust_log = format!("RUST_LOG={log_filter}");
+    let mut args = vec!["env", &rust_log, agent.to_str().context("utf-8")?, "run"];
     args.extend_from_slice(source);
     args.extend_from_slice(&[
         "--interfaces",
@@ -219,6 +233,8 @@ struct EditRun {
     steady: (f64, f64),
     failed: u64,
     failures: String,
+    /// Each change split into stages by the agent's log.
+    timeline: Timeline,
 }
 
 impl EditRun {
@@ -240,7 +256,8 @@ impl EditRun {
              | of which making the change (file written / PATCH answered), median (min–max) | {} ms |\n\
              | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
              | of which reading manifests / translate | {} / {} ms |\n{}\
-             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n",
+             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\n\
+             Where the time went, change by change (the agent's time-stamped log against the bench's clock):\n\n{}",
             percentile(&self.latencies, 50.0),
             percentile(&self.latencies, 99.0),
             lat.min,
@@ -266,6 +283,7 @@ impl EditRun {
             self.failures,
             self.steady.0,
             self.steady.1,
+            self.timeline.markdown(),
         )
     }
 }
@@ -273,12 +291,14 @@ impl EditRun {
 /// `edits` changes made by `edit(k)` (which returns the HTTP port and host
 /// the change makes serve), each timed until that host answers 200 on that
 /// port, 50 ms apart, under a steady open-loop load on route 0.
+/// `is_event` tells the agent's log line of a change's event.
 fn edit_under_load(
     ns: &Netns,
     started: &Started,
     budget: Budget,
     edits: usize,
     mut edit: impl FnMut(usize) -> anyhow::Result<(u16, String)> + Send,
+    is_event: impl Fn(&str) -> bool,
 ) -> anyhow::Result<EditRun> {
     let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
     let generations_before = apply_times_ms(&started.log).len();
@@ -300,32 +320,35 @@ fn edit_under_load(
         .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     let load_started = Instant::now();
-    let (latencies, sent): (Vec<f64>, Vec<f64>) = ns.within(|| -> anyhow::Result<_> {
-        let mut latencies = Vec::new();
-        let mut sent = Vec::new();
-        let mut poller = Poller::default();
-        for k in 0..edits {
-            let changed = Instant::now();
-            let (port, host) = edit(k)?;
-            sent.push(changed.elapsed().as_secs_f64() * 1e3);
-            let addr = format!("127.0.0.1:{port}");
-            let deadline = changed + Duration::from_secs(10);
-            // Polled on one keep-alive connection every POLL_US: finer than
-            // the goal (10 ms), without a connection setup per poll.
-            while poller.status(&addr, &host, "/s0/x") != 200 {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "changed route {host} not serving after 10 s"
-                );
-                std::thread::sleep(Duration::from_micros(POLL_US));
+    let (latencies, sent, sent_at): (Vec<f64>, Vec<f64>, Vec<f64>) =
+        ns.within(|| -> anyhow::Result<_> {
+            let mut latencies = Vec::new();
+            let mut sent = Vec::new();
+            let mut sent_at = Vec::new();
+            let mut poller = Poller::default();
+            for k in 0..edits {
+                sent_at.push(timeline::now());
+                let changed = Instant::now();
+                let (port, host) = edit(k)?;
+                sent.push(changed.elapsed().as_secs_f64() * 1e3);
+                let addr = format!("127.0.0.1:{port}");
+                let deadline = changed + Duration::from_secs(10);
+                // Polled on one keep-alive connection every POLL_US: finer than
+                // the goal (10 ms), without a connection setup per poll.
+                while poller.status(&addr, &host, "/s0/x") != 200 {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "changed route {host} not serving after 10 s"
+                    );
+                    std::thread::sleep(Duration::from_micros(POLL_US));
+                }
+                latencies.push(changed.elapsed().as_secs_f64() * 1e3);
+                // Apart enough that cluster mode takes each as a lone change,
+                // not as part of a burst (debounced 100 ms).
+                std::thread::sleep(Duration::from_millis(EDIT_PAUSE_MS));
             }
-            latencies.push(changed.elapsed().as_secs_f64() * 1e3);
-            // Apart enough that cluster mode takes each as a lone change,
-            // not as part of a burst (debounced 100 ms).
-            std::thread::sleep(Duration::from_millis(EDIT_PAUSE_MS));
-        }
-        Ok((latencies, sent))
-    })??;
+            Ok((latencies, sent, sent_at))
+        })??;
     let took = load_started.elapsed();
     let out = load.wait_with_output()?;
     let oha_out = String::from_utf8_lossy(&out.stdout);
@@ -344,7 +367,21 @@ fn edit_under_load(
             Summary::of(&values).show(2)
         }
     };
+    let changes: Vec<Change> = sent_at
+        .iter()
+        .zip(&latencies)
+        .map(|(&sent_at, &latency_ms)| Change {
+            sent_at,
+            latency_ms,
+        })
+        .collect();
+    let timeline = Timeline::of(
+        &std::fs::read_to_string(&started.log).unwrap_or_default(),
+        &changes,
+        is_event,
+    );
     Ok(EditRun {
+        timeline,
         latencies,
         sent: Summary::of(&sent).show(2),
         took,
@@ -450,19 +487,25 @@ fn http_request(
     Ok(std::str::from_utf8(&head[9..12])?.parse()?)
 }
 
-/// The fake API server binary (a debug build of the tests package: its
-/// speed is not what is measured).
+/// The fake API server binary: a release build, since its time to answer a
+/// PATCH and to send the watch event is inside every API change measured.
+/// `BENCH_FAKE_APISERVER` names an already built one instead (building it
+/// alone can rebuild the agent's library with other features).
 fn build_fake_apiserver() -> anyhow::Result<PathBuf> {
-    println!("==> cargo build -p gateway-tests --bin fake-apiserver");
+    if let Some(binary) = std::env::var_os("BENCH_FAKE_APISERVER") {
+        return Ok(std::fs::canonicalize(binary)?);
+    }
+    println!("==> cargo build --release -p gateway-tests --bin fake-apiserver");
     crate::run_cmd(Command::new("cargo").args([
         "build",
+        "--release",
         "--quiet",
         "-p",
         "gateway-tests",
         "--bin",
         "fake-apiserver",
     ]))?;
-    Ok(std::fs::canonicalize("target/debug/fake-apiserver")?)
+    Ok(std::fs::canonicalize("target/release/fake-apiserver")?)
 }
 
 /// The fake API server process, holding the manifests; stopped on drop.
@@ -486,15 +529,16 @@ fn start_cluster_agent(
     dir: &Path,
     agent: &Path,
     fake: &Path,
-    label: &str,
+    (label, log_filter): (&str, &str),
     scale: &Scale,
 ) -> anyhow::Result<(Started, FakeApi)> {
     use std::io::BufRead as _;
     let manifests_dir = write_manifests(dir, label, scale)?;
     let kubeconfig = dir.join(format!("kubeconfig-{label}"));
+    // On the client's CPU: an API server does not run on the node's agent CPU.
     let mut child = ns
         .command(
-            None,
+            Some(CLIENT_CPU),
             &[
                 fake.to_str().context("utf-8")?,
                 "127.0.0.1:0",
@@ -523,7 +567,7 @@ fn start_cluster_agent(
         ns,
         dir,
         agent,
-        label,
+        (label, log_filter),
         scale,
         &manifests_dir,
         &[
@@ -648,7 +692,7 @@ fn measure(
         // Interleaved: each repeat starts every case once.
         for repeat in 0..budget.repeats {
             for ((_, label, scale), result) in cases.iter().zip(&mut results) {
-                let started = start_agent(ns, dir, agent, label, scale)?;
+                let started = start_agent(ns, dir, agent, label, scale, "info")?;
                 result.record(&started);
                 println!(
                     "    repeat {repeat}: {label}: serving after {:.2} s, RSS {:.1} MB, peak {:.1} MB",
@@ -684,16 +728,31 @@ fn measure(
 
     // Change to serving, under load: a manifest file written.
     let edits = if budget.quick { 20 } else { 100 };
-    let started = start_agent(ns, dir, agent, "edits", &scale(100, 5_000, 0))?;
+    let started = start_agent(
+        ns,
+        dir,
+        agent,
+        "edits",
+        &scale(100, 5_000, 0),
+        timeline::LOG_FILTER,
+    )?;
     let edit_file = started.manifests.join("edit.yaml");
     let port0 = manifests::http_port(0);
-    let standalone = edit_under_load(ns, &started, budget, edits, |k| {
-        let id = 1_000_000 + k;
-        let text = manifests::http_route(id, 0).replace(&format!("route-{id}"), "edited");
-        std::fs::write(&edit_file, text)?;
-        Ok((port0, manifests::route_host(id)))
-    })?;
+    let standalone = edit_under_load(
+        ns,
+        &started,
+        budget,
+        edits,
+        |k| {
+            let id = 1_000_000 + k;
+            let text = manifests::http_route(id, 0).replace(&format!("route-{id}"), "edited");
+            std::fs::write(&edit_file, text)?;
+            Ok((port0, manifests::route_host(id)))
+        },
+        |line| line.contains("file event"),
+    )?;
     drop(started);
+    println!("{}", standalone.table());
     md.push_str(&format!(
         "\n### Change to serving ({edits} edits, 5,000 HTTPRoutes present)\n\n\
          Each edit rewrites one file (`edit.yaml`: one HTTPRoute, a new hostname each time); the clock runs from the write \
@@ -715,7 +774,8 @@ fn measure(
         cluster_cases.iter().map(|_| Startup::default()).collect();
     for repeat in 0..cluster_repeats {
         for ((_, label, scale), result) in cluster_cases.iter().zip(&mut cluster_results) {
-            let (started, _api) = start_cluster_agent(ns, dir, agent, &fake, label, scale)?;
+            let (started, _api) =
+                start_cluster_agent(ns, dir, agent, &fake, (label, "info"), scale)?;
             result.record(&started);
             println!(
                 "    repeat {repeat}: cluster {label}: serving after {:.2} s, RSS {:.1} MB, peak {:.1} MB",
@@ -725,8 +785,14 @@ fn measure(
             );
         }
     }
-    let (started, api) =
-        start_cluster_agent(ns, dir, agent, &fake, "kedits", &scale(100, 5_000, 0))?;
+    let (started, api) = start_cluster_agent(
+        ns,
+        dir,
+        agent,
+        &fake,
+        ("kedits", timeline::LOG_FILTER),
+        &scale(100, 5_000, 0),
+    )?;
     let mut edits_startup = Startup::default();
     edits_startup.record(&started);
     // Let the first status writes (one per object) and the reloads they
@@ -736,23 +802,35 @@ fn measure(
         "    cluster: status writes settled after {:.1} s",
         settled.as_secs_f64()
     );
-    let cluster = edit_under_load(ns, &started, budget, edits, |k| {
-        // Route i is on Gateway i % 100 (manifests.rs); route 0 carries the
-        // steady load, so routes 1, 2, ... get a new hostname each.
-        let i = k + 1;
-        let host = format!("e{i}.{}", manifests::route_host(i));
-        let body = format!(r#"{{"spec":{{"hostnames":["{host}"]}}}}"#);
-        let path =
-            format!("/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/route-{i}");
-        let status = http_request(&api, "PATCH", &path, "application/merge-patch+json", &body)?;
-        anyhow::ensure!(status == 200, "PATCH {path}: {status}");
-        Ok((manifests::http_port(i % 100), host))
-    })?;
+    let cluster = edit_under_load(
+        ns,
+        &started,
+        budget,
+        edits,
+        |k| {
+            // Route i is on Gateway i % 100 (manifests.rs); route 0 carries the
+            // steady load, so routes 1, 2, ... get a new hostname each.
+            let i = k + 1;
+            let host = format!("e{i}.{}", manifests::route_host(i));
+            let body = format!(r#"{{"spec":{{"hostnames":["{host}"]}}}}"#);
+            let path = format!(
+                "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/route-{i}"
+            );
+            let status = http_request(&api, "PATCH", &path, "application/merge-patch+json", &body)?;
+            anyhow::ensure!(status == 200, "PATCH {path}: {status}");
+            Ok((manifests::http_port(i % 100), host))
+        },
+        |line| {
+            line.contains("watch event")
+                && line.contains("kind=HttpRoute")
+                && line.contains("status_only=false")
+        },
+    )?;
     drop(started);
     md.push_str(&format!(
         "\n### Cluster mode, against the fake API server\n\n\
-         The agent in cluster mode (`--kubeconfig`) against `fake-apiserver` (tests/src/bin/fake_apiserver.rs, a debug build: \
-         list, watch, merge patch over HTTP as a real API server serves them) holding the generated objects; it is the \
+         The agent in cluster mode (`--kubeconfig`) against `fake-apiserver` (tests/src/bin/fake_apiserver.rs, a release build on the \
+         client's CPU: list, watch, merge patch over HTTP as a real API server serves them) holding the generated objects; it is the \
          status-writing leader, so each object's status is written once after start. \"Start to first request served\" includes \
          the fake server's lists. {cluster_repeats} repeats.\n\n\
          | configuration | RSS once serving MB | peak RSS (VmHWM) MB | start to first request served s | first apply ms |\n|---|---|---|---|---|\n",
