@@ -261,30 +261,6 @@ fn pinned_links(agent: &Agent, kind: &str) -> Vec<String> {
     names
 }
 
-/// The agent restarted under the same name (so the same pinned maps) with
-/// `--attach tc`: as `Agent::restart`, which keeps the first start's
-/// arguments (none here: XDP).
-fn restart_in_tc_mode(agent: &mut Agent, topology: &Topology) {
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&agent.log)
-        .expect("open log");
-    let child = topology
-        .node
-        .command_in_netns_only(&Topology::bin("agent-under-test"))
-        .args(["run", "--manifests"])
-        .arg(&agent.manifests.0)
-        .args(["--interfaces", "c0,b0", "--name", &agent.name])
-        .args(["--attach", "tc"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the agent in TC mode");
-    agent.process = gateway_tests::Process(child);
-}
-
 /// XDP → TC → XDP across restarts with the same pinned state: each start
 /// attaches its mode's programs to both links and removes the other mode's,
 /// and a TCP connection opened under XDP keeps its flow (the maps are the
@@ -329,11 +305,12 @@ fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connecti
         let started = agent.log_count("config applied");
         agent.process.signal(libc::SIGTERM);
         agent.process.0.wait().expect("reap agent");
-        if mode == "tc" {
-            restart_in_tc_mode(&mut agent, &topology);
+        let args: &[&str] = if mode == "tc" {
+            &["--attach", "tc"]
         } else {
-            agent.restart(&topology);
-        }
+            &[]
+        };
+        agent.restart_with(&topology, args);
         let (xdp, tc) = if mode == "tc" {
             (vec![], both.clone())
         } else {

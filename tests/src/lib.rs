@@ -386,6 +386,12 @@ impl Agent {
         );
     }
 
+    /// `restart` with other extra arguments, kept for later restarts.
+    pub fn restart_with(&mut self, topology: &Topology, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(ToString::to_string).collect();
+        self.restart(topology);
+    }
+
     fn spawn(
         topology: &Topology,
         name: &str,
