@@ -81,7 +81,10 @@ impl LeaderElector {
                     tracing::warn!(identity = %self.config.identity, "lost the lease: no longer writing status");
                 }
             }
-            self.is_leader.send_replace(leader);
+            // Only a change is published: a renewal is no news to the status
+            // writer, which starts over (recomputes every status) on each.
+            self.is_leader
+                .send_if_modified(|was| std::mem::replace(was, leader) != leader);
             tokio::select! {
                 () = tokio::time::sleep(self.config.retry_period) => {}
                 () = &mut stop => break,

@@ -253,7 +253,6 @@ async fn write_statuses(
 ) {
     let mut look_again = tokio::time::Instant::now() + STATUS_RESYNC;
     let mut cache = StatusCache::default();
-    let mut leading = false;
     loop {
         tokio::select! {
             changed = decided.changed() => if changed.is_err() { return },
@@ -261,15 +260,8 @@ async fn write_statuses(
                 if changed.is_err() {
                     return;
                 }
-                // The elector reports every renewal (every few seconds):
-                // only a change of leader starts over. Starting over on
-                // each renewal recomputed every object's status, holding
-                // the snapshot, so that a reload then copied all of it.
-                let now_leading = *is_leader.borrow_and_update();
-                if now_leading == leading {
-                    continue;
-                }
-                leading = now_leading;
+                // A change of leader (the elector publishes nothing else,
+                // not its renewals): start over.
                 writer.reset();
                 cache.clear();
             }
