@@ -54,6 +54,15 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Sends `message` on `stream` to the echo backend and checks it comes back.
+fn echo_once(stream: &std::net::TcpStream, message: &str) {
+    let mut stream = stream;
+    stream.write_all(message.as_bytes()).expect("send");
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).expect("receive the echo");
+    assert_eq!(back, message.as_bytes(), "{message}");
+}
+
 /// Sends `data` through the gateway to the echo backend and returns what
 /// came back (a writer thread, so that neither side's window stalls).
 fn echo_bulk(topology: &Topology, gateway: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
@@ -131,14 +140,7 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
         .client
         .connect_tcp(gateway.parse().expect("address"))
         .expect("connect");
-    let exchange = |stream: &std::net::TcpStream, message: &str| {
-        let mut stream = stream;
-        stream.write_all(message.as_bytes()).expect("send");
-        let mut back = vec![0u8; message.len()];
-        stream.read_exact(&mut back).expect("receive the echo");
-        assert_eq!(back, message.as_bytes());
-    };
-    exchange(&long_lived, "before");
+    echo_once(&long_lived, "before");
     agent.process.signal(libc::SIGSTOP);
     let flows_before = agent.route_counter(0, "new_flows");
     for i in 0..3 {
@@ -146,11 +148,11 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
         let reply = topology.client_run(&["tcp-send", &gateway, &message]);
         assert_eq!(reply.as_deref(), Ok(message.as_str()), "exchange {i}");
     }
-    exchange(&long_lived, "stopped");
+    echo_once(&long_lived, "stopped");
     assert_eq!(agent.route_counter(0, "new_flows"), flows_before + 3);
     agent.process.signal(libc::SIGKILL);
     agent.process.0.wait().expect("reap agent");
-    exchange(&long_lived, "killed");
+    echo_once(&long_lived, "killed");
     agent.restart(&topology);
     eventually("the new agent adopts", Duration::from_secs(20), || {
         if agent.log().contains("TC link adopted") {
@@ -159,7 +161,7 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
             Err(agent.log())
         }
     });
-    exchange(&long_lived, "restarted");
+    echo_once(&long_lived, "restarted");
     let reply = topology.client_run(&["tcp-send", &gateway, "new after restart"]);
     assert_eq!(reply.as_deref(), Ok("new after restart"));
 }
@@ -284,20 +286,14 @@ fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connecti
         eventually("TCP through the gateway", Duration::from_secs(20), new_flow),
         "ping"
     );
-    let mut stream = topology
+    let stream = topology
         .client
         .connect_tcp(gateway.parse().expect("address"))
         .expect("connect through the gateway");
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    let mut echo = |what: &str| {
-        stream.write_all(what.as_bytes()).expect("send");
-        let mut back = vec![0u8; what.len()];
-        stream.read_exact(&mut back).expect("read the echo");
-        assert_eq!(back, what.as_bytes(), "{what}");
-    };
-    echo("under XDP");
+    echo_once(&stream, "under XDP");
     let flows_before = agent.route_counter(0, "new_flows");
 
     let both = vec!["b0".to_string(), "c0".to_string()];
@@ -331,7 +327,7 @@ fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connecti
             }
         });
         let redirected = agent.packet_events(PacketEvent::Redirected);
-        echo(&format!("the same connection under {mode}"));
+        echo_once(&stream, &format!("the same connection under {mode}"));
         assert_eq!(new_flow().as_deref(), Ok("ping"), "a new flow under {mode}");
         // With no XDP program attached, only the TC program forwards.
         assert!(
