@@ -9,6 +9,9 @@
 //! ```
 
 pub mod fake_apiserver;
+pub mod frames;
+pub mod program_cost;
+pub mod test_run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

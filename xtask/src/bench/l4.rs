@@ -374,13 +374,17 @@ fn wrk_result(out: &str) -> anyhow::Result<(f64, u64)> {
 }
 
 pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow::Result<Section> {
+    // First, on a machine not yet busy with the forwarding runs.
+    let program_cost = super::l4_cost::run(budget)?;
     println!("==> bench l4: XDP and TC vs iptables DNAT vs userspace TCP proxy");
     let topology = Topology::new()?;
     let dir = std::env::temp_dir().join(&topology.node.name);
     std::fs::create_dir_all(&dir)?;
     let result = measure(&topology, &dir, agent, budget, out_dir, stamp);
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let mut section = result?;
+    section.markdown.push_str(&program_cost);
+    Ok(section)
 }
 
 fn measure(
