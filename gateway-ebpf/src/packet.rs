@@ -207,8 +207,15 @@ impl Packet for TcContext {
     /// The skb may be CHECKSUM_PARTIAL (GSO, or sent by a local socket with
     /// checksum offload: the field then holds the pseudo-header's sum only)
     /// or CHECKSUM_COMPLETE: the kernel's helper updates the field, and the
-    /// skb's sum, as each case needs. The addresses as one pseudo-header
-    /// difference, the ports (adjacent) as one 32-bit word.
+    /// skb's sum, as each case needs. The addresses go through it as one
+    /// pseudo-header difference. The ports (adjacent, one 32-bit word) count
+    /// only in a complete checksum, and the program cannot see which kind the
+    /// skb has (`__sk_buff` has no `ip_summed`), but the helper's result
+    /// shows it: it adds the difference to a partial sum and takes it out of
+    /// a complete checksum. So the field is read back, and a complete one
+    /// gets the ports in place, as the helper would write them; when the
+    /// result cannot tell (the addresses' difference is a one's-complement
+    /// zero), a second helper call updates the ports as before.
     #[inline(always)]
     fn rewrite_l4_csum<A: Address>(
         &self,
@@ -216,26 +223,35 @@ impl Packet for TcContext {
         key: &FlowKeyOf<A>,
         flow: &FlowValueOf<A>,
     ) -> Option<()> {
-        // A zero UDP checksum ("none", IPv4) stays zero.
-        let mangled_0 = if key.proto == PROTO_UDP {
+        let before: u16 = read(self, offset)?;
+        let udp = key.proto == PROTO_UDP;
+        // A zero UDP checksum ("none", IPv4) stays zero (as BPF_F_MARK_MANGLED_0 keeps it).
+        if udp && before == 0 {
+            return Some(());
+        }
+        let mangled_0 = if udp {
             u64::from(BPF_F_MARK_MANGLED_0)
         } else {
             0
         };
+        // A rewritten UDP checksum is never 0 (it would mean "none").
+        let mangle = |csum: u16| if udp && csum == 0 { 0xffff } else { csum };
         let addresses = csum::addr_diff(&key.src_addr_be, &flow.new_src_addr_be)
             + csum::addr_diff(&key.dst_addr_be, &flow.new_dst_addr_be);
-        let diff = u64::from(csum::fold_sum(addresses));
+        let diff = u32::from(csum::fold_sum(addresses));
         let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
         if key.src_addr_be.words().len() == 1 {
-            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+            self.l4_csum_replace(offset, 0, u64::from(diff), pseudo)
+                .ok()?;
         } else if self
-            .l4_csum_replace(offset, 0, diff, pseudo | BPF_F_IPV6)
+            .l4_csum_replace(offset, 0, u64::from(diff), pseudo | BPF_F_IPV6)
             .is_err()
         {
             // A kernel before BPF_F_IPV6.
-            self.l4_csum_replace(offset, 0, diff, pseudo).ok()?;
+            self.l4_csum_replace(offset, 0, u64::from(diff), pseudo)
+                .ok()?;
         }
-        let ports = |src: u16, dst: u16| u64::from(u32::from(src) | (u32::from(dst) << 16));
+        let ports = |src: u16, dst: u16| u32::from(src) | (u32::from(dst) << 16);
         // Byte order: both words are the port bytes read as one native u32.
         let (old, new) = if cfg!(target_endian = "little") {
             (
@@ -248,7 +264,20 @@ impl Packet for TcContext {
                 ports(flow.new_dst_port_be, flow.new_src_port_be),
             )
         };
-        self.l4_csum_replace(offset, old, new, 4 | mangled_0).ok()
+        let after: u16 = read(self, offset)?;
+        let (partial, complete) = csum::after_pseudo_diff(before, diff);
+        let (partial, complete) = (mangle(partial), mangle(complete));
+        if partial != complete {
+            if after == partial {
+                // The ports are in the data the device or GSO sums.
+                return Some(());
+            }
+            if after == complete {
+                return write(self, offset, mangle(csum::kernel_replace4(after, old, new)));
+            }
+        }
+        self.l4_csum_replace(offset, u64::from(old), u64::from(new), 4 | mangled_0)
+            .ok()
     }
 
     #[inline(always)]

@@ -73,6 +73,87 @@ fn a_syn_to_a_listener_is_rewritten_and_its_reply_translated_back() {
     assert_eq!((tcp.packets, tcp.new_flows), (3, 1));
 }
 
+/// The TC classifier's checksums: a test run's skb carries a complete
+/// checksum (not CHECKSUM_PARTIAL), which the program must keep valid with
+/// the ports in it; its partial-checksum side is `l4_tc`'s (real sockets
+/// with offload). Many ports and payloads, so that the checksums take many
+/// values, and a client address whose change sums to a one's-complement
+/// zero (the program cannot tell partial from complete by the helper's
+/// result then, and takes its other way).
+#[test]
+fn the_tc_programs_rewrites_keep_checksums_valid() {
+    if !require_root("the_tc_programs_rewrites_keep_checksums_valid") {
+        return;
+    }
+    let loaded = load_mode(AttachMode::Tc);
+    let mut snat = None;
+    for i in 0..300u16 {
+        for proto in [TCP, UDP] {
+            let client = (CLIENT, 20_000 + i);
+            let flags = if proto == TCP { SYN } else { 0 };
+            let (_, out) = loaded.run(&packet(
+                proto,
+                client,
+                (LISTENER, 9000),
+                flags,
+                &i.to_be_bytes(),
+            ));
+            assert_eq!(dst(&out), (BACKEND, 7000));
+            assert!(checksums_valid(&out), "{proto} {i}: {out:x?}");
+            let reply = packet(proto, (BACKEND, 7000), src(&out), flags | ACK, b"answer");
+            let (_, back) = loaded.run(&reply);
+            assert_eq!((src(&back), dst(&back)), ((LISTENER, 9000), client));
+            assert!(checksums_valid(&back), "{proto} {i} reply: {back:x?}");
+            snat.get_or_insert(src(&out).0);
+
+            let client6 = (CLIENT6, 20_000 + i);
+            let (_, out) = loaded.run(&packet6(
+                proto,
+                client6,
+                (LISTENER6, 9000),
+                flags,
+                &i.to_be_bytes(),
+            ));
+            assert_eq!(dst6(&out), (BACKEND6, 7000));
+            assert!(checksum6_valid(&out), "{proto} {i} over IPv6: {out:x?}");
+        }
+    }
+    // client + listener = source-NAT address + backend, in one's complement.
+    let words = |a: Ipv4Addr| {
+        let o = a.octets();
+        u32::from(u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([o[2], o[3]]))
+    };
+    let ones = |x: u32| x % 0xffff;
+    let target = ones(words(snat.unwrap()) + words(BACKEND) + 2 * 0xffff - words(LISTENER));
+    let low = ones(target + 0xffff - 0xc612) as u16;
+    let client = Ipv4Addr::new(198, 18, (low >> 8) as u8, low as u8);
+    for proto in [TCP, UDP] {
+        let flags = if proto == TCP { SYN } else { 0 };
+        let (_, out) = loaded.run(&packet(
+            proto,
+            (client, 40000),
+            (LISTENER, 9000),
+            flags,
+            b"zero",
+        ));
+        assert_eq!(dst(&out), (BACKEND, 7000));
+        assert_eq!(
+            words(client) % 0xffff,
+            ones(words(src(&out).0) + words(BACKEND) + 0xffff - words(LISTENER)) % 0xffff
+        );
+        assert!(
+            checksums_valid(&out),
+            "{proto}, addresses summing alike: {out:x?}"
+        );
+    }
+    let mut unchecked = packet(UDP, (CLIENT, 5001), (LISTENER, 9000), 0, b"query");
+    unchecked[40] = 0;
+    unchecked[41] = 0;
+    let (_, out) = loaded.run(&unchecked);
+    assert_eq!(dst(&out), (BACKEND, 7000));
+    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum stays zero");
+}
+
 #[test]
 fn udp_datagrams_open_flows_and_keep_checksums_valid() {
     if !require_root("udp_datagrams_open_flows") {
