@@ -83,12 +83,12 @@ impl Family for V4 {
 
     #[inline(always)]
     fn src<const L3: usize>(ctx: &impl Packet) -> Option<u32> {
-        read(ctx, L3 + IPV4_SRC)
+        load_u32(ctx, L3 + IPV4_SRC)
     }
 
     #[inline(always)]
     fn dst<const L3: usize>(ctx: &impl Packet) -> Option<u32> {
-        read(ctx, L3 + IPV4_DST)
+        load_u32(ctx, L3 + IPV4_DST)
     }
 
     #[inline(always)]
@@ -127,12 +127,16 @@ impl Family for V4 {
         flow: &FlowValueOf<u32>,
     ) -> Option<()> {
         let ip_csum_off = L3 + IPV4_CSUM;
-        let mut ip_csum: u16 = read(ctx, ip_csum_off)?;
+        let mut ip_csum = load_u16(ctx, ip_csum_off)?;
         ip_csum = csum::replace_u32(ip_csum, key.src_addr_be, flow.new_src_addr_be);
         ip_csum = csum::replace_u32(ip_csum, key.dst_addr_be, flow.new_dst_addr_be);
-        write(ctx, ip_csum_off, ip_csum)?;
-        write(ctx, L3 + IPV4_SRC, flow.new_src_addr_be)?;
-        write(ctx, L3 + IPV4_DST, flow.new_dst_addr_be)
+        store_u16(ctx, ip_csum_off, ip_csum)?;
+        // Source and destination are adjacent.
+        store_u32s(
+            ctx,
+            L3 + IPV4_SRC,
+            [flow.new_src_addr_be, flow.new_dst_addr_be],
+        )
     }
 
     #[inline(always)]
@@ -241,8 +245,15 @@ impl Family for V6 {
         flow: &FlowValueOf<Addr6>,
     ) -> Option<()> {
         // No header checksum: the L4 checksum's pseudo-header covers the addresses.
-        write(ctx, L3 + IPV6_SRC, flow.new_src_addr_be)?;
-        write(ctx, L3 + IPV6_DST, flow.new_dst_addr_be)
+        let (src, dst) = (&flow.new_src_addr_be, &flow.new_dst_addr_be);
+        // Source and destination are adjacent.
+        store_u32s(
+            ctx,
+            L3 + IPV6_SRC,
+            [
+                src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+            ],
+        )
     }
 
     #[inline(always)]
@@ -270,10 +281,5 @@ impl Family for V6 {
 /// were copied with a call to a byte-by-byte `memmove` subprogram.
 #[inline(always)]
 fn read_addr6(ctx: &impl Packet, at: usize) -> Option<Addr6> {
-    Some([
-        read(ctx, at)?,
-        read(ctx, at + 4)?,
-        read(ctx, at + 8)?,
-        read(ctx, at + 12)?,
-    ])
+    load_u32s(ctx, at)
 }

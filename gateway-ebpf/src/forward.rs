@@ -481,8 +481,8 @@ fn rewrite<const L3: usize, F: Family, C: Packet>(
         (L3 + F::HDR_LEN) + UDP_CSUM
     };
     ctx.rewrite_l4_csum(l4_csum_off, key, flow)?;
-    write(ctx, (L3 + F::HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
-    write(ctx, (L3 + F::HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
+    store_u16(ctx, (L3 + F::HDR_LEN) + L4_SRC_PORT, flow.new_src_port_be)?;
+    store_u16(ctx, (L3 + F::HDR_LEN) + L4_DST_PORT, flow.new_dst_port_be)?;
     Some(())
 }
 
@@ -564,7 +564,15 @@ pub fn send<const L3: usize, F: Family, C: Packet>(
 /// ingress interface with XDP_TX).
 #[inline(always)]
 fn redirect<C: Packet>(ctx: &C, dmac: [u8; 6], smac: [u8; 6], egress: u32, ingress: u32) -> u32 {
-    if write(ctx, 0, dmac).is_none() || write(ctx, 6, smac).is_none() {
+    // The two MACs as three words, three stores after one bounds check.
+    let [d0, d1, d2, d3, d4, d5] = dmac;
+    let [s0, s1, s2, s3, s4, s5] = smac;
+    let macs = [
+        u32::from_ne_bytes([d0, d1, d2, d3]),
+        u32::from_ne_bytes([d4, d5, s0, s1]),
+        u32::from_ne_bytes([s2, s3, s4, s5]),
+    ];
+    if store_u32s(ctx, 0, macs).is_none() {
         return C::PASS;
     }
     maps::count_event(PacketEvent::Redirected);

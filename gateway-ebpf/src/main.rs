@@ -3,6 +3,8 @@
 //! source NAT, replies translated back).
 #![no_std]
 #![no_main]
+// `asm!` for BPF: header words loaded and stored in one instruction (`packet.rs`).
+#![feature(asm_experimental_arch)]
 
 mod clock;
 mod config;
