@@ -91,51 +91,78 @@ pub fn measure(mode: AttachMode, family: Family) -> Cost {
     }
 }
 
+/// `frames::packet` or `packet6`: protocol, source, destination, TCP flags, payload.
+type Frame<T> = fn(u8, (T, u16), (T, u16), u8, &[u8]) -> Vec<u8>;
+
+/// One family's timed packets: how to build them, and their addresses.
+struct Packets<T, A> {
+    frame: Frame<T>,
+    client: T,
+    listener: T,
+    /// `load_cost`'s ping-pong listener and its route.
+    routed_listener: T,
+    route: &'static str,
+    pingpong: &'static str,
+    /// The family's FLOWS map and key.
+    flows: &'static str,
+    flow_key: fn(&[u8]) -> gateway_common::FlowKeyOf<A>,
+}
+
 /// IPv4 packets (in a routed namespace).
 fn measure4(loaded: &Loaded) -> (ProgramCost, RepeatCost) {
-    let client = (CLIENT, 40400);
-    loaded.run(&packet(TCP, client, (LISTENER, 9000), SYN, b""));
-    let tracked = packet(TCP, client, (LISTENER, 9000), ACK, &[0; 64]);
-    let foreign = packet(TCP, client, (LISTENER, 9999), ACK, &[0; 64]);
-    let single = ProgramCost::measure(
+    let packets = Packets {
+        frame: packet,
+        client: CLIENT,
+        listener: LISTENER,
+        routed_listener: ROUTED_LISTENER,
+        route: "tcp",
+        pingpong: "pingpong",
+        flows: gateway_common::maps::FLOWS,
+        flow_key: flow_key4,
+    };
+    measure_family(
         loaded,
-        "tcp",
-        &tracked,
+        packets,
         (0..COST_RUNS).map(|i| syn_from(30_000 + i)),
-        &foreign,
-    );
-    let (client, listener) = ((CLIENT, 40600), (ROUTED_LISTENER, 9000));
-    let repeat = RepeatCost::measure(
-        loaded,
-        "pingpong",
-        [SYN, ACK].map(|flags| packet(TCP, client, listener, flags, &[0; 64])),
-        gateway_common::maps::FLOWS,
-        flow_key4,
-    );
-    (single, repeat)
+    )
 }
 
 /// IPv6 packets (in a routed namespace).
 fn measure6(loaded: &Loaded) -> (ProgramCost, RepeatCost) {
-    let client = (CLIENT6, 40400);
-    loaded.run(&packet6(TCP, client, (LISTENER6, 9000), SYN, b""));
-    let tracked = packet6(TCP, client, (LISTENER6, 9000), ACK, &[0; 64]);
-    let foreign = packet6(TCP, client, (LISTENER6, 9999), ACK, &[0; 64]);
-    let single = ProgramCost::measure(
-        loaded,
-        "tcp6",
-        &tracked,
-        (0..COST_RUNS as u16)
-            .map(|i| packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b"")),
-        &foreign,
-    );
-    let (client, listener) = ((CLIENT6, 40600), (ROUTED_LISTENER6, 9000));
+    let packets = Packets {
+        frame: packet6,
+        client: CLIENT6,
+        listener: LISTENER6,
+        routed_listener: ROUTED_LISTENER6,
+        route: "tcp6",
+        pingpong: "pingpong6",
+        flows: gateway_common::maps::FLOWS6,
+        flow_key: flow_key6,
+    };
+    let new_flows = (0..COST_RUNS as u16)
+        .map(|i| packet6(TCP, (CLIENT6, 20_000 + i), (LISTENER6, 9000), SYN, b""));
+    measure_family(loaded, packets, new_flows)
+}
+
+/// A tracked flow's packet and `new_flows` in single runs, then the tracked
+/// ping-pong with `repeat`.
+fn measure_family<T: Copy, A: Copy + Default + PartialEq + std::fmt::Debug>(
+    loaded: &Loaded,
+    p: Packets<T, A>,
+    new_flows: impl Iterator<Item = Vec<u8>>,
+) -> (ProgramCost, RepeatCost) {
+    let client = (p.client, 40400);
+    loaded.run(&(p.frame)(TCP, client, (p.listener, 9000), SYN, b""));
+    let tracked = (p.frame)(TCP, client, (p.listener, 9000), ACK, &[0; 64]);
+    let foreign = (p.frame)(TCP, client, (p.listener, 9999), ACK, &[0; 64]);
+    let single = ProgramCost::measure(loaded, p.route, &tracked, new_flows, &foreign);
+    let (client, listener) = ((p.client, 40600), (p.routed_listener, 9000));
     let repeat = RepeatCost::measure(
         loaded,
-        "pingpong6",
-        [SYN, ACK].map(|flags| packet6(TCP, client, listener, flags, &[0; 64])),
-        gateway_common::maps::FLOWS6,
-        flow_key6,
+        p.pingpong,
+        [SYN, ACK].map(|flags| (p.frame)(TCP, client, listener, flags, &[0; 64])),
+        p.flows,
+        p.flow_key,
     );
     (single, repeat)
 }
@@ -150,18 +177,12 @@ pub fn load_cost(mode: AttachMode) -> Loaded {
         route: route(name),
         backends: endpoints(&[(backend, 1)]),
     };
-    load_in(
-        mode,
-        &[
-            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
-            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
-            listener6(L4Protocol::Tcp, "tcp6"),
-            listener6(L4Protocol::Udp, "udp6"),
-            routed(ROUTED_LISTENER.into(), "pingpong", BACKEND.into()),
-            routed(ROUTED_LISTENER6.into(), "pingpong6", BACKEND6.into()),
-        ],
-        FlowTimeouts::default(),
-    )
+    let mut listeners = listeners();
+    listeners.extend([
+        routed(ROUTED_LISTENER.into(), "pingpong", BACKEND.into()),
+        routed(ROUTED_LISTENER6.into(), "pingpong6", BACKEND6.into()),
+    ]);
+    load_in(mode, &listeners, FlowTimeouts::default())
 }
 
 /// Moves this test's thread into a new network namespace where the FIB

@@ -123,16 +123,17 @@ pub fn load() -> Loaded {
 
 /// `load`, as the program of `mode`.
 pub fn load_mode(mode: AttachMode) -> Loaded {
-    load_in(
-        mode,
-        &[
-            listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
-            listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
-            listener6(L4Protocol::Tcp, "tcp6"),
-            listener6(L4Protocol::Udp, "udp6"),
-        ],
-        FlowTimeouts::default(),
-    )
+    load_in(mode, &listeners(), FlowTimeouts::default())
+}
+
+/// `load`'s listeners.
+pub fn listeners() -> Vec<L4Listener> {
+    vec![
+        listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)]),
+        listener(L4Protocol::Udp, "udp", &[(BACKEND, 1)]),
+        listener6(L4Protocol::Tcp, "tcp6"),
+        listener6(L4Protocol::Udp, "udp6"),
+    ]
 }
 
 impl Loaded {
