@@ -130,8 +130,16 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
         let flow = unsafe { *entry };
         if expired(proto, &flow, now) {
-            // Handled below as a packet without a flow.
-            remove_pair::<F>(&key, &flow);
+            // Handled below as a packet without a flow. The reply entry of
+            // a flow whose backend still holds its TIME_WAIT stays: it is
+            // what a new flow probing its NAT port learns the TIME_WAIT
+            // from (the client's next connection from this port most of
+            // all, which probes that port first).
+            if flow.flags & FLOW_ORIGINAL != 0 && in_backend_time_wait(&flow, now) {
+                F::remove_flow(&key);
+            } else {
+                remove_pair::<F>(&key, &flow);
+            }
             maps::count_event(PacketEvent::FlowExpired);
         } else {
             let tcp_flags = if proto == PROTO_TCP {

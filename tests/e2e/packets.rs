@@ -2085,7 +2085,9 @@ fn a_syn_a_backend_time_wait_accepts_reuses_its_nat_port_and_one_it_refuses_gets
         time_wait_reuse(&loaded, &SEGMENTS6, bsd_syn_options);
     }
     // A flow past its closing timeout still has the backend's TIME_WAIT
-    // behind it (60 s on Linux): the same choice.
+    // behind it (60 s on Linux): the same choice, also when the client's
+    // next SYN from the same port finds the expired flow (its reply entry,
+    // the port's TIME_WAIT, stays).
     let short = 200_000_000;
     let loaded = load_with(
         &[listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)])],
@@ -2094,15 +2096,18 @@ fn a_syn_a_backend_time_wait_accepts_reuses_its_nat_port_and_one_it_refuses_gets
             ..FlowTimeouts::default()
         },
     );
-    let nat_port = closed_by_the_backend_first(
-        &loaded,
-        &SEGMENTS4,
-        30_000,
-        &linux_syn_options(1),
-        (7, &linux_options(5_000)),
-    );
+    let closed = |port| {
+        closed_by_the_backend_first(
+            &loaded,
+            &SEGMENTS4,
+            port,
+            &linux_syn_options(1),
+            (7, &linux_options(5_000)),
+        )
+    };
+    let (nat_port, same_client_nat_port) = (closed(30_000), closed(30_001));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let [older, newer] = ports_probing_first(&SEGMENTS4, nat_port, &mut vec![30_000]);
+    let [older, newer] = ports_probing_first(&SEGMENTS4, nat_port, &mut vec![30_000, 30_001]);
     let syn = |port, tsval| {
         with_tcp_options(
             &(SEGMENTS4.client)(port, SYN, b""),
@@ -2112,7 +2117,12 @@ fn a_syn_a_backend_time_wait_accepts_reuses_its_nat_port_and_one_it_refuses_gets
     };
     assert_ne!(nat_port_of(&loaded, &syn(older, 4_000)), nat_port);
     assert_eq!(nat_port_of(&loaded, &syn(newer, 6_000)), nat_port);
-    assert!(loaded.events(gateway_common::PacketEvent::FlowExpired) >= 1);
+    assert_ne!(
+        nat_port_of(&loaded, &syn(30_001, 4_000)),
+        same_client_nat_port,
+        "an older timestamp from the same client port"
+    );
+    assert!(loaded.events(gateway_common::PacketEvent::FlowExpired) >= 2);
 }
 
 /// The TCP option walk on the client's FIN, read back from the flow's
