@@ -189,7 +189,13 @@ pub struct FlowValueOf<A> {
     pub route_id: u32,
     /// `FLOW_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// What the backend's TIME_WAIT of this connection will compare a new
+    /// SYN on its tuple against, taken from the client's FIN: its TCP
+    /// timestamp value (`FLOW_MARK_TSVAL`) or, from a client that sends no
+    /// timestamps, the sequence number after it (`FLOW_MARK_SEQ`, the
+    /// TIME_WAIT's `rcv_nxt`). See `time_wait_accepts`. (Padding before:
+    /// zero, and neither flag, in the flows of older programs.)
+    pub time_wait_mark: u32,
     /// When either direction last carried a packet: CLOCK_MONOTONIC in ns
     /// at tick resolution (`bpf_ktime_get_coarse_ns`; the same clock as the
     /// `bpf_ktime_get_ns` of older programs), kept to within `FLOW_TOUCH_NS`
@@ -210,12 +216,51 @@ pub const FLOW_FIN_REPLY: u32 = 8;
 /// The backend sent its FIN first, so it holds the connection in TIME_WAIT
 /// (60 s on Linux) after the close.
 pub const FLOW_BACKEND_CLOSED_FIRST: u32 = 16;
+/// `time_wait_mark` holds the client's last TCP timestamp value.
+pub const FLOW_MARK_TSVAL: u32 = 32;
+/// `time_wait_mark` holds the sequence number after the client's FIN.
+pub const FLOW_MARK_SEQ: u32 = 64;
 /// Both ends sent a FIN: the connection is over (bar the last ACK), and a new
 /// flow may take its NAT port at once instead of after the closing timeout.
 pub const FLOW_FINISHED: u32 = FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY;
 /// What a SYN reusing a closed flow's 5-tuple (a new connection) clears.
-pub const FLOW_CLOSE_STATE: u32 =
-    FLOW_CLOSING | FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY | FLOW_BACKEND_CLOSED_FIRST;
+pub const FLOW_CLOSE_STATE: u32 = FLOW_CLOSING
+    | FLOW_FIN_ORIGINAL
+    | FLOW_FIN_REPLY
+    | FLOW_BACKEND_CLOSED_FIRST
+    | FLOW_MARK_TSVAL
+    | FLOW_MARK_SEQ;
+
+/// How long a Linux backend holds a connection it closed first in TIME_WAIT
+/// (`TCP_TIMEWAIT_LEN`).
+pub const BACKEND_TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
+
+/// Whether a Linux backend holding the TIME_WAIT of a finished flow (its
+/// `flags` and `time_wait_mark`) accepts a SYN with sequence number
+/// `syn_seq` and TCP timestamp value `syn_tsval` (None: no timestamp option)
+/// on the same tuple as a new connection, as `tcp_timewait_state_process`
+/// decides: a SYN whose timestamp is older than the TIME_WAIT's last one
+/// (`ts_recent`) is rejected (PAWS); else it is accepted if its timestamp is
+/// newer, or its sequence number is after the TIME_WAIT's `rcv_nxt`. A flow
+/// with no mark (closed before this was recorded) gives no answer: `false`.
+#[inline(always)]
+pub fn time_wait_accepts(
+    flags: u32,
+    time_wait_mark: u32,
+    syn_seq: u32,
+    syn_tsval: Option<u32>,
+) -> bool {
+    if flags & FLOW_MARK_TSVAL != 0 {
+        // The timestamp alone decides; an equal one would need the sequence
+        // number, whose mark is not kept.
+        matches!(syn_tsval, Some(tsval) if (tsval.wrapping_sub(time_wait_mark) as i32) > 0)
+    } else if flags & FLOW_MARK_SEQ != 0 {
+        // The old connection carried no timestamps: the TIME_WAIT checks none.
+        (syn_seq.wrapping_sub(time_wait_mark) as i32) > 0
+    } else {
+        false
+    }
+}
 
 /// Idle timeouts of tracked flows, defaults of the program's load-time
 /// globals (`TCP_IDLE_NS`, `TCP_CLOSING_NS`, `UDP_IDLE_NS`). An expired flow
@@ -436,5 +481,42 @@ pub mod splice {
         unsafe impl aya::Pod for SpliceKey {}
         unsafe impl aya::Pod for SpliceValue {}
         unsafe impl aya::Pod for TlsRouteStats {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_wait_with_a_timestamp_accepts_only_newer_timestamps() {
+        let flags = FLOW_FINISHED | FLOW_BACKEND_CLOSED_FIRST | FLOW_MARK_TSVAL;
+        let mark = 1_000;
+        assert!(time_wait_accepts(flags, mark, 0, Some(1_001)));
+        assert!(!time_wait_accepts(flags, mark, 0, Some(999)), "PAWS");
+        assert!(!time_wait_accepts(flags, mark, 0, Some(1_000)), "equal");
+        assert!(!time_wait_accepts(flags, mark, 5_000, None), "no timestamp");
+        // Serial-number arithmetic across the wrap.
+        assert!(time_wait_accepts(flags, u32::MAX - 5, 0, Some(3)));
+        assert!(!time_wait_accepts(flags, 3, 0, Some(u32::MAX - 5)));
+    }
+
+    #[test]
+    fn a_time_wait_without_timestamps_accepts_a_sequence_number_after_its_own() {
+        let flags = FLOW_FINISHED | FLOW_BACKEND_CLOSED_FIRST | FLOW_MARK_SEQ;
+        assert!(time_wait_accepts(flags, 7_000, 7_001, None));
+        assert!(
+            time_wait_accepts(flags, 7_000, 7_001, Some(1)),
+            "its timestamp is not checked"
+        );
+        assert!(!time_wait_accepts(flags, 7_000, 7_000, Some(u32::MAX)));
+        assert!(!time_wait_accepts(flags, 7_000, 6_999, None));
+        assert!(time_wait_accepts(flags, u32::MAX, 1, None), "wraps");
+    }
+
+    #[test]
+    fn a_flow_without_a_mark_accepts_nothing() {
+        let flags = FLOW_FINISHED | FLOW_BACKEND_CLOSED_FIRST;
+        assert!(!time_wait_accepts(flags, 0, 1, Some(1)));
     }
 }

@@ -14,10 +14,11 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
 };
 use gateway_common::{
-    Address, BackendOf, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE, FLOW_CLOSING,
-    FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY, FLOW_FINISHED, FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKeyOf,
-    FlowValueOf, ListenerKeyOf, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_ROUTE, MAX_TABLES,
-    NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP, PROTO_UDP, PacketEvent, flow_hash,
+    Address, BACKEND_TIME_WAIT_NS, BackendOf, FLOW_BACKEND_CLOSED_FIRST, FLOW_CLOSE_STATE,
+    FLOW_CLOSING, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY, FLOW_FINISHED, FLOW_MARK_SEQ, FLOW_MARK_TSVAL,
+    FLOW_ORIGINAL, FLOW_TOUCH_NS, FlowKeyOf, FlowValueOf, ListenerKeyOf, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_ROUTE, MAX_TABLES, NAT_PORT_COUNT, NAT_PORT_MIN, NAT_PORT_PROBES, PROTO_TCP,
+    PROTO_UDP, PacketEvent, flow_hash, time_wait_accepts,
 };
 
 use crate::{
@@ -129,8 +130,16 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
         // SAFETY: the value is copied out at once; LRU entries are not freed under us.
         let flow = unsafe { *entry };
         if expired(proto, &flow, now) {
-            // Handled below as a packet without a flow.
-            remove_pair::<F>(&key, &flow);
+            // Handled below as a packet without a flow. The reply entry of
+            // a flow whose backend still holds its TIME_WAIT stays: it is
+            // what a new flow probing its NAT port learns the TIME_WAIT
+            // from (the client's next connection from this port most of
+            // all, which probes that port first).
+            if flow.flags & FLOW_ORIGINAL != 0 && in_backend_time_wait(&flow, now) {
+                F::remove_flow(&key);
+            } else {
+                remove_pair::<F>(&key, &flow);
+            }
             maps::count_event(PacketEvent::FlowExpired);
         } else {
             let tcp_flags = if proto == PROTO_TCP {
@@ -153,6 +162,7 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
                         now,
                         FLOW_CLOSING,
                         FLOW_BACKEND_CLOSED_FIRST,
+                        None,
                     );
                 } else {
                     // Both ends are done: free the entries (and the NAT port) now.
@@ -160,17 +170,28 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
                 }
                 maps::count_event(PacketEvent::FlowReset);
             } else if tcp_flags & TCP_FLAG_FIN != 0 {
-                let fin = if flow.flags & FLOW_ORIGINAL != 0 {
-                    FLOW_FIN_ORIGINAL
-                } else {
-                    FLOW_FIN_REPLY
-                };
-                if flow.flags & fin == 0 {
-                    let mut add = FLOW_CLOSING | fin;
-                    if fin == FLOW_FIN_REPLY && flow.flags & FLOW_FIN_ORIGINAL == 0 {
+                if flow.flags & FLOW_ORIGINAL != 0 {
+                    // The client's FIN, or a retransmit of it (whose newer
+                    // timestamp a TIME_WAIT keeps): what the backend's
+                    // TIME_WAIT, if it closed first, will check a new SYN
+                    // on this tuple against.
+                    let mark = time_wait_mark::<L3, F, C>(ctx, l4);
+                    let kind = mark.map_or(0, |(kind, _)| kind);
+                    touch::<F>(
+                        &key,
+                        entry,
+                        &flow,
+                        now,
+                        FLOW_CLOSING | FLOW_FIN_ORIGINAL | kind,
+                        FLOW_MARK_TSVAL | FLOW_MARK_SEQ,
+                        mark.map(|(_, value)| value),
+                    );
+                } else if flow.flags & FLOW_FIN_REPLY == 0 {
+                    let mut add = FLOW_CLOSING | FLOW_FIN_REPLY;
+                    if flow.flags & FLOW_FIN_ORIGINAL == 0 {
                         add |= FLOW_BACKEND_CLOSED_FIRST;
                     }
-                    touch::<F>(&key, entry, &flow, now, add, 0);
+                    touch::<F>(&key, entry, &flow, now, add, 0, None);
                 }
             } else if tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
                 && flow.flags & FLOW_CLOSE_STATE != 0
@@ -178,9 +199,9 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
                 // The client opens a new connection on the same 5-tuple: it
                 // keeps the flow's NAT port (the backend's TIME_WAIT accepts
                 // a SYN of the same client connection tuple), and is live again.
-                touch::<F>(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE);
+                touch::<F>(&key, entry, &flow, now, 0, FLOW_CLOSE_STATE, None);
             } else if now.saturating_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
-                touch::<F>(&key, entry, &flow, now, 0, 0);
+                touch::<F>(&key, entry, &flow, now, 0, 0, None);
             }
             return Ok(send::<L3, F, C>(ctx, &key, &flow, now));
         }
@@ -195,16 +216,25 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
     let Some(route_id) = F::listener(&listener_key) else {
         return Err(PacketEvent::PassedNotOurs);
     };
-    if proto == PROTO_TCP {
+    let syn = if proto == PROTO_TCP {
         let flags = read::<u8>(ctx, l4 + TCP_FLAGS).ok_or(PacketEvent::PassedNotOurs)?;
         // Only a SYN opens a flow; the kernel answers stray segments itself.
         if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
             return Err(PacketEvent::PassedNoFlow);
         }
-    }
+        Syn {
+            seq: u32::from_be(read(ctx, l4 + TCP_SEQ).ok_or(PacketEvent::PassedNotOurs)?),
+            tsval: tcp_tsval(ctx, l4),
+        }
+    } else {
+        Syn {
+            seq: 0,
+            tsval: None,
+        }
+    };
 
     let now = clock::now_ns();
-    let Some(flow) = open_flow::<F>(&key, route_id, now) else {
+    let Some(flow) = open_flow::<F>(&key, &syn, route_id, now) else {
         maps::count_route(route_id, packet_len, false, true);
         debug_log::note_dropped(&key, route_id);
         return Ok(C::DROP);
@@ -215,10 +245,32 @@ fn try_handle<const L3: usize, F: Family, C: Packet>(ctx: &C) -> Result<u32, Pac
     Ok(send::<L3, F, C>(ctx, &key, &flow, now))
 }
 
+/// What a backend's TIME_WAIT on a reused NAT port checks of a new flow's
+/// SYN (none for UDP).
+struct Syn {
+    seq: u32,
+    tsval: Option<u32>,
+}
+
+/// What a backend's TIME_WAIT keeps of the client's FIN whose TCP header is
+/// at `l4` (see `FlowValueOf::time_wait_mark`): `(FLOW_MARK_*, value)`, its
+/// timestamp value, else the sequence number after it (its data and the FIN).
+#[inline(always)]
+fn time_wait_mark<const L3: usize, F: Family, C: Packet>(ctx: &C, l4: usize) -> Option<(u32, u32)> {
+    if let Some(tsval) = tcp_tsval(ctx, l4) {
+        return Some((FLOW_MARK_TSVAL, tsval));
+    }
+    let seq = u32::from_be(read::<u32>(ctx, l4 + TCP_SEQ)?);
+    let header_len = u32::from(read::<u8>(ctx, l4 + TCP_DOFF)? >> 4) * 4;
+    let data = u32::from(F::tot_len::<L3>(ctx)).checked_sub(F::HDR_LEN as u32 + header_len)?;
+    Some((FLOW_MARK_SEQ, seq.wrapping_add(data).wrapping_add(1)))
+}
+
 /// Picks the backend for a new flow and records both directions in `FLOWS`.
 #[inline(always)]
 fn open_flow<F: Family>(
     key: &FlowKeyOf<F::Addr>,
+    syn: &Syn,
     route_id: u32,
     now: u64,
 ) -> Option<FlowValueOf<F::Addr>> {
@@ -262,7 +314,7 @@ fn open_flow<F: Family>(
         new_dst_port_be: key.src_port_be,
         route_id,
         flags: 0,
-        _pad: 0,
+        time_wait_mark: 0,
         last_seen_ns: now,
     };
     let start = hash >> 8;
@@ -277,14 +329,15 @@ fn open_flow<F: Family>(
         _pad: 0,
         _pad2: 0,
     };
-    // A finished flow whose backend holds TIME_WAIT: its port is the last resort.
+    // A finished flow whose backend holds a TIME_WAIT that would refuse this
+    // SYN: its port is the last resort.
     let mut time_wait_port = 0u16;
     let mut probe = 0u32;
     while probe < NAT_PORT_PROBES {
         let port = NAT_PORT_MIN
             + (start.wrapping_add(probe.wrapping_mul(stride)) % NAT_PORT_COUNT as u32) as u16;
         reply_key.dst_port_be = port.to_be();
-        match claim::<F>(&reply_key, &reply, now, false, probe == 0) {
+        match claim::<F>(&reply_key, &reply, syn, now, false, probe == 0) {
             Claim::Claimed => {
                 return record_original::<F>(key, &reply_key, route_id, &backend, now);
             }
@@ -293,13 +346,13 @@ fn open_flow<F: Family>(
         }
         probe += 1;
     }
-    // Every probed port is busy; reusing one whose old connection the backend
-    // holds in TIME_WAIT may cost the client a retry (the backend answers the
-    // SYN with an ACK, the client resets it), dropping the SYN costs a 1 s
-    // retransmit for sure.
+    // Every probed port is busy, or held by a backend TIME_WAIT that refuses
+    // this SYN (or may: a flow closed without a mark): reusing one costs the
+    // client a retry (the backend answers the SYN with an ACK, the client
+    // resets it), dropping the SYN costs a 1 s retransmit for sure.
     if time_wait_port != 0 {
         reply_key.dst_port_be = time_wait_port.to_be();
-        if claim::<F>(&reply_key, &reply, now, true, false) == Claim::Claimed {
+        if claim::<F>(&reply_key, &reply, syn, now, true, false) == Claim::Claimed {
             return record_original::<F>(key, &reply_key, route_id, &backend, now);
         }
     }
@@ -323,7 +376,7 @@ fn record_original<F: Family>(
         new_dst_port_be: backend.port_be,
         route_id,
         flags: FLOW_ORIGINAL,
-        _pad: 0,
+        time_wait_mark: 0,
         last_seen_ns: now,
     };
     if !F::insert_flow(key, &original, BPF_ANY) {
@@ -338,16 +391,21 @@ enum Claim {
     Claimed,
     /// Held by a live flow.
     Busy,
-    /// Held by a finished flow whose backend closed first (TIME_WAIT there).
+    /// Held by a finished flow whose backend closed first and still holds a
+    /// TIME_WAIT that would refuse the SYN.
     TimeWait,
 }
 
 /// Inserts the reply direction's entry unless its key (the NAT port) is taken
 /// by a live flow. An expired flow there is removed first, and so is a
 /// finished one (both FINs seen), unless the backend closed it first and
-/// still holds its TIME_WAIT (then only with `take_time_wait`): a new
-/// connection on that tuple gets its SYN accepted only if its sequence number
-/// or timestamp is above the old one's, a coin toss with another client port.
+/// still holds its TIME_WAIT, which would refuse `syn` (then only with
+/// `take_time_wait`). A TIME_WAIT accepts a new connection's SYN on its tuple
+/// only if its timestamp (or, without timestamps, its sequence number) is
+/// above the old connection's last one, which the flow keeps from the
+/// client's FIN; a SYN from another client port carries its own random
+/// timestamp offset, so about half of the TIME_WAITs accept a given SYN.
+/// An expired flow's TIME_WAIT counts too: it outlives the closing timeout.
 ///
 /// `insert_first` (a new flow's first probe, most often a free port): the
 /// insert is tried before looking the key up. Later probes look first: an
@@ -359,6 +417,7 @@ enum Claim {
 fn claim<F: Family>(
     reply_key: &FlowKeyOf<F::Addr>,
     reply: &FlowValueOf<F::Addr>,
+    syn: &Syn,
     now: u64,
     take_time_wait: bool,
     insert_first: bool,
@@ -369,12 +428,18 @@ fn claim<F: Family>(
     if let Some(occupant) = F::flow(reply_key) {
         // SAFETY: copied out at once.
         let occupant = unsafe { *occupant };
-        if expired(reply_key.proto, &occupant, now) {
-            maps::count_event(PacketEvent::FlowExpired);
-        } else if occupant.flags & FLOW_FINISHED != FLOW_FINISHED {
+        let expired = expired(reply_key.proto, &occupant, now);
+        if !expired && occupant.flags & FLOW_FINISHED != FLOW_FINISHED {
             return Claim::Busy;
-        } else if occupant.flags & FLOW_BACKEND_CLOSED_FIRST != 0 && !take_time_wait {
+        }
+        if !take_time_wait
+            && in_backend_time_wait(&occupant, now)
+            && !time_wait_accepts(occupant.flags, occupant.time_wait_mark, syn.seq, syn.tsval)
+        {
             return Claim::TimeWait;
+        }
+        if expired {
+            maps::count_event(PacketEvent::FlowExpired);
         }
         remove_pair::<F>(reply_key, &occupant);
     }
@@ -383,6 +448,15 @@ fn claim<F: Family>(
     } else {
         Claim::Busy
     }
+}
+
+/// Whether the backend of `flow` still holds its connection in TIME_WAIT:
+/// the flow finished, the backend closed first, less than a TIME_WAIT ago.
+#[inline(always)]
+fn in_backend_time_wait<A>(flow: &FlowValueOf<A>, now: u64) -> bool {
+    flow.flags & (FLOW_FINISHED | FLOW_BACKEND_CLOSED_FIRST)
+        == FLOW_FINISHED | FLOW_BACKEND_CLOSED_FIRST
+        && now.saturating_sub(flow.last_seen_ns) < BACKEND_TIME_WAIT_NS
 }
 
 #[inline(always)]
@@ -440,8 +514,8 @@ fn remove_pair<F: Family>(key: &FlowKeyOf<F::Addr>, flow: &FlowValueOf<F::Addr>)
     F::remove_flow(key);
 }
 
-/// Records activity (and sets `add_flags`, clears `clear_flags`) in both
-/// directions' entries.
+/// Records activity (and clears `clear_flags`, sets `add_flags`, and
+/// `time_wait_mark` if given) in both directions' entries.
 #[inline(always)]
 fn touch<F: Family>(
     key: &FlowKeyOf<F::Addr>,
@@ -450,11 +524,15 @@ fn touch<F: Family>(
     now: u64,
     add_flags: u32,
     clear_flags: u32,
+    time_wait_mark: Option<u32>,
 ) {
     // SAFETY: a live map value; plain stores.
     unsafe {
         (*entry).last_seen_ns = now;
         (*entry).flags = ((*entry).flags & !clear_flags) | add_flags;
+        if let Some(mark) = time_wait_mark {
+            (*entry).time_wait_mark = mark;
+        }
     }
     if let Some(other) = F::flow(&partner_key(key, flow)) {
         // SAFETY: a live map value; plain stores.
@@ -462,6 +540,9 @@ fn touch<F: Family>(
             if is_partner(key, &*other) {
                 (*other).last_seen_ns = now;
                 (*other).flags = ((*other).flags & !clear_flags) | add_flags;
+                if let Some(mark) = time_wait_mark {
+                    (*other).time_wait_mark = mark;
+                }
             }
         }
     }

@@ -316,7 +316,7 @@ pub fn translate_error<const L3: usize, C: Packet>(ctx: &C) -> Result<u32, Packe
         new_dst_port_be: 0,
         route_id: flow.route_id,
         flags: 0,
-        _pad: 0,
+        time_wait_mark: 0,
         last_seen_ns: 0,
     };
     let key = FlowKey {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use gateway_agent::dataplane::loader::{AttachMode, FlowTimeouts, L4Dataplane};
 use gateway_agent::model::{L4Listener, L4Protocol, WeightedEndpoint};
 use gateway_tests::frames::*;
-use gateway_tests::program_cost::{self, Family, enter_routed_netns, median_ns, syn_from};
+use gateway_tests::program_cost::{
+    self, Family, enter_routed_netns, flow_key4, flow_key6, median_ns, syn_from,
+};
 use gateway_tests::test_run::*;
 use gateway_tests::{require_root, unique};
 
@@ -235,6 +237,17 @@ fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
         packet6(TCP, (CLIENT6, 40003), (LISTENER6, 9000), SYN, b"payload"),
         packet6(UDP, (CLIENT6, 5003), (LISTENER6, 9000), 0, b"query"),
         packet6(TCP, (BACKEND6, 7000), (LISTENER6, 61000), SYN | ACK, b""),
+        // TCP options: a SYN's, and a FIN's on the first base's flow.
+        with_tcp_options(
+            &packet(TCP, (CLIENT, 40004), (LISTENER, 9000), SYN, b""),
+            1,
+            &bsd_syn_options(7),
+        ),
+        with_tcp_options(
+            &packet(TCP, (CLIENT, 40003), (LISTENER, 9000), FIN | ACK, b"x"),
+            9,
+            &linux_options(8),
+        ),
     ];
     // xorshift: deterministic, so a failure reproduces.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -247,10 +260,10 @@ fn a_million_random_packets_never_abort_and_never_touch_foreign_traffic() {
     let started = std::time::Instant::now();
     let mut foreign = 0u32;
     for round in 0..1_000_000u32 {
-        let mut input = if round % 7 == 6 {
+        let mut input = if round % 9 == 8 {
             (0..(next() % 128)).map(|_| next() as u8).collect()
         } else {
-            let mut p = bases[(round % 7) as usize].clone();
+            let mut p = bases[(round % 9) as usize].clone();
             for _ in 0..(next() % 6 + 1) {
                 let i = (next() as usize) % p.len();
                 p[i] = next() as u8;
@@ -1090,6 +1103,355 @@ fn new_flows_past_a_backends_nat_ports_are_dropped_after_bounded_probing() {
         median_ns(most_taken),
     );
     assert!(all_taken <= 20_000, "a refused new flow: {all_taken} ns");
+}
+
+/// `p` (a frame of `packet` or `packet6`, TCP, without options) with
+/// sequence number `seq` and the TCP `options` (a multiple of 4 bytes),
+/// lengths and checksums made right.
+fn with_tcp_options(p: &[u8], seq: u32, options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0, "options fill whole words");
+    let v6 = p[12..14] == [0x86, 0xdd];
+    let l4 = if v6 { 54 } else { 34 };
+    let mut q = p[..l4 + 20].to_vec();
+    q.extend_from_slice(options);
+    q.extend_from_slice(&p[l4 + 20..]);
+    q[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    q[l4 + 12] = ((5 + options.len() / 4) as u8) << 4;
+    if v6 {
+        let len = (q.len() - 54) as u16;
+        q[18..20].copy_from_slice(&len.to_be_bytes());
+        let csum = l4_checksum6(&q);
+        q[70..72].copy_from_slice(&csum.to_be_bytes());
+    } else {
+        let len = (q.len() - 14) as u16;
+        q[16..18].copy_from_slice(&len.to_be_bytes());
+        q[24..26].copy_from_slice(&[0, 0]);
+        let csum = fold(sum16(&q[14..34], 0));
+        q[24..26].copy_from_slice(&csum.to_be_bytes());
+        let csum = l4_checksum(&q);
+        q[50..52].copy_from_slice(&csum.to_be_bytes());
+    }
+    q
+}
+
+/// A timestamp option (kind 8, length 10) with `tsval` and a zero TSecr.
+fn timestamp(tsval: u32) -> Vec<u8> {
+    let mut option = vec![8, 10];
+    option.extend_from_slice(&tsval.to_be_bytes());
+    option.extend_from_slice(&[0; 4]);
+    option
+}
+
+/// A Linux SYN's options: MSS, SACK permitted, timestamp, NOP, window scale.
+fn linux_syn_options(tsval: u32) -> Vec<u8> {
+    [
+        &[2, 4, 0x05, 0xb4, 4, 2][..],
+        &timestamp(tsval),
+        &[1, 3, 3, 7],
+    ]
+    .concat()
+}
+
+/// A FreeBSD/macOS-style SYN's options: MSS, NOP, window scale, NOP, NOP,
+/// timestamp, SACK permitted, end of list.
+fn bsd_syn_options(tsval: u32) -> Vec<u8> {
+    [
+        &[2, 4, 0x05, 0xb4, 1, 3, 3, 6, 1, 1][..],
+        &timestamp(tsval),
+        &[4, 2, 0, 0],
+    ]
+    .concat()
+}
+
+/// The options of a Linux segment after the handshake: NOP, NOP, timestamp.
+fn linux_options(tsval: u32) -> Vec<u8> {
+    [&[1, 1][..], &timestamp(tsval)].concat()
+}
+
+/// The TCP source port of an untagged IPv4 or IPv6 frame.
+fn src_port(p: &[u8]) -> u16 {
+    let l4 = if p[12..14] == [0x86, 0xdd] { 54 } else { 34 };
+    u16::from_be_bytes([p[l4], p[l4 + 1]])
+}
+
+/// The NAT port a new flow's first probe tries (`forward::open_flow`), from
+/// the flow hash of its SYN's FLOWS key.
+fn first_nat_port(hash: u32) -> u16 {
+    gateway_common::NAT_PORT_MIN + ((hash >> 8) % u32::from(gateway_common::NAT_PORT_COUNT)) as u16
+}
+
+/// One address family's segments for `time_wait_reuse`.
+struct Segments {
+    /// Client port, TCP flags, payload: a segment from the client to the listener.
+    client: fn(u16, u8, &[u8]) -> Vec<u8>,
+    /// The backend's segment with `flags` to the source of `forwarded` (a
+    /// client segment as the program forwarded it).
+    backend: fn(&[u8], u8) -> Vec<u8>,
+    /// The flow hash of a client segment's FLOWS key.
+    hash: fn(&[u8]) -> u32,
+}
+
+const SEGMENTS4: Segments = Segments {
+    client: |port, flags, payload| packet(TCP, (CLIENT, port), (LISTENER, 9000), flags, payload),
+    backend: |forwarded, flags| packet(TCP, (BACKEND, 7000), src(forwarded), flags, b""),
+    hash: |p| gateway_common::flow_hash(&flow_key4(p)),
+};
+
+const SEGMENTS6: Segments = Segments {
+    client: |port, flags, payload| packet6(TCP, (CLIENT6, port), (LISTENER6, 9000), flags, payload),
+    backend: |forwarded, flags| packet6(TCP, (BACKEND6, 7000), src6(forwarded), flags, b""),
+    hash: |p| gateway_common::flow_hash(&flow_key6(p)),
+};
+
+/// Whether the program forwarded a packet (rewritten, to the FIB's next hop
+/// or to the kernel), rather than dropping it or faulting.
+fn forwarded(loaded: &Loaded, action: u32) -> bool {
+    matches!(action, XDP_REDIRECT | TC_ACT_REDIRECT) || action == loaded.pass
+}
+
+/// A connection from client port `port` that the backend closes first: SYN,
+/// the backend's FIN, then the client's FIN carrying `fin_options` (and
+/// `fin_seq`, one byte of data). Returns the flow's NAT port.
+fn closed_by_the_backend_first(
+    loaded: &Loaded,
+    segments: &Segments,
+    port: u16,
+    syn_options: &[u8],
+    (fin_seq, fin_options): (u32, &[u8]),
+) -> u16 {
+    let syn = with_tcp_options(&(segments.client)(port, SYN, b""), 100, syn_options);
+    let (action, out) = loaded.run(&syn);
+    assert!(forwarded(loaded, action), "the SYN opens a flow: {action}");
+    let nat_port = src_port(&out);
+    let (action, _) = loaded.run(&(segments.backend)(&out, FIN | ACK));
+    assert!(forwarded(loaded, action), "the backend's FIN: {action}");
+    let fin = with_tcp_options(
+        &(segments.client)(port, FIN | ACK, b"x"),
+        fin_seq,
+        fin_options,
+    );
+    let (action, _) = loaded.run(&fin);
+    assert!(forwarded(loaded, action), "the client's FIN: {action}");
+    nat_port
+}
+
+/// Two client ports not yet `taken` whose SYN probes `nat_port` first;
+/// taken now.
+fn ports_probing_first(segments: &Segments, nat_port: u16, taken: &mut Vec<u16>) -> [u16; 2] {
+    let probes_first =
+        |p: &u16| first_nat_port((segments.hash)(&(segments.client)(*p, SYN, b""))) == nat_port;
+    let found: Vec<u16> = (1024..u16::MAX)
+        .filter(|p| !taken.contains(p))
+        .filter(probes_first)
+        .take(2)
+        .collect();
+    taken.extend(&found);
+    found
+        .try_into()
+        .expect("two client ports probing the NAT port first")
+}
+
+/// The NAT port of a new flow opened by `syn`.
+fn nat_port_of(loaded: &Loaded, syn: &[u8]) -> u16 {
+    let (action, out) = loaded.run(syn);
+    assert!(forwarded(loaded, action), "the SYN opens a flow: {action}");
+    src_port(&out)
+}
+
+/// A backend that closed first holds its connection in TIME_WAIT; a new
+/// flow whose first probe is that NAT port takes it only if the TIME_WAIT
+/// accepts its SYN (as Linux's `tcp_timewait_state_process`): a timestamp
+/// newer than the client's FIN's, or, for a client without timestamps, a
+/// sequence number after its FIN. Else it gets another port (the backend
+/// would answer the SYN with the old connection's ACK). Also once the flow
+/// has expired (closing timeout) while the TIME_WAIT lasts.
+fn time_wait_reuse(loaded: &Loaded, segments: &Segments, syn_options: fn(u32) -> Vec<u8>) {
+    let (first, second) = (20_000, 20_001);
+    let mut taken = vec![first, second];
+    // Timestamps: the client's FIN carried TSval 5,000.
+    let nat_port = closed_by_the_backend_first(
+        loaded,
+        segments,
+        first,
+        &syn_options(1_000),
+        (7, &linux_options(5_000)),
+    );
+    let [older, newer] = ports_probing_first(segments, nat_port, &mut taken);
+    let syn = |port, seq, options: &[u8]| {
+        with_tcp_options(&(segments.client)(port, SYN, b""), seq, options)
+    };
+    assert_ne!(
+        nat_port_of(loaded, &syn(older, 9, &syn_options(4_999))),
+        nat_port,
+        "an older timestamp (PAWS would reject it) gets another port, whatever its sequence number"
+    );
+    assert_eq!(
+        nat_port_of(loaded, &syn(newer, 1, &syn_options(5_001))),
+        nat_port,
+        "a newer timestamp reuses the TIME_WAIT's port"
+    );
+
+    // No timestamps: the client's FIN (sequence number 7,000, one byte of
+    // data) leaves the TIME_WAIT expecting 7,002 next.
+    let nat_port = closed_by_the_backend_first(loaded, segments, second, &[], (7_000, &[]));
+    let [at, after] = ports_probing_first(segments, nat_port, &mut taken);
+    assert_ne!(
+        nat_port_of(loaded, &syn(at, 7_002, &[])),
+        nat_port,
+        "a sequence number not after the old connection's gets another port"
+    );
+    assert_eq!(
+        nat_port_of(loaded, &syn(after, 7_003, &[])),
+        nat_port,
+        "a sequence number after it reuses the port"
+    );
+}
+
+#[test]
+fn a_syn_a_backend_time_wait_accepts_reuses_its_nat_port_and_one_it_refuses_gets_another() {
+    if !require_root("a_syn_a_backend_time_wait_accepts") {
+        return;
+    }
+    for mode in [AttachMode::Auto, AttachMode::Tc] {
+        let loaded = load_mode(mode);
+        time_wait_reuse(&loaded, &SEGMENTS4, linux_syn_options);
+        time_wait_reuse(&loaded, &SEGMENTS6, bsd_syn_options);
+    }
+    // A flow past its closing timeout still has the backend's TIME_WAIT
+    // behind it (60 s on Linux): the same choice, also when the client's
+    // next SYN from the same port finds the expired flow (its reply entry,
+    // the port's TIME_WAIT, stays).
+    let short = 200_000_000;
+    let loaded = load_with(
+        &[listener(L4Protocol::Tcp, "tcp", &[(BACKEND, 1)])],
+        FlowTimeouts {
+            tcp_closing_ns: short,
+            ..FlowTimeouts::default()
+        },
+    );
+    let closed = |port| {
+        closed_by_the_backend_first(
+            &loaded,
+            &SEGMENTS4,
+            port,
+            &linux_syn_options(1),
+            (7, &linux_options(5_000)),
+        )
+    };
+    let (nat_port, same_client_nat_port) = (closed(30_000), closed(30_001));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let [older, newer] = ports_probing_first(&SEGMENTS4, nat_port, &mut vec![30_000, 30_001]);
+    let syn = |port, tsval| {
+        with_tcp_options(
+            &(SEGMENTS4.client)(port, SYN, b""),
+            1,
+            &linux_syn_options(tsval),
+        )
+    };
+    assert_ne!(nat_port_of(&loaded, &syn(older, 4_000)), nat_port);
+    assert_eq!(nat_port_of(&loaded, &syn(newer, 6_000)), nat_port);
+    assert_ne!(
+        nat_port_of(&loaded, &syn(30_001, 4_000)),
+        same_client_nat_port,
+        "an older timestamp from the same client port"
+    );
+    assert!(loaded.events(gateway_common::PacketEvent::FlowExpired) >= 2);
+}
+
+/// The TCP option walk on the client's FIN, read back from the flow's
+/// entry: the timestamp wherever Linux would find it; no timestamp (and so
+/// the sequence number after the FIN) for options Linux would stop at; no
+/// fault and a forwarded FIN for every layout, a truncated one included.
+#[test]
+fn the_tcp_option_walk_finds_timestamps_where_linux_does_and_survives_odd_options() {
+    if !require_root("the_tcp_option_walk") {
+        return;
+    }
+    let loaded = load();
+    let flows = PinnedMap::open(&loaded.pin_dir.join(gateway_common::maps::FLOWS));
+    let ts = timestamp(0x0102_0304);
+    let seq = 0xffff_fff0;
+    // Options, and whether the walk finds the timestamp.
+    let cases: [(&str, Vec<u8>, bool); 12] = [
+        (
+            "Linux: NOP, NOP, timestamp",
+            linux_options(0x0102_0304),
+            true,
+        ),
+        ("a Linux SYN's", linux_syn_options(0x0102_0304), true),
+        (
+            "BSD SYN's, timestamp at byte 10",
+            bsd_syn_options(0x0102_0304),
+            true,
+        ),
+        (
+            "after a SACK block",
+            [&[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2][..], &[1, 1], &ts].concat(),
+            true,
+        ),
+        (
+            "a timestamp of the wrong size skipped, the next one taken",
+            [&[8, 6, 9, 9, 9, 9][..], &ts].concat(),
+            true,
+        ),
+        ("end of list first", [&[0, 1][..], &ts].concat(), false),
+        ("an option of length 0", [&[3, 0][..], &ts].concat(), false),
+        ("an option of length 1", [&[3, 1][..], &ts].concat(), false),
+        ("an option past the header", vec![1, 1, 3, 10], false),
+        (
+            "the timestamp cut by the header's end",
+            [&[1, 1, 1, 1, 1, 1, 1, 1][..], &ts[..4]].concat(),
+            false,
+        ),
+        ("NOPs only", vec![1; 40], false),
+        ("none", vec![], false),
+    ];
+    for (i, (what, options, found)) in cases.iter().enumerate() {
+        let port = 41_000 + i as u16;
+        loaded.run(&packet(TCP, (CLIENT, port), (LISTENER, 9000), SYN, b""));
+        let fin = with_tcp_options(
+            &packet(TCP, (CLIENT, port), (LISTENER, 9000), FIN | ACK, b"xy"),
+            seq,
+            options,
+        );
+        let (action, _) = loaded.run(&fin);
+        assert!(forwarded(&loaded, action), "{what}: action {action}");
+        let flow: gateway_common::FlowValue = flows.lookup(&flow_key4(&fin)).expect("the flow");
+        let expected = if *found {
+            (gateway_common::FLOW_MARK_TSVAL, 0x0102_0304)
+        } else {
+            // Two bytes of data and the FIN, across the wrap.
+            (gateway_common::FLOW_MARK_SEQ, seq.wrapping_add(3))
+        };
+        let kinds = gateway_common::FLOW_MARK_TSVAL | gateway_common::FLOW_MARK_SEQ;
+        assert_eq!(
+            (flow.flags & kinds, flow.time_wait_mark),
+            expected,
+            "{what}"
+        );
+    }
+
+    // Headers that lie: a data offset below the fixed header's 5 words, and
+    // one past the packet's end. Forwarded, no fault, no timestamp.
+    let odd = |port: u16, options: &[u8], edit: fn(&mut Vec<u8>)| {
+        loaded.run(&packet(TCP, (CLIENT, port), (LISTENER, 9000), SYN, b""));
+        let mut fin = with_tcp_options(
+            &packet(TCP, (CLIENT, port), (LISTENER, 9000), FIN | ACK, b""),
+            seq,
+            options,
+        );
+        edit(&mut fin);
+        let (action, _) = loaded.run(&fin);
+        assert!(forwarded(&loaded, action), "action {action} for {fin:x?}");
+        let flow: gateway_common::FlowValue = flows.lookup(&flow_key4(&fin)).expect("the flow");
+        assert_eq!(flow.flags & gateway_common::FLOW_MARK_TSVAL, 0, "{fin:x?}");
+    };
+    odd(41_100, &[], |fin| fin[46] = 4 << 4);
+    odd(41_101, &[1; 8], |fin| fin[46] = 15 << 4);
+    // Cut inside the timestamp option, before its TSval.
+    odd(41_102, &linux_syn_options(1), |fin| {
+        fin.truncate(fin.len() - 12)
+    });
 }
 
 /// Pinned FLOWS maps an older agent might have left with the same key and

@@ -447,7 +447,7 @@ impl RepeatCost {
             new_dst_port_be: a.dst_port_be,
             route_id: original.route_id,
             flags: 0,
-            _pad: 0,
+            time_wait_mark: 0,
             last_seen_ns: original.last_seen_ns,
         };
         flows.insert(&b, &back_to_a);
