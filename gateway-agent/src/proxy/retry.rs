@@ -229,7 +229,8 @@ pub(super) async fn attempt(
 ) -> Result<Response<ProxyBody>, Failure> {
     let sent = client.request(endpoint, request);
     match backend_timeout {
-        Some(limit) => tokio::time::timeout(limit, sent)
+        // Boxed: the timer would make every request's future larger.
+        Some(limit) => Box::pin(tokio::time::timeout(limit, sent))
             .await
             .unwrap_or(Err(Failure::Timeout)),
         None => sent.await,

@@ -25,7 +25,7 @@ type H2cClient = Client<HttpConnector, ProxyBody>;
 /// (h2c), and over TLS for backends a BackendTLSPolicy governs.
 pub(super) struct Upstream {
     http1: Arc<Http1Pool>,
-    h2c: H2cClient,
+    h2c: Arc<H2cClient>,
     tls: TlsUpstreams,
 }
 
@@ -43,7 +43,7 @@ impl Upstream {
             .build(connector);
         Self {
             http1: Http1Pool::new(),
-            h2c,
+            h2c: Arc::new(h2c),
             tls: TlsUpstreams::default(),
         }
     }
@@ -62,11 +62,12 @@ impl Upstream {
     }
 }
 
-/// The client one request to a backend goes through.
+/// The client one request to a backend goes through. Each is shared, not
+/// copied: the request's future (which hyper moves whole) holds it.
 pub(super) enum BackendClient {
     Http1(Arc<Http1Pool>),
-    H2c(H2cClient),
-    Tls(TlsClient),
+    H2c(Arc<H2cClient>),
+    Tls(Arc<TlsClient>),
 }
 
 impl BackendClient {
