@@ -18,12 +18,14 @@ mod workers;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -265,11 +267,12 @@ async fn accept_loop(
                 let shared = shared.clone();
                 let upstream = upstream.clone();
                 let connection = connection.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        handle(req, &table, &shared, &upstream, connection).await,
-                    )
-                }
+                // Boxed once here: hyper and tokio move the future whole
+                // (HTTP/2: about ten times per request, into the stream's
+                // task and out; HTTP/1.1: twice), a copy of kilobytes each.
+                // No async block around it: one would hold a second copy of
+                // the request and these handles.
+                Box::pin(handle(req, table, shared, upstream, connection)).map(Ok::<_, Infallible>)
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -418,6 +421,23 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     PROXY_CONNECTION,
 ];
 
+/// The index in `HOP_BY_HOP` of `name`, if it is one. Names are told
+/// apart by length first: most have a length no hop-by-hop name has, and
+/// the others are compared with one or two candidates, not all nine.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let candidates: &[usize] = match name.as_str().len() {
+        2 => &[3],
+        7 => &[4, 6],
+        10 => &[0, 7],
+        16 => &[8],
+        17 => &[5],
+        18 => &[1],
+        19 => &[2],
+        _ => return None,
+    };
+    candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == name)
+}
+
 /// Removes the hop-by-hop headers (RFC 9110 7.6.1).
 /// `te: trailers` survives towards an HTTP/2 backend: gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
@@ -426,7 +446,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     // costs more than comparing parsed names.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
@@ -435,41 +455,43 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
     // Names `Connection` lists go too; a listed `TE` is not kept for HTTP/2.
     let mut te_listed = false;
-    // `Connection: keep-alive` or `close` (what backends send) lists nothing.
-    let lists_nothing = |v: &HeaderValue| {
-        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-            || v.as_bytes().eq_ignore_ascii_case(b"close")
-    };
+    let mut listed: Vec<HeaderName> = Vec::new();
     if present[0]
-        && !headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .all(lists_nothing)
+        && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
     {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|name| {
+        // Taken out with one lookup. `Connection: keep-alive` or `close`
+        // (what backends send) lists nothing.
+        for value in entry.remove_entry_mult().1 {
+            let bytes = value.as_bytes();
+            if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            let names = value.to_str().unwrap_or_default().split(',').map(str::trim);
+            for name in names {
                 te_listed |= name.eq_ignore_ascii_case("te");
-                !HOP_BY_HOP
-                    .iter()
-                    .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
-            })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+                    && hop_by_hop_index(&name).is_none()
+                {
+                    listed.push(name);
+                }
+            }
         }
+    }
+    for name in listed {
+        headers.remove(name);
     }
     let te_trailers = present[3]
         && !te_listed
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
+    // `Connection` (index 0) is out already.
+    for (name, _) in HOP_BY_HOP
+        .iter()
+        .zip(present)
+        .skip(1)
+        .filter(|(_, here)| *here)
+    {
         headers.remove(name);
     }
     if keep_te_trailers && te_trailers {
@@ -565,9 +587,9 @@ struct AccessLogRequest {
 
 async fn handle(
     req: Request<Incoming>,
-    table: &Arc<RouteTable>,
-    shared: &Shared,
-    upstream: &Upstream,
+    table: Arc<RouteTable>,
+    shared: Arc<Shared>,
+    upstream: Arc<Upstream>,
     connection: Connection,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -585,7 +607,7 @@ async fn handle(
         version: req.version(),
     });
     let mut outcome = Outcome::default();
-    let response = match forward(req, table, upstream, &connection, &mut outcome).await {
+    let response = match forward(req, &table, &upstream, &connection, &mut outcome).await {
         Ok(response) => response,
         Err(code) if grpc => grpc_status(code),
         Err(code) => status(code),
@@ -593,7 +615,7 @@ async fn handle(
     let elapsed = started.elapsed();
     connection.metrics.record(
         &shared.metrics,
-        table,
+        &table,
         outcome.rule,
         response.status().as_u16(),
         elapsed,
@@ -787,7 +809,9 @@ async fn forward<'t>(
     let (body, replay) = match rule.retry.as_deref() {
         Some(policy) if upgrade.is_none() => match Box::pin(retry::buffer_if_small(body)).await? {
             Ok(bytes) => {
-                let replay = retry::Replayable::new(&head, bytes);
+                // Boxed, as the timeouts below: only rules with a retry
+                // pay for the room every request's future would carry.
+                let replay = Box::new(retry::Replayable::new(&head, bytes));
                 (
                     Full::new(replay.body())
                         .map_err(|never| match never {})
@@ -833,10 +857,10 @@ async fn forward<'t>(
     let replay = replay
         .as_ref()
         .zip(endpoints.as_mut())
-        .map(|((policy, replay), endpoints)| (*policy, replay, endpoints));
+        .map(|((policy, replay), endpoints)| (*policy, &**replay, endpoints));
     let sent = retry::send(&client, backend.addr, replay, request, backend_timeout);
     let result = match rule.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
+        Some(limit) => match Box::pin(tokio::time::timeout(limit, sent)).await {
             Ok(result) => result,
             Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
         },
@@ -959,6 +983,29 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers[header::TE], "trailers");
         assert!(!headers.contains_key("x-hop"));
+        // Every hop-by-hop name goes, repeated `Connection` values too; names
+        // of the same lengths that are not hop-by-hop stay.
+        let mut all = HeaderMap::new();
+        for hop in &HOP_BY_HOP {
+            all.append(hop, HeaderValue::from_static("1"));
+        }
+        all.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        all.append(header::CONNECTION, HeaderValue::from_static("X-Listed"));
+        all.insert("x-listed", HeaderValue::from_static("1"));
+        let kept = [
+            "ab",
+            "x-trace",
+            "user-agent",
+            "x-request-id-abcd",
+            "x-forwarded-port1",
+        ];
+        for name in kept {
+            all.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut all, true);
+        let left: Vec<&str> = all.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), kept.len(), "{left:?}");
+        assert!(kept.iter().all(|k| left.contains(k)), "{left:?}");
     }
 
     /// An HTTP/1.1 backend on 127.0.0.1 answering every request with `name`.

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::Either;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::HeaderMap;
@@ -194,45 +196,47 @@ pub(super) fn backoff(retry: &HttpRetry, retry_index: u32) -> Duration {
 }
 
 /// The request to the backend `endpoint`: retried under `replay`'s policy
-/// when the rule has one, else sent once.
-pub(super) async fn send(
-    client: &BackendClient,
+/// when the rule has one, else sent once. Not an `async fn`, nor is
+/// `attempt`: each would keep a copy of the request beside the future it is
+/// moved into, and every request's future (which hyper moves whole) holds
+/// these.
+pub(super) fn send<'a>(
+    client: &'a BackendClient,
     endpoint: SocketAddr,
-    replay: Option<(&HttpRetry, &Replayable, &mut Endpoints)>,
+    replay: Option<(&'a HttpRetry, &'a Replayable, &'a mut Endpoints)>,
     request: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, Failure> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> + 'a {
     match replay {
         // Boxed: the retry loop's state would make every request's future
-        // (which hyper moves as a whole) larger.
-        Some((policy, replay, endpoints)) => {
-            Box::pin(with_retries(
-                client,
-                policy,
-                replay,
-                endpoints,
-                request,
-                backend_timeout,
-            ))
-            .await
-        }
-        None => attempt(client, endpoint, request, backend_timeout).await,
+        // larger.
+        Some((policy, replay, endpoints)) => Either::Left(Box::pin(with_retries(
+            client,
+            policy,
+            replay,
+            endpoints,
+            request,
+            backend_timeout,
+        ))),
+        None => Either::Right(attempt(client, endpoint, request, backend_timeout)),
     }
 }
 
 /// One request to the backend, bounded by `backend_timeout`.
-pub(super) async fn attempt(
+pub(super) fn attempt(
     client: &BackendClient,
     endpoint: SocketAddr,
     request: Request<ProxyBody>,
     backend_timeout: Option<Duration>,
-) -> Result<Response<ProxyBody>, Failure> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> + '_ {
     let sent = client.request(endpoint, request);
     match backend_timeout {
-        Some(limit) => tokio::time::timeout(limit, sent)
-            .await
-            .unwrap_or(Err(Failure::Timeout)),
-        None => sent.await,
+        // Boxed: the timer would make every request's future larger.
+        Some(limit) => Either::Left(
+            Box::pin(tokio::time::timeout(limit, sent))
+                .map(|timed| timed.unwrap_or(Err(Failure::Timeout))),
+        ),
+        None => Either::Right(sent),
     }
 }
 

@@ -171,12 +171,15 @@ pub struct RouteTable {
     /// The compiled regular expressions of the rules that have any, by rule
     /// index (ascending): most rules have none, and a table holds thousands.
     compiled: Box<[(usize, CompiledRule)]>,
-    exact: HashMap<String, Vec<usize>>,
+    /// Hashed with foldhash: SipHash cost more than the rest of a lookup.
+    /// Only the operator's hostnames are keys (requests only look up), so
+    /// clients cannot flood it with colliding keys.
+    exact: foldhash::HashMap<String, Vec<usize>>,
     /// (".example.com", rules), longest suffix first.
     wildcard: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
     /// Hostnames of the listeners behind this socket: which one serves a request.
-    listener_exact: HashSet<String>,
+    listener_exact: foldhash::HashSet<String>,
     /// ".example.com" of "*.example.com", longest first.
     listener_wildcard: Vec<String>,
 }

@@ -4,9 +4,12 @@
 //! addresses them to the endpoint it is given.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryFutureExt as _;
+use futures::future::Either;
 use http_body_util::BodyExt;
 use hyper::http::uri::{self, Scheme};
 use hyper::{Request, Response, Uri};
@@ -20,12 +23,13 @@ use super::upstream_tls::{TlsClient, TlsUpstreams};
 use crate::model::{BackendProtocol, BackendTls};
 
 type H2cClient = Client<HttpConnector, ProxyBody>;
+type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Failure>> + Send + 'a>>;
 
 /// Pooled connections to backends: HTTP/1.1, HTTP/2 with prior knowledge
 /// (h2c), and over TLS for backends a BackendTLSPolicy governs.
 pub(super) struct Upstream {
     http1: Arc<Http1Pool>,
-    h2c: H2cClient,
+    h2c: Arc<H2cClient>,
     tls: TlsUpstreams,
 }
 
@@ -43,7 +47,7 @@ impl Upstream {
             .build(connector);
         Self {
             http1: Http1Pool::new(),
-            h2c,
+            h2c: Arc::new(h2c),
             tls: TlsUpstreams::default(),
         }
     }
@@ -62,32 +66,45 @@ impl Upstream {
     }
 }
 
-/// The client one request to a backend goes through.
+/// The client one request to a backend goes through. Each is shared, not
+/// copied: the request's future (which hyper moves whole) holds it.
 pub(super) enum BackendClient {
     Http1(Arc<Http1Pool>),
-    H2c(H2cClient),
-    Tls(TlsClient),
+    H2c(Arc<H2cClient>),
+    Tls(Arc<TlsClient>),
 }
 
 impl BackendClient {
-    /// Sends `request` (origin-form) to `endpoint`.
-    pub(super) async fn request(
+    /// Sends `request` (origin-form) to `endpoint`. Not an `async fn`: that
+    /// would keep a second copy of the request beside the future it is moved
+    /// into, and every request's future (which hyper moves whole) holds this.
+    pub(super) fn request(
         &self,
         endpoint: SocketAddr,
         request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, Failure> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> + '_ {
         match self {
-            Self::Http1(pool) => pool.send(endpoint, request).await.map_err(|e| {
-                tracing::debug!(error = %e, "upstream request failed");
-                match e {
-                    SendError::Connect(_) => Failure::Connect,
-                    SendError::Http(e) if e.is_parse() => Failure::Invalid,
-                    SendError::Http(_) => Failure::Reset,
-                }
-            }),
-            Self::H2c(client) => pooled(client, Scheme::HTTP, endpoint, request).await,
-            Self::Tls(client) => pooled(client, Scheme::HTTPS, endpoint, request).await,
+            Self::Http1(pool) => Either::Left(pool.send(endpoint, request).map_err(http1_failure)),
+            // The pooled clients' futures are boxed: they allocate per
+            // request anyway, and the plain pool's path stays lean.
+            Self::H2c(client) => {
+                Either::Right(Box::pin(pooled(client, Scheme::HTTP, endpoint, request)) as Boxed<'_>)
+            }
+            Self::Tls(client) => {
+                Either::Right(
+                    Box::pin(pooled(client, Scheme::HTTPS, endpoint, request)) as Boxed<'_>
+                )
+            }
         }
+    }
+}
+
+fn http1_failure(e: SendError) -> Failure {
+    tracing::debug!(error = %e, "upstream request failed");
+    match e {
+        SendError::Connect(_) => Failure::Connect,
+        SendError::Http(e) if e.is_parse() => Failure::Invalid,
+        SendError::Http(_) => Failure::Reset,
     }
 }
 

@@ -32,7 +32,7 @@ const MAX_CLIENTS: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct TlsUpstreams {
-    clients: Mutex<HashMap<(BackendTls, BackendProtocol), TlsClient>>,
+    clients: Mutex<HashMap<(BackendTls, BackendProtocol), Arc<TlsClient>>>,
 }
 
 impl TlsUpstreams {
@@ -42,13 +42,13 @@ impl TlsUpstreams {
         &self,
         tls: &BackendTls,
         protocol: BackendProtocol,
-    ) -> Result<TlsClient, String> {
+    ) -> Result<Arc<TlsClient>, String> {
         let key = (tls.clone(), protocol);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = build_client(tls, protocol)?;
+        let client = Arc::new(build_client(tls, protocol)?);
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
