@@ -127,6 +127,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             // nothing to translate or apply; the writer gets the objects as
             // they now are, to compare with what was decided.
             Update::StatusOnly | Update::Objects(_) => {
+                tracing::debug!(
+                    copied,
+                    copy_ms = copy_took.as_secs_f64() * 1e3,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "status only"
+                );
                 if let Some(statuses) = &decided_statuses {
                     decided_tx.send_replace(Some(Arc::new((served.clone(), statuses.clone()))));
                 }
@@ -243,8 +249,9 @@ async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) 
 
 /// While leader, writes the latest decided status; otherwise idles. Only
 /// the objects whose decided status or cluster version changed are looked at
-/// (`StatusCache`), off the runtime: with thousands of routes, building
-/// every object's status would stall the watchers and the proxy.
+/// (`StatusCache`), off the runtime and at idle priority (`Background`):
+/// with thousands of routes, finding them would stall the watchers and the
+/// proxy.
 async fn write_statuses(
     mut writer: StatusWriter,
     mut decided: watch::Receiver<Option<Decided>>,
@@ -253,6 +260,7 @@ async fn write_statuses(
 ) {
     let mut look_again = tokio::time::Instant::now() + STATUS_RESYNC;
     let mut cache = StatusCache::default();
+    let background = Background::start("status");
     loop {
         tokio::select! {
             changed = decided.changed() => if changed.is_err() { return },
@@ -275,28 +283,39 @@ async fn write_statuses(
             continue;
         };
         let controller_name = settings.controller_name.clone();
-        let computed = tokio::task::spawn_blocking(move || {
-            let (snapshot, statuses) = &*latest;
-            let updates = cache.updates(
-                snapshot,
-                statuses,
-                &controller_name,
-                k8s_openapi::jiff::Timestamp::now(),
-            );
-            // The snapshot is handed back before the writes: the reload
-            // loop updates it in place when no one else holds it.
-            drop(latest);
-            (cache, updates)
-        })
-        .await;
-        let updates;
-        (cache, updates) = match computed {
-            Ok(computed) => computed,
-            Err(error) => {
-                tracing::error!(%error, "computing statuses failed");
+        let woken = Instant::now();
+        let computed = background
+            .run(move || {
+                let computing = Instant::now();
+                let (snapshot, statuses) = &*latest;
+                let updates = cache.updates(
+                    snapshot,
+                    statuses,
+                    &controller_name,
+                    k8s_openapi::jiff::Timestamp::now(),
+                );
+                // The snapshot is handed back before the writes: the reload
+                // loop updates it in place when no one else holds it.
+                drop(latest);
+                let took = computing.elapsed();
+                (cache, (updates, computing - woken, took))
+            })
+            .await;
+        let (updates, queued, took);
+        (cache, (updates, queued, took)) = match computed {
+            Some(computed) => computed,
+            None => {
+                tracing::error!("computing statuses failed");
                 return;
             }
         };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            updates = updates.len(),
+            queued_ms = ms(queued),
+            took_ms = ms(took),
+            "statuses computed"
+        );
         let (_, errors) = writer.write(updates).await;
         for error in &errors {
             tracing::warn!(%error, "status not written; retrying");
@@ -306,5 +325,50 @@ async fn write_statuses(
         if !errors.is_empty() {
             look_again = tokio::time::Instant::now() + STATUS_RETRY;
         }
+    }
+}
+
+/// A thread at the lowest CPU priority (`SCHED_IDLE`), for work no request
+/// waits on: computing statuses walks every object's entry, and on a busy
+/// node it would otherwise take the CPU from the proxy for milliseconds
+/// right after a reload, when the changed route's first requests come. A
+/// thread of its own, since a blocking-pool thread would keep the priority
+/// for the translate it runs next (and raising it back takes CAP_SYS_NICE).
+struct Background {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Background {
+    fn start(name: &str) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let idle = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sets this thread's policy (pid 0); `idle` outlives the call.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+                    tracing::warn!(
+                        error = %std::io::Error::last_os_error(),
+                        "background work runs at normal priority"
+                    );
+                }
+                for job in queue {
+                    job();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "no background thread");
+        }
+        Self { jobs }
+    }
+
+    /// `work`'s result, computed on the background thread; None if it panicked.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs.send(job).ok()?;
+        result.await.ok()
     }
 }

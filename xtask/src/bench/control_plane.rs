@@ -234,6 +234,10 @@ struct EditRun {
     steady: (f64, f64),
     failed: u64,
     failures: String,
+    /// Packets the kernel dropped on the agent's CPU during the edits
+    /// because its backlog queue was full (loopback traffic waits there for
+    /// the CPU's softirq): each costs a TCP retransmission, 200 ms or more.
+    backlog_drops: Option<u64>,
     /// Each change split into stages by the agent's log.
     timeline: Timeline,
 }
@@ -258,7 +262,8 @@ impl EditRun {
              | of which making the change (file written / PATCH answered), median (min–max) | {} ms |\n\
              | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
              | of which reading manifests / translate | {} / {} ms |\n{}\
-             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\n\
+             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\
+             | packets dropped on the agent's CPU, backlog full (each a TCP retransmission, ≥ 200 ms) | {} |\n\n\
              Where the time went, change by change (the agent's time-stamped log against the bench's clock):\n\n{}",
             percentile(&self.latencies, 50.0),
             percentile(&self.latencies, 99.0),
@@ -285,6 +290,8 @@ impl EditRun {
             self.failures,
             self.steady.0,
             self.steady.1,
+            self.backlog_drops
+                .map_or_else(|| "not known".to_string(), |n| n.to_string()),
             self.timeline.markdown(),
         )
     }
@@ -322,6 +329,7 @@ fn edit_under_load(
         .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     let load_started = Instant::now();
+    let drops_before = backlog_drops(AGENT_CPU);
     let (latencies, sent, sent_at): (Vec<f64>, Vec<f64>, Vec<f64>) =
         ns.within(|| -> anyhow::Result<_> {
             let mut latencies = Vec::new();
@@ -352,6 +360,9 @@ fn edit_under_load(
             Ok((latencies, sent, sent_at))
         })??;
     let took = load_started.elapsed();
+    let backlog_drops = drops_before
+        .zip(backlog_drops(AGENT_CPU))
+        .map(|(before, after)| after.wrapping_sub(before));
     // The load runs a second past the last edit, then stops: oha's deadline
     // is only an upper bound (running to it idled the bench for 40 s of 60).
     // On SIGINT oha prints its report and drops the few requests then in
@@ -385,11 +396,25 @@ fn edit_under_load(
             latency_ms,
         })
         .collect();
-    let timeline = Timeline::of(
-        &std::fs::read_to_string(&started.log).unwrap_or_default(),
-        &changes,
-        is_event,
-    );
+    let log = std::fs::read_to_string(&started.log).unwrap_or_default();
+    // `BENCH_CP_DUMP=DIR`: the agent's log and each change's send time and
+    // latency are kept there, for a closer look than the stage table's.
+    if let Some(dump) = std::env::var_os("BENCH_CP_DUMP") {
+        let dump = PathBuf::from(dump);
+        std::fs::create_dir_all(&dump)?;
+        let name = started
+            .log
+            .file_stem()
+            .context("log name")?
+            .to_string_lossy();
+        std::fs::write(dump.join(format!("{name}.log")), &log)?;
+        let rows: String = changes
+            .iter()
+            .map(|c| format!("{:.6}\t{:.3}\n", c.sent_at, c.latency_ms))
+            .collect();
+        std::fs::write(dump.join(format!("{name}.changes")), rows)?;
+    }
+    let timeline = Timeline::of(&log, &changes, is_event);
     Ok(EditRun {
         timeline,
         latencies,
@@ -404,7 +429,16 @@ fn edit_under_load(
         steady: (steady_p50, steady_p99),
         failed,
         failures,
+        backlog_drops,
     })
+}
+
+/// The count of packets `cpu` dropped because its backlog was full (the
+/// second column of its row in /proc/net/softnet_stat, hexadecimal).
+fn backlog_drops(cpu: u32) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").ok()?;
+    let row = text.lines().nth(cpu as usize)?;
+    u64::from_str_radix(row.split_whitespace().nth(1)?, 16).ok()
 }
 
 /// HTTP/1.1 GETs on one keep-alive connection per address, reopened when
