@@ -28,6 +28,10 @@ const MAX_DELAY: Duration = Duration::from_secs(1);
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// ...or this soon after a failed write.
 const STATUS_RETRY: Duration = Duration::from_secs(2);
+/// A status pass waits this long after the reload (or echo) that asked for
+/// it, so that the changed routes' first requests do not share the CPU
+/// with it; what changes meanwhile is taken along.
+const STATUS_AFTER_RELOAD: Duration = Duration::from_millis(10);
 
 type Decided = Arc<(Arc<Snapshot>, Vec<Arc<ObjectStatus>>)>;
 
@@ -249,9 +253,8 @@ async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) 
 
 /// While leader, writes the latest decided status; otherwise idles. Only
 /// the objects whose decided status or cluster version changed are looked at
-/// (`StatusCache`), off the runtime and at idle priority (`Background`):
-/// with thousands of routes, finding them would stall the watchers and the
-/// proxy.
+/// (`StatusCache`), off the runtime and a little after the reload: with
+/// thousands of routes, finding them would stall the watchers and the proxy.
 async fn write_statuses(
     mut writer: StatusWriter,
     mut decided: watch::Receiver<Option<Decided>>,
@@ -260,7 +263,6 @@ async fn write_statuses(
 ) {
     let mut look_again = tokio::time::Instant::now() + STATUS_RESYNC;
     let mut cache = StatusCache::default();
-    let background = Background::start("status");
     loop {
         tokio::select! {
             changed = decided.changed() => if changed.is_err() { return },
@@ -279,33 +281,35 @@ async fn write_statuses(
         if !*is_leader.borrow() {
             continue;
         }
-        let Some(latest) = decided.borrow().clone() else {
+        // The changed routes' first requests go first: a status pass right
+        // after the swap would take the CPU from the proxy as they come.
+        tokio::time::sleep(STATUS_AFTER_RELOAD).await;
+        let Some(latest) = decided.borrow_and_update().clone() else {
             continue;
         };
         let controller_name = settings.controller_name.clone();
         let woken = Instant::now();
-        let computed = background
-            .run(move || {
-                let computing = Instant::now();
-                let (snapshot, statuses) = &*latest;
-                let updates = cache.updates(
-                    snapshot,
-                    statuses,
-                    &controller_name,
-                    k8s_openapi::jiff::Timestamp::now(),
-                );
-                // The snapshot is handed back before the writes: the reload
-                // loop updates it in place when no one else holds it.
-                drop(latest);
-                let took = computing.elapsed();
-                (cache, (updates, computing - woken, took))
-            })
-            .await;
+        let computed = tokio::task::spawn_blocking(move || {
+            let computing = Instant::now();
+            let (snapshot, statuses) = &*latest;
+            let updates = cache.updates(
+                snapshot,
+                statuses,
+                &controller_name,
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            // The snapshot is handed back before the writes: the reload
+            // loop updates it in place when no one else holds it.
+            drop(latest);
+            let took = computing.elapsed();
+            (cache, (updates, computing - woken, took))
+        })
+        .await;
         let (updates, queued, took);
         (cache, (updates, queued, took)) = match computed {
-            Some(computed) => computed,
-            None => {
-                tracing::error!("computing statuses failed");
+            Ok(computed) => computed,
+            Err(error) => {
+                tracing::error!(%error, "computing statuses failed");
                 return;
             }
         };
@@ -325,50 +329,5 @@ async fn write_statuses(
         if !errors.is_empty() {
             look_again = tokio::time::Instant::now() + STATUS_RETRY;
         }
-    }
-}
-
-/// A thread at the lowest CPU priority (`SCHED_IDLE`), for work no request
-/// waits on: computing statuses walks every object's entry, and on a busy
-/// node it would otherwise take the CPU from the proxy for milliseconds
-/// right after a reload, when the changed route's first requests come. A
-/// thread of its own, since a blocking-pool thread would keep the priority
-/// for the translate it runs next (and raising it back takes CAP_SYS_NICE).
-struct Background {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl Background {
-    fn start(name: &str) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let spawned = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let idle = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sets this thread's policy (pid 0); `idle` outlives the call.
-                if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
-                    tracing::warn!(
-                        error = %std::io::Error::last_os_error(),
-                        "background work runs at normal priority"
-                    );
-                }
-                for job in queue {
-                    job();
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "no background thread");
-        }
-        Self { jobs }
-    }
-
-    /// `work`'s result, computed on the background thread; None if it panicked.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let job = Box::new(move || {
-            let _ = done.send(work());
-        });
-        self.jobs.send(job).ok()?;
-        result.await.ok()
     }
 }

@@ -159,11 +159,16 @@ fn apply_times_ms(log: &Path) -> Vec<f64> {
 
 /// A `<field>=<ms>` value of every "config applied" line of the agent's log.
 fn applied_field_ms(log: &Path, field: &str) -> Vec<f64> {
+    logged_field_ms(log, "config applied", field)
+}
+
+/// A `<field>=<ms>` value of every line of the agent's log with `message`.
+fn logged_field_ms(log: &Path, message: &str, field: &str) -> Vec<f64> {
     let prefix = format!("{field}=");
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("config applied"))
+        .filter(|l| l.contains(message))
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&prefix))?
@@ -213,6 +218,9 @@ impl Startup {
     }
 }
 
+/// The cluster agent's log line of a status pass (debug level).
+const STATUS_PASS: &str = "statuses computed";
+
 /// The change-to-serving poll's interval.
 const POLL_US: u64 = 250;
 /// The pause between two changes.
@@ -231,6 +239,8 @@ struct EditRun {
     read_ms: String,
     translate_ms: String,
     waited_ms: String,
+    /// The cluster agent's status passes during the edits (`statuses computed`).
+    status_passes: Vec<f64>,
     steady: (f64, f64),
     failed: u64,
     failures: String,
@@ -261,7 +271,7 @@ impl EditRun {
              | change to serving p50 | {:.1} ms |\n| change to serving p99 | {:.1} ms |\n| min–max | {:.1}–{:.1} ms |\n\
              | of which making the change (file written / PATCH answered), median (min–max) | {} ms |\n\
              | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
-             | of which reading manifests / translate | {} / {} ms |\n{}\
+             | of which reading manifests / translate | {} / {} ms |\n{}{}\
              | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\
              | packets dropped on the agent's CPU, backlog full (each a TCP retransmission, ≥ 200 ms) | {} |\n\n\
              Where the time went, change by change (the agent's time-stamped log against the bench's clock):\n\n{}",
@@ -284,6 +294,15 @@ impl EditRun {
                 format!(
                     "| wait from the watch event to the reload (agent's waited_ms) | {} ms |\n",
                     self.waited_ms
+                )
+            },
+            if self.status_passes.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "| status passes after the changes and their echoes (agent's `statuses computed` took_ms): count, median (min–max) | {}, {} ms |\n",
+                    self.status_passes.len(),
+                    Summary::of(&self.status_passes).show(2)
                 )
             },
             self.failed,
@@ -311,6 +330,7 @@ fn edit_under_load(
 ) -> anyhow::Result<EditRun> {
     let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
     let generations_before = apply_times_ms(&started.log).len();
+    let passes_before = logged_field_ms(&started.log, STATUS_PASS, "took_ms").len();
     // A deadline long enough to cover every edit (the pause plus up to
     // 300 ms each to serve, and 10 s to spare); the load is stopped once the
     // edits are done.
@@ -376,6 +396,8 @@ fn edit_under_load(
     let (steady_p50, steady_p99, failed) = oha_latency(&oha_out)?;
     let failures = failure_kinds(&oha_out);
     let reloads: Vec<f64> = apply_times_ms(&started.log).split_off(generations_before);
+    let mut status_passes = logged_field_ms(&started.log, STATUS_PASS, "took_ms");
+    let status_passes = status_passes.split_off(passes_before.min(status_passes.len()));
     let part = |field: &str| {
         let mut values = applied_field_ms(&started.log, field);
         if values.len() < generations_before {
@@ -426,6 +448,7 @@ fn edit_under_load(
         read_ms: part("read_ms"),
         translate_ms: part("translate_ms"),
         waited_ms: part("waited_ms"),
+        status_passes,
         steady: (steady_p50, steady_p99),
         failed,
         failures,
