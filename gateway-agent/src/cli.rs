@@ -380,10 +380,15 @@ pub(crate) fn translate_dir(
 /// Returns the heap's free pages to the kernel (`malloc_trim`), so that RSS
 /// follows what is in use after a reload freed the previous generation.
 fn release_free_memory() {
+    let trimming = Instant::now();
     // SAFETY: malloc_trim only walks glibc's own arenas; no pointers are passed.
     unsafe {
         libc::malloc_trim(0);
     }
+    tracing::debug!(
+        took_ms = trimming.elapsed().as_secs_f64() * 1e3,
+        "free memory released"
+    );
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {

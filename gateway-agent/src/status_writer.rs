@@ -95,14 +95,24 @@ pub fn status_updates(
 /// compared already: computing it again (the object as JSON, its status
 /// built and compared) would find what it found then. So a route edit
 /// computes the status of that route and of its Gateway, not of every object.
+///
+/// The pass that finds them is a walk, kind by kind, of translate's entries
+/// sorted by object and of the snapshot's objects (in key order already):
+/// with thousands of routes it runs after every reload and every echo of a
+/// status write, so it looks nothing up in the snapshot and copies no key
+/// of an unchanged object.
 #[derive(Default)]
 pub struct StatusCache {
-    computed: HashMap<(&'static str, ObjectKey), Computed>,
+    computed: HashMap<&'static str, HashMap<ObjectKey, Computed>>,
+    /// Counts the passes; an object not met in the current one is forgotten.
+    pass: u64,
 }
 
 struct Computed {
     version: String,
     entries: Vec<Arc<ObjectStatus>>,
+    /// The last pass that met the object.
+    pass: u64,
 }
 
 impl Computed {
@@ -117,6 +127,20 @@ impl Computed {
     }
 }
 
+/// The kinds whose status is written, in name order (the order of the updates).
+const STATUS_KINDS: [&str; 8] = [
+    "BackendTLSPolicy",
+    "GRPCRoute",
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
+];
+
+const ROUTE_KINDS: [&str; 5] = ["GRPCRoute", "HTTPRoute", "TCPRoute", "TLSRoute", "UDPRoute"];
+
 impl StatusCache {
     /// The updates for the objects whose status may have changed since the
     /// last call (all of them on the first): see `status_updates`.
@@ -127,127 +151,93 @@ impl StatusCache {
         controller_name: &str,
         now: Timestamp,
     ) -> Vec<StatusUpdate> {
-        // Group translate's entries by object.
-        let mut by_object: BTreeMap<(&'static str, &ObjectKey), Vec<&Arc<ObjectStatus>>> =
-            BTreeMap::new();
-        for s in statuses {
-            by_object.entry((s.kind, &s.key)).or_default().push(s);
+        self.pass += 1;
+        // Translate's entries by object: sorted (stably: each object's keep
+        // their order), then one slice per object. Mostly sorted already
+        // (routes come in key order), so the sort is a few merges.
+        let mut sorted: Vec<&Arc<ObjectStatus>> = statuses.iter().collect();
+        sorted.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        let by_object: Vec<&[&Arc<ObjectStatus>]> = sorted
+            .chunk_by(|a, b| a.kind == b.kind && a.key == b.key)
+            .collect();
+        for kinds in by_object.chunk_by(|a, b| a[0].kind == b[0].kind) {
+            let kind = kinds[0][0].kind;
+            if !STATUS_KINDS.contains(&kind) {
+                tracing::debug!(
+                    kind,
+                    objects = kinds.len(),
+                    "no status written for this kind"
+                );
+            }
         }
         let now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let pass = self.pass;
         let mut updates = Vec::new();
-        let mut computed = HashMap::with_capacity(self.computed.len());
-        for ((kind, key), entries) in &by_object {
-            let Some(version) = object_version(snapshot, kind, key) else {
-                tracing::debug!(kind, %key, "no status written for this kind");
-                continue;
-            };
-            if !self.carry_over(&mut computed, (*kind, *key), version, entries) {
-                continue;
-            }
-            let Some(object) = object_json(snapshot, kind, key) else {
-                continue;
-            };
-            let entries: Vec<&ObjectStatus> = entries.iter().map(|e| &***e).collect();
-            let entries = entries.as_slice();
-            let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
-            let current = &object["status"];
-            let status = match *kind {
-                "GatewayClass" | "Gateway" => {
-                    let own: Vec<&ObjectStatus> = entries
-                        .iter()
-                        .copied()
-                        .filter(|s| s.section.is_none())
-                        .collect();
-                    let mut status = json!({
-                        "conditions": conditions(&own, generation, &current["conditions"], &now),
-                    });
-                    if *kind == "Gateway" {
-                        status["addresses"] = gateway_addresses(&own);
-                        status["listeners"] =
-                            listener_statuses(&object, entries, key, generation, &now);
+        for kind in STATUS_KINDS {
+            let first = by_object.partition_point(|e| e[0].kind < kind);
+            let last = by_object.partition_point(|e| e[0].kind <= kind);
+            let mut decided = by_object[first..last].iter().peekable();
+            let computed = self.computed.entry(kind).or_default();
+            let is_route = ROUTE_KINDS.contains(&kind);
+            // Both in key order: the entries of each object, if any.
+            for (key, version) in object_versions(snapshot, kind) {
+                while decided.next_if(|e| e[0].key < *key).is_some() {
+                    // Entries for an object not in the snapshot: no status.
+                }
+                let entries = decided.next_if(|e| e[0].key == *key).copied();
+                let Some(entries) = entries else {
+                    // Not decided on: a route that still carries our entry
+                    // although none of our Gateways is its parent any more
+                    // (parentRef edited, Gateway deleted) gets it dropped.
+                    if !is_route || unchanged(computed, pass, key, version, &[]) {
+                        continue;
                     }
-                    status
-                }
-                "BackendTLSPolicy" => {
-                    policy_status(&object, entries, controller_name, generation, &now)
-                }
-                _ => route_status(&object, entries, controller_name, key, generation, &now),
-            };
-            if normalized(current) != normalized(&status) {
-                updates.push(StatusUpdate {
-                    kind,
-                    key: (*key).clone(),
-                    resource_version: version.to_string(),
-                    status,
-                });
-            }
-        }
-        // Routes that still carry our entry although none of our Gateways is
-        // their parent any more (parentRef edited, Gateway deleted): drop it.
-        for kind in ["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"] {
-            for key in route_keys(snapshot, kind) {
-                if by_object.contains_key(&(kind, key)) {
-                    continue;
-                }
-                let Some(version) = object_version(snapshot, kind, key) else {
+                    let Some(route) = object_json(snapshot, kind, key) else {
+                        continue;
+                    };
+                    let ours = route["status"]["parents"].as_array().is_some_and(|ps| {
+                        ps.iter().any(|p| p["controllerName"] == controller_name)
+                    });
+                    if ours {
+                        updates.push(StatusUpdate {
+                            kind,
+                            key: key.clone(),
+                            resource_version: version.to_string(),
+                            status: route_status(&route, &[], controller_name, key, 0, &now),
+                        });
+                    }
                     continue;
                 };
-                if !self.carry_over(&mut computed, (kind, key), version, &[]) {
+                if unchanged(computed, pass, key, version, entries) {
                     continue;
                 }
-                let Some(route) = object_json(snapshot, kind, key) else {
+                let Some(object) = object_json(snapshot, kind, key) else {
                     continue;
                 };
-                let ours = route["status"]["parents"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == controller_name));
-                if !ours {
-                    continue;
+                let entries: Vec<&ObjectStatus> = entries.iter().map(|e| &***e).collect();
+                let status = status_of(kind, &object, &entries, controller_name, key, &now);
+                if normalized(&object["status"]) != normalized(&status) {
+                    updates.push(StatusUpdate {
+                        kind,
+                        key: key.clone(),
+                        resource_version: version.to_string(),
+                        status,
+                    });
                 }
-                updates.push(StatusUpdate {
-                    kind,
-                    key: key.clone(),
-                    resource_version: version.to_string(),
-                    status: route_status(&route, &[], controller_name, key, 0, &now),
-                });
             }
         }
         // Objects gone from the snapshot (or from the report) are forgotten.
-        self.computed = computed;
-        updates
-    }
-
-    /// Moves what is known of `id` into `computed`, recorded as computed
-    /// from `version` and `entries`; true when that differs from the last
-    /// computation (the status must be computed).
-    fn carry_over(
-        &mut self,
-        computed: &mut HashMap<(&'static str, ObjectKey), Computed>,
-        (kind, key): (&'static str, &ObjectKey),
-        version: &str,
-        entries: &[&Arc<ObjectStatus>],
-    ) -> bool {
-        let id = (kind, key.clone());
-        if let Some(seen) = self.computed.remove(&id)
-            && seen.matches(version, entries)
-        {
-            computed.insert(id, seen);
-            return false;
+        for objects in self.computed.values_mut() {
+            objects.retain(|_, c| c.pass == pass);
         }
-        let entries = entries.iter().map(|e| Arc::clone(e)).collect();
-        computed.insert(
-            id,
-            Computed {
-                version: version.to_string(),
-                entries,
-            },
-        );
-        true
+        updates
     }
 
     /// The status of this object is computed again next time (its write failed).
     pub fn forget(&mut self, kind: &'static str, key: &ObjectKey) {
-        self.computed.remove(&(kind, key.clone()));
+        if let Some(objects) = self.computed.get_mut(kind) {
+            objects.remove(key);
+        }
     }
 
     /// Everything is computed again next time.
@@ -256,36 +246,90 @@ impl StatusCache {
     }
 }
 
-/// `metadata.resourceVersion` of the object `kind`/`key` of the snapshot,
-/// for the kinds whose status is written.
-fn object_version<'a>(snapshot: &'a Snapshot, kind: &str, key: &ObjectKey) -> Option<&'a str> {
-    fn version<K: kube::Resource>(object: &K) -> &str {
-        object
-            .meta()
-            .resource_version
-            .as_deref()
-            .unwrap_or_default()
+/// True when `key` was last computed from this `version` and these
+/// `entries`; otherwise records them (the status must be computed). Either
+/// way the object is met in this `pass`.
+fn unchanged(
+    computed: &mut HashMap<ObjectKey, Computed>,
+    pass: u64,
+    key: &ObjectKey,
+    version: &str,
+    entries: &[&Arc<ObjectStatus>],
+) -> bool {
+    if let Some(seen) = computed.get_mut(key) {
+        seen.pass = pass;
+        if seen.matches(version, entries) {
+            return true;
+        }
+        version.clone_into(&mut seen.version);
+        seen.entries = entries.iter().map(|e| Arc::clone(e)).collect();
+        return false;
     }
-    Some(match kind {
-        "GatewayClass" => version(snapshot.gateway_classes.get(key)?),
-        "Gateway" => version(snapshot.gateways.get(key)?),
-        "HTTPRoute" => version(snapshot.http_routes.get(key)?),
-        "GRPCRoute" => version(snapshot.grpc_routes.get(key)?),
-        "TLSRoute" => version(snapshot.tls_routes.get(key)?),
-        "TCPRoute" => version(snapshot.tcp_routes.get(key)?),
-        "UDPRoute" => version(snapshot.udp_routes.get(key)?),
-        "BackendTLSPolicy" => version(snapshot.backend_tls_policies.get(key)?),
-        _ => return None,
-    })
+    computed.insert(
+        key.clone(),
+        Computed {
+            version: version.to_string(),
+            entries: entries.iter().map(|e| Arc::clone(e)).collect(),
+            pass,
+        },
+    );
+    false
 }
 
-fn route_keys<'a>(snapshot: &'a Snapshot, kind: &str) -> Vec<&'a ObjectKey> {
+/// The whole `status` of one object (`object`, as JSON) from translate's
+/// `entries` for it.
+fn status_of(
+    kind: &str,
+    object: &Value,
+    entries: &[&ObjectStatus],
+    controller_name: &str,
+    key: &ObjectKey,
+    now: &str,
+) -> Value {
+    let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
+    let current = &object["status"];
     match kind {
-        "HTTPRoute" => snapshot.http_routes.keys().collect(),
-        "GRPCRoute" => snapshot.grpc_routes.keys().collect(),
-        "TLSRoute" => snapshot.tls_routes.keys().collect(),
-        "TCPRoute" => snapshot.tcp_routes.keys().collect(),
-        "UDPRoute" => snapshot.udp_routes.keys().collect(),
+        "GatewayClass" | "Gateway" => {
+            let own: Vec<&ObjectStatus> = entries
+                .iter()
+                .copied()
+                .filter(|s| s.section.is_none())
+                .collect();
+            let mut status = json!({
+                "conditions": conditions(&own, generation, &current["conditions"], now),
+            });
+            if kind == "Gateway" {
+                status["addresses"] = gateway_addresses(&own);
+                status["listeners"] = listener_statuses(object, entries, key, generation, now);
+            }
+            status
+        }
+        "BackendTLSPolicy" => policy_status(object, entries, controller_name, generation, now),
+        _ => route_status(object, entries, controller_name, key, generation, now),
+    }
+}
+
+/// Every object of `kind` in the snapshot with its `metadata.resourceVersion`,
+/// in key order (none for a kind whose status is not written).
+fn object_versions<'a>(snapshot: &'a Snapshot, kind: &str) -> Vec<(&'a ObjectKey, &'a str)> {
+    fn versions<K: kube::Resource>(objects: &BTreeMap<ObjectKey, K>) -> Vec<(&ObjectKey, &str)> {
+        objects
+            .iter()
+            .map(|(key, object)| {
+                let version = object.meta().resource_version.as_deref();
+                (key, version.unwrap_or_default())
+            })
+            .collect()
+    }
+    match kind {
+        "GatewayClass" => versions(&snapshot.gateway_classes),
+        "Gateway" => versions(&snapshot.gateways),
+        "HTTPRoute" => versions(&snapshot.http_routes),
+        "GRPCRoute" => versions(&snapshot.grpc_routes),
+        "TLSRoute" => versions(&snapshot.tls_routes),
+        "TCPRoute" => versions(&snapshot.tcp_routes),
+        "UDPRoute" => versions(&snapshot.udp_routes),
+        "BackendTLSPolicy" => versions(&snapshot.backend_tls_policies),
         _ => Vec::new(),
     }
 }

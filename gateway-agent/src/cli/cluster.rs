@@ -28,6 +28,10 @@ const MAX_DELAY: Duration = Duration::from_secs(1);
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// ...or this soon after a failed write.
 const STATUS_RETRY: Duration = Duration::from_secs(2);
+/// A status pass waits this long after the reload (or echo) that asked for
+/// it, so that the changed routes' first requests do not share the CPU
+/// with it; what changes meanwhile is taken along.
+const STATUS_AFTER_RELOAD: Duration = Duration::from_millis(10);
 
 type Decided = Arc<(Arc<Snapshot>, Vec<Arc<ObjectStatus>>)>;
 
@@ -127,6 +131,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             // nothing to translate or apply; the writer gets the objects as
             // they now are, to compare with what was decided.
             Update::StatusOnly | Update::Objects(_) => {
+                tracing::debug!(
+                    copied,
+                    copy_ms = copy_took.as_secs_f64() * 1e3,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "status only"
+                );
                 if let Some(statuses) = &decided_statuses {
                     decided_tx.send_replace(Some(Arc::new((served.clone(), statuses.clone()))));
                 }
@@ -243,8 +253,8 @@ async fn debounced(source: &KubeSource, last_change: &mut tokio::time::Instant) 
 
 /// While leader, writes the latest decided status; otherwise idles. Only
 /// the objects whose decided status or cluster version changed are looked at
-/// (`StatusCache`), off the runtime: with thousands of routes, building
-/// every object's status would stall the watchers and the proxy.
+/// (`StatusCache`), off the runtime and a little after the reload: with
+/// thousands of routes, finding them would stall the watchers and the proxy.
 async fn write_statuses(
     mut writer: StatusWriter,
     mut decided: watch::Receiver<Option<Decided>>,
@@ -271,11 +281,16 @@ async fn write_statuses(
         if !*is_leader.borrow() {
             continue;
         }
-        let Some(latest) = decided.borrow().clone() else {
+        // The changed routes' first requests go first: a status pass right
+        // after the swap would take the CPU from the proxy as they come.
+        tokio::time::sleep(STATUS_AFTER_RELOAD).await;
+        let Some(latest) = decided.borrow_and_update().clone() else {
             continue;
         };
         let controller_name = settings.controller_name.clone();
+        let woken = Instant::now();
         let computed = tokio::task::spawn_blocking(move || {
+            let computing = Instant::now();
             let (snapshot, statuses) = &*latest;
             let updates = cache.updates(
                 snapshot,
@@ -286,17 +301,25 @@ async fn write_statuses(
             // The snapshot is handed back before the writes: the reload
             // loop updates it in place when no one else holds it.
             drop(latest);
-            (cache, updates)
+            let took = computing.elapsed();
+            (cache, (updates, computing - woken, took))
         })
         .await;
-        let updates;
-        (cache, updates) = match computed {
+        let (updates, queued, took);
+        (cache, (updates, queued, took)) = match computed {
             Ok(computed) => computed,
             Err(error) => {
                 tracing::error!(%error, "computing statuses failed");
                 return;
             }
         };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            updates = updates.len(),
+            queued_ms = ms(queued),
+            took_ms = ms(took),
+            "statuses computed"
+        );
         let (_, errors) = writer.write(updates).await;
         for error in &errors {
             tracing::warn!(%error, "status not written; retrying");

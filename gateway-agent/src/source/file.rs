@@ -418,7 +418,13 @@ fn collect_yaml_files(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<Man
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // The entry's type comes with the directory listing: no stat per
+        // file (a reload lists every file); a link is followed to see.
+        let is_dir = match entry.file_type() {
+            Ok(kind) if !kind.is_symlink() => kind.is_dir(),
+            _ => path.is_dir(),
+        };
+        if is_dir {
             collect_yaml_files(&path, files, errors);
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),

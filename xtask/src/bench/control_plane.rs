@@ -159,11 +159,16 @@ fn apply_times_ms(log: &Path) -> Vec<f64> {
 
 /// A `<field>=<ms>` value of every "config applied" line of the agent's log.
 fn applied_field_ms(log: &Path, field: &str) -> Vec<f64> {
+    logged_field_ms(log, "config applied", field)
+}
+
+/// A `<field>=<ms>` value of every line of the agent's log with `message`.
+fn logged_field_ms(log: &Path, message: &str, field: &str) -> Vec<f64> {
     let prefix = format!("{field}=");
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("config applied"))
+        .filter(|l| l.contains(message))
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&prefix))?
@@ -213,6 +218,9 @@ impl Startup {
     }
 }
 
+/// The cluster agent's log line of a status pass (debug level).
+const STATUS_PASS: &str = "statuses computed";
+
 /// The change-to-serving poll's interval.
 const POLL_US: u64 = 250;
 /// The pause between two changes.
@@ -231,9 +239,15 @@ struct EditRun {
     read_ms: String,
     translate_ms: String,
     waited_ms: String,
+    /// The cluster agent's status passes during the edits (`statuses computed`).
+    status_passes: Vec<f64>,
     steady: (f64, f64),
     failed: u64,
     failures: String,
+    /// Packets the kernel dropped on the agent's CPU during the edits
+    /// because its backlog queue was full (loopback traffic waits there for
+    /// the CPU's softirq): each costs a TCP retransmission, 200 ms or more.
+    backlog_drops: Option<u64>,
     /// Each change split into stages by the agent's log.
     timeline: Timeline,
 }
@@ -257,8 +271,9 @@ impl EditRun {
              | change to serving p50 | {:.1} ms |\n| change to serving p99 | {:.1} ms |\n| min–max | {:.1}–{:.1} ms |\n\
              | of which making the change (file written / PATCH answered), median (min–max) | {} ms |\n\
              | agent reloads during the edits (`config applied`) | {} |\n| time per reload (agent's took_ms), median (min–max) | {} ms |\n\
-             | of which reading manifests / translate | {} / {} ms |\n{}\
-             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\n\
+             | of which reading manifests / translate | {} / {} ms |\n{}{}\
+             | steady load: non-2xx answers + failed requests | {} {} |\n| steady load latency p50 / p99 | {:.2} / {:.2} ms |\n\
+             | packets dropped on the agent's CPU, backlog full (each a TCP retransmission, ≥ 200 ms) | {} |\n\n\
              Where the time went, change by change (the agent's time-stamped log against the bench's clock):\n\n{}",
             percentile(&self.latencies, 50.0),
             percentile(&self.latencies, 99.0),
@@ -281,10 +296,21 @@ impl EditRun {
                     self.waited_ms
                 )
             },
+            if self.status_passes.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "| status passes after the changes and their echoes (agent's `statuses computed` took_ms): count, median (min–max) | {}, {} ms |\n",
+                    self.status_passes.len(),
+                    Summary::of(&self.status_passes).show(2)
+                )
+            },
             self.failed,
             self.failures,
             self.steady.0,
             self.steady.1,
+            self.backlog_drops
+                .map_or_else(|| "not known".to_string(), |n| n.to_string()),
             self.timeline.markdown(),
         )
     }
@@ -304,6 +330,7 @@ fn edit_under_load(
 ) -> anyhow::Result<EditRun> {
     let rate = if budget.quick { 1_000.0 } else { 5_000.0 };
     let generations_before = apply_times_ms(&started.log).len();
+    let passes_before = logged_field_ms(&started.log, STATUS_PASS, "took_ms").len();
     // A deadline long enough to cover every edit (the pause plus up to
     // 300 ms each to serve, and 10 s to spare); the load is stopped once the
     // edits are done.
@@ -322,6 +349,7 @@ fn edit_under_load(
         .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     let load_started = Instant::now();
+    let drops_before = backlog_drops(AGENT_CPU);
     let (latencies, sent, sent_at): (Vec<f64>, Vec<f64>, Vec<f64>) =
         ns.within(|| -> anyhow::Result<_> {
             let mut latencies = Vec::new();
@@ -352,6 +380,9 @@ fn edit_under_load(
             Ok((latencies, sent, sent_at))
         })??;
     let took = load_started.elapsed();
+    let backlog_drops = drops_before
+        .zip(backlog_drops(AGENT_CPU))
+        .map(|(before, after)| after.wrapping_sub(before));
     // The load runs a second past the last edit, then stops: oha's deadline
     // is only an upper bound (running to it idled the bench for 40 s of 60).
     // On SIGINT oha prints its report and drops the few requests then in
@@ -365,6 +396,8 @@ fn edit_under_load(
     let (steady_p50, steady_p99, failed) = oha_latency(&oha_out)?;
     let failures = failure_kinds(&oha_out);
     let reloads: Vec<f64> = apply_times_ms(&started.log).split_off(generations_before);
+    let mut status_passes = logged_field_ms(&started.log, STATUS_PASS, "took_ms");
+    let status_passes = status_passes.split_off(passes_before.min(status_passes.len()));
     let part = |field: &str| {
         let mut values = applied_field_ms(&started.log, field);
         if values.len() < generations_before {
@@ -385,11 +418,25 @@ fn edit_under_load(
             latency_ms,
         })
         .collect();
-    let timeline = Timeline::of(
-        &std::fs::read_to_string(&started.log).unwrap_or_default(),
-        &changes,
-        is_event,
-    );
+    let log = std::fs::read_to_string(&started.log).unwrap_or_default();
+    // `BENCH_CP_DUMP=DIR`: the agent's log and each change's send time and
+    // latency are kept there, for a closer look than the stage table's.
+    if let Some(dump) = std::env::var_os("BENCH_CP_DUMP") {
+        let dump = PathBuf::from(dump);
+        std::fs::create_dir_all(&dump)?;
+        let name = started
+            .log
+            .file_stem()
+            .context("log name")?
+            .to_string_lossy();
+        std::fs::write(dump.join(format!("{name}.log")), &log)?;
+        let rows: String = changes
+            .iter()
+            .map(|c| format!("{:.6}\t{:.3}\n", c.sent_at, c.latency_ms))
+            .collect();
+        std::fs::write(dump.join(format!("{name}.changes")), rows)?;
+    }
+    let timeline = Timeline::of(&log, &changes, is_event);
     Ok(EditRun {
         timeline,
         latencies,
@@ -401,10 +448,20 @@ fn edit_under_load(
         read_ms: part("read_ms"),
         translate_ms: part("translate_ms"),
         waited_ms: part("waited_ms"),
+        status_passes,
         steady: (steady_p50, steady_p99),
         failed,
         failures,
+        backlog_drops,
     })
+}
+
+/// The count of packets `cpu` dropped because its backlog was full (the
+/// second column of its row in /proc/net/softnet_stat, hexadecimal).
+fn backlog_drops(cpu: u32) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").ok()?;
+    let row = text.lines().nth(cpu as usize)?;
+    u64::from_str_radix(row.split_whitespace().nth(1)?, 16).ok()
 }
 
 /// HTTP/1.1 GETs on one keep-alive connection per address, reopened when

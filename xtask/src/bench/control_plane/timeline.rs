@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::bench::stats::percentile;
 
 /// The agent's log filter for the edit runs: its events at debug level.
-pub const LOG_FILTER: &str = "info,gateway_agent::source=debug";
+pub const LOG_FILTER: &str = "info,gateway_agent::source=debug,gateway_agent::cli=debug";
 
 /// One change as the bench saw it.
 pub struct Change {
