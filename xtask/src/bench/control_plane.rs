@@ -554,27 +554,6 @@ fn http_request(
     Ok(std::str::from_utf8(&head[9..12])?.parse()?)
 }
 
-/// The fake API server binary: a release build, since its time to answer a
-/// PATCH and to send the watch event is inside every API change measured.
-/// `BENCH_FAKE_APISERVER` names an already built one instead (building it
-/// alone can rebuild the agent's library with other features).
-fn build_fake_apiserver() -> anyhow::Result<PathBuf> {
-    if let Some(binary) = std::env::var_os("BENCH_FAKE_APISERVER") {
-        return Ok(std::fs::canonicalize(binary)?);
-    }
-    println!("==> cargo build --release -p gateway-tests --bin fake-apiserver");
-    crate::run_cmd(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "fake-apiserver",
-    ]))?;
-    Ok(std::fs::canonicalize("target/release/fake-apiserver")?)
-}
-
 /// The fake API server process, holding the manifests; stopped on drop.
 struct FakeApi {
     _daemon: Daemon,
@@ -830,7 +809,11 @@ fn measure(
     let p99 = percentile(&standalone.latencies, 99.0);
 
     // Cluster mode: the agent against the fake API server.
-    let fake = build_fake_apiserver()?;
+    // A release build, since its time to answer a PATCH and to send the
+    // watch event is inside every API change measured. `BENCH_FAKE_APISERVER`
+    // names an already built one instead (building it alone can rebuild the
+    // agent's library with other features).
+    let fake = super::release_binary("BENCH_FAKE_APISERVER", "gateway-tests", "fake-apiserver")?;
     let cluster_cases = [(
         "10,000 HTTPRoutes + 1,000 TCP/UDPRoutes",
         "k10k",

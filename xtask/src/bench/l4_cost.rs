@@ -5,7 +5,6 @@
 //! run by the tests crate's `program-cost` binary, so the figures are the
 //! ones those tests print.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
@@ -25,33 +24,12 @@ const ROWS: [(&str, &str); 4] = [
     ("TC", "IPv6"),
 ];
 
-/// The `program-cost` binary: a release build of the tests crate's, with
-/// the eBPF object of this checkout built in (`BENCH_PROGRAM_COST_BINARY`
-/// names another build, e.g. of another branch, for an A/B).
-fn binary() -> anyhow::Result<PathBuf> {
-    if let Some(binary) = std::env::var_os("BENCH_PROGRAM_COST_BINARY") {
-        println!(
-            "==> program-cost: {} (BENCH_PROGRAM_COST_BINARY)",
-            binary.to_string_lossy()
-        );
-        return Ok(std::fs::canonicalize(binary)?);
-    }
-    println!("==> cargo build --release -p gateway-tests --bin program-cost");
-    crate::run_cmd(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        "program-cost",
-    ]))?;
-    Ok(std::fs::canonicalize("target/release/program-cost")?)
-}
-
 /// Runs the measurement and returns the report's subsection.
 pub fn run(budget: Budget) -> anyhow::Result<String> {
-    let binary = binary()?;
+    // With the eBPF object of this checkout built in;
+    // `BENCH_PROGRAM_COST_BINARY` names another build, e.g. of another branch.
+    let binary =
+        super::release_binary("BENCH_PROGRAM_COST_BINARY", "gateway-tests", "program-cost")?;
     println!("==> bench l4: the program's own cost per packet (BPF_PROG_TEST_RUN)");
     let out = Command::new(&binary)
         .args(["--repeats", &budget.repeats.to_string()])

@@ -57,7 +57,7 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     };
     let started = Instant::now();
     let load = report::LoadSampler::start();
-    let agent = build_agent()?;
+    let agent = release_binary("BENCH_AGENT_BINARY", "gateway-agent", "gateway-agent")?;
     let out_dir = Path::new("bench/results");
     std::fs::create_dir_all(out_dir)?;
     let stamp = report::utc_stamp();
@@ -96,23 +96,23 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The release build of the agent (benchmarks never measure a debug build).
-/// `BENCH_AGENT_BINARY` names an already built release binary instead.
-fn build_agent() -> anyhow::Result<PathBuf> {
-    if let Some(binary) = std::env::var_os("BENCH_AGENT_BINARY") {
-        println!(
-            "==> agent: {} (BENCH_AGENT_BINARY)",
-            binary.to_string_lossy()
-        );
+/// A release build of `bin` in `package` (benchmarks never measure a debug
+/// build), or the binary the environment variable `env` names instead (an
+/// already built one, e.g. another branch's, for an A/B).
+pub fn release_binary(env: &str, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os(env) {
+        println!("==> {bin}: {} ({env})", binary.to_string_lossy());
         return Ok(std::fs::canonicalize(binary)?);
     }
-    println!("==> cargo build --release -p gateway-agent");
+    println!("==> cargo build --release -p {package} --bin {bin}");
     crate::run_cmd(std::process::Command::new("cargo").args([
         "build",
         "--release",
         "--quiet",
         "-p",
-        "gateway-agent",
+        package,
+        "--bin",
+        bin,
     ]))?;
-    Ok(std::fs::canonicalize("target/release/gateway-agent")?)
+    Ok(std::fs::canonicalize(format!("target/release/{bin}"))?)
 }
