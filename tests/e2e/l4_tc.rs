@@ -88,12 +88,7 @@ fn tcp_bulk_with_offloads_on_arrives_intact_through_tc_and_survives_stop_and_res
         return;
     }
     let topology = topology_with_offloads();
-    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
-    );
+    let (_backend, manifests) = topology.tcp_echo_route();
     let mut agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
     let gateway = format!("{GATEWAY_ADDR}:9000");
 
@@ -273,12 +268,7 @@ fn switching_attach_mode_across_restarts_replaces_the_links_and_keeps_a_connecti
         return;
     }
     let topology = Topology::new();
-    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
-    );
+    let (_backend, manifests) = topology.tcp_echo_route();
     let mut agent = Agent::start(&topology, manifests);
     let gateway = format!("{GATEWAY_ADDR}:9000");
     let new_flow = || topology.client_run(&["tcp-send", &gateway, "ping"]);

@@ -21,12 +21,7 @@ fn tcp_flows_through_xdp_while_the_agent_is_stopped_and_not_once_detached() {
         return;
     }
     let topology = Topology::new();
-    let _backend = topology.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
-    let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
-    );
+    let (_backend, manifests) = topology.tcp_echo_route();
     let mut agent = Agent::start_with(&topology, manifests, &["--detach-on-exit"]);
     let gateway = format!("{GATEWAY_ADDR}:9000");
 

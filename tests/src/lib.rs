@@ -311,6 +311,18 @@ impl Topology {
         all.extend_from_slice(args);
         self.backend.spawn(&all)
     }
+
+    /// A TCP echo backend on BACKEND_ADDR:7000 and the manifests of a
+    /// TCPRoute to it on the gateway's port 9000 (`l4_gateway`).
+    pub fn tcp_echo_route(&self) -> (Process, TempDir) {
+        let backend = self.backend_spawn(&["tcp-echo", &format!("{BACKEND_ADDR}:7000")]);
+        let manifests = TempDir::new();
+        manifests.write(
+            "all.yaml",
+            &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
+        );
+        (backend, manifests)
+    }
 }
 
 impl Default for Topology {
