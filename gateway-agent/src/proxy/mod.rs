@@ -6,11 +6,13 @@
 //! timeouts; response header filters on the way back.
 
 mod filters;
+mod head_timeout;
 mod http1_pool;
 mod mirror;
 mod request_metrics;
 mod retry;
 pub(crate) mod route_table;
+mod serve;
 pub(crate) mod tls;
 mod upstream;
 pub(crate) mod upstream_tls;
@@ -20,6 +22,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +33,9 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use workers::Workers;
 
@@ -39,13 +43,16 @@ use crate::metrics::ProxyMetrics;
 use crate::model::{
     BackendProtocol, ENDPOINT_WEIGHT_SCALE, HttpBackend, HttpFilters, HttpListener, HttpRule,
 };
+use head_timeout::{Exchanges, HeadTimeout, ServedBody};
 use request_metrics::RequestMetrics;
 pub use route_table::{RequestView, RouteTable};
 use upstream::Upstream;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Slow clients must send their request headers within this time.
+/// Slow clients must send their request headers within this time (plain
+/// HTTP/1.1 connections: within 1.5 times it, `head_timeout`). Idle
+/// keep-alive connections close after it too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limits on what a client may send: more headers or a larger head than this
 /// is answered 431 (HTTP/1.1) or refused (HTTP/2), before any routing. The
@@ -77,10 +84,11 @@ impl Bound {
 
 /// What every connection of every listener shares.
 struct Shared {
-    /// Watches every served connection, so that a drain can ask them all to
-    /// finish (idle keep-alive connections close at once, busy ones after
-    /// their in-flight requests). None once draining has begun.
-    graceful: Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
+    /// Every served connection holds a receiver, so that a drain can ask
+    /// them all to finish (idle keep-alive connections close at once, busy
+    /// ones after their in-flight requests) and wait until they have. None
+    /// once draining has begun.
+    drain: Mutex<Option<watch::Sender<()>>>,
     metrics: Arc<ProxyMetrics>,
     /// One `access_log` line per request when set.
     access_log: bool,
@@ -104,7 +112,7 @@ impl Proxy {
         Self {
             bound: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
-                graceful: Mutex::new(Some(Default::default())),
+                drain: Mutex::new(Some(watch::channel(()).0)),
                 metrics,
                 access_log,
             }),
@@ -172,6 +180,7 @@ impl Proxy {
                                     tls.clone(),
                                     self.shared.clone(),
                                     worker.upstream.clone(),
+                                    worker.head_timeout.clone(),
                                 ))
                             })
                             .collect();
@@ -209,12 +218,13 @@ impl Proxy {
     /// or until `deadline`. Returns whether every connection finished.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
         self.apply(&[]).await;
-        let Some(graceful) = self.shared.graceful.lock().expect("lock").take() else {
+        let Some(drain) = self.shared.drain.lock().expect("lock").take() else {
             return true;
         };
-        let open = graceful.count();
+        let open = drain.receiver_count();
         tracing::info!(open, "draining HTTP connections");
-        tokio::time::timeout_at(deadline, graceful.shutdown())
+        let _ = drain.send(());
+        tokio::time::timeout_at(deadline, drain.closed())
             .await
             .is_ok()
     }
@@ -226,6 +236,7 @@ async fn accept_loop(
     tls: Arc<ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     shared: Arc<Shared>,
     upstream: Arc<Upstream>,
+    head_timeout: Arc<HeadTimeout>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -242,70 +253,86 @@ async fn accept_loop(
         let Ok(peer_ip) = HeaderValue::from_str(&peer.ip().to_string()) else {
             continue;
         };
-        let connection = Connection {
-            peer,
-            peer_ip,
-            listener_port,
-            scheme: if acceptor.is_some() { "https" } else { "http" },
-            sni: None,
-            metrics: RequestMetrics::default(),
+        let mut service = ProxyService {
+            table: table.clone(),
+            shared: shared.clone(),
+            upstream: upstream.clone(),
+            connection: Connection {
+                peer,
+                peer_ip,
+                listener_port,
+                scheme: if acceptor.is_some() { "https" } else { "http" },
+                sni: None,
+                metrics: RequestMetrics::default(),
+            },
+            exchanges: None,
         };
-        let table = table.clone();
-        let shared = shared.clone();
-        let upstream = upstream.clone();
+        let head_timeout = head_timeout.clone();
         tokio::spawn(async move {
-            let metrics = shared.metrics.clone();
-            let Some((stream, sni)) = tls::accept(acceptor, stream).await else {
-                return;
-            };
-            let connection = Connection { sni, ..connection };
-            let watcher = graceful_watcher(&shared);
-            metrics.active_connections.inc();
-            let service = hyper::service::service_fn(move |req| {
-                // Each request takes the table current when it starts.
-                let table = table.load_full();
-                let shared = shared.clone();
-                let upstream = upstream.clone();
-                let connection = connection.clone();
-                // Boxed once here: hyper and tokio move the future whole
-                // (HTTP/2: about ten times per request, into the stream's
-                // task and out; HTTP/1.1: twice), a copy of kilobytes each.
-                // No async block around it: one would hold a second copy of
-                // the request and these handles.
-                Box::pin(handle(req, table, shared, upstream, connection)).map(Ok::<_, Infallible>)
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-                .max_header_list_size(MAX_HEAD_BYTES as u32);
-            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let result = match watcher {
-                Some(watcher) => watcher.watch(served).await,
-                None => served.await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let metrics = service.shared.metrics.clone();
+            match acceptor {
+                None => {
+                    // Plain: the sweep's head timeout runs from the accept.
+                    let exchanges = head_timeout.watch();
+                    service.exchanges = Some(exchanges.clone());
+                    metrics.active_connections.inc();
+                    let served = serve::plain(stream, service, exchanges.clone());
+                    if head_timeout::serve_until_expired(exchanges, served).await {
+                        tracing::debug!(%peer, "no request head in time: connection closed");
+                    }
+                }
+                Some(acceptor) => {
+                    let Some((stream, sni)) = tls::accept(Some(acceptor), stream).await else {
+                        return;
+                    };
+                    service.connection.sni = sni;
+                    metrics.active_connections.inc();
+                    serve::auto(stream, service).await;
+                }
             }
             metrics.active_connections.dec();
         });
     }
 }
 
-/// A watcher for a new connection; None once the proxy is draining.
-fn graceful_watcher(shared: &Shared) -> Option<hyper_util::server::graceful::Watcher> {
-    shared
-        .graceful
-        .lock()
-        .expect("lock")
-        .as_ref()
-        .map(hyper_util::server::graceful::GracefulShutdown::watcher)
+/// Answers the requests of one client connection.
+struct ProxyService {
+    table: Arc<ArcSwap<RouteTable>>,
+    shared: Arc<Shared>,
+    upstream: Arc<Upstream>,
+    connection: Connection,
+    /// Counts the exchanges of a plain HTTP/1.1 connection for the sweep.
+    exchanges: Option<Arc<Exchanges>>,
+}
+
+type ServedFuture = Pin<Box<dyn Future<Output = Result<Response<ServedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ServedBody>;
+    type Error = Infallible;
+    type Future = ServedFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ServedFuture {
+        if let Some(exchanges) = &self.exchanges {
+            exchanges.started();
+        }
+        let exchanges = self.exchanges.clone();
+        // Each request takes the table current when it starts. Boxed once
+        // here: hyper and tokio move the future whole (HTTP/2: about ten
+        // times per request, into the stream's task and out; HTTP/1.1:
+        // twice), a copy of kilobytes each. No async block around it: one
+        // would hold a second copy of the request and these handles.
+        Box::pin(
+            handle(
+                req,
+                self.table.load_full(),
+                self.shared.clone(),
+                self.upstream.clone(),
+                self.connection.clone(),
+            )
+            .map(move |response| Ok(response.map(|body| ServedBody::new(body, exchanges)))),
+        )
+    }
 }
 
 /// What a request's handling needs to know about its connection.

@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::HEADER_READ_TIMEOUT;
+use super::head_timeout::HeadTimeout;
 use super::upstream::Upstream;
 
 /// Pending connections each listening socket holds.
@@ -21,6 +23,8 @@ pub(super) struct Worker {
     pub(super) runtime: Handle,
     /// This worker's connections to backends.
     pub(super) upstream: Arc<Upstream>,
+    /// The head timeout of this worker's plain HTTP/1.1 connections.
+    pub(super) head_timeout: Arc<HeadTimeout>,
 }
 
 pub(super) struct Workers {
@@ -48,6 +52,7 @@ impl Workers {
                         let worker = Worker {
                             runtime: Handle::current(),
                             upstream: Arc::new(Upstream::new()),
+                            head_timeout: HeadTimeout::new(HEADER_READ_TIMEOUT),
                         };
                         let _ = started_tx.send(worker);
                         let _ = stop_rx.await;
