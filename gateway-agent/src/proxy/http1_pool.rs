@@ -149,7 +149,10 @@ async fn connect(endpoint: SocketAddr) -> Result<Sender, SendError> {
             }
         };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+    // One buffer and `write`, as the client side (`serve`).
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
     tokio::spawn(async move {

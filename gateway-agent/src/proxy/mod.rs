@@ -788,7 +788,16 @@ async fn forward<'t>(
     {
         headers.insert(header::HOST, value);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // Which X-Forwarded-* the client sent, from one pass over the names
+    // (usually none): a lookup of each would hash its name.
+    let (sent_for, sent_host) = headers.keys().fold((false, false), |(f, h), name| {
+        (f || name == X_FORWARDED_FOR, h || name == X_FORWARDED_HOST)
+    });
+    let previous_for = sent_for
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
+        .and_then(|v| v.to_str().ok());
+    let forwarded_for = match previous_for {
         Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", connection.peer.ip())),
         None => Ok(connection.peer_ip.clone()),
     };
@@ -799,7 +808,7 @@ async fn forward<'t>(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(connection.scheme),
     );
-    if !headers.contains_key(&X_FORWARDED_HOST)
+    if !sent_host
         && !host.is_empty()
         && let Some(value) = host_header.or_else(|| HeaderValue::from_str(host).ok())
     {
