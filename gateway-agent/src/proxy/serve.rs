@@ -166,3 +166,50 @@ async fn drained<C, E>(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// What `sniff` makes of a connection whose client sent `first` (and
+    /// then closed, when `close`).
+    async fn sniffed(first: &[u8], close: bool) -> Option<&'static str> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(first).await.expect("write");
+        if close {
+            client.shutdown().await.expect("shutdown");
+        }
+        // Until the bytes are in (a peek may see a part of them).
+        for _ in 0..100 {
+            let mut buf = [0u8; 64];
+            if server.peek(&mut buf).await.expect("peek") >= first.len() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        sniff(&server).await.map(|speaks| match speaks {
+            Speaks::Http1 => "http1",
+            Speaks::Http2 => "http2",
+            Speaks::Unsure => "unsure",
+        })
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_tell_http1_from_h2c() {
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(sniffed(get, false).await, Some("http1"));
+        // A method that starts like the preface is still HTTP/1.1.
+        assert_eq!(sniffed(b"PRIX / HTTP/1.1\r\n", false).await, Some("http1"));
+        assert_eq!(sniffed(H2_PREFACE, false).await, Some("http2"));
+        // Only a part of the preface so far: hyper-util's detection reads on.
+        assert_eq!(sniffed(b"PRI * HTTP/2", false).await, Some("unsure"));
+        assert_eq!(sniffed(b"", true).await, None);
+    }
+}
