@@ -1156,6 +1156,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_plain_client_that_sends_no_whole_head_in_time_is_disconnected() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            drain: Mutex::new(Some(watch::channel(()).0)),
+            metrics: Arc::default(),
+            access_log: false,
+        });
+        // A head timeout of 200 ms: swept every 100 ms, closed in 200–300 ms.
+        let accept = tokio::spawn(accept_loop(
+            socket,
+            Arc::new(ArcSwap::from_pointee(RouteTable::new(
+                listener(addr, addr).rules,
+            ))),
+            Arc::new(ArcSwapOption::empty()),
+            shared,
+            Arc::new(Upstream::new()),
+            HeadTimeout::new(Duration::from_millis(200)),
+        ));
+        let started = Instant::now();
+        let silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: any.exa")
+            .await
+            .expect("write");
+        for mut client in [silent, slow] {
+            let mut buf = [0u8; 256];
+            let read = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf))
+                .await
+                .expect("closed within 3 s");
+            // The end of the stream (or a reset), no answer.
+            assert!(read.as_ref().map_or(true, |n| *n == 0), "{read:?}");
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        accept.abort();
+    }
+
+    #[tokio::test]
     async fn a_kept_alive_connection_picks_up_a_new_table_on_its_next_request() {
         let (a, b) = (backend("backend-a").await, backend("backend-b").await);
         // A free loopback port for the proxy (bound, read, released).
