@@ -4,8 +4,13 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_redirect,
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action,
+        xdp_md,
+    },
+    btf_maps::PerCpuArray,
+    helpers::{bpf_redirect, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::btf_map,
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{Address, FlowKeyOf, FlowValueOf, PROTO_UDP};
@@ -96,6 +101,9 @@ pub trait Packet: EbpfContext {
     /// The XDP context, for what only XDP does (answering a packet too big
     /// for the egress link itself).
     fn as_xdp(&self) -> Option<&XdpContext>;
+    /// `tcp_tsval`'s walk over `len` option bytes at `offset`, by this
+    /// context's global function.
+    fn options_tsval(&self, offset: u32, len: u32) -> u64;
 }
 
 impl Packet for XdpContext {
@@ -164,6 +172,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn as_xdp(&self) -> Option<&XdpContext> {
         Some(self)
+    }
+
+    #[inline(always)]
+    fn options_tsval(&self, offset: u32, len: u32) -> u64 {
+        xdp_tcp_tsval(self.ctx, offset, len)
     }
 }
 
@@ -293,6 +306,11 @@ impl Packet for TcContext {
     fn as_xdp(&self) -> Option<&XdpContext> {
         None
     }
+
+    #[inline(always)]
+    fn options_tsval(&self, offset: u32, len: u32) -> u64 {
+        tc_tcp_tsval(self.skb.skb, offset, len)
+    }
 }
 
 /// Makes the headers the program reads linear (a GSO or GRO skb may carry
@@ -314,43 +332,156 @@ pub fn pull_headers(ctx: &TcContext) {
 /// of the wrong size is skipped, and the end-of-list option, a length below
 /// 2, an option running past the header or past the packet end the walk
 /// with no timestamp.
+///
+/// The walk itself is a global BPF function of the context (`xdp_tcp_tsval`,
+/// `tc_tcp_tsval`): the verifier checks a global function once, on its own,
+/// where an inlined walk was checked at each call site of each header-layout
+/// copy, every path of its variable-step loop each time (0.7 s of the XDP
+/// program's load).
 #[inline(always)]
-pub fn tcp_tsval(ctx: &impl Packet, l4: usize) -> Option<u32> {
-    let header_words = read::<u8>(ctx, l4 + TCP_DOFF)? >> 4;
+pub fn tcp_tsval<C: Packet>(ctx: &C, l4: usize) -> Option<u32> {
+    let found = tcp_tsval_word(ctx, l4);
+    (found & TSVAL_FOUND != 0).then_some(found as u32)
+}
+
+/// `tcp_tsval` as its walk returns it: `TSVAL_FOUND` | TSval, or 0.
+#[inline(always)]
+pub fn tcp_tsval_word<C: Packet>(ctx: &C, l4: usize) -> u64 {
+    let Some(header_words) = read::<u8>(ctx, l4 + TCP_DOFF).map(|b| b >> 4) else {
+        return 0;
+    };
     // Wraps to a huge length (refused) for a header shorter than 5 words.
     let options_len = (usize::from(header_words) * 4).wrapping_sub(TCP_HDR_MIN);
-    // The compiler folds this check into one on the header length, which
-    // leaves the verifier without a bound on `options_len`: read it back
-    // opaquely and check the value the loop uses.
-    // SAFETY: a read of a local.
-    let options_len = unsafe { core::ptr::read_volatile(&options_len) };
-    if options_len > TCP_OPTIONS_MAX {
-        return None;
+    if options_len == 0 || options_len > TCP_OPTIONS_MAX {
+        return 0;
     }
-    let options = l4 + TCP_HDR_MIN;
-    let mut at = 0;
-    // Bounded: every turn moves `at` on by at least a byte, and
-    // `options_len` is at most 40. (No turn counter: without one, the
-    // verifier finds the states of later turns equal to earlier ones.)
-    while at < options_len {
-        let kind = read::<u8>(ctx, options + at)?;
-        if kind == TCP_OPT_EOL {
+    ctx.options_tsval((l4 + TCP_HDR_MIN) as u32, options_len as u32)
+}
+
+/// The bit of a TSval word that says a TSval was found (in the low 32 bits):
+/// a global function returns a scalar.
+pub const TSVAL_FOUND: u64 = 1 << 32;
+
+/// The TCP options, as far as the packet's linear data holds them. In a
+/// per-CPU scratch slot: the walk's caller (a header-layout copy) leaves too
+/// little of the 512-byte stack for them.
+#[repr(C)]
+pub struct TcpOptions {
+    bytes: [u8; TCP_OPTIONS_MAX],
+    /// How many of `bytes` were loaded: those past the packet read as absent.
+    loaded: u64,
+}
+
+#[btf_map]
+static TCP_OPTIONS: PerCpuArray<TcpOptions, 1> = PerCpuArray::new();
+
+/// A loaded slot of `TCP_OPTIONS`.
+struct Options(*mut TcpOptions);
+
+impl Options {
+    /// Options from `packet_len` bytes of linear data, `len` of them at
+    /// `offset`, loaded by `load` (the context's load-bytes helper).
+    #[inline(always)]
+    fn load(
+        packet_len: usize,
+        offset: u32,
+        len: u32,
+        load: impl FnOnce(*mut u8, u32) -> i64,
+    ) -> Option<Options> {
+        let len = len as usize;
+        if len == 0 || len > TCP_OPTIONS_MAX {
             return None;
         }
-        if kind == TCP_OPT_NOP {
-            at += 1;
-            continue;
-        }
-        let len = usize::from(read::<u8>(ctx, options + at + 1)?);
-        if len < 2 || at + len > options_len {
+        let in_packet = packet_len.checked_sub(offset as usize)?;
+        let loaded = len.min(in_packet);
+        if loaded == 0 {
             return None;
         }
-        if kind == TCP_OPT_TIMESTAMP && len == TCP_OPT_TIMESTAMP_LEN {
-            return read::<u32>(ctx, options + at + 2).map(u32::from_be);
+        let slot = TCP_OPTIONS.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot; the helper writes at most `loaded` <= 40 bytes.
+        unsafe {
+            if load((*slot).bytes.as_mut_ptr(), loaded as u32) != 0 {
+                return None;
+            }
+            (*slot).loaded = loaded as u64;
         }
-        at += len;
+        Some(Options(slot))
     }
-    None
+
+    /// The byte at `at`, if it was in the packet.
+    #[inline(always)]
+    fn byte(&self, at: usize) -> Option<u8> {
+        // SAFETY: this CPU's slot, read after `load` filled it.
+        let options = unsafe { &*self.0 };
+        if at as u64 >= options.loaded || at >= TCP_OPTIONS_MAX {
+            return None;
+        }
+        // SAFETY: `at` < TCP_OPTIONS_MAX, the array's length.
+        Some(unsafe { *options.bytes.as_ptr().add(at) })
+    }
+
+    /// `tcp_tsval`'s walk over the `len` bytes of options.
+    #[inline(always)]
+    fn tsval(&self, len: usize) -> Option<u32> {
+        let mut at = 0;
+        // Bounded: every turn moves `at` on by at least a byte, and `len`
+        // is at most 40.
+        while at < len {
+            let kind = self.byte(at)?;
+            if kind == TCP_OPT_EOL {
+                return None;
+            }
+            if kind == TCP_OPT_NOP {
+                at += 1;
+                continue;
+            }
+            let opt_len = usize::from(self.byte(at + 1)?);
+            if opt_len < 2 || at + opt_len > len {
+                return None;
+            }
+            if kind == TCP_OPT_TIMESTAMP && opt_len == TCP_OPT_TIMESTAMP_LEN {
+                return Some(u32::from_be_bytes([
+                    self.byte(at + 2)?,
+                    self.byte(at + 3)?,
+                    self.byte(at + 4)?,
+                    self.byte(at + 5)?,
+                ]));
+            }
+            at += opt_len;
+        }
+        None
+    }
+}
+
+#[inline(always)]
+fn tsval_result(tsval: Option<u32>) -> u64 {
+    tsval.map_or(0, |v| TSVAL_FOUND | u64::from(v))
+}
+
+/// `tcp_tsval`'s walk for XDP over the `len` option bytes at `offset`: see
+/// `tcp_tsval` (`TSVAL_FOUND` | TSval, or 0).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdp_tcp_tsval(ctx: *mut xdp_md, offset: u32, len: u32) -> u64 {
+    let xdp = XdpContext::new(ctx);
+    let packet_len = xdp.data_end() - xdp.data();
+    // SAFETY: the helper writes `n` <= 40 bytes into the slot's array.
+    let load = |to: *mut u8, n: u32| unsafe { bpf_xdp_load_bytes(ctx, offset, to.cast(), n) };
+    tsval_result(Options::load(packet_len, offset, len, load).and_then(|o| o.tsval(len as usize)))
+}
+
+/// `xdp_tcp_tsval` for the TC classifier, over the skb's linear data (what
+/// the program reads directly).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tc_tcp_tsval(skb: *mut __sk_buff, offset: u32, len: u32) -> u64 {
+    let tc = TcContext::new(skb);
+    let packet_len = tc.data_end() - tc.data();
+    // SAFETY: the helper writes `n` <= 40 bytes into the slot's array.
+    let load = |to: *mut u8, n: u32| unsafe {
+        bpf_skb_load_bytes(skb.cast_const().cast(), offset, to.cast(), n)
+    };
+    tsval_result(Options::load(packet_len, offset, len, load).and_then(|o| o.tsval(len as usize)))
 }
 
 /// A pointer to a `T` at `offset`, if the packet is long enough.
