@@ -8,9 +8,7 @@ use aya_ebpf::{
         __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action,
         xdp_md,
     },
-    btf_maps::PerCpuArray,
-    helpers::{bpf_redirect, bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    macros::btf_map,
+    helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{Address, FlowKeyOf, FlowValueOf, PROTO_UDP};
@@ -336,8 +334,7 @@ pub fn pull_headers(ctx: &TcContext) {
 /// The walk itself is a global BPF function of the context (`xdp_tcp_tsval`,
 /// `tc_tcp_tsval`): the verifier checks a global function once, on its own,
 /// where an inlined walk was checked at each call site of each header-layout
-/// copy, every path of its variable-step loop each time (0.7 s of the XDP
-/// program's load).
+/// copy, every path of its variable-step loop each time.
 #[inline(always)]
 pub fn tcp_tsval<C: Packet>(ctx: &C, l4: usize) -> Option<u32> {
     let found = tcp_tsval_word(ctx, l4);
@@ -362,95 +359,81 @@ pub fn tcp_tsval_word<C: Packet>(ctx: &C, l4: usize) -> u64 {
 /// a global function returns a scalar.
 pub const TSVAL_FOUND: u64 = 1 << 32;
 
-/// The TCP options, as far as the packet's linear data holds them. In a
-/// per-CPU scratch slot: the walk's caller (a header-layout copy) leaves too
-/// little of the 512-byte stack for them.
-#[repr(C)]
-pub struct TcpOptions {
-    bytes: [u8; TCP_OPTIONS_MAX],
-    /// How many of `bytes` were loaded: those past the packet read as absent.
-    loaded: u64,
+/// The packet bytes from `p` to `p + N` lie before `end`. The sum is made
+/// in assembly so that the verifier sees `p` plus a constant, the form from
+/// which it learns a range for `p` (the compiler would otherwise fold the
+/// constant into `p`'s variable offset, or turn `p + 1 > end` into `p >=
+/// end`, which tells the verifier nothing).
+#[inline(always)]
+fn in_packet<const N: u64>(p: usize, end: usize) -> bool {
+    let last: usize;
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{t} = {p}",
+            "{t} += {n}",
+            p = in(reg) p,
+            n = const N,
+            t = out(reg) last,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    last <= end
 }
 
-#[btf_map]
-static TCP_OPTIONS: PerCpuArray<TcpOptions, 1> = PerCpuArray::new();
-
-/// A loaded slot of `TCP_OPTIONS`.
-struct Options(*mut TcpOptions);
-
-impl Options {
-    /// Options from `packet_len` bytes of linear data, `len` of them at
-    /// `offset`, loaded by `load` (the context's load-bytes helper).
-    #[inline(always)]
-    fn load(
-        packet_len: usize,
-        offset: u32,
-        len: u32,
-        load: impl FnOnce(*mut u8, u32) -> i64,
-    ) -> Option<Options> {
-        let len = len as usize;
-        if len == 0 || len > TCP_OPTIONS_MAX {
+/// `tcp_tsval`'s walk over the `len` option bytes at `offset` of the packet
+/// from `data` to `end` (linear data, read directly).
+#[inline(always)]
+fn walk_options(data: usize, end: usize, offset: u32, len: u32) -> Option<u32> {
+    // Both are unknown to the verifier here (the offset is at most
+    // Ethernet, a VLAN tag, an IPv6 header and a TCP header). Read back
+    // opaquely, so that the checks bound the values used after them (the
+    // compiler would check copies it proved equal).
+    // SAFETY: reads of locals.
+    let (offset, len) = unsafe {
+        (
+            core::ptr::read_volatile(&(offset as usize)),
+            core::ptr::read_volatile(&(len as usize)),
+        )
+    };
+    if len == 0 || len > TCP_OPTIONS_MAX || offset > HEADERS_MAX as usize {
+        return None;
+    }
+    let options = data + offset;
+    let mut at = 0;
+    // Bounded: every turn moves `at` on by at least a byte, and `len` is
+    // at most 40.
+    while at < len {
+        let p = options + at;
+        // Kind and length: with fewer than two bytes left in the packet,
+        // no option (and no timestamp) follows anyway.
+        if !in_packet::<2>(p, end) {
             return None;
         }
-        let in_packet = packet_len.checked_sub(offset as usize)?;
-        let loaded = len.min(in_packet);
-        if loaded == 0 {
+        // SAFETY: `in_packet` checked both bytes.
+        let (kind, opt_len) = unsafe { (*(p as *const u8), usize::from(*((p + 1) as *const u8))) };
+        if kind == TCP_OPT_EOL {
             return None;
         }
-        let slot = TCP_OPTIONS.get_ptr_mut(0)?;
-        // SAFETY: this CPU's slot; the helper writes at most `loaded` <= 40 bytes.
-        unsafe {
-            if load((*slot).bytes.as_mut_ptr(), loaded as u32) != 0 {
-                return None;
-            }
-            (*slot).loaded = loaded as u64;
+        if kind == TCP_OPT_NOP {
+            at += 1;
+            continue;
         }
-        Some(Options(slot))
-    }
-
-    /// The byte at `at`, if it was in the packet.
-    #[inline(always)]
-    fn byte(&self, at: usize) -> Option<u8> {
-        // SAFETY: this CPU's slot, read after `load` filled it.
-        let options = unsafe { &*self.0 };
-        if at as u64 >= options.loaded || at >= TCP_OPTIONS_MAX {
+        if opt_len < 2 || at + opt_len > len {
             return None;
         }
-        // SAFETY: `at` < TCP_OPTIONS_MAX, the array's length.
-        Some(unsafe { *options.bytes.as_ptr().add(at) })
-    }
-
-    /// `tcp_tsval`'s walk over the `len` bytes of options.
-    #[inline(always)]
-    fn tsval(&self, len: usize) -> Option<u32> {
-        let mut at = 0;
-        // Bounded: every turn moves `at` on by at least a byte, and `len`
-        // is at most 40.
-        while at < len {
-            let kind = self.byte(at)?;
-            if kind == TCP_OPT_EOL {
+        if kind == TCP_OPT_TIMESTAMP && opt_len == TCP_OPT_TIMESTAMP_LEN {
+            if !in_packet::<6>(p, end) {
                 return None;
             }
-            if kind == TCP_OPT_NOP {
-                at += 1;
-                continue;
-            }
-            let opt_len = usize::from(self.byte(at + 1)?);
-            if opt_len < 2 || at + opt_len > len {
-                return None;
-            }
-            if kind == TCP_OPT_TIMESTAMP && opt_len == TCP_OPT_TIMESTAMP_LEN {
-                return Some(u32::from_be_bytes([
-                    self.byte(at + 2)?,
-                    self.byte(at + 3)?,
-                    self.byte(at + 4)?,
-                    self.byte(at + 5)?,
-                ]));
-            }
-            at += opt_len;
+            // SAFETY: `in_packet` checked the 4 bytes after kind and length.
+            return Some(u32::from_be(unsafe {
+                ((p + 2) as *const u32).read_unaligned()
+            }));
         }
-        None
+        at += opt_len;
     }
+    None
 }
 
 #[inline(always)]
@@ -464,10 +447,7 @@ fn tsval_result(tsval: Option<u32>) -> u64 {
 #[inline(never)]
 pub extern "C" fn xdp_tcp_tsval(ctx: *mut xdp_md, offset: u32, len: u32) -> u64 {
     let xdp = XdpContext::new(ctx);
-    let packet_len = xdp.data_end() - xdp.data();
-    // SAFETY: the helper writes `n` <= 40 bytes into the slot's array.
-    let load = |to: *mut u8, n: u32| unsafe { bpf_xdp_load_bytes(ctx, offset, to.cast(), n) };
-    tsval_result(Options::load(packet_len, offset, len, load).and_then(|o| o.tsval(len as usize)))
+    tsval_result(walk_options(xdp.data(), xdp.data_end(), offset, len))
 }
 
 /// `xdp_tcp_tsval` for the TC classifier, over the skb's linear data (what
@@ -476,12 +456,7 @@ pub extern "C" fn xdp_tcp_tsval(ctx: *mut xdp_md, offset: u32, len: u32) -> u64 
 #[inline(never)]
 pub extern "C" fn tc_tcp_tsval(skb: *mut __sk_buff, offset: u32, len: u32) -> u64 {
     let tc = TcContext::new(skb);
-    let packet_len = tc.data_end() - tc.data();
-    // SAFETY: the helper writes `n` <= 40 bytes into the slot's array.
-    let load = |to: *mut u8, n: u32| unsafe {
-        bpf_skb_load_bytes(skb.cast_const().cast(), offset, to.cast(), n)
-    };
-    tsval_result(Options::load(packet_len, offset, len, load).and_then(|o| o.tsval(len as usize)))
+    tsval_result(walk_options(tc.data(), tc.data_end(), offset, len))
 }
 
 /// A pointer to a `T` at `offset`, if the packet is long enough.
