@@ -441,16 +441,7 @@ pub extern "C" fn claim_nat_port4(
     seq_mode: u64,
     tsval: u64,
 ) -> u32 {
-    // SAFETY: the verifier passes pointers to memory of the pointee's size, or null.
-    let (Some(reply_key), Some(reply)) = (unsafe { reply_key.as_ref() }, unsafe { reply.as_ref() })
-    else {
-        return CLAIM_BUSY;
-    };
-    let syn = Syn {
-        seq: seq_mode as u32,
-        tsval,
-    };
-    claim::<V4>(reply_key, reply, &syn, now, (seq_mode >> 32) as u32)
+    claim_from_global::<V4>(reply_key, reply, now, seq_mode, tsval)
 }
 
 /// `claim_nat_port4` for IPv6.
@@ -459,6 +450,18 @@ pub extern "C" fn claim_nat_port4(
 pub extern "C" fn claim_nat_port6(
     reply_key: *const FlowKeyOf<Addr6>,
     reply: *const FlowValueOf<Addr6>,
+    now: u64,
+    seq_mode: u64,
+    tsval: u64,
+) -> u32 {
+    claim_from_global::<V6>(reply_key, reply, now, seq_mode, tsval)
+}
+
+/// `claim` with the arguments of its global functions.
+#[inline(always)]
+fn claim_from_global<F: Family>(
+    reply_key: *const FlowKeyOf<F::Addr>,
+    reply: *const FlowValueOf<F::Addr>,
     now: u64,
     seq_mode: u64,
     tsval: u64,
@@ -472,7 +475,7 @@ pub extern "C" fn claim_nat_port6(
         seq: seq_mode as u32,
         tsval,
     };
-    claim::<V6>(reply_key, reply, &syn, now, (seq_mode >> 32) as u32)
+    claim::<F>(reply_key, reply, &syn, now, (seq_mode >> 32) as u32)
 }
 
 /// The `seq_mode` argument of `claim`'s global functions.
