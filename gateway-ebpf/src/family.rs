@@ -8,7 +8,12 @@ use gateway_common::{
     MAX_TABLES, PROTO_TCP, PROTO_UDP, PacketEvent,
 };
 
-use crate::{csum, icmp, maps, packet::*};
+use crate::{
+    csum,
+    forward::{NatProbe, Syn, claim_nat_port4, claim_nat_port6, claim_seq_mode},
+    icmp, maps,
+    packet::*,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -34,6 +39,16 @@ pub trait Family {
         flags: u32,
     ) -> bool;
     fn remove_flow(key: &FlowKeyOf<Self::Addr>);
+    /// This CPU's slot of the family's NAT-probe scratch map.
+    fn nat_probe() -> Option<*mut NatProbe<Self::Addr>>;
+    /// `forward`'s NAT-port claim, by this family's global function.
+    fn claim(
+        reply_key: &FlowKeyOf<Self::Addr>,
+        reply: &FlowValueOf<Self::Addr>,
+        syn: &Syn,
+        now: u64,
+        mode: u32,
+    ) -> u32;
 
     /// Writes the flow's addresses into the IP header (and its checksum, if
     /// the family has one).
@@ -107,17 +122,33 @@ impl Family for V4 {
 
     #[inline(always)]
     fn flow(key: &FlowKeyOf<u32>) -> Option<*mut FlowValueOf<u32>> {
-        maps::FLOWS.get_ptr_mut(*key)
+        maps::FLOWS.get_ptr_mut(key)
     }
 
     #[inline(always)]
     fn insert_flow(key: &FlowKeyOf<u32>, value: &FlowValueOf<u32>, flags: u32) -> bool {
-        maps::FLOWS.insert(*key, *value, u64::from(flags)).is_ok()
+        maps::FLOWS.insert(key, value, u64::from(flags)).is_ok()
     }
 
     #[inline(always)]
     fn remove_flow(key: &FlowKeyOf<u32>) {
-        let _ = maps::FLOWS.remove(*key);
+        let _ = maps::FLOWS.remove(key);
+    }
+
+    #[inline(always)]
+    fn nat_probe() -> Option<*mut NatProbe<u32>> {
+        maps::NAT_PROBES.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn claim(
+        reply_key: &FlowKeyOf<u32>,
+        reply: &FlowValueOf<u32>,
+        syn: &Syn,
+        now: u64,
+        mode: u32,
+    ) -> u32 {
+        claim_nat_port4(reply_key, reply, now, claim_seq_mode(syn, mode), syn.tsval)
     }
 
     #[inline(always)]
@@ -225,17 +256,33 @@ impl Family for V6 {
 
     #[inline(always)]
     fn flow(key: &FlowKeyOf<Addr6>) -> Option<*mut FlowValueOf<Addr6>> {
-        maps::FLOWS6.get_ptr_mut(*key)
+        maps::FLOWS6.get_ptr_mut(key)
     }
 
     #[inline(always)]
     fn insert_flow(key: &FlowKeyOf<Addr6>, value: &FlowValueOf<Addr6>, flags: u32) -> bool {
-        maps::FLOWS6.insert(*key, *value, u64::from(flags)).is_ok()
+        maps::FLOWS6.insert(key, value, u64::from(flags)).is_ok()
     }
 
     #[inline(always)]
     fn remove_flow(key: &FlowKeyOf<Addr6>) {
-        let _ = maps::FLOWS6.remove(*key);
+        let _ = maps::FLOWS6.remove(key);
+    }
+
+    #[inline(always)]
+    fn nat_probe() -> Option<*mut NatProbe<Addr6>> {
+        maps::NAT_PROBES6.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn claim(
+        reply_key: &FlowKeyOf<Addr6>,
+        reply: &FlowValueOf<Addr6>,
+        syn: &Syn,
+        now: u64,
+        mode: u32,
+    ) -> u32 {
+        claim_nat_port6(reply_key, reply, now, claim_seq_mode(syn, mode), syn.tsval)
     }
 
     #[inline(always)]

@@ -5,11 +5,13 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    BackendValue, BackendValue6, FlowKey, FlowKey6, FlowValue, FlowValue6, ListenerKey,
+    Addr6, BackendValue, BackendValue6, FlowKey, FlowKey6, FlowValue, FlowValue6, ListenerKey,
     ListenerKey6, ListenerValue, MAX_BACKENDS_PER_ROUTE, MAX_BACKENDS6, MAX_FLOWS, MAX_FLOWS6,
     MAX_LISTENERS, MAX_ROUTES, MAX_TABLES, MaglevTable, PACKET_EVENT_COUNT, PacketEvent, RouteName,
     RouteStats, RouteValue,
 };
+
+use crate::forward::NatProbe;
 
 #[btf_map]
 pub static LISTENERS: HashMap<ListenerKey, ListenerValue, { MAX_LISTENERS as usize }> =
@@ -46,6 +48,13 @@ pub static FLOWS6: LruHashMap<FlowKey6, FlowValue6, { MAX_FLOWS6 as usize }> = L
 
 #[btf_map]
 pub static ROUTE_STATS: PerCpuArray<RouteStats, { MAX_ROUTES as usize }> = PerCpuArray::new();
+
+/// Scratch: a new flow's NAT-port probe (see `forward::NatProbe`).
+#[btf_map]
+pub static NAT_PROBES: PerCpuArray<NatProbe<u32>, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static NAT_PROBES6: PerCpuArray<NatProbe<Addr6>, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static XDP_STATS: PerCpuArray<u64, { PACKET_EVENT_COUNT as usize }> = PerCpuArray::new();

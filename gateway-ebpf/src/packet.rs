@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action,
+        xdp_md,
+    },
     helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
@@ -96,6 +99,9 @@ pub trait Packet: EbpfContext {
     /// The XDP context, for what only XDP does (answering a packet too big
     /// for the egress link itself).
     fn as_xdp(&self) -> Option<&XdpContext>;
+    /// `tcp_tsval`'s walk over `len` option bytes at `offset`, by this
+    /// context's global function.
+    fn options_tsval(&self, offset: u32, len: u32) -> u64;
 }
 
 impl Packet for XdpContext {
@@ -164,6 +170,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn as_xdp(&self) -> Option<&XdpContext> {
         Some(self)
+    }
+
+    #[inline(always)]
+    fn options_tsval(&self, offset: u32, len: u32) -> u64 {
+        xdp_tcp_tsval(self.ctx, offset, len)
     }
 }
 
@@ -293,6 +304,11 @@ impl Packet for TcContext {
     fn as_xdp(&self) -> Option<&XdpContext> {
         None
     }
+
+    #[inline(always)]
+    fn options_tsval(&self, offset: u32, len: u32) -> u64 {
+        tc_tcp_tsval(self.skb.skb, offset, len)
+    }
 }
 
 /// Makes the headers the program reads linear (a GSO or GRO skb may carry
@@ -314,26 +330,88 @@ pub fn pull_headers(ctx: &TcContext) {
 /// of the wrong size is skipped, and the end-of-list option, a length below
 /// 2, an option running past the header or past the packet end the walk
 /// with no timestamp.
+///
+/// The walk itself is a global BPF function of the context (`xdp_tcp_tsval`,
+/// `tc_tcp_tsval`): the verifier checks a global function once, on its own,
+/// where an inlined walk was checked at each call site of each header-layout
+/// copy, every path of its variable-step loop each time.
 #[inline(always)]
-pub fn tcp_tsval(ctx: &impl Packet, l4: usize) -> Option<u32> {
-    let header_words = read::<u8>(ctx, l4 + TCP_DOFF)? >> 4;
+pub fn tcp_tsval<C: Packet>(ctx: &C, l4: usize) -> Option<u32> {
+    let found = tcp_tsval_word(ctx, l4);
+    (found & TSVAL_FOUND != 0).then_some(found as u32)
+}
+
+/// `tcp_tsval` as its walk returns it: `TSVAL_FOUND` | TSval, or 0.
+#[inline(always)]
+pub fn tcp_tsval_word<C: Packet>(ctx: &C, l4: usize) -> u64 {
+    let Some(header_words) = read::<u8>(ctx, l4 + TCP_DOFF).map(|b| b >> 4) else {
+        return 0;
+    };
     // Wraps to a huge length (refused) for a header shorter than 5 words.
     let options_len = (usize::from(header_words) * 4).wrapping_sub(TCP_HDR_MIN);
-    // The compiler folds this check into one on the header length, which
-    // leaves the verifier without a bound on `options_len`: read it back
-    // opaquely and check the value the loop uses.
-    // SAFETY: a read of a local.
-    let options_len = unsafe { core::ptr::read_volatile(&options_len) };
-    if options_len > TCP_OPTIONS_MAX {
+    if options_len == 0 || options_len > TCP_OPTIONS_MAX {
+        return 0;
+    }
+    ctx.options_tsval((l4 + TCP_HDR_MIN) as u32, options_len as u32)
+}
+
+/// The bit of a TSval word that says a TSval was found (in the low 32 bits):
+/// a global function returns a scalar.
+pub const TSVAL_FOUND: u64 = 1 << 32;
+
+/// The packet bytes from `p` to `p + N` lie before `end`. The sum is made
+/// in assembly so that the verifier sees `p` plus a constant, the form from
+/// which it learns a range for `p` (the compiler would otherwise fold the
+/// constant into `p`'s variable offset, or turn `p + 1 > end` into `p >=
+/// end`, which tells the verifier nothing).
+#[inline(always)]
+fn in_packet<const N: u64>(p: usize, end: usize) -> bool {
+    let last: usize;
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{t} = {p}",
+            "{t} += {n}",
+            p = in(reg) p,
+            n = const N,
+            t = out(reg) last,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    last <= end
+}
+
+/// `tcp_tsval`'s walk over the `len` option bytes at `offset` of the packet
+/// from `data` to `end` (linear data, read directly).
+#[inline(always)]
+fn walk_options(data: usize, end: usize, offset: u32, len: u32) -> Option<u32> {
+    // Both are unknown to the verifier here (the offset is at most
+    // Ethernet, a VLAN tag, an IPv6 header and a TCP header). Read back
+    // opaquely, so that the checks bound the values used after them (the
+    // compiler would check copies it proved equal).
+    // SAFETY: reads of locals.
+    let (offset, len) = unsafe {
+        (
+            core::ptr::read_volatile(&(offset as usize)),
+            core::ptr::read_volatile(&(len as usize)),
+        )
+    };
+    if len == 0 || len > TCP_OPTIONS_MAX || offset > HEADERS_MAX as usize {
         return None;
     }
-    let options = l4 + TCP_HDR_MIN;
+    let options = data + offset;
     let mut at = 0;
-    // Bounded: every turn moves `at` on by at least a byte, and
-    // `options_len` is at most 40. (No turn counter: without one, the
-    // verifier finds the states of later turns equal to earlier ones.)
-    while at < options_len {
-        let kind = read::<u8>(ctx, options + at)?;
+    // Bounded: every turn moves `at` on by at least a byte, and `len` is
+    // at most 40.
+    while at < len {
+        let p = options + at;
+        // Kind and length: with fewer than two bytes left in the packet,
+        // no option (and no timestamp) follows anyway.
+        if !in_packet::<2>(p, end) {
+            return None;
+        }
+        // SAFETY: `in_packet` checked both bytes.
+        let (kind, opt_len) = unsafe { (*(p as *const u8), usize::from(*((p + 1) as *const u8))) };
         if kind == TCP_OPT_EOL {
             return None;
         }
@@ -341,16 +419,44 @@ pub fn tcp_tsval(ctx: &impl Packet, l4: usize) -> Option<u32> {
             at += 1;
             continue;
         }
-        let len = usize::from(read::<u8>(ctx, options + at + 1)?);
-        if len < 2 || at + len > options_len {
+        if opt_len < 2 || at + opt_len > len {
             return None;
         }
-        if kind == TCP_OPT_TIMESTAMP && len == TCP_OPT_TIMESTAMP_LEN {
-            return read::<u32>(ctx, options + at + 2).map(u32::from_be);
+        if kind == TCP_OPT_TIMESTAMP && opt_len == TCP_OPT_TIMESTAMP_LEN {
+            if !in_packet::<6>(p, end) {
+                return None;
+            }
+            // SAFETY: `in_packet` checked the 4 bytes after kind and length.
+            return Some(u32::from_be(unsafe {
+                ((p + 2) as *const u32).read_unaligned()
+            }));
         }
-        at += len;
+        at += opt_len;
     }
     None
+}
+
+#[inline(always)]
+fn tsval_result(tsval: Option<u32>) -> u64 {
+    tsval.map_or(0, |v| TSVAL_FOUND | u64::from(v))
+}
+
+/// `tcp_tsval`'s walk for XDP over the `len` option bytes at `offset`: see
+/// `tcp_tsval` (`TSVAL_FOUND` | TSval, or 0).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdp_tcp_tsval(ctx: *mut xdp_md, offset: u32, len: u32) -> u64 {
+    let xdp = XdpContext::new(ctx);
+    tsval_result(walk_options(xdp.data(), xdp.data_end(), offset, len))
+}
+
+/// `xdp_tcp_tsval` for the TC classifier, over the skb's linear data (what
+/// the program reads directly).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tc_tcp_tsval(skb: *mut __sk_buff, offset: u32, len: u32) -> u64 {
+    let tc = TcContext::new(skb);
+    tsval_result(walk_options(tc.data(), tc.data_end(), offset, len))
 }
 
 /// A pointer to a `T` at `offset`, if the packet is long enough.
