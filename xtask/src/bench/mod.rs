@@ -12,6 +12,7 @@ pub mod manifests;
 mod netns;
 mod report;
 mod stats;
+mod tls_probe;
 mod tools;
 mod udp_load;
 
