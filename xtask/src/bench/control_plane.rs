@@ -30,7 +30,7 @@ use super::Budget;
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::manifests::{self, Scale};
 use super::netns::{Daemon, Netns, http_status, proc_status_kb, wait_until};
-use super::report::{Section, bar_chart};
+use super::report::{Section, StageClock, bar_chart};
 use super::stats::{Summary, percentile};
 use super::tls_probe;
 use timeline::{Change, Timeline};
@@ -66,6 +66,10 @@ fn full_scale() -> Scale {
     scale(100, 10_000, 1_000, 1_000)
 }
 const FULL_SCALE: &str = "10,000 HTTPRoutes + 1,000 TCP/UDPRoutes + 1,000 TLSRoutes";
+/// What the scale set holds, for the report's header.
+pub const SCALE_SET: &str = "10,000 HTTPRoutes (one hostname and 5 PathPrefix rules each), 1,000 TCP/UDPRoutes (a listener each) \
+     and 1,000 TLSRoutes (an SNI hostname each, 10 per Gateway on one TLS Passthrough listener) across 100 Gateways, \
+     standalone (manifest files) and in cluster mode against the fake API server";
 
 /// The TLSRoutes' backend: socat echoing every connection's bytes.
 fn tls_echo_backend(ns: &Netns, dir: &Path) -> anyhow::Result<Daemon> {
@@ -754,7 +758,8 @@ pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow:
     let ns = Netns::new("cp")?;
     let dir = std::env::temp_dir().join(&ns.name);
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&ns, &dir, agent, budget, out_dir, stamp);
+    let mut clock = StageClock::start();
+    let result = measure(&ns, &dir, agent, budget, out_dir, stamp, &mut clock);
     let _ = std::fs::remove_dir_all(&dir);
     let mut section = result?;
     // The agent's figures first (printed as soon as measured): building the
@@ -765,9 +770,11 @@ pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow:
     } else {
         criterion(budget).unwrap_or_else(|e| format!("criterion benchmark failed: {e:#}\n"))
     };
+    clock.lap("criterion (build and run)");
     section.markdown.push_str(&format!(
         "\n### Translate and route lookup (criterion, `cargo bench -p gateway-agent --bench scale`)\n\n{criterion}"
     ));
+    section.markdown.push_str(&clock.markdown());
     Ok(section)
 }
 
@@ -778,6 +785,7 @@ fn measure(
     budget: Budget,
     out_dir: &Path,
     stamp: &str,
+    clock: &mut StageClock,
 ) -> anyhow::Result<Section> {
     let _backend = backend_nginx(ns, dir, BACKEND, CLIENT_CPU)?;
     let _tls_backend = tls_echo_backend(ns, dir)?;
@@ -835,6 +843,7 @@ fn measure(
         ));
     }
 
+    clock.lap("standalone starts");
     // Change to serving, under load: a manifest file written.
     let edits = if budget.quick { 20 } else { 100 };
     let started = start_agent(
@@ -876,7 +885,9 @@ fn measure(
     // watch event is inside every API change measured. `BENCH_FAKE_APISERVER`
     // names an already built one instead (building it alone can rebuild the
     // agent's library with other features).
+    clock.lap("standalone edits");
     let fake = super::release_binary("BENCH_FAKE_APISERVER", "gateway-tests", "fake-apiserver")?;
+    clock.lap("fake-apiserver release build");
     let cluster_cases = [(FULL_SCALE, "kfull", full_scale())];
     let cluster_repeats = if edits_only { 0 } else { budget.repeats.min(3) };
     let mut cluster_results: Vec<Startup> =
@@ -895,6 +906,7 @@ fn measure(
             );
         }
     }
+    clock.lap("cluster starts");
     let (started, api) = start_cluster_agent(
         ns,
         dir,
@@ -912,6 +924,7 @@ fn measure(
         "    cluster: status writes settled after {:.1} s",
         settled.as_secs_f64()
     );
+    clock.lap("cluster edit run's start and status settle");
     let cluster = edit_under_load(
         ns,
         &started,
@@ -937,6 +950,7 @@ fn measure(
         },
     )?;
     drop(started);
+    clock.lap("cluster edits");
     md.push_str(&format!(
         "\n### Cluster mode, against the fake API server\n\n\
          The agent in cluster mode (`--kubeconfig`) against `fake-apiserver` (tests/src/bin/fake_apiserver.rs, a release build on the \

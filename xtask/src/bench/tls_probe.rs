@@ -66,8 +66,12 @@ mod tests {
     fn client_hello_lengths_are_consistent() {
         let hello = client_hello("t7.tls.bench.example");
         // Record length covers the handshake; handshake length covers its body.
-        assert_eq!(usize::from(u16::from_be_bytes([hello[3], hello[4]])), hello.len() - 5);
-        let body_len = usize::from(hello[6]) << 16 | usize::from(hello[7]) << 8 | usize::from(hello[8]);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([hello[3], hello[4]])),
+            hello.len() - 5
+        );
+        let body_len =
+            usize::from(hello[6]) << 16 | usize::from(hello[7]) << 8 | usize::from(hello[8]);
         assert_eq!(body_len, hello.len() - 9);
         assert!(hello.ends_with(b"t7.tls.bench.example"));
     }
