@@ -753,24 +753,34 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow::Result<Section> {
+pub fn run(
+    agent: &Path,
+    helpers: &super::Helpers,
+    budget: Budget,
+    out_dir: &Path,
+    stamp: &str,
+) -> anyhow::Result<Section> {
     println!("==> bench control-plane");
     let ns = Netns::new("cp")?;
     let dir = std::env::temp_dir().join(&ns.name);
     std::fs::create_dir_all(&dir)?;
     let mut clock = StageClock::start();
-    let result = measure(&ns, &dir, agent, budget, out_dir, stamp, &mut clock);
+    let fake = helpers
+        .fake_apiserver
+        .as_deref()
+        .context("fake-apiserver not built")?;
+    let result = measure(&ns, &dir, (agent, fake), budget, out_dir, stamp, &mut clock);
     let _ = std::fs::remove_dir_all(&dir);
     let mut section = result?;
     // The agent's figures first (printed as soon as measured): building the
     // criterion benchmark takes long on a loaded machine.
     println!("{}", section.markdown);
-    let criterion = if std::env::var_os("BENCH_SKIP_CRITERION").is_some() {
-        "Not run in this report (`BENCH_SKIP_CRITERION` set).\n".to_string()
-    } else {
-        criterion(budget).unwrap_or_else(|e| format!("criterion benchmark failed: {e:#}\n"))
+    let criterion = match &helpers.scale_bench {
+        None => "Not run in this report (`BENCH_SKIP_CRITERION` set).\n".to_string(),
+        Some(bench) => criterion(bench, budget)
+            .unwrap_or_else(|e| format!("criterion benchmark failed: {e:#}\n")),
     };
-    clock.lap("criterion (build and run)");
+    clock.lap("criterion");
     section.markdown.push_str(&format!(
         "\n### Translate and route lookup (criterion, `cargo bench -p gateway-agent --bench scale`)\n\n{criterion}"
     ));
@@ -781,7 +791,7 @@ pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow:
 fn measure(
     ns: &Netns,
     dir: &Path,
-    agent: &Path,
+    (agent, fake): (&Path, &Path),
     budget: Budget,
     out_dir: &Path,
     stamp: &str,
@@ -880,14 +890,11 @@ fn measure(
     ));
     let p99 = percentile(&standalone.latencies, 99.0);
 
-    // Cluster mode: the agent against the fake API server.
-    // A release build, since its time to answer a PATCH and to send the
-    // watch event is inside every API change measured. `BENCH_FAKE_APISERVER`
-    // names an already built one instead (building it alone can rebuild the
-    // agent's library with other features).
+    // Cluster mode: the agent against the fake API server (`fake`, a
+    // release build, since its time to answer a PATCH and to send the watch
+    // event is inside every API change measured; `BENCH_FAKE_APISERVER`
+    // names an already built one instead).
     clock.lap("standalone edits");
-    let fake = super::release_binary("BENCH_FAKE_APISERVER", "gateway-tests", "fake-apiserver")?;
-    clock.lap("fake-apiserver release build");
     let cluster_cases = [(FULL_SCALE, "kfull", full_scale())];
     let cluster_repeats = if edits_only { 0 } else { budget.repeats.min(3) };
     let mut cluster_results: Vec<Startup> =
@@ -895,7 +902,7 @@ fn measure(
     for repeat in 0..cluster_repeats {
         for ((_, label, scale), result) in cluster_cases.iter().zip(&mut cluster_results) {
             let (started, _api) =
-                start_cluster_agent(ns, dir, agent, &fake, (label, "info"), scale)?;
+                start_cluster_agent(ns, dir, agent, fake, (label, "info"), scale)?;
             result.record(&started);
             println!(
                 "    repeat {repeat}: cluster {label}: serving after {:.2} s (TLS {:.2} s), RSS {:.1} MB, peak {:.1} MB",
@@ -911,7 +918,7 @@ fn measure(
         ns,
         dir,
         agent,
-        &fake,
+        fake,
         ("kedits", timeline::LOG_FILTER),
         &scale(100, 5_000, 0, 0),
     )?;
@@ -1031,20 +1038,19 @@ fn failure_kinds(oha_json: &str) -> String {
     }
 }
 
-/// Runs the criterion benchmark and tabulates its medians.
-fn criterion(budget: Budget) -> anyhow::Result<String> {
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "bench",
-        "--quiet",
-        "-p",
-        "gateway-agent",
-        "--bench",
-        "scale",
-        "--",
-    ]);
+/// Runs the criterion benchmark (`bench`, built by `Helpers`: what `cargo
+/// bench -p gateway-agent --bench scale` runs) and tabulates its medians.
+fn criterion(bench: &Path, budget: Budget) -> anyhow::Result<String> {
+    let mut cmd = Command::new(bench);
+    // Warm-up 1 s, not 3: every benchmark here reaches its steady time
+    // within a few iterations (lookups of ~50 ns, translate ~130 ms);
+    // the measurement time stays criterion's 5 s.
+    cmd.args(["--bench", "--warm-up-time", "1"]).env(
+        "CRITERION_HOME",
+        std::fs::canonicalize("target")?.join("criterion"),
+    );
     if budget.quick {
-        cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+        cmd.args(["--measurement-time", "2"]);
     }
     crate::run_cmd(&mut cmd)?;
     let estimate = |id: &str| -> anyhow::Result<(f64, f64, f64)> {

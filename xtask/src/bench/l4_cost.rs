@@ -5,6 +5,7 @@
 //! run by the tests crate's `program-cost` binary, so the figures are the
 //! ones those tests print.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
@@ -26,14 +27,12 @@ const ROWS: [(&str, &str); 4] = [
 ];
 
 /// Runs the measurement and returns the report's subsection.
-pub fn run(budget: Budget, clock: &mut StageClock) -> anyhow::Result<String> {
-    // With the eBPF object of this checkout built in;
-    // `BENCH_PROGRAM_COST_BINARY` names another build, e.g. of another branch.
-    let binary =
-        super::release_binary("BENCH_PROGRAM_COST_BINARY", "gateway-tests", "program-cost")?;
-    clock.lap("tests crate release build (program-cost)");
+/// `binary`: the tests crate's `program-cost` (with the eBPF object of this
+/// checkout built in, or the build `BENCH_PROGRAM_COST_BINARY` names, e.g. of
+/// another branch).
+pub fn run(binary: &Path, budget: Budget, clock: &mut StageClock) -> anyhow::Result<String> {
     println!("==> bench l4: the program's own cost per packet (BPF_PROG_TEST_RUN)");
-    let out = Command::new(&binary)
+    let out = Command::new(binary)
         .args(["--repeats", &budget.repeats.to_string()])
         .stderr(Stdio::inherit())
         .output()

@@ -19,7 +19,7 @@ mod udp_load;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
@@ -59,6 +59,15 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     let started = Instant::now();
     let load = report::LoadSampler::start();
     let agent = release_binary("BENCH_AGENT_BINARY", "gateway-agent", "gateway-agent")?;
+    println!(
+        "    (agent build: {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let helpers = Helpers::build(
+        matches!(which, Which::L4 | Which::All),
+        matches!(which, Which::ControlPlane | Which::All),
+    )?;
+    println!("    (all builds: {:.1} s)", started.elapsed().as_secs_f64());
     let out_dir = Path::new("bench/results");
     std::fs::create_dir_all(out_dir)?;
     let stamp = report::utc_stamp();
@@ -76,10 +85,10 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
         timed(&|| l7::run(&agent, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::L4 | Which::All) {
-        timed(&|| l4::run(&agent, budget, out_dir, &stamp))?;
+        timed(&|| l4::run(&agent, &helpers, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::ControlPlane | Which::All) {
-        timed(&|| control_plane::run(&agent, budget, out_dir, &stamp))?;
+        timed(&|| control_plane::run(&agent, &helpers, budget, out_dir, &stamp))?;
     }
     let load = load.stop();
     let path = out_dir.join(format!("{stamp}.md"));
@@ -95,6 +104,119 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     println!("{text}");
     println!("==> report written to {}", path.display());
     Ok(())
+}
+
+/// What the sections run besides the agent, built before the first of them
+/// in one cargo invocation: the tests crate's binaries and the criterion
+/// benchmark both link the agent's library, and built together they share
+/// one compile of it (built apart, their dependency features differ and each
+/// compiled it again, a minute or more per copy on 2 CPUs). The agent itself
+/// is built alone, with its own features only.
+pub struct Helpers {
+    /// The tests crate's `program-cost` (l4).
+    pub program_cost: Option<PathBuf>,
+    /// The tests crate's `fake-apiserver` (control plane).
+    pub fake_apiserver: Option<PathBuf>,
+    /// The criterion benchmark gateway-agent/benches/scale.rs (control
+    /// plane), unless `BENCH_SKIP_CRITERION` is set.
+    pub scale_bench: Option<PathBuf>,
+}
+
+impl Helpers {
+    fn build(l4: bool, control_plane: bool) -> anyhow::Result<Helpers> {
+        // (env override, package, cargo target flag, target name); an
+        // environment variable names an already built binary instead.
+        let mut wanted: Vec<(Option<&str>, &str, &str, &str)> = Vec::new();
+        if l4 {
+            wanted.push((
+                Some("BENCH_PROGRAM_COST_BINARY"),
+                "gateway-tests",
+                "--bin",
+                "program-cost",
+            ));
+        }
+        if control_plane {
+            wanted.push((
+                Some("BENCH_FAKE_APISERVER"),
+                "gateway-tests",
+                "--bin",
+                "fake-apiserver",
+            ));
+            if std::env::var_os("BENCH_SKIP_CRITERION").is_none() {
+                wanted.push((None, "gateway-agent", "--bench", "scale"));
+            }
+        }
+        let mut found = std::collections::HashMap::new();
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.args([
+            "build",
+            "--release",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ]);
+        let mut packages = Vec::new();
+        for (env, package, flag, name) in &wanted {
+            if let Some(binary) = env.and_then(std::env::var_os) {
+                println!(
+                    "==> {name}: {} ({})",
+                    binary.to_string_lossy(),
+                    env.unwrap_or_default()
+                );
+                found.insert(*name, std::fs::canonicalize(binary)?);
+                continue;
+            }
+            if !packages.contains(package) {
+                packages.push(*package);
+                cmd.args(["-p", package]);
+            }
+            cmd.args([*flag, *name]);
+        }
+        if !packages.is_empty() {
+            println!(
+                "==> cargo build --release: {}",
+                wanted
+                    .iter()
+                    .filter(|w| !found.contains_key(w.3))
+                    .map(|w| w.3)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let out = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("cannot start cargo build")?;
+            anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let (Some(name), Some(executable)) = (
+                    message["target"]["name"].as_str(),
+                    message["executable"].as_str(),
+                ) else {
+                    continue;
+                };
+                if let Some((_, _, _, name)) = wanted.iter().find(|w| w.3 == name) {
+                    found.insert(*name, PathBuf::from(executable));
+                }
+            }
+        }
+        let mut take = |name: &str| -> anyhow::Result<Option<PathBuf>> {
+            match wanted.iter().find(|w| w.3 == name) {
+                None => Ok(None),
+                Some(_) => {
+                    Ok(Some(found.remove(name).with_context(|| {
+                        format!("cargo built no executable {name}")
+                    })?))
+                }
+            }
+        };
+        Ok(Helpers {
+            program_cost: take("program-cost")?,
+            fake_apiserver: take("fake-apiserver")?,
+            scale_bench: take("scale")?,
+        })
+    }
 }
 
 /// A release build of `bin` in `package` (benchmarks never measure a debug

@@ -167,7 +167,7 @@ pub fn document(
         super::tools::version("nginx", "-v"),
         super::tools::version("haproxy", "-v"),
         took.as_secs_f64(),
-        std::iter::once(format!("agent build {:.0} s", build_took.as_secs_f64()))
+        std::iter::once(format!("release builds {:.0} s", build_took.as_secs_f64()))
             .chain(sections.iter().map(|(section, took)| {
                 // "L7: HTTP proxy vs ..." -> "L7"
                 let short = section.title.split(':').next().unwrap_or_default();
