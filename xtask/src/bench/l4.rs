@@ -685,9 +685,9 @@ fn bulk_tcp(t: &Topology, modes: &[(&str, &str, u16)], budget: Budget) -> anyhow
             let mut attempt = 0;
             let out = loop {
                 match t.client.run_pinned(1, &args) {
-                    Err(error) if attempt < 10 && format!("{error:#}").contains("busy") => {
+                    Err(error) if attempt < 50 && format!("{error:#}").contains("busy") => {
                         attempt += 1;
-                        std::thread::sleep(Duration::from_millis(500));
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                     other => break other?,
                 }
