@@ -1044,11 +1044,13 @@ fn criterion(bench: &Path, budget: Budget) -> anyhow::Result<String> {
     let mut cmd = Command::new(bench);
     // Warm-up 1 s, not 3: every benchmark here reaches its steady time
     // within a few iterations (lookups of ~50 ns, translate ~130 ms);
-    // the measurement time stays criterion's 5 s.
-    cmd.args(["--bench", "--warm-up-time", "1"]).env(
-        "CRITERION_HOME",
-        std::fs::canonicalize("target")?.join("criterion"),
-    );
+    // the measurement time stays criterion's 5 s. No plots: the report
+    // reads estimates.json, and gnuplot's charts took ~5 s per benchmark.
+    cmd.args(["--bench", "--warm-up-time", "1", "--noplot"])
+        .env(
+            "CRITERION_HOME",
+            std::fs::canonicalize("target")?.join("criterion"),
+        );
     if budget.quick {
         cmd.args(["--measurement-time", "2"]);
     }
