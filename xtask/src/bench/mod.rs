@@ -156,13 +156,8 @@ impl Helpers {
         ]);
         let mut packages = Vec::new();
         for (env, package, flag, name) in &wanted {
-            if let Some(binary) = env.and_then(std::env::var_os) {
-                println!(
-                    "==> {name}: {} ({})",
-                    binary.to_string_lossy(),
-                    env.unwrap_or_default()
-                );
-                found.insert(*name, std::fs::canonicalize(binary)?);
+            if let Some(binary) = env.and_then(|env| named_binary(env, name)) {
+                found.insert(*name, binary?);
                 continue;
             }
             if !packages.contains(package) {
@@ -202,14 +197,13 @@ impl Helpers {
             }
         }
         let mut take = |name: &str| -> anyhow::Result<Option<PathBuf>> {
-            match wanted.iter().find(|w| w.3 == name) {
-                None => Ok(None),
-                Some(_) => {
-                    Ok(Some(found.remove(name).with_context(|| {
-                        format!("cargo built no executable {name}")
-                    })?))
-                }
+            if !wanted.iter().any(|w| w.3 == name) {
+                return Ok(None);
             }
+            let binary = found.remove(name);
+            binary
+                .with_context(|| format!("cargo built no executable {name}"))
+                .map(Some)
         };
         Ok(Helpers {
             program_cost: take("program-cost")?,
@@ -219,13 +213,19 @@ impl Helpers {
     }
 }
 
+/// The already built `bin` the environment variable `env` names, if set.
+fn named_binary(env: &str, bin: &str) -> Option<anyhow::Result<PathBuf>> {
+    let binary = std::env::var_os(env)?;
+    println!("==> {bin}: {} ({env})", binary.to_string_lossy());
+    Some(std::fs::canonicalize(binary).with_context(|| env.to_string()))
+}
+
 /// A release build of `bin` in `package` (benchmarks never measure a debug
 /// build), or the binary the environment variable `env` names instead (an
 /// already built one, e.g. another branch's, for an A/B).
 pub fn release_binary(env: &str, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    if let Some(binary) = std::env::var_os(env) {
-        println!("==> {bin}: {} ({env})", binary.to_string_lossy());
-        return Ok(std::fs::canonicalize(binary)?);
+    if let Some(binary) = named_binary(env, bin) {
+        return binary;
     }
     println!("==> cargo build --release -p {package} --bin {bin}");
     crate::run_cmd(std::process::Command::new("cargo").args([
