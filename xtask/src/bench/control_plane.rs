@@ -1043,17 +1043,24 @@ fn failure_kinds(oha_json: &str) -> String {
 fn criterion(bench: &Path, budget: Budget) -> anyhow::Result<String> {
     let mut cmd = Command::new(bench);
     // Warm-up 1 s, not 3: every benchmark here reaches its steady time
-    // within a few iterations (lookups of ~50 ns, translate ~130 ms);
-    // the measurement time stays criterion's 5 s. No plots: the report
-    // reads estimates.json, and gnuplot's charts took ~5 s per benchmark.
-    cmd.args(["--bench", "--warm-up-time", "1", "--noplot"])
-        .env(
-            "CRITERION_HOME",
-            std::fs::canonicalize("target")?.join("criterion"),
-        );
-    if budget.quick {
-        cmd.args(["--measurement-time", "2"]);
-    }
+    // within a few iterations (lookups of ~50 ns, translate ~150 ms).
+    // Measurement 3 s, not 5: a lookup's 100 samples then hold ~60 million
+    // iterations (its 95% interval was ±0.1 ns at 5 s), and translate and
+    // parse keep their 10 samples. No plots: the report reads
+    // estimates.json, and gnuplot's charts took ~5 s per benchmark.
+    let measurement = if budget.quick { "2" } else { "3" };
+    cmd.args([
+        "--bench",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        measurement,
+        "--noplot",
+    ])
+    .env(
+        "CRITERION_HOME",
+        std::fs::canonicalize("target")?.join("criterion"),
+    );
     crate::run_cmd(&mut cmd)?;
     let estimate = |id: &str| -> anyhow::Result<(f64, f64, f64)> {
         let path = format!("target/criterion/{id}/new/estimates.json");
