@@ -75,4 +75,37 @@ mod tests {
         assert_eq!(body_len, hello.len() - 9);
         assert!(hello.ends_with(b"t7.tls.bench.example"));
     }
+
+    /// A loopback server that answers its one connection with `answer(hello)`.
+    fn serve_once(answer: fn(Vec<u8>) -> Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut hello = vec![0; client_hello("a.example").len()];
+            stream.read_exact(&mut hello).expect("read hello");
+            stream.write_all(&answer(hello)).expect("answer");
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn an_echoed_hello_is_served_anything_else_is_not() {
+        let (addr, server) = serve_once(|hello| hello);
+        assert!(passthrough_echoes(&addr, "a.example"));
+        server.join().expect("echo server");
+        let (addr, server) = serve_once(|mut hello| {
+            hello.truncate(10);
+            hello
+        });
+        assert!(!passthrough_echoes(&addr, "a.example"));
+        server.join().expect("short server");
+        let (addr, server) = serve_once(|mut hello| {
+            let last = hello.len() - 1;
+            hello[last] ^= 1;
+            hello
+        });
+        assert!(!passthrough_echoes(&addr, "a.example"));
+        server.join().expect("altering server");
+    }
 }
