@@ -54,8 +54,9 @@ const NODE_CPU: usize = 0;
 const DRAIN: Duration = Duration::from_millis(300);
 /// No datagram arriving for this long ends the drain: the queues on the way
 /// (veth rings, the backlog, ~1,000 packets) empty within a few ms at the
-/// slowest path's rate, and a fixed 300 ms cost 20 s of the run.
-const DRAIN_QUIET: Duration = Duration::from_millis(30);
+/// slowest path's rate, and a fixed 300 ms cost 20 s of the run. Long
+/// enough for a relay (socat) descheduled on a loaded machine to run again.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 /// Waits until the count `delivered` reads has not moved for DRAIN_QUIET,
 /// at most DRAIN.
