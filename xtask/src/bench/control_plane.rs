@@ -765,11 +765,15 @@ pub fn run(
     let dir = std::env::temp_dir().join(&ns.name);
     std::fs::create_dir_all(&dir)?;
     let mut clock = StageClock::start();
-    let fake = helpers
-        .fake_apiserver
-        .as_deref()
-        .context("fake-apiserver not built")?;
-    let result = measure(&ns, &dir, (agent, fake), budget, out_dir, stamp, &mut clock);
+    let result = measure(
+        &ns,
+        &dir,
+        (agent, &helpers.fake_apiserver),
+        budget,
+        out_dir,
+        stamp,
+        &mut clock,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let mut section = result?;
     // The agent's figures first (printed as soon as measured): building the

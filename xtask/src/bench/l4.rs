@@ -382,14 +382,7 @@ pub fn run(
 ) -> anyhow::Result<Section> {
     let mut clock = StageClock::start();
     // First, on a machine not yet busy with the forwarding runs.
-    let program_cost = super::l4_cost::run(
-        helpers
-            .program_cost
-            .as_deref()
-            .context("program-cost not built")?,
-        budget,
-        &mut clock,
-    )?;
+    let program_cost = super::l4_cost::run(&helpers.program_cost, budget, &mut clock)?;
     println!("==> bench l4: XDP and TC vs iptables DNAT vs userspace TCP proxy");
     let topology = Topology::new()?;
     let dir = std::env::temp_dir().join(&topology.node.name);

@@ -63,10 +63,10 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
         "    (agent build: {:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    let helpers = Helpers::build(
-        matches!(which, Which::L4 | Which::All),
-        matches!(which, Which::ControlPlane | Which::All),
-    )?;
+    let helpers = match which {
+        Which::L7 => None,
+        _ => Some(Helpers::build()?),
+    };
     println!("    (all builds: {:.1} s)", started.elapsed().as_secs_f64());
     let out_dir = Path::new("bench/results");
     std::fs::create_dir_all(out_dir)?;
@@ -85,10 +85,12 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
         timed(&|| l7::run(&agent, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::L4 | Which::All) {
-        timed(&|| l4::run(&agent, &helpers, budget, out_dir, &stamp))?;
+        let helpers = helpers.as_ref().context("helpers built")?;
+        timed(&|| l4::run(&agent, helpers, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::ControlPlane | Which::All) {
-        timed(&|| control_plane::run(&agent, &helpers, budget, out_dir, &stamp))?;
+        let helpers = helpers.as_ref().context("helpers built")?;
+        timed(&|| control_plane::run(&agent, helpers, budget, out_dir, &stamp))?;
     }
     let load = load.stop();
     let path = out_dir.join(format!("{stamp}.md"));
@@ -110,105 +112,88 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
 /// in one cargo invocation: the tests crate's binaries and the criterion
 /// benchmark both link the agent's library, and built together they share
 /// one compile of it (built apart, their dependency features differ and each
-/// compiled it again, a minute or more per copy on 2 CPUs). The agent itself
-/// is built alone, with its own features only.
+/// compiled it again, a minute or more per copy on 2 CPUs). All three are
+/// built whichever sections run, so that `bench l4`, `bench control-plane`
+/// and `bench all` ask for the same features and reuse that compile. The
+/// agent itself is built alone, with its own features only.
 pub struct Helpers {
     /// The tests crate's `program-cost` (l4).
-    pub program_cost: Option<PathBuf>,
+    pub program_cost: PathBuf,
     /// The tests crate's `fake-apiserver` (control plane).
-    pub fake_apiserver: Option<PathBuf>,
+    pub fake_apiserver: PathBuf,
     /// The criterion benchmark gateway-agent/benches/scale.rs (control
-    /// plane), unless `BENCH_SKIP_CRITERION` is set.
+    /// plane); None when `BENCH_SKIP_CRITERION` is set.
     pub scale_bench: Option<PathBuf>,
 }
 
 impl Helpers {
-    fn build(l4: bool, control_plane: bool) -> anyhow::Result<Helpers> {
-        // (env override, package, cargo target flag, target name); an
-        // environment variable names an already built binary instead.
-        let mut wanted: Vec<(Option<&str>, &str, &str, &str)> = Vec::new();
-        if l4 {
-            wanted.push((
-                Some("BENCH_PROGRAM_COST_BINARY"),
+    fn build() -> anyhow::Result<Helpers> {
+        // (package, cargo target flag, target name, environment variable
+        // naming an already built binary to run instead).
+        let targets = [
+            (
                 "gateway-tests",
                 "--bin",
                 "program-cost",
-            ));
-        }
-        if control_plane {
-            wanted.push((
-                Some("BENCH_FAKE_APISERVER"),
+                Some("BENCH_PROGRAM_COST_BINARY"),
+            ),
+            (
                 "gateway-tests",
                 "--bin",
                 "fake-apiserver",
-            ));
-            if std::env::var_os("BENCH_SKIP_CRITERION").is_none() {
-                wanted.push((None, "gateway-agent", "--bench", "scale"));
-            }
-        }
-        let mut found = std::collections::HashMap::new();
+                Some("BENCH_FAKE_APISERVER"),
+            ),
+            ("gateway-agent", "--bench", "scale", None),
+        ];
         let mut cmd = std::process::Command::new("cargo");
         cmd.args([
             "build",
             "--release",
             "--quiet",
             "--message-format=json-render-diagnostics",
+            "-p",
+            "gateway-tests",
+            "-p",
+            "gateway-agent",
         ]);
-        let mut packages = Vec::new();
-        for (env, package, flag, name) in &wanted {
-            if let Some(binary) = env.and_then(|env| named_binary(env, name)) {
-                found.insert(*name, binary?);
-                continue;
-            }
-            if !packages.contains(package) {
-                packages.push(*package);
-                cmd.args(["-p", package]);
-            }
+        for (_, flag, name, _) in &targets {
             cmd.args([*flag, *name]);
         }
-        if !packages.is_empty() {
-            println!(
-                "==> cargo build --release: {}",
-                wanted
-                    .iter()
-                    .filter(|w| !found.contains_key(w.3))
-                    .map(|w| w.3)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let out = cmd
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .context("cannot start cargo build")?;
-            anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                let (Some(name), Some(executable)) = (
-                    message["target"]["name"].as_str(),
-                    message["executable"].as_str(),
-                ) else {
-                    continue;
-                };
-                if let Some((_, _, _, name)) = wanted.iter().find(|w| w.3 == name) {
-                    found.insert(*name, PathBuf::from(executable));
-                }
+        println!("==> cargo build --release: program-cost, fake-apiserver, the scale benchmark");
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("cannot start cargo build")?;
+        anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
+        let mut built = std::collections::HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let (Some(name), Some(executable)) = (
+                message["target"]["name"].as_str(),
+                message["executable"].as_str(),
+            ) {
+                built.insert(name.to_string(), PathBuf::from(executable));
             }
         }
-        let mut take = |name: &str| -> anyhow::Result<Option<PathBuf>> {
-            if !wanted.iter().any(|w| w.3 == name) {
-                return Ok(None);
+        let mut binary = |name: &str, env: Option<&str>| -> anyhow::Result<PathBuf> {
+            if let Some(named) = env.and_then(|env| named_binary(env, name)) {
+                return named;
             }
-            let binary = found.remove(name);
-            binary
+            built
+                .remove(name)
                 .with_context(|| format!("cargo built no executable {name}"))
-                .map(Some)
         };
+        let [program_cost, fake_apiserver, scale_bench] =
+            targets.map(|(_, _, name, env)| binary(name, env));
         Ok(Helpers {
-            program_cost: take("program-cost")?,
-            fake_apiserver: take("fake-apiserver")?,
-            scale_bench: take("scale")?,
+            program_cost: program_cost?,
+            fake_apiserver: fake_apiserver?,
+            scale_bench: match std::env::var_os("BENCH_SKIP_CRITERION") {
+                Some(_) => None,
+                None => Some(scale_bench?),
+            },
         })
     }
 }
