@@ -2,7 +2,7 @@
 //! - `route_lookup/<n>`: one request's rule lookup in the proxy's RouteTable
 //!   with n HTTPRoutes (5 rules each) on one listener;
 //! - `translate/<n>`: a full translate of n HTTPRoutes + 1,000 TCP/UDPRoutes
-//!   on 100 Gateways (the snapshot already parsed);
+//!   + 1,000 TLSRoutes on 100 Gateways (the snapshot already parsed);
 //! - `parse/<n>`: reading the same manifests from YAML text.
 //!
 //! The manifests are those `cargo xtask bench control-plane` serves.
@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use gateway_agent::proxy::{RequestView, RouteTable};
 use gateway_agent::source::file::load_str;
 use gateway_agent::store::Snapshot;
@@ -48,6 +48,7 @@ fn scale(gateways: usize, http_routes: usize, l4_routes: usize) -> manifests::Sc
         http_routes,
         l4_routes,
         http_backend: ("127.0.0.1".into(), 18_080),
+        ..Default::default()
     }
 }
 
@@ -78,21 +79,35 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn translate_and_parse(c: &mut Criterion) {
-    let full = scale(100, 10_000, 1_000);
+    let full = manifests::Scale {
+        tls_routes: 1_000,
+        ..scale(100, 10_000, 1_000)
+    };
     let snapshot = snapshot(&full);
     let output = translate(&snapshot, &settings());
     let http_rules: usize = output.config.http.iter().map(|l| l.rules.len()).sum();
     assert_eq!(http_rules, 10_000 * manifests::RULES_PER_ROUTE);
     assert_eq!(output.config.l4.len(), 1_000);
+    let tls_routes: usize = output
+        .config
+        .tls_passthrough
+        .iter()
+        .map(|l| l.routes.len())
+        .sum();
+    assert_eq!(output.config.tls_passthrough.len(), 100);
+    assert_eq!(tls_routes, 1_000);
     let mut group = c.benchmark_group("translate");
-    group.sample_size(10);
+    // Flat: the 10 samples run equally many iterations, fitted to the
+    // measurement time; linear sampling runs at least 1 + 2 + … + 10 = 55
+    // (half a minute of YAML parsing at this size).
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
     group.bench_function(BenchmarkId::from_parameter(10_000), |b| {
         b.iter(|| translate(black_box(&snapshot), &settings()))
     });
     group.finish();
     let files = manifests::generate(&full, gateway_agent::DEFAULT_CONTROLLER_NAME);
     let mut group = c.benchmark_group("parse");
-    group.sample_size(10);
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
     group.bench_function(BenchmarkId::from_parameter(10_000), |b| {
         b.iter(|| {
             let mut snapshot = Snapshot::default();

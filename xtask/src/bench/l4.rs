@@ -35,7 +35,7 @@ use super::Budget;
 use super::l4_udp::{self, UdpPath};
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::netns::{Daemon, Netns, http_status, wait_until};
-use super::report::{Section, bar_chart};
+use super::report::{Section, StageClock, bar_chart};
 use super::stats::Summary;
 
 pub const GATEWAY: &str = "198.18.0.1";
@@ -373,17 +373,27 @@ fn wrk_result(out: &str) -> anyhow::Result<(f64, u64)> {
     Ok((rps, errors))
 }
 
-pub fn run(agent: &Path, budget: Budget, out_dir: &Path, stamp: &str) -> anyhow::Result<Section> {
+pub fn run(
+    agent: &Path,
+    helpers: &super::Helpers,
+    budget: Budget,
+    out_dir: &Path,
+    stamp: &str,
+) -> anyhow::Result<Section> {
+    let mut clock = StageClock::start();
     // First, on a machine not yet busy with the forwarding runs.
-    let program_cost = super::l4_cost::run(budget)?;
+    let program_cost = super::l4_cost::run(&helpers.program_cost, budget, &mut clock)?;
     println!("==> bench l4: XDP and TC vs iptables DNAT vs userspace TCP proxy");
     let topology = Topology::new()?;
     let dir = std::env::temp_dir().join(&topology.node.name);
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&topology, &dir, agent, budget, out_dir, stamp);
+    let result = measure(&topology, &dir, agent, budget, out_dir, stamp, &mut clock);
     let _ = std::fs::remove_dir_all(&dir);
     let mut section = result?;
     section.markdown.push_str(&program_cost);
+    drop(topology);
+    clock.lap("teardown");
+    section.markdown.push_str(&clock.markdown());
     Ok(section)
 }
 
@@ -394,6 +404,7 @@ fn measure(
     budget: Budget,
     out_dir: &Path,
     stamp: &str,
+    clock: &mut StageClock,
 ) -> anyhow::Result<Section> {
     // On every address: the XDP and the TC agent reach it on links of their own.
     let _backend = backend_nginx(&t.backend, dir, &format!("0.0.0.0:{BACKEND_PORT}"), 1)?;
@@ -423,6 +434,7 @@ fn measure(
             })?
             .with_context(|| format!("{name} does not forward; logs in {}", dir.display()))?;
     }
+    clock.lap("setup (namespaces, agents, proxies)");
     let secs = format!("-d{}s", budget.seconds.min(HTTP_SECONDS));
     let n = modes.len();
     let (mut keepalive, mut per_conn, mut errors) =
@@ -466,6 +478,7 @@ fn measure(
     }
     let ka: Vec<Summary> = keepalive.iter().map(|v| Summary::of(v)).collect();
     let pc: Vec<Summary> = per_conn.iter().map(|v| Summary::of(v)).collect();
+    clock.lap("HTTP req/s and new connections/s (wrk)");
     let rate = (ka[1].median / 2.0).floor();
     let (mut p50, mut p99) = (vec![vec![]; n], vec![vec![]; n]);
     for repeat in 0..budget.repeats {
@@ -480,6 +493,7 @@ fn measure(
             errors[i] += e;
         }
     }
+    clock.lap("HTTP latency (oha)");
     let p50s: Vec<Summary> = p50.iter().map(|v| Summary::of(v)).collect();
     let p99s: Vec<Summary> = p99.iter().map(|v| Summary::of(v)).collect();
     let mut md = format!(
@@ -594,6 +608,7 @@ fn measure(
         },
     ];
     let udp = l4_udp::measure(t, &udp_paths, budget, out_dir, stamp)?;
+    clock.lap("small UDP");
     md.push_str("\n### Small UDP: maximum rate and node CPU per datagram\n\n");
     md.push_str(&udp.markdown);
     println!("==> bench l4: bulk TCP (iperf3)");
@@ -605,6 +620,7 @@ fn measure(
         (TC_NAME, TC_GATEWAY, IPERF_PORT),
     ];
     let bulk = bulk_tcp(t, &bulk_modes, budget)?;
+    clock.lap("bulk TCP (iperf3)");
     md.push_str(&bulk.markdown);
     md.push_str(&bar_chart(
         out_dir,
@@ -662,9 +678,9 @@ fn bulk_tcp(t: &Topology, modes: &[(&str, &str, u16)], budget: Budget) -> anyhow
             let mut attempt = 0;
             let out = loop {
                 match t.client.run_pinned(1, &args) {
-                    Err(error) if attempt < 10 && format!("{error:#}").contains("busy") => {
+                    Err(error) if attempt < 50 && format!("{error:#}").contains("busy") => {
                         attempt += 1;
-                        std::thread::sleep(Duration::from_millis(500));
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                     other => break other?,
                 }

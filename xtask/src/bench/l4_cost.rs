@@ -5,11 +5,13 @@
 //! run by the tests crate's `program-cost` binary, so the figures are the
 //! ones those tests print.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
 use super::Budget;
+use super::report::StageClock;
 use super::stats::Summary;
 
 /// Issue 5's goals, ns per packet net of the empty program.
@@ -25,18 +27,18 @@ const ROWS: [(&str, &str); 4] = [
 ];
 
 /// Runs the measurement and returns the report's subsection.
-pub fn run(budget: Budget) -> anyhow::Result<String> {
-    // With the eBPF object of this checkout built in;
-    // `BENCH_PROGRAM_COST_BINARY` names another build, e.g. of another branch.
-    let binary =
-        super::release_binary("BENCH_PROGRAM_COST_BINARY", "gateway-tests", "program-cost")?;
+/// `binary`: the tests crate's `program-cost` (with the eBPF object of this
+/// checkout built in, or the build `BENCH_PROGRAM_COST_BINARY` names, e.g. of
+/// another branch).
+pub fn run(binary: &Path, budget: Budget, clock: &mut StageClock) -> anyhow::Result<String> {
     println!("==> bench l4: the program's own cost per packet (BPF_PROG_TEST_RUN)");
-    let out = Command::new(&binary)
+    let out = Command::new(binary)
         .args(["--repeats", &budget.repeats.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     anyhow::ensure!(out.status.success(), "{} failed", binary.display());
+    clock.lap("program cost (BPF_PROG_TEST_RUN)");
     let figures: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(serde_json::from_str)

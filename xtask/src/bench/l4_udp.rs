@@ -49,8 +49,28 @@ const FLOWS: u16 = 8;
 const GENERATOR_CPU: usize = 1;
 /// The sink thread, and in the maximum-rate runs the node's forwarding.
 const NODE_CPU: usize = 0;
-/// Time for datagrams in flight to arrive after the generator stops.
+/// The longest wait for datagrams in flight to arrive after the generator
+/// stops (see `drain`).
 const DRAIN: Duration = Duration::from_millis(300);
+/// No datagram arriving for this long ends the drain: the queues on the way
+/// (veth rings, the backlog, ~1,000 packets) empty within a few ms at the
+/// slowest path's rate, and a fixed 300 ms cost 20 s of the run. Long
+/// enough for a relay (socat) descheduled on a loaded machine to run again.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
+/// Waits until the count `delivered` reads has not moved for DRAIN_QUIET,
+/// at most DRAIN.
+fn drain(delivered: impl Fn() -> u64) {
+    let started = std::time::Instant::now();
+    let (mut last, mut quiet_since) = (delivered(), started);
+    while started.elapsed() < DRAIN && quiet_since.elapsed() < DRAIN_QUIET {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = delivered();
+        if now != last {
+            (last, quiet_since) = (now, std::time::Instant::now());
+        }
+    }
+}
 /// The rate of the CPU-per-datagram runs: low enough that every path, run
 /// whole on the generator's CPU, delivers everything on a shared machine
 /// (socat, the dearest, about 14 µs per datagram). The exact runtimes per
@@ -164,7 +184,7 @@ fn run_once(sink: &Sink, load: &Load, path: &UdpPath<'_>, softirqd: u32) -> anyh
         process(),
     );
     let (sent, cpu) = load.run()?;
-    std::thread::sleep(DRAIN);
+    drain(|| sink.received());
     Ok(Run {
         sent,
         delivered: sink.received() - received,
@@ -219,7 +239,7 @@ fn max_run(sink: &Sink, load: &Load) -> anyhow::Result<MaxRun> {
     let (busy, total) = super::udp_load::cpu_ticks(NODE_CPU)?;
     let (sent, cpu) = load.run()?;
     let (busy_after, total_after) = super::udp_load::cpu_ticks(NODE_CPU)?;
-    std::thread::sleep(DRAIN);
+    drain(|| sink.discarded().map_or(0, u64::from));
     Ok(MaxRun {
         sent,
         delivered: u64::from(sink.discarded()?.wrapping_sub(discarded)),

@@ -129,6 +129,7 @@ fn start_agent(ns: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon> {
         http_routes: 0,
         l4_routes: 0,
         http_backend: ("127.0.0.1".into(), BACKEND_PORT),
+        ..Default::default()
     };
     for (name, text) in manifests::generate(&scale, "gateway-agent.dev/node-agent") {
         std::fs::write(manifests_dir.join(name), text)?;

@@ -1,7 +1,9 @@
 //! The scale manifests of the control-plane benchmark: `gateways` Gateways on
-//! one GatewayClass, HTTPRoutes with a hostname and 5 rules each, and TCPRoutes
-//! / UDPRoutes on listeners of their own. Plain text with std only, so that the
-//! criterion benchmark in gateway-agent/benches includes this same file.
+//! one GatewayClass, HTTPRoutes with a hostname and 5 rules each, TCPRoutes /
+//! UDPRoutes on listeners of their own, and TLSRoutes with an SNI hostname
+//! each on one TLS Passthrough listener per Gateway. Plain text with std only,
+//! so that the criterion benchmark in gateway-agent/benches includes this same
+//! file.
 
 use std::fmt::Write as _;
 
@@ -16,11 +18,27 @@ pub fn route_host(i: usize) -> String {
     format!("r{i}.bench.example")
 }
 
+/// Port of Gateway `g`'s TLS Passthrough listener.
+pub fn tls_port(gateway: usize) -> u16 {
+    25_000 + gateway as u16
+}
+/// SNI hostname of generated TLSRoute `i`.
+pub fn tls_host(i: usize) -> String {
+    format!("t{i}.tls.bench.example")
+}
+/// Where the `tls-echo` Service's endpoint listens: the TLSRoutes' backend
+/// (passthrough forwards the ClientHello bytes as they are, so an echo of
+/// them shows a connection reached it).
+pub const TLS_BACKEND: (&str, u16) = ("127.0.0.1", 19_443);
+
+#[derive(Default)]
 pub struct Scale {
     pub gateways: usize,
     pub http_routes: usize,
     /// TCPRoutes plus UDPRoutes (half each), one listener each.
     pub l4_routes: usize,
+    /// TLSRoutes, route `i` on Gateway `i % gateways`.
+    pub tls_routes: usize,
     /// Where the `web` Service's endpoint (HTTP backend) listens.
     pub http_backend: (String, u16),
 }
@@ -36,9 +54,10 @@ metadata:
   name: bench
 spec:
   controllerName: {controller_name}
-{web}{echo}"#,
+{web}{echo}{tls}"#,
         web = service("web", 80, backend_ip, *backend_port),
         echo = service("l4-echo", 9000, "127.0.0.1", 19_000),
+        tls = service("tls-echo", 443, TLS_BACKEND.0, TLS_BACKEND.1),
     );
     let mut files = vec![("common.yaml".to_string(), common)];
     let g = scale.gateways.max(1);
@@ -63,8 +82,24 @@ spec:
             )
             .expect("write to String");
         }
+        if gateway < scale.tls_routes {
+            write!(
+                text,
+                "  - name: tls\n    protocol: TLS\n    port: {}\n    tls:\n      mode: Passthrough\n",
+                tls_port(gateway)
+            )
+            .expect("write to String");
+        }
         for i in (gateway..scale.http_routes).step_by(g) {
             text.push_str(&http_route(i, gateway));
+        }
+        for i in (gateway..scale.tls_routes).step_by(g) {
+            write!(
+                text,
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata:\n  name: tls-{i}\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw-{gateway}\n    sectionName: tls\n  hostnames: [\"{}\"]\n  rules:\n  - backendRefs:\n    - name: tls-echo\n      port: 443\n",
+                tls_host(i)
+            )
+            .expect("write to String");
         }
         for i in l4_here {
             let kind = if i % 2 == 0 { "TCPRoute" } else { "UDPRoute" };

@@ -12,13 +12,14 @@ pub mod manifests;
 mod netns;
 mod report;
 mod stats;
+mod tls_probe;
 mod tools;
 mod udp_load;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
@@ -58,6 +59,15 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     let started = Instant::now();
     let load = report::LoadSampler::start();
     let agent = release_binary("BENCH_AGENT_BINARY", "gateway-agent", "gateway-agent")?;
+    println!(
+        "    (agent build: {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let helpers = match which {
+        Which::L7 => None,
+        _ => Some(Helpers::build()?),
+    };
+    println!("    (all builds: {:.1} s)", started.elapsed().as_secs_f64());
     let out_dir = Path::new("bench/results");
     std::fs::create_dir_all(out_dir)?;
     let stamp = report::utc_stamp();
@@ -75,10 +85,12 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
         timed(&|| l7::run(&agent, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::L4 | Which::All) {
-        timed(&|| l4::run(&agent, budget, out_dir, &stamp))?;
+        let helpers = helpers.as_ref().context("helpers built")?;
+        timed(&|| l4::run(&agent, helpers, budget, out_dir, &stamp))?;
     }
     if matches!(which, Which::ControlPlane | Which::All) {
-        timed(&|| control_plane::run(&agent, budget, out_dir, &stamp))?;
+        let helpers = helpers.as_ref().context("helpers built")?;
+        timed(&|| control_plane::run(&agent, helpers, budget, out_dir, &stamp))?;
     }
     let load = load.stop();
     let path = out_dir.join(format!("{stamp}.md"));
@@ -96,13 +108,109 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What the sections run besides the agent, built before the first of them
+/// in one cargo invocation: the tests crate's binaries and the criterion
+/// benchmark both link the agent's library, and built together they share
+/// one compile of it (built apart, their dependency features differ and each
+/// compiled it again, a minute or more per copy on 2 CPUs). All three are
+/// built whichever sections run, so that `bench l4`, `bench control-plane`
+/// and `bench all` ask for the same features and reuse that compile. The
+/// agent itself is built alone, with its own features only.
+pub struct Helpers {
+    /// The tests crate's `program-cost` (l4).
+    pub program_cost: PathBuf,
+    /// The tests crate's `fake-apiserver` (control plane).
+    pub fake_apiserver: PathBuf,
+    /// The criterion benchmark gateway-agent/benches/scale.rs (control
+    /// plane); None when `BENCH_SKIP_CRITERION` is set.
+    pub scale_bench: Option<PathBuf>,
+}
+
+impl Helpers {
+    fn build() -> anyhow::Result<Helpers> {
+        // (package, cargo target flag, target name, environment variable
+        // naming an already built binary to run instead).
+        let targets = [
+            (
+                "gateway-tests",
+                "--bin",
+                "program-cost",
+                Some("BENCH_PROGRAM_COST_BINARY"),
+            ),
+            (
+                "gateway-tests",
+                "--bin",
+                "fake-apiserver",
+                Some("BENCH_FAKE_APISERVER"),
+            ),
+            ("gateway-agent", "--bench", "scale", None),
+        ];
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.args([
+            "build",
+            "--release",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "gateway-tests",
+            "-p",
+            "gateway-agent",
+        ]);
+        for (_, flag, name, _) in &targets {
+            cmd.args([*flag, *name]);
+        }
+        println!("==> cargo build --release: program-cost, fake-apiserver, the scale benchmark");
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("cannot start cargo build")?;
+        anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
+        let mut built = std::collections::HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let (Some(name), Some(executable)) = (
+                message["target"]["name"].as_str(),
+                message["executable"].as_str(),
+            ) {
+                built.insert(name.to_string(), PathBuf::from(executable));
+            }
+        }
+        let mut binary = |name: &str, env: Option<&str>| -> anyhow::Result<PathBuf> {
+            if let Some(named) = env.and_then(|env| named_binary(env, name)) {
+                return named;
+            }
+            built
+                .remove(name)
+                .with_context(|| format!("cargo built no executable {name}"))
+        };
+        let [program_cost, fake_apiserver, scale_bench] =
+            targets.map(|(_, _, name, env)| binary(name, env));
+        Ok(Helpers {
+            program_cost: program_cost?,
+            fake_apiserver: fake_apiserver?,
+            scale_bench: match std::env::var_os("BENCH_SKIP_CRITERION") {
+                Some(_) => None,
+                None => Some(scale_bench?),
+            },
+        })
+    }
+}
+
+/// The already built `bin` the environment variable `env` names, if set.
+fn named_binary(env: &str, bin: &str) -> Option<anyhow::Result<PathBuf>> {
+    let binary = std::env::var_os(env)?;
+    println!("==> {bin}: {} ({env})", binary.to_string_lossy());
+    Some(std::fs::canonicalize(binary).with_context(|| env.to_string()))
+}
+
 /// A release build of `bin` in `package` (benchmarks never measure a debug
 /// build), or the binary the environment variable `env` names instead (an
 /// already built one, e.g. another branch's, for an A/B).
 pub fn release_binary(env: &str, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    if let Some(binary) = std::env::var_os(env) {
-        println!("==> {bin}: {} ({env})", binary.to_string_lossy());
-        return Ok(std::fs::canonicalize(binary)?);
+    if let Some(binary) = named_binary(env, bin) {
+        return binary;
     }
     println!("==> cargo build --release -p {package} --bin {bin}");
     crate::run_cmd(std::process::Command::new("cargo").args([

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Budget;
 use super::stats::Summary;
@@ -13,6 +13,40 @@ use super::stats::Summary;
 pub struct Section {
     pub title: String,
     pub markdown: String,
+}
+
+/// Wall time per stage of a section, for the report's time budget: where
+/// the run's minutes go.
+pub struct StageClock {
+    lap: Instant,
+    stages: Vec<(&'static str, Duration)>,
+}
+
+impl StageClock {
+    pub fn start() -> StageClock {
+        StageClock {
+            lap: Instant::now(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Ends the stage `name` (started at the previous lap) and prints it.
+    pub fn lap(&mut self, name: &'static str) {
+        let took = self.lap.elapsed();
+        self.lap = Instant::now();
+        println!("    ({name}: {:.1} s)", took.as_secs_f64());
+        self.stages.push((name, took));
+    }
+
+    /// "Wall time by stage: setup 12 s, HTTP 190 s, …", a line of its own.
+    pub fn markdown(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, took)| format!("{name} {:.0} s", took.as_secs_f64()))
+            .collect();
+        format!("\nWall time by stage: {}.\n", stages.join(", "))
+    }
 }
 
 pub fn utc_stamp() -> String {
@@ -133,7 +167,7 @@ pub fn document(
         super::tools::version("nginx", "-v"),
         super::tools::version("haproxy", "-v"),
         took.as_secs_f64(),
-        std::iter::once(format!("agent build {:.0} s", build_took.as_secs_f64()))
+        std::iter::once(format!("release builds {:.0} s", build_took.as_secs_f64()))
             .chain(sections.iter().map(|(section, took)| {
                 // "L7: HTTP proxy vs ..." -> "L7"
                 let short = section.title.split(':').next().unwrap_or_default();
@@ -147,6 +181,15 @@ pub fn document(
             ""
         },
     );
+    if sections
+        .iter()
+        .any(|(section, _)| section.title.starts_with("Control plane"))
+    {
+        text.push_str(&format!(
+            "- Scale set (control plane): {}.\n",
+            super::control_plane::SCALE_SET
+        ));
+    }
     for (section, _) in sections {
         text.push_str(&format!("\n## {}\n\n{}\n", section.title, section.markdown));
     }
