@@ -16,6 +16,7 @@ pub fn route_host(i: usize) -> String {
     format!("r{i}.bench.example")
 }
 
+#[derive(Default)]
 pub struct Scale {
     pub gateways: usize,
     pub http_routes: usize,
