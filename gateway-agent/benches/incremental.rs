@@ -7,7 +7,9 @@
 //! - `change_apply/<kind>/<n>`: what the appliers then compute from the new
 //!   config without touching the kernel: the proxy's route tables of the
 //!   sockets whose rules changed, and the L4 plan (Maglev tables, map
-//!   entries) when the L4 part changed, diffed against the last one.
+//!   entries) when the L4 part changed, diffed against the last one;
+//! - `change_status/<kind>/<n>`: the status writer's pass over the new
+//!   statuses (`StatusCache::updates`), which finds what to write.
 //!
 //! Each case also prints, once, what the change touched: HTTP sockets
 //! re-assembled, L4 map entries written, statuses not shared with the
@@ -24,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gateway_agent::dataplane::l4_plan::{self, L4Maps, RouteIds, TableCache};
-use gateway_agent::model::{DataplaneConfig, HttpListener, L4Listener};
+use gateway_agent::model::{DataplaneConfig, HttpListener, L4Listener, TlsPassthroughListener};
 use gateway_agent::proxy::RouteTable;
 use gateway_agent::source::file::load_str;
+use gateway_agent::status_writer::StatusCache;
 use gateway_agent::store::{Kind, ObjectKey, Snapshot};
 use gateway_agent::translate::{Memo, Output, Settings, translate_incremental};
 
@@ -143,6 +146,7 @@ fn snapshot(n: usize) -> Snapshot {
 struct Applied {
     http: Vec<HttpListener>,
     l4: Vec<L4Listener>,
+    tls: Vec<TlsPassthroughListener>,
     ids: RouteIds,
     tables: TableCache,
     maps: L4Maps,
@@ -153,6 +157,9 @@ struct Applied {
 struct Touched {
     http_tables: usize,
     l4_map_writes: usize,
+    /// TLS sockets whose routes differ (the passthrough applier rebuilds
+    /// the SNI table of every socket when one differs).
+    tls_sockets: usize,
 }
 
 impl Applied {
@@ -172,6 +179,12 @@ impl Applied {
             }
         }
         self.http.clone_from(&config.http);
+        touched.tls_sockets = config
+            .tls_passthrough
+            .iter()
+            .filter(|socket| !self.tls.contains(socket))
+            .count();
+        self.tls.clone_from(&config.tls_passthrough);
         if self.l4 != config.l4 {
             let source_for = |ip: IpAddr| ip;
             let maps = l4_plan::plan(&config.l4, &mut self.ids, &mut self.tables, &source_for);
@@ -311,6 +324,33 @@ fn change(c: &mut Criterion) {
             });
         }
         apply_group.finish();
+        let mut status_group = c.benchmark_group(format!("change_status/{}", edited.name()));
+        status_group
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        let controller = gateway_agent::DEFAULT_CONTROLLER_NAME;
+        for n in [10, 1_000, 10_000] {
+            let mut case = Case::new(n, edited);
+            let mut cache = StatusCache::default();
+            let now = k8s_openapi::jiff::Timestamp::now();
+            cache.updates(&case.snapshot, &case.last.statuses, controller, now);
+            status_group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter_custom(|iterations| {
+                    let mut took = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let changes = case.edit();
+                        let output = case.translate(&changes);
+                        let started = Instant::now();
+                        black_box(cache.updates(&case.snapshot, &output.statuses, controller, now));
+                        took += started.elapsed();
+                        case.last = output;
+                    }
+                    took
+                })
+            });
+        }
+        status_group.finish();
     }
 }
 
