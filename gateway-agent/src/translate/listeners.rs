@@ -2,6 +2,7 @@
 //! per the spec: supported protocol, route kinds, distinctness (conflicts), and
 //! the conditions each listener reports.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -437,29 +438,42 @@ pub fn mark_port_collisions(listeners: &mut [Listener]) {
             b,
         ))
     });
-    for (n, &i) in order.iter().enumerate() {
-        for &earlier in &order[..n] {
-            let (a, b) = (&listeners[earlier], &listeners[i]);
-            if a.gateway == b.gateway || !a.contends() || !b.contends() {
-                continue;
-            }
-            let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");
-            let transport = |l: &Listener| if l.protocol == "UDP" { "udp" } else { "tcp" };
-            let shared_address = a.addresses.is_empty()
-                || b.addresses.is_empty()
-                || a.addresses.iter().any(|x| b.addresses.contains(x));
-            if (l4(a) || l4(b))
-                && a.port == b.port
-                && transport(a) == transport(b)
-                && shared_address
-            {
-                let message = format!(
-                    "{} port {} is already served here by Gateway {} listener {}",
-                    b.protocol, b.port, a.gateway, a.name
-                );
-                listeners[i].rejected = Some(("PortUnavailable", message));
-                break;
-            }
+    // Only listeners on one port and transport can collide: compared within
+    // those groups (in precedence order), not every pair of the node's
+    // listeners (a thousand L4 listeners made that the most of a route
+    // edit's translate).
+    let transport = |l: &Listener| if l.protocol == "UDP" { "udp" } else { "tcp" };
+    let mut groups: BTreeMap<(u16, &str), Vec<usize>> = BTreeMap::new();
+    for &i in &order {
+        let key = (listeners[i].port, transport(&listeners[i]));
+        groups.entry(key).or_default().push(i);
+    }
+    for group in groups.values().filter(|g| g.len() > 1) {
+        for (n, &i) in group.iter().enumerate() {
+            collide_with_earlier(listeners, i, &group[..n]);
+        }
+    }
+}
+
+/// Marks listener `i` PortUnavailable when one of `earlier` (same port and
+/// transport, with precedence) holds its L4 port on a shared address.
+fn collide_with_earlier(listeners: &mut [Listener], i: usize, earlier: &[usize]) {
+    for &earlier in earlier {
+        let (a, b) = (&listeners[earlier], &listeners[i]);
+        if a.gateway == b.gateway || !a.contends() || !b.contends() {
+            continue;
+        }
+        let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");
+        let shared_address = a.addresses.is_empty()
+            || b.addresses.is_empty()
+            || a.addresses.iter().any(|x| b.addresses.contains(x));
+        if (l4(a) || l4(b)) && shared_address {
+            let message = format!(
+                "{} port {} is already served here by Gateway {} listener {}",
+                b.protocol, b.port, a.gateway, a.name
+            );
+            listeners[i].rejected = Some(("PortUnavailable", message));
+            break;
         }
     }
 }

@@ -451,11 +451,11 @@ pub fn translate_incremental(
         }
         match listener.protocol {
             "TCP" | "UDP" => {
-                if let Some(kept) = memo.l4.get(index)
+                if let Some(kept) = memo.l4.get_mut(index)
                     && !touched.contains(&index)
                 {
                     config.l4.extend(kept.iter().cloned());
-                    l4_entries[index].clone_from(kept);
+                    l4_entries[index] = std::mem::take(kept);
                     continue;
                 }
                 let attached = attachments(attached);
