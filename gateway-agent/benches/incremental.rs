@@ -103,7 +103,11 @@ impl Edited {
             Edited::Tcp => {
                 // TCPRoute l4-0 on Gateway gw-0's listener l4-0: its backend
                 // moves between two Services.
-                let backend = if edited { "web\n      port: 80" } else { "l4-echo\n      port: 9000" };
+                let backend = if edited {
+                    "web\n      port: 80"
+                } else {
+                    "l4-echo\n      port: 9000"
+                };
                 let text = format!(
                     "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata:\n  name: l4-0\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw-0\n    sectionName: l4-0\n  rules:\n  - backendRefs:\n    - name: {backend}\n"
                 );
@@ -111,7 +115,11 @@ impl Edited {
             }
             Edited::Tls => {
                 let i = n / 10 / 2;
-                (Kind::TlsRoute, key(&format!("tls-{i}")), tls_route(i, edited))
+                (
+                    Kind::TlsRoute,
+                    key(&format!("tls-{i}")),
+                    tls_route(i, edited),
+                )
             }
         }
     }
@@ -246,7 +254,12 @@ impl Case {
         self.flip = !self.flip;
         let (kind, key, text) = self.edited.version(self.n, self.flip);
         let mut errors = Vec::new();
-        load_str(Path::new("edit.yaml"), &text, &mut self.snapshot, &mut errors);
+        load_str(
+            Path::new("edit.yaml"),
+            &text,
+            &mut self.snapshot,
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         BTreeSet::from([(kind, key)])
     }

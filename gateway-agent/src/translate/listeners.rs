@@ -430,14 +430,23 @@ pub fn listener_set_conditions(status: &mut ObjectStatus, listeners: &[Listener]
 /// namespace/name) keeps it and the other listener is Accepted=False with
 /// reason PortUnavailable, rather than silently losing its traffic.
 pub fn mark_port_collisions(listeners: &mut [Listener]) {
-    let mut order: Vec<usize> = (0..listeners.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&listeners[a].gateway_created, listeners[a].gateway, a).cmp(&(
-            &listeners[b].gateway_created,
-            listeners[b].gateway,
-            b,
-        ))
+    // Precedence: Gateways oldest first, then by namespace/name, each
+    // Gateway's listeners (consecutive) in order; the Gateways are sorted,
+    // not every listener.
+    let mut gateways: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, listener) in listeners.iter().enumerate() {
+        match gateways.last_mut() {
+            Some(run) if std::ptr::eq(listeners[run.start].gateway, listener.gateway) => {
+                run.end = i + 1;
+            }
+            _ => gateways.push(i..i + 1),
+        }
+    }
+    gateways.sort_by(|a, b| {
+        let (a, b) = (&listeners[a.start], &listeners[b.start]);
+        (&a.gateway_created, a.gateway).cmp(&(&b.gateway_created, b.gateway))
     });
+    let order: Vec<usize> = gateways.into_iter().flatten().collect();
     // Only listeners on one port and transport can collide: compared within
     // those groups (in precedence order), not every pair of the node's
     // listeners (a thousand L4 listeners made that the most of a route

@@ -104,7 +104,10 @@ fn route(rng: &mut fastrand::Rng) -> String {
     // Sometimes a second parentRef: another Gateway, or the same listener
     // twice (it then counts twice in attachedRoutes).
     let parent = if rng.u8(0..4) == 0 {
-        format!("{parent}  - name: g{}\n    namespace: default\n", rng.u8(0..3))
+        format!(
+            "{parent}  - name: g{}\n    namespace: default\n",
+            rng.u8(0..3)
+        )
     } else {
         parent
     };
@@ -321,8 +324,8 @@ fn a_route_edit_rebuilds_only_its_own_socket() {
     // Both listeners' entries (attachedRoutes unchanged) are the same ones.
     let listener_status = |output: &super::Output, gateway: &str| {
         let statuses = output.statuses.iter();
-        let mut of_listener =
-            statuses.filter(|s| s.kind == "Gateway" && s.key.name == gateway && s.listener.is_some());
+        let mut of_listener = statuses
+            .filter(|s| s.kind == "Gateway" && s.key.name == gateway && s.listener.is_some());
         of_listener.next().expect("listener status").clone()
     };
     for gateway in ["g0", "g1"] {

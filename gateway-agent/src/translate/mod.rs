@@ -85,6 +85,8 @@ pub struct Memo {
     listener_statuses: Vec<Arc<ObjectStatus>>,
     /// Per listener: the L4 entries it programmed.
     l4: Vec<Vec<L4Listener>>,
+    /// How many entries `routes` holds, all parents together.
+    route_statuses: usize,
     /// Each TLS socket as last assembled.
     tls_sockets: BTreeMap<SocketAddr, TlsPassthroughListener>,
     /// The other objects' entries (GatewayClasses, ListenerSets, Gateways)
@@ -232,6 +234,11 @@ pub fn translate_incremental(
         .iter_mut()
         .map(|listener| frontend_tls::resolve_listener(listener, snapshot))
         .collect();
+    // Whether each listener's Gateway is served, looked up once per Gateway.
+    let mut served = vec![false; listeners.len()];
+    for (key, range) in &ranges {
+        served[range.clone()].fill(gateway_addresses[*key].served());
+    }
     let mut gateway_statuses = Vec::new();
     let mut client_certificates = BTreeMap::new();
     for (key, range) in ranges {
@@ -272,12 +279,21 @@ pub fn translate_incremental(
         .map(|s| s.key.clone())
         .collect();
     // Each parent's listeners, so that attaching a route does not scan every listener.
+    // An owner's listeners are consecutive: one map entry per owner.
     let mut listeners_of: BTreeMap<(&str, &ObjectKey), Vec<usize>> = BTreeMap::new();
-    for (index, listener) in listeners.iter().enumerate() {
+    let mut start = 0;
+    while start < listeners.len() {
+        let owner = |l: &Listener| (l.owner_kind, std::ptr::from_ref(l.owner));
+        let first = owner(&listeners[start]);
+        let end = (start..listeners.len())
+            .find(|&i| owner(&listeners[i]) != first)
+            .unwrap_or(listeners.len());
+        let listener = &listeners[start];
         listeners_of
             .entry((listener.owner_kind, listener.owner))
             .or_default()
-            .push(index);
+            .extend(start..end);
+        start = end;
     }
 
     // The routes: the changed ones (all, unless only routes changed) are
@@ -291,6 +307,7 @@ pub fn translate_incremental(
     if !routes_only {
         memo.settings = Some(settings.clone());
         memo.routes.clear();
+        memo.route_statuses = 0;
         memo.http_rules.clear();
         memo.tls_sockets.clear();
         memo.attached = listeners.iter().map(|_| BTreeMap::new()).collect();
@@ -304,6 +321,7 @@ pub fn translate_incremental(
         };
         let id = (kind, key.clone());
         if let Some(old) = memo.routes.remove(&id) {
+            memo.route_statuses -= old.parents.len();
             dirty_binds.extend(old.binds);
             for (index, _) in old.parents.iter().flat_map(|(_, hits)| hits) {
                 memo.attached[*index].remove(&id);
@@ -333,19 +351,22 @@ pub fn translate_incremental(
         dirty_binds.extend(decided.binds.iter().copied());
         let id = (kind, key.clone());
         for (index, hostnames) in decided.parents.iter().flat_map(|(_, hits)| hits) {
-            let attached = memo.attached[*index]
-                .entry(id.clone())
-                .or_insert_with(|| AttachedRoute {
-                    route: decided.route.clone(),
-                    hostnames: Vec::new(),
-                });
+            let attached =
+                memo.attached[*index]
+                    .entry(id.clone())
+                    .or_insert_with(|| AttachedRoute {
+                        route: decided.route.clone(),
+                        hostnames: Vec::new(),
+                    });
             attached.hostnames.push(hostnames.clone());
             touched.insert(*index);
         }
+        memo.route_statuses += decided.parents.len();
         memo.routes.insert(id, decided);
     }
     // The memo's order (kind, then namespace/name) is `input::route_ids`'.
     // A pointer per route: the one pass over every route left per change.
+    statuses.reserve(memo.route_statuses + listeners.len() + gateway_statuses.len());
     statuses.extend(
         memo.routes
             .values()
@@ -422,10 +443,9 @@ pub fn translate_incremental(
             .any(|bind| dirty_binds.contains(bind) || !kept_tls.contains_key(bind))
     };
     let mut l4_entries: Vec<Vec<L4Listener>> = listeners.iter().map(|_| Vec::new()).collect();
-    for (index, (listener, validation)) in listeners.iter().zip(&client_validations).enumerate()
-    {
+    for (index, (listener, validation)) in listeners.iter().zip(&client_validations).enumerate() {
         let attached = &memo.attached[index];
-        if !gateway_addresses[listener.gateway].served() {
+        if !served[index] {
             continue;
         }
         if !listener.serves() {
