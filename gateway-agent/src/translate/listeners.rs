@@ -2,7 +2,6 @@
 //! per the spec: supported protocol, route kinds, distinctness (conflicts), and
 //! the conditions each listener reports.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -451,15 +450,17 @@ pub fn mark_port_collisions(listeners: &mut [Listener]) {
     // those groups (in precedence order), not every pair of the node's
     // listeners (a thousand L4 listeners made that the most of a route
     // edit's translate).
-    let transport = |l: &Listener| if l.protocol == "UDP" { "udp" } else { "tcp" };
-    let mut groups: BTreeMap<(u16, &str), Vec<usize>> = BTreeMap::new();
-    for &i in &order {
-        let key = (listeners[i].port, transport(&listeners[i]));
-        groups.entry(key).or_default().push(i);
-    }
-    for group in groups.values().filter(|g| g.len() > 1) {
-        for (n, &i) in group.iter().enumerate() {
-            collide_with_earlier(listeners, i, &group[..n]);
+    let ports: Vec<(u16, bool)> = listeners
+        .iter()
+        .map(|l| (l.port, l.protocol == "UDP"))
+        .collect();
+    let group = |i: &usize| ports[*i];
+    let mut by_port = order;
+    // Stable: each group keeps the precedence order.
+    by_port.sort_by_key(group);
+    for members in by_port.chunk_by(|a, b| group(a) == group(b)) {
+        for (n, &i) in members.iter().enumerate().skip(1) {
+            collide_with_earlier(listeners, i, &members[..n]);
         }
     }
 }
