@@ -37,12 +37,18 @@ use gateway_agent::translate::{Memo, Output, Settings, translate_incremental};
 mod manifests;
 
 const GATEWAYS: usize = 100;
+const CONTROLLER: &str = gateway_agent::DEFAULT_CONTROLLER_NAME;
 /// Gateways with one TLS passthrough listener each, sharing the TLSRoutes.
 const TLS_GATEWAYS: usize = 10;
 
+/// The status writer's clock, fixed: every pass stamps the same time.
+fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::UNIX_EPOCH
+}
+
 fn settings() -> Settings {
     Settings {
-        controller_name: gateway_agent::DEFAULT_CONTROLLER_NAME.into(),
+        controller_name: CONTROLLER.into(),
         node_addresses: vec![Ipv4Addr::LOCALHOST],
         usable_addresses: None,
     }
@@ -138,7 +144,7 @@ fn snapshot(n: usize) -> Snapshot {
         http_backend: ("127.0.0.1".into(), 18_080),
         ..Default::default()
     };
-    let mut files = manifests::generate(&scale, gateway_agent::DEFAULT_CONTROLLER_NAME);
+    let mut files = manifests::generate(&scale, CONTROLLER);
     files.push(("tls.yaml".into(), tls_manifests(n / 10)));
     let mut snapshot = Snapshot::default();
     let mut errors = Vec::new();
@@ -228,6 +234,8 @@ struct Case {
     edited: Edited,
     n: usize,
     flip: bool,
+    /// The status writer's memory of what it computed.
+    status_cache: StatusCache,
 }
 
 impl Case {
@@ -238,6 +246,8 @@ impl Case {
         assert_eq!(last.config.l4.len(), n / 10);
         let mut applied = Applied::default();
         applied.apply(&last.config);
+        let mut status_cache = StatusCache::default();
+        status_cache.updates(&snapshot, &last.statuses, CONTROLLER, now());
         Self {
             snapshot,
             memo,
@@ -246,7 +256,16 @@ impl Case {
             edited,
             n,
             flip: false,
+            status_cache,
         }
+    }
+
+    /// The status writer's pass over `output`'s statuses: what to write.
+    fn status_pass(&mut self, output: &Output) -> usize {
+        let updates =
+            self.status_cache
+                .updates(&self.snapshot, &output.statuses, CONTROLLER, now());
+        updates.len()
     }
 
     /// Edits the route (outside any timing) and returns what changed.
@@ -283,87 +302,59 @@ impl Case {
     }
 }
 
-fn change(c: &mut Criterion) {
-    for edited in [Edited::Http, Edited::Tcp, Edited::Tls] {
-        let mut translate_group = c.benchmark_group(format!("change_translate/{}", edited.name()));
-        translate_group
-            .sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        for n in [10, 1_000, 10_000] {
-            let mut case = Case::new(n, edited);
+/// One benchmark group: `timed` makes one edit on the case and returns how
+/// long its stage took.
+fn stage(c: &mut Criterion, edited: Edited, name: &str, timed: fn(&mut Case) -> Duration) {
+    let mut group = c.benchmark_group(format!("change_{name}/{}", edited.name()));
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in [10, 1_000, 10_000] {
+        let mut case = Case::new(n, edited);
+        if name == "translate" {
             let (touched, statuses) = case.step();
             eprintln!(
                 "{} at {n}: {touched:?}, {statuses} statuses not shared with the previous output of {}",
                 edited.name(),
                 case.last.statuses.len()
             );
-            translate_group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-                b.iter_custom(|iterations| {
-                    let mut took = Duration::ZERO;
-                    for _ in 0..iterations {
-                        let changes = case.edit();
-                        let started = Instant::now();
-                        let output = case.translate(&changes);
-                        took += started.elapsed();
-                        // The previous output is dropped outside the timing,
-                        // as the agent drops it after the apply.
-                        case.last = output;
-                    }
-                    took
-                })
-            });
         }
-        translate_group.finish();
-        let mut apply_group = c.benchmark_group(format!("change_apply/{}", edited.name()));
-        apply_group
-            .sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        for n in [10, 1_000, 10_000] {
-            let mut case = Case::new(n, edited);
-            apply_group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-                b.iter_custom(|iterations| {
-                    let mut took = Duration::ZERO;
-                    for _ in 0..iterations {
-                        let changes = case.edit();
-                        let output = case.translate(&changes);
-                        let started = Instant::now();
-                        black_box(case.applied.apply(&output.config));
-                        took += started.elapsed();
-                    }
-                    took
-                })
-            });
-        }
-        apply_group.finish();
-        let mut status_group = c.benchmark_group(format!("change_status/{}", edited.name()));
-        status_group
-            .sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        let controller = gateway_agent::DEFAULT_CONTROLLER_NAME;
-        for n in [10, 1_000, 10_000] {
-            let mut case = Case::new(n, edited);
-            let mut cache = StatusCache::default();
-            let now = k8s_openapi::jiff::Timestamp::now();
-            cache.updates(&case.snapshot, &case.last.statuses, controller, now);
-            status_group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-                b.iter_custom(|iterations| {
-                    let mut took = Duration::ZERO;
-                    for _ in 0..iterations {
-                        let changes = case.edit();
-                        let output = case.translate(&changes);
-                        let started = Instant::now();
-                        black_box(cache.updates(&case.snapshot, &output.statuses, controller, now));
-                        took += started.elapsed();
-                        case.last = output;
-                    }
-                    took
-                })
-            });
-        }
-        status_group.finish();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iterations| (0..iterations).map(|_| timed(&mut case)).sum())
+        });
+    }
+    group.finish();
+}
+
+fn change(c: &mut Criterion) {
+    for edited in [Edited::Http, Edited::Tcp, Edited::Tls] {
+        stage(c, edited, "translate", |case| {
+            let changes = case.edit();
+            let started = Instant::now();
+            let output = case.translate(&changes);
+            let took = started.elapsed();
+            // The previous output is dropped outside the timing, as the
+            // agent drops it after the apply.
+            case.last = output;
+            took
+        });
+        stage(c, edited, "apply", |case| {
+            let changes = case.edit();
+            let output = case.translate(&changes);
+            let started = Instant::now();
+            black_box(case.applied.apply(&output.config));
+            started.elapsed()
+        });
+        stage(c, edited, "status", |case| {
+            let changes = case.edit();
+            let output = case.translate(&changes);
+            let started = Instant::now();
+            black_box(case.status_pass(&output));
+            let took = started.elapsed();
+            case.last = output;
+            took
+        });
     }
 }
 
