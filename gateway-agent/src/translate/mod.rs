@@ -66,11 +66,11 @@ struct Attachment<'a> {
 /// stays a function of the snapshot (`translate` and `translate_incremental`
 /// return the same output for the same snapshot).
 ///
-/// What a route edit costs is then flat in the number of routes: the memo
-/// keeps, besides each route's own share, what used to be gathered from
-/// every route on each translate (each listener's attached routes, its
-/// status, its L4 entries, each socket's TLS routes), and patches it for
-/// the changed routes only.
+/// Besides each route's own share, the memo keeps what used to be gathered
+/// from every route on each translate (each listener's attached routes, its
+/// status, its L4 entries, each socket's TLS routes) and patches it for the
+/// changed routes only. What a route edit still does per route: one pointer
+/// to each route's status copied into the output.
 #[derive(Default)]
 pub struct Memo {
     /// The settings the memo was computed for; other settings start over.
