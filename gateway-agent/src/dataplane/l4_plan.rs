@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use gateway_common::{
     Addr6, BackendValue, BackendValue6, ListenerKey, ListenerKey6, MAGLEV_TABLE_SIZE,
@@ -75,7 +76,8 @@ impl RouteIds {
     /// their adopted id or else the lowest free one. Routes beyond `MAX_ROUTES`
     /// get none (and are not programmed).
     fn assign(&mut self, live: &[(RouteRef, Family)]) {
-        self.ids.retain(|r, _| live.contains(r));
+        let live_set: std::collections::BTreeSet<&(RouteRef, Family)> = live.iter().collect();
+        self.ids.retain(|r, _| live_set.contains(r));
         let mut used: std::collections::BTreeSet<u32> = self.ids.values().copied().collect();
         for route in live {
             if self.ids.contains_key(route) {
@@ -123,12 +125,13 @@ pub fn family_name_hash(route: &RouteRef, family: Family) -> u64 {
 
 /// A route's backends and its Maglev table (slot → index into `backends`,
 /// or `backends6` for an IPv6 route id). All empty when the route has no
-/// usable backend.
+/// usable backend. The slots (8 KB) are shared with the table cache, so a
+/// plan copies and compares a pointer per unchanged route, not its table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
     pub backends: Vec<BackendValue>,
     pub backends6: Vec<BackendValue6>,
-    pub slots: Vec<u16>,
+    pub slots: Arc<[u16]>,
 }
 
 impl RouteTable {
@@ -152,21 +155,22 @@ pub struct L4Maps {
 /// config change rebuilds only the tables of routes whose backends changed.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    tables: BTreeMap<Vec<Weighted>, Vec<u16>>,
+    tables: BTreeMap<Vec<Weighted>, Arc<[u16]>>,
 }
 
 impl TableCache {
     fn build(
         &self,
         weighted: &[Weighted],
-        used: &mut BTreeMap<Vec<Weighted>, Vec<u16>>,
-    ) -> Vec<u16> {
-        if let Some(slots) = used.get(weighted).or_else(|| self.tables.get(weighted)) {
-            let slots = slots.clone();
-            used.insert(weighted.to_vec(), slots.clone());
-            return slots;
+        used: &mut BTreeMap<Vec<Weighted>, Arc<[u16]>>,
+    ) -> Arc<[u16]> {
+        if let Some(slots) = used.get(weighted) {
+            return slots.clone();
         }
-        let slots = maglev::build(weighted, MAGLEV_TABLE_SIZE);
+        let slots = match self.tables.get(weighted) {
+            Some(slots) => slots.clone(),
+            None => maglev::build(weighted, MAGLEV_TABLE_SIZE).into(),
+        };
         used.insert(weighted.to_vec(), slots.clone());
         slots
     }
@@ -237,7 +241,7 @@ fn route_table(
     endpoints: &[WeightedEndpoint],
     family: Family,
     source_for: &dyn Fn(IpAddr) -> IpAddr,
-    mut build: impl FnMut(&[Weighted]) -> Vec<u16>,
+    mut build: impl FnMut(&[Weighted]) -> Arc<[u16]>,
 ) -> RouteTable {
     let mut merged: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
     for e in endpoints {
@@ -539,6 +543,15 @@ mod tests {
         );
         assert_eq!(again.routes[&7].backends.len(), 9);
         assert_eq!(again.routes[&8], maps.routes[&8]);
+        // The unchanged routes' tables are the cached ones, shared: the
+        // applier's diff finds one table to write.
+        assert!(Arc::ptr_eq(&again.routes[&8].slots, &maps.routes[&8].slots));
+        let writes = again
+            .routes
+            .iter()
+            .filter(|(id, t)| maps.routes.get(id) != Some(t))
+            .count();
+        assert_eq!(writes, 1);
         assert!(rebuild * 10 < took, "{rebuild:?} vs {took:?}");
     }
 }

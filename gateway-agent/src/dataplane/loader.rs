@@ -485,7 +485,7 @@ impl L4Dataplane {
                     .tables
                     .get(&route.table, 0)
                     .map_err(map_err(names::MAGLEV_TABLES))?;
-                table.slots = slots.backend.to_vec();
+                table.slots = slots.backend.as_slice().into();
             }
             self.live_tables.insert(id, route.table);
             self.applied.routes.insert(id, table);
@@ -513,11 +513,20 @@ impl L4Dataplane {
     /// removed: their next packet finds no flow, and the node's kernel answers
     /// it with a reset instead of the flow being black-holed.
     pub fn apply(&mut self, listeners: &[L4Listener]) -> Result<(), Error> {
+        // Asked of the kernel once per backend address per apply (a socket,
+        // a connect, a getsockname): routes share backends.
+        let sources = std::cell::RefCell::new(BTreeMap::new());
+        let source_for = |backend: IpAddr| {
+            *sources
+                .borrow_mut()
+                .entry(backend)
+                .or_insert_with(|| source_address_for(backend))
+        };
         let desired = l4_plan::plan(
             listeners,
             &mut self.ids,
             &mut self.tables_cache,
-            &source_address_for,
+            &source_for,
         );
         let old = std::mem::take(&mut self.applied);
         for (id, hash) in &desired.names {

@@ -429,37 +429,61 @@ pub fn listener_set_conditions(status: &mut ObjectStatus, listeners: &[Listener]
 /// namespace/name) keeps it and the other listener is Accepted=False with
 /// reason PortUnavailable, rather than silently losing its traffic.
 pub fn mark_port_collisions(listeners: &mut [Listener]) {
-    let mut order: Vec<usize> = (0..listeners.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&listeners[a].gateway_created, listeners[a].gateway, a).cmp(&(
-            &listeners[b].gateway_created,
-            listeners[b].gateway,
-            b,
-        ))
+    // Precedence: Gateways oldest first, then by namespace/name, each
+    // Gateway's listeners (consecutive) in order; the Gateways are sorted,
+    // not every listener.
+    let mut gateways: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, listener) in listeners.iter().enumerate() {
+        match gateways.last_mut() {
+            Some(run) if std::ptr::eq(listeners[run.start].gateway, listener.gateway) => {
+                run.end = i + 1;
+            }
+            _ => gateways.push(i..i + 1),
+        }
+    }
+    gateways.sort_by(|a, b| {
+        let (a, b) = (&listeners[a.start], &listeners[b.start]);
+        (&a.gateway_created, a.gateway).cmp(&(&b.gateway_created, b.gateway))
     });
-    for (n, &i) in order.iter().enumerate() {
-        for &earlier in &order[..n] {
-            let (a, b) = (&listeners[earlier], &listeners[i]);
-            if a.gateway == b.gateway || !a.contends() || !b.contends() {
-                continue;
-            }
-            let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");
-            let transport = |l: &Listener| if l.protocol == "UDP" { "udp" } else { "tcp" };
-            let shared_address = a.addresses.is_empty()
-                || b.addresses.is_empty()
-                || a.addresses.iter().any(|x| b.addresses.contains(x));
-            if (l4(a) || l4(b))
-                && a.port == b.port
-                && transport(a) == transport(b)
-                && shared_address
-            {
-                let message = format!(
-                    "{} port {} is already served here by Gateway {} listener {}",
-                    b.protocol, b.port, a.gateway, a.name
-                );
-                listeners[i].rejected = Some(("PortUnavailable", message));
-                break;
-            }
+    let order: Vec<usize> = gateways.into_iter().flatten().collect();
+    // Only listeners on one port and transport can collide: compared within
+    // those groups (in precedence order), not every pair of the node's
+    // listeners (a thousand L4 listeners made that the most of a route
+    // edit's translate).
+    let ports: Vec<(u16, bool)> = listeners
+        .iter()
+        .map(|l| (l.port, l.protocol == "UDP"))
+        .collect();
+    let group = |i: &usize| ports[*i];
+    let mut by_port = order;
+    // Stable: each group keeps the precedence order.
+    by_port.sort_by_key(group);
+    for members in by_port.chunk_by(|a, b| group(a) == group(b)) {
+        for (n, &i) in members.iter().enumerate().skip(1) {
+            collide_with_earlier(listeners, i, &members[..n]);
+        }
+    }
+}
+
+/// Marks listener `i` PortUnavailable when one of `earlier` (same port and
+/// transport, with precedence) holds its L4 port on a shared address.
+fn collide_with_earlier(listeners: &mut [Listener], i: usize, earlier: &[usize]) {
+    for &earlier in earlier {
+        let (a, b) = (&listeners[earlier], &listeners[i]);
+        if a.gateway == b.gateway || !a.contends() || !b.contends() {
+            continue;
+        }
+        let l4 = |l: &Listener| matches!(l.protocol, "TCP" | "UDP");
+        let shared_address = a.addresses.is_empty()
+            || b.addresses.is_empty()
+            || a.addresses.iter().any(|x| b.addresses.contains(x));
+        if (l4(a) || l4(b)) && shared_address {
+            let message = format!(
+                "{} port {} is already served here by Gateway {} listener {}",
+                b.protocol, b.port, a.gateway, a.name
+            );
+            listeners[i].rejected = Some(("PortUnavailable", message));
+            break;
         }
     }
 }

@@ -101,6 +101,16 @@ fn route(rng: &mut fastrand::Rng) -> String {
             ]
         )
     );
+    // Sometimes a second parentRef: another Gateway, or the same listener
+    // twice (it then counts twice in attachedRoutes).
+    let parent = if rng.u8(0..4) == 0 {
+        format!(
+            "{parent}  - name: g{}\n    namespace: default\n",
+            rng.u8(0..3)
+        )
+    } else {
+        parent
+    };
     let hostnames = pick(
         rng,
         &[
@@ -311,6 +321,36 @@ fn a_route_edit_rebuilds_only_its_own_socket() {
         crate::model::PathMatch::Prefix("/a2".into())
     );
     assert!(Arc::ptr_eq(&first.http[1].rules, &second.http[1].rules));
+    // Both listeners' entries (attachedRoutes unchanged) are the same ones.
+    let listener_status = |output: &super::Output, gateway: &str| {
+        let statuses = output.statuses.iter();
+        let mut of_listener = statuses
+            .filter(|s| s.kind == "Gateway" && s.key.name == gateway && s.listener.is_some());
+        of_listener.next().expect("listener status").clone()
+    };
+    for gateway in ["g0", "g1"] {
+        assert!(Arc::ptr_eq(
+            &listener_status(&first_output, gateway),
+            &listener_status(&second_output, gateway)
+        ));
+    }
+    // Route a moves to g1: both listeners' attachedRoutes change, both
+    // sockets are assembled again, and it equals a full translate.
+    std::fs::write(dir.0.join("a.yaml"), route("a", "g1", "/a2")).expect("write");
+    let moved = load(&mut source, &mut memo);
+    let full = translate(source.snapshot(), &settings);
+    assert_eq!(moved.config, full.config);
+    assert_eq!(moved.statuses, full.statuses);
+    let attached = |gateway: &str| {
+        let status = listener_status(&moved, gateway);
+        status.listener.as_ref().expect("facts").attached_routes
+    };
+    assert_eq!((attached("g0"), attached("g1")), (0, 2));
+    assert!(moved.config.http[0].rules.is_empty());
+    assert_eq!(moved.config.http[1].rules.len(), 2);
+    std::fs::write(dir.0.join("a.yaml"), route("a", "g0", "/a2")).expect("write");
+    let second_output = load(&mut source, &mut memo);
+    let second = second_output.config.clone();
     std::fs::write(
         dir.0.join("a.yaml"),
         format!("{}---\n{}", route("a", "g0", "/a2"), service(&mut rng)),

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{
     ANY_V4, ClientValidation, DataplaneConfig, ENDPOINT_WEIGHT_SCALE, HttpListener, HttpRule,
-    L4Listener, L4Protocol, RouteRef, ServerCertificate, WeightedEndpoint,
+    L4Listener, L4Protocol, RouteRef, ServerCertificate, TlsPassthroughListener, WeightedEndpoint,
 };
 use crate::store::{Kind, ObjectKey, Snapshot};
 use input::{BackendRef, GATEWAY_GROUP, ParentRef, Route, RouteKind};
@@ -65,13 +65,79 @@ struct Attachment<'a> {
 /// on. The caller holds it between calls and says what changed; translate
 /// stays a function of the snapshot (`translate` and `translate_incremental`
 /// return the same output for the same snapshot).
+///
+/// Besides each route's own share, the memo keeps what used to be gathered
+/// from every route on each translate (each listener's attached routes, its
+/// status, its L4 entries, each socket's TLS routes) and patches it for the
+/// changed routes only. What a route edit still does per route: one pointer
+/// to each route's status copied into the output.
 #[derive(Default)]
 pub struct Memo {
     /// The settings the memo was computed for; other settings start over.
     settings: Option<Settings>,
-    routes: BTreeMap<(RouteKind, ObjectKey), RouteMemo>,
+    routes: BTreeMap<RouteId, RouteMemo>,
     /// Each socket's rules, in precedence order, as last assembled.
     http_rules: BTreeMap<SocketAddr, Arc<Vec<HttpRule>>>,
+    /// Per listener, by its index (the listeners are the same while only
+    /// routes change): the routes it accepts, in the memo's order.
+    attached: Vec<BTreeMap<RouteId, AttachedRoute>>,
+    /// Per listener: its status entry as last decided.
+    listener_statuses: Vec<Arc<ObjectStatus>>,
+    /// Per listener: the L4 entries it programmed.
+    l4: Vec<Vec<L4Listener>>,
+    /// How many entries `routes` holds, all parents together.
+    route_statuses: usize,
+    /// Each TLS socket as last assembled.
+    tls_sockets: BTreeMap<SocketAddr, TlsPassthroughListener>,
+    /// The other objects' entries (GatewayClasses, ListenerSets, Gateways)
+    /// in output order: an equal one is handed out again, the same pointer.
+    object_statuses: Vec<Arc<ObjectStatus>>,
+}
+
+type RouteId = (RouteKind, ObjectKey);
+
+/// A route accepted by a listener: the hostnames it serves there, one entry
+/// per parentRef of the route that attached it (each counts in attachedRoutes).
+struct AttachedRoute {
+    route: Arc<Route>,
+    hostnames: Vec<Arc<[String]>>,
+}
+
+/// The routes a listener accepts, in the memo's order (kind, then
+/// namespace/name; a route's parentRefs in order).
+fn attachments(attached: &BTreeMap<RouteId, AttachedRoute>) -> Vec<Attachment<'_>> {
+    attached
+        .values()
+        .flat_map(|a| {
+            a.hostnames.iter().map(|hostnames| Attachment {
+                route: a.route.as_ref(),
+                hostnames,
+            })
+        })
+        .collect()
+}
+
+/// A listener's attachedRoutes.
+fn attached_count(attached: &BTreeMap<RouteId, AttachedRoute>) -> usize {
+    attached.values().map(|a| a.hostnames.len()).sum()
+}
+
+impl Memo {
+    /// `status` as an Arc: the one handed out last time at `position` of the
+    /// other objects' entries when it is equal (so that the status writer
+    /// sees it unchanged), else a new one.
+    fn object_status(
+        kept: &[Arc<ObjectStatus>],
+        fresh: &mut Vec<Arc<ObjectStatus>>,
+        status: ObjectStatus,
+    ) -> Arc<ObjectStatus> {
+        let status = match kept.get(fresh.len()) {
+            Some(old) if **old == status => old.clone(),
+            _ => Arc::new(status),
+        };
+        fresh.push(status.clone());
+        status
+    }
 }
 
 /// One route's own share of a translate: valid while no object other than
@@ -119,11 +185,8 @@ pub fn translate_incremental(
 ) -> Output {
     let routes_only = memo.settings.as_ref() == Some(settings)
         && changes.is_some_and(|c| c.iter().all(|(kind, _)| ROUTE_KINDS.contains(kind)));
-    if !routes_only {
-        memo.settings = Some(settings.clone());
-        memo.routes.clear();
-        memo.http_rules.clear();
-    }
+    let kept_statuses = std::mem::take(&mut memo.object_statuses);
+    let mut object_statuses = Vec::new();
     let mut statuses = Vec::new();
     let our_classes: Vec<&str> = snapshot
         .gateway_classes
@@ -135,9 +198,11 @@ pub fn translate_incremental(
         if class.spec.controller_name != settings.controller_name {
             continue;
         }
-        statuses.push(Arc::new(gateways::gateway_class_status(
-            key, class, snapshot,
-        )));
+        statuses.push(Memo::object_status(
+            &kept_statuses,
+            &mut object_statuses,
+            gateways::gateway_class_status(key, class, snapshot),
+        ));
     }
 
     // Addresses of each of our Gateways, and the ones we cannot use.
@@ -169,6 +234,11 @@ pub fn translate_incremental(
         .iter_mut()
         .map(|listener| frontend_tls::resolve_listener(listener, snapshot))
         .collect();
+    // Whether each listener's Gateway is served, looked up once per Gateway.
+    let mut served = vec![false; listeners.len()];
+    for (key, range) in &ranges {
+        served[range.clone()].fill(gateway_addresses[*key].served());
+    }
     let mut gateway_statuses = Vec::new();
     let mut client_certificates = BTreeMap::new();
     for (key, range) in ranges {
@@ -196,7 +266,11 @@ pub fn translate_incremental(
         if set.conditions.is_empty() {
             listeners::listener_set_conditions(&mut set, &listeners);
         }
-        statuses.push(Arc::new(set));
+        statuses.push(Memo::object_status(
+            &kept_statuses,
+            &mut object_statuses,
+            set,
+        ));
     }
 
     let our_listener_sets: BTreeSet<ObjectKey> = statuses
@@ -205,23 +279,54 @@ pub fn translate_incremental(
         .map(|s| s.key.clone())
         .collect();
     // Each parent's listeners, so that attaching a route does not scan every listener.
+    // An owner's listeners are consecutive: one map entry per owner.
     let mut listeners_of: BTreeMap<(&str, &ObjectKey), Vec<usize>> = BTreeMap::new();
-    for (index, listener) in listeners.iter().enumerate() {
+    let mut start = 0;
+    while start < listeners.len() {
+        let owner = |l: &Listener| (l.owner_kind, std::ptr::from_ref(l.owner));
+        let first = owner(&listeners[start]);
+        let end = (start..listeners.len())
+            .find(|&i| owner(&listeners[i]) != first)
+            .unwrap_or(listeners.len());
+        let listener = &listeners[start];
         listeners_of
             .entry((listener.owner_kind, listener.owner))
             .or_default()
-            .push(index);
+            .extend(start..end);
+        start = end;
     }
 
     // The routes: the changed ones (all, unless only routes changed) are
     // translated again; the sockets they were and are served on are dirty.
     let mut dirty_binds: BTreeSet<SocketAddr> = BTreeSet::new();
+    // Listeners whose attached routes changed (all on a full translate).
+    let mut touched: BTreeSet<usize> = BTreeSet::new();
+    // Only routes changed, so the listeners are the ones the memo's indices
+    // refer to (the count is checked too, for safety's sake).
+    let routes_only = routes_only && memo.attached.len() == listeners.len();
+    if !routes_only {
+        memo.settings = Some(settings.clone());
+        memo.routes.clear();
+        memo.route_statuses = 0;
+        memo.http_rules.clear();
+        memo.tls_sockets.clear();
+        memo.attached = listeners.iter().map(|_| BTreeMap::new()).collect();
+        memo.listener_statuses.clear();
+        memo.l4.clear();
+        touched.extend(0..listeners.len());
+    }
     for (kind, key) in changes.into_iter().flatten() {
         let Some(kind) = RouteKind::of(*kind) else {
             continue;
         };
-        if let Some(old) = memo.routes.remove(&(kind, key.clone())) {
+        let id = (kind, key.clone());
+        if let Some(old) = memo.routes.remove(&id) {
+            memo.route_statuses -= old.parents.len();
             dirty_binds.extend(old.binds);
+            for (index, _) in old.parents.iter().flat_map(|(_, hits)| hits) {
+                memo.attached[*index].remove(&id);
+                touched.insert(*index);
+            }
         }
     }
     let to_translate: Vec<(RouteKind, &ObjectKey)> = match changes {
@@ -244,21 +349,29 @@ pub fn translate_incremental(
             snapshot,
         );
         dirty_binds.extend(decided.binds.iter().copied());
-        memo.routes.insert((kind, key.clone()), decided);
-    }
-    let mut attachments: Vec<Vec<Attachment>> = listeners.iter().map(|_| Vec::new()).collect();
-    // The memo's order (kind, then namespace/name) is `input::route_ids`'.
-    for decided in memo.routes.values() {
-        for (status, hits) in &decided.parents {
-            statuses.push(status.clone());
-            for (index, hostnames) in hits {
-                attachments[*index].push(Attachment {
-                    route: decided.route.as_ref(),
-                    hostnames,
-                });
-            }
+        let id = (kind, key.clone());
+        for (index, hostnames) in decided.parents.iter().flat_map(|(_, hits)| hits) {
+            let attached =
+                memo.attached[*index]
+                    .entry(id.clone())
+                    .or_insert_with(|| AttachedRoute {
+                        route: decided.route.clone(),
+                        hostnames: Vec::new(),
+                    });
+            attached.hostnames.push(hostnames.clone());
+            touched.insert(*index);
         }
+        memo.route_statuses += decided.parents.len();
+        memo.routes.insert(id, decided);
     }
+    // The memo's order (kind, then namespace/name) is `input::route_ids`'.
+    // A pointer per route: the one pass over every route left per change.
+    statuses.reserve(memo.route_statuses + listeners.len() + gateway_statuses.len());
+    statuses.extend(
+        memo.routes
+            .values()
+            .flat_map(|decided| decided.parents.iter().map(|(status, _)| status.clone())),
+    );
 
     // BackendTLSPolicies: who governs which Service port, and their ancestors
     // (the Gateways whose routes reach the Services they target). Without
@@ -267,9 +380,9 @@ pub fn translate_incremental(
     policies.present_client_certificates(client_certificates);
     if !snapshot.backend_tls_policies.is_empty() {
         let mut reached: BTreeMap<ObjectKey, Vec<&BackendRef>> = BTreeMap::new();
-        for (listener, attached) in listeners.iter().zip(&attachments) {
+        for (listener, attached) in listeners.iter().zip(&memo.attached) {
             let backends = reached.entry(listener.gateway.clone()).or_default();
-            for attachment in attached {
+            for attachment in attachments(attached) {
                 backends.extend(attachment.route.rules.iter().flat_map(|r| &r.backend_refs));
             }
         }
@@ -282,15 +395,33 @@ pub fn translate_incremental(
     }
 
     // Gateway and listener statuses, now that attachedRoutes is known.
+    // A listener none of the changed routes attached to keeps its entry.
+    let mut listener_statuses = Vec::with_capacity(listeners.len());
     for (status, range) in gateway_statuses {
-        statuses.push(Arc::new(status));
+        statuses.push(Memo::object_status(
+            &kept_statuses,
+            &mut object_statuses,
+            status,
+        ));
         for index in range {
-            statuses.push(Arc::new(gateways::listener_status(
-                &listeners[index],
-                attachments[index].len(),
-            )));
+            let kept = memo.listener_statuses.get(index);
+            let status = match kept {
+                Some(kept) if !touched.contains(&index) => kept.clone(),
+                _ => {
+                    let count = attached_count(&memo.attached[index]);
+                    let fresh = gateways::listener_status(&listeners[index], count);
+                    match kept {
+                        Some(kept) if **kept == fresh => kept.clone(),
+                        _ => Arc::new(fresh),
+                    }
+                }
+            };
+            statuses.push(status.clone());
+            listener_statuses.push(status);
         }
     }
+    memo.listener_statuses = listener_statuses;
+    memo.object_statuses = object_statuses;
 
     let mut config = DataplaneConfig::default();
     let mut http: BTreeMap<SocketAddr, Vec<(http::SortKey, HttpRule)>> = BTreeMap::new();
@@ -304,10 +435,17 @@ pub fn translate_incremental(
     let bind_dirty =
         |bind: &SocketAddr| dirty_binds.contains(bind) || !http_rules.contains_key(bind);
     let is_dirty = |listener: &Listener| listener_binds(listener).iter().any(bind_dirty);
-    for ((listener, attached), validation) in
-        listeners.iter().zip(&attachments).zip(&client_validations)
-    {
-        if !gateway_addresses[listener.gateway].served() {
+    // The same for TLS sockets.
+    let kept_tls = std::mem::take(&mut memo.tls_sockets);
+    let tls_dirty = |listener: &Listener| {
+        listener_binds(listener)
+            .iter()
+            .any(|bind| dirty_binds.contains(bind) || !kept_tls.contains_key(bind))
+    };
+    let mut l4_entries: Vec<Vec<L4Listener>> = listeners.iter().map(|_| Vec::new()).collect();
+    for (index, (listener, validation)) in listeners.iter().zip(&client_validations).enumerate() {
+        let attached = &memo.attached[index];
+        if !served[index] {
             continue;
         }
         if !listener.serves() {
@@ -333,6 +471,14 @@ pub fn translate_incremental(
         }
         match listener.protocol {
             "TCP" | "UDP" => {
+                if let Some(kept) = memo.l4.get_mut(index)
+                    && !touched.contains(&index)
+                {
+                    config.l4.extend(kept.iter().cloned());
+                    l4_entries[index] = std::mem::take(kept);
+                    continue;
+                }
+                let attached = attachments(attached);
                 let protocol = if listener.protocol == "TCP" {
                     L4Protocol::Tcp
                 } else {
@@ -358,7 +504,7 @@ pub fn translate_incremental(
                     listener.addresses.to_vec()
                 };
                 for addr in addrs {
-                    config.l4.push(L4Listener {
+                    l4_entries[index].push(L4Listener {
                         addr,
                         port: listener.port,
                         protocol,
@@ -366,12 +512,13 @@ pub fn translate_incremental(
                         backends: backends.clone(),
                     });
                 }
+                config.l4.extend(l4_entries[index].iter().cloned());
             }
             "HTTP" | "HTTPS" => {
                 if is_dirty(listener) {
                     http::listener_rules(
                         listener,
-                        attached,
+                        &attachments(attached),
                         snapshot,
                         &policies,
                         &mut http,
@@ -400,9 +547,13 @@ pub fn translate_incremental(
                     }
                 }
             }
-            "TLS" => {
-                passthrough::add_listener(listener, attached, snapshot, &policies, &mut tls_sockets)
-            }
+            "TLS" if tls_dirty(listener) => passthrough::add_listener(
+                listener,
+                &attachments(attached),
+                snapshot,
+                &policies,
+                &mut tls_sockets,
+            ),
             _ => {}
         }
     }
@@ -432,7 +583,20 @@ pub fn translate_incremental(
         });
     }
     *http_rules = assembled;
-    config.tls_passthrough = passthrough::finish(tls_sockets);
+    memo.l4 = l4_entries;
+    // A TLS socket no changed route is on keeps what it served; the others
+    // are what their listeners assembled now.
+    let mut tls: BTreeMap<SocketAddr, TlsPassthroughListener> = passthrough::finish(tls_sockets)
+        .into_iter()
+        .map(|socket| (socket.bind, socket))
+        .collect();
+    for (bind, socket) in kept_tls {
+        if !dirty_binds.contains(&bind) {
+            tls.insert(bind, socket);
+        }
+    }
+    config.tls_passthrough = tls.values().cloned().collect();
+    memo.tls_sockets = tls;
     // Kept with the applied config (for `/explain`): no spare room.
     statuses.shrink_to_fit();
     Output { config, statuses }

@@ -94,12 +94,7 @@ spec:
             text.push_str(&http_route(i, gateway));
         }
         for i in (gateway..scale.tls_routes).step_by(g) {
-            write!(
-                text,
-                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata:\n  name: tls-{i}\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw-{gateway}\n    sectionName: tls\n  hostnames: [\"{}\"]\n  rules:\n  - backendRefs:\n    - name: tls-echo\n      port: 443\n",
-                tls_host(i)
-            )
-            .expect("write to String");
+            text.push_str(&tls_route(i, gateway));
         }
         for i in l4_here {
             let kind = if i % 2 == 0 { "TCPRoute" } else { "UDPRoute" };
@@ -129,6 +124,15 @@ pub fn http_route(i: usize, gateway: usize) -> String {
         .expect("write to String");
     }
     text
+}
+
+/// TLSRoute `tls-<i>` on Gateway `gw-<gateway>`'s passthrough listener:
+/// SNI `tls_host(i)` to Service `tls-echo`.
+pub fn tls_route(i: usize, gateway: usize) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata:\n  name: tls-{i}\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw-{gateway}\n    sectionName: tls\n  hostnames: [\"{}\"]\n  rules:\n  - backendRefs:\n    - name: tls-echo\n      port: 443\n",
+        tls_host(i)
+    )
 }
 
 fn service(name: &str, port: u16, ip: &str, target_port: u16) -> String {
