@@ -9,7 +9,10 @@
 //!   sockets whose rules changed, and the L4 plan (Maglev tables, map
 //!   entries) when the L4 part changed, diffed against the last one;
 //! - `change_status/<kind>/<n>`: the status writer's pass over the new
-//!   statuses (`StatusCache::updates`), which finds what to write.
+//!   statuses (`StatusCache::updates`), which finds what to write;
+//! - `change_passthrough_apply/1000`: the real passthrough applier
+//!   (`Passthrough::apply`, copy mode) on 100 loopback sockets with 10
+//!   TLSRoutes each, after one route's backend changed.
 //!
 //! Each case also prints, once, what the change touched: HTTP sockets
 //! re-assembled, L4 map entries written, statuses not shared with the
@@ -17,14 +20,18 @@
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gateway_agent::dataplane::l4_plan::{self, L4Maps, RouteIds, TableCache};
-use gateway_agent::model::{DataplaneConfig, HttpListener, L4Listener, TlsPassthroughListener};
+use gateway_agent::model::{
+    DataplaneConfig, HttpListener, L4Listener, RouteRef, TlsPassthroughListener,
+    TlsPassthroughRoute, WeightedEndpoint,
+};
+use gateway_agent::passthrough::{Passthrough, SpliceMode};
 use gateway_agent::proxy::RouteTable;
 use gateway_agent::source::file::load_str;
 use gateway_agent::status_writer::StatusCache;
@@ -329,5 +336,74 @@ fn change(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, change);
+/// 100 loopback sockets (127.77.0.x, ephemeral ports) with 10 routes each;
+/// `edited` moves the first route's backend to another port.
+fn passthrough_listeners(edited: bool) -> Vec<TlsPassthroughListener> {
+    (0..100u8)
+        .map(|socket| TlsPassthroughListener {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 0, socket + 1)), 0),
+            routes: (0..10u16)
+                .map(|r| {
+                    let name = format!("tls-{socket}-{r}");
+                    let port = if edited && socket == 0 && r == 0 {
+                        9_001
+                    } else {
+                        9_000
+                    };
+                    TlsPassthroughRoute {
+                        route: RouteRef {
+                            kind: "TLSRoute",
+                            namespace: "default".into(),
+                            name: name.as_str().into(),
+                            rule: 0,
+                        },
+                        hostnames: vec![format!("{name}.example.com")],
+                        backends: vec![WeightedEndpoint {
+                            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                            weight: 1,
+                        }],
+                        terminate: false,
+                        backend_tls: Default::default(),
+                    }
+                })
+                .collect(),
+            certificates: Vec::new(),
+        })
+        .collect()
+}
+
+fn passthrough_apply(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _entered = runtime.enter();
+    let passthrough =
+        Passthrough::new(SpliceMode::Copy, Path::new("/nonexistent")).expect("copy mode");
+    let configs = [passthrough_listeners(false), passthrough_listeners(true)];
+    let failures = runtime.block_on(passthrough.apply(&configs[0]));
+    assert!(failures.is_empty(), "{failures:?}");
+    let mut flip = false;
+    let mut group = c.benchmark_group("change_passthrough_apply");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group.bench_function(BenchmarkId::from_parameter(1_000), |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| {
+                    flip = !flip;
+                    let config = &configs[usize::from(flip)];
+                    let started = Instant::now();
+                    let failures = runtime.block_on(passthrough.apply(config));
+                    let took = started.elapsed();
+                    assert!(failures.is_empty(), "{failures:?}");
+                    took
+                })
+                .sum()
+        })
+    });
+    group.finish();
+    runtime.block_on(passthrough.apply(&[]));
+}
+
+criterion_group!(benches, change, passthrough_apply);
 criterion_main!(benches);

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Mutex;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockHash};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, SockHash};
 use aya::programs::SkSkb;
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::splice::{
@@ -44,7 +44,7 @@ pub enum Error {
 pub struct KernelSplice {
     sockets: Mutex<SockHash<MapData, SpliceKey>>,
     peers: Mutex<HashMap<MapData, SpliceKey, SpliceValue>>,
-    stats: PerCpuArray<MapData, TlsRouteStats>,
+    stats: Mutex<PerCpuArray<MapData, TlsRouteStats>>,
     names: Mutex<Array<MapData, RouteName>>,
     /// Keeps the program loaded and attached.
     _ebpf: Ebpf,
@@ -157,7 +157,7 @@ impl KernelSplice {
         Ok(Self {
             sockets: Mutex::new(sockets),
             peers: Mutex::new(peers),
-            stats,
+            stats: Mutex::new(stats),
             names: Mutex::new(names),
             _ebpf: ebpf,
         })
@@ -215,9 +215,23 @@ impl KernelSplice {
         Ok(())
     }
 
+    /// Zeroes the counters of `route_id` (a freed id handed to a new route).
+    pub fn zero_route(&self, route_id: u32) -> Result<(), Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io(e))?;
+        let zero = PerCpuValues::try_from(vec![TlsRouteStats::default(); cpus])?;
+        let mut stats = self.stats.lock().expect("splice stats lock");
+        stats.set(route_id, zero, 0)?;
+        Ok(())
+    }
+
     /// A route's bytes (to backend, to client), summed over CPUs.
     pub fn route_bytes(&self, route_id: u32) -> (u64, u64) {
-        match self.stats.get(&route_id, 0) {
+        match self
+            .stats
+            .lock()
+            .expect("splice stats lock")
+            .get(&route_id, 0)
+        {
             Ok(per_cpu) => per_cpu.iter().fold((0, 0), |(b, c), s| {
                 (b + s.bytes_to_backend, c + s.bytes_to_client)
             }),

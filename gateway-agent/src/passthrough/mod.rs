@@ -6,6 +6,7 @@
 mod close_watch;
 mod kernel_splice;
 mod prefixed;
+mod route_ids;
 pub mod sni;
 pub(crate) mod sni_table;
 
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::model::{RouteRef, TlsPassthroughListener};
 use close_watch::CloseWatch;
 pub use kernel_splice::KernelSplice;
+use route_ids::RouteIds;
 use sni::ClientHello;
 pub use sni_table::SniTable;
 
@@ -55,6 +57,9 @@ struct SocketConfig {
 }
 
 struct Bound {
+    /// What `table` was built from: an equal listener in the next apply
+    /// leaves the socket as it is.
+    applied: TlsPassthroughListener,
     table: Arc<ArcSwap<SocketConfig>>,
     accept: JoinHandle<()>,
 }
@@ -71,10 +76,9 @@ struct Shared {
 }
 
 /// Counters the userspace side keeps (the kernel keeps spliced bytes).
-#[derive(Default)]
 struct Stats {
-    /// Stable ids for the kernel's per-route counters.
-    route_ids: BTreeMap<RouteRef, u32>,
+    /// Ids for the kernel's per-route counters, of the routes the sockets serve.
+    route_ids: RouteIds,
     connections: BTreeMap<RouteRef, u64>,
     /// Bytes (to backend, to client) copied in userspace.
     copied: BTreeMap<RouteRef, (u64, u64)>,
@@ -109,7 +113,12 @@ impl Passthrough {
             bound: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared {
                 splice,
-                stats: Mutex::new(Stats::default()),
+                stats: Mutex::new(Stats {
+                    route_ids: RouteIds::new(MAX_TLS_ROUTES),
+                    connections: BTreeMap::new(),
+                    copied: BTreeMap::new(),
+                    rejected: BTreeMap::new(),
+                }),
             }),
         })
     }
@@ -133,8 +142,9 @@ impl Passthrough {
         })
     }
 
-    /// Serves `listeners`: binds new addresses, swaps tables of existing ones,
-    /// stops accepting on removed ones (their spliced connections finish).
+    /// Serves `listeners`: binds new addresses, swaps tables of existing ones
+    /// whose listener changed (an unchanged one keeps its table), stops
+    /// accepting on removed ones (their spliced connections finish).
     pub async fn apply(
         &self,
         listeners: &[TlsPassthroughListener],
@@ -142,8 +152,14 @@ impl Passthrough {
         let mut failures = Vec::new();
         let mut fresh = Vec::new();
         for listener in listeners {
-            let table = SniTable::new(listener.routes.clone());
-            self.assign_route_ids(table.routes());
+            let existing = {
+                let bound = self.bound.lock().expect("lock");
+                match bound.get(&listener.bind) {
+                    Some(b) if b.applied == *listener => continue,
+                    Some(b) => Some(b.table.clone()),
+                    None => None,
+                }
+            };
             let terminate = match crate::proxy::tls::acceptor(&listener.certificates) {
                 Ok(acceptor) => acceptor.map(Arc::new),
                 Err(e) => {
@@ -151,17 +167,23 @@ impl Passthrough {
                     continue;
                 }
             };
-            let table = SocketConfig { table, terminate };
-            let existing = self
-                .bound
-                .lock()
-                .expect("lock")
-                .get(&listener.bind)
-                .map(|b| b.table.clone());
+            let table = SocketConfig {
+                table: SniTable::new(listener.routes.clone()),
+                terminate,
+            };
             match existing {
-                Some(current) => current.store(Arc::new(table)),
+                Some(current) => {
+                    current.store(Arc::new(table));
+                    self.hold_routes(&listener.routes);
+                    let mut bound = self.bound.lock().expect("lock");
+                    let b = bound.get_mut(&listener.bind).expect("bound above");
+                    let previous = std::mem::replace(&mut b.applied, listener.clone());
+                    drop(bound);
+                    self.release_routes(&previous.routes);
+                }
                 None => match bind(listener.bind).await {
                     Ok(socket) => {
+                        self.hold_routes(&listener.routes);
                         let table = Arc::new(ArcSwap::from_pointee(table));
                         let accept = tokio::spawn(accept_loop(
                             socket,
@@ -169,7 +191,15 @@ impl Passthrough {
                             table.clone(),
                             self.shared.clone(),
                         ));
-                        fresh.push((listener.bind, Bound { table, accept }));
+                        let applied = listener.clone();
+                        fresh.push((
+                            listener.bind,
+                            Bound {
+                                applied,
+                                table,
+                                accept,
+                            },
+                        ));
                     }
                     Err(e) => failures.push((listener.bind, e)),
                 },
@@ -177,14 +207,20 @@ impl Passthrough {
         }
         let mut bound = self.bound.lock().expect("lock");
         bound.extend(fresh);
-        bound.retain(|addr, b| {
-            let keep = listeners.iter().any(|l| l.bind == *addr);
-            if !keep {
+        let addresses: std::collections::HashSet<SocketAddr> =
+            listeners.iter().map(|l| l.bind).collect();
+        let removed: Vec<Bound> = bound
+            .extract_if(|addr, _| !addresses.contains(addr))
+            .map(|(addr, b)| {
                 b.accept.abort();
                 tracing::info!(%addr, "TLS passthrough listener removed");
-            }
-            keep
-        });
+                b
+            })
+            .collect();
+        drop(bound);
+        for b in removed {
+            self.release_routes(&b.applied.routes);
+        }
         failures
     }
 
@@ -199,28 +235,47 @@ impl Passthrough {
                 let (mut to_backend, mut to_client) =
                     stats.copied.get(route).copied().unwrap_or_default();
                 if let Some((splice, _)) = &self.shared.splice {
-                    let (b, c) = splice.route_bytes(*id);
+                    let (b, c) = splice.route_bytes(id);
                     to_backend += b;
                     to_client += c;
                 }
                 let connections = stats.connections.get(route).copied().unwrap_or(0);
-                (route.clone(), *id, (connections, to_backend, to_client))
+                (route.clone(), id, (connections, to_backend, to_client))
             })
             .collect()
     }
 
-    fn assign_route_ids(&self, routes: &[crate::model::TlsPassthroughRoute]) {
+    /// A socket's table now holds `routes`: those new to every table get ids.
+    fn hold_routes(&self, routes: &[crate::model::TlsPassthroughRoute]) {
         let mut stats = self.shared.stats.lock().expect("stats lock");
         for route in routes {
-            let next = stats.route_ids.len() as u32;
-            if next < MAX_TLS_ROUTES && !stats.route_ids.contains_key(&route.route) {
-                stats.route_ids.insert(route.route.clone(), next);
-                if let Some((splice, _)) = &self.shared.splice {
-                    let hash = crate::dataplane::l4_plan::name_hash(&route.route);
-                    if let Err(error) = splice.name_route(next, hash) {
-                        tracing::warn!(%error, route = %route.route, "cannot record the TLS route's name in the pinned map");
-                    }
-                }
+            let Some((id, reused)) = stats.route_ids.hold(&route.route) else {
+                continue;
+            };
+            let Some((splice, _)) = &self.shared.splice else {
+                continue;
+            };
+            // A reused id still counts its old route's bytes.
+            let zeroed = if reused {
+                splice.zero_route(id)
+            } else {
+                Ok(())
+            };
+            let hash = crate::dataplane::l4_plan::name_hash(&route.route);
+            if let Err(error) = zeroed.and_then(|()| splice.name_route(id, hash)) {
+                tracing::warn!(%error, route = %route.route, "cannot record the TLS route's id in the pinned maps");
+            }
+        }
+    }
+
+    /// A socket's table no longer holds `routes`: those no table holds any
+    /// more free their ids and drop their userspace counters.
+    fn release_routes(&self, routes: &[crate::model::TlsPassthroughRoute]) {
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        for route in routes {
+            if stats.route_ids.release(&route.route) {
+                stats.connections.remove(&route.route);
+                stats.copied.remove(&route.route);
             }
         }
     }
@@ -325,7 +380,7 @@ async fn serve(
     let route_id = {
         let mut stats = shared.stats.lock().expect("stats lock");
         *stats.connections.entry(route.route.clone()).or_default() += 1;
-        stats.route_ids.get(&route.route).copied()
+        stats.route_ids.get(&route.route)
     };
     if route.terminate {
         let Some(acceptor) = &config.terminate else {
@@ -642,11 +697,11 @@ impl Collector for PassthroughCollector {
             None,
             MetricType::Counter,
         )?;
-        for (route, id) in &stats.route_ids {
+        for (route, id) in stats.route_ids.iter() {
             let (mut to_backend, mut to_client) =
                 stats.copied.get(route).copied().unwrap_or_default();
             if let Some((splice, _)) = &shared.splice {
-                let (b, c) = splice.route_bytes(*id);
+                let (b, c) = splice.route_bytes(id);
                 to_backend += b;
                 to_client += c;
             }
