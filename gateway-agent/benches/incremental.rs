@@ -149,8 +149,8 @@ struct Applied {
 struct Touched {
     http_tables: usize,
     l4_map_writes: usize,
-    /// TLS sockets whose routes differ (the passthrough applier rebuilds
-    /// the SNI table of every socket when one differs).
+    /// TLS sockets whose listener differs (the ones the passthrough
+    /// applier rebuilds).
     tls_sockets: usize,
 }
 
