@@ -255,7 +255,7 @@ pub struct Syn {
 impl Syn {
     #[inline(always)]
     fn tsval(&self) -> Option<u32> {
-        (self.tsval & TSVAL_FOUND != 0).then_some(self.tsval as u32)
+        tsval_of_word(self.tsval)
     }
 }
 

@@ -337,8 +337,7 @@ pub fn pull_headers(ctx: &TcContext) {
 /// copy, every path of its variable-step loop each time.
 #[inline(always)]
 pub fn tcp_tsval<C: Packet>(ctx: &C, l4: usize) -> Option<u32> {
-    let found = tcp_tsval_word(ctx, l4);
-    (found & TSVAL_FOUND != 0).then_some(found as u32)
+    tsval_of_word(tcp_tsval_word(ctx, l4))
 }
 
 /// `tcp_tsval` as its walk returns it: `TSVAL_FOUND` | TSval, or 0.
@@ -439,6 +438,12 @@ fn walk_options(data: usize, end: usize, offset: u32, len: u32) -> Option<u32> {
 #[inline(always)]
 fn tsval_result(tsval: Option<u32>) -> u64 {
     tsval.map_or(0, |v| TSVAL_FOUND | u64::from(v))
+}
+
+/// The TSval a TSval word holds (`tsval_result`'s inverse).
+#[inline(always)]
+pub fn tsval_of_word(word: u64) -> Option<u32> {
+    (word & TSVAL_FOUND != 0).then_some(word as u32)
 }
 
 /// `tcp_tsval`'s walk for XDP over the `len` option bytes at `offset`: see

@@ -282,18 +282,15 @@ pub fn translate_incremental(
     // An owner's listeners are consecutive: one map entry per owner.
     let mut listeners_of: BTreeMap<(&str, &ObjectKey), Vec<usize>> = BTreeMap::new();
     let mut start = 0;
-    while start < listeners.len() {
-        let owner = |l: &Listener| (l.owner_kind, std::ptr::from_ref(l.owner));
-        let first = owner(&listeners[start]);
-        let end = (start..listeners.len())
-            .find(|&i| owner(&listeners[i]) != first)
-            .unwrap_or(listeners.len());
-        let listener = &listeners[start];
+    for owned in
+        listeners.chunk_by(|a, b| a.owner_kind == b.owner_kind && std::ptr::eq(a.owner, b.owner))
+    {
+        let owner = (owned[0].owner_kind, owned[0].owner);
         listeners_of
-            .entry((listener.owner_kind, listener.owner))
+            .entry(owner)
             .or_default()
-            .extend(start..end);
-        start = end;
+            .extend(start..start + owned.len());
+        start += owned.len();
     }
 
     // The routes: the changed ones (all, unless only routes changed) are
