@@ -601,9 +601,12 @@ fn vlan_tagged_frames_at_tc_are_rewritten_and_passed_to_the_kernel_not_redirecte
         out.extend_from_slice(&frame[12..]);
         out
     };
+    // One at a time: frames sent back to back may be received on two CPUs,
+    // and the ACK must find the flow the SYN opened.
     send_frame(&injector, &tagged(SYN));
+    let mut node_saw = tcp_frames_to(&received_frames(&at_node), backend);
     send_frame(&injector, &tagged(ACK));
-    let node_saw = tcp_frames_to(&received_frames(&at_node), backend);
+    node_saw.extend(tcp_frames_to(&received_frames(&at_node), backend));
     let backend_saw = tcp_frames_to(&received_frames(&at_backend), backend);
     eprintln!(
         "tagged: after c0's TC ingress {node_saw:?}; at the backend {backend_saw:?}; \
