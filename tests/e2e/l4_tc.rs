@@ -10,7 +10,7 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use gateway_common::PacketEvent;
-use gateway_tests::frames::{ACK, SYN, TCP, packet};
+use gateway_tests::frames::{ACK, SYN, TCP, packet, packet6};
 use gateway_tests::{
     Agent, BACKEND_ADDR, CLIENT_ADDR, GATEWAY_ADDR, NODE_BACKEND_SIDE_ADDR, TempDir, Topology,
     class_and_service, eventually, l4_gateway, require_root,
@@ -497,25 +497,36 @@ fn received_frames(socket: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
     frames
 }
 
-/// IPv4 TCP frames to `to`: (source address and port, TCP flags, whether the
-/// IPv4 and TCP checksums are valid).
+/// IPv4 or IPv6 TCP frames to `to`: (source address and port, TCP flags,
+/// whether the checksums, IPv4 header and TCP, are valid).
 fn tcp_frames_to(
     frames: &[Vec<u8>],
-    to: (std::net::Ipv4Addr, u16),
-) -> Vec<((std::net::Ipv4Addr, u16), u8, bool)> {
-    use gateway_tests::frames::{fold, l4_checksum, sum16};
+    to: (std::net::IpAddr, u16),
+) -> Vec<((std::net::IpAddr, u16), u8, bool)> {
+    use gateway_tests::frames::{fold, l4_checksum, l4_checksum6, sum16};
+    use std::net::IpAddr;
     frames
         .iter()
-        .filter(|f| f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6)
-        .filter(|f| f[30..34] == to.0.octets() && f[36..38] == to.1.to_be_bytes())
-        .map(|f| {
-            let src = (
-                std::net::Ipv4Addr::new(f[26], f[27], f[28], f[29]),
-                u16::from_be_bytes([f[34], f[35]]),
-            );
-            let valid = fold(sum16(&f[14..34], 0)) == 0
-                && l4_checksum(f) == u16::from_be_bytes([f[50], f[51]]);
-            (src, f[47], valid)
+        .filter_map(|f| {
+            // (where TCP starts, source, destination, checksums valid)
+            let (l4, src, dst, valid): (usize, IpAddr, IpAddr, bool) = match f.get(12..14)? {
+                [0x08, 0x00] if f.len() >= 54 && f[23] == TCP => (
+                    34,
+                    <[u8; 4]>::try_from(&f[26..30]).ok()?.into(),
+                    <[u8; 4]>::try_from(&f[30..34]).ok()?.into(),
+                    fold(sum16(&f[14..34], 0)) == 0
+                        && l4_checksum(f) == u16::from_be_bytes([f[50], f[51]]),
+                ),
+                [0x86, 0xdd] if f.len() >= 74 && f[20] == TCP => (
+                    54,
+                    <[u8; 16]>::try_from(&f[22..38]).ok()?.into(),
+                    <[u8; 16]>::try_from(&f[38..54]).ok()?.into(),
+                    l4_checksum6(f) == u16::from_be_bytes([f[70], f[71]]),
+                ),
+                _ => return None,
+            };
+            let port = |at: usize| u16::from_be_bytes([f[l4 + at], f[l4 + at + 1]]);
+            ((dst, port(2)) == to).then(|| ((src, port(0)), f[l4 + 13], valid))
         })
         .collect()
 }
@@ -546,30 +557,66 @@ fn vlan_tagged_frames_at_tc_are_rewritten_and_passed_to_the_kernel_not_redirecte
     if !require_root("vlan_tagged_frames_at_tc") {
         return;
     }
+    tagged_frames_at_tc(false);
+    tagged_frames_at_tc(true);
+}
+
+/// `vlan_tagged_frames_at_tc_...` over IPv4 or IPv6.
+fn tagged_frames_at_tc(ipv6: bool) {
+    use std::net::IpAddr;
     let topology = Topology::new();
     let manifests = TempDir::new();
-    manifests.write(
-        "all.yaml",
-        &(class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000)),
-    );
+    let yaml = class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000);
+    let (client, gateway, backend, nat_addr, ethertype): (IpAddr, IpAddr, IpAddr, IpAddr, u16) =
+        if ipv6 {
+            add_ipv6(&topology);
+            manifests.write(
+                "all.yaml",
+                &yaml
+                    .replace(GATEWAY_ADDR, GATEWAY6)
+                    .replace(BACKEND_ADDR, BACKEND6)
+                    .replace("addressType: IPv4", "addressType: IPv6"),
+            );
+            let a = |s: &str| s.parse().expect("address");
+            (
+                a("fd00:18::2"),
+                a(GATEWAY6),
+                a(BACKEND6),
+                a("fd00:18:1::1"),
+                0x86dd,
+            )
+        } else {
+            manifests.write("all.yaml", &yaml);
+            let a = |s: &str| s.parse().expect("address");
+            (
+                a(CLIENT_ADDR),
+                a(GATEWAY_ADDR),
+                a(BACKEND_ADDR),
+                a(NODE_BACKEND_SIDE_ADDR),
+                0x0800,
+            )
+        };
+    let backend = (backend, 7000);
     let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
-    let (client, gateway, backend, nat_addr) = (
-        CLIENT_ADDR.parse().expect("address"),
-        GATEWAY_ADDR.parse().expect("address"),
-        (BACKEND_ADDR.parse().expect("address"), 7000),
-        NODE_BACKEND_SIDE_ADDR
-            .parse::<std::net::Ipv4Addr>()
-            .expect("address"),
+    let (client_mac, node_mac) = (
+        mac_of(&topology.client, "eth0"),
+        mac_of(&topology.node, "c0"),
     );
-    let ethernet = |mut frame: Vec<u8>| {
-        frame[..6].copy_from_slice(&mac_of(&topology.node, "c0"));
-        frame[6..12].copy_from_slice(&mac_of(&topology.client, "eth0"));
+    // An untagged frame from the client's `port` to the listener.
+    let frame = |port: u16, flags: u8| {
+        let mut frame = match (client, gateway) {
+            (IpAddr::V4(c), IpAddr::V4(g)) => packet(TCP, (c, port), (g, 9000), flags, b""),
+            (IpAddr::V6(c), IpAddr::V6(g)) => packet6(TCP, (c, port), (g, 9000), flags, b""),
+            _ => unreachable!("one family"),
+        };
+        frame[..6].copy_from_slice(&node_mac);
+        frame[6..12].copy_from_slice(&client_mac);
         frame
     };
-    let syn_from = |port| ethernet(packet(TCP, (client, port), (gateway, 9000), SYN, b""));
+    let syn_from = |port| frame(port, SYN);
     let injector = packet_socket(&topology.client, "eth0", 0x0003);
-    let at_node = packet_socket(&topology.node, "c0", 0x0800);
-    let at_backend = packet_socket(&topology.backend, "eth0", 0x0800);
+    let at_node = packet_socket(&topology.node, "c0", ethertype);
+    let at_backend = packet_socket(&topology.backend, "eth0", ethertype);
 
     // Untagged SYNs until one is forwarded (nothing listens on the backend:
     // it answers with a reset, which goes back to the client).
@@ -595,7 +642,7 @@ fn vlan_tagged_frames_at_tc_are_rewritten_and_passed_to_the_kernel_not_redirecte
     let rewritten_passed = agent.packet_events(PacketEvent::RewrittenPassed);
     let redirected = agent.packet_events(PacketEvent::Redirected);
     let tagged = |flags| {
-        let frame = ethernet(packet(TCP, (client, 42_000), (gateway, 9000), flags, b""));
+        let frame = frame(42_000, flags);
         let mut out = frame[..12].to_vec();
         out.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
         out.extend_from_slice(&frame[12..]);
