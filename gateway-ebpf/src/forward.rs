@@ -670,9 +670,11 @@ pub fn send<const L3: usize, F: Family, C: Packet>(
     flow: &FlowValueOf<F::Addr>,
     now: u64,
 ) -> u32 {
-    if L3 != ETH_HDR_LEN {
+    if L3 != ETH_HDR_LEN || ctx.vlan_tag_in_skb() {
         // VLAN-tagged: the egress may be a VLAN device, which XDP cannot
-        // redirect to; the kernel forwards the rewritten packet.
+        // redirect to; the kernel forwards the rewritten packet. At TC the
+        // receive path has already moved the tag into the skb: redirected,
+        // the packet would leave with the client's tag.
         maps::count_event(PacketEvent::RewrittenPassed);
         return C::PASS;
     }

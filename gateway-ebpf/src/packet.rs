@@ -85,6 +85,9 @@ pub trait Packet: EbpfContext {
     /// Whether the kernel segments the packet after us (GSO): its IP length
     /// is then no measure of what goes on the wire.
     fn is_gso(&self) -> bool;
+    /// Whether the packet came with a VLAN tag that the receive path moved
+    /// out of the data into the skb (TC; XDP sees a tag in the data).
+    fn vlan_tag_in_skb(&self) -> bool;
     /// Sends the packet out of `egress` (its MACs already set); `ingress` is
     /// where it came in.
     fn redirect(&self, egress: u32, ingress: u32) -> u32;
@@ -130,6 +133,11 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn is_gso(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn vlan_tag_in_skb(&self) -> bool {
         false
     }
 
@@ -215,6 +223,12 @@ impl Packet for TcContext {
     fn is_gso(&self) -> bool {
         // SAFETY: a read of the context.
         unsafe { (*self.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn vlan_tag_in_skb(&self) -> bool {
+        // SAFETY: a read of the context.
+        unsafe { (*self.skb.skb).vlan_present != 0 }
     }
 
     /// To the egress of `egress`, the ingress interface's own included.

@@ -10,9 +10,10 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use gateway_common::PacketEvent;
+use gateway_tests::frames::{ACK, SYN, TCP, packet, packet6};
 use gateway_tests::{
-    Agent, BACKEND_ADDR, GATEWAY_ADDR, TempDir, Topology, class_and_service, eventually,
-    l4_gateway, require_root,
+    Agent, BACKEND_ADDR, CLIENT_ADDR, GATEWAY_ADDR, NODE_BACKEND_SIDE_ADDR, TempDir, Topology,
+    class_and_service, eventually, l4_gateway, require_root,
 };
 
 /// The topology with the offloads XDP needs off turned back on, on both
@@ -404,4 +405,291 @@ fn ipv6_tcp_bulk_and_udp_through_tc_with_offloads_on_arrive_intact() {
         || topology.client_run(&["udp-send", &gateway.to_string(), "datagram"]),
     );
     assert_eq!(reply, "datagram");
+}
+
+/// A raw packet socket (AF_PACKET) bound to `dev` in `ns`, for frames of
+/// EtherType `protocol`, with a 100 ms receive timeout. Bound to one
+/// EtherType (not ETH_P_ALL) it receives only what the device receives, after
+/// TC ingress and the kernel's VLAN handling, and nothing the device sends.
+fn packet_socket(ns: &gateway_tests::Netns, dev: &str, protocol: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    let (name, dev) = (ns.name.clone(), dev.to_string());
+    std::thread::spawn(move || {
+        gateway_tests::enter_netns(&name).expect("enter the namespace");
+        let protocol_be = protocol.to_be();
+        // SAFETY: plain syscall; the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(protocol_be),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd of ours.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let dev = std::ffi::CString::new(dev).expect("no NUL");
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+        assert_ne!(ifindex, 0, "no {dev:?}");
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol_be;
+        addr.sll_ifindex = ifindex as i32;
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid pointers and sizes.
+        let ok = unsafe {
+            libc::bind(
+                raw,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) == 0
+                && libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const timeout).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                ) == 0
+        };
+        assert!(ok, "bind: {}", std::io::Error::last_os_error());
+        fd
+    })
+    .join()
+    .expect("socket thread")
+}
+
+fn send_frame(socket: &std::os::fd::OwnedFd, frame: &[u8]) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(socket);
+    // SAFETY: a valid buffer of its length.
+    let sent = unsafe { libc::send(raw, frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(
+        sent,
+        frame.len() as isize,
+        "send: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The frames `socket` received until 100 ms passed without one (at most 1,000).
+fn received_frames(socket: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(socket);
+    let mut frames = Vec::new();
+    while frames.len() < 1000 {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: a valid buffer of its length.
+        let len = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if len < 0 {
+            break;
+        }
+        buf.truncate(len as usize);
+        frames.push(buf);
+    }
+    frames
+}
+
+/// IPv4 or IPv6 TCP frames to `to`: (source address and port, TCP flags,
+/// whether the checksums, IPv4 header and TCP, are valid).
+fn tcp_frames_to(
+    frames: &[Vec<u8>],
+    to: (std::net::IpAddr, u16),
+) -> Vec<((std::net::IpAddr, u16), u8, bool)> {
+    use gateway_tests::frames::{fold, l4_checksum, l4_checksum6, sum16};
+    use std::net::IpAddr;
+    frames
+        .iter()
+        .filter_map(|f| {
+            // (where TCP starts, source, destination, checksums valid)
+            let (l4, src, dst, valid): (usize, IpAddr, IpAddr, bool) = match f.get(12..14)? {
+                [0x08, 0x00] if f.len() >= 54 && f[23] == TCP => (
+                    34,
+                    <[u8; 4]>::try_from(&f[26..30]).ok()?.into(),
+                    <[u8; 4]>::try_from(&f[30..34]).ok()?.into(),
+                    fold(sum16(&f[14..34], 0)) == 0
+                        && l4_checksum(f) == u16::from_be_bytes([f[50], f[51]]),
+                ),
+                [0x86, 0xdd] if f.len() >= 74 && f[20] == TCP => (
+                    54,
+                    <[u8; 16]>::try_from(&f[22..38]).ok()?.into(),
+                    <[u8; 16]>::try_from(&f[38..54]).ok()?.into(),
+                    l4_checksum6(f) == u16::from_be_bytes([f[70], f[71]]),
+                ),
+                _ => return None,
+            };
+            let port = |at: usize| u16::from_be_bytes([f[l4 + at], f[l4 + at + 1]]);
+            ((dst, port(2)) == to).then(|| ((src, port(0)), f[l4 + 13], valid))
+        })
+        .collect()
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac_of(ns: &gateway_tests::Netns, dev: &str) -> [u8; 6] {
+    let out = ns.run(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+/// 802.1Q-tagged frames at the TC program: the node's receive path takes
+/// the tag out of the data into the skb (`vlan_tci`) before TC ingress, so
+/// the program sees an untagged IPv4 packet. Redirected, it would leave on
+/// b0 still carrying the client's VLAN (veth and NICs insert the skb's tag
+/// on transmit). Like XDP with a tagged frame, the program rewrites it and
+/// hands it to the kernel (`RewrittenPassed`), whose VLAN device routes it:
+/// this kernel has none (no CONFIG_VLAN_8021Q), so the node drops it after
+/// the packet socket on c0 has seen it rewritten. Untagged frames go on being
+/// redirected to the backend, which the same observer on its side sees.
+#[test]
+fn vlan_tagged_frames_at_tc_are_rewritten_and_passed_to_the_kernel_not_redirected() {
+    if !require_root("vlan_tagged_frames_at_tc") {
+        return;
+    }
+    tagged_frames_at_tc(false);
+    tagged_frames_at_tc(true);
+}
+
+/// `vlan_tagged_frames_at_tc_...` over IPv4 or IPv6.
+fn tagged_frames_at_tc(ipv6: bool) {
+    use std::net::IpAddr;
+    let topology = Topology::new();
+    let manifests = TempDir::new();
+    let yaml = class_and_service("echo", 7000, 7000) + &l4_gateway("TCP", "TCPRoute", 7000);
+    let (client, gateway, backend, nat_addr, ethertype): (IpAddr, IpAddr, IpAddr, IpAddr, u16) =
+        if ipv6 {
+            add_ipv6(&topology);
+            manifests.write(
+                "all.yaml",
+                &yaml
+                    .replace(GATEWAY_ADDR, GATEWAY6)
+                    .replace(BACKEND_ADDR, BACKEND6)
+                    .replace("addressType: IPv4", "addressType: IPv6"),
+            );
+            let a = |s: &str| s.parse().expect("address");
+            (
+                a("fd00:18::2"),
+                a(GATEWAY6),
+                a(BACKEND6),
+                a("fd00:18:1::1"),
+                0x86dd,
+            )
+        } else {
+            manifests.write("all.yaml", &yaml);
+            let a = |s: &str| s.parse().expect("address");
+            (
+                a(CLIENT_ADDR),
+                a(GATEWAY_ADDR),
+                a(BACKEND_ADDR),
+                a(NODE_BACKEND_SIDE_ADDR),
+                0x0800,
+            )
+        };
+    let backend = (backend, 7000);
+    let agent = Agent::start_with(&topology, manifests, &["--attach", "tc"]);
+    let (client_mac, node_mac) = (
+        mac_of(&topology.client, "eth0"),
+        mac_of(&topology.node, "c0"),
+    );
+    // An untagged frame from the client's `port` to the listener.
+    let frame = |port: u16, flags: u8| {
+        let mut frame = match (client, gateway) {
+            (IpAddr::V4(c), IpAddr::V4(g)) => packet(TCP, (c, port), (g, 9000), flags, b""),
+            (IpAddr::V6(c), IpAddr::V6(g)) => packet6(TCP, (c, port), (g, 9000), flags, b""),
+            _ => unreachable!("one family"),
+        };
+        frame[..6].copy_from_slice(&node_mac);
+        frame[6..12].copy_from_slice(&client_mac);
+        frame
+    };
+    let syn_from = |port| frame(port, SYN);
+    let injector = packet_socket(&topology.client, "eth0", 0x0003);
+    let at_node = packet_socket(&topology.node, "c0", ethertype);
+    let at_backend = packet_socket(&topology.backend, "eth0", ethertype);
+
+    // Untagged SYNs until one is forwarded (nothing listens on the backend:
+    // it answers with a reset, which goes back to the client).
+    let mut port = 41_000;
+    eventually(
+        "an untagged SYN forwarded to the backend",
+        Duration::from_secs(20),
+        || {
+            port += 1;
+            send_frame(&injector, &syn_from(port));
+            let seen = tcp_frames_to(&received_frames(&at_backend), backend);
+            if seen.iter().any(|(_, flags, _)| *flags == SYN) {
+                Ok(())
+            } else {
+                Err(agent.log())
+            }
+        },
+    );
+    received_frames(&at_node);
+    received_frames(&at_backend);
+
+    // A new flow's SYN and then a packet of that (now tracked) flow, tagged.
+    let rewritten_passed = agent.packet_events(PacketEvent::RewrittenPassed);
+    let redirected = agent.packet_events(PacketEvent::Redirected);
+    let tagged = |flags| {
+        let frame = frame(42_000, flags);
+        let mut out = frame[..12].to_vec();
+        out.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+        out.extend_from_slice(&frame[12..]);
+        out
+    };
+    // One at a time: frames sent back to back may be received on two CPUs,
+    // and the ACK must find the flow the SYN opened.
+    send_frame(&injector, &tagged(SYN));
+    let mut node_saw = tcp_frames_to(&received_frames(&at_node), backend);
+    send_frame(&injector, &tagged(ACK));
+    node_saw.extend(tcp_frames_to(&received_frames(&at_node), backend));
+    let backend_saw = tcp_frames_to(&received_frames(&at_backend), backend);
+    eprintln!(
+        "tagged: after c0's TC ingress {node_saw:?}; at the backend {backend_saw:?}; \
+         RewrittenPassed +{}, Redirected +{}",
+        agent.packet_events(PacketEvent::RewrittenPassed) - rewritten_passed,
+        agent.packet_events(PacketEvent::Redirected) - redirected,
+    );
+    assert!(backend_saw.is_empty(), "a tagged frame was redirected");
+    assert_eq!(
+        node_saw
+            .iter()
+            .map(|(_, flags, _)| *flags)
+            .collect::<Vec<_>>(),
+        [SYN, ACK],
+        "both rewritten and handed to the kernel"
+    );
+    let nat = node_saw[0].0;
+    assert_eq!(nat.0, nat_addr, "source NAT");
+    assert_eq!(
+        node_saw[1].0, nat,
+        "the tracked packet took the flow's NAT port"
+    );
+    assert!(node_saw.iter().all(|(_, _, valid)| *valid), "checksums");
+    assert_eq!(
+        agent.packet_events(PacketEvent::RewrittenPassed) - rewritten_passed,
+        2
+    );
+    assert_eq!(
+        agent.packet_events(PacketEvent::Redirected),
+        redirected,
+        "no redirect"
+    );
+
+    // The observer on the backend side still sees what is redirected.
+    send_frame(&injector, &syn_from(port + 1));
+    let backend_saw = tcp_frames_to(&received_frames(&at_backend), backend);
+    assert_eq!(backend_saw.len(), 1, "{backend_saw:?}");
+    assert_ne!(backend_saw[0].0, nat, "another flow, another NAT port");
 }
