@@ -4,7 +4,8 @@
 //! kernel's default offloads), iptables DNAT (+ SNAT, conntrack) in the
 //! kernel's forwarding path, and a userspace proxy (HAProxy `mode tcp`, one
 //! thread; for UDP, which HAProxy lacks, `socat`). Figures:
-//! HTTP through TCP (keep-alive, new connections, latency), small-UDP maximum
+//! HTTP through TCP (keep-alive, new connections, latency), the node's CPU
+//! per new TCP connection at a fixed rate (`l4_conn`), small-UDP maximum
 //! rate (generator on CPU 1, the node's forwarding steered to CPU 0) and node
 //! CPU per datagram (`l4_udp`), bulk TCP (iperf3). Topology,
 //! all private network namespaces on 198.18.0.0/15:
@@ -18,11 +19,11 @@
 //!   iperf3          :5201 :5203          :5202
 //!
 //!  eth1 198.18.3.2 ── c1 198.18.3.1 | b1 198.18.4.1 ── eth1 198.18.4.2
-//!                   iptables DNAT alone (no XDP on these links): UDP :92, iperf3 :5202
+//!                   iptables DNAT alone (no XDP on these links): HTTP :82, UDP :92, iperf3 :5202
 //!  eth2 198.18.5.2 ── c2 198.18.5.1 | b2 198.18.6.1 ── eth2 198.18.6.2
 //!                   the agent with --attach tc: HTTP :80, UDP :90, iperf3 :5201
 //!  direct 198.18.2.1 ────────────────────────────────── direct 198.18.2.2
-//!                   the UDP reference: no node at all
+//!                   the reference (UDP, new connections): no node at all
 //! ```
 
 use std::path::Path;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Budget;
+use super::l4_conn::{self, ConnPath};
 use super::l4_udp::{self, UdpPath};
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::netns::{Daemon, Netns, http_status, wait_until};
@@ -296,6 +298,7 @@ fn iptables_dnat(node: &Netns) -> anyhow::Result<()> {
         (GATEWAY, BACKEND, "tcp", "82", BACKEND_PORT),
         (GATEWAY, BACKEND, "udp", "92", sink),
         (GATEWAY, BACKEND, "tcp", "5202", IPERF_PORT),
+        (PLAIN_GATEWAY, PLAIN_BACKEND, "tcp", "82", BACKEND_PORT),
         (PLAIN_GATEWAY, PLAIN_BACKEND, "udp", "92", sink),
         (PLAIN_GATEWAY, PLAIN_BACKEND, "tcp", "5202", IPERF_PORT),
     ] {
@@ -543,6 +546,32 @@ fn measure(
         "ms",
         &bars(&p99s),
     ));
+    println!("==> bench l4: new TCP connections, the node's CPU per connection");
+    let conn_paths = [
+        ConnPath {
+            name: "XDP (gateway-agent)",
+            to: (GATEWAY, 80),
+        },
+        ConnPath {
+            name: "iptables DNAT, own links",
+            to: (PLAIN_GATEWAY, 82),
+        },
+        ConnPath {
+            name: "iptables DNAT, XDP's links",
+            to: (GATEWAY, 82),
+        },
+        ConnPath {
+            name: TC_NAME,
+            to: (TC_GATEWAY, 80),
+        },
+        ConnPath {
+            name: "direct, no node (reference)",
+            to: (DIRECT_BACKEND, BACKEND_PORT),
+        },
+    ];
+    let conn = l4_conn::measure(t, &conn_paths, budget, out_dir, stamp)?;
+    clock.lap("new TCP connections, CPU per connection (h2load)");
+    md.push_str(&conn.markdown);
     println!("==> bench l4: small UDP, maximum rate and node CPU per datagram");
     let udp_paths = [
         UdpPath {
@@ -637,10 +666,11 @@ fn measure(
     // the reference of the UDP paths.
     let tc = TcRows {
         http: modes.len() - 1,
+        conn: conn_paths.len() - 2,
         udp: udp_paths.len() - 2,
         bulk: bulk_modes.len() - 1,
     };
-    md.push_str(&goals(&pc, &udp, &bulk.gbits, &tc));
+    md.push_str(&goals(&pc, &conn, &udp, &bulk.gbits, &tc));
     Ok(Section {
         title: "L4: XDP and TC vs iptables DNAT vs userspace TCP proxy".into(),
         markdown: md,
@@ -759,13 +789,20 @@ fn iperf3_result(out: &str) -> anyhow::Result<(f64, u64)> {
 /// Where the TC agent's figures are in each list (XDP's are first).
 struct TcRows {
     http: usize,
+    conn: usize,
     udp: usize,
     bulk: usize,
 }
 
 /// Issue 5's goals against iptables (index 1), met or missed, for the better
 /// of XDP (index 0) and TC, named.
-fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &TcRows) -> String {
+fn goals(
+    per_conn: &[Summary],
+    conn: &l4_conn::ConnFigures,
+    udp: &l4_udp::UdpFigures,
+    bulk: &[Summary],
+    tc: &TcRows,
+) -> String {
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     // (ratio to iptables) of XDP and TC, the better one first with its name.
     let best = |v: &[Summary], tc: usize, lower_is_better: bool| -> (f64, &str, String) {
@@ -781,12 +818,15 @@ fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &
     let max = best(&udp.max_rate, tc.udp, false);
     let max_cpu = best(&udp.node_capacity, tc.udp, false);
     let cps = best(per_conn, tc.http, false);
+    let conn_capacity = best(&conn.node_capacity, tc.conn, false);
     let bulk = best(bulk, tc.bulk, false);
     format!(
         "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP and bulk: on its \
          own links, without XDP; new connections: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
          ≤ 0.5×: {} ({:.2}×, {}; {}); maximum small-UDP rate ≥ 1.5×: {} ({:.2}× delivered, generator on CPU 1, \
-         node on CPU 0, {}; {}; the node's capacity per CPU at the fixed rate: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: {} ({:.2}×, {}; {}); \
+         node on CPU 0, {}; {}; the node's capacity per CPU at the fixed rate: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: end to end (wrk; set by the client and backend sharing CPU 1, not by the node; iptables on XDP's links): \
+         {} ({:.2}×, {}; {}); the node's capacity for new connections per CPU (10⁹ / its own CPU per connection at {} connections/s; \
+         iptables on its own links): {} ({:.2}×, {}; {}); \
          bulk TCP ≥ 0.95×: {} ({:.2}×, {}; {}).\n",
         verdict(cpu.0 <= 0.5),
         cpu.0,
@@ -804,6 +844,11 @@ fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &
         cps.0,
         cps.1,
         cps.2,
+        l4_conn::RATE,
+        verdict(conn_capacity.0 >= 1.5),
+        conn_capacity.0,
+        conn_capacity.1,
+        conn_capacity.2,
         verdict(bulk.0 >= 0.95),
         bulk.0,
         bulk.1,
