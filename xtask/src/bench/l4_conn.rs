@@ -179,7 +179,6 @@ impl Counting<'_> {
         let connections = (RATE * seconds).to_string();
         let per_period = (RATE * PERIOD_MS / 1000).to_string();
         let url = format!("http://{}:{}/", path.to.0, path.to.1);
-        let host = format!("Host: {}", super::l7::HOST);
         let (cpu_before, busy_before) = (
             counted_cpu_seconds(&self.inodes, &self.softirqds),
             busy_seconds()?,
@@ -204,8 +203,8 @@ impl Counting<'_> {
                     // A connection that stalls ends the run's wait for it.
                     "-N",
                     "2s",
-                    "-H",
-                    &host,
+                    // h2load sends the URL's host itself (a second Host
+                    // header makes nginx answer 400).
                     "-H",
                     "Connection: close",
                     &url,
@@ -222,10 +221,10 @@ impl Counting<'_> {
             .context("h2load's stdout")?
             .read_to_string(&mut out)?;
         let generator = reap(child.id())?;
-        let (cpu_after, busy_after) = (
-            counted_cpu_seconds(&self.inodes, &self.softirqds),
-            busy_seconds()?,
-        );
+        // The busy window inside the counted one: this process's own scans
+        // of /proc are in neither.
+        let busy_after = busy_seconds()?;
+        let cpu_after = counted_cpu_seconds(&self.inodes, &self.softirqds);
         let (completed, failed) = h2load_result(&out)?;
         Ok(Run {
             completed,
@@ -338,6 +337,8 @@ pub fn measure(
          other), paired repeat by repeat; the node's **capacity** is 10⁹ / its own ns: new connections/s one CPU \
          would handle. A node costing nothing would have raised the end-to-end rate over iptables (own links) by at \
          most {free_node:.2}× with this client and backend (reference + iptables' own ns, over the reference's). \
+         h2load's share includes the softirq work run in its system calls (its sends carry each packet through \
+         veth into the node's forwarding and on into the backend's receive), so it too grows with the node's cost. \
          The last column is the counted runtime over both CPUs' busy time (/proc/stat, every process on the \
          machine): near 100% on a quiet machine, lower when other work runs. The ratios are against iptables on \
          links of its own (no XDP), as for UDP.\n\n\
