@@ -821,8 +821,8 @@ fn goals(
     let conn_capacity = best(&conn.node_capacity, tc.conn, false);
     let bulk = best(bulk, tc.bulk, false);
     format!(
-        "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP and bulk: on its \
-         own links, without XDP; new connections: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
+        "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP, bulk and the node's \
+         capacity for new connections: on its own links, without XDP; new connections end to end: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
          ≤ 0.5×: {} ({:.2}×, {}; {}); maximum small-UDP rate ≥ 1.5×: {} ({:.2}× delivered, generator on CPU 1, \
          node on CPU 0, {}; {}; the node's capacity per CPU at the fixed rate: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: end to end (wrk; set by the client and backend sharing CPU 1, not by the node; iptables on XDP's links): \
          {} ({:.2}×, {}; {}); the node's capacity for new connections per CPU (10⁹ / its own CPU per connection at {} connections/s; \

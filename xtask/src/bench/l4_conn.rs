@@ -284,7 +284,26 @@ pub fn measure(
     );
     for repeat in 0..budget.repeats {
         for (i, path) in paths.iter().enumerate() {
+            // BENCH_L4_PERF=<dir>: a perf profile of both CPUs during each
+            // path's first run, to check what the counted threads leave out
+            // (softirq work charged to other tasks or to idle).
+            let profile = match std::env::var_os("BENCH_L4_PERF").filter(|_| repeat == 0) {
+                Some(dir) => {
+                    let perf = std::process::Command::new("perf")
+                        .args(["record", "-q", "-g", "-a", "-e", "cpu-clock", "-o"])
+                        .arg(Path::new(&dir).join(format!("conn-{i}.perf.data")))
+                        .args(["--", "sleep", &(seconds + 1).to_string()])
+                        .stdout(Stdio::null())
+                        .spawn()?;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    Some(perf)
+                }
+                None => None,
+            };
             let run = counting.run_once(path, seconds)?;
+            if let Some(mut perf) = profile {
+                perf.wait()?;
+            }
             let expected = u64::from(RATE * seconds);
             if run.completed == 0 {
                 bail!("{}: no connection completed", path.name);
@@ -335,8 +354,8 @@ pub fn measure(
          idle CPU, as TIME_WAIT's end and conntrack's, are charged to no thread and left out). The **node's own** \
          cost is that minus the reference's (the same client and backend over a veth pair straight from one to the \
          other), paired repeat by repeat; the node's **capacity** is 10⁹ / its own ns: new connections/s one CPU \
-         would handle. A node costing nothing would have raised the end-to-end rate over iptables (own links) by at \
-         most {free_node:.2}× with this client and backend (reference + iptables' own ns, over the reference's). \
+         would handle. With this generator as the client of a maximum-rate run, a node costing nothing would be at \
+         most {free_node:.2}× iptables (own links) end to end: (the reference's ns + iptables' own) / the reference's. \
          h2load's share includes the softirq work run in its system calls (its sends carry each packet through \
          veth into the node's forwarding and on into the backend's receive), so it too grows with the node's cost. \
          The last column is the counted runtime over both CPUs' busy time (/proc/stat, every process on the \
