@@ -24,6 +24,8 @@
 //!                   the agent with --attach tc: HTTP :80, UDP :90, iperf3 :5201
 //!  direct 198.18.2.1 ────────────────────────────────── direct 198.18.2.2
 //!                   the reference (UDP, new connections): no node at all
+//!  direct1 198.18.7.1 ──────────────────────────────── direct1 198.18.7.2
+//!                   the same with default offloads (new connections)
 //! ```
 
 use std::path::Path;
@@ -53,9 +55,14 @@ const TC_CLIENT: &str = "198.18.5.2";
 const TC_GATEWAY: &str = "198.18.5.1";
 const TC_BACKEND: &str = "198.18.6.2";
 const TC_NAME: &str = "TC (gateway-agent --attach tc)";
-/// The client–backend link that bypasses the node (UDP reference path).
+/// The client–backend link that bypasses the node (the reference path),
+/// offloads as on XDP's links.
 const DIRECT_CLIENT: &str = "198.18.2.1";
 const DIRECT_BACKEND: &str = "198.18.2.2";
+/// A second one with the kernel's default offloads, as iptables' own links
+/// and the TC agent's: the reference for those (new connections).
+const PLAIN_DIRECT_CLIENT: &str = "198.18.7.1";
+const PLAIN_DIRECT_BACKEND: &str = "198.18.7.2";
 const IPERF_PORT: u16 = 5201;
 const HOST: &str = super::l7::HOST;
 
@@ -96,36 +103,46 @@ impl Topology {
             false,
         )?;
         t.node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        t.direct_link()?;
+        t.direct_link("direct", (DIRECT_CLIENT, DIRECT_BACKEND), true)?;
+        t.direct_link(
+            "direct1",
+            (PLAIN_DIRECT_CLIENT, PLAIN_DIRECT_BACKEND),
+            false,
+        )?;
         Ok(t)
     }
 
-    /// A veth pair straight from the client to the backend, bypassing the
-    /// node: the UDP reference path, whose cost (the client's send and the
-    /// backend's receive) every path through the node pays too.
-    fn direct_link(&self) -> anyhow::Result<()> {
+    /// A veth pair `dev` straight from the client to the backend, bypassing
+    /// the node: a reference path, whose cost (the client's send and the
+    /// backend's receive) every path through the node pays too;
+    /// `xdp_offloads`: as the peers of XDP's links, else kernel defaults.
+    fn direct_link(
+        &self,
+        dev: &str,
+        (client, backend): (&str, &str),
+        xdp_offloads: bool,
+    ) -> anyhow::Result<()> {
         crate::run_cmd(Command::new("ip").args([
             "link",
             "add",
-            "direct",
+            dev,
             "netns",
             &self.client.name,
             "type",
             "veth",
             "peer",
             "name",
-            "direct",
+            dev,
             "netns",
             &self.backend.name,
         ]))?;
-        for (ns, addr) in [
-            (&self.client, DIRECT_CLIENT),
-            (&self.backend, DIRECT_BACKEND),
-        ] {
-            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "direct"])?;
-            ns.run(&["ip", "link", "set", "direct", "up"])?;
-            // As the node's links' peers: full checksums, GRO (NAPI delivery).
-            ns.run(&["ethtool", "-K", "direct", "tx", "off", "gro", "on"])?;
+        for (ns, addr) in [(&self.client, client), (&self.backend, backend)] {
+            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ns.run(&["ip", "link", "set", dev, "up"])?;
+            if xdp_offloads {
+                // As XDP's links' peers: full checksums, GRO (NAPI delivery).
+                ns.run(&["ethtool", "-K", dev, "tx", "off", "gro", "on"])?;
+            }
         }
         Ok(())
     }
@@ -547,26 +564,40 @@ fn measure(
         &bars(&p99s),
     ));
     println!("==> bench l4: new TCP connections, the node's CPU per connection");
+    // Each path through the node against the direct link with its client
+    // and backend ends' offloads (GRO and software checksums cost the
+    // client and backend ~6 µs per connection more).
+    let (xdp_reference, plain_reference) = (Some(4), Some(5));
     let conn_paths = [
         ConnPath {
             name: "XDP (gateway-agent)",
             to: (GATEWAY, 80),
+            reference: xdp_reference,
         },
         ConnPath {
             name: "iptables DNAT, own links",
             to: (PLAIN_GATEWAY, 82),
+            reference: plain_reference,
         },
         ConnPath {
             name: "iptables DNAT, XDP's links",
             to: (GATEWAY, 82),
+            reference: xdp_reference,
         },
         ConnPath {
             name: TC_NAME,
             to: (TC_GATEWAY, 80),
+            reference: plain_reference,
         },
         ConnPath {
-            name: "direct, no node (reference)",
+            name: "direct, no node, XDP's offloads (reference)",
             to: (DIRECT_BACKEND, BACKEND_PORT),
+            reference: None,
+        },
+        ConnPath {
+            name: "direct, no node, default offloads (reference)",
+            to: (PLAIN_DIRECT_BACKEND, BACKEND_PORT),
+            reference: None,
         },
     ];
     let conn = l4_conn::measure(t, &conn_paths, budget, out_dir, stamp)?;
@@ -666,7 +697,10 @@ fn measure(
     // the reference of the UDP paths.
     let tc = TcRows {
         http: modes.len() - 1,
-        conn: conn_paths.len() - 2,
+        conn: conn_paths
+            .iter()
+            .position(|p| p.name == TC_NAME)
+            .context("TC's new-connection row")?,
         udp: udp_paths.len() - 2,
         bulk: bulk_modes.len() - 1,
     };

@@ -12,9 +12,10 @@
 //! and of h2load itself (its rusage once reaped), per connection completed.
 //! This kernel has no IRQ_TIME_ACCOUNTING: softirq work (the forwarding,
 //! the TCP stacks' receive) is charged to the thread it ran in, which is one
-//! of those. The same run over the direct client–backend link (no node)
-//! gives what the client and backend cost; the node's own CPU per
-//! connection is a path's figure minus that, paired repeat by repeat.
+//! of those. The same run over a direct client–backend link (no node) with
+//! the path's client and backend offloads gives what the client and backend
+//! cost; the node's own CPU per connection is a path's figure minus that,
+//! paired repeat by repeat.
 
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -31,28 +32,32 @@ use super::udp_load::{cpu_ticks, ksoftirqd};
 
 /// New connections per second: the same for every path, low enough that
 /// the slowest path's work (~100 µs per connection with the generator's)
-/// leaves CPU 1 room on a shared machine, high enough that a 2 s run has
+/// leaves CPU 1 room on a shared machine, high enough that a run has
 /// thousands of connections.
 pub const RATE: u32 = 4000;
 /// h2load opens RATE / PERIODS_PER_SECOND connections every period.
 const PERIOD_MS: u32 = 10;
-/// Longest run: the runtimes are exact, and five paths run per repeat
-/// (the whole stage adds under a minute to `bench all`).
-const RUN_SECONDS: u32 = 2;
+/// Longest run, ms: the runtimes are exact, and six paths run per repeat
+/// (the whole stage adds about a minute to `bench all`).
+const RUN_MS: u32 = 1500;
 /// Where the client and the backend run.
 const CPU: u32 = 1;
 
 pub struct ConnPath {
     pub name: &'static str,
     /// Where the client connects (the gateway's address and port; the
-    /// backend itself for the reference).
+    /// backend itself for a reference).
     pub to: (&'static str, u16),
+    /// The reference path (its index) whose cost this one's own is counted
+    /// from: the direct link with this path's client and backend offloads;
+    /// None: this is a reference.
+    pub reference: Option<usize>,
 }
 
 pub struct ConnFigures {
     pub markdown: String,
     /// Per path: the node's capacity per CPU, new connections/s (10⁹ / its
-    /// own CPU ns per connection); the reference's is not meaningful.
+    /// own CPU ns per connection); a reference's is not meaningful.
     pub node_capacity: Vec<Summary>,
 }
 
@@ -149,15 +154,15 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Each path's figure minus the reference's of the same repeat.
-fn minus_reference(per_path: &[Vec<f64>], reference: usize) -> Vec<Vec<f64>> {
+/// Each path's figure minus its reference's of the same repeat (a
+/// reference: minus itself, zeros).
+fn minus_reference(per_path: &[Vec<f64>], references: &[Option<usize>]) -> Vec<Vec<f64>> {
     per_path
         .iter()
-        .map(|v| {
-            v.iter()
-                .zip(&per_path[reference])
-                .map(|(c, r)| c - r)
-                .collect()
+        .enumerate()
+        .map(|(i, v)| {
+            let reference = &per_path[references[i].unwrap_or(i)];
+            v.iter().zip(reference).map(|(c, r)| c - r).collect()
         })
         .collect()
 }
@@ -175,8 +180,8 @@ struct Counting<'a> {
 }
 
 impl Counting<'_> {
-    fn run_once(&self, path: &ConnPath, seconds: u32) -> anyhow::Result<Run> {
-        let connections = (RATE * seconds).to_string();
+    fn run_once(&self, path: &ConnPath, connections: u32) -> anyhow::Result<Run> {
+        let connections = connections.to_string();
         let per_period = (RATE * PERIOD_MS / 1000).to_string();
         let url = format!("http://{}:{}/", path.to.0, path.to.1);
         let (cpu_before, busy_before) = (
@@ -254,8 +259,7 @@ fn reap(pid: u32) -> anyhow::Result<f64> {
     Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
-/// `paths`' last entry is the reference (no node); the ratios are against
-/// the second (iptables).
+/// The ratios are against `paths`' second (iptables).
 pub fn measure(
     t: &Topology,
     paths: &[ConnPath],
@@ -263,7 +267,9 @@ pub fn measure(
     out_dir: &Path,
     stamp: &str,
 ) -> anyhow::Result<ConnFigures> {
-    let seconds = budget.seconds.min(RUN_SECONDS);
+    let run_ms = (budget.seconds * 1000).min(RUN_MS);
+    let expected = RATE * run_ms / 1000;
+    let references: Vec<Option<usize>> = paths.iter().map(|p| p.reference).collect();
     let inodes = [&t.client, &t.node, &t.backend]
         .iter()
         .map(|ns| Ok(std::fs::metadata(format!("/run/netns/{}", ns.name))?.ino()))
@@ -274,7 +280,6 @@ pub fn measure(
         softirqds: vec![ksoftirqd(0)?, ksoftirqd(1)?],
     };
     let n = paths.len();
-    let reference = n - 1;
     let (mut cost, mut generator, mut completed, mut failed, mut coverage) = (
         vec![vec![]; n],
         vec![vec![]; n],
@@ -292,7 +297,7 @@ pub fn measure(
                     let perf = std::process::Command::new("perf")
                         .args(["record", "-q", "-g", "-a", "-e", "cpu-clock", "-o"])
                         .arg(Path::new(&dir).join(format!("conn-{i}.perf.data")))
-                        .args(["--", "sleep", &(seconds + 1).to_string()])
+                        .args(["--", "sleep", &(run_ms / 1000 + 2).to_string()])
                         .stdout(Stdio::null())
                         .spawn()?;
                     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -300,11 +305,10 @@ pub fn measure(
                 }
                 None => None,
             };
-            let run = counting.run_once(path, seconds)?;
+            let run = counting.run_once(path, expected)?;
             if let Some(mut perf) = profile {
                 perf.wait()?;
             }
-            let expected = u64::from(RATE * seconds);
             if run.completed == 0 {
                 bail!("{}: no connection completed", path.name);
             }
@@ -327,7 +331,7 @@ pub fn measure(
         }
     }
     let summaries = |v: &[Vec<f64>]| -> Vec<Summary> { v.iter().map(|v| Summary::of(v)).collect() };
-    let own = minus_reference(&cost, reference);
+    let own = minus_reference(&cost, &references);
     let node_ns = summaries(&own);
     let node_capacity: Vec<Summary> = own.iter().map(|v| Summary::of(&capacity(v))).collect();
     let (cost, generator, completed, coverage) = (
@@ -338,45 +342,50 @@ pub fn measure(
     );
     // A node costing nothing, with this client and backend on one CPU: the
     // most the end-to-end rate could gain over iptables.
-    let free_node = (cost[reference].median + node_ns[1].median) / cost[reference].median;
+    let iptables_reference = cost[references[1].context("iptables' reference")?].median;
+    let free_node = (iptables_reference + node_ns[1].median) / iptables_reference;
     let mut md = format!(
         "\n### New TCP connections: the node's CPU per connection\n\n\
          The end-to-end rate above cannot show the node's limit on this 2-CPU machine: wrk and nginx share CPU 1, and \
          veth runs the node's forwarding (XDP, TC, netfilter) in softirq in the sending task's context, on CPU 1 too; \
          so every path's rate is one CPU divided by the client's, the backend's and the node's work per connection \
          together, and the client and backend are most of it. Here the load is fixed instead: {generator_version}, one \
-         thread on CPU {CPU} in the client namespace, opening {RATE} new connections/s ({per} every {PERIOD_MS} ms) for \
-         {seconds} s, each carrying one HTTP/1.1 request (`Connection: close`, nginx closes) to the same nginx (CPU \
-         {CPU}, 1 KB). **CPU ns per connection**: the exact runtime (schedstat) of every thread in the client's, the \
-         node's and the backend's namespaces (nginx, the agents, HAProxy, idle here) and of ksoftirqd/0 and /1, plus \
-         h2load's own (its rusage when reaped), per connection completed. This kernel has no IRQ_TIME_ACCOUNTING: \
-         softirq work is charged to the thread it interrupts, and here that is one of those (timers that fire on an \
-         idle CPU, as TIME_WAIT's end and conntrack's, are charged to no thread and left out). The **node's own** \
-         cost is that minus the reference's (the same client and backend over a veth pair straight from one to the \
-         other), paired repeat by repeat; the node's **capacity** is 10⁹ / its own ns: new connections/s one CPU \
-         would handle. With this generator as the client of a maximum-rate run, a node costing nothing would be at \
-         most {free_node:.2}× iptables (own links) end to end: (the reference's ns + iptables' own) / the reference's. \
-         h2load's share includes the softirq work run in its system calls (its sends carry each packet through \
-         veth into the node's forwarding and on into the backend's receive), so it too grows with the node's cost. \
-         The last column is the counted runtime over both CPUs' busy time (/proc/stat, every process on the \
-         machine): near 100% on a quiet machine, lower when other work runs. The ratios are against iptables on \
-         links of its own (no XDP), as for UDP.\n\n\
+         thread on CPU {CPU} in the client namespace, opening {RATE} new connections/s ({per} every {PERIOD_MS} ms, \
+         {expected} connections, {run_s} s), each carrying one HTTP/1.1 request (`Connection: close`, nginx closes) \
+         to the same nginx (CPU {CPU}, 1 KB). **CPU ns per connection**: the exact runtime (schedstat) of every \
+         thread in the client's, the node's and the backend's namespaces (nginx, the agents, HAProxy, all idle \
+         here but nginx) and of ksoftirqd/0 and /1, plus h2load's own (its rusage when reaped), per connection \
+         completed. This kernel has no IRQ_TIME_ACCOUNTING: softirq work is charged to the task it runs in, for \
+         the forwarding and the TCP stacks' receive one of those (veth runs it in the sender's system call or \
+         ksoftirqd); timer and RCU softirq work that fires while another task or the idle loop is current is not \
+         counted (`BENCH_L4_PERF=<dir>` records a profile of each path's first run to see how much). The **node's \
+         own** cost is that minus the same over a **reference**, a veth pair straight from the client to the \
+         backend (no node) with the offloads of the path's own client and backend ends (XDP's links: TX checksum \
+         offload off and GRO on, as native XDP needs; iptables' own links and TC's: kernel defaults; the two \
+         references differ by several µs per connection), paired repeat by repeat; the node's **capacity** is 10⁹ / \
+         its own ns: new connections/s one CPU would handle. With this generator as the client of a maximum-rate \
+         run, a node costing nothing would be at most {free_node:.2}× iptables (own links) end to end: (its \
+         reference's ns + iptables' own) / its reference's. h2load's share includes the softirq work run in its \
+         system calls (its sends carry each packet through veth into the node's forwarding and on into the \
+         backend's receive), so it too grows with the node's cost. The last column is the counted runtime over \
+         both CPUs' busy time (/proc/stat, every process on the machine): near 100% on a quiet machine, lower when \
+         other work runs. The ratios are against iptables on links of its own (no XDP), as for UDP.\n\n\
          | path | CPU ns per connection | node's own ns per connection | × iptables | node's capacity per CPU, new connections/s | × iptables | of which h2load | completed | failed | counted / busy |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         generator_version = super::tools::version("h2load", "--version"),
         per = RATE * PERIOD_MS / 1000,
+        run_s = f64::from(run_ms) / 1000.0,
     );
     for (i, path) in paths.iter().enumerate() {
-        let node = if i == reference {
-            "— | — | — | —".to_string()
-        } else {
-            format!(
+        let node = match path.reference {
+            None => "— | — | — | —".to_string(),
+            Some(_) => format!(
                 "{} | {:.2} | {} | {:.2}",
                 node_ns[i].show(0),
                 node_ns[i].median / node_ns[1].median,
                 node_capacity[i].show(0),
                 node_capacity[i].median / node_capacity[1].median,
-            )
+            ),
         };
         md.push_str(&format!(
             "| {} | {} | {node} | {:.0} ns | {:.1}% | {} | {:.0}% |\n",
@@ -394,10 +403,11 @@ pub fn measure(
         &format!("{stamp}-l4-conn-cpu"),
         &format!("L4 new TCP connections, the node's own CPU per connection at {RATE}/s"),
         "ns per connection",
-        &paths[..reference]
+        &paths
             .iter()
-            .map(|p| p.name.to_string())
-            .zip(node_ns.iter().copied())
+            .zip(&node_ns)
+            .filter(|(p, _)| p.reference.is_some())
+            .map(|(p, s)| (p.name.to_string(), *s))
             .collect::<Vec<_>>(),
     ));
     Ok(ConnFigures {
@@ -427,10 +437,24 @@ mod tests {
 
     #[test]
     fn own_cost_is_paired_by_repeat() {
-        // Path 0 and the reference (1): repeat 1 is slower for both.
-        let cost = vec![vec![60_000.0, 70_000.0], vec![50_000.0, 61_000.0]];
-        let own = minus_reference(&cost, 1);
-        assert_eq!(own, vec![vec![10_000.0, 9_000.0], vec![0.0, 0.0]]);
+        // Paths 0 and 1, each with its reference (2, 3): repeat 1 is slower
+        // for all.
+        let cost = vec![
+            vec![60_000.0, 70_000.0],
+            vec![58_000.0, 66_000.0],
+            vec![50_000.0, 61_000.0],
+            vec![44_000.0, 55_000.0],
+        ];
+        let own = minus_reference(&cost, &[Some(2), Some(3), None, None]);
+        assert_eq!(
+            own,
+            vec![
+                vec![10_000.0, 9_000.0],
+                vec![14_000.0, 11_000.0],
+                vec![0.0, 0.0],
+                vec![0.0, 0.0]
+            ]
+        );
         assert_eq!(capacity(&own[0]), vec![100_000.0, 1e9 / 9_000.0]);
         // Noise below the reference counts as 1 ns, not a negative capacity.
         assert_eq!(capacity(&[-5.0]), vec![1e9]);
