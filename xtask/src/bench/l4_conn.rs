@@ -368,8 +368,9 @@ pub fn measure(
          reference's ns + iptables' own) / its reference's. h2load's share includes the softirq work run in its \
          system calls (its sends carry each packet through veth into the node's forwarding and on into the \
          backend's receive), so it too grows with the node's cost. The last column is the counted runtime over \
-         both CPUs' busy time (/proc/stat, every process on the machine): near 100% on a quiet machine, lower when \
-         other work runs. The ratios are against iptables on links of its own (no XDP), as for UDP.\n\n\
+         both CPUs' busy time (/proc/stat, every process on the machine, sampled in ticks: single runs of short \
+         bursts scatter by tens of %): about 100% on a quiet machine, lower when other work runs. The ratios are \
+         against iptables on links of its own (no XDP), as for UDP.\n\n\
          | path | CPU ns per connection | node's own ns per connection | × iptables | node's capacity per CPU, new connections/s | × iptables | of which h2load | completed | failed | counted / busy |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         generator_version = super::tools::version("h2load", "--version"),
