@@ -102,10 +102,13 @@ fn schedstat_runtime_ns(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// Exact runtime (seconds) of every thread on the machine that is in one
-/// of the network namespaces `inodes` or belongs to one of `pids`.
-fn counted_cpu_seconds(inodes: &[u64], pids: &[u32]) -> f64 {
-    let mut ns = 0u64;
+/// Runtime in ns by thread id.
+type Runtimes = std::collections::HashMap<u32, u64>;
+
+/// Exact runtime of every thread on the machine that is in one of the
+/// network namespaces `inodes` or belongs to one of `pids`.
+fn counted_threads(inodes: &[u64], pids: &[u32]) -> Runtimes {
+    let mut runtimes = Runtimes::new();
     for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = process
             .file_name()
@@ -124,14 +127,29 @@ fn counted_cpu_seconds(inodes: &[u64], pids: &[u32]) -> f64 {
             let inside = listed
                 || std::fs::metadata(task.path().join("ns/net"))
                     .is_ok_and(|m| inodes.contains(&m.ino()));
-            if inside {
-                ns += std::fs::read_to_string(task.path().join("schedstat"))
-                    .ok()
-                    .and_then(|t| schedstat_runtime_ns(&t))
-                    .unwrap_or(0);
+            if !inside {
+                continue;
+            }
+            let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
+            let runtime = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|t| schedstat_runtime_ns(&t));
+            if let (Some(tid), Some(runtime)) = (tid, runtime) {
+                runtimes.insert(tid, runtime);
             }
         }
     }
+    runtimes
+}
+
+/// Seconds the threads of `after` ran since `before`, thread by thread: a
+/// thread that exited in between (a worker pool's) drops out with only its
+/// last runtime lost, not its whole lifetime; a new one counts whole.
+fn runtime_between(before: &Runtimes, after: &Runtimes) -> f64 {
+    let ns: u64 = after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
     ns as f64 / 1e9
 }
 
@@ -185,7 +203,7 @@ impl Counting<'_> {
         let per_period = (RATE * PERIOD_MS / 1000).to_string();
         let url = format!("http://{}:{}/", path.to.0, path.to.1);
         let (cpu_before, busy_before) = (
-            counted_cpu_seconds(&self.inodes, &self.softirqds),
+            counted_threads(&self.inodes, &self.softirqds),
             busy_seconds()?,
         );
         let mut child = self
@@ -229,12 +247,12 @@ impl Counting<'_> {
         // The busy window inside the counted one: this process's own scans
         // of /proc are in neither.
         let busy_after = busy_seconds()?;
-        let cpu_after = counted_cpu_seconds(&self.inodes, &self.softirqds);
+        let cpu_after = counted_threads(&self.inodes, &self.softirqds);
         let (completed, failed) = h2load_result(&out)?;
         Ok(Run {
             completed,
             failed,
-            cpu: cpu_after - cpu_before + generator,
+            cpu: runtime_between(&cpu_before, &cpu_after) + generator,
             generator,
             busy: busy_after - busy_before,
         })
@@ -434,6 +452,14 @@ mod tests {
     fn schedstat_first_field_is_runtime() {
         assert_eq!(schedstat_runtime_ns("123456 789 10\n"), Some(123456));
         assert_eq!(schedstat_runtime_ns(""), None);
+    }
+
+    #[test]
+    fn runtime_is_summed_thread_by_thread() {
+        let before = Runtimes::from([(1, 1_000_000_000), (2, 500), (3, 7_000_000_000)]);
+        // Thread 3 exited, thread 4 started.
+        let after = Runtimes::from([(1, 1_250_000_000), (2, 500), (4, 100_000_000)]);
+        assert!((runtime_between(&before, &after) - 0.35).abs() < 1e-12);
     }
 
     #[test]
