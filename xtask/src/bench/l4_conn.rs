@@ -35,7 +35,8 @@ use super::udp_load::{cpu_ticks, ksoftirqd};
 /// leaves CPU 1 room on a shared machine, high enough that a run has
 /// thousands of connections.
 pub const RATE: u32 = 4000;
-/// h2load opens RATE / PERIODS_PER_SECOND connections every period.
+/// h2load opens RATE × PERIOD_MS / 1000 connections every PERIOD_MS (a steady
+/// rate, not one burst a second).
 const PERIOD_MS: u32 = 10;
 /// Longest run, ms: the runtimes are exact, and six paths run per repeat
 /// (the whole stage adds about a minute to `bench all`).
