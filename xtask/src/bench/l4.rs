@@ -4,7 +4,8 @@
 //! kernel's default offloads), iptables DNAT (+ SNAT, conntrack) in the
 //! kernel's forwarding path, and a userspace proxy (HAProxy `mode tcp`, one
 //! thread; for UDP, which HAProxy lacks, `socat`). Figures:
-//! HTTP through TCP (keep-alive, new connections, latency), small-UDP maximum
+//! HTTP through TCP (keep-alive, new connections, latency), the node's CPU
+//! per new TCP connection at a fixed rate (`l4_conn`), small-UDP maximum
 //! rate (generator on CPU 1, the node's forwarding steered to CPU 0) and node
 //! CPU per datagram (`l4_udp`), bulk TCP (iperf3). Topology,
 //! all private network namespaces on 198.18.0.0/15:
@@ -18,11 +19,13 @@
 //!   iperf3          :5201 :5203          :5202
 //!
 //!  eth1 198.18.3.2 ── c1 198.18.3.1 | b1 198.18.4.1 ── eth1 198.18.4.2
-//!                   iptables DNAT alone (no XDP on these links): UDP :92, iperf3 :5202
+//!                   iptables DNAT alone (no XDP on these links): HTTP :82, UDP :92, iperf3 :5202
 //!  eth2 198.18.5.2 ── c2 198.18.5.1 | b2 198.18.6.1 ── eth2 198.18.6.2
 //!                   the agent with --attach tc: HTTP :80, UDP :90, iperf3 :5201
 //!  direct 198.18.2.1 ────────────────────────────────── direct 198.18.2.2
-//!                   the UDP reference: no node at all
+//!                   the reference (UDP, new connections): no node at all
+//!  direct1 198.18.7.1 ──────────────────────────────── direct1 198.18.7.2
+//!                   the same with default offloads (new connections)
 //! ```
 
 use std::path::Path;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Budget;
+use super::l4_conn::{self, ConnPath};
 use super::l4_udp::{self, UdpPath};
 use super::l7::{backend_nginx, oha_args, oha_latency};
 use super::netns::{Daemon, Netns, http_status, wait_until};
@@ -51,9 +55,14 @@ const TC_CLIENT: &str = "198.18.5.2";
 const TC_GATEWAY: &str = "198.18.5.1";
 const TC_BACKEND: &str = "198.18.6.2";
 const TC_NAME: &str = "TC (gateway-agent --attach tc)";
-/// The client–backend link that bypasses the node (UDP reference path).
+/// The client–backend link that bypasses the node (the reference path),
+/// offloads as on XDP's links.
 const DIRECT_CLIENT: &str = "198.18.2.1";
 const DIRECT_BACKEND: &str = "198.18.2.2";
+/// A second one with the kernel's default offloads, as iptables' own links
+/// and the TC agent's: the reference for those (new connections).
+const PLAIN_DIRECT_CLIENT: &str = "198.18.7.1";
+const PLAIN_DIRECT_BACKEND: &str = "198.18.7.2";
 const IPERF_PORT: u16 = 5201;
 const HOST: &str = super::l7::HOST;
 
@@ -94,36 +103,46 @@ impl Topology {
             false,
         )?;
         t.node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        t.direct_link()?;
+        t.direct_link("direct", (DIRECT_CLIENT, DIRECT_BACKEND), true)?;
+        t.direct_link(
+            "direct1",
+            (PLAIN_DIRECT_CLIENT, PLAIN_DIRECT_BACKEND),
+            false,
+        )?;
         Ok(t)
     }
 
-    /// A veth pair straight from the client to the backend, bypassing the
-    /// node: the UDP reference path, whose cost (the client's send and the
-    /// backend's receive) every path through the node pays too.
-    fn direct_link(&self) -> anyhow::Result<()> {
+    /// A veth pair `dev` straight from the client to the backend, bypassing
+    /// the node: a reference path, whose cost (the client's send and the
+    /// backend's receive) every path through the node pays too;
+    /// `xdp_offloads`: as the peers of XDP's links, else kernel defaults.
+    fn direct_link(
+        &self,
+        dev: &str,
+        (client, backend): (&str, &str),
+        xdp_offloads: bool,
+    ) -> anyhow::Result<()> {
         crate::run_cmd(Command::new("ip").args([
             "link",
             "add",
-            "direct",
+            dev,
             "netns",
             &self.client.name,
             "type",
             "veth",
             "peer",
             "name",
-            "direct",
+            dev,
             "netns",
             &self.backend.name,
         ]))?;
-        for (ns, addr) in [
-            (&self.client, DIRECT_CLIENT),
-            (&self.backend, DIRECT_BACKEND),
-        ] {
-            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "direct"])?;
-            ns.run(&["ip", "link", "set", "direct", "up"])?;
-            // As the node's links' peers: full checksums, GRO (NAPI delivery).
-            ns.run(&["ethtool", "-K", "direct", "tx", "off", "gro", "on"])?;
+        for (ns, addr) in [(&self.client, client), (&self.backend, backend)] {
+            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ns.run(&["ip", "link", "set", dev, "up"])?;
+            if xdp_offloads {
+                // As XDP's links' peers: full checksums, GRO (NAPI delivery).
+                ns.run(&["ethtool", "-K", dev, "tx", "off", "gro", "on"])?;
+            }
         }
         Ok(())
     }
@@ -296,6 +315,7 @@ fn iptables_dnat(node: &Netns) -> anyhow::Result<()> {
         (GATEWAY, BACKEND, "tcp", "82", BACKEND_PORT),
         (GATEWAY, BACKEND, "udp", "92", sink),
         (GATEWAY, BACKEND, "tcp", "5202", IPERF_PORT),
+        (PLAIN_GATEWAY, PLAIN_BACKEND, "tcp", "82", BACKEND_PORT),
         (PLAIN_GATEWAY, PLAIN_BACKEND, "udp", "92", sink),
         (PLAIN_GATEWAY, PLAIN_BACKEND, "tcp", "5202", IPERF_PORT),
     ] {
@@ -543,6 +563,46 @@ fn measure(
         "ms",
         &bars(&p99s),
     ));
+    println!("==> bench l4: new TCP connections, the node's CPU per connection");
+    // Each path through the node against the direct link with its client
+    // and backend ends' offloads (GRO and software checksums cost the
+    // client and backend ~6 µs per connection more).
+    let (xdp_reference, plain_reference) = (Some(4), Some(5));
+    let conn_paths = [
+        ConnPath {
+            name: "XDP (gateway-agent)",
+            to: (GATEWAY, 80),
+            reference: xdp_reference,
+        },
+        ConnPath {
+            name: "iptables DNAT, own links",
+            to: (PLAIN_GATEWAY, 82),
+            reference: plain_reference,
+        },
+        ConnPath {
+            name: "iptables DNAT, XDP's links",
+            to: (GATEWAY, 82),
+            reference: xdp_reference,
+        },
+        ConnPath {
+            name: TC_NAME,
+            to: (TC_GATEWAY, 80),
+            reference: plain_reference,
+        },
+        ConnPath {
+            name: "direct, no node, XDP's offloads (reference)",
+            to: (DIRECT_BACKEND, BACKEND_PORT),
+            reference: None,
+        },
+        ConnPath {
+            name: "direct, no node, default offloads (reference)",
+            to: (PLAIN_DIRECT_BACKEND, BACKEND_PORT),
+            reference: None,
+        },
+    ];
+    let conn = l4_conn::measure(t, &conn_paths, budget, out_dir, stamp)?;
+    clock.lap("new TCP connections, CPU per connection (h2load)");
+    md.push_str(&conn.markdown);
     println!("==> bench l4: small UDP, maximum rate and node CPU per datagram");
     let udp_paths = [
         UdpPath {
@@ -637,10 +697,14 @@ fn measure(
     // the reference of the UDP paths.
     let tc = TcRows {
         http: modes.len() - 1,
+        conn: conn_paths
+            .iter()
+            .position(|p| p.name == TC_NAME)
+            .context("TC's new-connection row")?,
         udp: udp_paths.len() - 2,
         bulk: bulk_modes.len() - 1,
     };
-    md.push_str(&goals(&pc, &udp, &bulk.gbits, &tc));
+    md.push_str(&goals(&pc, &conn, &udp, &bulk.gbits, &tc));
     Ok(Section {
         title: "L4: XDP and TC vs iptables DNAT vs userspace TCP proxy".into(),
         markdown: md,
@@ -759,13 +823,20 @@ fn iperf3_result(out: &str) -> anyhow::Result<(f64, u64)> {
 /// Where the TC agent's figures are in each list (XDP's are first).
 struct TcRows {
     http: usize,
+    conn: usize,
     udp: usize,
     bulk: usize,
 }
 
 /// Issue 5's goals against iptables (index 1), met or missed, for the better
 /// of XDP (index 0) and TC, named.
-fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &TcRows) -> String {
+fn goals(
+    per_conn: &[Summary],
+    conn: &l4_conn::ConnFigures,
+    udp: &l4_udp::UdpFigures,
+    bulk: &[Summary],
+    tc: &TcRows,
+) -> String {
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     // (ratio to iptables) of XDP and TC, the better one first with its name.
     let best = |v: &[Summary], tc: usize, lower_is_better: bool| -> (f64, &str, String) {
@@ -781,12 +852,15 @@ fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &
     let max = best(&udp.max_rate, tc.udp, false);
     let max_cpu = best(&udp.node_capacity, tc.udp, false);
     let cps = best(per_conn, tc.http, false);
+    let conn_capacity = best(&conn.node_capacity, tc.conn, false);
     let bulk = best(bulk, tc.bulk, false);
     format!(
-        "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP and bulk: on its \
-         own links, without XDP; new connections: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
+        "Goals (issue 5), the better of the agent's XDP and TC modes against iptables DNAT (UDP, bulk and the node's \
+         capacity for new connections: on its own links, without XDP; new connections end to end: on XDP's links; TC on links of its own): the node's own CPU per datagram at a fixed rate \
          ≤ 0.5×: {} ({:.2}×, {}; {}); maximum small-UDP rate ≥ 1.5×: {} ({:.2}× delivered, generator on CPU 1, \
-         node on CPU 0, {}; {}; the node's capacity per CPU at the fixed rate: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: {} ({:.2}×, {}; {}); \
+         node on CPU 0, {}; {}; the node's capacity per CPU at the fixed rate: {} ({:.2}×, {}; {})); new connections/s ≥ 1.5×: end to end (wrk; set by the client and backend sharing CPU 1, not by the node; iptables on XDP's links): \
+         {} ({:.2}×, {}; {}); the node's capacity for new connections per CPU (10⁹ / its own CPU per connection at {} connections/s; \
+         iptables on its own links): {} ({:.2}×, {}; {}); \
          bulk TCP ≥ 0.95×: {} ({:.2}×, {}; {}).\n",
         verdict(cpu.0 <= 0.5),
         cpu.0,
@@ -804,6 +878,11 @@ fn goals(per_conn: &[Summary], udp: &l4_udp::UdpFigures, bulk: &[Summary], tc: &
         cps.0,
         cps.1,
         cps.2,
+        l4_conn::RATE,
+        verdict(conn_capacity.0 >= 1.5),
+        conn_capacity.0,
+        conn_capacity.1,
+        conn_capacity.2,
         verdict(bulk.0 >= 0.95),
         bulk.0,
         bulk.1,

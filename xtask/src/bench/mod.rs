@@ -5,6 +5,7 @@
 
 mod control_plane;
 mod l4;
+mod l4_conn;
 mod l4_cost;
 mod l4_udp;
 mod l7;
