@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 
 use super::Budget;
 use super::l4::Topology;
-use super::report::bar_chart;
+use super::report::{bar_chart, node_cost_cells};
 use super::stats::Summary;
 use super::udp_load::{cpu_ticks, ksoftirqd};
 
@@ -399,13 +399,7 @@ pub fn measure(
     for (i, path) in paths.iter().enumerate() {
         let node = match path.reference {
             None => "— | — | — | —".to_string(),
-            Some(_) => format!(
-                "{} | {:.2} | {} | {:.2}",
-                node_ns[i].show(0),
-                node_ns[i].median / node_ns[1].median,
-                node_capacity[i].show(0),
-                node_capacity[i].median / node_capacity[1].median,
-            ),
+            Some(_) => node_cost_cells(&node_ns, &node_capacity, i, 1),
         };
         md.push_str(&format!(
             "| {} | {} | {node} | {:.0} ns | {:.1}% | {} | {:.0}% |\n",

@@ -38,7 +38,7 @@ use anyhow::bail;
 
 use super::Budget;
 use super::l4::Topology;
-use super::report::bar_chart;
+use super::report::{bar_chart, node_cost_cells};
 use super::stats::Summary;
 use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
 
@@ -488,13 +488,7 @@ fn measure_with(
         let node = if i == reference {
             "— | — | — | —".to_string()
         } else {
-            format!(
-                "{} | {:.2} | {} | {:.2}",
-                node_ns[i].show(0),
-                node_ns[i].median / node_ns[1].median,
-                node_capacity[i].show(0),
-                node_capacity[i].median / node_capacity[1].median,
-            )
+            node_cost_cells(&node_ns, &node_capacity, i, 1)
         };
         md.push_str(&format!(
             "| {} | {} | {node} | {:.0} ns | {:.2}% |\n",

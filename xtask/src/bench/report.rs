@@ -196,6 +196,23 @@ pub fn document(
     text
 }
 
+/// A path's four node-cost cells (own ns, × the baseline's, capacity per CPU,
+/// × the baseline's); row `baseline` is iptables in the L4 tables.
+pub fn node_cost_cells(
+    own_ns: &[Summary],
+    capacity: &[Summary],
+    i: usize,
+    baseline: usize,
+) -> String {
+    format!(
+        "{} | {:.2} | {} | {:.2}",
+        own_ns[i].show(0),
+        own_ns[i].median / own_ns[baseline].median,
+        capacity[i].show(0),
+        capacity[i].median / capacity[baseline].median,
+    )
+}
+
 /// A bar chart (median, with min–max error bars) as PNG, through gnuplot.
 /// Returns the Markdown image link, or a note when gnuplot failed.
 pub fn bar_chart(
