@@ -393,6 +393,34 @@ fn wrk_result(out: &str) -> anyhow::Result<(f64, u64)> {
     Ok((rps, errors))
 }
 
+/// `BENCH_L4_PERF=<dir>`: starts `perf record -g -a` (both CPUs) into
+/// `<dir>/<file>` for `seconds` and gives it `settle` to set up before the
+/// run it profiles; `perf` is the command that runs perf (under `chrt`,
+/// say), `perf_args` go after `record` (an event, say). None without the
+/// variable.
+pub fn start_profile(
+    file: &str,
+    seconds: u32,
+    perf: &[&str],
+    perf_args: &[&str],
+    settle: Duration,
+) -> anyhow::Result<Option<std::process::Child>> {
+    let Some(dir) = std::env::var_os("BENCH_L4_PERF") else {
+        return Ok(None);
+    };
+    let child = Command::new(perf[0])
+        .args(&perf[1..])
+        .args(["record", "-q", "-g", "-a"])
+        .args(perf_args)
+        .arg("-o")
+        .arg(Path::new(&dir).join(file))
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(settle);
+    Ok(Some(child))
+}
+
 pub fn run(
     agent: &Path,
     helpers: &super::Helpers,
@@ -496,8 +524,8 @@ fn measure(
             println!("    repeat {repeat}: {name}: {rps:.0} req/s keep-alive, {cps:.0} conn/s");
         }
     }
-    let ka: Vec<Summary> = keepalive.iter().map(|v| Summary::of(v)).collect();
-    let pc: Vec<Summary> = per_conn.iter().map(|v| Summary::of(v)).collect();
+    let ka = Summary::each(&keepalive);
+    let pc = Summary::each(&per_conn);
     clock.lap("HTTP req/s and new connections/s (wrk)");
     let rate = (ka[1].median / 2.0).floor();
     let (mut p50, mut p99) = (vec![vec![]; n], vec![vec![]; n]);
@@ -514,8 +542,8 @@ fn measure(
         }
     }
     clock.lap("HTTP latency (oha)");
-    let p50s: Vec<Summary> = p50.iter().map(|v| Summary::of(v)).collect();
-    let p99s: Vec<Summary> = p99.iter().map(|v| Summary::of(v)).collect();
+    let p50s = Summary::each(&p50);
+    let p99s = Summary::each(&p99);
     let mut md = format!(
         "Client (wrk/oha) and backend (nginx, 1 KB) on CPU 1, HAProxy and the agent processes on CPU 0; packet processing (XDP, \
          TC, netfilter) runs in softirq on whichever CPU the veth delivers on. The XDP program stays attached to the node's \
@@ -758,7 +786,7 @@ fn bulk_tcp(t: &Topology, modes: &[(&str, &str, u16)], budget: Budget) -> anyhow
             retransmits[i] += retrans;
         }
     }
-    let gbits: Vec<Summary> = gbits.iter().map(|v| Summary::of(v)).collect();
+    let gbits = Summary::each(&gbits);
     let link = |interface: &str| -> String {
         let offloads = t
             .client

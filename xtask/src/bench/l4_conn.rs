@@ -25,7 +25,7 @@ use std::process::Stdio;
 use anyhow::{Context as _, bail};
 
 use super::Budget;
-use super::l4::Topology;
+use super::l4::{Topology, start_profile};
 use super::report::{bar_chart, node_cost_cells};
 use super::stats::Summary;
 use super::udp_load::{cpu_ticks, ksoftirqd};
@@ -311,18 +311,15 @@ pub fn measure(
             // BENCH_L4_PERF=<dir>: a perf profile of both CPUs during each
             // path's first run, to check what the counted threads leave out
             // (softirq work charged to other tasks or to idle).
-            let profile = match std::env::var_os("BENCH_L4_PERF").filter(|_| repeat == 0) {
-                Some(dir) => {
-                    let perf = std::process::Command::new("perf")
-                        .args(["record", "-q", "-g", "-a", "-e", "cpu-clock", "-o"])
-                        .arg(Path::new(&dir).join(format!("conn-{i}.perf.data")))
-                        .args(["--", "sleep", &(run_ms / 1000 + 2).to_string()])
-                        .stdout(Stdio::null())
-                        .spawn()?;
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    Some(perf)
-                }
-                None => None,
+            let profile = match repeat {
+                0 => start_profile(
+                    &format!("conn-{i}.perf.data"),
+                    run_ms / 1000 + 2,
+                    &["perf"],
+                    &["-e", "cpu-clock"],
+                    std::time::Duration::from_millis(500),
+                )?,
+                _ => None,
             };
             let run = counting.run_once(path, expected)?;
             if let Some(mut perf) = profile {
@@ -349,15 +346,14 @@ pub fn measure(
             coverage[i].push(100.0 * run.cpu / run.busy.max(1e-9));
         }
     }
-    let summaries = |v: &[Vec<f64>]| -> Vec<Summary> { v.iter().map(|v| Summary::of(v)).collect() };
     let own = minus_reference(&cost, &references);
-    let node_ns = summaries(&own);
+    let node_ns = Summary::each(&own);
     let node_capacity: Vec<Summary> = own.iter().map(|v| Summary::of(&capacity(v))).collect();
     let (cost, generator, completed, coverage) = (
-        summaries(&cost),
-        summaries(&generator),
-        summaries(&completed),
-        summaries(&coverage),
+        Summary::each(&cost),
+        Summary::each(&generator),
+        Summary::each(&completed),
+        Summary::each(&coverage),
     );
     // A node costing nothing, with this client and backend on one CPU: the
     // most the end-to-end rate could gain over iptables.

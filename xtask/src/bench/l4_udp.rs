@@ -37,7 +37,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::Budget;
-use super::l4::Topology;
+use super::l4::{Topology, start_profile};
 use super::report::{bar_chart, node_cost_cells};
 use super::stats::Summary;
 use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
@@ -327,18 +327,15 @@ fn measure_with(
             // above the run's real-time threads (else it would start, and
             // read its buffers, only after the run) and gets a second to
             // set up first.
-            let profile = match std::env::var_os("BENCH_L4_PERF").filter(|_| repeat == 0) {
-                Some(dir) => {
-                    let perf = std::process::Command::new("chrt")
-                        .args(["-f", "3", "perf", "record", "-q", "-g", "-a", "-o"])
-                        .arg(Path::new(&dir).join(format!("udp-max-{i}.perf.data")))
-                        .args(["--", "sleep", &(budget.seconds + 1).to_string()])
-                        .stdout(std::process::Stdio::null())
-                        .spawn()?;
-                    std::thread::sleep(Duration::from_secs(1));
-                    Some(perf)
-                }
-                None => None,
+            let profile = match repeat {
+                0 => start_profile(
+                    &format!("udp-max-{i}.perf.data"),
+                    budget.seconds + 1,
+                    &["chrt", "-f", "3", "perf"],
+                    &[],
+                    Duration::from_secs(1),
+                )?,
+                _ => None,
             };
             let run = max_run(
                 sink,
@@ -366,12 +363,11 @@ fn measure_with(
     drop(favoured);
     sink.discard(false)?;
     steer(paths, None)?;
-    let summaries = |v: &[Vec<f64>]| -> Vec<Summary> { v.iter().map(|v| Summary::of(v)).collect() };
-    let max = summaries(&max_rate);
-    let sent = summaries(&max_sent);
-    let max_delivered = summaries(&max_delivery);
-    let generator_busy = summaries(&generator_busy);
-    let node_busy = summaries(&node_busy);
+    let max = Summary::each(&max_rate);
+    let sent = Summary::each(&max_sent);
+    let max_delivered = Summary::each(&max_delivery);
+    let generator_busy = Summary::each(&generator_busy);
+    let node_busy = Summary::each(&node_busy);
     let rate = FIXED_RATE;
     let (mut ns_per_packet, mut delivery, mut process_share) =
         (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
@@ -395,7 +391,7 @@ fn measure_with(
             );
         }
     }
-    let cost = summaries(&ns_per_packet);
+    let cost = Summary::each(&ns_per_packet);
     // The node's own share: each run minus the reference run of the same repeat.
     let own: Vec<Vec<f64>> = ns_per_packet
         .iter()
@@ -406,14 +402,14 @@ fn measure_with(
                 .collect()
         })
         .collect();
-    let node_ns = summaries(&own);
+    let node_ns = Summary::each(&own);
     // Datagrams per second one CPU would forward at the node's own cost.
     let node_capacity: Vec<Summary> = own
         .iter()
         .map(|v| Summary::of(&v.iter().map(|ns| 1e9 / ns.max(1.0)).collect::<Vec<_>>()))
         .collect();
-    let delivered = summaries(&delivery);
-    let process = summaries(&process_share);
+    let delivered = Summary::each(&delivery);
+    let process = Summary::each(&process_share);
     let mut md = format!(
         "Small UDP (22-byte payload, 64-byte frames) from one generator thread in the client namespace (sendmmsg, \
          batches of {batch}, {FLOWS} source ports = {FLOWS} flows, CPU {GENERATOR_CPU}) to a sink socket in the \

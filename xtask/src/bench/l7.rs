@@ -346,9 +346,9 @@ fn measure(
             h2[i].push(rps);
         }
     }
-    let h1s: Vec<Summary> = h1.iter().map(|v| Summary::of(v)).collect();
-    let h2s: Vec<Summary> = h2.iter().map(|v| Summary::of(v)).collect();
-    let rsss: Vec<Summary> = rss.iter().map(|v| Summary::of(v)).collect();
+    let h1s = Summary::each(&h1);
+    let h2s = Summary::each(&h2);
+    let rsss = Summary::each(&rss);
     // Open loop at half of nginx's maximum HTTP/1.1 rate.
     let rate = (h1s[1].median / 2.0).floor();
     let (mut p50, mut p99, mut bad) = (vec![vec![]; n], vec![vec![]; n], vec![0u64; n]);
@@ -367,8 +367,8 @@ fn measure(
             bad[i] += errors;
         }
     }
-    let p50s: Vec<Summary> = p50.iter().map(|v| Summary::of(v)).collect();
-    let p99s: Vec<Summary> = p99.iter().map(|v| Summary::of(v)).collect();
+    let p50s = Summary::each(&p50);
+    let p99s = Summary::each(&p99);
 
     let mut md = format!(
         "Proxies pinned to CPU {PROXY_CPU} (one worker/thread each: nginx `worker_processes 1`, HAProxy `nbthread 1`, \

@@ -27,6 +27,11 @@ impl Summary {
         }
     }
 
+    /// One summary for each set of repeats (a path's, a proxy's).
+    pub fn each(sets: &[Vec<f64>]) -> Vec<Summary> {
+        sets.iter().map(|v| Summary::of(v)).collect()
+    }
+
     /// "median (min–max)" with `decimals` digits.
     pub fn show(&self, decimals: usize) -> String {
         format!(
