@@ -25,7 +25,7 @@
 //!  direct 198.18.2.1 ────────────────────────────────── direct 198.18.2.2
 //!                   the reference (UDP, new connections): no node at all
 //!  direct1 198.18.7.1 ──────────────────────────────── direct1 198.18.7.2
-//!                   the same with default offloads (new connections)
+//!                   the same with default offloads (UDP, new connections)
 //! ```
 
 use std::path::Path;
@@ -60,7 +60,7 @@ const TC_NAME: &str = "TC (gateway-agent --attach tc)";
 const DIRECT_CLIENT: &str = "198.18.2.1";
 const DIRECT_BACKEND: &str = "198.18.2.2";
 /// A second one with the kernel's default offloads, as iptables' own links
-/// and the TC agent's: the reference for those (new connections).
+/// and the TC agent's: the reference for those (new connections, UDP).
 const PLAIN_DIRECT_CLIENT: &str = "198.18.7.1";
 const PLAIN_DIRECT_BACKEND: &str = "198.18.7.2";
 const IPERF_PORT: u16 = 5201;
@@ -632,6 +632,9 @@ fn measure(
     clock.lap("new TCP connections, CPU per connection (h2load)");
     md.push_str(&conn.markdown);
     println!("==> bench l4: small UDP, maximum rate and node CPU per datagram");
+    // As for new connections: each path against the direct link with its
+    // own links' offloads.
+    let (xdp_reference, plain_reference) = (Some(5), Some(6));
     let udp_paths = [
         UdpPath {
             name: "XDP (gateway-agent)",
@@ -642,6 +645,7 @@ fn measure(
             ingress: (&t.node, "c0"),
             napi: true,
             relay: false,
+            reference: xdp_reference,
         },
         UdpPath {
             name: "iptables DNAT, own links",
@@ -652,6 +656,7 @@ fn measure(
             ingress: (&t.node, "c1"),
             napi: false,
             relay: false,
+            reference: plain_reference,
         },
         UdpPath {
             name: "iptables DNAT, XDP's links",
@@ -662,6 +667,7 @@ fn measure(
             ingress: (&t.node, "c0"),
             napi: true,
             relay: false,
+            reference: xdp_reference,
         },
         UdpPath {
             name: "socat (userspace relay)",
@@ -672,6 +678,7 @@ fn measure(
             ingress: (&t.node, "c0"),
             napi: true,
             relay: true,
+            reference: xdp_reference,
         },
         UdpPath {
             name: TC_NAME,
@@ -682,9 +689,10 @@ fn measure(
             ingress: (&t.node, "c2"),
             napi: false,
             relay: false,
+            reference: plain_reference,
         },
         UdpPath {
-            name: "direct, no node (reference)",
+            name: "direct, no node, XDP's offloads (reference)",
             from: DIRECT_CLIENT,
             client_dev: "direct",
             to: (DIRECT_BACKEND, l4_udp::SINK_PORT),
@@ -693,6 +701,19 @@ fn measure(
             ingress: (&t.backend, "direct"),
             napi: true,
             relay: false,
+            reference: None,
+        },
+        UdpPath {
+            name: "direct, no node, default offloads (reference)",
+            from: PLAIN_DIRECT_CLIENT,
+            client_dev: "direct1",
+            to: (PLAIN_DIRECT_BACKEND, l4_udp::SINK_PORT),
+            process: None,
+            // GRO off: the backlog.
+            ingress: (&t.backend, "direct1"),
+            napi: false,
+            relay: false,
+            reference: None,
         },
     ];
     let udp = l4_udp::measure(t, &udp_paths, budget, out_dir, stamp)?;
@@ -721,15 +742,17 @@ fn measure(
             .zip(bulk.gbits.iter().copied())
             .collect::<Vec<_>>(),
     ));
-    // The TC agent's rows: last of the HTTP modes and the bulk paths, before
-    // the reference of the UDP paths.
+    // The TC agent's rows: last of the HTTP modes and the bulk paths.
     let tc = TcRows {
         http: modes.len() - 1,
         conn: conn_paths
             .iter()
             .position(|p| p.name == TC_NAME)
             .context("TC's new-connection row")?,
-        udp: udp_paths.len() - 2,
+        udp: udp_paths
+            .iter()
+            .position(|p| p.name == TC_NAME)
+            .context("TC's UDP row")?,
         bulk: bulk_modes.len() - 1,
     };
     md.push_str(&goals(&pc, &conn, &udp, &bulk.gbits, &tc));

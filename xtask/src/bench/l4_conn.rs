@@ -27,7 +27,7 @@ use anyhow::{Context as _, bail};
 use super::Budget;
 use super::l4::{Topology, start_profile};
 use super::report::{bar_chart, node_cost_cells};
-use super::stats::Summary;
+use super::stats::{Summary, node_own};
 use super::udp_load::{cpu_ticks, ksoftirqd};
 
 /// New connections per second: the same for every path, low enough that
@@ -171,25 +171,6 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Each path's figure minus its reference's of the same repeat (a
-/// reference: minus itself, zeros).
-fn minus_reference(per_path: &[Vec<f64>], references: &[Option<usize>]) -> Vec<Vec<f64>> {
-    per_path
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let reference = &per_path[references[i].unwrap_or(i)];
-            v.iter().zip(reference).map(|(c, r)| c - r).collect()
-        })
-        .collect()
-}
-
-/// New connections per second one CPU would handle at `own_ns` each (a
-/// node cheaper than the noise, ≤ 1 ns, counts as 1 ns).
-fn capacity(own_ns: &[f64]) -> Vec<f64> {
-    own_ns.iter().map(|ns| 1e9 / ns.max(1.0)).collect()
 }
 
 struct Counting<'a> {
@@ -346,9 +327,7 @@ pub fn measure(
             coverage[i].push(100.0 * run.cpu / run.busy.max(1e-9));
         }
     }
-    let own = minus_reference(&cost, &references);
-    let node_ns = Summary::each(&own);
-    let node_capacity: Vec<Summary> = own.iter().map(|v| Summary::of(&capacity(v))).collect();
+    let (node_ns, node_capacity) = node_own(&cost, &references);
     let (cost, generator, completed, coverage) = (
         Summary::each(&cost),
         Summary::each(&generator),
@@ -451,30 +430,5 @@ mod tests {
         // Thread 3 exited, thread 4 started.
         let after = Runtimes::from([(1, 1_250_000_000), (2, 500), (4, 100_000_000)]);
         assert!((runtime_between(&before, &after) - 0.35).abs() < 1e-12);
-    }
-
-    #[test]
-    fn own_cost_is_paired_by_repeat() {
-        // Paths 0 and 1, each with its reference (2, 3): repeat 1 is slower
-        // for all.
-        let cost = vec![
-            vec![60_000.0, 70_000.0],
-            vec![58_000.0, 66_000.0],
-            vec![50_000.0, 61_000.0],
-            vec![44_000.0, 55_000.0],
-        ];
-        let own = minus_reference(&cost, &[Some(2), Some(3), None, None]);
-        assert_eq!(
-            own,
-            vec![
-                vec![10_000.0, 9_000.0],
-                vec![14_000.0, 11_000.0],
-                vec![0.0, 0.0],
-                vec![0.0, 0.0]
-            ]
-        );
-        assert_eq!(capacity(&own[0]), vec![100_000.0, 1e9 / 9_000.0]);
-        // Noise below the reference counts as 1 ns, not a negative capacity.
-        assert_eq!(capacity(&[-5.0]), vec![1e9]);
     }
 }

@@ -27,8 +27,9 @@
 //! of ksoftirqd/1, plus that of the path's node process (the agent; the
 //! relay with its children, on CPU 0), per datagram delivered: exact, and
 //! blind to other work on the machine (no idle baseline to subtract). It
-//! includes the client's send and the backend's receive, alike in every
-//! path; the reference path (no node) gives what to subtract.
+//! includes the client's send and the backend's receive; the reference
+//! path with the same links' offloads (no node) gives what to subtract, as
+//! for new connections (`l4_conn`).
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -39,7 +40,7 @@ use anyhow::bail;
 use super::Budget;
 use super::l4::{Topology, start_profile};
 use super::report::{bar_chart, node_cost_cells};
-use super::stats::Summary;
+use super::stats::{Summary, node_own};
 use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
 
 /// Where the UDP sink listens in the backend namespace.
@@ -94,6 +95,11 @@ pub struct UdpPath<'a> {
     pub napi: bool,
     /// `process` forwards every datagram itself (socat).
     pub relay: bool,
+    /// The reference path (its index) whose cost this one's own is counted
+    /// from: the direct link with this path's client and backend offloads
+    /// (GRO and software checksums change the client's and the backend's
+    /// cost per datagram); None: this is a reference.
+    pub reference: Option<usize>,
 }
 
 pub struct UdpFigures {
@@ -281,7 +287,6 @@ fn measure_with(
     }
     let seconds = f64::from(budget.seconds);
     let n = paths.len();
-    let reference = n - 1;
     println!(
         "    maximum rate: the node's forwarding on CPU {NODE_CPU} (RPS, threaded NAPI), the generator on CPU {GENERATOR_CPU}"
     );
@@ -392,31 +397,18 @@ fn measure_with(
         }
     }
     let cost = Summary::each(&ns_per_packet);
-    // The node's own share: each run minus the reference run of the same repeat.
-    let own: Vec<Vec<f64>> = ns_per_packet
-        .iter()
-        .map(|v| {
-            v.iter()
-                .zip(&ns_per_packet[reference])
-                .map(|(c, r)| c - r)
-                .collect()
-        })
-        .collect();
-    let node_ns = Summary::each(&own);
-    // Datagrams per second one CPU would forward at the node's own cost.
-    let node_capacity: Vec<Summary> = own
-        .iter()
-        .map(|v| Summary::of(&v.iter().map(|ns| 1e9 / ns.max(1.0)).collect::<Vec<_>>()))
-        .collect();
+    let references: Vec<Option<usize>> = paths.iter().map(|p| p.reference).collect();
+    let (node_ns, node_capacity) = node_own(&ns_per_packet, &references);
     let delivered = Summary::each(&delivery);
     let process = Summary::each(&process_share);
     let mut md = format!(
         "Small UDP (22-byte payload, 64-byte frames) from one generator thread in the client namespace (sendmmsg, \
          batches of {batch}, {FLOWS} source ports = {FLOWS} flows, CPU {GENERATOR_CPU}) to a sink socket in the \
          backend namespace (its thread on CPU {NODE_CPU}). Userspace relay: `socat UDP4-LISTEN,fork` ({socat}; one \
-         process per peer) on CPU {NODE_CPU}, as are the agents. Reference: the same generator and sink over a veth \
-         pair straight from the client to the backend namespace, no node (offloads as on XDP's links: TX checksum \
-         offload off, GRO on). iptables runs twice: on links of its own without XDP (kernel default offloads), the \
+         process per peer) on CPU {NODE_CPU}, as are the agents. References: the same generator and sink over a veth \
+         pair straight from the client to the backend namespace, no node, one with the offloads of XDP's links (TX \
+         checksum offload off, GRO on: the reference of XDP, socat and iptables on XDP's links), one with the kernel's \
+         default offloads (as iptables' own links and the TC agent's: their reference). iptables runs twice: on links of its own without XDP (kernel default offloads), the \
          figure the ratios use, and on XDP's links, where the attached program makes veth copy every packet into a \
          page of its own before netfilter sees it.\n\n\
          **Maximum rate**: the generator unthrottled for {secs} s, alone on CPU {GENERATOR_CPU}, writing the same \
@@ -435,8 +427,8 @@ fn measure_with(
          socket's drop counter (SO_MEMINFO), so no queueing and no read per datagram. Delivered is what reaches \
          the sink; the rest was dropped on the way. A frame holds the packet socket's send buffer until the node \
          frees it, so a generator faster than the node waits (its thread below 90% of CPU {GENERATOR_CPU}): then the \
-         node sets the rate; a generator at its 95% sets it, and the figure is a lower bound of the node's. The \
-         reference path's rate is the most this generator and sink show without a node. CPU {NODE_CPU} busy: /proc/stat over the run (ticks, every \
+         node sets the rate; a generator at its 95% sets it, and the figure is a lower bound of the node's. A \
+         reference path's rate is the most this generator and sink show without a node on such links. CPU {NODE_CPU} busy: /proc/stat over the run (ticks, every \
          process on it).\n\n\
          | path | datagrams/s delivered | × iptables | sent/s | delivered | CPU {NODE_CPU} busy | generator thread, % of CPU {GENERATOR_CPU} | limited by |\n\
          |---|---|---|---|---|---|---|---|\n",
@@ -474,17 +466,16 @@ fn measure_with(
          thread's runtime includes the softirq work run in its context) plus the path's node process (the agent; \
          socat with its children), per datagram delivered. Exact and blind to other work on the machine, so no \
          idle baseline is needed. It includes the client's send and the backend's receive; the **node's own** cost \
-         is that minus the reference's, paired repeat by repeat, and the node's capacity per CPU is 10⁹ / the \
+         is that minus the path's reference's (the direct link with the same offloads), paired repeat by repeat, and the node's capacity per CPU is 10⁹ / the \
          node's own ns.\n\n\
          | path | CPU ns per datagram | node's own ns per datagram | × iptables | node's capacity per CPU, datagrams/s | × iptables | of which node process | delivered |\n\
          |---|---|---|---|---|---|---|---|\n",
         secs = budget.seconds,
     ));
     for (i, path) in paths.iter().enumerate() {
-        let node = if i == reference {
-            "— | — | — | —".to_string()
-        } else {
-            node_cost_cells(&node_ns, &node_capacity, i, 1)
+        let node = match path.reference {
+            None => "— | — | — | —".to_string(),
+            Some(_) => node_cost_cells(&node_ns, &node_capacity, i, 1),
         };
         md.push_str(&format!(
             "| {} | {} | {node} | {:.0} ns | {:.2}% |\n",
@@ -516,7 +507,12 @@ fn measure_with(
         &format!("{stamp}-l4-udp-cpu"),
         &format!("L4 small UDP, the node's own CPU per datagram at {rate:.0}/s"),
         "ns per datagram",
-        &bars(&node_ns[..reference]),
+        &paths
+            .iter()
+            .zip(&node_ns)
+            .filter(|(p, _)| p.reference.is_some())
+            .map(|(p, s)| (p.name.to_string(), *s))
+            .collect::<Vec<_>>(),
     ));
     Ok(UdpFigures {
         markdown: md,
