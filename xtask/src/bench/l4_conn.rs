@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 
 use super::Budget;
 use super::l4::{Topology, start_profile};
-use super::report::{bar_chart, node_cost_cells};
+use super::report::{bar_chart, node_bars, node_cost_cells};
 use super::stats::{Summary, node_own};
 use super::udp_load::{cpu_ticks, ksoftirqd};
 
@@ -392,12 +392,7 @@ pub fn measure(
         &format!("{stamp}-l4-conn-cpu"),
         &format!("L4 new TCP connections, the node's own CPU per connection at {RATE}/s"),
         "ns per connection",
-        &paths
-            .iter()
-            .zip(&node_ns)
-            .filter(|(p, _)| p.reference.is_some())
-            .map(|(p, s)| (p.name.to_string(), *s))
-            .collect::<Vec<_>>(),
+        &node_bars(paths.iter().map(|p| p.name), &references, &node_ns),
     ));
     Ok(ConnFigures {
         markdown: md,

@@ -39,7 +39,7 @@ use anyhow::bail;
 
 use super::Budget;
 use super::l4::{Topology, start_profile};
-use super::report::{bar_chart, node_cost_cells};
+use super::report::{bar_chart, node_bars, node_cost_cells};
 use super::stats::{Summary, node_own};
 use super::udp_load::{Favoured, Link, Load, Sink, ksoftirqd, process_tree_cpu_seconds};
 
@@ -507,12 +507,7 @@ fn measure_with(
         &format!("{stamp}-l4-udp-cpu"),
         &format!("L4 small UDP, the node's own CPU per datagram at {rate:.0}/s"),
         "ns per datagram",
-        &paths
-            .iter()
-            .zip(&node_ns)
-            .filter(|(p, _)| p.reference.is_some())
-            .map(|(p, s)| (p.name.to_string(), *s))
-            .collect::<Vec<_>>(),
+        &node_bars(paths.iter().map(|p| p.name), &references, &node_ns),
     ));
     Ok(UdpFigures {
         markdown: md,

@@ -213,6 +213,20 @@ pub fn node_cost_cells(
     )
 }
 
+/// The bars of the node's own cost: every path's but the references'
+/// (`references[i]` None), each named.
+pub fn node_bars<'a>(
+    names: impl Iterator<Item = &'a str>,
+    references: &[Option<usize>],
+    own: &[Summary],
+) -> Vec<(String, Summary)> {
+    names
+        .zip(references.iter().zip(own))
+        .filter(|(_, (reference, _))| reference.is_some())
+        .map(|(name, (_, s))| (name.to_string(), *s))
+        .collect()
+}
+
 /// A bar chart (median, with min–max error bars) as PNG, through gnuplot.
 /// Returns the Markdown image link, or a note when gnuplot failed.
 pub fn bar_chart(
@@ -255,5 +269,22 @@ pub fn bar_chart(
         format!("![{title}]({file}.png)\n")
     } else {
         format!("(chart {file}.png: gnuplot failed)\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_bars_leave_the_references_out() {
+        let own = Summary::each(&[vec![10.0], vec![20.0], vec![0.0], vec![0.0]]);
+        let bars = node_bars(
+            ["XDP", "iptables", "direct", "direct1"].into_iter(),
+            &[Some(2), Some(3), None, None],
+            &own,
+        );
+        let named: Vec<(&str, f64)> = bars.iter().map(|(n, s)| (n.as_str(), s.median)).collect();
+        assert_eq!(named, [("XDP", 10.0), ("iptables", 20.0)]);
     }
 }
