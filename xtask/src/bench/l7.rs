@@ -32,19 +32,22 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Resident memory of the processes that serve (nginx: its workers).
-    fn rss_kb(&self) -> u64 {
+    /// `field` of /proc/<pid>/status (kB) summed over the processes that
+    /// serve (nginx: its workers).
+    fn status_kb(&self, field: &str) -> u64 {
         let pid = self.daemon.pid();
         let pids = if self.name == "nginx" {
             children(pid)
         } else {
             vec![pid]
         };
-        pids.iter()
-            .filter_map(|p| proc_status_kb(*p, "VmRSS"))
-            .sum()
+        pids.iter().filter_map(|p| proc_status_kb(*p, field)).sum()
     }
 }
+
+/// Resident memory (MB) sampled together: the goal's VmRSS, and its
+/// file-backed (binary, libraries) and anonymous (heap, stacks) parts.
+const RSS_FIELDS: [&str; 3] = ["VmRSS", "RssFile", "RssAnon"];
 
 /// nginx answering every request with a 1 KB body (the backend of every
 /// benchmark), on `addr`.
@@ -282,7 +285,8 @@ fn measure(
     }
     let secs = budget.seconds.to_string();
     let n = proxies.len();
-    let (mut h1, mut h2, mut rss) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let (mut h1, mut h2) = (vec![vec![]; n], vec![vec![]; n]);
+    let mut rss = RSS_FIELDS.map(|_| vec![vec![]; n]);
     // Warm-up: one short run each (connection pools, page cache).
     for p in &proxies {
         let url = format!("http://127.0.0.1:{}/", p.h1_port);
@@ -319,7 +323,9 @@ fn measure(
                 .stdout(std::process::Stdio::piped())
                 .spawn()?;
             std::thread::sleep(Duration::from_millis(u64::from(budget.seconds) * 500));
-            rss[i].push(p.rss_kb() as f64 / 1024.0);
+            for (field, samples) in RSS_FIELDS.iter().zip(&mut rss) {
+                samples[i].push(p.status_kb(field) as f64 / 1024.0);
+            }
             let out = wrk.wait_with_output()?;
             let rps = wrk_rps(&String::from_utf8_lossy(&out.stdout))?;
             println!("    repeat {repeat}: {} HTTP/1.1 {rps:.0} req/s", p.name);
@@ -348,7 +354,7 @@ fn measure(
     }
     let h1s = Summary::each(&h1);
     let h2s = Summary::each(&h2);
-    let rsss = Summary::each(&rss);
+    let [rsss, files, anons] = rss.map(|samples| Summary::each(&samples));
     // Open loop at half of nginx's maximum HTTP/1.1 rate.
     let rate = (h1s[1].median / 2.0).floor();
     let (mut p50, mut p99, mut bad) = (vec![vec![]; n], vec![vec![]; n], vec![0u64; n]);
@@ -401,6 +407,16 @@ fn measure(
         goal(h2s[0].median >= h2s[1].median), h2s[0].median / h2s[1].median,
         goal(p99s[0].median <= p99s[1].median), p99s[0].median, p99s[1].median,
         goal(rsss[0].median <= rsss[1].median / 2.0), rsss[0].median, rsss[1].median,
+    ));
+    let split: Vec<String> = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} {:.1} / {:.1}", p.name, files[i].median, anons[i].median))
+        .collect();
+    md.push_str(&format!(
+        "RSS under load, file-backed (own binary, shared libraries) / anonymous (heap, stacks) MB, medians: {} \
+         ([`docs/l7-memory.md`](../../docs/l7-memory.md)).\n\n",
+        split.join("; ")
     ));
     let names: Vec<String> = proxies.iter().map(|p| p.name.to_string()).collect();
     let bars = |v: &[Summary]| -> Vec<(String, Summary)> {
