@@ -48,7 +48,10 @@ use request_metrics::RequestMetrics;
 pub use route_table::{RequestView, RouteTable};
 use upstream::Upstream;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Why a body failed: hyper's error for a client's body, an I/O error or a
+/// framing error for a backend's.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Slow clients must send their request headers within this time (plain
 /// HTTP/1.1 connections: within 1.5 times it, `head_timeout`). Idle
@@ -855,9 +858,9 @@ async fn forward<'t>(
                     Some((policy, replay)),
                 )
             }
-            Err(body) => (body.boxed(), None),
+            Err(body) => (body.map_err(BoxError::from).boxed(), None),
         },
-        _ => (body.boxed(), None),
+        _ => (body.map_err(BoxError::from).boxed(), None),
     };
     let has_body = !body.is_end_stream();
     let mut copies = Vec::new();
