@@ -37,9 +37,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{BoxError, ProxyBody, empty_body, hop_by_hop_index};
+use super::{BoxError, ProxyBody, empty_body, hop_by_hop_index, strip_hop_by_hop};
 
-/// A connection idle longer than this is closed.
+/// A connection idle longer than this is closed (by the sweep, which
+/// drops those idle over `IDLE_TIMEOUT - SWEEP_EVERY`, so that a checkout
+/// reads no clock).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often idle connections are looked over (closed or expired ones dropped).
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
@@ -136,7 +138,8 @@ impl Http1Pool {
     }
 
     /// Sends `request` (origin-form URI, hop-by-hop headers removed) to
-    /// `endpoint` on an idle connection, or a new one. Idle connections the
+    /// `endpoint` on an idle connection, or a new one; the response comes
+    /// without hop-by-hop headers (but for a 101's). Idle connections the
     /// backend closed are passed over; a request without a body that a
     /// reused connection could not take (its write failed, no answer came)
     /// goes on the next one, as hyper-util does. A request that was written
@@ -261,7 +264,7 @@ impl Http1Pool {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(&endpoint)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.connection.is_idle_and_open() {
+            if entry.connection.is_idle_and_open() {
                 return Some(entry.connection);
             }
         }
@@ -338,10 +341,14 @@ async fn send_upgrade(
             tracing::debug!(%endpoint, error = %e, "backend connection ended with an error");
         }
     });
-    let response = sender
+    let mut response = sender
         .send_request(request)
         .await
         .map_err(SendError::Upgrade)?;
+    // As the inline exchange's responses; a 101 keeps its Upgrade.
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(response.headers_mut(), false);
+    }
     // The sender lives as long as the body: dropped, it would end the
     // connection of a refused upgrade before its body is read.
     Ok(response.map(|body| {
@@ -859,7 +866,9 @@ async fn sweep(pool: Weak<Http1Pool>) {
         };
         let mut idle = pool.idle.lock().expect("pool lock");
         for list in idle.values_mut() {
-            list.retain(|e| e.since.elapsed() < IDLE_TIMEOUT && e.connection.is_idle_and_open());
+            list.retain(|e| {
+                e.since.elapsed() < IDLE_TIMEOUT - SWEEP_EVERY && e.connection.is_idle_and_open()
+            });
         }
         idle.retain(|_, list| !list.is_empty());
     }

@@ -919,7 +919,10 @@ async fn forward<'t>(
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers, false);
+            // The HTTP/1.1 pool strips them while it parses the head.
+            if !matches!(client, upstream::BackendClient::Http1(_)) {
+                strip_hop_by_hop(&mut parts.headers, false);
+            }
             for set in [&backend.filters, &rule.filters] {
                 if let Some(modifier) = &set.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);
