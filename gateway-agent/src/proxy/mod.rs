@@ -399,6 +399,16 @@ fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A client's request body as forwarded. An empty one is boxed without an
+/// allocation (most requests have none).
+fn request_body(body: Incoming) -> ProxyBody {
+    if body.is_end_stream() {
+        empty_body()
+    } else {
+        body.map_err(BoxError::from).boxed()
+    }
+}
+
 /// Chooses a backend by weight; `Err` is the status to answer instead: 500
 /// for the share of unresolved backendRefs, 503 when no endpoint is ready.
 fn choose_backend(rule: &HttpRule) -> Result<&HttpBackend, StatusCode> {
@@ -858,9 +868,9 @@ async fn forward<'t>(
                     Some((policy, replay)),
                 )
             }
-            Err(body) => (body.map_err(BoxError::from).boxed(), None),
+            Err(body) => (request_body(body), None),
         },
-        _ => (body.map_err(BoxError::from).boxed(), None),
+        _ => (request_body(body), None),
     };
     let has_body = !body.is_end_stream();
     let mut copies = Vec::new();
