@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::ProxyBody;
+use super::{BoxError, ProxyBody};
 
 /// The exchanges of one connection, as its worker's sweep sees them.
 #[derive(Default)]
@@ -184,12 +184,12 @@ impl ServedBody {
 
 impl Body for ServedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

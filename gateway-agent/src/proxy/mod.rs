@@ -48,7 +48,10 @@ use request_metrics::RequestMetrics;
 pub use route_table::{RequestView, RouteTable};
 use upstream::Upstream;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Why a body failed: hyper's error for a client's body, an I/O error or a
+/// framing error for a backend's.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Slow clients must send their request headers within this time (plain
 /// HTTP/1.1 connections: within 1.5 times it, `head_timeout`). Idle
@@ -394,6 +397,16 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 
 fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A client's request body as forwarded. An empty one is boxed without an
+/// allocation (most requests have none).
+fn request_body(body: Incoming) -> ProxyBody {
+    if body.is_end_stream() {
+        empty_body()
+    } else {
+        body.map_err(BoxError::from).boxed()
+    }
 }
 
 /// Chooses a backend by weight; `Err` is the status to answer instead: 500
@@ -855,9 +868,9 @@ async fn forward<'t>(
                     Some((policy, replay)),
                 )
             }
-            Err(body) => (body.boxed(), None),
+            Err(body) => (request_body(body), None),
         },
-        _ => (body.boxed(), None),
+        _ => (request_body(body), None),
     };
     let has_body = !body.is_end_stream();
     let mut copies = Vec::new();
@@ -916,7 +929,10 @@ async fn forward<'t>(
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers, false);
+            // The HTTP/1.1 pool strips them while it parses the head.
+            if !matches!(client, upstream::BackendClient::Http1(_)) {
+                strip_hop_by_hop(&mut parts.headers, false);
+            }
             for set in [&backend.filters, &rule.filters] {
                 if let Some(modifier) = &set.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);

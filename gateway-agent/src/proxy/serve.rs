@@ -7,6 +7,10 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::task::AtomicWaker;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -157,13 +161,63 @@ async fn drained<C, E>(
         biased;
         result = connection.as_mut() => result,
         // A drain, or the proxy gone.
-        _ = drain.changed() => {
+        _ = WhenWoken::new(drain.changed()) => {
             finish(connection.as_mut());
             connection.await
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Polls `inner` only once its own waker has fired (and on the first
+/// poll). A connection's task is woken for every read and write of its
+/// requests, and looking at the drain signal each time cost ~370
+/// instructions per request (callgrind).
+struct WhenWoken<F> {
+    inner: Pin<Box<F>>,
+    woken: Arc<Woken>,
+}
+
+struct Woken {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WhenWoken<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            woken: Arc::new(Woken {
+                fired: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.woken.task.register(cx.waker());
+        if !self.woken.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.woken.clone());
+        self.inner.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 

@@ -16,10 +16,10 @@ use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::{Client, connect::Connect, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::ProxyBody;
 use super::http1_pool::{Http1Pool, SendError};
 use super::retry::Failure;
 use super::upstream_tls::{TlsClient, TlsUpstreams};
+use super::{BoxError, ProxyBody};
 use crate::model::{BackendProtocol, BackendTls};
 
 type H2cClient = Client<HttpConnector, ProxyBody>;
@@ -103,8 +103,9 @@ fn http1_failure(e: SendError) -> Failure {
     tracing::debug!(error = %e, "upstream request failed");
     match e {
         SendError::Connect(_) => Failure::Connect,
-        SendError::Http(e) if e.is_parse() => Failure::Invalid,
-        SendError::Http(_) => Failure::Reset,
+        SendError::Invalid(_) => Failure::Invalid,
+        SendError::Upgrade(e) if e.is_parse() => Failure::Invalid,
+        SendError::Io(_) | SendError::Upgrade(_) => Failure::Reset,
     }
 }
 
@@ -126,7 +127,7 @@ async fn pooled<C: Connect + Clone + Send + Sync + 'static>(
         .or_else(|| Some(uri::PathAndQuery::from_static("/")));
     *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Invalid)?;
     match client.request(request).await {
-        Ok(response) => Ok(response.map(BodyExt::boxed)),
+        Ok(response) => Ok(response.map(|body| body.map_err(BoxError::from).boxed())),
         Err(e) => {
             tracing::debug!(error = %e, "upstream request failed");
             Err(if e.is_connect() {
