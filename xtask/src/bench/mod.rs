@@ -115,8 +115,11 @@ pub fn run(which: Which, quick: bool, command_line: &str) -> anyhow::Result<()> 
 /// one compile of it (built apart, their dependency features differ and each
 /// compiled it again, a minute or more per copy on 2 CPUs). All three are
 /// built whichever sections run, so that `bench l4`, `bench control-plane`
-/// and `bench all` ask for the same features and reuse that compile. The
-/// agent itself is built alone, with its own features only.
+/// and `bench all` ask for the same features and reuse that compile; only
+/// those the environment names (`BENCH_PROGRAM_COST_BINARY`,
+/// `BENCH_FAKE_APISERVER`) or skips (`BENCH_SKIP_CRITERION`) are left out,
+/// and nothing is built when all three are. The agent itself is built
+/// alone, with its own features only.
 pub struct Helpers {
     /// The tests crate's `program-cost` (l4).
     pub program_cost: PathBuf,
@@ -146,36 +149,50 @@ impl Helpers {
             ),
             ("gateway-agent", "--bench", "scale", None),
         ];
-        let mut cmd = std::process::Command::new("cargo");
-        cmd.args([
-            "build",
-            "--release",
-            "--quiet",
-            "--message-format=json-render-diagnostics",
-            "-p",
-            "gateway-tests",
-            "-p",
-            "gateway-agent",
-        ]);
-        for (_, flag, name, _) in &targets {
-            cmd.args([*flag, *name]);
-        }
-        println!("==> cargo build --release: program-cost, fake-apiserver, the scale benchmark");
-        let out = cmd
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("cannot start cargo build")?;
-        anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
+        let skip_criterion = std::env::var_os("BENCH_SKIP_CRITERION").is_some();
+        // What the environment names (or skips) is not built: a bench on
+        // given binaries of another branch starts at once.
+        let to_build: Vec<_> = targets
+            .iter()
+            .filter(|(_, _, name, env)| {
+                let named = env.is_some_and(|env| std::env::var_os(env).is_some());
+                let skipped = *name == "scale" && skip_criterion;
+                !(named || skipped)
+            })
+            .collect();
         let mut built = std::collections::HashMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if let (Some(name), Some(executable)) = (
-                message["target"]["name"].as_str(),
-                message["executable"].as_str(),
-            ) {
-                built.insert(name.to_string(), PathBuf::from(executable));
+        if !to_build.is_empty() {
+            let mut cmd = std::process::Command::new("cargo");
+            cmd.args([
+                "build",
+                "--release",
+                "--quiet",
+                "--message-format=json-render-diagnostics",
+                "-p",
+                "gateway-tests",
+                "-p",
+                "gateway-agent",
+            ]);
+            for (_, flag, name, _) in &to_build {
+                cmd.args([*flag, *name]);
+            }
+            let names: Vec<_> = to_build.iter().map(|(_, _, name, _)| *name).collect();
+            println!("==> cargo build --release: {}", names.join(", "));
+            let out = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("cannot start cargo build")?;
+            anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", out.status);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if let (Some(name), Some(executable)) = (
+                    message["target"]["name"].as_str(),
+                    message["executable"].as_str(),
+                ) {
+                    built.insert(name.to_string(), PathBuf::from(executable));
+                }
             }
         }
         let mut binary = |name: &str, env: Option<&str>| -> anyhow::Result<PathBuf> {
@@ -191,9 +208,10 @@ impl Helpers {
         Ok(Helpers {
             program_cost: program_cost?,
             fake_apiserver: fake_apiserver?,
-            scale_bench: match std::env::var_os("BENCH_SKIP_CRITERION") {
-                Some(_) => None,
-                None => Some(scale_bench?),
+            scale_bench: if skip_criterion {
+                None
+            } else {
+                Some(scale_bench?)
             },
         })
     }
