@@ -37,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{BoxError, ProxyBody, empty_body, hop_by_hop_index, strip_hop_by_hop};
+use super::{BoxError, ProxyBody, empty_body, hop_by_hop_index, strip_response_hop_by_hop};
 
 /// A connection idle longer than this is closed (by the sweep, which
 /// drops those idle over `IDLE_TIMEOUT - SWEEP_EVERY`, so that a checkout
@@ -346,9 +346,7 @@ async fn send_upgrade(
         .await
         .map_err(SendError::Upgrade)?;
     // As the inline exchange's responses; a 101 keeps its Upgrade.
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        strip_hop_by_hop(response.headers_mut(), false);
-    }
+    strip_response_hop_by_hop(&mut response);
     // The sender lives as long as the body: dropped, it would end the
     // connection of a refused upgrade before its body is read.
     Ok(response.map(|body| {

@@ -478,6 +478,14 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == name)
 }
 
+/// A backend's response as forwarded: without hop-by-hop headers, but for
+/// a 101's, whose `Upgrade` and `Connection` the client must see.
+fn strip_response_hop_by_hop<B>(response: &mut Response<B>) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(response.headers_mut(), false);
+    }
+}
+
 /// Removes the hop-by-hop headers (RFC 9110 7.6.1).
 /// `te: trailers` survives towards an HTTP/2 backend: gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
@@ -928,11 +936,8 @@ async fn forward<'t>(
             Ok(response)
         }
         Ok(response) => {
+            // Hop-by-hop headers are gone: every backend client removes them.
             let (mut parts, body) = response.into_parts();
-            // The HTTP/1.1 pool strips them while it parses the head.
-            if !matches!(client, upstream::BackendClient::Http1(_)) {
-                strip_hop_by_hop(&mut parts.headers, false);
-            }
             for set in [&backend.filters, &rule.filters] {
                 if let Some(modifier) = &set.response_headers {
                     filters::modify_headers(&mut parts.headers, modifier);

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::http1_pool::{Http1Pool, SendError};
 use super::retry::Failure;
 use super::upstream_tls::{TlsClient, TlsUpstreams};
-use super::{BoxError, ProxyBody};
+use super::{BoxError, ProxyBody, strip_response_hop_by_hop};
 use crate::model::{BackendProtocol, BackendTls};
 
 type H2cClient = Client<HttpConnector, ProxyBody>;
@@ -75,7 +75,8 @@ pub(super) enum BackendClient {
 }
 
 impl BackendClient {
-    /// Sends `request` (origin-form) to `endpoint`. Not an `async fn`: that
+    /// Sends `request` (origin-form) to `endpoint`; the response comes
+    /// without hop-by-hop headers (but for a 101's). Not an `async fn`: that
     /// would keep a second copy of the request beside the future it is moved
     /// into, and every request's future (which hyper moves whole) holds this.
     pub(super) fn request(
@@ -127,7 +128,10 @@ async fn pooled<C: Connect + Clone + Send + Sync + 'static>(
         .or_else(|| Some(uri::PathAndQuery::from_static("/")));
     *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Invalid)?;
     match client.request(request).await {
-        Ok(response) => Ok(response.map(|body| body.map_err(BoxError::from).boxed())),
+        Ok(mut response) => {
+            strip_response_hop_by_hop(&mut response);
+            Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
+        }
         Err(e) => {
             tracing::debug!(error = %e, "upstream request failed");
             Err(if e.is_connect() {
