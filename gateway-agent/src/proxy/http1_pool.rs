@@ -37,7 +37,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{BoxError, ProxyBody, empty_body, hop_by_hop_index, strip_response_hop_by_hop};
+use super::{
+    BoxError, HOP_BY_HOP, ProxyBody, empty_body, hop_by_hop_index, strip_response_hop_by_hop,
+};
 
 /// A connection idle longer than this is closed (by the sweep, which
 /// drops those idle over `IDLE_TIMEOUT - SWEEP_EVERY`, so that a checkout
@@ -572,8 +574,8 @@ fn parse_head(
                 fields.push((name, value));
             }
             None => fields.push((name, value)),
-            // `Connection`: its options, and the names it lists go too.
-            Some(0) => {
+            // Its options, and the names it lists go too.
+            Some(i) if HOP_BY_HOP[i] == header::CONNECTION => {
                 for option in tokens(field.value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -584,8 +586,7 @@ fn parse_head(
                     }
                 }
             }
-            // `Transfer-Encoding`
-            Some(5) => {
+            Some(i) if HOP_BY_HOP[i] == header::TRANSFER_ENCODING => {
                 chunked = tokens(field.value)
                     .last()
                     .map(|coding| coding.eq_ignore_ascii_case(b"chunked"))
