@@ -641,7 +641,7 @@ fn parse_head(
 }
 
 /// The comma-separated elements of a header value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
@@ -649,7 +649,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// A Content-Length value: digits, or a list of the same digits repeated.
-fn parse_content_length(value: &[u8]) -> Option<u64> {
+pub(super) fn parse_content_length(value: &[u8]) -> Option<u64> {
     let mut length = None;
     for element in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
         if element.is_empty() {
@@ -672,9 +672,9 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     length
 }
 
-/// Where a response body's decoding is.
+/// Where a body's decoding is (responses here, requests in `http1_server`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decode {
+pub(super) enum Decode {
     /// Bytes left of a Content-Length body.
     Length(u64),
     /// A chunk-size line is next.
@@ -691,7 +691,7 @@ enum Decode {
 
 /// What one step of decoding the buffered bytes gave.
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     Data(Bytes),
     /// More bytes are needed.
     More,
@@ -700,7 +700,7 @@ enum Step {
 
 impl Decode {
     /// Takes what it can from `read`: body data, framing consumed, or the end.
-    fn step(&mut self, read: &mut BytesMut) -> Result<Step, BoxError> {
+    pub(super) fn step(&mut self, read: &mut BytesMut) -> Result<Step, BoxError> {
         loop {
             match *self {
                 Decode::Length(0) | Decode::Done => {

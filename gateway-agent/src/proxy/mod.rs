@@ -8,6 +8,7 @@
 mod filters;
 mod head_timeout;
 mod http1_pool;
+mod http1_server;
 mod mirror;
 mod request_metrics;
 mod retry;
@@ -316,25 +317,35 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = ServedFuture;
 
     fn call(&self, req: Request<Incoming>) -> ServedFuture {
+        // Boxed once here: hyper and tokio move the future whole (HTTP/2:
+        // about ten times per request, into the stream's task and out;
+        // HTTP/1.1: twice), a copy of kilobytes each.
+        Box::pin(self.exchange(req.map(request_body)).map(Ok))
+    }
+}
+
+impl ProxyService {
+    /// The response to one request of this connection: what hyper's
+    /// connections (through `call`) and the inline HTTP/1.1 server await.
+    fn exchange(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Response<ServedBody>> + Send + 'static {
         if let Some(exchanges) = &self.exchanges {
             exchanges.started();
         }
         let exchanges = self.exchanges.clone();
-        // Each request takes the table current when it starts. Boxed once
-        // here: hyper and tokio move the future whole (HTTP/2: about ten
-        // times per request, into the stream's task and out; HTTP/1.1:
-        // twice), a copy of kilobytes each. No async block around it: one
-        // would hold a second copy of the request and these handles.
-        Box::pin(
-            handle(
-                req,
-                self.table.load_full(),
-                self.shared.clone(),
-                self.upstream.clone(),
-                self.connection.clone(),
-            )
-            .map(move |response| Ok(response.map(|body| ServedBody::new(body, exchanges)))),
+        // Each request takes the table current when it starts. No async
+        // block around it: one would hold a second copy of the request and
+        // these handles.
+        handle(
+            req,
+            self.table.load_full(),
+            self.shared.clone(),
+            self.upstream.clone(),
+            self.connection.clone(),
         )
+        .map(move |response| response.map(|body| ServedBody::new(body, exchanges)))
     }
 }
 
@@ -634,7 +645,7 @@ struct AccessLogRequest {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     table: Arc<RouteTable>,
     shared: Arc<Shared>,
     upstream: Arc<Upstream>,
@@ -689,7 +700,7 @@ async fn handle(
 
 /// The response to `req`, or the status the proxy answers itself.
 async fn forward<'t>(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     table: &'t RouteTable,
     upstream: &Upstream,
     connection: &Connection,
@@ -876,9 +887,9 @@ async fn forward<'t>(
                     Some((policy, replay)),
                 )
             }
-            Err(body) => (request_body(body), None),
+            Err(body) => (body, None),
         },
-        _ => (request_body(body), None),
+        _ => (body, None),
     };
     let has_body = !body.is_end_stream();
     let mut copies = Vec::new();

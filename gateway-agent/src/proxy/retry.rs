@@ -9,11 +9,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt as _;
 use futures::future::Either;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
@@ -94,17 +94,29 @@ impl Replayable {
 
 /// The body whole when it is small enough to replay, else the body untouched
 /// (to be streamed once). `Err` when the client's body fails while buffering.
-pub(super) async fn buffer_if_small(body: Incoming) -> Result<Result<Bytes, Incoming>, StatusCode> {
+pub(super) async fn buffer_if_small(
+    body: ProxyBody,
+) -> Result<Result<Bytes, ProxyBody>, StatusCode> {
     if body.is_end_stream() {
         return Ok(Ok(Bytes::new()));
     }
     match body.size_hint().exact() {
         Some(len) if len <= MAX_REPLAY_BODY => {
-            let limited = Limited::new(body, MAX_REPLAY_BODY as usize);
-            match limited.collect().await {
-                Ok(collected) => Ok(Ok(collected.to_bytes())),
-                Err(_) => Err(StatusCode::BAD_REQUEST),
+            // Collected by hand: `Limited` over a boxed error makes the
+            // request future fail rustc's `Send` proof (a higher-ranked
+            // `From` bound).
+            let mut body = body;
+            let mut buffered = BytesMut::with_capacity(len as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+                if let Ok(data) = frame.into_data() {
+                    if buffered.len() + data.len() > MAX_REPLAY_BODY as usize {
+                        return Err(StatusCode::BAD_REQUEST);
+                    }
+                    buffered.extend_from_slice(&data);
+                }
             }
+            Ok(Ok(buffered.freeze()))
         }
         _ => Ok(Err(body)),
     }
@@ -277,6 +289,7 @@ mod tests {
     use super::*;
     use crate::model::BackendProtocol;
     use crate::proxy::upstream::Upstream;
+    use hyper::body::Incoming;
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -492,11 +505,12 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let verdict = match buffer_if_small(req.into_body()).await {
-                        Ok(Ok(bytes)) => format!("buffered {}", bytes.len()),
-                        Ok(Err(_)) => "streamed".to_string(),
-                        Err(code) => code.to_string(),
-                    };
+                    let verdict =
+                        match buffer_if_small(super::super::request_body(req.into_body())).await {
+                            Ok(Ok(bytes)) => format!("buffered {}", bytes.len()),
+                            Ok(Err(_)) => "streamed".to_string(),
+                            Err(code) => code.to_string(),
+                        };
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                         verdict,
                     ))))

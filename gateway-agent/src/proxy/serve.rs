@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::head_timeout::Exchanges;
+use super::http1_server::{self, Rewind};
 use super::{
     HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEAD_BYTES, ProxyService, Shared, tls,
 };
@@ -71,16 +72,22 @@ pub(super) async fn plain(stream: TcpStream, service: ProxyService, exchanges: A
     let peer = service.connection.peer;
     match speaks {
         Speaks::Http1 => {
+            // Ours inline (http1_server); boxed: the request's future lives
+            // in it, kilobytes the task would copy at spawn otherwise.
+            let served = Box::pin(http1_server::serve(stream, &mut drain, |request| {
+                service.exchange(request)
+            }))
+            .await;
+            // What it does not serve inline goes to hyper, from its head on.
+            let Some(handed) = served else {
+                return;
+            };
             let mut builder = http1::Builder::new();
             builder
                 .header_read_timeout(None) // the worker's sweep instead
-                .max_buf_size(MAX_HEAD_BYTES)
-                // One buffer and `write`: a response's head and its (small)
-                // body copied together cost less than hyper's queue of
-                // buffers for `writev` (callgrind, −275 per request).
-                .writev(false);
+                .max_buf_size(MAX_HEAD_BYTES);
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(Rewind::from(handed)), service)
                 .with_upgrades();
             drained(drain, peer, connection, |c| c.graceful_shutdown()).await;
         }
@@ -175,7 +182,7 @@ async fn drained<C, E>(
 /// poll). A connection's task is woken for every read and write of its
 /// requests, and looking at the drain signal each time cost ~370
 /// instructions per request (callgrind).
-struct WhenWoken<F> {
+pub(super) struct WhenWoken<F> {
     inner: Pin<Box<F>>,
     woken: Arc<Woken>,
 }
@@ -197,7 +204,7 @@ impl Wake for Woken {
 }
 
 impl<F: Future> WhenWoken<F> {
-    fn new(inner: F) -> Self {
+    pub(super) fn new(inner: F) -> Self {
         Self {
             inner: Box::pin(inner),
             woken: Arc::new(Woken {
