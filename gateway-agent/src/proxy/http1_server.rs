@@ -153,15 +153,9 @@ where
         };
         let response = exchange(request.map(|()| body)).await;
         keep_alive &= !draining;
-        let written = write_response(
-            &stream,
-            &mut write,
-            response,
-            head_request,
-            http10,
-            &mut keep_alive,
-        )
-        .await;
+        let (body, framing) =
+            encode_head(&mut write, response, head_request, http10, &mut keep_alive);
+        let written = write_body(&stream, &mut write, body, framing).await;
         if let Some(reader) = reader {
             // The body may outlive the exchange (a backend client holding
             // it): it reads no more, and the buffer comes back.
@@ -348,21 +342,23 @@ fn header_value(bytes: Bytes) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
-/// Writes `response` (hyper's framing rules: the body's own length, else
-/// its `Content-Length`, else chunked, or close-delimited for HTTP/1.0);
-/// clears `keep_alive` when the connection must close after it.
-async fn write_response<B>(
-    stream: &TcpStream,
+/// Writes the head of `response` into `write` (hyper's framing rules: the
+/// body's own length, else its `Content-Length`, else chunked, or
+/// close-delimited for HTTP/1.0) and returns how its body goes; clears
+/// `keep_alive` when the connection must close after it. Not async, and
+/// the head is dropped here: the body's writer, whose future the
+/// connection's holds, keeps only the body.
+fn encode_head<B>(
     write: &mut Vec<u8>,
     response: Response<B>,
     head_request: bool,
     http10: bool,
     keep_alive: &mut bool,
-) -> std::io::Result<()>
+) -> (B, Framing)
 where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError>,
 {
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     // A final response is due: hyper answers a 1xx with a 500 too.
     let replaced = parts.status.is_informational();
     let none = HeaderMap::new();
@@ -417,7 +413,7 @@ where
         {
             let _ = write!(write, "content-length: {length}\r\n");
         }
-        Framing::Length(0)
+        Framing::None
     } else {
         let declared = || declared.and_then(|v| parse_content_length(v.as_bytes()));
         match body.size_hint().exact().or_else(declared) {
@@ -446,11 +442,25 @@ where
         _ => {}
     }
     write.extend_from_slice(b"\r\n");
+    (body, framing)
+}
+
+/// Writes the head in `write` with the body's frames as they come, framed
+/// by `framing`.
+async fn write_body<B>(
+    stream: &TcpStream,
+    write: &mut Vec<u8>,
+    mut body: B,
+    framing: Framing,
+) -> std::io::Result<()>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     let mut left = match framing {
         Framing::Length(length) => Some(length),
         _ => None,
     };
-    while !bodiless && !body.is_end_stream() {
+    while framing != Framing::None && !body.is_end_stream() {
         // Written out before waiting for more of the body.
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
@@ -488,7 +498,7 @@ where
     }
     match framing {
         Framing::Chunked => write.extend_from_slice(b"0\r\n\r\n"),
-        Framing::Length(_) if !bodiless && left != Some(0) => {
+        Framing::Length(_) if left != Some(0) => {
             return Err(std::io::Error::other(
                 "response body shorter than its length",
             ));
@@ -501,6 +511,8 @@ where
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
     Length(u64),
     Chunked,
     UntilClose,
