@@ -599,9 +599,7 @@ fn parse_head(
     let head = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for (name, value) in fields.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| SendError::Invalid("malformed header value"))?;
-        headers.append(name, value);
+        headers.append(name, header_value(head.slice(value)));
     }
     for name in listed {
         headers.remove(name);
@@ -638,6 +636,15 @@ fn parse_head(
         framing,
         reusable: persistent && !ambiguous && framing != Framing::UntilClose,
     }))
+}
+
+/// A header value httparse accepted. Not validated again (hyper does the
+/// same): its check, HTAB, SP, VCHAR and obs-text, is exactly `HeaderValue`'s.
+pub(super) fn header_value(bytes: Bytes) -> HeaderValue {
+    // SAFETY: httparse's `HEADER_VALUE_MAP` accepts `\t | b' '..=0x7e |
+    // 0x80..=0xff`, the bytes `HeaderValue::from_bytes` accepts (`>= 32 &&
+    // != 127 || == b'\t'`); debug builds check it again (and panic).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 /// The comma-separated elements of a header value, trimmed, empty ones skipped.

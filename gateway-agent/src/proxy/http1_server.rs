@@ -42,13 +42,13 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use futures::FutureExt as _;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::http1_pool::{Decode, Step, parse_content_length, tokens};
+use super::http1_pool::{Decode, Step, header_value, parse_content_length, tokens};
 use super::serve::WhenWoken;
 use super::{BoxError, MAX_HEAD_BYTES, ProxyBody, empty_body};
 
@@ -331,15 +331,6 @@ fn parse_head(
         body,
         keep_alive: keep_alive && !close,
     }))
-}
-
-/// A header value httparse accepted. Not validated again (hyper does the
-/// same): its check, HTAB, SP, VCHAR and obs-text, is exactly `HeaderValue`'s.
-fn header_value(bytes: Bytes) -> HeaderValue {
-    // SAFETY: httparse's `HEADER_VALUE_MAP` accepts `\t | b' '..=0x7e |
-    // 0x80..=0xff`, the bytes `HeaderValue::from_bytes` accepts (`>= 32 &&
-    // != 127 || == b'\t'`); debug builds check it again (and panic).
-    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 /// Writes the head of `response` into `write` (hyper's framing rules: the
@@ -769,6 +760,7 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
+    use hyper::header::HeaderValue;
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
