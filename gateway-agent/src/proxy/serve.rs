@@ -72,11 +72,13 @@ pub(super) async fn plain(stream: TcpStream, service: ProxyService, exchanges: A
     let peer = service.connection.peer;
     match speaks {
         Speaks::Http1 => {
-            // Ours inline (http1_server); boxed: the request's future lives
-            // in it, kilobytes the task would copy at spawn otherwise.
-            let served = Box::pin(http1_server::serve(stream, &mut drain, |request| {
-                service.exchange(request)
-            }))
+            // Ours inline (http1_server). Each request's future (~3.5 KB)
+            // is boxed: held inline, the connection's future would copy
+            // it twice per request (callgrind: ~730 instructions, against
+            // one copy and an allocation), and keep its room while idle.
+            let served = http1_server::serve(stream, &mut drain, |request| {
+                Box::pin(service.exchange(request))
+            })
             .await;
             // What it does not serve inline goes to hyper, from its head on.
             let Some(handed) = served else {
