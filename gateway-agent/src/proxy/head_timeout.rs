@@ -27,7 +27,8 @@ use super::{BoxError, ProxyBody};
 pub(super) struct Exchanges {
     /// Request heads received (the service was called).
     started: AtomicU32,
-    /// Responses finished: hyper dropped their bodies.
+    /// Responses finished: their bodies dropped (by hyper or the inline
+    /// server).
     finished: AtomicU32,
     /// Set by the sweep: the connection waited for a head too long.
     expired: AtomicBool,
@@ -169,8 +170,8 @@ impl Future for Expired {
     }
 }
 
-/// A response body that counts its exchange finished when hyper drops it
-/// (after sending it whole, or on the connection's end).
+/// A response body that counts its exchange finished when it is dropped
+/// (after it was sent whole, or on the connection's end).
 pub(super) struct ServedBody {
     inner: ProxyBody,
     exchanges: Option<Arc<Exchanges>>,

@@ -1,7 +1,8 @@
-//! One client connection served by hyper: plain connections are told apart
-//! (HTTP/1.1 or h2c) by a peek at their first bytes and handed to hyper's
-//! connection of that protocol; TLS ones go through hyper-util's automatic
-//! detection. Every connection finishes when the proxy drains.
+//! One client connection: plain connections are told apart (HTTP/1.1 or
+//! h2c) by a peek at their first bytes; HTTP/1.1 is served by our inline
+//! server (`http1_server`, which hands upgrades, CONNECT and `Expect` to
+//! hyper), h2c by hyper's connection; TLS ones go through hyper-util's
+//! automatic detection. Every connection finishes when the proxy drains.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
