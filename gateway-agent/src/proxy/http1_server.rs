@@ -2,9 +2,10 @@
 //! one loop per connection reads request heads into one small read buffer
 //! (4 KiB, grown only while a head does not fit, up to `MAX_HEAD_BYTES`),
 //! parses them with `httparse` (header values share the buffer's bytes),
-//! awaits the proxy's exchange in the loop itself (no boxed request future,
-//! no dispatch), and writes each response head with its body's first bytes
-//! through one reused write buffer.
+//! awaits the proxy's exchange in the loop itself (no connection task or
+//! dispatch channel; the caller boxes each request's future), and writes
+//! each response head with its body's first bytes through one reused
+//! write buffer.
 //!
 //! Inline: requests with no body, a `Content-Length` or a chunked body
 //! (streamed from the socket, never buffered whole), keep-alive (RFC 9112
