@@ -563,3 +563,26 @@ fn measure(
         markdown: md,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// oha's JSON report, cut to the fields the bench reads.
+    const OHA: &str = r#"{
+        "latencyPercentiles": {"p50": 0.00071, "p90": 0.00094, "p99": 0.0066, "p99.9": 0.0155},
+        "statusCodeDistribution": {"200": 159300, "502": 2},
+        "errorDistribution": {"aborted due to deadline": 3}
+    }"#;
+
+    #[test]
+    fn reads_oha_percentiles_in_ms_and_counts_failures() {
+        let (p50, p99, bad) = oha_latency(OHA).unwrap();
+        assert!((p50 - 0.71).abs() < 1e-9 && (p99 - 6.6).abs() < 1e-9);
+        assert_eq!(bad, 5);
+        let json: serde_json::Value = serde_json::from_str(OHA).unwrap();
+        assert!((oha_percentile(&json, "p90").unwrap() - 0.94).abs() < 1e-9);
+        assert!((oha_percentile(&json, "p99.9").unwrap() - 15.5).abs() < 1e-9);
+        assert!(oha_percentile(&json, "p99.99").is_err());
+    }
+}
