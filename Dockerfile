@@ -7,8 +7,8 @@ WORKDIR /src
 COPY . .
 RUN rustup toolchain install nightly --profile minimal --component rust-src \
  && cargo xtask setup \
- && cargo build --release --locked -p gateway-agent \
- && cp target/release/gateway-agent /gateway-agent
+ && cargo build --profile dist --locked -p gateway-agent \
+ && cp target/dist/gateway-agent /gateway-agent
 
 # glibc (the agent links it dynamically); nothing else is needed at run time:
 # the BPF programs are inside the binary, bpffs comes from the host.

@@ -6,8 +6,12 @@
 //! - maximum requests/s, closed loop: wrk (HTTP/1.1 keep-alive, 64
 //!   connections) and h2load (h2c prior knowledge, 10 connections × 10 streams);
 //! - latency, open loop at a fixed rate (half nginx's maximum): oha with
-//!   latency correction, p50 and p99;
+//!   latency correction, p50 and p99 (p90 and p99.9 beside them);
 //! - RSS of each proxy sampled halfway through its wrk run.
+//!
+//! `BENCH_L7_LATENCY_RATE=<req/s>` runs the open-loop phase alone at that
+//! rate (for looking at the tail: many repeats in a few minutes), with
+//! `BENCH_L7_REPEATS` repeats (default: the budget's).
 
 use std::path::Path;
 use std::time::Duration;
@@ -163,6 +167,111 @@ fn start_agent(ns: &Netns, dir: &Path, agent: &Path) -> anyhow::Result<Daemon> {
     )
 }
 
+/// The rate `BENCH_L7_LATENCY_RATE` asks the open-loop phase to run alone at.
+fn latency_only_rate() -> anyhow::Result<Option<f64>> {
+    match std::env::var("BENCH_L7_LATENCY_RATE") {
+        Ok(rate) => Ok(Some(rate.parse().context("BENCH_L7_LATENCY_RATE")?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Open-loop latency per proxy, one value per repeat (ms), interleaved
+/// across the proxies.
+struct Latency {
+    p50: Vec<Vec<f64>>,
+    p90: Vec<Vec<f64>>,
+    p99: Vec<Vec<f64>>,
+    p999: Vec<Vec<f64>>,
+    /// Requests not answered 2xx, over all repeats.
+    bad: Vec<u64>,
+}
+
+impl Latency {
+    fn measure(
+        ns: &Netns,
+        proxies: &[Proxy],
+        rate: f64,
+        repeats: usize,
+        seconds: u32,
+    ) -> anyhow::Result<Latency> {
+        let n = proxies.len();
+        let mut latency = Latency {
+            p50: vec![vec![]; n],
+            p90: vec![vec![]; n],
+            p99: vec![vec![]; n],
+            p999: vec![vec![]; n],
+            bad: vec![0; n],
+        };
+        for repeat in 0..repeats {
+            for (i, p) in proxies.iter().enumerate() {
+                let url = format!("http://127.0.0.1:{}/", p.h1_port);
+                let args = oha_args(seconds, rate, 64, HOST, &url);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let out = ns.run_pinned(CLIENT_CPU, &args)?;
+                let (p50, p99, errors) = oha_latency(&out)?;
+                let json: serde_json::Value = serde_json::from_str(&out)?;
+                let (p90, p999) = (
+                    oha_percentile(&json, "p90")?,
+                    oha_percentile(&json, "p99.9")?,
+                );
+                println!(
+                    "    repeat {repeat}: {} at {rate} req/s: p50 {p50:.2}, p90 {p90:.2}, p99 {p99:.2}, p99.9 {p999:.2} ms ({})",
+                    p.name,
+                    load_average()
+                );
+                latency.p50[i].push(p50);
+                latency.p90[i].push(p90);
+                latency.p99[i].push(p99);
+                latency.p999[i].push(p999);
+                latency.bad[i] += errors;
+            }
+        }
+        Ok(latency)
+    }
+
+    /// All four percentiles per proxy, medians (min–max).
+    fn table(&self, proxies: &[Proxy], rate: f64) -> String {
+        let mut md = format!(
+            "| proxy | p50 ms at {rate:.0} req/s | p90 ms | p99 ms | p99.9 ms | non-2xx/errors |\n|---|---|---|---|---|---|\n"
+        );
+        let [p50, p90, p99, p999] =
+            [&self.p50, &self.p90, &self.p99, &self.p999].map(|v| Summary::each(v));
+        for (i, p) in proxies.iter().enumerate() {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                p.name,
+                p50[i].show(2),
+                p90[i].show(2),
+                p99[i].show(2),
+                p999[i].show(2),
+                self.bad[i]
+            ));
+        }
+        md
+    }
+
+    /// The percentiles around p99, one line under the main table.
+    fn tail(&self, proxies: &[Proxy]) -> String {
+        let [p90, p999] = [&self.p90, &self.p999].map(|v| Summary::each(v));
+        let each: Vec<String> = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{} {:.2} / {:.2}", p.name, p90[i].median, p999[i].median))
+            .collect();
+        format!(
+            "Open loop, p90 / p99.9 ms, medians: {} (the p99 spread comes from short stalls that delay \
+             thousands of requests at once, see [`docs/l7-tail.md`](../../docs/l7-tail.md)).\n\n",
+            each.join("; ")
+        )
+    }
+}
+
+/// The 1-minute load average, for the console next to each figure.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("load {}", text.split_whitespace().next().unwrap_or("?"))
+}
+
 fn wrk_rps(out: &str) -> anyhow::Result<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -193,12 +302,7 @@ fn h2load_rps(out: &str) -> anyhow::Result<f64> {
 pub fn oha_latency(out: &str) -> anyhow::Result<(f64, f64, u64)> {
     let json: serde_json::Value =
         serde_json::from_str(out).with_context(|| format!("oha JSON:\n{out}"))?;
-    let p = |key: &str| -> anyhow::Result<f64> {
-        json["latencyPercentiles"][key]
-            .as_f64()
-            .map(|s| s * 1e3)
-            .with_context(|| format!("no latencyPercentiles.{key} in oha output"))
-    };
+    let p = |key: &str| oha_percentile(&json, key);
     let mut bad = 0;
     if let Some(codes) = json["statusCodeDistribution"].as_object() {
         for (code, n) in codes {
@@ -214,6 +318,14 @@ pub fn oha_latency(out: &str) -> anyhow::Result<(f64, f64, u64)> {
             .sum::<u64>();
     }
     Ok((p("p50")?, p("p99")?, bad))
+}
+
+/// The latency percentile `key` ("p90", "p99.9"...) of oha's JSON, in ms.
+fn oha_percentile(json: &serde_json::Value, key: &str) -> anyhow::Result<f64> {
+    json["latencyPercentiles"][key]
+        .as_f64()
+        .map(|s| s * 1e3)
+        .with_context(|| format!("no latencyPercentiles.{key} in oha output"))
 }
 
 pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str) -> Vec<String> {
@@ -303,6 +415,23 @@ fn measure(
             ],
         )?;
     }
+    if let Some(rate) = latency_only_rate()? {
+        let repeats = match std::env::var("BENCH_L7_REPEATS") {
+            Ok(n) => n.parse().context("BENCH_L7_REPEATS")?,
+            Err(_) => budget.repeats,
+        };
+        let latency = Latency::measure(ns, &proxies, rate, repeats, budget.seconds)?;
+        let mut md = format!(
+            "Open-loop phase alone (`BENCH_L7_LATENCY_RATE`): oha at {rate:.0} req/s, 64 connections, {} s, \
+             {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
+            budget.seconds
+        );
+        md.push_str(&latency.table(&proxies, rate));
+        return Ok(Section {
+            title: "L7: latency at a fixed rate".into(),
+            markdown: md,
+        });
+    }
     for repeat in 0..budget.repeats {
         for (i, p) in proxies.iter().enumerate() {
             let url = format!("http://127.0.0.1:{}/", p.h1_port);
@@ -357,24 +486,9 @@ fn measure(
     let [rsss, files, anons] = rss.map(|samples| Summary::each(&samples));
     // Open loop at half of nginx's maximum HTTP/1.1 rate.
     let rate = (h1s[1].median / 2.0).floor();
-    let (mut p50, mut p99, mut bad) = (vec![vec![]; n], vec![vec![]; n], vec![0u64; n]);
-    for repeat in 0..budget.repeats {
-        for (i, p) in proxies.iter().enumerate() {
-            let url = format!("http://127.0.0.1:{}/", p.h1_port);
-            let args = oha_args(budget.seconds, rate, 64, HOST, &url);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (a, b, errors) = oha_latency(&ns.run_pinned(CLIENT_CPU, &args)?)?;
-            println!(
-                "    repeat {repeat}: {} at {rate} req/s: p50 {a:.2} ms, p99 {b:.2} ms",
-                p.name
-            );
-            p50[i].push(a);
-            p99[i].push(b);
-            bad[i] += errors;
-        }
-    }
-    let p50s = Summary::each(&p50);
-    let p99s = Summary::each(&p99);
+    let latency = Latency::measure(ns, &proxies, rate, budget.repeats, budget.seconds)?;
+    let p50s = Summary::each(&latency.p50);
+    let p99s = Summary::each(&latency.p99);
 
     let mut md = format!(
         "Proxies pinned to CPU {PROXY_CPU} (one worker/thread each: nginx `worker_processes 1`, HAProxy `nbthread 1`, \
@@ -394,7 +508,7 @@ fn measure(
             h2s[i].median / h2s[1].median,
             p50s[i].show(2),
             p99s[i].show(2),
-            bad[i],
+            latency.bad[i],
             rsss[i].show(1),
         ));
     }
@@ -408,6 +522,7 @@ fn measure(
         goal(p99s[0].median <= p99s[1].median), p99s[0].median, p99s[1].median,
         goal(rsss[0].median <= rsss[1].median / 2.0), rsss[0].median, rsss[1].median,
     ));
+    md.push_str(&latency.tail(&proxies));
     let split: Vec<String> = proxies
         .iter()
         .enumerate()
@@ -447,4 +562,27 @@ fn measure(
         title: "L7: HTTP proxy vs nginx and HAProxy".into(),
         markdown: md,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// oha's JSON report, cut to the fields the bench reads.
+    const OHA: &str = r#"{
+        "latencyPercentiles": {"p50": 0.00071, "p90": 0.00094, "p99": 0.0066, "p99.9": 0.0155},
+        "statusCodeDistribution": {"200": 159300, "502": 2},
+        "errorDistribution": {"aborted due to deadline": 3}
+    }"#;
+
+    #[test]
+    fn reads_oha_percentiles_in_ms_and_counts_failures() {
+        let (p50, p99, bad) = oha_latency(OHA).unwrap();
+        assert!((p50 - 0.71).abs() < 1e-9 && (p99 - 6.6).abs() < 1e-9);
+        assert_eq!(bad, 5);
+        let json: serde_json::Value = serde_json::from_str(OHA).unwrap();
+        assert!((oha_percentile(&json, "p90").unwrap() - 0.94).abs() < 1e-9);
+        assert!((oha_percentile(&json, "p99.9").unwrap() - 15.5).abs() < 1e-9);
+        assert!(oha_percentile(&json, "p99.99").is_err());
+    }
 }
