@@ -45,6 +45,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -590,9 +591,28 @@ fn poll_fill(
 ) -> Poll<std::io::Result<usize>> {
     loop {
         ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_buf(read) {
+        let room = read.capacity() - read.len();
+        let mut filled = 0;
+        // A read that leaves room drained the socket (epoll is
+        // edge-triggered): the readiness is cleared by answering
+        // `WouldBlock` to `try_io`, as tokio's own `poll_read` does. Kept
+        // set, the next fill would cost a `recvfrom` that finds nothing (one
+        // per request, strace).
+        let result = stream.try_io(Interest::READABLE, || {
+            filled = stream.try_read_buf(read)?;
+            if filled > 0 && filled < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => return Poll::Ready(Ok(filled)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && filled > 0 => {
+                return Poll::Ready(Ok(filled));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            result => return Poll::Ready(result),
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }
