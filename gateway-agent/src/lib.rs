@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod passthrough;
+pub mod prefixed;
 pub mod proxy;
 pub mod source;
 pub mod status_writer;

@@ -5,7 +5,6 @@
 
 mod close_watch;
 mod kernel_splice;
-mod prefixed;
 mod route_ids;
 pub mod sni;
 pub(crate) mod sni_table;
@@ -387,7 +386,7 @@ async fn serve(
             return Err("no_certificate");
         };
         // The hello was read already: the TLS server reads it again from the front.
-        let client = prefixed::Prefixed::new(hello.to_vec(), client);
+        let client = crate::prefixed::Prefixed::new(hello.to_vec().into(), client);
         let Ok(Ok(mut tls)) = tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(client)).await
         else {
             return Ok(()); // The client gave up on the handshake.

@@ -16,7 +16,7 @@
 //! A request body the response left unread is read and dropped, up to
 //! `MAX_DRAIN` bytes, before the next request; more closes the connection.
 //!
-//! To hyper, with the bytes read so far replayed first (`Rewind`): a
+//! To hyper, with the bytes read so far replayed first (`Prefixed`): a
 //! request with `Upgrade` (HTTP/1.1: WebSocket), `CONNECT` or `Expect`
 //! (hyper answers `100 Continue`); hyper then serves the rest of the
 //! connection. TLS connections and h2c never come here.
@@ -39,14 +39,13 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt as _;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::Interest;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -716,70 +715,10 @@ impl Body for RequestBody {
     }
 }
 
-/// A connection handed to hyper: the bytes already read, then the socket.
-pub(super) struct Rewind {
-    read: Bytes,
-    stream: TcpStream,
-}
-
-impl From<ToHyper> for Rewind {
-    fn from(handed: ToHyper) -> Self {
-        Self {
-            read: handed.read,
-            stream: handed.stream,
-        }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
-        }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read[..n]);
-        self.read.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefixed::Prefixed;
     use http_body_util::{Full, StreamBody};
     use hyper::header::HeaderValue;
     use proptest::prelude::*;
@@ -1044,7 +983,7 @@ mod tests {
             assert_eq!(handed.read, head.as_bytes());
             // The rewind replays them, then reads the socket.
             client.write_all(b"more").await.expect("write");
-            let mut rewind = Rewind::from(handed);
+            let mut rewind = Prefixed::new(handed.read, handed.stream);
             let mut replayed = vec![0u8; head.len() + 4];
             rewind.read_exact(&mut replayed).await.expect("replay");
             assert_eq!(replayed, [head.as_bytes(), b"more"].concat());

@@ -20,10 +20,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::head_timeout::Exchanges;
-use super::http1_server::{self, Rewind};
+use super::http1_server;
 use super::{
     HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEAD_BYTES, ProxyService, Shared, tls,
 };
+use crate::prefixed::Prefixed;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4), what an h2c
 /// client with prior knowledge sends first.
@@ -90,7 +91,10 @@ pub(super) async fn plain(stream: TcpStream, service: ProxyService, exchanges: A
                 .header_read_timeout(None) // the worker's sweep instead
                 .max_buf_size(MAX_HEAD_BYTES);
             let connection = builder
-                .serve_connection(TokioIo::new(Rewind::from(handed)), service)
+                .serve_connection(
+                    TokioIo::new(Prefixed::new(handed.read, handed.stream)),
+                    service,
+                )
                 .with_upgrades();
             drained(drain, peer, connection, |c| c.graceful_shutdown()).await;
         }

@@ -1,25 +1,23 @@
-//! A TCP stream with bytes already read from it put back in front, so that
-//! a TLS server can read a ClientHello the SNI router consumed.
+//! A TCP stream with bytes already read from it put back in front: a
+//! ClientHello the SNI router consumed, for the TLS server that terminates
+//! it; a request head the inline HTTP/1.1 server read, for hyper.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf as _, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 pub struct Prefixed {
-    prefix: Vec<u8>,
-    read: usize,
+    /// What is left of the bytes put back.
+    prefix: Bytes,
     stream: TcpStream,
 }
 
 impl Prefixed {
-    pub fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
-        Self {
-            prefix,
-            read: 0,
-            stream,
-        }
+    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+        Self { prefix, stream }
     }
 }
 
@@ -29,15 +27,13 @@ impl AsyncRead for Prefixed {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.read < this.prefix.len() {
-            let rest = &this.prefix[this.read..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.read += n;
-            return Poll::Ready(Ok(()));
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -48,6 +44,18 @@ impl AsyncWrite for Prefixed {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -75,7 +83,7 @@ mod tests {
         let (server, _) = listener.accept().await.expect("accept");
         client.write_all(b" world").await.expect("write");
         client.shutdown().await.expect("shutdown");
-        let mut prefixed = Prefixed::new(b"hello".to_vec(), server);
+        let mut prefixed = Prefixed::new(Bytes::from_static(b"hello"), server);
         let mut all = String::new();
         prefixed.read_to_string(&mut all).await.expect("read");
         assert_eq!(all, "hello world");
