@@ -49,7 +49,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::http1_pool::{Decode, Step, header_value, parse_content_length, tokens};
+use super::http1_pool::{Decode, ResponseFields, Step, header_value, parse_content_length, tokens};
 use super::serve::WhenWoken;
 use super::{BoxError, MAX_HEAD_BYTES, ProxyBody, empty_body};
 
@@ -334,7 +334,8 @@ fn parse_head(
     }))
 }
 
-/// Writes the head of `response` into `write` (hyper's framing rules: the
+/// Writes the head of `response` into `write`, a backend's
+/// `ResponseFields` as they are, (hyper's framing rules: the
 /// body's own length, else its `Content-Length`, else chunked, or
 /// close-delimited for HTTP/1.0) and returns how its body goes; clears
 /// `keep_alive` when the connection must close after it. Not async, and
@@ -350,9 +351,14 @@ fn encode_head<B>(
 where
     B: Body<Data = Bytes, Error = BoxError>,
 {
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     // A final response is due: hyper answers a 1xx with a 500 too.
     let replaced = parts.status.is_informational();
+    // A backend's fields as received, written after the map's.
+    let received = parts
+        .extensions
+        .remove::<ResponseFields>()
+        .filter(|_| !replaced);
     let none = HeaderMap::new();
     let (status, headers) = if replaced {
         (StatusCode::INTERNAL_SERVER_ERROR, &none)
@@ -393,6 +399,17 @@ where
         write.extend_from_slice(value.as_bytes());
         write.extend_from_slice(b"\r\n");
     }
+    let mut received_length = None;
+    if let Some(fields) = &received {
+        write.extend_from_slice(&fields.lines);
+        dated |= fields.dated;
+        received_length = fields.content_length;
+        if let Some(length) = received_length
+            && (head_request || status == StatusCode::NOT_MODIFIED)
+        {
+            push_content_length(write, length);
+        }
+    }
     let framing = if bodiless {
         if replaced {
             write.extend_from_slice(b"content-length: 0\r\n");
@@ -401,18 +418,21 @@ where
         // header (passed on above) or the body, as hyper does.
         if head_request
             && !headers.contains_key(header::CONTENT_LENGTH)
+            && received_length.is_none()
             && let Some(length) = body.size_hint().exact().filter(|n| *n > 0)
         {
             let _ = write!(write, "content-length: {length}\r\n");
         }
         Framing::None
     } else {
-        let declared = || declared.and_then(|v| parse_content_length(v.as_bytes()));
+        let declared = || {
+            declared
+                .and_then(|v| parse_content_length(v.as_bytes()))
+                .or(received_length)
+        };
         match body.size_hint().exact().or_else(declared) {
             Some(length) => {
-                write.extend_from_slice(b"content-length: ");
-                write.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-                write.extend_from_slice(b"\r\n");
+                push_content_length(write, length);
                 Framing::Length(length)
             }
             None if http10 => {
@@ -435,6 +455,12 @@ where
     }
     write.extend_from_slice(b"\r\n");
     (body, framing)
+}
+
+fn push_content_length(write: &mut Vec<u8>, length: u64) {
+    write.extend_from_slice(b"content-length: ");
+    write.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    write.extend_from_slice(b"\r\n");
 }
 
 /// Writes the head in `write` with the body's frames as they come, framed
@@ -889,6 +915,48 @@ mod tests {
             answer.ends_with("HTTP/1.1 204 No Content\r\ndate: then\r\n\r\n"),
             "{answer}"
         );
+    }
+
+    #[test]
+    fn a_backends_fields_are_written_as_received_with_the_framing_ours() {
+        let encoded = |status: StatusCode, head_request: bool, dated: bool| {
+            let body = Full::new(Bytes::from("hello")).map_err(|n| match n {});
+            let mut response = Response::new(body);
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert("x-added", HeaderValue::from_static("1"));
+            response.extensions_mut().insert(ResponseFields {
+                lines: if dated {
+                    b"server: s\r\ndate: then\r\n".to_vec()
+                } else {
+                    b"server: s\r\n".to_vec()
+                },
+                content_length: Some(5),
+                dated,
+            });
+            let mut write = Vec::new();
+            let (_, framing) = encode_head(&mut write, response, head_request, false, &mut true);
+            (String::from_utf8(write).expect("ascii"), framing)
+        };
+        let (head, framing) = encoded(StatusCode::OK, false, true);
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nx-added: 1\r\nserver: s\r\ndate: then\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Length(5));
+        // HEAD and 304 tell the received length; a Date is added when none came.
+        for (status, head_request) in [(StatusCode::OK, true), (StatusCode::NOT_MODIFIED, false)] {
+            let (head, framing) = encoded(status, head_request, false);
+            assert!(
+                head.contains("server: s\r\ncontent-length: 5\r\ndate: "),
+                "{head}"
+            );
+            assert_eq!(head.matches("content-length").count(), 1, "{head}");
+            assert_eq!(framing, Framing::None);
+        }
+        let (head, _) = encoded(StatusCode::NO_CONTENT, false, true);
+        assert!(!head.contains("content-length"), "{head}");
     }
 
     #[tokio::test]

@@ -320,7 +320,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         // Boxed once here: hyper and tokio move the future whole (HTTP/2:
         // about ten times per request, into the stream's task and out;
         // HTTP/1.1: twice), a copy of kilobytes each.
-        Box::pin(self.exchange(req.map(request_body)).map(Ok))
+        // hyper's server writes the `HeaderMap` only.
+        Box::pin(self.exchange(req.map(request_body)).map(|mut response| {
+            http1_pool::restore_header_map(&mut response);
+            Ok(response)
+        }))
     }
 }
 
@@ -946,8 +950,15 @@ async fn forward<'t>(
             tokio::spawn(splice_upgraded(downstream, upstream_io));
             Ok(response)
         }
-        Ok(response) => {
+        Ok(mut response) => {
             // Hop-by-hop headers are gone: every backend client removes them.
+            // Filters change the map: the backend's fields go into it first.
+            let filtered = [&backend.filters, &rule.filters]
+                .iter()
+                .any(|set| set.response_headers.is_some());
+            if filtered || cors.is_some() {
+                http1_pool::restore_header_map(&mut response);
+            }
             let (mut parts, body) = response.into_parts();
             for set in [&backend.filters, &rule.filters] {
                 if let Some(modifier) = &set.response_headers {
