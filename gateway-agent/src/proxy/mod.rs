@@ -479,8 +479,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// The index in `HOP_BY_HOP` of `name`, if it is one. Names are told
 /// apart by length first: most have a length no hop-by-hop name has, and
 /// the others are compared with one or two candidates, not all nine.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let candidates: &[usize] = match name.as_str().len() {
+/// Case-insensitive: names straight from httparse are compared too.
+fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    let candidates: &[usize] = match name.len() {
         2 => &[3],
         7 => &[4, 6],
         10 => &[0, 7],
@@ -490,7 +491,10 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         19 => &[2],
         _ => return None,
     };
-    candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == name)
+    candidates
+        .iter()
+        .copied()
+        .find(|&i| HOP_BY_HOP[i].as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// A backend's response as forwarded: without hop-by-hop headers, but for
@@ -509,7 +513,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     // costs more than comparing parsed names.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
             present[i] = true;
         }
     }
@@ -533,7 +537,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             for name in names {
                 te_listed |= name.eq_ignore_ascii_case("te");
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
-                    && hop_by_hop_index(&name).is_none()
+                    && hop_by_hop_index(name.as_str().as_bytes()).is_none()
                 {
                     listed.push(name);
                 }
