@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 
 use super::{
     BoxError, HOP_BY_HOP, ProxyBody, empty_body, hop_by_hop_index, strip_response_hop_by_hop,
+    token_eq_lowercase,
 };
 
 /// A connection idle longer than this is closed (by the sweep, which
@@ -567,7 +568,7 @@ fn parse_head(
         let start = name.as_ptr() as usize - base;
         let line = start..field.value.as_ptr() as usize - base + field.value.len();
         match hop_by_hop_index(name) {
-            None if name.eq_ignore_ascii_case(b"content-length") => {
+            None if token_eq_lowercase(name, b"content-length") => {
                 let length = parse_content_length(field.value)
                     .ok_or_else(|| SendError::Invalid("malformed Content-Length"))?;
                 if content_length.is_some_and(|known| known != length) {
@@ -576,7 +577,7 @@ fn parse_head(
                 content_length = Some(length);
             }
             None => {
-                dated |= name.eq_ignore_ascii_case(b"date");
+                dated |= token_eq_lowercase(name, b"date");
                 fields.push((line, name.len()));
             }
             // Its options, and the names it lists go too.

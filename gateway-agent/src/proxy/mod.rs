@@ -494,7 +494,14 @@ fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     candidates
         .iter()
         .copied()
-        .find(|&i| HOP_BY_HOP[i].as_str().as_bytes().eq_ignore_ascii_case(name))
+        .find(|&i| token_eq_lowercase(name, HOP_BY_HOP[i].as_str().as_bytes()))
+}
+
+/// Whether the header name `token` is `lower` (lower-case letters and `-`)
+/// in any case. A token holds no byte that `| 0x20` turns into a letter or
+/// `-` but the letter's two cases; cheaper than `eq_ignore_ascii_case`.
+fn token_eq_lowercase(token: &[u8], lower: &[u8]) -> bool {
+    token.len() == lower.len() && token.iter().zip(lower).all(|(t, l)| t | 0x20 == *l)
 }
 
 /// A backend's response as forwarded: without hop-by-hop headers, but for
@@ -1050,6 +1057,27 @@ mod tests {
             assert_eq!(response.status(), http);
             assert_eq!(response.headers()["grpc-status"], grpc);
             assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_in_any_case() {
+        for (name, index) in [
+            (&b"Connection"[..], Some(0)),
+            (b"KEEP-ALIVE", Some(7)),
+            (b"te", Some(3)),
+            (b"Transfer-Encoding", Some(5)),
+            (b"user-agent", None),
+            (b"Connectiom", None),
+            (b"connection\r", None),
+            (b"x", None),
+        ] {
+            assert_eq!(
+                hop_by_hop_index(name),
+                index,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
         }
     }
 

@@ -378,7 +378,11 @@ pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    // A byte search: `rsplit_once(':')` cost ~160 instructions (callgrind).
+    match host.bytes().rposition(|b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
 }
 
 /// Segment-aware prefix matching: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.

@@ -385,3 +385,18 @@ fn each_regular_expression_of_a_match_is_checked_against_its_own_condition() {
     assert_eq!(pick_with("/api/items?page=42&lang=en", &headers), None);
     assert_eq!(pick_with("/api/items?page=b&lang=fr", &headers), None);
 }
+
+#[test]
+fn the_port_is_stripped_from_hosts_and_bracketed_addresses() {
+    for (host, stripped) in [
+        ("bench.example", "bench.example"),
+        ("bench.example:8080", "bench.example"),
+        ("10.0.0.1:80", "10.0.0.1"),
+        ("[::1]:80", "::1"),
+        ("[::1]", "::1"),
+        ("", ""),
+        (":80", ""),
+    ] {
+        assert_eq!(strip_port(host), stripped, "{host}");
+    }
+}
