@@ -6,7 +6,8 @@
 //! - maximum requests/s, closed loop: wrk (HTTP/1.1 keep-alive, 64
 //!   connections) and h2load (h2c prior knowledge, 10 connections × 10 streams);
 //! - latency, open loop at a fixed rate (half nginx's maximum): oha with
-//!   latency correction, p50 and p99 (p90 and p99.9 beside them);
+//!   latency correction in one-second runs back to back, p50 and p99 over
+//!   all their requests (p90 and p99.9 beside them);
 //! - RSS of each proxy sampled halfway through its wrk run.
 //!
 //! `BENCH_L7_LATENCY_RATE=<req/s>` runs the open-loop phase alone at that
@@ -20,7 +21,7 @@ use anyhow::{Context as _, bail};
 
 use super::netns::{Daemon, Netns, children, http_status, proc_status_kb, wait_until};
 use super::report::{Section, bar_chart};
-use super::stats::Summary;
+use super::stats::{Summary, percentile};
 use super::{Budget, manifests};
 
 pub const HOST: &str = "bench.example";
@@ -175,15 +176,27 @@ fn latency_only_rate() -> anyhow::Result<Option<f64>> {
     }
 }
 
+/// Length of each oha process in the open-loop phase. oha without its TUI
+/// keeps every result in an unbounded queue until the end; each time the
+/// queue doubles (at 16,384, 32,768, 65,536 and 131,072 results) it is copied
+/// into fresh memory, and on this VM the page faults make that a 1, 3, 5 and
+/// 10 ms stall of the client, which delays the requests due meanwhile
+/// (docs/l7-tail.md). One-second runs stay under 32,768 results at ~31,000
+/// req/s, so the only growth left is the 16,384 one (~1 ms).
+const LATENCY_RUN_SECONDS: u32 = 1;
+
 /// Open-loop latency per proxy, one value per repeat (ms), interleaved
-/// across the proxies.
+/// across the proxies. Each repeat is `seconds` one-second oha runs back to
+/// back; its percentiles are over all of their requests together.
 struct Latency {
     p50: Vec<Vec<f64>>,
     p90: Vec<Vec<f64>>,
     p99: Vec<Vec<f64>>,
     p999: Vec<Vec<f64>>,
-    /// Requests not answered 2xx, over all repeats.
-    bad: Vec<u64>,
+    /// Requests answered with a status other than 2xx, over all repeats.
+    non_2xx: Vec<u64>,
+    /// Requests answered, and requests the rate scheduled, over all repeats.
+    answered: Vec<(u64, u64)>,
 }
 
 impl Latency {
@@ -200,22 +213,39 @@ impl Latency {
             p90: vec![vec![]; n],
             p99: vec![vec![]; n],
             p999: vec![vec![]; n],
-            bad: vec![0; n],
+            non_2xx: vec![0; n],
+            answered: vec![(0, 0); n],
         };
+        let runs = seconds.div_ceil(LATENCY_RUN_SECONDS);
         for repeat in 0..repeats {
             for (i, p) in proxies.iter().enumerate() {
                 let url = format!("http://127.0.0.1:{}/", p.h1_port);
-                let args = oha_args(seconds, rate, 64, HOST, &url);
+                let mut args = oha_args(LATENCY_RUN_SECONDS, rate, 64, HOST, &url);
+                let format = args
+                    .iter()
+                    .position(|a| a == "json")
+                    .context("oha's format")?;
+                args[format] = "csv".into();
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let out = ns.run_pinned(CLIENT_CPU, &args)?;
-                let (p50, p99, errors) = oha_latency(&out)?;
-                let json: serde_json::Value = serde_json::from_str(&out)?;
-                let (p90, p999) = (
-                    oha_percentile(&json, "p90")?,
-                    oha_percentile(&json, "p99.9")?,
-                );
+                let mut latencies = vec![];
+                for _ in 0..runs {
+                    let out = ns.run_pinned(CLIENT_CPU, &args)?;
+                    latency.non_2xx[i] += oha_csv_latencies(&out, &mut latencies)?;
+                }
+                let scheduled = (rate * f64::from(runs * LATENCY_RUN_SECONDS)) as u64;
+                latency.answered[i].0 += latencies.len() as u64;
+                latency.answered[i].1 += scheduled;
+                if (latencies.len() as u64) < scheduled * 9 / 10 {
+                    bail!(
+                        "{} answered {} of the {scheduled} requests oha scheduled",
+                        p.name,
+                        latencies.len()
+                    );
+                }
+                let [p50, p90, p99, p999] =
+                    [50.0, 90.0, 99.0, 99.9].map(|q| percentile(&latencies, q));
                 println!(
-                    "    repeat {repeat}: {} at {rate} req/s: p50 {p50:.2}, p90 {p90:.2}, p99 {p99:.2}, p99.9 {p999:.2} ms ({})",
+                    "    repeat {repeat}: {} at {rate} req/s ({runs} × {LATENCY_RUN_SECONDS} s): p50 {p50:.2}, p90 {p90:.2}, p99 {p99:.2}, p99.9 {p999:.2} ms ({})",
                     p.name,
                     load_average()
                 );
@@ -223,7 +253,6 @@ impl Latency {
                 latency.p90[i].push(p90);
                 latency.p99[i].push(p99);
                 latency.p999[i].push(p999);
-                latency.bad[i] += errors;
             }
         }
         Ok(latency)
@@ -232,7 +261,7 @@ impl Latency {
     /// All four percentiles per proxy, medians (min–max).
     fn table(&self, proxies: &[Proxy], rate: f64) -> String {
         let mut md = format!(
-            "| proxy | p50 ms at {rate:.0} req/s | p90 ms | p99 ms | p99.9 ms | non-2xx/errors |\n|---|---|---|---|---|---|\n"
+            "| proxy | p50 ms at {rate:.0} req/s | p90 ms | p99 ms | p99.9 ms | non-2xx / answered |\n|---|---|---|---|---|---|\n"
         );
         let [p50, p90, p99, p999] =
             [&self.p50, &self.p90, &self.p99, &self.p999].map(|v| Summary::each(v));
@@ -244,10 +273,22 @@ impl Latency {
                 p90[i].show(2),
                 p99[i].show(2),
                 p999[i].show(2),
-                self.bad[i]
+                self.failures(i)
             ));
         }
         md
+    }
+
+    /// Requests answered non-2xx, and the share of the scheduled ones that
+    /// were answered at all (oha's CSV has no line for a failed request; the
+    /// last ones of each run are cut by its deadline).
+    fn failures(&self, i: usize) -> String {
+        let (answered, scheduled) = self.answered[i];
+        format!(
+            "{} / {:.2}%",
+            self.non_2xx[i],
+            100.0 * answered as f64 / scheduled.max(1) as f64
+        )
     }
 
     /// The percentiles around p99, one line under the main table.
@@ -259,8 +300,11 @@ impl Latency {
             .map(|(i, p)| format!("{} {:.2} / {:.2}", p.name, p90[i].median, p999[i].median))
             .collect();
         format!(
-            "Open loop, p90 / p99.9 ms, medians: {} (the p99 spread comes from short stalls that delay \
-             thousands of requests at once, see [`docs/l7-tail.md`](../../docs/l7-tail.md)).\n\n",
+            "Open loop, p90 / p99.9 ms, medians: {}. oha runs 1 s at a time, back to back, and the \
+             percentiles are over all the requests of a repeat: in one 5 s run oha stalls itself for 3–10 ms \
+             when its result queue doubles past 32,768, 65,536 and 131,072 results, which every proxy's tail \
+             counted; the spread left comes from other work on the machine \
+             ([`docs/l7-tail.md`](../../docs/l7-tail.md)).\n\n",
             each.join("; ")
         )
     }
@@ -326,6 +370,32 @@ fn oha_percentile(json: &serde_json::Value, key: &str) -> anyhow::Result<f64> {
         .as_f64()
         .map(|s| s * 1e3)
         .with_context(|| format!("no latencyPercentiles.{key} in oha output"))
+}
+
+/// oha's `--output-format csv` (one line per answered request): appends
+/// each request's latency (ms, from when it was due: latency correction) to
+/// `latencies`; returns how many were answered with a status other than 2xx.
+fn oha_csv_latencies(out: &str, latencies: &mut Vec<f64>) -> anyhow::Result<u64> {
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    if header != "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status" {
+        bail!(
+            "not oha's CSV:\n{}",
+            out.chars().take(500).collect::<String>()
+        );
+    }
+    let mut non_2xx = 0;
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(duration), Some(status)) = (fields.get(4), fields.get(6)) else {
+            bail!("short line in oha's CSV: {line}");
+        };
+        latencies.push(duration.parse::<f64>().context("oha's request-duration")? * 1e3);
+        if !status.starts_with('2') {
+            non_2xx += 1;
+        }
+    }
+    Ok(non_2xx)
 }
 
 pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str) -> Vec<String> {
@@ -422,8 +492,8 @@ fn measure(
         };
         let latency = Latency::measure(ns, &proxies, rate, repeats, budget.seconds)?;
         let mut md = format!(
-            "Open-loop phase alone (`BENCH_L7_LATENCY_RATE`): oha at {rate:.0} req/s, 64 connections, {} s, \
-             {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
+            "Open-loop phase alone (`BENCH_L7_LATENCY_RATE`): oha at {rate:.0} req/s, 64 connections, {} s \
+             (1 s runs back to back, percentiles over all their requests), {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
             budget.seconds
         );
         md.push_str(&latency.table(&proxies, rate));
@@ -494,7 +564,7 @@ fn measure(
         "Proxies pinned to CPU {PROXY_CPU} (one worker/thread each: nginx `worker_processes 1`, HAProxy `nbthread 1`, \
          the agent's tokio runtime sized by its CPU affinity); wrk, h2load, oha and the backend (nginx, 1 KB body) on CPU {CLIENT_CPU}. \
          One route in each (Host `{HOST}`, prefix `/`), upstream keep-alive on. Loopback inside a private network namespace.\n\n\
-         | proxy | HTTP/1.1 req/s (wrk -c64) | × nginx | × HAProxy | h2c req/s (h2load -c10 -m10) | × nginx | p50 ms at {rate:.0} req/s (oha) | p99 ms | non-2xx/errors | RSS under load MB |\n\
+         | proxy | HTTP/1.1 req/s (wrk -c64) | × nginx | × HAProxy | h2c req/s (h2load -c10 -m10) | × nginx | p50 ms at {rate:.0} req/s (oha) | p99 ms | non-2xx / answered | RSS under load MB |\n\
          |---|---|---|---|---|---|---|---|---|---|\n"
     );
     for (i, p) in proxies.iter().enumerate() {
@@ -508,7 +578,7 @@ fn measure(
             h2s[i].median / h2s[1].median,
             p50s[i].show(2),
             p99s[i].show(2),
-            latency.bad[i],
+            latency.failures(i),
             rsss[i].show(1),
         ));
     }
@@ -584,5 +654,17 @@ mod tests {
         assert!((oha_percentile(&json, "p90").unwrap() - 0.94).abs() < 1e-9);
         assert!((oha_percentile(&json, "p99.9").unwrap() - 15.5).abs() < 1e-9);
         assert!(oha_percentile(&json, "p99.99").is_err());
+    }
+
+    #[test]
+    fn reads_oha_csv_latencies_in_ms_and_counts_non_2xx() {
+        let csv = "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status\n\
+                   0.0012,0.00008,0.0011,0.0006,0.0016,1024,200\n\
+                   0.0015,0,0,0.0004,0.0021,0,502\n";
+        let mut latencies = vec![9.0];
+        assert_eq!(oha_csv_latencies(csv, &mut latencies).unwrap(), 1);
+        assert_eq!(latencies.len(), 3);
+        assert!((latencies[1] - 1.6).abs() < 1e-9 && (latencies[2] - 2.1).abs() < 1e-9);
+        assert!(oha_csv_latencies("{}", &mut latencies).is_err());
     }
 }
