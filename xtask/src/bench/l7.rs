@@ -185,9 +185,16 @@ fn latency_only_rate() -> anyhow::Result<Option<f64>> {
 /// req/s, so the only growth left is the 16,384 one (~1 ms).
 const LATENCY_RUN_SECONDS: u32 = 1;
 
+/// Requests a run started in its first this-many seconds are not counted:
+/// oha opens its 64 connections then, and the requests due meanwhile wait
+/// for them (up to a few ms, some 300 a run), which over five runs would be
+/// most of the p99's 1%, the client's again and not the proxy's.
+const LATENCY_WARM_UP_SECONDS: f64 = 0.1;
+
 /// Open-loop latency per proxy, one value per repeat (ms), interleaved
 /// across the proxies. Each repeat is `seconds` one-second oha runs back to
-/// back; its percentiles are over all of their requests together.
+/// back; its percentiles are over all of their requests together (but each
+/// run's warm-up).
 struct Latency {
     p50: Vec<Vec<f64>>,
     p90: Vec<Vec<f64>>,
@@ -226,20 +233,24 @@ impl Latency {
                     .position(|a| a == "json")
                     .context("oha's format")?;
                 args[format] = "csv".into();
+                // The requests in flight at the deadline are waited for
+                // (counted), as they would be in one longer run.
+                args.insert(1, "-w".into());
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let mut latencies = vec![];
+                let (mut latencies, mut answered) = (vec![], 0);
                 for _ in 0..runs {
                     let out = ns.run_pinned(CLIENT_CPU, &args)?;
-                    latency.non_2xx[i] += oha_csv_latencies(&out, &mut latencies)?;
+                    let run = oha_csv_latencies(&out, LATENCY_WARM_UP_SECONDS, &mut latencies)?;
+                    latency.non_2xx[i] += run.non_2xx;
+                    answered += run.answered;
                 }
                 let scheduled = (rate * f64::from(runs * LATENCY_RUN_SECONDS)) as u64;
-                latency.answered[i].0 += latencies.len() as u64;
+                latency.answered[i].0 += answered;
                 latency.answered[i].1 += scheduled;
-                if (latencies.len() as u64) < scheduled * 9 / 10 {
+                if answered < scheduled * 9 / 10 {
                     bail!(
-                        "{} answered {} of the {scheduled} requests oha scheduled",
-                        p.name,
-                        latencies.len()
+                        "{} answered {answered} of the {scheduled} requests oha scheduled",
+                        p.name
                     );
                 }
                 let [p50, p90, p99, p999] =
@@ -280,8 +291,8 @@ impl Latency {
     }
 
     /// Requests answered non-2xx, and the share of the scheduled ones that
-    /// were answered at all (oha's CSV has no line for a failed request; the
-    /// last ones of each run are cut by its deadline).
+    /// were answered at all (oha's CSV has no line for a failed request; a
+    /// run's ticks due in its last timer tick may fall after its deadline).
     fn failures(&self, i: usize) -> String {
         let (answered, scheduled) = self.answered[i];
         format!(
@@ -372,10 +383,18 @@ fn oha_percentile(json: &serde_json::Value, key: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no latencyPercentiles.{key} in oha output"))
 }
 
-/// oha's `--output-format csv` (one line per answered request): appends
-/// each request's latency (ms, from when it was due: latency correction) to
-/// `latencies`; returns how many were answered with a status other than 2xx.
-fn oha_csv_latencies(out: &str, latencies: &mut Vec<f64>) -> anyhow::Result<u64> {
+/// What one oha run answered, from its CSV.
+#[derive(Debug, PartialEq)]
+struct CsvRun {
+    answered: u64,
+    non_2xx: u64,
+}
+
+/// oha's `--output-format csv` (one line per answered request): appends the
+/// latency (ms, from when the request was due: latency correction) of each
+/// request started at or after `warm_up` seconds into the run to
+/// `latencies`; counts all answered and those answered non-2xx.
+fn oha_csv_latencies(out: &str, warm_up: f64, latencies: &mut Vec<f64>) -> anyhow::Result<CsvRun> {
     let mut lines = out.lines();
     let header = lines.next().unwrap_or_default();
     if header != "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status" {
@@ -384,18 +403,26 @@ fn oha_csv_latencies(out: &str, latencies: &mut Vec<f64>) -> anyhow::Result<u64>
             out.chars().take(500).collect::<String>()
         );
     }
-    let mut non_2xx = 0;
+    let mut run = CsvRun {
+        answered: 0,
+        non_2xx: 0,
+    };
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
-        let (Some(duration), Some(status)) = (fields.get(4), fields.get(6)) else {
+        let (Some(start), Some(duration), Some(status)) =
+            (fields.first(), fields.get(4), fields.get(6))
+        else {
             bail!("short line in oha's CSV: {line}");
         };
-        latencies.push(duration.parse::<f64>().context("oha's request-duration")? * 1e3);
+        run.answered += 1;
         if !status.starts_with('2') {
-            non_2xx += 1;
+            run.non_2xx += 1;
+        }
+        if start.parse::<f64>().context("oha's request-start")? >= warm_up {
+            latencies.push(duration.parse::<f64>().context("oha's request-duration")? * 1e3);
         }
     }
-    Ok(non_2xx)
+    Ok(run)
 }
 
 pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str) -> Vec<String> {
@@ -657,14 +684,33 @@ mod tests {
     }
 
     #[test]
-    fn reads_oha_csv_latencies_in_ms_and_counts_non_2xx() {
+    fn reads_oha_csv_latencies_in_ms_after_the_warm_up_and_counts_non_2xx() {
         let csv = "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status\n\
                    0.0012,0.00008,0.0011,0.0006,0.0016,1024,200\n\
                    0.0015,0,0,0.0004,0.0021,0,502\n";
         let mut latencies = vec![9.0];
-        assert_eq!(oha_csv_latencies(csv, &mut latencies).unwrap(), 1);
+        let run = oha_csv_latencies(csv, 0.0, &mut latencies).unwrap();
+        assert_eq!(
+            run,
+            CsvRun {
+                answered: 2,
+                non_2xx: 1
+            }
+        );
         assert_eq!(latencies.len(), 3);
         assert!((latencies[1] - 1.6).abs() < 1e-9 && (latencies[2] - 2.1).abs() < 1e-9);
-        assert!(oha_csv_latencies("{}", &mut latencies).is_err());
+        // A warm-up of 1.3 ms leaves out the request started at 1.2 ms.
+        let mut latencies = vec![];
+        let run = oha_csv_latencies(csv, 0.0013, &mut latencies).unwrap();
+        assert_eq!(
+            run,
+            CsvRun {
+                answered: 2,
+                non_2xx: 1
+            }
+        );
+        assert_eq!(latencies.len(), 1);
+        assert!((latencies[0] - 2.1).abs() < 1e-9);
+        assert!(oha_csv_latencies("{}", 0.0, &mut latencies).is_err());
     }
 }
