@@ -312,10 +312,10 @@ impl Latency {
             .collect();
         format!(
             "Open loop, p90 / p99.9 ms, medians: {}. oha runs 1 s at a time, back to back, and the \
-             percentiles are over all the requests of a repeat: in one 5 s run oha stalls itself for 3–10 ms \
-             when its result queue doubles past 32,768, 65,536 and 131,072 results, which every proxy's tail \
-             counted; the spread left comes from other work on the machine \
-             ([`docs/l7-tail.md`](../../docs/l7-tail.md)).\n\n",
+             percentiles are over the requests of a repeat but those each run started in its first 0.1 s \
+             (while oha opens its connections): in one 5 s run oha stalls itself for 3–12 ms when its result \
+             queue doubles past 32,768, 65,536 and 131,072 results, which every proxy's tail counted; the \
+             spread left comes from other work on the machine ([`docs/l7-tail.md`](../../docs/l7-tail.md)).\n\n",
             each.join("; ")
         )
     }
@@ -520,7 +520,7 @@ fn measure(
         let latency = Latency::measure(ns, &proxies, rate, repeats, budget.seconds)?;
         let mut md = format!(
             "Open-loop phase alone (`BENCH_L7_LATENCY_RATE`): oha at {rate:.0} req/s, 64 connections, {} s \
-             (1 s runs back to back, percentiles over all their requests), {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
+             (1 s runs back to back, percentiles over their requests but each run's first 0.1 s), {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
             budget.seconds
         );
         md.push_str(&latency.table(&proxies, rate));
