@@ -176,14 +176,20 @@ fn latency_only_rate() -> anyhow::Result<Option<f64>> {
     }
 }
 
-/// Length of each oha process in the open-loop phase. oha without its TUI
-/// keeps every result in an unbounded queue until the end; each time the
-/// queue doubles (at 16,384, 32,768, 65,536 and 131,072 results) it is copied
-/// into fresh memory, and on this VM the page faults make that a 1, 3, 5 and
-/// 10 ms stall of the client, which delays the requests due meanwhile
-/// (docs/l7-tail.md). One-second runs stay under 32,768 results at ~31,000
-/// req/s, so the only growth left is the 16,384 one (~1 ms).
-const LATENCY_RUN_SECONDS: u32 = 1;
+/// The most results one oha process of the open-loop phase collects. oha
+/// without its TUI keeps every result in an unbounded queue until the end;
+/// each time the queue doubles (at 16,384, 32,768, 65,536 and 131,072
+/// results) it is copied into fresh memory, and on this VM the page faults
+/// make that a 1, 3, 5 and 10 ms stall of the client, which delays the
+/// requests due meanwhile (docs/l7-tail.md). Runs under 32,768 results
+/// leave only the 16,384 growth (~1 ms).
+const RESULTS_PER_RUN: f64 = 30_000.0;
+
+/// Length of each oha run at `rate`: one second, or less where a second
+/// would pass `RESULTS_PER_RUN`.
+fn latency_run_ms(rate: f64) -> u32 {
+    (RESULTS_PER_RUN / rate * 1e3).floor().clamp(200.0, 1e3) as u32
+}
 
 /// Requests a run started in its first this-many seconds are not counted:
 /// oha opens its 64 connections then, and the requests due meanwhile wait
@@ -192,9 +198,9 @@ const LATENCY_RUN_SECONDS: u32 = 1;
 const LATENCY_WARM_UP_SECONDS: f64 = 0.1;
 
 /// Open-loop latency per proxy, one value per repeat (ms), interleaved
-/// across the proxies. Each repeat is `seconds` one-second oha runs back to
-/// back; its percentiles are over all of their requests together (but each
-/// run's warm-up).
+/// across the proxies. Each repeat is short oha runs back to back for
+/// `seconds` (`latency_run_ms`); its percentiles are over all of their
+/// requests together (but each run's warm-up).
 struct Latency {
     p50: Vec<Vec<f64>>,
     p90: Vec<Vec<f64>>,
@@ -223,11 +229,14 @@ impl Latency {
             non_2xx: vec![0; n],
             answered: vec![(0, 0); n],
         };
-        let runs = seconds.div_ceil(LATENCY_RUN_SECONDS);
+        let run_ms = latency_run_ms(rate);
+        let runs = (seconds * 1000).div_ceil(run_ms);
         for repeat in 0..repeats {
             for (i, p) in proxies.iter().enumerate() {
                 let url = format!("http://127.0.0.1:{}/", p.h1_port);
-                let mut args = oha_args(LATENCY_RUN_SECONDS, rate, 64, HOST, &url);
+                let mut args = oha_args(1, rate, 64, HOST, &url);
+                let duration = args.iter().position(|a| a == "-z").context("oha's -z")? + 1;
+                args[duration] = format!("{run_ms}ms");
                 let format = args
                     .iter()
                     .position(|a| a == "json")
@@ -244,7 +253,7 @@ impl Latency {
                     latency.non_2xx[i] += run.non_2xx;
                     answered += run.answered;
                 }
-                let scheduled = (rate * f64::from(runs * LATENCY_RUN_SECONDS)) as u64;
+                let scheduled = (rate * f64::from(runs * run_ms) / 1e3) as u64;
                 latency.answered[i].0 += answered;
                 latency.answered[i].1 += scheduled;
                 if answered < scheduled * 9 / 10 {
@@ -256,7 +265,7 @@ impl Latency {
                 let [p50, p90, p99, p999] =
                     [50.0, 90.0, 99.0, 99.9].map(|q| percentile(&latencies, q));
                 println!(
-                    "    repeat {repeat}: {} at {rate} req/s ({runs} × {LATENCY_RUN_SECONDS} s): p50 {p50:.2}, p90 {p90:.2}, p99 {p99:.2}, p99.9 {p999:.2} ms ({})",
+                    "    repeat {repeat}: {} at {rate} req/s ({runs} × {run_ms} ms): p50 {p50:.2}, p90 {p90:.2}, p99 {p99:.2}, p99.9 {p999:.2} ms ({})",
                     p.name,
                     load_average()
                 );
@@ -311,7 +320,7 @@ impl Latency {
             .map(|(i, p)| format!("{} {:.2} / {:.2}", p.name, p90[i].median, p999[i].median))
             .collect();
         format!(
-            "Open loop, p90 / p99.9 ms, medians: {}. oha runs 1 s at a time, back to back, and the \
+            "Open loop, p90 / p99.9 ms, medians: {}. oha runs 1 s (fewer than 30,000 requests) at a time, back to back, and the \
              percentiles are over the requests of a repeat but those each run started in its first 0.1 s \
              (while oha opens its connections): in one 5 s run oha stalls itself for 3–12 ms when its result \
              queue doubles past 32,768, 65,536 and 131,072 results, which every proxy's tail counted; the \
@@ -520,7 +529,7 @@ fn measure(
         let latency = Latency::measure(ns, &proxies, rate, repeats, budget.seconds)?;
         let mut md = format!(
             "Open-loop phase alone (`BENCH_L7_LATENCY_RATE`): oha at {rate:.0} req/s, 64 connections, {} s \
-             (1 s runs back to back, percentiles over their requests but each run's first 0.1 s), {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
+             (runs of 1 s or under 30,000 requests back to back, percentiles over their requests but each run's first 0.1 s), {repeats} interleaved repeats; proxies on CPU {PROXY_CPU}, oha and the backend on CPU {CLIENT_CPU}.\n\n",
             budget.seconds
         );
         md.push_str(&latency.table(&proxies, rate));
@@ -681,6 +690,14 @@ mod tests {
         assert!((oha_percentile(&json, "p90").unwrap() - 0.94).abs() < 1e-9);
         assert!((oha_percentile(&json, "p99.9").unwrap() - 15.5).abs() < 1e-9);
         assert!(oha_percentile(&json, "p99.99").is_err());
+    }
+
+    #[test]
+    fn oha_runs_stay_under_the_queue_growth_at_32768_results() {
+        assert_eq!(latency_run_ms(29_395.0), 1000);
+        assert_eq!(latency_run_ms(36_808.0), 815);
+        assert!(f64::from(latency_run_ms(36_808.0)) / 1e3 * 36_808.0 < 32_768.0);
+        assert_eq!(latency_run_ms(1e9), 200);
     }
 
     #[test]
