@@ -420,7 +420,7 @@ fn encode_head(
     };
     match length {
         Some(length) => {
-            let _ = write!(out, "content-length: {length}\r\n");
+            push_content_length(out, length);
         }
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -710,6 +710,14 @@ pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+}
+
+/// Appends a `content-length` line: `itoa`, not `fmt` (~280 instructions
+/// a request, callgrind).
+pub(super) fn push_content_length(out: &mut Vec<u8>, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A Content-Length value: digits, or a list of the same digits repeated.

@@ -49,7 +49,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::http1_pool::{Decode, ResponseFields, Step, header_value, parse_content_length, tokens};
+use super::http1_pool::{
+    Decode, ResponseFields, Step, header_value, parse_content_length, push_content_length, tokens,
+};
 use super::serve::WhenWoken;
 use super::{BoxError, MAX_HEAD_BYTES, ProxyBody, empty_body};
 
@@ -421,7 +423,7 @@ where
             && received_length.is_none()
             && let Some(length) = body.size_hint().exact().filter(|n| *n > 0)
         {
-            let _ = write!(write, "content-length: {length}\r\n");
+            push_content_length(write, length);
         }
         Framing::None
     } else {
@@ -455,12 +457,6 @@ where
     }
     write.extend_from_slice(b"\r\n");
     (body, framing)
-}
-
-fn push_content_length(write: &mut Vec<u8>, length: u64) {
-    write.extend_from_slice(b"content-length: ");
-    write.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-    write.extend_from_slice(b"\r\n");
 }
 
 /// Writes the head in `write` with the body's frames as they come, framed
