@@ -410,7 +410,8 @@ fn edit_under_load(
     // edits are done.
     let deadline_seconds = (edits as u64 * (EDIT_PAUSE_MS + 300)).div_ceil(1000) as u32 + 10;
     let url = format!("http://127.0.0.1:{}/s0/steady", manifests::http_port(0));
-    let mut args = oha_args(deadline_seconds, rate, 50, &manifests::route_host(0), &url);
+    let deadline = Duration::from_secs(deadline_seconds.into());
+    let mut args = oha_args(deadline, rate, 50, &manifests::route_host(0), &url, "json");
     // At its deadline oha aborts the HTTP/1 requests still in flight and
     // counts them as failed ("aborted due to deadline"): wait for them
     // instead, so that what is counted is what the agent answered.

@@ -532,7 +532,15 @@ fn measure(
     for repeat in 0..budget.repeats {
         for (i, (name, gateway, port)) in modes.iter().enumerate() {
             let url = format!("http://{gateway}:{port}/");
-            let args = oha_args(budget.seconds.min(HTTP_SECONDS), rate, 64, HOST, &url);
+            let seconds = budget.seconds.min(HTTP_SECONDS);
+            let args = oha_args(
+                Duration::from_secs(seconds.into()),
+                rate,
+                64,
+                HOST,
+                &url,
+                "json",
+            );
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let (a, b, e) = oha_latency(&t.client.run_pinned(1, &args)?)?;
             println!("    repeat {repeat}: {name} at {rate} req/s: p50 {a:.2} ms, p99 {b:.2} ms");

@@ -234,14 +234,8 @@ impl Latency {
         for repeat in 0..repeats {
             for (i, p) in proxies.iter().enumerate() {
                 let url = format!("http://127.0.0.1:{}/", p.h1_port);
-                let mut args = oha_args(1, rate, 64, HOST, &url);
-                let duration = args.iter().position(|a| a == "-z").context("oha's -z")? + 1;
-                args[duration] = format!("{run_ms}ms");
-                let format = args
-                    .iter()
-                    .position(|a| a == "json")
-                    .context("oha's format")?;
-                args[format] = "csv".into();
+                let run = Duration::from_millis(run_ms.into());
+                let mut args = oha_args(run, rate, 64, HOST, &url, "csv");
                 // The requests in flight at the deadline are waited for
                 // (counted), as they would be in one longer run.
                 args.insert(1, "-w".into());
@@ -434,11 +428,20 @@ fn oha_csv_latencies(out: &str, warm_up: f64, latencies: &mut Vec<f64>) -> anyho
     Ok(run)
 }
 
-pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str) -> Vec<String> {
+/// oha at a fixed `rate` with latency correction for `duration`; `format`
+/// is its output: `json` (summary) or `csv` (a line per request).
+pub fn oha_args(
+    duration: Duration,
+    rate: f64,
+    connections: u32,
+    host: &str,
+    url: &str,
+    format: &str,
+) -> Vec<String> {
     vec![
         "oha".into(),
         "-z".into(),
-        format!("{seconds}s"),
+        format!("{}ms", duration.as_millis()),
         "-q".into(),
         format!("{rate:.0}"),
         "-c".into(),
@@ -446,7 +449,7 @@ pub fn oha_args(seconds: u32, rate: f64, connections: u32, host: &str, url: &str
         "--latency-correction".into(),
         "--no-tui".into(),
         "--output-format".into(),
-        "json".into(),
+        format.into(),
         "-H".into(),
         format!("Host: {host}"),
         url.into(),
